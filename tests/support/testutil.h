@@ -1,0 +1,28 @@
+// Helpers shared by fedpod's tests: temporary directories and files.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+namespace fedpod::testing {
+
+// A fresh directory under the system temp dir, removed with everything in it on
+// destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  // Writes `content` to `name` inside the directory and returns its full path.
+  std::string write(const std::string& name, const std::string& content) const;
+
+ private:
+  std::filesystem::path path_;
+};
+
+// The source tree root (FEDPOD_SOURCE_DIR, set by ctest), for committed data files.
+std::string source_dir();
+
+}  // namespace fedpod::testing
