@@ -1,0 +1,67 @@
+#include "fedpod/aggregation/fedavg.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace fedpod::aggregation {
+
+Status check_tiling(const std::vector<Segment>& update, int64_t numel) {
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  ranges.reserve(update.size());
+  for (const auto& s : update) {
+    if (!s.values.defined() || s.values.scalar_type() != torch::kFloat32 || !s.values.is_contiguous()) {
+      return Status::invalid("update segment at offset " + std::to_string(s.offset) +
+                             " is not contiguous float32");
+    }
+    ranges.emplace_back(s.offset, s.values.numel());
+  }
+  std::sort(ranges.begin(), ranges.end());
+  int64_t next = 0;
+  for (const auto& [off, n] : ranges) {
+    if (off != next) {
+      return Status::invalid("update segments leave a gap or overlap at element " + std::to_string(next));
+    }
+    next = off + n;
+  }
+  if (next != numel) {
+    return Status::invalid("update covers " + std::to_string(next) + " elements, the model has " +
+                           std::to_string(numel));
+  }
+  return Status();
+}
+
+void FedAvg::begin_round(const torch::Tensor& global) {
+  acc_ = torch::zeros({global.numel()}, torch::kFloat32);
+  total_weight_ = 0;
+  folded_ = 0;
+}
+
+Status FedAvg::fold(const std::vector<Segment>& update, double weight) {
+  if (!acc_.defined()) return Status::failed_precondition("fold before begin_round");
+  if (!(weight > 0) || !std::isfinite(weight)) {
+    return Status::invalid("update weight must be a positive number, got " + std::to_string(weight));
+  }
+  FEDPOD_RETURN_IF_ERROR(check_tiling(update, acc_.numel()));
+  for (const auto& s : update) {
+    acc_.narrow(0, s.offset, s.values.numel()).add_(s.values.view({-1}), weight);
+  }
+  total_weight_ += weight;
+  ++folded_;
+  return Status();
+}
+
+StatusOr<torch::Tensor> FedAvg::finish() {
+  if (folded_ == 0) return Status::failed_precondition("no update was folded in this round");
+  // finish() hands the accumulator out: a second call needs a new begin_round.
+  if (!acc_.defined()) return Status::failed_precondition("finish called twice in one round");
+  torch::Tensor out = acc_.div_(total_weight_);
+  acc_ = torch::Tensor();
+  return out;
+}
+
+std::unique_ptr<Strategy> make_strategy(const std::string& name) {
+  if (name == "fedavg") return std::make_unique<FedAvg>();
+  return nullptr;
+}
+
+}  // namespace fedpod::aggregation

@@ -1,0 +1,52 @@
+// Aggregation strategies: how the updates of one round become the next global
+// parameters. Pure tensor math: no sockets, no messages, no files.
+//
+// Updates are folded in one at a time as they arrive, so a strategy keeps state of
+// O(parameters), whatever the number of pods. An update is a list of segments of
+// the flat parameter buffer (one per parameter tensor, typically pointing straight
+// into received frames); together they must cover the buffer exactly once.
+//
+// Threading: one round at a time, driven by one thread.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fedpod/common/status.h"
+
+namespace fedpod::aggregation {
+
+// A contiguous float32 range of the flat buffer: elements [offset, offset + numel).
+struct Segment {
+  int64_t offset = 0;
+  torch::Tensor values;  // float32, contiguous; numel() elements
+};
+
+class Strategy {
+ public:
+  virtual ~Strategy() = default;
+  virtual std::string name() const = 0;
+
+  // Starts a round whose global parameters are `global` (flat float32).
+  virtual void begin_round(const torch::Tensor& global) = 0;
+
+  // Folds in one pod's parameters with `weight` (its sample count for FedAvg).
+  // Checks everything first: segments that do not tile the buffer, a wrong dtype, or
+  // a weight <= 0 give an error and leave the round's state untouched.
+  virtual Status fold(const std::vector<Segment>& update, double weight) = 0;
+
+  // Number of updates folded in this round.
+  virtual int folded() const = 0;
+
+  // The new global parameters (a new flat tensor); fails when nothing was folded.
+  virtual StatusOr<torch::Tensor> finish() = 0;
+};
+
+// Checks that `update` tiles [0, numel) exactly, with float32 contiguous values.
+Status check_tiling(const std::vector<Segment>& update, int64_t numel);
+
+}  // namespace fedpod::aggregation

@@ -1,0 +1,98 @@
+#include "fedpod/data/dataset.h"
+
+#include <cmath>
+
+namespace fedpod::data {
+
+StatusOr<Splits> make_splits(const Table& table, const Datastructure& ds) {
+  auto features = resolve_features(table.schema, ds);
+  if (!features.ok()) return features.status();
+  auto shape = resolve_input_shape(ds, static_cast<int64_t>(features->size()));
+  if (!shape.ok()) return shape.status();
+  if (ds.num_classes < 2) return Status::invalid("num_classes must be at least 2");
+  const auto& sp = ds.split;
+  if (!(sp.validation >= 0 && sp.test >= 0 && sp.validation + sp.test < 1)) {
+    return Status::invalid("split fractions must be >= 0 and leave rows to train (validation " +
+                           std::to_string(sp.validation) + ", test " + std::to_string(sp.test) + ")");
+  }
+
+  std::vector<int64_t> idx;
+  for (const auto& f : *features) idx.push_back(table.schema.find(f));
+  const int target = table.schema.find(ds.target);
+  torch::Tensor y64 = table.values.select(1, target);
+  // Labels must be exact integers in [0, num_classes): report the first row that is not.
+  auto bad = (y64 < 0) | (y64 >= static_cast<double>(ds.num_classes)) | (y64 != y64.floor());
+  if (bad.any().item<bool>()) {
+    int64_t row = bad.nonzero()[0][0].item<int64_t>();
+    return Status::invalid("target '" + ds.target + "' in data row " + std::to_string(row + 1) +
+                           " is " + std::to_string(y64[row].item<double>()) +
+                           ", not a class in [0, " + std::to_string(ds.num_classes) + ")");
+  }
+  torch::Tensor x = table.values.index_select(1, torch::tensor(idx, torch::kInt64)).to(torch::kFloat32);
+  if (ds.scale != 1.0) x.mul_(ds.scale);
+  torch::Tensor y = y64.to(torch::kInt64);
+
+  const int64_t n = y.size(0);
+  auto gen = at::detail::createCPUGenerator(ds.split.seed);
+  torch::Tensor perm = torch::randperm(n, gen, torch::kInt64);
+  const int64_t n_test = static_cast<int64_t>(std::floor(sp.test * n));
+  const int64_t n_val = static_cast<int64_t>(std::floor(sp.validation * n));
+  const int64_t n_train = n - n_test - n_val;
+  if (n_train <= 0) return Status::invalid("no rows left to train after the split");
+
+  std::vector<int64_t> sample_shape = {-1};
+  sample_shape.insert(sample_shape.end(), shape->begin(), shape->end());
+  auto take = [&](int64_t from, int64_t count) {
+    torch::Tensor rows = perm.narrow(0, from, count);
+    return Dataset{x.index_select(0, rows).reshape(sample_shape), y.index_select(0, rows)};
+  };
+  Splits out;
+  out.train = take(0, n_train);
+  out.validation = take(n_train, n_val);
+  out.test = take(n_train + n_val, n_test);
+  out.features = std::move(*features);
+  out.input_shape = std::move(*shape);
+  return out;
+}
+
+Dataset concat(const std::vector<Dataset>& parts) {
+  std::vector<torch::Tensor> xs, ys;
+  for (const auto& p : parts) {
+    if (p.size() == 0) continue;
+    xs.push_back(p.x);
+    ys.push_back(p.y);
+  }
+  if (xs.empty()) return {};
+  return {torch::cat(xs), torch::cat(ys)};
+}
+
+BatchIterator::BatchIterator(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed)
+    : data_(data),
+      batch_size_(batch_size > 0 ? batch_size : 1),
+      shuffle_(shuffle),
+      generator_(at::detail::createCPUGenerator(seed)) {
+  reset();
+}
+
+void BatchIterator::reset() {
+  pos_ = 0;
+  if (shuffle_) order_ = torch::randperm(data_.size(), generator_, torch::kInt64);
+}
+
+bool BatchIterator::next(torch::Tensor& x, torch::Tensor& y) {
+  const int64_t n = data_.size();
+  if (pos_ >= n) return false;
+  const int64_t count = std::min(batch_size_, n - pos_);
+  if (shuffle_) {
+    torch::Tensor rows = order_.narrow(0, pos_, count);
+    x = data_.x.index_select(0, rows);
+    y = data_.y.index_select(0, rows);
+  } else {
+    x = data_.x.narrow(0, pos_, count);
+    y = data_.y.narrow(0, pos_, count);
+  }
+  pos_ += count;
+  return true;
+}
+
+}  // namespace fedpod::data

@@ -1,0 +1,51 @@
+// Reading a pod's CSV file into a numeric table.
+//
+// Every cell becomes a float64 (categorical cells become their category code). A
+// row that cannot be read (wrong number of cells, a cell that is not a number, an
+// unknown category) is an error naming the file, the line and the column - or, when
+// the pod config says `on_bad_row: skip`, it is skipped, counted, and its reason kept
+// (the first `kMaxReportedBadRows`), never dropped silently.
+//
+// The file is read fully into memory; `max_bytes` bounds it (pod datasets that do
+// not fit belong in a different reader).
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fedpod/common/status.h"
+#include "fedpod/data/schema.h"
+
+namespace fedpod::data {
+
+enum class BadRowPolicy { kError, kSkip };
+
+struct CsvOptions {
+  bool header = true;  // the first line names the columns (else col_0, col_1, ...)
+  char delimiter = ',';
+  BadRowPolicy on_bad_row = BadRowPolicy::kError;
+  // Larger files are refused: reading is all in memory. 2 GiB by default.
+  int64_t max_bytes = int64_t{2} << 30;
+};
+
+struct Table {
+  Schema schema;
+  torch::Tensor values;  // float64 [num_rows, num_columns]
+  int64_t skipped_rows = 0;
+  std::vector<std::string> skipped_reasons;  // "pod.csv:17: expected 65 cells, got 64"
+};
+
+inline constexpr int kMaxReportedBadRows = 20;
+
+// Reads `path`. With `declared`, the header (if any) must name the same columns in
+// the same order, and categorical columns use the declared categories. Without it,
+// the schema is inferred: a column whose every cell is a number is numeric, any other
+// is categorical with its distinct values (sorted) as categories.
+StatusOr<Table> read_csv(const std::string& path, const CsvOptions& options,
+                         const std::optional<Schema>& declared = std::nullopt);
+
+}  // namespace fedpod::data

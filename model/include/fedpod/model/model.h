@@ -1,0 +1,96 @@
+// Model: the C++ counterpart of a PyTorch Lightning style module.
+//
+// A model is created for a per-sample input shape and a number of classes, trains
+// with `training_step`, and is scored with `validation_step` / `test_step`. The
+// worker's trainer drives these calls; the coordinator only creates the model to
+// learn its parameter layout and initial values.
+//
+//   auto m = make_builtin("mlp");               // or a custom model loader
+//   m->create_model({64}, 10, hp);               // builds layers, adopts flat params
+//   auto opt = m->configure_optimizers(hp);      // "optimizer", "lr", ...
+//   auto out = m->training_step(x, y);           // out.loss.backward(); opt->step()
+//
+// Parameters live in one flat float32 buffer (see FlatParameters), in the order of
+// `named_parameters()`; that order and the shapes are the model's wire layout.
+//
+// Threading: a Model is used by one thread at a time.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fedpod/common/config_util.h"
+#include "fedpod/model/flat_parameters.h"
+
+namespace fedpod::model {
+
+// The result of one step on a batch.
+struct StepOutput {
+  torch::Tensor loss;   // scalar; mean over the batch
+  int64_t correct = 0;  // predictions equal to the label
+  int64_t count = 0;    // samples in the batch
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  Model() = default;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  // Builds the layers for inputs of per-sample `input_shape` and `num_classes`
+  // outputs, then moves the parameters into the flat buffer. Throws
+  // ConfigError for hyperparameters or shapes the model cannot use.
+  void create_model(const std::vector<int64_t>& input_shape, int64_t num_classes,
+                    const Hyperparameters& hp);
+
+  // The optimizer for local training. The default reads hyperparameters:
+  // optimizer = sgd (default) | adam | adamw, lr (0.01 for sgd, 0.001 otherwise),
+  // momentum (0), weight_decay (0). Throws ConfigError for an unknown optimizer.
+  virtual std::unique_ptr<torch::optim::Optimizer> configure_optimizers(const Hyperparameters& hp);
+
+  // Logits [batch, num_classes] for inputs [batch, *input_shape].
+  virtual torch::Tensor forward(const torch::Tensor& x) = 0;
+
+  // Default for all three: cross-entropy of forward(x) against y, and accuracy counts.
+  virtual StepOutput training_step(const torch::Tensor& x, const torch::Tensor& y);
+  virtual StepOutput validation_step(const torch::Tensor& x, const torch::Tensor& y);
+  virtual StepOutput test_step(const torch::Tensor& x, const torch::Tensor& y);
+
+  // The model's parameters, in a stable order with stable names.
+  virtual std::vector<std::pair<std::string, torch::Tensor>> named_parameters() = 0;
+  // Switches dropout / batch-norm style layers between training and evaluation.
+  virtual void set_training(bool on) = 0;
+
+  FlatParameters& flat() { return flat_; }
+  const FlatParameters& flat() const { return flat_; }
+
+ protected:
+  // Builds the layers (called by create_model).
+  virtual void build(const std::vector<int64_t>& input_shape, int64_t num_classes,
+                     const Hyperparameters& hp) = 0;
+  StepOutput cross_entropy_step(const torch::Tensor& x, const torch::Tensor& y);
+
+ private:
+  FlatParameters flat_;
+};
+
+// A Model backed by a torch::nn::Module held in `module_`.
+class ModuleModel : public Model {
+ public:
+  torch::Tensor forward(const torch::Tensor& x) override;
+  std::vector<std::pair<std::string, torch::Tensor>> named_parameters() override;
+  void set_training(bool on) override;
+
+ protected:
+  std::shared_ptr<torch::nn::Module> module_;  // shared: torch::nn's holder type
+  std::function<torch::Tensor(const torch::Tensor&)> forward_;
+};
+
+}  // namespace fedpod::model

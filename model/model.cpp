@@ -1,0 +1,75 @@
+#include "fedpod/model/model.h"
+
+#include <torch/nn/functional/loss.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
+
+namespace fedpod::model {
+
+void Model::create_model(const std::vector<int64_t>& input_shape, int64_t num_classes,
+                         const Hyperparameters& hp) {
+  if (num_classes < 2) throw ConfigError("num_classes must be at least 2");
+  for (int64_t d : input_shape) {
+    if (d <= 0) throw ConfigError("input shape dimensions must be positive");
+  }
+  build(input_shape, num_classes, hp);
+  flat_.adopt(named_parameters());
+}
+
+std::unique_ptr<torch::optim::Optimizer> Model::configure_optimizers(const Hyperparameters& hp) {
+  std::vector<torch::Tensor> params;
+  for (auto& [name, p] : named_parameters()) params.push_back(p);
+  const std::string name = hp.string("optimizer", "sgd");
+  const double weight_decay = hp.number("weight_decay", 0.0);
+  if (name == "sgd") {
+    double lr = hp.number("lr", 0.01);
+    if (lr <= 0) throw ConfigError("hyperparameter 'lr' must be positive");
+    return std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(lr).momentum(hp.number("momentum", 0.0)).weight_decay(weight_decay));
+  }
+  if (name == "adam" || name == "adamw") {
+    double lr = hp.number("lr", 0.001);
+    if (lr <= 0) throw ConfigError("hyperparameter 'lr' must be positive");
+    if (name == "adam") {
+      return std::make_unique<torch::optim::Adam>(params,
+                                                  torch::optim::AdamOptions(lr).weight_decay(weight_decay));
+    }
+    return std::make_unique<torch::optim::AdamW>(params,
+                                                 torch::optim::AdamWOptions(lr).weight_decay(weight_decay));
+  }
+  throw ConfigError("hyperparameter 'optimizer' must be sgd, adam or adamw, got \"" + name + "\"");
+}
+
+StepOutput Model::cross_entropy_step(const torch::Tensor& x, const torch::Tensor& y) {
+  torch::Tensor logits = forward(x);
+  StepOutput out;
+  out.loss = torch::nn::functional::cross_entropy(logits, y);
+  out.correct = logits.argmax(1).eq(y).sum().item<int64_t>();
+  out.count = y.size(0);
+  return out;
+}
+
+StepOutput Model::training_step(const torch::Tensor& x, const torch::Tensor& y) {
+  return cross_entropy_step(x, y);
+}
+StepOutput Model::validation_step(const torch::Tensor& x, const torch::Tensor& y) {
+  return cross_entropy_step(x, y);
+}
+StepOutput Model::test_step(const torch::Tensor& x, const torch::Tensor& y) {
+  return cross_entropy_step(x, y);
+}
+
+torch::Tensor ModuleModel::forward(const torch::Tensor& x) { return forward_(x); }
+
+std::vector<std::pair<std::string, torch::Tensor>> ModuleModel::named_parameters() {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& item : module_->named_parameters(/*recurse=*/true)) {
+    out.emplace_back(item.key(), item.value());
+  }
+  return out;
+}
+
+void ModuleModel::set_training(bool on) { module_->train(on); }
+
+}  // namespace fedpod::model

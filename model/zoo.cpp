@@ -1,0 +1,108 @@
+#include "fedpod/model/zoo.h"
+
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/pooling.h>
+#include <torch/nn/modules/activation.h>
+
+namespace fedpod::model {
+namespace {
+
+int64_t product(const std::vector<int64_t>& shape) {
+  int64_t p = 1;
+  for (int64_t d : shape) p *= d;
+  return p;
+}
+
+// Sequential networks: forward flattens or keeps the per-sample shape as needed.
+class SequentialModel : public ModuleModel {
+ protected:
+  void set_sequential(torch::nn::Sequential seq, bool flatten_input) {
+    module_ = seq.ptr();
+    forward_ = [seq, flatten_input](const torch::Tensor& x) mutable {
+      return seq->forward(flatten_input ? x.flatten(1) : x);
+    };
+  }
+};
+
+class LogisticRegression : public SequentialModel {
+ protected:
+  void build(const std::vector<int64_t>& in, int64_t classes, const Hyperparameters&) override {
+    set_sequential(torch::nn::Sequential(torch::nn::Linear(product(in), classes)), true);
+  }
+};
+
+class Mlp : public SequentialModel {
+ protected:
+  void build(const std::vector<int64_t>& in, int64_t classes, const Hyperparameters& hp) override {
+    auto hidden = hp.integers("hidden", {64});
+    double dropout = hp.number("dropout", 0.0);
+    if (dropout < 0 || dropout >= 1) throw ConfigError("hyperparameter 'dropout' must be in [0, 1)");
+    torch::nn::Sequential seq;
+    int64_t width = product(in);
+    for (int64_t h : hidden) {
+      if (h <= 0) throw ConfigError("hyperparameter 'hidden' widths must be positive");
+      seq->push_back(torch::nn::Linear(width, h));
+      seq->push_back(torch::nn::ReLU());
+      if (dropout > 0) seq->push_back(torch::nn::Dropout(dropout));
+      width = h;
+    }
+    seq->push_back(torch::nn::Linear(width, classes));
+    set_sequential(seq, true);
+  }
+};
+
+class SmallCnn : public SequentialModel {
+ protected:
+  void build(const std::vector<int64_t>& in, int64_t classes, const Hyperparameters& hp) override {
+    if (in.size() != 3) {
+      throw ConfigError("cnn needs an image input_shape [channels, height, width], e.g. [1, 8, 8]");
+    }
+    auto channels = hp.integers("channels", {16, 32});
+    int64_t hidden = hp.integer("hidden", 64);
+    if (channels.empty() || hidden <= 0) throw ConfigError("cnn: channels and hidden must be positive");
+    torch::nn::Sequential seq;
+    int64_t c = in[0], h = in[1], w = in[2];
+    for (size_t i = 0; i < channels.size(); ++i) {
+      if (channels[i] <= 0) throw ConfigError("cnn: channels must be positive");
+      seq->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(c, channels[i], 3).padding(1)));
+      seq->push_back(torch::nn::ReLU());
+      c = channels[i];
+    }
+    if (h >= 2 && w >= 2) {
+      seq->push_back(torch::nn::MaxPool2d(2));
+      h /= 2;
+      w /= 2;
+    }
+    seq->push_back(torch::nn::Flatten());
+    seq->push_back(torch::nn::Linear(c * h * w, hidden));
+    seq->push_back(torch::nn::ReLU());
+    seq->push_back(torch::nn::Linear(hidden, classes));
+    set_sequential(seq, false);
+  }
+};
+
+}  // namespace
+
+const std::vector<std::string>& builtin_names() {
+  static const std::vector<std::string> names = {"logreg", "mlp", "cnn"};
+  return names;
+}
+
+bool is_builtin(const std::string& name) {
+  for (const auto& n : builtin_names()) {
+    if (n == name) return true;
+  }
+  return false;
+}
+
+std::unique_ptr<Model> make_builtin(const std::string& name) {
+  if (name == "logreg") return std::make_unique<LogisticRegression>();
+  if (name == "mlp") return std::make_unique<Mlp>();
+  if (name == "cnn") return std::make_unique<SmallCnn>();
+  return nullptr;
+}
+
+}  // namespace fedpod::model
