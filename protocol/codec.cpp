@@ -1,0 +1,322 @@
+#include "fedpod/protocol/codec.h"
+
+#include <cstring>
+#include <stdexcept>
+
+#include <kj/exception.h>
+
+namespace fedpod::protocol {
+namespace {
+
+// Held by a zero-copy frame until ZeroMQ releases it.
+struct FrameOwner {
+  torch::Tensor tensor;
+  std::shared_ptr<void> keepalive;
+};
+
+void release_frame(void* /*data*/, void* hint) { delete static_cast<FrameOwner*>(hint); }
+
+std::optional<wire::DType> to_wire_dtype(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return wire::DType::FLOAT32;
+    case torch::kFloat64: return wire::DType::FLOAT64;
+    case torch::kInt64: return wire::DType::INT64;
+    case torch::kInt32: return wire::DType::INT32;
+    default: return std::nullopt;
+  }
+}
+
+const char* dtype_name(wire::DType d) {
+  switch (d) {
+    case wire::DType::FLOAT32: return "float32";
+    case wire::DType::FLOAT64: return "float64";
+    case wire::DType::INT64: return "int64";
+    case wire::DType::INT32: return "int32";
+  }
+  return "unknown";
+}
+
+std::string shape_string(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+Outgoing::Outgoing(const std::string& job_id, uint64_t request_id)
+    : root_(builder_.initRoot<wire::Envelope>()) {
+  root_.setProtocolVersion(wire::PROTOCOL_VERSION);
+  root_.setJobId(job_id);
+  root_.setRequestId(request_id);
+}
+
+void Outgoing::attach(capnp::List<wire::TensorInfo>::Builder infos, std::vector<NamedTensor> tensors,
+                      std::shared_ptr<void> keepalive) {
+  if (infos.size() != tensors.size()) throw std::invalid_argument("attach: info list size mismatch");
+  if (!tensors_.empty()) throw std::invalid_argument("attach: tensors already attached");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const torch::Tensor& t = tensors[i].tensor;
+    auto dtype = to_wire_dtype(t.scalar_type());
+    if (!dtype || !t.is_contiguous() || !t.device().is_cpu()) {
+      throw std::invalid_argument("attach: tensor '" + tensors[i].name +
+                                  "' must be a contiguous CPU tensor of a supported dtype");
+    }
+    auto info = infos[i];
+    info.setName(tensors[i].name);
+    info.setDtype(*dtype);
+    auto shape = info.initShape(t.dim());
+    for (int64_t d = 0; d < t.dim(); ++d) shape.set(d, t.size(d));
+    info.setFrame(static_cast<uint32_t>(i + 1));
+    info.setBytes(t.nbytes());
+    info.setEncoding(wire::Encoding::RAW);
+    payload_bytes_ += t.nbytes();
+  }
+  tensors_ = std::move(tensors);
+  keepalive_ = std::move(keepalive);
+}
+
+std::vector<zmq::message_t> Outgoing::frames() {
+  std::vector<zmq::message_t> out;
+  out.reserve(1 + tensors_.size());
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(builder_);
+  auto bytes = words.asBytes();
+  out.emplace_back(bytes.begin(), bytes.size());
+  for (const auto& nt : tensors_) {
+    auto* owner = new FrameOwner{nt.tensor, keepalive_};
+    // zmq_msg_init_data does not copy: the frame points at the tensor's storage.
+    out.emplace_back(const_cast<void*>(nt.tensor.data_ptr()), nt.tensor.nbytes(), &release_frame, owner);
+  }
+  return out;
+}
+
+StatusOr<std::unique_ptr<Incoming>> Incoming::parse(std::vector<zmq::message_t> frames,
+                                                    const Limits& limits) {
+  if (frames.empty()) return Status::bad_message("empty message");
+  if (frames.size() > limits.max_frames) {
+    return Status::bad_message("message has " + std::to_string(frames.size()) + " frames, limit is " +
+                               std::to_string(limits.max_frames));
+  }
+  const zmq::message_t& head = frames[0];
+  if (head.size() == 0 || head.size() % sizeof(capnp::word) != 0) {
+    return Status::bad_message("envelope of " + std::to_string(head.size()) +
+                               " bytes is not a whole number of 8-byte words");
+  }
+  if (head.size() > limits.max_envelope_bytes) {
+    return Status::bad_message("envelope of " + std::to_string(head.size()) + " bytes exceeds the limit of " +
+                               std::to_string(limits.max_envelope_bytes));
+  }
+  std::unique_ptr<Incoming> in(new Incoming());
+  in->frames_ = std::move(frames);
+  const size_t words = in->frames_[0].size() / sizeof(capnp::word);
+  kj::ArrayPtr<const capnp::word> view;
+  if (reinterpret_cast<uintptr_t>(in->frames_[0].data()) % alignof(capnp::word) == 0) {
+    view = kj::arrayPtr(static_cast<const capnp::word*>(in->frames_[0].data()), words);
+  } else {
+    // Small frames point into ZeroMQ's receive buffer at any alignment.
+    in->aligned_ = kj::heapArray<capnp::word>(words);
+    std::memcpy(in->aligned_.begin(), in->frames_[0].data(), in->frames_[0].size());
+    view = in->aligned_.asPtr();
+  }
+  capnp::ReaderOptions options;
+  // A valid envelope is read a few times over by its handler; anything needing more
+  // than 8x its own size plus slack is an amplification attempt.
+  options.traversalLimitInWords = 8 * words + 65536;
+  options.nestingLimit = limits.nesting_limit;
+  try {
+    in->reader_ = std::make_unique<capnp::FlatArrayMessageReader>(view, options);
+    in->envelope_ = in->reader_->getRoot<wire::Envelope>();
+    // Walks the whole message once: every pointer is bounds-checked here, before use.
+    in->envelope_.totalSize();
+    if (in->envelope_.getProtocolVersion() != wire::PROTOCOL_VERSION) {
+      return Status(StatusCode::kVersionMismatch,
+                    "protocol version " + std::to_string(in->envelope_.getProtocolVersion()) +
+                        ", this build speaks " + std::to_string(wire::PROTOCOL_VERSION));
+    }
+    // An unknown union member (a newer peer) reads as a discriminant beyond our list.
+    if (static_cast<unsigned>(in->envelope_.getBody().which()) > static_cast<unsigned>(wire::Envelope::Body::HEARTBEAT)) {
+      return Status::bad_message("unknown message kind " +
+                                 std::to_string(static_cast<unsigned>(in->envelope_.getBody().which())));
+    }
+  } catch (const kj::Exception& e) {
+    return Status::bad_message(std::string("malformed envelope: ") + e.getDescription().cStr());
+  }
+  return in;
+}
+
+uint64_t Incoming::bytes() const {
+  uint64_t n = 0;
+  for (const auto& f : frames_) n += f.size();
+  return n;
+}
+
+StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::TensorInfo>::Reader infos,
+                                                            const std::vector<TensorSpec>& expected,
+                                                            bool check_finite) {
+  const size_t n = infos.size();
+  if (n != expected.size()) {
+    return Status::bad_message("message describes " + std::to_string(n) + " tensors, the model has " +
+                               std::to_string(expected.size()));
+  }
+  if (frames_.size() != n + 1) {
+    return Status::bad_message("message has " + std::to_string(frames_.size() - 1) +
+                               " tensor frames for " + std::to_string(n) + " tensors");
+  }
+  std::vector<bool> used(frames_.size(), false);
+  std::vector<size_t> frame_of(n);
+  for (size_t i = 0; i < n; ++i) {
+    auto info = infos[i];
+    const TensorSpec& want = expected[i];
+    const std::string name = info.getName();
+    if (name != want.name) {
+      return Status::bad_message("tensor " + std::to_string(i) + " is '" + name + "', expected '" +
+                                 want.name + "'");
+    }
+    if (info.getDtype() != wire::DType::FLOAT32) {
+      return Status::bad_message("tensor '" + name + "' has dtype " + dtype_name(info.getDtype()) +
+                                 ", expected float32");
+    }
+    if (info.getEncoding() != wire::Encoding::RAW) {
+      return Status::bad_message("tensor '" + name + "' has an unknown encoding");
+    }
+    std::vector<int64_t> shape;
+    for (int64_t d : info.getShape()) shape.push_back(d);
+    if (shape != want.shape) {
+      return Status::bad_message("tensor '" + name + "' has shape " + shape_string(shape) + ", expected " +
+                                 shape_string(want.shape));
+    }
+    int64_t numel = 1;
+    for (int64_t d : want.shape) numel *= d;
+    const uint64_t want_bytes = static_cast<uint64_t>(numel) * sizeof(float);
+    if (info.getBytes() != want_bytes) {
+      return Status::bad_message("tensor '" + name + "' declares " + std::to_string(info.getBytes()) +
+                                 " bytes, its shape needs " + std::to_string(want_bytes));
+    }
+    const uint32_t f = info.getFrame();
+    if (f == 0 || f >= frames_.size() || used[f]) {
+      return Status::bad_message("tensor '" + name + "' names frame " + std::to_string(f) +
+                                 ", which is out of range or already used");
+    }
+    used[f] = true;
+    if (frames_[f].size() != want_bytes) {
+      return Status::bad_message("tensor '" + name + "' frame has " + std::to_string(frames_[f].size()) +
+                                 " bytes, expected " + std::to_string(want_bytes));
+    }
+    frame_of[i] = f;
+  }
+  if (check_finite) {
+    for (size_t i = 0; i < n; ++i) {
+      const auto& fr = frames_[frame_of[i]];
+      // Finite check on the raw bytes works for any alignment (memcpy-free loads below
+      // are done through an aligned copy only when needed).
+      bool finite;
+      if (reinterpret_cast<uintptr_t>(fr.data()) % alignof(float) == 0) {
+        finite = all_finite(static_cast<const float*>(fr.data()), fr.size() / sizeof(float));
+      } else {
+        std::vector<float> tmp(fr.size() / sizeof(float));
+        std::memcpy(tmp.data(), fr.data(), fr.size());
+        finite = all_finite(tmp.data(), tmp.size());
+      }
+      if (!finite) {
+        return Status::bad_message("tensor '" + expected[i].name + "' contains NaN or infinity");
+      }
+    }
+  }
+  // Everything checked: hand out views. Each frame moves into its tensor's deleter.
+  std::vector<torch::Tensor> out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    auto* frame = new zmq::message_t(std::move(frames_[frame_of[i]]));
+    if (reinterpret_cast<uintptr_t>(frame->data()) % alignof(float) == 0) {
+      out.push_back(torch::from_blob(
+          frame->data(), expected[i].shape, [frame](void*) { delete frame; },
+          torch::TensorOptions().dtype(torch::kFloat32)));
+    } else {
+      torch::Tensor t = torch::empty(expected[i].shape, torch::kFloat32);
+      std::memcpy(t.data_ptr(), frame->data(), frame->size());
+      delete frame;
+      out.push_back(t);
+    }
+  }
+  return out;
+}
+
+bool all_finite(const float* data, size_t n) {
+  // A float is finite unless its exponent bits are all ones. With the exponent masked,
+  // adding one exponent ulp carries into the sign bit exactly for those values.
+  constexpr size_t kChunk = 1 << 14;
+  for (size_t start = 0; start < n; start += kChunk) {
+    const size_t end = std::min(n, start + kChunk);
+    uint32_t acc = 0;
+    for (size_t i = start; i < end; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, data + i, sizeof bits);
+      acc |= (bits & 0x7f800000u) + 0x00800000u;
+    }
+    if (acc & 0x80000000u) return false;
+  }
+  return true;
+}
+
+wire::ErrorCode to_wire(StatusCode code) {
+  switch (code) {
+    case StatusCode::kOk: return wire::ErrorCode::OK;
+    case StatusCode::kInvalidArgument: return wire::ErrorCode::INVALID_ARGUMENT;
+    case StatusCode::kBadMessage: return wire::ErrorCode::BAD_MESSAGE;
+    case StatusCode::kNotFound: return wire::ErrorCode::NOT_FOUND;
+    case StatusCode::kBusy: return wire::ErrorCode::BUSY;
+    case StatusCode::kFailedPrecondition: return wire::ErrorCode::FAILED_PRECONDITION;
+    case StatusCode::kPermissionDenied: return wire::ErrorCode::PERMISSION_DENIED;
+    case StatusCode::kVersionMismatch: return wire::ErrorCode::VERSION_MISMATCH;
+    case StatusCode::kSchemaMismatch: return wire::ErrorCode::SCHEMA_MISMATCH;
+    case StatusCode::kDeadlineExceeded: return wire::ErrorCode::DEADLINE_EXCEEDED;
+    case StatusCode::kUnavailable: return wire::ErrorCode::UNAVAILABLE;
+    case StatusCode::kInternal: return wire::ErrorCode::INTERNAL;
+  }
+  return wire::ErrorCode::INTERNAL;
+}
+
+StatusCode from_wire(wire::ErrorCode code) {
+  switch (code) {
+    case wire::ErrorCode::OK: return StatusCode::kOk;
+    case wire::ErrorCode::INVALID_ARGUMENT: return StatusCode::kInvalidArgument;
+    case wire::ErrorCode::BAD_MESSAGE: return StatusCode::kBadMessage;
+    case wire::ErrorCode::NOT_FOUND: return StatusCode::kNotFound;
+    case wire::ErrorCode::BUSY: return StatusCode::kBusy;
+    case wire::ErrorCode::FAILED_PRECONDITION: return StatusCode::kFailedPrecondition;
+    case wire::ErrorCode::PERMISSION_DENIED: return StatusCode::kPermissionDenied;
+    case wire::ErrorCode::VERSION_MISMATCH: return StatusCode::kVersionMismatch;
+    case wire::ErrorCode::SCHEMA_MISMATCH: return StatusCode::kSchemaMismatch;
+    case wire::ErrorCode::DEADLINE_EXCEEDED: return StatusCode::kDeadlineExceeded;
+    case wire::ErrorCode::UNAVAILABLE: return StatusCode::kUnavailable;
+    case wire::ErrorCode::INTERNAL: return StatusCode::kInternal;
+  }
+  return StatusCode::kInternal;
+}
+
+void set_error(wire::Envelope::Builder envelope, const Status& status) {
+  auto err = envelope.getBody().initError();
+  err.setCode(to_wire(status.code()));
+  err.setMessage(status.message());
+}
+
+const char* body_name(wire::Envelope::Body::Which which) {
+  using W = wire::Envelope::Body::Which;
+  switch (which) {
+    case W::HELLO: return "hello";
+    case W::HELLO_REPLY: return "helloReply";
+    case W::START_JOB: return "startJob";
+    case W::JOB_ACCEPTED: return "jobAccepted";
+    case W::TRAIN: return "train";
+    case W::TRAIN_RESULT: return "trainResult";
+    case W::EVALUATE: return "evaluate";
+    case W::EVAL_RESULT: return "evalResult";
+    case W::END_JOB: return "endJob";
+    case W::JOB_ENDED: return "jobEnded";
+    case W::ERROR: return "error";
+    case W::HEARTBEAT: return "heartbeat";
+  }
+  return "unknown";
+}
+
+}  // namespace fedpod::protocol

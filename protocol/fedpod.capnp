@@ -1,0 +1,196 @@
+# fedpod wire protocol, version 1.
+#
+# Every ZeroMQ message is multipart: frame 0 is an Envelope; frames 1..n carry raw
+# tensor bytes, each described by a TensorInfo in the envelope's body. Tensors never
+# travel inside Cap'n Proto (blobs there are capped at 2^29 bytes and cost a copy).
+#
+# Requests and replies (coordinator -> pod, pod -> coordinator):
+#   hello         -> helloReply
+#   startJob      -> jobAccepted | error
+#   train         -> trainResult | error
+#   evaluate      -> evalResult  | error
+#   endJob        -> jobEnded    | error
+#   heartbeat     -> heartbeat
+# A reply echoes the request's jobId and requestId.
+@0xc3a1f6d2e4b59a17;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("fedpod::wire");
+
+const protocolVersion :UInt16 = 1;
+
+enum ErrorCode {
+  ok @0;
+  invalidArgument @1;
+  badMessage @2;
+  notFound @3;
+  busy @4;
+  failedPrecondition @5;
+  permissionDenied @6;
+  versionMismatch @7;
+  schemaMismatch @8;
+  deadlineExceeded @9;
+  unavailable @10;
+  internal @11;
+}
+
+enum DType {
+  float32 @0;
+  float64 @1;
+  int64 @2;
+  int32 @3;
+}
+
+enum Encoding {
+  raw @0;      # little-endian, C-contiguous
+}
+
+struct TensorInfo {
+  name @0 :Text;
+  dtype @1 :DType;
+  shape @2 :List(Int64);
+  frame @3 :UInt32;     # index of the frame holding the bytes (1..n)
+  bytes @4 :UInt64;     # must equal the frame's size and numel * sizeof(dtype)
+  encoding @5 :Encoding;
+}
+
+struct Metric {
+  name @0 :Text;
+  value @1 :Float64;
+}
+
+enum ColumnType {
+  numeric @0;
+  categorical @1;
+}
+
+struct Column {
+  name @0 :Text;
+  type @1 :ColumnType;
+  categories @2 :List(Text);
+}
+
+struct Schema {
+  columns @0 :List(Column);
+  numRows @1 :UInt64;
+}
+
+struct SplitSpec {
+  validation @0 :Float64;
+  test @1 :Float64;
+  seed @2 :UInt64;
+}
+
+struct Datastructure {
+  target @0 :Text;
+  features @1 :List(Text);     # resolved by the coordinator: same order on every pod
+  ignore @2 :List(Text);
+  inputShape @3 :List(Int64);
+  numClasses @4 :UInt32;
+  scale @5 :Float64;
+  split @6 :SplitSpec;
+}
+
+struct ModelReference {
+  username @0 :Text;           # empty for the built-in zoo
+  modelRef @1 :Text;           # "mlp", or a hub model name
+  modelVersion @2 :UInt32;     # 0 = latest
+  hyperparameters @3 :Text;    # a JSON object
+}
+
+enum Split {
+  train @0;
+  validation @1;
+  test @2;
+}
+
+struct Hello {}
+
+struct HelloReply {
+  podName @0 :Text;
+  schema @1 :Schema;
+  devices @2 :List(Text);
+  activeJob @3 :Text;          # empty when idle
+}
+
+struct StartJob {
+  model @0 :ModelReference;
+  datastructure @1 :Datastructure;
+  seed @2 :UInt64;
+}
+
+struct JobAccepted {
+  trainSamples @0 :UInt64;
+  validationSamples @1 :UInt64;
+  testSamples @2 :UInt64;
+  skippedRows @3 :UInt64;
+  numParameters @4 :UInt64;
+}
+
+struct Train {
+  round @0 :UInt32;
+  localEpochs @1 :UInt32;      # 0 when localSteps is used
+  localSteps @2 :UInt32;       # 0 when localEpochs is used
+  batchSize @3 :UInt32;
+  tensors @4 :List(TensorInfo);
+}
+
+struct TrainResult {
+  round @0 :UInt32;
+  numSamples @1 :UInt64;       # samples trained on (weights FedAvg)
+  metrics @2 :List(Metric);
+  tensors @3 :List(TensorInfo);
+  seconds @4 :Float64;
+}
+
+struct Evaluate {
+  round @0 :UInt32;
+  split @1 :Split;
+  batchSize @2 :UInt32;
+  tensors @3 :List(TensorInfo);
+}
+
+struct EvalResult {
+  round @0 :UInt32;
+  split @1 :Split;
+  numSamples @2 :UInt64;
+  loss @3 :Float64;
+  accuracy @4 :Float64;
+  metrics @5 :List(Metric);
+}
+
+struct EndJob {
+  reason @0 :Text;
+}
+
+struct JobEnded {}
+
+struct Error {
+  code @0 :ErrorCode;
+  message @1 :Text;
+}
+
+struct Heartbeat {
+  busy @0 :Bool;
+  round @1 :UInt32;
+}
+
+struct Envelope {
+  protocolVersion @0 :UInt16;
+  jobId @1 :Text;
+  requestId @2 :UInt64;
+  body :union {
+    hello @3 :Hello;
+    helloReply @4 :HelloReply;
+    startJob @5 :StartJob;
+    jobAccepted @6 :JobAccepted;
+    train @7 :Train;
+    trainResult @8 :TrainResult;
+    evaluate @9 :Evaluate;
+    evalResult @10 :EvalResult;
+    endJob @11 :EndJob;
+    jobEnded @12 :JobEnded;
+    error @13 :Error;
+    heartbeat @14 :Heartbeat;
+  }
+}

@@ -1,0 +1,130 @@
+// Encoding and decoding fedpod messages: a Cap'n Proto envelope in frame 0, raw
+// tensor bytes in frames 1..n.
+//
+// Sending is zero-copy for tensors: each tensor frame points at the tensor's own
+// storage and holds a reference to it (and to an optional keep-alive token) until
+// ZeroMQ releases the frame. Only the small envelope is serialized and copied.
+//
+// Receiving validates before use, in this order: frame count, envelope size and
+// alignment (a misaligned header is copied into aligned words: it is small), Cap'n
+// Proto traversal and nesting limits, protocol version; then, for tensors, each
+// descriptor against the shapes the job's model expects, byte lengths against the
+// frames, and finite values. Received tensors are views into the received frames
+// (no copy), except a frame misaligned for its dtype, which is copied once.
+//
+// Threading: an Outgoing is built by one thread; its frames() may be sent from the
+// thread owning the socket. An Incoming belongs to one thread.
+#pragma once
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "fedpod/common/status.h"
+#include "fedpod/protocol/fedpod.capnp.h"
+
+namespace fedpod::protocol {
+
+// Bounds applied to every received message before it is parsed.
+struct Limits {
+  // Envelope bytes. Envelopes carry names and shapes, never tensor data: 1 MiB is
+  // far above any real one and keeps a hostile header cheap to reject.
+  size_t max_envelope_bytes = 1 << 20;
+  // Frames per message (envelope + one per tensor).
+  size_t max_frames = 16384;
+  // Cap'n Proto nesting depth; our schema nests fewer than 8 levels.
+  int nesting_limit = 16;
+};
+
+// A tensor to send, by name. Must be contiguous and on the CPU.
+struct NamedTensor {
+  std::string name;
+  torch::Tensor tensor;
+};
+
+// A tensor a receiver expects: float32 with this name and shape.
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+class Outgoing {
+ public:
+  Outgoing(const std::string& job_id, uint64_t request_id);
+  Outgoing(const Outgoing&) = delete;
+  Outgoing& operator=(const Outgoing&) = delete;
+
+  // The envelope to fill in (its version, job id and request id are set).
+  wire::Envelope::Builder envelope() { return root_; }
+
+  // Describes `tensors` in `infos` (a list initialized to tensors.size()) and
+  // attaches them as frames 1..n. `keepalive` is held by every frame until ZeroMQ
+  // releases it (e.g. a FlatParameters pin). Throws std::invalid_argument for a
+  // tensor that is not contiguous, not on the CPU, or of an unsupported dtype.
+  void attach(capnp::List<wire::TensorInfo>::Builder infos, std::vector<NamedTensor> tensors,
+              std::shared_ptr<void> keepalive = nullptr);
+
+  // The message as ZeroMQ frames: a fresh copy of the envelope and zero-copy tensor
+  // frames. May be called many times (one call per destination of a broadcast).
+  std::vector<zmq::message_t> frames();
+
+  // Bytes of tensor payload in one copy of the message.
+  uint64_t payload_bytes() const { return payload_bytes_; }
+
+ private:
+  capnp::MallocMessageBuilder builder_;
+  wire::Envelope::Builder root_;
+  std::vector<NamedTensor> tensors_;
+  std::shared_ptr<void> keepalive_;
+  uint64_t payload_bytes_ = 0;
+};
+
+// A received, envelope-validated message. Tensor frames stay untouched until
+// take_tensors().
+class Incoming {
+ public:
+  // Validates frame count, envelope size, Cap'n Proto limits and the protocol version.
+  // Returns kBadMessage or kVersionMismatch with the reason.
+  static StatusOr<std::unique_ptr<Incoming>> parse(std::vector<zmq::message_t> frames,
+                                                   const Limits& limits = Limits());
+
+  wire::Envelope::Reader envelope() const { return envelope_; }
+  size_t frame_count() const { return frames_.size(); }
+  uint64_t bytes() const;  // all frames
+
+  // Validates `infos` against `expected` (same count, order, names, float32, shapes),
+  // checks each descriptor's frame index (1..n, each used once, none left over), its
+  // byte length against the frame, and (when `check_finite`) that every value is
+  // finite; only then hands out tensors viewing the frames. On error nothing is taken.
+  StatusOr<std::vector<torch::Tensor>> take_tensors(capnp::List<wire::TensorInfo>::Reader infos,
+                                                    const std::vector<TensorSpec>& expected,
+                                                    bool check_finite = true);
+
+ private:
+  Incoming() = default;
+  std::vector<zmq::message_t> frames_;
+  kj::Array<capnp::word> aligned_;  // copy of a misaligned envelope
+  std::unique_ptr<capnp::FlatArrayMessageReader> reader_;
+  wire::Envelope::Reader envelope_;
+};
+
+// True when all `n` floats are finite (no NaN, no infinity). Branch-free, vectorizable.
+bool all_finite(const float* data, size_t n);
+
+wire::ErrorCode to_wire(StatusCode code);
+StatusCode from_wire(wire::ErrorCode code);
+
+// Fills `envelope` with an Error body carrying `status`.
+void set_error(wire::Envelope::Builder envelope, const Status& status);
+
+// The name of the envelope's body kind ("train", "helloReply", ...).
+const char* body_name(wire::Envelope::Body::Which which);
+
+}  // namespace fedpod::protocol
