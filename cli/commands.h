@@ -1,0 +1,23 @@
+// Subcommands of the fedpod binary. Each add_* registers its options and callback;
+// callbacks throw CommandExit to end the process with a specific code.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <stdexcept>
+
+namespace fedpod::cli {
+
+// Exit codes: 0 ok, 1 job failed, 2 bad configuration or usage.
+inline constexpr int kExitFailed = 1;
+inline constexpr int kExitConfig = 2;
+
+struct CommandExit {
+  int code;
+};
+
+void add_worker(CLI::App& app);
+void add_coordinator(CLI::App& app);
+void add_demo(CLI::App& app);
+
+}  // namespace fedpod::cli

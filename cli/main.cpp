@@ -1,0 +1,30 @@
+// fedpod: one binary, every subcommand. Parsing and wiring only.
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+
+#include "commands.h"
+#include "fedpod/common/config_util.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"fedpod: federated learning across data pods.\n"
+               "Pods keep their data; a coordinator trains a model across them."};
+  app.require_subcommand(1);
+  app.add_subcommand("version", "Print the version")->callback([] {
+    std::cout << "fedpod " << FEDPOD_VERSION << "\n";
+  });
+  fedpod::cli::add_worker(app);
+  fedpod::cli::add_coordinator(app);
+  fedpod::cli::add_demo(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const fedpod::cli::CommandExit& e) {
+    return e.code;
+  } catch (const fedpod::ConfigError& e) {
+    std::cerr << "fedpod: " << e.what() << "\n";
+    return fedpod::cli::kExitConfig;
+  }
+  return 0;
+}

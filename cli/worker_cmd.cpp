@@ -1,0 +1,59 @@
+// fedpod worker --config pod.yaml
+#include <torch/torch.h>
+
+#include <atomic>
+#include <csignal>
+#include <fstream>
+#include <iostream>
+
+#include "commands.h"
+#include "fedpod/common/log.h"
+#include "fedpod/worker/worker.h"
+
+namespace fedpod::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }
+
+struct WorkerArgs {
+  std::string config;
+  std::string endpoint_file;
+  std::string log_level;
+};
+
+void run_worker(const WorkerArgs& args) {
+  worker::PodConfig config = worker::load_pod_config(args.config);
+  if (!args.log_level.empty()) config.log_level = args.log_level;
+  Logger log = make_logger("worker", config.log_level);
+  if (config.threads > 0) {
+    torch::set_num_threads(config.threads);
+  } else {
+    torch::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
+  }
+  zmq::context_t ctx(1);
+  worker::Worker w(ctx, config, log);
+  if (!args.endpoint_file.empty()) {
+    // Written after binding: a launcher that waits for this file can connect at once.
+    std::string tmp = args.endpoint_file + ".tmp";
+    std::ofstream(tmp) << w.endpoint() << "\n";
+    std::rename(tmp.c_str(), args.endpoint_file.c_str());
+  }
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  w.serve(g_stop);
+}
+
+}  // namespace
+
+void add_worker(CLI::App& app) {
+  auto args = std::make_shared<WorkerArgs>();
+  auto* cmd = app.add_subcommand("worker", "Run a pod worker: serve a local dataset to coordinators");
+  cmd->add_option("-c,--config", args->config, "pod configuration (pod.yaml)")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--endpoint-file", args->endpoint_file,
+                  "write the bound endpoint here once listening (useful with port *)");
+  cmd->add_option("--log-level", args->log_level, "debug | info | warn | error (overrides the config)");
+  cmd->callback([args] { run_worker(*args); });
+}
+
+}  // namespace fedpod::cli

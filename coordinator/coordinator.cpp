@@ -1,0 +1,534 @@
+#include "fedpod/coordinator/coordinator.h"
+
+#include <kj/exception.h>
+#include <torch/torch.h>
+#include <zmq.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <iomanip>
+#include <ostream>
+#include <sstream>
+
+#include "fedpod/aggregation/fedavg.h"
+#include "fedpod/coordinator/history.h"
+#include "fedpod/data/schema.h"
+#include "fedpod/model/zoo.h"
+#include "fedpod/protocol/codec.h"
+#include "fedpod/protocol/socket.h"
+#include "fedpod/worker/wire_convert.h"
+
+namespace fedpod::coordinator {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+struct Pod {
+  PodAddress addr;
+  zmq::socket_t socket;
+  zmq::socket_t monitor;  // PAIR receiving this socket's connect/disconnect events
+  bool connected = false;
+  bool active = false;  // accepted the job
+  int64_t train_samples = 0;
+};
+
+// Called with each valid reply of the expected kind; returns the pod's outcome.
+using ReplyHandler = std::function<PodRound(Pod&, protocol::Incoming&)>;
+
+std::string fmt(double v, int digits = 4) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(digits) << v;
+  return s.str();
+}
+
+}  // namespace
+
+struct Coordinator::Impl {
+  zmq::context_t& ctx;
+  JobSpec spec;
+  Logger log;
+  std::ostream& progress;
+  std::vector<Pod> pods;
+  uint64_t next_request = 1;
+  std::unique_ptr<model::Model> model;
+  std::vector<protocol::TensorSpec> specs;
+  data::Datastructure ds;  // with resolved features
+  nlohmann::json history;
+  std::string history_path, model_path;
+
+  Impl(zmq::context_t& c, JobSpec s, Logger l, std::ostream& p)
+      : ctx(c), spec(std::move(s)), log(std::move(l)), progress(p) {}
+
+  void connect_pods() {
+    protocol::SocketOptions opts;
+    for (size_t i = 0; i < spec.pods.size(); ++i) {
+      Pod pod;
+      pod.addr = spec.pods[i];
+      try {
+        pod.socket = protocol::make_dealer(ctx, "", opts);
+      } catch (const zmq::error_t& e) {
+        throw ConfigError("pod " + pod.addr.name + ": cannot create a socket: " + e.what());
+      }
+      const std::string mon = "inproc://fedpod-monitor-" + std::to_string(reinterpret_cast<uintptr_t>(this)) +
+                              "-" + std::to_string(i);
+      if (zmq_socket_monitor(pod.socket.handle(), mon.c_str(), ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0) {
+        throw zmq::error_t();
+      }
+      pod.monitor = zmq::socket_t(ctx, zmq::socket_type::pair);
+      pod.monitor.set(zmq::sockopt::linger, 0);
+      pod.monitor.connect(mon);
+      // Connect only now, so the monitor sees the first CONNECTED event.
+      try {
+        pod.socket.connect(pod.addr.address);
+      } catch (const zmq::error_t& e) {
+        throw ConfigError("pod " + pod.addr.name + ": bad address '" + pod.addr.address + "': " + e.what());
+      }
+      pods.push_back(std::move(pod));
+    }
+  }
+
+  void close_pods() {
+    for (auto& p : pods) {
+      zmq_socket_monitor(p.socket.handle(), nullptr, 0);
+      p.monitor.close();
+      p.socket.close();
+    }
+  }
+
+  // Applies pending monitor events; returns true if `pod` disconnected meanwhile.
+  bool drain_monitor(Pod& pod) {
+    bool disconnected = false;
+    std::vector<zmq::message_t> ev;
+    bool too_many;
+    while (protocol::recv_frames(pod.monitor, ev, 4, too_many)) {
+      if (ev.empty() || ev[0].size() < 2) continue;
+      uint16_t event;
+      std::memcpy(&event, ev[0].data(), sizeof event);
+      if (event == ZMQ_EVENT_CONNECTED) pod.connected = true;
+      if (event == ZMQ_EVENT_DISCONNECTED) {
+        pod.connected = false;
+        disconnected = true;
+      }
+    }
+    return disconnected;
+  }
+
+  // Sends `out` to each pod in `targets` and collects their replies of kind `want`
+  // until all answered or `deadline`. `require_connected`: skip pods known to be
+  // disconnected instead of queueing for them.
+  std::map<size_t, PodRound> exchange(protocol::Outgoing& out, uint64_t request_id,
+                                      const std::vector<size_t>& targets, wire::Envelope::Body::Which want,
+                                      Clock::time_point deadline, bool require_connected,
+                                      const ReplyHandler& on_reply) {
+    std::map<size_t, PodRound> result;
+    std::map<size_t, Clock::time_point> sent_at;
+    std::vector<size_t> waiting;
+    for (size_t i : targets) {
+      Pod& pod = pods[i];
+      drain_monitor(pod);
+      if (require_connected && !pod.connected) {
+        result[i] = {"unreachable", "not connected", 0, 0, {}};
+        continue;
+      }
+      auto frames = out.frames();
+      if (!protocol::send_frames(pod.socket, frames)) {
+        result[i] = {"unreachable", "send queue full", 0, 0, {}};
+        continue;
+      }
+      sent_at[i] = Clock::now();
+      waiting.push_back(i);
+    }
+    std::vector<zmq::message_t> frames;
+    while (!waiting.empty()) {
+      auto now = Clock::now();
+      if (now >= deadline) break;
+      std::vector<zmq::pollitem_t> items;
+      for (size_t i : waiting) {
+        items.push_back({pods[i].socket.handle(), 0, ZMQ_POLLIN, 0});
+        items.push_back({pods[i].monitor.handle(), 0, ZMQ_POLLIN, 0});
+      }
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) + std::chrono::milliseconds(1);
+      zmq::poll(items.data(), items.size(), wait);
+      std::vector<size_t> still;
+      for (size_t k = 0; k < waiting.size(); ++k) {
+        size_t i = waiting[k];
+        Pod& pod = pods[i];
+        bool done = false;
+        if (items[2 * k].revents & ZMQ_POLLIN) {
+          bool too_many = false;
+          while (!done && protocol::recv_frames(pod.socket, frames, protocol::Limits().max_frames + 1, too_many)) {
+            pod.connected = true;  // a reply proves the connection
+            auto r = receive(pod, frames, too_many, request_id, want, on_reply);
+            if (r) {
+              r->seconds = std::chrono::duration<double>(Clock::now() - sent_at[i]).count();
+              result[i] = std::move(*r);
+              done = true;
+            }
+          }
+        }
+        if (!done && (items[2 * k + 1].revents & ZMQ_POLLIN) && drain_monitor(pod)) {
+          result[i] = {"disconnected", "pod disconnected while the request was pending", 0, 0, {}};
+          done = true;
+        }
+        if (!done) still.push_back(i);
+      }
+      waiting.swap(still);
+    }
+    for (size_t i : waiting) {
+      result[i] = {"timeout", "no answer within the deadline", 0,
+                   std::chrono::duration<double>(Clock::now() - sent_at[i]).count(), {}};
+    }
+    return result;
+  }
+
+  // One received message from `pod`: nullopt for a stale reply (discarded).
+  std::optional<PodRound> receive(Pod& pod, std::vector<zmq::message_t>& frames, bool too_many,
+                                  uint64_t request_id, wire::Envelope::Body::Which want,
+                                  const ReplyHandler& on_reply) {
+    if (too_many) return PodRound{"error", "reply has too many frames", 0, 0, {}};
+    auto parsed = protocol::Incoming::parse(std::move(frames));
+    if (!parsed.ok()) return PodRound{"error", "bad reply: " + parsed.status().message(), 0, 0, {}};
+    try {
+      auto env = (*parsed)->envelope();
+      if (env.getRequestId() != request_id || std::string(env.getJobId().cStr()) != spec.job_id) {
+        log->debug("event=stale_reply pod={} request={}", pod.addr.name, env.getRequestId());
+        return std::nullopt;
+      }
+      auto body = env.getBody();
+      if (body.which() == wire::Envelope::Body::ERROR) {
+        auto err = body.getError();
+        StatusCode code = protocol::from_wire(err.getCode());
+        std::string outcome = (code == StatusCode::kBusy || code == StatusCode::kPermissionDenied ||
+                               code == StatusCode::kSchemaMismatch)
+                                  ? "refused"
+                                  : "error";
+        return PodRound{outcome, std::string(to_string(code)) + ": " + err.getMessage().cStr(), 0, 0, {}};
+      }
+      if (body.which() != want) {
+        return PodRound{"error", std::string("unexpected reply '") + protocol::body_name(body.which()) + "'", 0, 0, {}};
+      }
+      return on_reply(pod, **parsed);
+    } catch (const kj::Exception& e) {
+      return PodRound{"error", std::string("malformed reply: ") + e.getDescription().cStr(), 0, 0, {}};
+    }
+  }
+
+  std::vector<size_t> active_pods() const {
+    std::vector<size_t> out;
+    for (size_t i = 0; i < pods.size(); ++i) {
+      if (pods[i].active) out.push_back(i);
+    }
+    return out;
+  }
+
+  std::string describe_failures(const std::map<size_t, PodRound>& r) const {
+    std::string out;
+    for (const auto& [i, p] : r) {
+      if (p.outcome == "ok") continue;
+      if (!out.empty()) out += "; ";
+      out += pods[i].addr.name + " " + p.outcome + " (" + p.error + ")";
+    }
+    return out;
+  }
+
+  std::map<std::string, PodRound> by_name(const std::map<size_t, PodRound>& r) const {
+    std::map<std::string, PodRound> out;
+    for (const auto& [i, p] : r) out[pods[i].addr.name] = p;
+    return out;
+  }
+
+  // Phase 1: hello and schema checks. Returns the pods that can take the job.
+  Status hello_and_check() {
+    const uint64_t rid = next_request++;
+    protocol::Outgoing out(spec.job_id, rid);
+    out.envelope().getBody().initHello();
+    std::vector<size_t> all;
+    for (size_t i = 0; i < pods.size(); ++i) all.push_back(i);
+    std::map<size_t, data::Schema> schemas;
+    auto replies = exchange(out, rid, all, wire::Envelope::Body::HELLO_REPLY, Clock::now() + spec.connect_timeout,
+                            false, [&](Pod& pod, protocol::Incoming& in) {
+                              auto hr = in.envelope().getBody().getHelloReply();
+                              schemas[&pod - pods.data()] = worker::from_wire(hr.getSchema());
+                              return PodRound{"ok", "", static_cast<int64_t>(hr.getSchema().getNumRows()), 0, {}};
+                            });
+    std::optional<std::vector<std::string>> features;
+    std::string features_from;
+    for (auto& [i, r] : replies) {
+      if (r.outcome != "ok") continue;
+      auto f = data::resolve_features(schemas[i], spec.datastructure);
+      if (!f.ok()) {
+        return Status(StatusCode::kSchemaMismatch, "pod " + pods[i].addr.name + ": " + f.status().message());
+      }
+      if (!features) {
+        features = *f;
+        features_from = pods[i].addr.name;
+      } else if (*features != *f) {
+        return Status(StatusCode::kSchemaMismatch, "pod " + pods[i].addr.name + " has features that differ from pod " +
+                                                       features_from + "'s; list datastructure.features explicitly");
+      }
+      pods[i].active = true;
+    }
+    int ok = static_cast<int>(active_pods().size());
+    if (ok < spec.min_pods) {
+      return Status(StatusCode::kUnavailable, std::to_string(ok) + " of " + std::to_string(pods.size()) +
+                                                  " pods answered hello, min_pods is " + std::to_string(spec.min_pods) +
+                                                  ": " + describe_failures(replies));
+    }
+    for (auto& [i, r] : replies) {
+      if (r.outcome != "ok") log->warn("event=pod_skipped pod={} reason=\"{}\"", pods[i].addr.name, r.error);
+    }
+    ds = spec.datastructure;
+    ds.features = *features;
+    return Status();
+  }
+
+  Status create_model() {
+    auto shape = data::resolve_input_shape(ds, static_cast<int64_t>(ds.features.size()));
+    if (!shape.ok()) return shape.status();
+    model = model::make_builtin(spec.model.ref);
+    if (!model) return Status::not_found("model '" + spec.model.ref + "' is not a built-in model");
+    torch::manual_seed(spec.seed);
+    try {
+      model->create_model(*shape, ds.num_classes, spec.model.hyperparameters);
+    } catch (const ConfigError& e) {
+      return Status::invalid(std::string("model ") + spec.model.ref + ": " + e.what());
+    }
+    specs = worker::tensor_specs(model->flat().layout());
+    return Status();
+  }
+
+  Status start_job() {
+    const uint64_t rid = next_request++;
+    protocol::Outgoing out(spec.job_id, rid);
+    auto sj = out.envelope().getBody().initStartJob();
+    auto m = sj.initModel();
+    m.setUsername(spec.model.username);
+    m.setModelRef(spec.model.ref);
+    m.setModelVersion(spec.model.version);
+    m.setHyperparameters(spec.model.hyperparameters.dump());
+    worker::to_wire(ds, sj.initDatastructure());
+    sj.setSeed(spec.seed);
+    const uint64_t want_params = static_cast<uint64_t>(model->flat().numel());
+    auto replies = exchange(out, rid, active_pods(), wire::Envelope::Body::JOB_ACCEPTED,
+                            Clock::now() + spec.connect_timeout, false, [&](Pod& pod, protocol::Incoming& in) {
+                              auto a = in.envelope().getBody().getJobAccepted();
+                              if (a.getNumParameters() != want_params) {
+                                return PodRound{"error",
+                                                "pod built a model with " + std::to_string(a.getNumParameters()) +
+                                                    " parameters, expected " + std::to_string(want_params),
+                                                0, 0, {}};
+                              }
+                              pod.train_samples = static_cast<int64_t>(a.getTrainSamples());
+                              return PodRound{"ok", "", static_cast<int64_t>(a.getTrainSamples()), 0,
+                                              {{"validation_samples", double(a.getValidationSamples())},
+                                               {"test_samples", double(a.getTestSamples())},
+                                               {"skipped_rows", double(a.getSkippedRows())}}};
+                            });
+    nlohmann::json pods_json = nlohmann::json::object();
+    for (auto& [i, r] : replies) {
+      if (r.outcome != "ok") {
+        pods[i].active = false;
+        log->warn("event=job_refused pod={} reason=\"{}\"", pods[i].addr.name, r.error);
+      }
+      pods_json[pods[i].addr.name] = {{"outcome", r.outcome}, {"train_samples", r.num_samples}};
+      if (!r.error.empty()) pods_json[pods[i].addr.name]["error"] = r.error;
+      for (const auto& [k, v] : r.metrics) pods_json[pods[i].addr.name][k] = v;
+    }
+    history["pods"] = pods_json;
+    int ok = static_cast<int>(active_pods().size());
+    if (ok < spec.min_pods) {
+      return Status(StatusCode::kUnavailable, std::to_string(ok) + " pods accepted the job, min_pods is " +
+                                                  std::to_string(spec.min_pods) + ": " + describe_failures(replies));
+    }
+    return Status();
+  }
+
+  // Evaluates `global` on every active pod's `split`.
+  std::optional<EvalSummary> evaluate(const torch::Tensor& global, int round, wire::Split split) {
+    const uint64_t rid = next_request++;
+    protocol::Outgoing out(spec.job_id, rid);
+    auto ev = out.envelope().getBody().initEvaluate();
+    ev.setRound(static_cast<uint32_t>(round));
+    ev.setSplit(split);
+    ev.setBatchSize(256);
+    out.attach(ev.initTensors(specs.size()), worker::parameter_views(global, model->flat().layout()));
+    auto replies = exchange(out, rid, active_pods(), wire::Envelope::Body::EVAL_RESULT,
+                            Clock::now() + spec.round_timeout, true, [&](Pod&, protocol::Incoming& in) {
+                              auto r = in.envelope().getBody().getEvalResult();
+                              if (!std::isfinite(r.getLoss()) || r.getAccuracy() < 0 || r.getAccuracy() > 1) {
+                                return PodRound{"error", "evaluation result out of range", 0, 0, {}};
+                              }
+                              return PodRound{"ok", "", static_cast<int64_t>(r.getNumSamples()), 0,
+                                              {{"loss", r.getLoss()}, {"accuracy", r.getAccuracy()}}};
+                            });
+    EvalSummary s;
+    s.split = split == wire::Split::TEST ? "test" : "validation";
+    double loss = 0, acc = 0;
+    for (auto& [i, r] : replies) {
+      if (r.outcome != "ok" || r.num_samples == 0) continue;
+      s.num_samples += r.num_samples;
+      loss += r.metrics["loss"] * r.num_samples;
+      acc += r.metrics["accuracy"] * r.num_samples;
+    }
+    s.pods = by_name(replies);
+    if (s.num_samples == 0) return std::nullopt;
+    s.loss = loss / s.num_samples;
+    s.accuracy = acc / s.num_samples;
+    return s;
+  }
+
+  void end_job(const std::string& reason) {
+    const uint64_t rid = next_request++;
+    protocol::Outgoing out(spec.job_id, rid);
+    out.envelope().getBody().initEndJob().setReason(reason);
+    exchange(out, rid, active_pods(), wire::Envelope::Body::JOB_ENDED, Clock::now() + std::chrono::seconds(5), true,
+             [](Pod&, protocol::Incoming&) { return PodRound{"ok", "", 0, 0, {}}; });
+  }
+
+  void write_history() { write_file_atomic(history_path, history.dump(2) + "\n"); }
+
+  StatusOr<RunResult> run() {
+    fs::create_directories(spec.output_dir);
+    history_path = (fs::path(spec.output_dir) / "history.json").string();
+    model_path = (fs::path(spec.output_dir) / "model.pt").string();
+    history = {{"job_id", spec.job_id},
+               {"model", {{"username", spec.model.username}, {"ref", spec.model.ref}, {"version", spec.model.version},
+                          {"hyperparameters", spec.model.hyperparameters.json()}}},
+               {"strategy", spec.strategy},
+               {"status", "running"},
+               {"rounds", nlohmann::json::array()}};
+    connect_pods();
+    Status st = run_job();
+    if (!st.ok()) {
+      history["status"] = "failed";
+      history["error"] = st.to_string();
+      log->error("event=job_failed job={} error=\"{}\"", spec.job_id, st.to_string());
+      if (model) end_job("coordinator failed: " + st.message());
+      write_history();
+      close_pods();
+      return st;
+    }
+    close_pods();
+    return result;
+  }
+
+  RunResult result;
+
+  Status run_job() {
+    FEDPOD_RETURN_IF_ERROR(hello_and_check());
+    FEDPOD_RETURN_IF_ERROR(create_model());
+    FEDPOD_RETURN_IF_ERROR(start_job());
+    const auto& layout = model->flat().layout();
+    torch::Tensor global = model->flat().tensor().clone();
+    log->info("event=job_started job={} model={} parameters={} pods={}", spec.job_id, spec.model.ref,
+              global.numel(), active_pods().size());
+    auto strategy = aggregation::make_strategy(spec.strategy);
+    double total_seconds = 0;
+    for (int round = 1; round <= spec.rounds; ++round) {
+      const auto start = Clock::now();
+      const uint64_t rid = next_request++;
+      protocol::Outgoing out(spec.job_id, rid);
+      auto t = out.envelope().getBody().initTrain();
+      t.setRound(static_cast<uint32_t>(round));
+      t.setLocalEpochs(static_cast<uint32_t>(spec.local_steps > 0 ? 0 : spec.local_epochs));
+      t.setLocalSteps(static_cast<uint32_t>(spec.local_steps));
+      t.setBatchSize(static_cast<uint32_t>(spec.batch_size));
+      // One buffer for every pod: each frame references `global`, none copies it.
+      out.attach(t.initTensors(specs.size()), worker::parameter_views(global, layout));
+      strategy->begin_round(global);
+      double loss_sum = 0;
+      int64_t loss_weight = 0;
+      auto replies = exchange(
+          out, rid, active_pods(), wire::Envelope::Body::TRAIN_RESULT, start + spec.round_timeout, true,
+          [&](Pod& pod, protocol::Incoming& in) {
+            auto r = in.envelope().getBody().getTrainResult();
+            if (r.getRound() != static_cast<uint32_t>(round)) {
+              return PodRound{"error", "result for round " + std::to_string(r.getRound()), 0, 0, {}};
+            }
+            const int64_t n = static_cast<int64_t>(r.getNumSamples());
+            if (n <= 0) return PodRound{"error", "result with no training samples", 0, 0, {}};
+            auto tensors = in.take_tensors(r.getTensors(), specs);
+            if (!tensors.ok()) return PodRound{"error", tensors.status().message(), 0, 0, {}};
+            std::vector<aggregation::Segment> segments;
+            for (size_t k = 0; k < layout.size(); ++k) {
+              segments.push_back({layout[k].offset, (*tensors)[k].view({-1})});
+            }
+            Status folded = strategy->fold(segments, static_cast<double>(n));
+            if (!folded.ok()) return PodRound{"error", folded.message(), 0, 0, {}};
+            PodRound pr{"ok", "", n, 0, {}};
+            for (auto m : r.getMetrics()) pr.metrics[m.getName().cStr()] = m.getValue();
+            pr.metrics["train_seconds"] = r.getSeconds();
+            if (pr.metrics.count("train_loss")) {
+              loss_sum += pr.metrics["train_loss"] * n;
+              loss_weight += n;
+            }
+            return pr;
+          });
+      RoundRecord rec;
+      rec.round = round;
+      rec.pods_asked = static_cast<int>(replies.size());
+      rec.pods = by_name(replies);
+      for (auto& [i, r] : replies) {
+        if (r.outcome == "ok") ++rec.pods_answered;
+        else log->warn("event=pod_failed round={} pod={} outcome={} reason=\"{}\"", round, pods[i].addr.name, r.outcome, r.error);
+      }
+      rec.train_loss = loss_weight ? loss_sum / loss_weight : 0;
+      if (rec.pods_answered < spec.min_pods) {
+        rec.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+        history["rounds"].push_back(to_json(rec));
+        return Status(StatusCode::kUnavailable,
+                      "round " + std::to_string(round) + "/" + std::to_string(spec.rounds) + ": " +
+                          std::to_string(rec.pods_answered) + " of " + std::to_string(rec.pods_asked) +
+                          " pods answered, min_pods is " + std::to_string(spec.min_pods) + ": " +
+                          describe_failures(replies));
+      }
+      auto next = strategy->finish();
+      if (!next.ok()) return next.status();
+      global = std::move(*next);
+      const bool eval_now = (spec.eval_every > 0 && round % spec.eval_every == 0) || round == spec.rounds;
+      if (eval_now) rec.eval = evaluate(global, round, wire::Split::VALIDATION);
+      rec.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      total_seconds += rec.seconds;
+      history["rounds"].push_back(to_json(rec));
+      write_history();
+      progress << "round " << round << "/" << spec.rounds << "  pods " << rec.pods_answered << "/" << rec.pods_asked
+               << "  train_loss " << fmt(rec.train_loss);
+      if (rec.eval) progress << "  val_loss " << fmt(rec.eval->loss) << "  val_acc " << fmt(rec.eval->accuracy);
+      progress << "  " << fmt(rec.seconds, 2) << "s" << std::endl;
+      result.rounds_completed = round;
+    }
+    auto test = evaluate(global, spec.rounds, wire::Split::TEST);
+    end_job("completed");
+    save_parameters(model_path, global, layout);
+    result.mean_round_seconds = total_seconds / spec.rounds;
+    result.history_path = history_path;
+    result.model_path = model_path;
+    if (test) {
+      result.test_loss = test->loss;
+      result.test_accuracy = test->accuracy;
+      result.test_samples = test->num_samples;
+      history["test"] = to_json(*test);
+      progress << "test  loss " << fmt(test->loss) << "  accuracy " << fmt(test->accuracy) << "  samples "
+               << test->num_samples << std::endl;
+    } else {
+      history["test"] = nullptr;
+      progress << "test  no pod returned a test evaluation" << std::endl;
+    }
+    history["status"] = "completed";
+    history["mean_round_seconds"] = result.mean_round_seconds;
+    write_history();
+    progress << "wrote " << history_path << " and " << model_path << std::endl;
+    return Status();
+  }
+};
+
+Coordinator::Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ostream& progress)
+    : impl_(std::make_unique<Impl>(ctx, std::move(spec), std::move(log), progress)) {}
+
+Coordinator::~Coordinator() = default;
+
+StatusOr<RunResult> Coordinator::run() { return impl_->run(); }
+
+}  // namespace fedpod::coordinator

@@ -1,0 +1,58 @@
+// Coordinator: runs one federated job (`fedpod coordinator run job.yaml`).
+//
+//   1. hello every pod; check its schema against the job's datastructure (an error
+//      names the pod and the column) and resolve the feature order;
+//   2. create the model locally (seeded) for its layout and initial parameters;
+//      startJob on every pod;
+//   3. each round: broadcast train with the global parameters (one buffer shared by
+//      every pod's frames, zero-copy), fold each result into the aggregation
+//      strategy as it arrives, stop waiting at round_timeout, and go on if at least
+//      min_pods answered; evaluate every eval_every rounds; print a progress line;
+//      rewrite history.json;
+//   4. evaluate on the pods' test splits, endJob everywhere, save model.pt.
+//
+// A pod that disconnects mid-round is noticed at once (socket monitor), not at the
+// deadline. Replies to an older request are discarded.
+//
+// Threading: run() drives every socket from the calling thread.
+#pragma once
+
+#include <iosfwd>
+#include <memory>
+#include <string>
+#include <zmq.hpp>
+
+#include "fedpod/common/log.h"
+#include "fedpod/common/status.h"
+#include "fedpod/coordinator/job_spec.h"
+
+namespace fedpod::coordinator {
+
+struct RunResult {
+  int rounds_completed = 0;
+  double test_loss = 0;
+  double test_accuracy = 0;
+  int64_t test_samples = 0;
+  double mean_round_seconds = 0;
+  std::string history_path;
+  std::string model_path;
+};
+
+class Coordinator {
+ public:
+  // `ctx` must outlive the coordinator; `progress` receives one line per round.
+  Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ostream& progress);
+  ~Coordinator();
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  // Runs the job to the end. Fails (with the pods and reasons named) when fewer than
+  // min_pods can start the job or answer a round. history.json is written either way.
+  StatusOr<RunResult> run();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fedpod::coordinator

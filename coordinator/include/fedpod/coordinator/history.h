@@ -1,0 +1,63 @@
+// What a job leaves behind: history.json (per round, per pod) and model.pt.
+//
+// Both files are written atomically (temp file, fsync, rename): a crash leaves the
+// previous complete version, never a torn one. history.json is rewritten after
+// every round, so a running job's progress can be followed.
+//
+// model.pt is a pickled dict {parameter name: tensor}, the layout of a PyTorch
+// state_dict. Load it in Python with `torch.load("model.pt")`, or in C++ with
+// `load_parameters` below.
+#pragma once
+
+#include <torch/types.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fedpod/model/flat_parameters.h"
+
+namespace fedpod::coordinator {
+
+struct PodRound {
+  std::string outcome;  // ok | timeout | error | refused | unreachable | disconnected
+  std::string error;
+  int64_t num_samples = 0;
+  double seconds = 0;
+  std::map<std::string, double> metrics;
+};
+
+struct EvalSummary {
+  std::string split;
+  int64_t num_samples = 0;
+  double loss = 0;
+  double accuracy = 0;
+  std::map<std::string, PodRound> pods;  // per-pod loss/accuracy in metrics
+};
+
+struct RoundRecord {
+  int round = 0;
+  double seconds = 0;
+  int pods_answered = 0;
+  int pods_asked = 0;
+  double train_loss = 0;  // sample-weighted mean of the pods' train_loss
+  std::map<std::string, PodRound> pods;
+  std::optional<EvalSummary> eval;
+};
+
+nlohmann::json to_json(const RoundRecord& r);
+nlohmann::json to_json(const EvalSummary& e);
+
+// Writes `content` to `path` atomically. Throws std::runtime_error on I/O failure.
+void write_file_atomic(const std::string& path, const std::string& content);
+
+// Saves `flat` under the names and shapes of `layout` as a pickled dict (atomic).
+void save_parameters(const std::string& path, const torch::Tensor& flat,
+                     const std::vector<model::ParamInfo>& layout);
+
+// Loads a file written by save_parameters: name -> tensor.
+std::map<std::string, torch::Tensor> load_parameters(const std::string& path);
+
+}  // namespace fedpod::coordinator

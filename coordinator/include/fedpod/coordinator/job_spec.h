@@ -1,0 +1,75 @@
+// A coordinator job (job.yaml): which model to train, on which pods, for how long.
+//
+//   job_id: digits-demo              # default: generated (job-YYYYmmdd-HHMMSS-xxxx)
+//   model:
+//     ref: mlp                       # built-in: logreg | mlp | cnn
+//     hyperparameters: {hidden: [64], optimizer: sgd, lr: 0.05, momentum: 0.9}
+//   datastructure:
+//     target: label
+//     features: [...]                # default: every column but target and ignore
+//     ignore: [...]
+//     input_shape: [1, 8, 8]         # default: [number of features]
+//     num_classes: 10                # required
+//     scale: 0.0625                  # multiplies every feature (default 1)
+//     split: {validation: 0.1, test: 0.2, seed: 0}
+//   pods:
+//     - {name: pod-a, address: tcp://127.0.0.1:5555}
+//   rounds: 10
+//   local_epochs: 1                  # or local_steps: N
+//   batch_size: 32
+//   min_pods: 2                      # default: all pods
+//   round_timeout: 60s
+//   connect_timeout: 10s             # for hello and startJob
+//   eval_every: 1                    # rounds between validation (0: only at the end)
+//   strategy: fedavg
+//   seed: 0                          # initial parameters
+//   output_dir: out                  # relative to the current directory
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fedpod/common/config_util.h"
+#include "fedpod/data/schema.h"
+
+namespace fedpod::coordinator {
+
+struct PodAddress {
+  std::string name;
+  std::string address;
+};
+
+struct ModelSpec {
+  std::string username;  // empty: the built-in zoo
+  std::string ref;
+  uint32_t version = 0;  // 0: latest
+  Hyperparameters hyperparameters;
+};
+
+struct JobSpec {
+  std::string job_id;
+  ModelSpec model;
+  data::Datastructure datastructure;
+  std::vector<PodAddress> pods;
+  int rounds = 10;
+  int local_epochs = 1;
+  int local_steps = 0;
+  int batch_size = 32;
+  int min_pods = 0;  // resolved to pods.size() when not set
+  std::chrono::milliseconds round_timeout{60'000};
+  std::chrono::milliseconds connect_timeout{10'000};
+  int eval_every = 1;
+  std::string strategy = "fedavg";
+  uint64_t seed = 0;
+  std::string output_dir = "out";
+};
+
+// Reads and validates a job file. Throws ConfigError naming the file and key.
+JobSpec load_job_spec(const std::string& path);
+
+// Validates a spec built in code (the same checks as load_job_spec).
+void validate(JobSpec& spec, const std::string& where);
+
+}  // namespace fedpod::coordinator

@@ -1,0 +1,148 @@
+#include "fedpod/coordinator/job_spec.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <chrono>
+#include <ctime>
+#include <random>
+#include <set>
+
+#include "fedpod/aggregation/fedavg.h"
+#include "fedpod/model/zoo.h"
+
+namespace fedpod::coordinator {
+namespace {
+
+std::string generated_job_id() {
+  std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::gmtime(&now));
+  std::random_device rd;
+  char suffix[8];
+  std::snprintf(suffix, sizeof suffix, "%04x", static_cast<unsigned>(rd() & 0xffff));
+  return std::string("job-") + stamp + "-" + suffix;
+}
+
+template <typename T>
+T get(const YAML::Node& n, const std::string& where) {
+  try {
+    return n.as<T>();
+  } catch (const YAML::Exception&) {
+    throw ConfigError(where + ": has the wrong type (value: " + YAML::Dump(n) + ")");
+  }
+}
+
+}  // namespace
+
+void validate(JobSpec& s, const std::string& where) {
+  if (s.job_id.empty()) s.job_id = generated_job_id();
+  for (char c : s.job_id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
+      throw ConfigError(where + ": job_id: use letters, digits, '-', '_' and '.' only");
+    }
+  }
+  if (s.model.ref.empty()) throw ConfigError(where + ": model.ref: required");
+  if (s.model.username.empty() && !model::is_builtin(s.model.ref)) {
+    throw ConfigError(where + ": model.ref: '" + s.model.ref +
+                      "' is not a built-in model (logreg, mlp, cnn)");
+  }
+  if (s.datastructure.target.empty()) throw ConfigError(where + ": datastructure.target: required");
+  if (s.datastructure.num_classes < 2) throw ConfigError(where + ": datastructure.num_classes: required, at least 2");
+  if (s.pods.empty()) throw ConfigError(where + ": pods: list at least one pod");
+  std::set<std::string> names;
+  for (const auto& p : s.pods) {
+    if (p.name.empty() || p.address.empty()) throw ConfigError(where + ": pods: every pod needs a name and an address");
+    if (!names.insert(p.name).second) throw ConfigError(where + ": pods: '" + p.name + "' is listed twice");
+  }
+  if (s.rounds < 1) throw ConfigError(where + ": rounds: must be at least 1");
+  if (s.local_epochs < 0 || s.local_steps < 0 || (s.local_epochs == 0 && s.local_steps == 0)) {
+    throw ConfigError(where + ": local_epochs / local_steps: one must be positive");
+  }
+  if (s.batch_size < 1) throw ConfigError(where + ": batch_size: must be at least 1");
+  if (s.min_pods == 0) s.min_pods = static_cast<int>(s.pods.size());
+  if (s.min_pods < 1 || s.min_pods > static_cast<int>(s.pods.size())) {
+    throw ConfigError(where + ": min_pods: must be between 1 and the number of pods (" +
+                      std::to_string(s.pods.size()) + ")");
+  }
+  if (s.round_timeout.count() <= 0) throw ConfigError(where + ": round_timeout: must be positive");
+  if (s.eval_every < 0) throw ConfigError(where + ": eval_every: must be >= 0");
+  if (!aggregation::make_strategy(s.strategy)) throw ConfigError(where + ": strategy: unknown '" + s.strategy + "' (fedavg)");
+  const auto& sp = s.datastructure.split;
+  if (sp.validation < 0 || sp.test < 0 || sp.validation + sp.test >= 1) {
+    throw ConfigError(where + ": datastructure.split: fractions must be >= 0 and sum to less than 1");
+  }
+  if (!(s.datastructure.scale > 0)) throw ConfigError(where + ": datastructure.scale: must be positive");
+}
+
+JobSpec load_job_spec(const std::string& path) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(path + ": " + e.what());
+  }
+  const std::string w = path;
+  check_keys(root, {"job_id", "model", "datastructure", "pods", "rounds", "local_epochs", "local_steps",
+                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "eval_every", "strategy",
+                    "seed", "output_dir"},
+             w);
+  JobSpec s;
+  if (root["job_id"]) s.job_id = get<std::string>(root["job_id"], w + ": job_id");
+  auto m = root["model"];
+  if (!m) throw ConfigError(w + ": model: required");
+  check_keys(m, {"ref", "username", "version", "hyperparameters"}, w + ": model");
+  if (m["ref"]) s.model.ref = get<std::string>(m["ref"], w + ": model.ref");
+  if (m["username"]) s.model.username = get<std::string>(m["username"], w + ": model.username");
+  if (m["version"]) s.model.version = get<uint32_t>(m["version"], w + ": model.version");
+  if (m["hyperparameters"]) {
+    try {
+      s.model.hyperparameters = Hyperparameters(yaml_to_json(m["hyperparameters"]));
+    } catch (const ConfigError& e) {
+      throw ConfigError(w + ": model." + e.what());
+    }
+  }
+  auto d = root["datastructure"];
+  if (!d) throw ConfigError(w + ": datastructure: required");
+  check_keys(d, {"target", "features", "ignore", "input_shape", "num_classes", "scale", "split"},
+             w + ": datastructure");
+  auto& ds = s.datastructure;
+  if (d["target"]) ds.target = get<std::string>(d["target"], w + ": datastructure.target");
+  if (d["features"]) ds.features = get<std::vector<std::string>>(d["features"], w + ": datastructure.features");
+  if (d["ignore"]) ds.ignore = get<std::vector<std::string>>(d["ignore"], w + ": datastructure.ignore");
+  if (d["input_shape"]) ds.input_shape = get<std::vector<int64_t>>(d["input_shape"], w + ": datastructure.input_shape");
+  if (d["num_classes"]) ds.num_classes = get<int64_t>(d["num_classes"], w + ": datastructure.num_classes");
+  if (d["scale"]) ds.scale = get<double>(d["scale"], w + ": datastructure.scale");
+  if (auto sp = d["split"]) {
+    check_keys(sp, {"validation", "test", "seed"}, w + ": datastructure.split");
+    if (sp["validation"]) ds.split.validation = get<double>(sp["validation"], w + ": datastructure.split.validation");
+    if (sp["test"]) ds.split.test = get<double>(sp["test"], w + ": datastructure.split.test");
+    if (sp["seed"]) ds.split.seed = get<uint64_t>(sp["seed"], w + ": datastructure.split.seed");
+  }
+  auto pods = root["pods"];
+  if (!pods || !pods.IsSequence()) throw ConfigError(w + ": pods: required, a list of {name, address}");
+  for (const auto& p : pods) {
+    check_keys(p, {"name", "address"}, w + ": pods");
+    PodAddress a;
+    if (p["name"]) a.name = get<std::string>(p["name"], w + ": pods.name");
+    if (p["address"]) a.address = get<std::string>(p["address"], w + ": pods.address");
+    s.pods.push_back(a);
+  }
+  if (root["rounds"]) s.rounds = get<int>(root["rounds"], w + ": rounds");
+  if (root["local_epochs"]) s.local_epochs = get<int>(root["local_epochs"], w + ": local_epochs");
+  if (root["local_steps"]) {
+    s.local_steps = get<int>(root["local_steps"], w + ": local_steps");
+    if (!root["local_epochs"]) s.local_epochs = 0;
+  }
+  if (root["batch_size"]) s.batch_size = get<int>(root["batch_size"], w + ": batch_size");
+  if (root["min_pods"]) s.min_pods = get<int>(root["min_pods"], w + ": min_pods");
+  if (root["round_timeout"]) s.round_timeout = parse_duration(get<std::string>(root["round_timeout"], w), w + ": round_timeout");
+  if (root["connect_timeout"]) s.connect_timeout = parse_duration(get<std::string>(root["connect_timeout"], w), w + ": connect_timeout");
+  if (root["eval_every"]) s.eval_every = get<int>(root["eval_every"], w + ": eval_every");
+  if (root["strategy"]) s.strategy = get<std::string>(root["strategy"], w + ": strategy");
+  if (root["seed"]) s.seed = get<uint64_t>(root["seed"], w + ": seed");
+  if (root["output_dir"]) s.output_dir = get<std::string>(root["output_dir"], w + ": output_dir");
+  validate(s, w);
+  return s;
+}
+
+}  // namespace fedpod::coordinator

@@ -1,0 +1,49 @@
+// The local training loop: what a pod does with the global parameters each round.
+//
+// Pure computation on one model and one dataset; no sockets. The worker runs it on
+// its executor thread; the demo's centralized baseline runs the same code on pooled
+// data, so both sides of that comparison train identically.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "fedpod/common/config_util.h"
+#include "fedpod/common/status.h"
+#include "fedpod/data/dataset.h"
+#include "fedpod/model/model.h"
+
+namespace fedpod::worker {
+
+struct TrainOptions {
+  int64_t epochs = 1;      // full passes over the data; used when steps == 0
+  int64_t steps = 0;       // optimizer steps; takes precedence when > 0
+  int64_t batch_size = 32;
+  uint64_t seed = 0;       // batch order
+};
+
+struct TrainStats {
+  int64_t steps = 0;
+  int64_t samples_seen = 0;  // with repeats across epochs
+  double loss = 0;           // mean training loss over the samples seen
+  double accuracy = 0;       // on the batches as trained
+};
+
+struct EvalStats {
+  int64_t samples = 0;
+  double loss = 0;
+  double accuracy = 0;
+};
+
+// Trains `model` in place with the optimizer from `model.configure_optimizers(hp)`.
+// Stops early (returning kFailedPrecondition "cancelled") when `cancel` becomes true;
+// checked between steps. Errors in the model (c10::Error) become kInternal.
+StatusOr<TrainStats> train_local(model::Model& model, const data::Dataset& data,
+                                 const TrainOptions& options, const Hyperparameters& hp,
+                                 const std::atomic<bool>* cancel = nullptr);
+
+// Scores `model` on `data` with validation_step (or test_step when `test`), no grad.
+StatusOr<EvalStats> evaluate(model::Model& model, const data::Dataset& data, int64_t batch_size,
+                             bool test);
+
+}  // namespace fedpod::worker

@@ -1,0 +1,69 @@
+// Worker: a pod's long-running server (`fedpod worker --config pod.yaml`).
+//
+// It binds a ROUTER socket and answers the coordinator's requests:
+//   hello      -> schema of the local dataset, devices, active job
+//   startJob   -> builds the model and the dataset splits for the job
+//   train      -> loads the global parameters, trains locally, returns parameters
+//   evaluate   -> loads parameters, scores the validation or test split
+//   endJob     -> drops the job
+//   heartbeat  -> busy flag and round
+// One job at a time: a startJob for another job while one is active is refused
+// with kBusy. A job idle longer than job_idle_timeout is ended, so a vanished
+// coordinator cannot hold the pod forever.
+//
+// Threads: serve() runs the socket loop; training and evaluation run on a second
+// (executor) thread that hands finished replies back through an inproc PAIR socket,
+// so heartbeats and refusals are answered while a round trains. Bad messages get
+// an Error reply and are counted; the loop keeps serving.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <zmq.hpp>
+
+#include "fedpod/common/log.h"
+#include "fedpod/worker/config.h"
+
+namespace fedpod::worker {
+
+// Counters for observability and tests. Read from any thread.
+struct WorkerCounters {
+  std::atomic<int64_t> bad_messages{0};
+  std::atomic<int64_t> jobs_started{0};
+  std::atomic<int64_t> jobs_refused{0};
+  std::atomic<int64_t> rounds_trained{0};
+  std::atomic<int64_t> samples_trained{0};
+  std::atomic<int64_t> evaluations{0};
+  std::atomic<int64_t> heartbeats{0};
+};
+
+class Worker {
+ public:
+  // Loads the dataset (reporting skipped rows) and binds the ROUTER socket.
+  // Throws ConfigError for a dataset that cannot be read or an address that
+  // cannot be bound. `ctx` must outlive the Worker.
+  Worker(zmq::context_t& ctx, PodConfig config, Logger log);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // The bound endpoint, with the real port when the config said "*".
+  const std::string& endpoint() const { return endpoint_; }
+  const PodConfig& config() const { return config_; }
+  const WorkerCounters& counters() const { return counters_; }
+
+  // Serves until `stop` becomes true (checked every 100 ms). Call from one thread,
+  // once; the socket moves to that thread.
+  void serve(const std::atomic<bool>& stop);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  PodConfig config_;
+  std::string endpoint_;
+  WorkerCounters counters_;
+};
+
+}  // namespace fedpod::worker

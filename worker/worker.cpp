@@ -1,0 +1,486 @@
+#include "fedpod/worker/worker.h"
+
+#include <kj/exception.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "fedpod/data/dataset.h"
+#include "fedpod/model/zoo.h"
+#include "fedpod/protocol/codec.h"
+#include "fedpod/protocol/socket.h"
+#include "fedpod/worker/trainer.h"
+#include "fedpod/worker/wire_convert.h"
+
+namespace fedpod::worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Frames = std::vector<zmq::message_t>;
+
+// A job accepted by this pod. Immutable fields are read by the socket thread; the
+// model is touched only by the executor thread while a task runs.
+struct Job {
+  std::string id;
+  std::string model_ref;
+  Hyperparameters hp;
+  data::Splits splits;
+  std::unique_ptr<model::Model> model;
+  std::vector<protocol::TensorSpec> specs;
+  uint64_t seed = 0;
+  uint32_t round = 0;
+  Clock::time_point last_activity = Clock::now();
+};
+
+// Runs tasks one at a time on its own thread; each task returns the frames of its
+// reply, which are sent to the socket thread over an inproc PAIR socket.
+class Executor {
+ public:
+  using Task = std::function<Frames()>;
+
+  Executor(zmq::context_t& ctx, std::string inproc, Logger log)
+      : ctx_(ctx), inproc_(std::move(inproc)), log_(std::move(log)), thread_([this] { run(); }) {}
+
+  ~Executor() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  void submit(Task task) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(task));
+    }
+    cv_.notify_all();
+  }
+
+  // Blocks until no task is queued or running.
+  void wait_idle() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return queue_.empty() && !running_; });
+  }
+
+ private:
+  void run() {
+    zmq::socket_t out(ctx_, zmq::socket_type::pair);
+    out.set(zmq::sockopt::linger, 0);
+    out.connect(inproc_);
+    while (true) {
+      Task task;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        task = std::move(queue_.front());
+        queue_.pop_front();
+        running_ = true;
+      }
+      Frames frames;
+      try {
+        frames = task();
+      } catch (const std::exception& e) {
+        log_->error("event=task_failed error=\"{}\"", e.what());
+      }
+      if (!frames.empty()) protocol::send_frames(out, frames);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        running_ = false;
+      }
+      cv_.notify_all();
+    }
+  }
+
+  zmq::context_t& ctx_;
+  std::string inproc_;
+  Logger log_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Task> queue_;
+  bool running_ = false;
+  bool stopping_ = false;
+  std::thread thread_;  // last: starts after the members it uses
+};
+
+}  // namespace
+
+struct Worker::Impl {
+  Impl(zmq::context_t& ctx, Worker& owner, Logger log) : ctx(ctx), owner(owner), log(std::move(log)) {}
+
+  zmq::context_t& ctx;
+  Worker& owner;
+  Logger log;
+  zmq::socket_t router;
+  data::Table table;
+  protocol::Limits limits;
+  std::unique_ptr<Job> job;
+  bool busy = false;  // a task of `job` is queued or running (socket thread only)
+  std::atomic<bool> cancel{false};
+  std::unique_ptr<Executor> executor;
+
+  const PodConfig& config() const { return owner.config_; }
+  WorkerCounters& counters() { return owner.counters_; }
+
+  // Builds a reply echoing the request's ids; `fill` sets the body.
+  Frames reply(const zmq::message_t& routing, const std::string& job_id, uint64_t request_id,
+               const std::function<void(protocol::Outgoing&)>& fill) {
+    protocol::Outgoing out(job_id, request_id);
+    fill(out);
+    Frames frames = out.frames();
+    frames.insert(frames.begin(), zmq::message_t(routing.data(), routing.size()));
+    return frames;
+  }
+
+  void send(Frames& frames) {
+    // frames[0] is the routing id.
+    zmq::message_t routing = std::move(frames[0]);
+    frames.erase(frames.begin());
+    if (!protocol::send_frames(router, frames, &routing)) {
+      log->warn("event=reply_dropped reason=peer_gone");
+    }
+  }
+
+  void send_error(const zmq::message_t& routing, const std::string& job_id, uint64_t request_id,
+                  const Status& status) {
+    if (status.code() == StatusCode::kBadMessage) counters().bad_messages++;
+    log->warn("event=request_refused job={} request={} code={} reason=\"{}\"", job_id, request_id,
+              to_string(status.code()), status.message());
+    Frames f = reply(routing, job_id, request_id,
+                     [&](protocol::Outgoing& o) { protocol::set_error(o.envelope(), status); });
+    send(f);
+  }
+
+  void serve(const std::atomic<bool>& stop) {
+    const std::string inproc = "inproc://fedpod-worker-" + std::to_string(reinterpret_cast<uintptr_t>(this));
+    zmq::socket_t results(ctx, zmq::socket_type::pair);
+    results.set(zmq::sockopt::linger, 0);
+    results.bind(inproc);
+    executor = std::make_unique<Executor>(ctx, inproc, log);
+    log->info("event=serving pod={} endpoint={} rows={} columns={} devices={}", config().name,
+              owner.endpoint_, table.schema.num_rows, table.schema.columns.size(), config().devices[0]);
+
+    Frames frames;
+    while (!stop.load()) {
+      zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}, {results.handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 2, std::chrono::milliseconds(100));
+      bool too_many = false;
+      if (items[1].revents & ZMQ_POLLIN) {
+        while (protocol::recv_frames(results, frames, SIZE_MAX, too_many)) {
+          busy = false;
+          if (job) job->last_activity = Clock::now();
+          send(frames);
+        }
+      }
+      if (items[0].revents & ZMQ_POLLIN) {
+        // Drain what is waiting, one message at a time.
+        for (int i = 0; i < 64 && protocol::recv_frames(router, frames, limits.max_frames + 1, too_many); ++i) {
+          handle(frames, too_many);
+        }
+      }
+      expire_idle_job();
+    }
+    if (job) end_job("worker stopping");
+    executor.reset();
+    log->info("event=stopped pod={}", config().name);
+  }
+
+  void expire_idle_job() {
+    if (!job || busy) return;
+    if (Clock::now() - job->last_activity > config().job_idle_timeout) {
+      log->warn("event=job_expired job={} idle_timeout_ms={}", job->id, config().job_idle_timeout.count());
+      end_job("idle timeout");
+    }
+  }
+
+  void end_job(const std::string& reason) {
+    if (busy) {
+      cancel = true;
+      executor->wait_idle();
+      cancel = false;
+    }
+    log->info("event=job_ended job={} round={} reason=\"{}\"", job->id, job->round, reason);
+    job.reset();
+  }
+
+  void handle(Frames& frames, bool too_many) {
+    if (frames.size() < 2) {
+      counters().bad_messages++;
+      log->warn("event=bad_message reason=\"message without an envelope\"");
+      return;  // no way to answer without a routing id and envelope
+    }
+    zmq::message_t routing = std::move(frames[0]);
+    frames.erase(frames.begin());
+    if (too_many) {
+      send_error(routing, "", 0,
+                 Status::bad_message("message has more than " + std::to_string(limits.max_frames) + " frames"));
+      return;
+    }
+    auto parsed = protocol::Incoming::parse(std::move(frames), limits);
+    if (!parsed.ok()) {
+      send_error(routing, "", 0, parsed.status());
+      return;
+    }
+    protocol::Incoming& in = **parsed;
+    auto env = in.envelope();
+    std::string job_id;
+    uint64_t request_id = 0;
+    try {
+      job_id = env.getJobId();
+      request_id = env.getRequestId();
+      Status st = dispatch(routing, in, job_id, request_id);
+      if (!st.ok()) send_error(routing, job_id, request_id, st);
+    } catch (const kj::Exception& e) {
+      send_error(routing, job_id, request_id,
+                 Status::bad_message(std::string("malformed message: ") + e.getDescription().cStr()));
+    } catch (const ConfigError& e) {
+      send_error(routing, job_id, request_id, Status::invalid(e.what()));
+    } catch (const c10::Error& e) {
+      send_error(routing, job_id, request_id, Status::internal(e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      send_error(routing, job_id, request_id, Status::internal(e.what()));
+    }
+  }
+
+  Status dispatch(const zmq::message_t& routing, protocol::Incoming& in, const std::string& job_id,
+                  uint64_t request_id) {
+    auto body = in.envelope().getBody();
+    using W = wire::Envelope::Body::Which;
+    switch (body.which()) {
+      case W::HELLO: {
+        Frames f = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
+          auto r = o.envelope().getBody().initHelloReply();
+          r.setPodName(config().name);
+          to_wire(table.schema, r.initSchema());
+          auto devs = r.initDevices(config().devices.size());
+          for (size_t i = 0; i < config().devices.size(); ++i) devs.set(i, config().devices[i]);
+          r.setActiveJob(job ? job->id : "");
+        });
+        send(f);
+        return Status();
+      }
+      case W::HEARTBEAT: {
+        counters().heartbeats++;
+        if (job && job->id == job_id) job->last_activity = Clock::now();
+        Frames f = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
+          auto h = o.envelope().getBody().initHeartbeat();
+          h.setBusy(busy);
+          h.setRound(job ? job->round : 0);
+        });
+        send(f);
+        return Status();
+      }
+      case W::START_JOB:
+        return start_job(routing, body.getStartJob(), job_id, request_id);
+      case W::TRAIN:
+        return train(routing, in, body.getTrain(), job_id, request_id);
+      case W::EVALUATE:
+        return evaluate_split(routing, in, body.getEvaluate(), job_id, request_id);
+      case W::END_JOB: {
+        if (!job || job->id != job_id) return Status::failed_precondition("no job '" + job_id + "' on pod " + config().name);
+        end_job(std::string("requested: ") + body.getEndJob().getReason().cStr());
+        Frames f = reply(routing, job_id, request_id,
+                         [&](protocol::Outgoing& o) { o.envelope().getBody().initJobEnded(); });
+        send(f);
+        return Status();
+      }
+      default:
+        return Status::bad_message(std::string("a pod does not accept '") + protocol::body_name(body.which()) +
+                                   "' messages");
+    }
+  }
+
+  Status start_job(const zmq::message_t& routing, wire::StartJob::Reader sj, const std::string& job_id,
+                   uint64_t request_id) {
+    if (job_id.empty()) return Status::invalid("startJob without a job id");
+    if (job && job->id != job_id) {
+      counters().jobs_refused++;
+      return Status::busy("pod " + config().name + " is running job '" + job->id +
+                          "'; a second job is refused until that one ends");
+    }
+    if (job && busy) return Status::busy("job '" + job_id + "' is busy on pod " + config().name);
+    auto mref = sj.getModel();
+    const std::string ref = mref.getModelRef();
+    if (!std::string(mref.getUsername()).empty() || !model::is_builtin(ref)) {
+      return Status::not_found("model '" + ref + "' is not a built-in model (built-ins: logreg, mlp, cnn); custom models need the model hub");
+    }
+    std::string hp_text = mref.getHyperparameters();
+    nlohmann::json hp_json = nlohmann::json::object();
+    if (!hp_text.empty()) {
+      hp_json = nlohmann::json::parse(hp_text, nullptr, /*allow_exceptions=*/false);
+      if (hp_json.is_discarded()) return Status::bad_message("hyperparameters are not valid JSON");
+    }
+    auto new_job = std::make_unique<Job>();
+    new_job->id = job_id;
+    new_job->model_ref = ref;
+    new_job->hp = Hyperparameters(hp_json);
+    new_job->seed = sj.getSeed();
+    data::Datastructure ds = from_wire(sj.getDatastructure());
+    auto splits = data::make_splits(table, ds);
+    if (!splits.ok()) return splits.status();
+    new_job->splits = std::move(*splits);
+    new_job->model = model::make_builtin(ref);
+    torch::manual_seed(new_job->seed);
+    new_job->model->create_model(new_job->splits.input_shape, ds.num_classes, new_job->hp);
+    new_job->specs = tensor_specs(new_job->model->flat().layout());
+    const auto& s = new_job->splits;
+    log->info("event=job_started job={} model={} train={} validation={} test={} parameters={}", job_id, ref,
+              s.train.size(), s.validation.size(), s.test.size(), new_job->model->flat().numel());
+    Frames f = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
+      auto a = o.envelope().getBody().initJobAccepted();
+      a.setTrainSamples(s.train.size());
+      a.setValidationSamples(s.validation.size());
+      a.setTestSamples(s.test.size());
+      a.setSkippedRows(table.skipped_rows);
+      a.setNumParameters(new_job->model->flat().numel());
+    });
+    job = std::move(new_job);
+    counters().jobs_started++;
+    send(f);
+    return Status();
+  }
+
+  Status check_job(const std::string& job_id) {
+    if (!job) return Status::failed_precondition("no job is running on pod " + config().name + "; send startJob first");
+    if (job->id != job_id) {
+      return Status::failed_precondition("message for job '" + job_id + "', pod " + config().name + " runs '" + job->id + "'");
+    }
+    if (busy) return Status::busy("pod " + config().name + " is still working on round " + std::to_string(job->round));
+    return Status();
+  }
+
+  // Copies received parameters into the model's flat buffer (the one receive-side copy).
+  static void load_parameters(Job& j, std::vector<torch::Tensor>& tensors) {
+    torch::NoGradGuard no_grad;
+    torch::Tensor& flat = j.model->flat().writable();
+    const auto& layout = j.model->flat().layout();
+    for (size_t i = 0; i < layout.size(); ++i) {
+      flat.narrow(0, layout[i].offset, layout[i].numel).copy_(tensors[i].view({-1}));
+    }
+    tensors.clear();  // releases the received frames
+  }
+
+  Status train(const zmq::message_t& routing, protocol::Incoming& in, wire::Train::Reader t,
+               const std::string& job_id, uint64_t request_id) {
+    FEDPOD_RETURN_IF_ERROR(check_job(job_id));
+    auto tensors = in.take_tensors(t.getTensors(), job->specs);
+    if (!tensors.ok()) return tensors.status();
+    TrainOptions opts;
+    opts.epochs = t.getLocalEpochs();
+    opts.steps = t.getLocalSteps();
+    opts.batch_size = t.getBatchSize() ? t.getBatchSize() : job->hp.integer("batch_size", 32);
+    if (opts.epochs == 0 && opts.steps == 0) opts.epochs = 1;
+    const uint32_t round = t.getRound();
+    opts.seed = job->seed * 1000003ULL + round;
+    job->round = round;
+    job->last_activity = Clock::now();
+    busy = true;
+    Job* j = job.get();
+    auto routing_copy = std::make_shared<zmq::message_t>(routing.data(), routing.size());
+    auto params = std::make_shared<std::vector<torch::Tensor>>(std::move(*tensors));
+    executor->submit([this, j, routing_copy, params, opts, round, job_id, request_id]() -> Frames {
+      load_parameters(*j, *params);
+      const auto start = Clock::now();
+      auto stats = train_local(*j->model, j->splits.train, opts, j->hp, &cancel);
+      const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      if (!stats.ok()) {
+        return reply(*routing_copy, job_id, request_id,
+                     [&](protocol::Outgoing& o) { protocol::set_error(o.envelope(), stats.status()); });
+      }
+      counters().rounds_trained++;
+      counters().samples_trained += stats->samples_seen;
+      log->info("event=trained job={} round={} steps={} samples={} train_loss={:.4f} train_accuracy={:.4f} seconds={:.3f}",
+                job_id, round, stats->steps, stats->samples_seen, stats->loss, stats->accuracy, seconds);
+      return reply(*routing_copy, job_id, request_id, [&](protocol::Outgoing& o) {
+        auto r = o.envelope().getBody().initTrainResult();
+        r.setRound(round);
+        r.setNumSamples(j->splits.train.size());
+        r.setSeconds(seconds);
+        auto m = r.initMetrics(4);
+        m[0].setName("train_loss");
+        m[0].setValue(stats->loss);
+        m[1].setName("train_accuracy");
+        m[1].setValue(stats->accuracy);
+        m[2].setName("steps");
+        m[2].setValue(static_cast<double>(stats->steps));
+        m[3].setName("samples_seen");
+        m[3].setValue(static_cast<double>(stats->samples_seen));
+        const auto& flat = j->model->flat();
+        // Zero-copy: frames point into the model's buffer, pinned until sent.
+        o.attach(r.initTensors(flat.layout().size()), parameter_views(flat.tensor(), flat.layout()),
+                 j->model->flat().pin());
+      });
+    });
+    return Status();
+  }
+
+  Status evaluate_split(const zmq::message_t& routing, protocol::Incoming& in, wire::Evaluate::Reader e,
+                        const std::string& job_id, uint64_t request_id) {
+    FEDPOD_RETURN_IF_ERROR(check_job(job_id));
+    auto tensors = in.take_tensors(e.getTensors(), job->specs);
+    if (!tensors.ok()) return tensors.status();
+    const auto split = e.getSplit();
+    const int64_t batch = e.getBatchSize() ? e.getBatchSize() : 256;
+    const uint32_t round = e.getRound();
+    job->last_activity = Clock::now();
+    busy = true;
+    Job* j = job.get();
+    auto routing_copy = std::make_shared<zmq::message_t>(routing.data(), routing.size());
+    auto params = std::make_shared<std::vector<torch::Tensor>>(std::move(*tensors));
+    executor->submit([this, j, routing_copy, params, split, batch, round, job_id, request_id]() -> Frames {
+      load_parameters(*j, *params);
+      const data::Dataset& d = split == wire::Split::TEST         ? j->splits.test
+                               : split == wire::Split::VALIDATION ? j->splits.validation
+                                                                  : j->splits.train;
+      auto stats = evaluate(*j->model, d, batch, split == wire::Split::TEST);
+      return reply(*routing_copy, job_id, request_id, [&](protocol::Outgoing& o) {
+        if (!stats.ok()) {
+          protocol::set_error(o.envelope(), stats.status());
+          return;
+        }
+        counters().evaluations++;
+        auto r = o.envelope().getBody().initEvalResult();
+        r.setRound(round);
+        r.setSplit(split);
+        r.setNumSamples(stats->samples);
+        r.setLoss(stats->loss);
+        r.setAccuracy(stats->accuracy);
+      });
+    });
+    return Status();
+  }
+};
+
+Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log)
+    : impl_(std::make_unique<Impl>(ctx, *this, std::move(log))), config_(std::move(config)) {
+  if (config_.devices.empty()) config_.devices = {"cpu"};
+  auto table = data::read_csv(config_.dataset_path, config_.csv, config_.schema);
+  if (!table.ok()) throw ConfigError("pod " + config_.name + ": dataset: " + table.status().message());
+  impl_->table = std::move(*table);
+  if (impl_->table.skipped_rows > 0) {
+    impl_->log->warn("event=bad_rows_skipped pod={} count={}", config_.name, impl_->table.skipped_rows);
+    for (const auto& r : impl_->table.skipped_reasons) impl_->log->warn("event=bad_row reason=\"{}\"", r);
+  }
+  protocol::SocketOptions opts;
+  opts.max_frame_bytes = config_.max_frame_bytes;
+  try {
+    impl_->router = protocol::make_router(ctx, config_.listen, opts);
+  } catch (const zmq::error_t& e) {
+    throw ConfigError("pod " + config_.name + ": cannot listen on " + config_.listen + ": " + e.what());
+  }
+  endpoint_ = protocol::bound_endpoint(impl_->router);
+}
+
+Worker::~Worker() = default;
+
+void Worker::serve(const std::atomic<bool>& stop) { impl_->serve(stop); }
+
+}  // namespace fedpod::worker
