@@ -26,3 +26,40 @@ class TempDir {
 std::string source_dir();
 
 }  // namespace fedpod::testing
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <vector>
+
+namespace fedpod::testing {
+
+// The fedpod binary under test (FEDPOD_BIN, set by ctest).
+std::string fedpod_bin();
+
+// A child process running `argv` with stdout and stderr sent to `log_file`. Killed
+// with SIGKILL and reaped on destruction if still running.
+class Process {
+ public:
+  Process(const std::vector<std::string>& argv, const std::string& log_file);
+  ~Process();
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+  pid_t pid() const { return pid_; }
+  void kill(int signal);
+  // Waits for exit; returns the exit status as from waitpid, or -1 on timeout.
+  int wait(std::chrono::milliseconds timeout);
+  bool running();
+
+ private:
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+};
+
+// Waits until `path` exists and holds a first word; returns it ("" on timeout).
+std::string wait_for_word(const std::string& path, std::chrono::milliseconds timeout);
+
+// Reads a whole file ("" if missing).
+std::string read_file(const std::string& path);
+
+}  // namespace fedpod::testing

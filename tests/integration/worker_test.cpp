@@ -1,0 +1,384 @@
+// The worker as a coordinator sees it: a real Worker serving on loopback in a thread,
+// spoken to over a DEALER socket with hand-built (and hand-broken) messages.
+#include "fedpod/worker/worker.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <functional>
+#include <thread>
+
+#include "fedpod/model/zoo.h"
+
+#include "fedpod/protocol/codec.h"
+#include "fedpod/protocol/socket.h"
+#include "fedpod/worker/wire_convert.h"
+#include "testutil.h"
+
+namespace fedpod {
+namespace {
+
+using namespace std::chrono_literals;
+using W = wire::Envelope::Body::Which;
+
+class Client {
+ public:
+  Client(zmq::context_t& ctx, const std::string& endpoint)
+      : socket_(protocol::make_dealer(ctx, endpoint, protocol::SocketOptions())) {}
+
+  void send(std::vector<zmq::message_t> frames) { ASSERT_TRUE(protocol::send_frames(socket_, frames)); }
+  void send(protocol::Outgoing& out) { send(out.frames()); }
+
+  // The next reply, or nullptr after `timeout`.
+  std::unique_ptr<protocol::Incoming> recv(std::chrono::milliseconds timeout = 10s) {
+    zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, timeout) == 0) return nullptr;
+    std::vector<zmq::message_t> frames;
+    bool too_many;
+    if (!protocol::recv_frames(socket_, frames, 100000, too_many)) return nullptr;
+    auto in = protocol::Incoming::parse(std::move(frames));
+    EXPECT_TRUE(in.ok()) << in.status().to_string();
+    return in.ok() ? std::move(*in) : nullptr;
+  }
+
+  std::unique_ptr<protocol::Incoming> request(protocol::Outgoing& out) {
+    send(out);
+    return recv();
+  }
+
+ private:
+  zmq::socket_t socket_;
+};
+
+// An Error reply's text, or "" if the reply is not an error.
+std::string error_of(const protocol::Incoming& in) {
+  auto body = in.envelope().getBody();
+  if (body.which() != W::ERROR) return "";
+  return std::string(to_string(protocol::from_wire(body.getError().getCode()))) + ": " +
+         body.getError().getMessage().cStr();
+}
+
+class WorkerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { start(int64_t{0}); }
+
+  void start(int64_t max_frame_bytes) {
+    worker::PodConfig config;
+    config.name = "test-pod";
+    config.listen = "tcp://127.0.0.1:*";
+    config.dataset_path = testing::source_dir() + "/examples/digits/pod-a.csv";
+    config.devices = {"cpu"};
+    if (max_frame_bytes > 0) config.max_frame_bytes = max_frame_bytes;
+    worker_ = std::make_unique<worker::Worker>(ctx_, config, null_logger());
+    thread_ = std::thread([this] { worker_->serve(stop_); });
+    client_ = std::make_unique<Client>(ctx_, worker_->endpoint());
+  }
+
+  void TearDown() override {
+    client_.reset();
+    stop_ = true;
+    thread_.join();
+  }
+
+  // Starts job `job_id` with `model_ref`; returns the reply.
+  std::unique_ptr<protocol::Incoming> start_job(const std::string& job_id, const std::string& model_ref = "logreg",
+                                                const std::string& hp = "{}") {
+    protocol::Outgoing out(job_id, next_id_++);
+    auto sj = out.envelope().getBody().initStartJob();
+    sj.initModel().setModelRef(model_ref);
+    sj.getModel().setHyperparameters(hp);
+    data::Datastructure ds;
+    ds.target = "label";
+    ds.num_classes = 10;
+    ds.scale = 1.0 / 16;
+    ds.split = {0.1, 0.2, 3};
+    worker::to_wire(ds, sj.initDatastructure());
+    return client_->request(out);
+  }
+
+  // The layout of the job's model, built the way the coordinator builds it.
+  std::vector<model::ParamInfo> layout(const std::string& model_ref = "logreg", const std::string& hp = "{}") {
+    auto m = model::make_builtin(model_ref);
+    m->create_model({64}, 10, Hyperparameters(nlohmann::json::parse(hp)));
+    return m->flat().layout();
+  }
+
+  // A train message carrying `tensors` for `layout`.
+  std::unique_ptr<protocol::Outgoing> train_msg(const std::string& job_id, std::vector<protocol::NamedTensor> tensors,
+                                                uint32_t steps = 5) {
+    auto out = std::make_unique<protocol::Outgoing>(job_id, next_id_++);
+    auto t = out->envelope().getBody().initTrain();
+    t.setRound(1);
+    t.setLocalSteps(steps);
+    t.setBatchSize(16);
+    auto infos = t.initTensors(tensors.size());
+    out->attach(infos, std::move(tensors));
+    return out;
+  }
+
+  std::vector<protocol::NamedTensor> zeros_for(const std::vector<model::ParamInfo>& l) {
+    std::vector<protocol::NamedTensor> out;
+    for (const auto& p : l) out.push_back({p.name, torch::zeros(p.shape)});
+    return out;
+  }
+
+  zmq::context_t ctx_{1};
+  std::atomic<bool> stop_{false};
+  std::unique_ptr<worker::Worker> worker_;
+  std::thread thread_;
+  std::unique_ptr<Client> client_;
+  uint64_t next_id_ = 1;
+};
+
+// The reply must prove the worker is still serving after a rejection.
+void expect_still_serving(Client& client) {
+  protocol::Outgoing hello("", 999);
+  hello.envelope().getBody().initHello();
+  auto r = client.request(hello);
+  ASSERT_NE(r, nullptr) << "worker stopped answering";
+  EXPECT_EQ(r->envelope().getBody().which(), W::HELLO_REPLY);
+}
+
+TEST_F(WorkerTest, HelloAdvertisesSchemaAndDevices) {
+  protocol::Outgoing out("", 1);
+  out.envelope().getBody().initHello();
+  auto r = client_->request(out);
+  ASSERT_NE(r, nullptr);
+  ASSERT_EQ(r->envelope().getBody().which(), W::HELLO_REPLY);
+  auto hr = r->envelope().getBody().getHelloReply();
+  EXPECT_EQ(std::string(hr.getPodName()), "test-pod");
+  data::Schema schema = worker::from_wire(hr.getSchema());
+  EXPECT_EQ(schema.columns.size(), 65u);
+  EXPECT_EQ(schema.columns.back().name, "label");
+  EXPECT_EQ(schema.num_rows, 684);
+  ASSERT_EQ(hr.getDevices().size(), 1u);
+  EXPECT_EQ(std::string(hr.getDevices()[0]), "cpu");
+  EXPECT_EQ(r->envelope().getRequestId(), 1u);
+}
+
+TEST_F(WorkerTest, GarbageEnvelopeGetsErrorAndWorkerKeepsServing) {
+  std::vector<zmq::message_t> frames;
+  std::string junk(40, '\xAB');
+  frames.emplace_back(junk.data(), junk.size());
+  client_->send(std::move(frames));
+  auto r = client_->recv();
+  ASSERT_NE(r, nullptr);
+  EXPECT_NE(error_of(*r).find("bad_message: malformed envelope"), std::string::npos) << error_of(*r);
+  EXPECT_EQ(worker_->counters().bad_messages.load(), 1);
+  expect_still_serving(*client_);
+}
+
+TEST_F(WorkerTest, EnvelopeOfOddSizeIsRejected) {
+  std::vector<zmq::message_t> frames;
+  frames.emplace_back(std::string(13, 'x').data(), 13);
+  client_->send(std::move(frames));
+  auto r = client_->recv();
+  ASSERT_NE(r, nullptr);
+  EXPECT_NE(error_of(*r).find("not a whole number of 8-byte words"), std::string::npos) << error_of(*r);
+  expect_still_serving(*client_);
+}
+
+TEST_F(WorkerTest, TrainBeforeStartJobIsRefused) {
+  auto msg = train_msg("job-1", zeros_for(layout()));
+  auto r = client_->request(*msg);
+  ASSERT_NE(r, nullptr);
+  EXPECT_NE(error_of(*r).find("failed_precondition: no job is running on pod test-pod"), std::string::npos)
+      << error_of(*r);
+}
+
+TEST_F(WorkerTest, UnknownModelIsRefusedByName) {
+  auto r = start_job("job-1", "resnet9000");
+  ASSERT_NE(r, nullptr);
+  EXPECT_NE(error_of(*r).find("not_found: model 'resnet9000'"), std::string::npos) << error_of(*r);
+}
+
+TEST_F(WorkerTest, StartJobReportsSplitSizes) {
+  auto r = start_job("job-1");
+  ASSERT_NE(r, nullptr);
+  ASSERT_EQ(r->envelope().getBody().which(), W::JOB_ACCEPTED) << error_of(*r);
+  auto a = r->envelope().getBody().getJobAccepted();
+  // 684 rows: floor(0.2*684)=136 test, floor(0.1*684)=68 validation, the rest train.
+  EXPECT_EQ(a.getTestSamples(), 136u);
+  EXPECT_EQ(a.getValidationSamples(), 68u);
+  EXPECT_EQ(a.getTrainSamples(), 480u);
+  EXPECT_EQ(a.getNumParameters(), 64u * 10 + 10);
+}
+
+// Every malformed train leaves the job intact: a valid train afterwards succeeds.
+TEST_F(WorkerTest, MalformedTrainMessagesAreRejectedAndStateKept) {
+  ASSERT_EQ(start_job("job-1")->envelope().getBody().which(), W::JOB_ACCEPTED);
+  const auto l = layout();
+  struct Case {
+    std::string what;
+    std::function<std::vector<zmq::message_t>()> frames;
+    std::string expect;
+  };
+  auto good = [&] { return train_msg("job-1", zeros_for(l))->frames(); };
+  std::vector<Case> cases = {
+      {"wrong shape",
+       [&] {
+         auto t = zeros_for(l);
+         t[0].tensor = torch::zeros({10, 63});
+         return train_msg("job-1", t)->frames();
+       },
+       "has shape [10, 63], expected [10, 64]"},
+      {"wrong dtype",
+       [&] {
+         auto t = zeros_for(l);
+         t[1].tensor = torch::zeros({10}, torch::kFloat64);
+         return train_msg("job-1", t)->frames();
+       },
+       "has dtype float64, expected float32"},
+      {"NaN",
+       [&] {
+         auto t = zeros_for(l);
+         t[0].tensor[3][7] = std::nanf("");
+         return train_msg("job-1", t)->frames();
+       },
+       "contains NaN or infinity"},
+      {"infinity in last element",
+       [&] {
+         auto t = zeros_for(l);
+         t[1].tensor[9] = INFINITY;
+         return train_msg("job-1", t)->frames();
+       },
+       "contains NaN or infinity"},
+      {"truncated frame",
+       [&] {
+         auto f = good();
+         f[1] = zmq::message_t(f[1].data(), f[1].size() - 4);
+         return f;
+       },
+       "frame has 2556 bytes, expected 2560"},
+      {"missing frame",
+       [&] {
+         auto f = good();
+         f.pop_back();
+         return f;
+       },
+       "1 tensor frames for 2 tensors"},
+      {"extra frame",
+       [&] {
+         auto f = good();
+         f.emplace_back(8);
+         return f;
+       },
+       "3 tensor frames for 2 tensors"},
+      {"wrong tensor names",
+       [&] {
+         auto t = zeros_for(l);
+         std::swap(t[0].name, t[1].name);
+         return train_msg("job-1", t)->frames();
+       },
+       "tensor 0 is '0.bias', expected '0.weight'"},
+      {"wrong job",
+       [&] { return train_msg("job-2", zeros_for(l))->frames(); },
+       "message for job 'job-2', pod test-pod runs 'job-1'"},
+  };
+  for (auto& c : cases) {
+    client_->send(c.frames());
+    auto r = client_->recv();
+    ASSERT_NE(r, nullptr) << c.what;
+    EXPECT_NE(error_of(*r).find(c.expect), std::string::npos) << c.what << ": " << error_of(*r);
+  }
+  EXPECT_EQ(worker_->counters().rounds_trained.load(), 0);
+  // The job survived all of that.
+  auto msg = train_msg("job-1", zeros_for(l));
+  auto r = client_->request(*msg);
+  ASSERT_NE(r, nullptr);
+  ASSERT_EQ(r->envelope().getBody().which(), W::TRAIN_RESULT) << error_of(*r);
+  auto tr = r->envelope().getBody().getTrainResult();
+  EXPECT_EQ(tr.getNumSamples(), 480u);
+  auto tensors = r->take_tensors(tr.getTensors(), worker::tensor_specs(l));
+  ASSERT_TRUE(tensors.ok()) << tensors.status().to_string();
+  // Five SGD steps from zero moved the weights.
+  EXPECT_GT((*tensors)[0].abs().sum().item<double>(), 0.0);
+}
+
+TEST_F(WorkerTest, SecondConcurrentJobIsRefusedUntilFirstEnds) {
+  ASSERT_EQ(start_job("job-1")->envelope().getBody().which(), W::JOB_ACCEPTED);
+  auto r = start_job("job-2");
+  ASSERT_NE(r, nullptr);
+  EXPECT_NE(error_of(*r).find("busy: pod test-pod is running job 'job-1'; a second job is refused"),
+            std::string::npos)
+      << error_of(*r);
+  EXPECT_EQ(worker_->counters().jobs_refused.load(), 1);
+
+  protocol::Outgoing end("job-1", next_id_++);
+  end.envelope().getBody().initEndJob().setReason("test");
+  auto ended = client_->request(end);
+  ASSERT_NE(ended, nullptr);
+  EXPECT_EQ(ended->envelope().getBody().which(), W::JOB_ENDED);
+  EXPECT_EQ(start_job("job-2")->envelope().getBody().which(), W::JOB_ACCEPTED);
+}
+
+TEST_F(WorkerTest, HeartbeatAnsweredWhileTrainingAndEndJobCancels) {
+  const std::string hp = R"({"hidden": [256, 256]})";
+  ASSERT_EQ(start_job("job-1", "mlp", hp)->envelope().getBody().which(), W::JOB_ACCEPTED);
+  auto msg = train_msg("job-1", zeros_for(layout("mlp", hp)), /*steps=*/1000000);
+  client_->send(*msg);
+
+  protocol::Outgoing hb("job-1", 77);
+  hb.envelope().getBody().initHeartbeat();
+  auto r = client_->request(hb);
+  ASSERT_NE(r, nullptr);
+  ASSERT_EQ(r->envelope().getBody().which(), W::HEARTBEAT) << error_of(*r);
+  EXPECT_TRUE(r->envelope().getBody().getHeartbeat().getBusy());
+
+  // A second train while busy is refused, not queued.
+  auto again = train_msg("job-1", zeros_for(layout("mlp", hp)));
+  auto busy = client_->request(*again);
+  ASSERT_NE(busy, nullptr);
+  EXPECT_NE(error_of(*busy).find("busy: pod test-pod is still working on round 1"), std::string::npos)
+      << error_of(*busy);
+
+  protocol::Outgoing end("job-1", 78);
+  end.envelope().getBody().initEndJob().setReason("test");
+  client_->send(end);
+  // The cancelled round answers with an error, then the end is confirmed.
+  bool ended = false;
+  for (int i = 0; i < 3 && !ended; ++i) {
+    auto reply = client_->recv();
+    ASSERT_NE(reply, nullptr);
+    ended = reply->envelope().getBody().which() == W::JOB_ENDED;
+  }
+  EXPECT_TRUE(ended);
+  EXPECT_EQ(worker_->counters().rounds_trained.load(), 0);
+}
+
+TEST_F(WorkerTest, MessageKindsForCoordinatorsAreRejected) {
+  protocol::Outgoing out("job-1", 5);
+  out.envelope().getBody().initJobEnded();
+  auto r = client_->request(out);
+  ASSERT_NE(r, nullptr);
+  EXPECT_NE(error_of(*r).find("a pod does not accept 'jobEnded' messages"), std::string::npos) << error_of(*r);
+}
+
+TEST_F(WorkerTest, WrongProtocolVersionIsNamed) {
+  protocol::Outgoing out("", 5);
+  out.envelope().setProtocolVersion(42);
+  out.envelope().getBody().initHello();
+  auto r = client_->request(out);
+  ASSERT_NE(r, nullptr);
+  EXPECT_NE(error_of(*r).find("version_mismatch: protocol version 42"), std::string::npos) << error_of(*r);
+}
+
+class SmallFrameWorkerTest : public WorkerTest {
+ protected:
+  void SetUp() override { start(int64_t{4096}); }
+};
+
+// ZMQ_MAXMSGSIZE: an oversized frame drops that peer's connection before the bytes
+// are buffered; other peers are served as before.
+TEST_F(SmallFrameWorkerTest, OversizedFrameDropsOnlyThatPeer) {
+  std::vector<zmq::message_t> frames;
+  frames.emplace_back(std::string(64 * 1024, 'x').data(), 64 * 1024);
+  client_->send(std::move(frames));
+  EXPECT_EQ(client_->recv(500ms), nullptr);
+  Client other(ctx_, worker_->endpoint());
+  expect_still_serving(other);
+}
+
+}  // namespace
+}  // namespace fedpod
