@@ -1,0 +1,177 @@
+// Whole rounds: real `fedpod worker` processes on loopback and an in-process
+// Coordinator, including a worker killed with SIGKILL in the middle of a round.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "fedpod/coordinator/coordinator.h"
+#include "fedpod/coordinator/history.h"
+#include "fedpod/model/zoo.h"
+#include "testutil.h"
+
+namespace fedpod {
+namespace {
+
+using namespace std::chrono_literals;
+
+class RoundTest : public ::testing::Test {
+ protected:
+  // Starts one worker process per name, each with its digits share.
+  void start_pods(const std::vector<std::string>& names) {
+    for (const auto& name : names) {
+      const std::string csv = testing::source_dir() + "/examples/digits/" + name + ".csv";
+      const std::string config = dir_.write(name + ".yaml", "name: " + name + "\nlisten: tcp://127.0.0.1:*\n" +
+                                                                "dataset:\n  path: " + csv + "\nthreads: 1\n");
+      const std::string endpoint_file = (dir_.path() / (name + ".endpoint")).string();
+      procs_.push_back(std::make_unique<testing::Process>(
+          std::vector<std::string>{testing::fedpod_bin(), "worker", "--config", config, "--endpoint-file",
+                                   endpoint_file},
+          (dir_.path() / (name + ".log")).string()));
+      const std::string endpoint = testing::wait_for_word(endpoint_file, 60s);
+      ASSERT_FALSE(endpoint.empty()) << "worker " << name << " did not start: "
+                                     << testing::read_file((dir_.path() / (name + ".log")).string());
+      spec_.pods.push_back({name, endpoint});
+    }
+  }
+
+  void SetUp() override {
+    spec_.job_id = "round-test";
+    spec_.model.ref = "mlp";
+    spec_.model.hyperparameters = Hyperparameters(nlohmann::json{{"hidden", {32}}, {"lr", 0.1}});
+    spec_.datastructure.target = "label";
+    spec_.datastructure.num_classes = 10;
+    spec_.datastructure.scale = 1.0 / 16;
+    spec_.rounds = 3;
+    spec_.round_timeout = 60s;
+    spec_.connect_timeout = 20s;
+    spec_.output_dir = (dir_.path() / "out").string();
+  }
+
+  StatusOr<coordinator::RunResult> run(std::ostream& progress) {
+    coordinator::validate(spec_, "test job");
+    zmq::context_t ctx(1);
+    coordinator::Coordinator c(ctx, spec_, null_logger(), progress);
+    return c.run();
+  }
+
+  nlohmann::json history() { return nlohmann::json::parse(testing::read_file(spec_.output_dir + "/history.json")); }
+
+  testing::TempDir dir_;
+  std::vector<std::unique_ptr<testing::Process>> procs_;
+  coordinator::JobSpec spec_;
+};
+
+TEST_F(RoundTest, ThreePodsThreeRoundsWriteHistoryAndModel) {
+  start_pods({"pod-a", "pod-b", "pod-c"});
+  std::ostringstream progress;
+  auto result = run(progress);
+  ASSERT_TRUE(result.ok()) << result.status().to_string();
+  EXPECT_EQ(result->rounds_completed, 3);
+  // Every pod's test split: floor(0.2 * rows) of 684, 562, 551.
+  EXPECT_EQ(result->test_samples, 136 + 112 + 110);
+  EXPECT_GT(result->test_accuracy, 0.3);  // chance is 0.1; the demo test checks >= 0.90
+  EXPECT_NE(progress.str().find("round 3/3  pods 3/3"), std::string::npos) << progress.str();
+
+  auto h = history();
+  EXPECT_EQ(h["status"], "completed");
+  ASSERT_EQ(h["rounds"].size(), 3u);
+  for (const auto& r : h["rounds"]) {
+    EXPECT_EQ(r["pods_answered"], 3);
+    EXPECT_EQ(r["pods"]["pod-b"]["outcome"], "ok");
+    EXPECT_EQ(r["pods"]["pod-b"]["num_samples"], 562 - 112 - 56);
+    EXPECT_FALSE(r["eval"].is_null());
+  }
+  // Validation loss falls as rounds go by.
+  EXPECT_LT(h["rounds"][2]["eval"]["loss"].get<double>(), h["rounds"][0]["eval"]["loss"].get<double>());
+
+  auto params = coordinator::load_parameters(result->model_path);
+  auto m = model::make_builtin("mlp");
+  m->create_model({64}, 10, spec_.model.hyperparameters);
+  ASSERT_EQ(params.size(), m->flat().layout().size());
+  for (const auto& p : m->flat().layout()) {
+    ASSERT_TRUE(params.count(p.name)) << p.name;
+    EXPECT_EQ(params[p.name].sizes().vec(), p.shape);
+  }
+}
+
+TEST_F(RoundTest, SchemaMismatchNamesPodAndColumn) {
+  start_pods({"pod-a", "pod-b"});
+  spec_.datastructure.target = "digit";
+  std::ostringstream progress;
+  auto result = run(progress);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), StatusCode::kSchemaMismatch);
+  EXPECT_NE(result.status().message().find("pod pod-a: no column 'digit' (the target)"), std::string::npos)
+      << result.status().message();
+}
+
+TEST_F(RoundTest, UnreachablePodIsSkippedWhenMinPodsAllows) {
+  start_pods({"pod-a", "pod-b"});
+  spec_.pods.push_back({"pod-ghost", "tcp://127.0.0.1:1"});  // nothing listens on port 1
+  spec_.min_pods = 2;
+  spec_.connect_timeout = 2s;
+  spec_.rounds = 1;
+  std::ostringstream progress;
+  auto result = run(progress);
+  ASSERT_TRUE(result.ok()) << result.status().to_string();
+  EXPECT_EQ(history()["pods"].count("pod-ghost"), 0u);  // never accepted the job
+}
+
+class KillTest : public RoundTest, public ::testing::WithParamInterface<int> {};
+
+// pod-c is killed with SIGKILL while round 2 trains. With min_pods 2 the job finishes
+// on the two others; with min_pods 3 it fails naming pod-c.
+TEST_P(KillTest, WorkerKilledMidRound) {
+  const int min_pods = GetParam();
+  start_pods({"pod-a", "pod-b", "pod-c"});
+  spec_.min_pods = min_pods;
+  spec_.rounds = 4;
+  spec_.local_steps = 400;  // long enough rounds to land the kill inside one
+  spec_.local_epochs = 0;
+  spec_.model.hyperparameters = Hyperparameters(nlohmann::json{{"hidden", {256, 256}}, {"lr", 0.05}});
+  std::ostringstream progress;
+  StatusOr<coordinator::RunResult> result = Status::internal("not run");
+  std::thread coordinator([&] { result = run(progress); });
+  // Wait for round 1 to be recorded; round 2 starts right after.
+  const auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto text = testing::read_file(spec_.output_dir + "/history.json");
+    if (text.find("\"round\": 1") != std::string::npos) break;
+    std::this_thread::sleep_for(5ms);
+  }
+  std::this_thread::sleep_for(20ms);
+  procs_[2]->kill(SIGKILL);
+  coordinator.join();
+  auto h = history();
+  if (min_pods == 2) {
+    ASSERT_TRUE(result.ok()) << result.status().to_string();
+    EXPECT_EQ(result->rounds_completed, 4);
+    EXPECT_EQ(h["status"], "completed");
+    const auto& last = h["rounds"][3];
+    EXPECT_EQ(last["pods_answered"], 2);
+    const std::string outcome = last["pods"]["pod-c"]["outcome"];
+    EXPECT_TRUE(outcome == "unreachable" || outcome == "disconnected") << outcome;
+    // The pod that died is reported in the round it died in, not silently dropped.
+    int rounds_with_two = 0;
+    for (const auto& r : h["rounds"]) rounds_with_two += r["pods_answered"] == 2;
+    EXPECT_GE(rounds_with_two, 2);
+  } else {
+    ASSERT_FALSE(result.ok());
+    EXPECT_EQ(result.status().code(), StatusCode::kUnavailable);
+    const std::string msg = result.status().message();
+    EXPECT_NE(msg.find("2 of 3 pods answered, min_pods is 3: pod-c"), std::string::npos) << msg;
+    EXPECT_EQ(h["status"], "failed");
+  }
+  // Either way the survivors are free again for the next job.
+  for (int i = 0; i < 2; ++i) EXPECT_TRUE(procs_[i]->running());
+}
+
+INSTANTIATE_TEST_SUITE_P(MinPods, KillTest, ::testing::Values(2, 3));
+
+}  // namespace
+}  // namespace fedpod
