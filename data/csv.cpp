@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -73,8 +74,12 @@ StatusOr<Table> read_csv(const std::string& path, const CsvOptions& options,
                          const std::optional<Schema>& declared) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Status::not_found(path + ": cannot open file");
+  // A directory opens fine on Linux; its "size" is then -1 or INT64_MAX, by filesystem.
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return Status::invalid(path + ": is a directory");
   in.seekg(0, std::ios::end);
   const int64_t size = in.tellg();
+  if (size < 0) return Status::invalid(path + ": cannot determine the file size");
   if (size > options.max_bytes) {
     return Status::invalid(path + ": file has " + std::to_string(size) + " bytes, limit is " +
                            std::to_string(options.max_bytes));

@@ -1,0 +1,348 @@
+// Tests for fedpod/model: the built-in zoo, the flat parameter buffer (views, pins,
+// re-homing), training and optimizer configuration.
+#include "fedpod/model/model.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fedpod/model/flat_parameters.h"
+#include "fedpod/model/zoo.h"
+
+namespace fedpod::model {
+namespace {
+
+using Shapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
+
+std::string config_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a ConfigError";
+  return "";
+}
+
+::testing::AssertionResult Contains(const char* h_expr, const char* n_expr,
+                                    const std::string& haystack, const std::string& needle) {
+  if (haystack.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << h_expr << " (\"" << haystack << "\") does not contain "
+                                       << n_expr << " (\"" << needle << "\")";
+}
+#define EXPECT_CONTAINS(haystack, needle) EXPECT_PRED_FORMAT2(Contains, haystack, needle)
+
+Hyperparameters hp(const char* json) { return Hyperparameters(nlohmann::json::parse(json)); }
+
+std::unique_ptr<Model> create(const std::string& name, const std::vector<int64_t>& input_shape,
+                              int64_t classes, const Hyperparameters& h = Hyperparameters()) {
+  torch::manual_seed(1234);
+  auto m = make_builtin(name);
+  if (!m) throw std::runtime_error("no builtin " + name);
+  m->create_model(input_shape, classes, h);
+  return m;
+}
+
+Shapes shapes_of(Model& m) {
+  Shapes out;
+  for (const auto& [name, p] : m.named_parameters()) out.emplace_back(name, p.sizes().vec());
+  return out;
+}
+
+// Checks that the layout matches the parameters, tiles the buffer in order, and that
+// every parameter is a view into the flat buffer at its offset.
+void expect_views_into_flat(Model& m) {
+  const auto& layout = m.flat().layout();
+  auto params = m.named_parameters();
+  ASSERT_EQ(layout.size(), params.size());
+  const torch::Tensor& flat = m.flat().tensor();
+  ASSERT_TRUE(flat.is_contiguous());
+  EXPECT_EQ(flat.scalar_type(), torch::kFloat32);
+  int64_t offset = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& [name, p] = params[i];
+    SCOPED_TRACE(name);
+    EXPECT_EQ(layout[i].name, name);
+    EXPECT_EQ(layout[i].shape, p.sizes().vec());
+    EXPECT_EQ(layout[i].offset, offset);
+    EXPECT_EQ(layout[i].numel, p.numel());
+    EXPECT_TRUE(p.is_alias_of(flat));
+    EXPECT_EQ(p.data_ptr<float>(), flat.data_ptr<float>() + offset);
+    EXPECT_TRUE(p.is_contiguous());
+    offset += p.numel();
+  }
+  EXPECT_EQ(offset, m.flat().numel());
+  EXPECT_EQ(m.flat().bytes(), offset * 4);
+}
+
+// ---- The zoo --------------------------------------------------------------------------
+
+TEST(ZooTest, Names) {
+  EXPECT_EQ(builtin_names(), (std::vector<std::string>{"logreg", "mlp", "cnn"}));
+  for (const auto& n : builtin_names()) {
+    EXPECT_TRUE(is_builtin(n));
+    EXPECT_NE(make_builtin(n), nullptr) << n;
+  }
+  EXPECT_FALSE(is_builtin("nope"));
+  EXPECT_FALSE(is_builtin(""));
+  EXPECT_EQ(make_builtin("nope"), nullptr);
+}
+
+TEST(ZooTest, LogregLayout) {
+  auto m = create("logreg", {64}, 10);
+  EXPECT_EQ(shapes_of(*m), (Shapes{{"0.weight", {10, 64}}, {"0.bias", {10}}}));
+  EXPECT_EQ(m->flat().numel(), 650);
+  expect_views_into_flat(*m);
+}
+
+TEST(ZooTest, LogregFlattensImageInput) {
+  auto m = create("logreg", {1, 8, 8}, 10);
+  EXPECT_EQ(m->flat().numel(), 650);
+  EXPECT_EQ(m->forward(torch::zeros({3, 1, 8, 8})).sizes().vec(), (std::vector<int64_t>{3, 10}));
+}
+
+TEST(ZooTest, MlpLayout) {
+  auto m = create("mlp", {64}, 10, hp(R"({"hidden": [32, 16]})"));
+  EXPECT_EQ(shapes_of(*m), (Shapes{{"0.weight", {32, 64}},
+                                   {"0.bias", {32}},
+                                   {"2.weight", {16, 32}},
+                                   {"2.bias", {16}},
+                                   {"4.weight", {10, 16}},
+                                   {"4.bias", {10}}}));
+  EXPECT_EQ(m->flat().numel(), 32 * 64 + 32 + 16 * 32 + 16 + 10 * 16 + 10);
+  expect_views_into_flat(*m);
+  EXPECT_EQ(m->forward(torch::zeros({5, 64})).sizes().vec(), (std::vector<int64_t>{5, 10}));
+}
+
+TEST(ZooTest, MlpDefaultHiddenAndDropout) {
+  auto m = create("mlp", {4}, 3);
+  EXPECT_EQ(m->flat().numel(), 64 * 4 + 64 + 3 * 64 + 3);
+  auto d = create("mlp", {4}, 3, hp(R"({"hidden": [8], "dropout": 0.5})"));
+  // ReLU and Dropout have no parameters: the output layer is module 3.
+  EXPECT_EQ(shapes_of(*d),
+            (Shapes{{"0.weight", {8, 4}}, {"0.bias", {8}}, {"3.weight", {3, 8}}, {"3.bias", {3}}}));
+}
+
+TEST(ZooTest, CnnLayout) {
+  auto m = create("cnn", {1, 8, 8}, 10);
+  EXPECT_EQ(shapes_of(*m), (Shapes{{"0.weight", {16, 1, 3, 3}},
+                                   {"0.bias", {16}},
+                                   {"2.weight", {32, 16, 3, 3}},
+                                   {"2.bias", {32}},
+                                   {"6.weight", {64, 32 * 4 * 4}},
+                                   {"6.bias", {64}},
+                                   {"8.weight", {10, 64}},
+                                   {"8.bias", {10}}}));
+  EXPECT_EQ(m->flat().numel(), 144 + 16 + 4608 + 32 + 32768 + 64 + 640 + 10);
+  expect_views_into_flat(*m);
+  EXPECT_EQ(m->forward(torch::zeros({2, 1, 8, 8})).sizes().vec(), (std::vector<int64_t>{2, 10}));
+}
+
+TEST(ZooTest, CnnNeedsImageShape) {
+  auto m = make_builtin("cnn");
+  EXPECT_CONTAINS(config_error([&] { m->create_model({64}, 10, {}); }),
+                  "cnn needs an image input_shape [channels, height, width]");
+}
+
+TEST(ZooTest, BadHyperparametersAndShapes) {
+  EXPECT_EQ(config_error([] { create("mlp", {4}, 3, hp(R"({"dropout": 1.0})")); }),
+            "hyperparameter 'dropout' must be in [0, 1)");
+  EXPECT_EQ(config_error([] { create("mlp", {4}, 3, hp(R"({"hidden": [8, 0]})")); }),
+            "hyperparameter 'hidden' widths must be positive");
+  EXPECT_EQ(config_error([] { create("mlp", {4}, 3, hp(R"({"hidden": "wide"})")); }),
+            "hyperparameter 'hidden' must be a list of integers, got \"wide\"");
+  EXPECT_EQ(config_error([] { create("logreg", {4}, 1); }), "num_classes must be at least 2");
+  EXPECT_EQ(config_error([] {
+              create("logreg", {4, 0}, 3);
+            }),
+            "input shape dimensions must be positive");
+}
+
+// ---- Flat parameters ------------------------------------------------------------------
+
+TEST(FlatParametersTest, WritingFlatChangesParametersAndViceVersa) {
+  auto m = create("mlp", {6}, 3, hp(R"({"hidden": [5]})"));
+  torch::NoGradGuard no_grad;
+  m->flat().writable().fill_(0.25f);
+  for (const auto& [name, p] : m->named_parameters()) {
+    EXPECT_TRUE(torch::all(p == 0.25f).item<bool>()) << name;
+  }
+  // The model computes with the flat values: all-zero parameters give uniform logits.
+  m->flat().writable().zero_();
+  auto out = m->validation_step(torch::randn({4, 6}), torch::tensor({0, 1, 2, 0}));
+  EXPECT_NEAR(out.loss.item<float>(), std::log(3.0f), 1e-6);
+
+  auto params = m->named_parameters();
+  params[2].second.fill_(-1.0f);  // "2.weight", the output layer's weight
+  const ParamInfo& info = m->flat().layout()[2];
+  ASSERT_EQ(info.name, "2.weight");
+  torch::Tensor seg = m->flat().tensor().narrow(0, info.offset, info.numel);
+  EXPECT_TRUE(torch::all(seg == -1.0f).item<bool>());
+  EXPECT_EQ(m->flat().tensor().eq(-1.0f).sum().item<int64_t>(), info.numel);
+}
+
+TEST(FlatParametersTest, WritableWithoutPinKeepsTheBuffer) {
+  auto m = create("logreg", {4}, 3);
+  const void* before = m->flat().tensor().data_ptr();
+  EXPECT_FALSE(m->flat().pinned());
+  EXPECT_EQ(m->flat().writable().data_ptr(), before);
+  {
+    auto token = m->flat().pin();
+    EXPECT_TRUE(m->flat().pinned());
+  }
+  EXPECT_FALSE(m->flat().pinned());  // released
+  EXPECT_EQ(m->flat().writable().data_ptr(), before);
+}
+
+TEST(FlatParametersTest, WritableWhilePinnedRehomesAndLeavesPinnedBytesAlone) {
+  auto m = create("mlp", {6}, 3, hp(R"({"hidden": [5]})"));
+  torch::Tensor old = m->flat().tensor();  // what an in-flight send points at
+  const torch::Tensor old_values = old.clone();
+  auto token = m->flat().pin();
+
+  torch::NoGradGuard no_grad;
+  torch::Tensor& fresh = m->flat().writable();
+  EXPECT_NE(fresh.data_ptr(), old.data_ptr());
+  EXPECT_TRUE(torch::equal(fresh, old_values));  // values carried over
+  fresh.fill_(3.0f);
+  EXPECT_TRUE(torch::equal(old, old_values));  // the pinned bytes did not change
+  expect_views_into_flat(*m);                  // parameters follow the new buffer
+  for (const auto& [name, p] : m->named_parameters()) {
+    EXPECT_FALSE(p.is_alias_of(old)) << name;
+    EXPECT_TRUE(torch::all(p == 3.0f).item<bool>()) << name;
+  }
+  // The new buffer is not pinned: writing again keeps it.
+  EXPECT_FALSE(m->flat().pinned());
+  EXPECT_EQ(m->flat().writable().data_ptr(), fresh.data_ptr());
+  token.reset();
+}
+
+TEST(FlatParametersTest, PinsCountAndMayBeReleasedFromAnotherThread) {
+  auto m = create("logreg", {4}, 3);
+  auto a = m->flat().pin();
+  auto b = m->flat().pin();
+  a.reset();
+  EXPECT_TRUE(m->flat().pinned());
+  std::thread([t = std::move(b)]() mutable { t.reset(); }).join();
+  EXPECT_FALSE(m->flat().pinned());
+  const void* before = m->flat().tensor().data_ptr();
+  EXPECT_EQ(m->flat().writable().data_ptr(), before);
+}
+
+TEST(FlatParametersTest, OptimizerWritesTheNewBufferAfterRehome) {
+  auto m = create("logreg", {2}, 2);
+  auto opt = m->configure_optimizers(hp(R"({"lr": 0.5})"));
+  torch::Tensor old = m->flat().tensor();
+  const torch::Tensor old_values = old.clone();
+  auto token = m->flat().pin();
+  m->flat().writable();  // re-homes
+
+  opt->zero_grad();
+  auto out = m->training_step(torch::tensor({{1.0f, 2.0f}, {-1.0f, 0.5f}}), torch::tensor({0, 1}));
+  out.loss.backward();
+  opt->step();
+  EXPECT_TRUE(torch::equal(old, old_values));
+  EXPECT_FALSE(torch::equal(m->flat().tensor(), old_values));
+  expect_views_into_flat(*m);
+}
+
+TEST(FlatParametersTest, AdoptRejectsNonFloatAndDuplicates) {
+  FlatParameters flat;
+  EXPECT_EQ(flat.numel(), 0);
+  EXPECT_THROW(flat.adopt({{"a", torch::zeros({2}, torch::kFloat64)}}), std::invalid_argument);
+  EXPECT_THROW(flat.adopt({{"a", torch::zeros({2})}, {"a", torch::zeros({3})}}),
+               std::invalid_argument);
+  torch::Tensor a = torch::arange(6, torch::kFloat32).reshape({2, 3});
+  torch::Tensor b = torch::full({4}, 9.0f);
+  flat.adopt({{"a", a}, {"b", b}});
+  EXPECT_EQ(flat.numel(), 10);
+  EXPECT_TRUE(torch::equal(flat.tensor(),
+                           torch::tensor({0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 9.f, 9.f, 9.f, 9.f})));
+  EXPECT_TRUE(a.is_alias_of(flat.tensor()));
+  EXPECT_EQ(a.sizes().vec(), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(b.data_ptr<float>(), flat.tensor().data_ptr<float>() + 6);
+}
+
+// ---- Training and optimizers ----------------------------------------------------------
+
+TEST(TrainingTest, SgdStepsLowerTheLossOnSeparableData) {
+  torch::manual_seed(7);
+  // Two Gaussian blobs around (+2, +2) and (-2, -2).
+  torch::Tensor y =
+      torch::cat({torch::zeros({32}, torch::kInt64), torch::ones({32}, torch::kInt64)});
+  torch::Tensor centers =
+      torch::where(y.unsqueeze(1) == 0, torch::full({1}, 2.0f), torch::full({1}, -2.0f))
+          .expand({64, 2});
+  torch::Tensor x = centers + 0.5f * torch::randn({64, 2});
+
+  for (const char* name : {"logreg", "mlp"}) {
+    SCOPED_TRACE(name);
+    auto m = create(name, {2}, 2, hp(R"({"hidden": [8]})"));
+    const torch::Tensor initial = m->flat().tensor().clone();
+    auto opt = m->configure_optimizers(hp(R"({"optimizer": "sgd", "lr": 0.1})"));
+    m->set_training(true);
+    const float first = m->training_step(x, y).loss.item<float>();
+    for (int step = 0; step < 50; ++step) {
+      opt->zero_grad();
+      auto out = m->training_step(x, y);
+      out.loss.backward();
+      opt->step();
+    }
+    m->set_training(false);
+    torch::NoGradGuard no_grad;
+    auto eval = m->validation_step(x, y);
+    EXPECT_LT(eval.loss.item<float>(), 0.5f * first);
+    EXPECT_EQ(eval.count, 64);
+    EXPECT_GE(eval.correct, 62);
+    // Training moved the flat buffer itself.
+    EXPECT_FALSE(torch::equal(m->flat().tensor(), initial));
+    expect_views_into_flat(*m);
+  }
+}
+
+TEST(TrainingTest, StepOutputCounts) {
+  auto m = create("logreg", {2}, 2);
+  torch::NoGradGuard no_grad;
+  m->flat().writable().zero_();
+  auto params = m->named_parameters();
+  params[0].second.copy_(torch::tensor({{1.0f, 0.0f}, {0.0f, 1.0f}}));  // logit k = x_k
+  auto out = m->test_step(torch::tensor({{2.0f, 1.0f}, {0.0f, 3.0f}, {5.0f, 4.0f}}),
+                          torch::tensor({0, 0, 0}));
+  EXPECT_EQ(out.count, 3);
+  EXPECT_EQ(out.correct, 2);
+  EXPECT_EQ(out.loss.dim(), 0);
+}
+
+TEST(OptimizerTest, KnownOptimizers) {
+  auto m = create("logreg", {2}, 2);
+  EXPECT_NE(dynamic_cast<torch::optim::SGD*>(m->configure_optimizers({}).get()), nullptr);
+  EXPECT_NE(dynamic_cast<torch::optim::Adam*>(
+                m->configure_optimizers(hp(R"({"optimizer": "adam"})")).get()),
+            nullptr);
+  EXPECT_NE(dynamic_cast<torch::optim::AdamW*>(
+                m->configure_optimizers(hp(R"({"optimizer": "adamw", "lr": 0.01})")).get()),
+            nullptr);
+  auto sgd = m->configure_optimizers(hp(R"({"lr": 0.2, "momentum": 0.9})"));
+  auto& options = static_cast<torch::optim::SGDOptions&>(sgd->param_groups()[0].options());
+  EXPECT_DOUBLE_EQ(options.lr(), 0.2);
+  EXPECT_DOUBLE_EQ(options.momentum(), 0.9);
+  EXPECT_EQ(sgd->param_groups()[0].params().size(), 2u);
+}
+
+TEST(OptimizerTest, UnknownOptimizerIsNamed) {
+  auto m = create("logreg", {2}, 2);
+  EXPECT_EQ(config_error([&] { m->configure_optimizers(hp(R"({"optimizer": "rmsprop"})")); }),
+            "hyperparameter 'optimizer' must be sgd, adam or adamw, got \"rmsprop\"");
+  EXPECT_EQ(config_error([&] { m->configure_optimizers(hp(R"({"lr": 0})")); }),
+            "hyperparameter 'lr' must be positive");
+  EXPECT_EQ(config_error([&] { m->configure_optimizers(hp(R"({"lr": "big"})")); }),
+            "hyperparameter 'lr' must be a number, got \"big\"");
+}
+
+}  // namespace
+}  // namespace fedpod::model
