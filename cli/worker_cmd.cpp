@@ -31,6 +31,9 @@ void run_worker(const WorkerArgs& args) {
   } else {
     torch::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
   }
+  // Before the endpoint file appears: a launcher may signal as soon as it sees it.
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
   zmq::context_t ctx(1);
   worker::Worker w(ctx, config, log);
   if (!args.endpoint_file.empty()) {
@@ -39,8 +42,6 @@ void run_worker(const WorkerArgs& args) {
     std::ofstream(tmp) << w.endpoint() << "\n";
     std::rename(tmp.c_str(), args.endpoint_file.c_str());
   }
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
   w.serve(g_stop);
 }
 

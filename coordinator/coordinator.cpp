@@ -150,7 +150,7 @@ struct Coordinator::Impl {
         items.push_back({pods[i].monitor.handle(), 0, ZMQ_POLLIN, 0});
       }
       auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) + std::chrono::milliseconds(1);
-      zmq::poll(items.data(), items.size(), wait);
+      protocol::poll(items.data(), items.size(), wait);
       std::vector<size_t> still;
       for (size_t k = 0; k < waiting.size(); ++k) {
         size_t i = waiting[k];

@@ -55,6 +55,16 @@ bool recv_frames(zmq::socket_ref socket, std::vector<zmq::message_t>& out, size_
   return true;
 }
 
+int poll(zmq::pollitem_t* items, size_t count, std::chrono::milliseconds timeout) {
+  try {
+    return zmq::poll(items, count, timeout);
+  } catch (const zmq::error_t& e) {
+    if (e.num() != EINTR) throw;
+    for (size_t i = 0; i < count; ++i) items[i].revents = 0;
+    return 0;
+  }
+}
+
 bool send_frames(zmq::socket_ref socket, std::vector<zmq::message_t>& frames,
                  const zmq::message_t* routing_id) {
   try {

@@ -171,7 +171,7 @@ struct Worker::Impl {
     Frames frames;
     while (!stop.load()) {
       zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}, {results.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 2, std::chrono::milliseconds(100));
+      protocol::poll(items, 2, std::chrono::milliseconds(100));
       bool too_many = false;
       if (items[1].revents & ZMQ_POLLIN) {
         while (protocol::recv_frames(results, frames, SIZE_MAX, too_many)) {

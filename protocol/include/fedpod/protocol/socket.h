@@ -42,6 +42,10 @@ std::string bound_endpoint(zmq::socket_t& socket);
 bool recv_frames(zmq::socket_ref socket, std::vector<zmq::message_t>& out, size_t max_frames,
                  bool& too_many);
 
+// zmq::poll that treats an interrupted call (EINTR, e.g. a signal) as a timeout
+// with nothing ready, so callers re-check their stop flag instead of dying.
+int poll(zmq::pollitem_t* items, size_t count, std::chrono::milliseconds timeout);
+
 // Sends `frames` as one multipart message, preceded by `routing_id` when it is given
 // (ROUTER). Returns false if the peer is unknown or cannot take the message now.
 bool send_frames(zmq::socket_ref socket, std::vector<zmq::message_t>& frames,

@@ -1,0 +1,105 @@
+// The fedpod binary's user-facing errors: wrong input gets a message that names the
+// file, key or line, and a distinct exit code.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include "testutil.h"
+
+namespace fedpod {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Run {
+  int code;
+  std::string output;
+};
+
+Run fedpod(const testing::TempDir& dir, std::vector<std::string> args) {
+  args.insert(args.begin(), testing::fedpod_bin());
+  const std::string log = (dir.path() / "cli.log").string();
+  testing::Process p(args, log);
+  int status = p.wait(60s);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, testing::read_file(log)};
+}
+
+TEST(CliTest, HelpListsSubcommands) {
+  testing::TempDir dir;
+  auto r = fedpod(dir, {"--help"});
+  EXPECT_EQ(r.code, 0);
+  for (const char* sub : {"worker", "coordinator", "demo", "version"}) {
+    EXPECT_NE(r.output.find(sub), std::string::npos) << r.output;
+  }
+}
+
+TEST(CliTest, UnknownJobKeyIsNamed) {
+  testing::TempDir dir;
+  auto job = dir.write("job.yaml",
+                       "model: {ref: mlp}\ndatastructure: {target: label, num_classes: 10}\n"
+                       "pods: [{name: a, address: 'tcp://127.0.0.1:5555'}]\nmin_pod: 1\n");
+  auto r = fedpod(dir, {"coordinator", "run", job});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("job.yaml: unknown key 'min_pod'"), std::string::npos) << r.output;
+}
+
+TEST(CliTest, MinPodsAboveNumberOfPodsIsRefused) {
+  testing::TempDir dir;
+  auto job = dir.write("job.yaml",
+                       "model: {ref: mlp}\ndatastructure: {target: label, num_classes: 10}\n"
+                       "pods: [{name: a, address: 'tcp://127.0.0.1:5555'}]\nmin_pods: 3\n");
+  auto r = fedpod(dir, {"coordinator", "run", job});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("min_pods: must be between 1 and the number of pods (1)"), std::string::npos) << r.output;
+}
+
+TEST(CliTest, BadDurationIsNamed) {
+  testing::TempDir dir;
+  auto job = dir.write("job.yaml",
+                       "model: {ref: mlp}\ndatastructure: {target: label, num_classes: 10}\n"
+                       "pods: [{name: a, address: 'tcp://127.0.0.1:5555'}]\nround_timeout: soon\n");
+  auto r = fedpod(dir, {"coordinator", "run", job});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("round_timeout: expected a duration such as 30s"), std::string::npos) << r.output;
+}
+
+TEST(CliTest, WorkerWithBadRowNamesFileAndLine) {
+  testing::TempDir dir;
+  auto csv = dir.write("data.csv", "a,b,label\n1,2,0\n3,x,1\n");
+  // An inferred schema would make b categorical; a declared numeric one rejects the row.
+  auto strict = dir.write("strict.yaml",
+                          "name: p\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: data.csv\n  schema:\n"
+                          "    - {name: a}\n    - {name: b}\n    - {name: label}\n");
+  auto r = fedpod(dir, {"worker", "--config", strict});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find(csv + ":3: column 'b': \"x\" is not a number"), std::string::npos) << r.output;
+}
+
+TEST(CliTest, WorkerSkipsBadRowsWhenConfiguredAndKeepsServing) {
+  testing::TempDir dir;
+  dir.write("data.csv", "a,b,label\n1,2,0\n3,4\n5,6,1\n");
+  auto config = dir.write("pod.yaml",
+                          "name: p\nlisten: tcp://127.0.0.1:*\ndataset: {path: data.csv, on_bad_row: skip}\n");
+  const std::string endpoint_file = (dir.path() / "ep").string();
+  testing::Process w({testing::fedpod_bin(), "worker", "--config", config, "--endpoint-file", endpoint_file},
+                     (dir.path() / "w.log").string());
+  ASSERT_FALSE(testing::wait_for_word(endpoint_file, 60s).empty()) << testing::read_file((dir.path() / "w.log").string());
+  w.kill(SIGTERM);
+  int status = w.wait(30s);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  const std::string log = testing::read_file((dir.path() / "w.log").string());
+  EXPECT_NE(log.find("event=bad_rows_skipped pod=p count=1"), std::string::npos) << log;
+  EXPECT_NE(log.find("data.csv:3: expected 3 cells, got 2"), std::string::npos) << log;
+}
+
+TEST(CliTest, NonexistentDeviceIsAStartupError) {
+  testing::TempDir dir;
+  dir.write("data.csv", "a,label\n1,0\n");
+  auto config = dir.write("pod.yaml",
+                          "name: p\nlisten: tcp://127.0.0.1:*\ndataset: {path: data.csv}\ndevices: [cuda:3]\n");
+  auto r = fedpod(dir, {"worker", "--config", config});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("devices: 'cuda:3' does not exist"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace fedpod
