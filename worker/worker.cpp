@@ -43,6 +43,9 @@ struct Job {
 class Executor {
  public:
   using Task = std::function<Frames()>;
+  // Builds the reply for a task that threw, so the requester always gets an answer
+  // and the socket thread learns the task is over.
+  using OnError = std::function<Frames(const std::string&)>;
 
   Executor(zmq::context_t& ctx, std::string inproc, Logger log)
       : ctx_(ctx), inproc_(std::move(inproc)), log_(std::move(log)), thread_([this] { run(); }) {}
@@ -56,10 +59,10 @@ class Executor {
     thread_.join();
   }
 
-  void submit(Task task) {
+  void submit(Task task, OnError on_error) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back(std::move(task));
+      queue_.push_back({std::move(task), std::move(on_error)});
     }
     cv_.notify_all();
   }
@@ -76,22 +79,23 @@ class Executor {
     out.set(zmq::sockopt::linger, 0);
     out.connect(inproc_);
     while (true) {
-      Task task;
+      Item item;
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
         if (queue_.empty()) return;
-        task = std::move(queue_.front());
+        item = std::move(queue_.front());
         queue_.pop_front();
         running_ = true;
       }
       Frames frames;
       try {
-        frames = task();
+        frames = item.task();
       } catch (const std::exception& e) {
         log_->error("event=task_failed error=\"{}\"", e.what());
+        frames = item.on_error(e.what());
       }
-      if (!frames.empty()) protocol::send_frames(out, frames);
+      protocol::send_frames(out, frames);
       {
         std::lock_guard<std::mutex> lock(mu_);
         running_ = false;
@@ -105,7 +109,11 @@ class Executor {
   Logger log_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Task> queue_;
+  struct Item {
+    Task task;
+    OnError on_error;
+  };
+  std::deque<Item> queue_;
   bool running_ = false;
   bool stopping_ = false;
   std::thread thread_;  // last: starts after the members it uses
@@ -128,6 +136,16 @@ struct Worker::Impl {
   std::unique_ptr<Executor> executor;
 
   const PodConfig& config() const { return owner.config_; }
+
+  // The schema told to coordinators. Categories of an inferred categorical column are
+  // values of the data (names, cities): only a declared schema advertises them.
+  data::Schema advertised_schema() const {
+    data::Schema s = table.schema;
+    if (!config().schema) {
+      for (auto& c : s.columns) c.categories.clear();
+    }
+    return s;
+  }
   WorkerCounters& counters() { return owner.counters_; }
 
   // Builds a reply echoing the request's ids; `fill` sets the body.
@@ -259,7 +277,7 @@ struct Worker::Impl {
         Frames f = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
           auto r = o.envelope().getBody().initHelloReply();
           r.setPodName(config().name);
-          to_wire(table.schema, r.initSchema());
+          to_wire(advertised_schema(), r.initSchema());
           auto devs = r.initDevices(config().devices.size());
           for (size_t i = 0; i < config().devices.size(); ++i) devs.set(i, config().devices[i]);
           r.setActiveJob(job ? job->id : "");
@@ -348,6 +366,14 @@ struct Worker::Impl {
     return Status();
   }
 
+  Executor::OnError failure_reply(std::shared_ptr<zmq::message_t> routing, std::string job_id, uint64_t request_id) {
+    return [this, routing, job_id, request_id](const std::string& what) {
+      return reply(*routing, job_id, request_id, [&](protocol::Outgoing& o) {
+        protocol::set_error(o.envelope(), Status::internal("pod " + config().name + " failed: " + what));
+      });
+    };
+  }
+
   Status check_job(const std::string& job_id) {
     if (!job) return Status::failed_precondition("no job is running on pod " + config().name + "; send startJob first");
     if (job->id != job_id) {
@@ -418,7 +444,7 @@ struct Worker::Impl {
         o.attach(r.initTensors(flat.layout().size()), parameter_views(flat.tensor(), flat.layout()),
                  j->model->flat().pin());
       });
-    });
+    }, failure_reply(routing_copy, job_id, request_id));
     return Status();
   }
 
@@ -454,7 +480,7 @@ struct Worker::Impl {
         r.setLoss(stats->loss);
         r.setAccuracy(stats->accuracy);
       });
-    });
+    }, failure_reply(routing_copy, job_id, request_id));
     return Status();
   }
 };

@@ -364,6 +364,32 @@ TEST_F(WorkerTest, WrongProtocolVersionIsNamed) {
   EXPECT_NE(error_of(*r).find("version_mismatch: protocol version 42"), std::string::npos) << error_of(*r);
 }
 
+// Categories of an inferred text column are data values; hello must not reveal them.
+TEST(WorkerPrivacyTest, HelloHidesInferredCategories) {
+  testing::TempDir dir;
+  worker::PodConfig config;
+  config.name = "private-pod";
+  config.listen = "tcp://127.0.0.1:*";
+  config.dataset_path = dir.write("people.csv", "city,age,label\nOslo,31,0\nLima,45,1\n");
+  zmq::context_t ctx(1);
+  worker::Worker w(ctx, config, null_logger());
+  std::atomic<bool> stop{false};
+  std::thread t([&] { w.serve(stop); });
+  {
+    Client client(ctx, w.endpoint());
+    protocol::Outgoing out("", 1);
+    out.envelope().getBody().initHello();
+    auto r = client.request(out);
+    ASSERT_NE(r, nullptr);
+    data::Schema schema = worker::from_wire(r->envelope().getBody().getHelloReply().getSchema());
+    ASSERT_EQ(schema.columns.size(), 3u);
+    EXPECT_EQ(schema.columns[0].type, data::ColumnType::kCategorical);
+    EXPECT_TRUE(schema.columns[0].categories.empty());
+  }
+  stop = true;
+  t.join();
+}
+
 class SmallFrameWorkerTest : public WorkerTest {
  protected:
   void SetUp() override { start(int64_t{4096}); }
