@@ -6,6 +6,9 @@
 
 #include <chrono>
 #include <filesystem>
+#include <algorithm>
+#include <deque>
+#include <set>
 #include <functional>
 #include <iomanip>
 #include <ostream>
@@ -34,8 +37,10 @@ struct Pod {
   int64_t train_samples = 0;
 };
 
-// Called with each valid reply of the expected kind; returns the pod's outcome.
-using ReplyHandler = std::function<PodRound(Pod&, protocol::Incoming&)>;
+// Called with each valid reply of an expected kind; returns the pod's outcome, or
+// nullopt when the pod has more to say (it stays pending).
+using ReplyHandler = std::function<std::optional<PodRound>(Pod&, protocol::Incoming&)>;
+using Kinds = std::vector<wire::Envelope::Body::Which>;
 
 std::string fmt(double v, int digits = 4) {
   std::ostringstream s;
@@ -58,8 +63,10 @@ struct Coordinator::Impl {
   nlohmann::json history;
   std::string history_path, model_path;
 
-  Impl(zmq::context_t& c, JobSpec s, Logger l, std::ostream& p)
-      : ctx(c), spec(std::move(s)), log(std::move(l)), progress(p) {}
+  Coordinator::ModelFactory make_model;
+
+  Impl(zmq::context_t& c, JobSpec s, Logger l, std::ostream& p, Coordinator::ModelFactory f)
+      : ctx(c), spec(std::move(s)), log(std::move(l)), progress(p), make_model(std::move(f)) {}
 
   void connect_pods() {
     protocol::SocketOptions opts;
@@ -119,9 +126,10 @@ struct Coordinator::Impl {
   // until all answered or `deadline`. `require_connected`: skip pods known to be
   // disconnected instead of queueing for them.
   std::map<size_t, PodRound> exchange(protocol::Outgoing& out, uint64_t request_id,
-                                      const std::vector<size_t>& targets, wire::Envelope::Body::Which want,
+                                      const std::vector<size_t>& targets, const Kinds& want,
                                       Clock::time_point deadline, bool require_connected,
-                                      const ReplyHandler& on_reply) {
+                                      const ReplyHandler& on_reply,
+                                      const std::function<void(const std::vector<size_t>&)>& on_tick = nullptr) {
     std::map<size_t, PodRound> result;
     std::map<size_t, Clock::time_point> sent_at;
     std::vector<size_t> waiting;
@@ -142,6 +150,7 @@ struct Coordinator::Impl {
     }
     std::vector<zmq::message_t> frames;
     while (!waiting.empty()) {
+      if (on_tick) on_tick(waiting);
       auto now = Clock::now();
       if (now >= deadline) break;
       std::vector<zmq::pollitem_t> items;
@@ -185,8 +194,7 @@ struct Coordinator::Impl {
 
   // One received message from `pod`: nullopt for a stale reply (discarded).
   std::optional<PodRound> receive(Pod& pod, std::vector<zmq::message_t>& frames, bool too_many,
-                                  uint64_t request_id, wire::Envelope::Body::Which want,
-                                  const ReplyHandler& on_reply) {
+                                  uint64_t request_id, const Kinds& want, const ReplyHandler& on_reply) {
     if (too_many) return PodRound{"error", "reply has too many frames", 0, 0, {}};
     auto parsed = protocol::Incoming::parse(std::move(frames));
     if (!parsed.ok()) return PodRound{"error", "bad reply: " + parsed.status().message(), 0, 0, {}};
@@ -206,7 +214,7 @@ struct Coordinator::Impl {
                                   : "error";
         return PodRound{outcome, std::string(to_string(code)) + ": " + err.getMessage().cStr(), 0, 0, {}};
       }
-      if (body.which() != want) {
+      if (std::find(want.begin(), want.end(), body.which()) == want.end()) {
         return PodRound{"error", std::string("unexpected reply '") + protocol::body_name(body.which()) + "'", 0, 0, {}};
       }
       return on_reply(pod, **parsed);
@@ -247,7 +255,7 @@ struct Coordinator::Impl {
     std::vector<size_t> all;
     for (size_t i = 0; i < pods.size(); ++i) all.push_back(i);
     std::map<size_t, data::Schema> schemas;
-    auto replies = exchange(out, rid, all, wire::Envelope::Body::HELLO_REPLY, Clock::now() + spec.connect_timeout,
+    auto replies = exchange(out, rid, all, {wire::Envelope::Body::HELLO_REPLY}, Clock::now() + spec.connect_timeout,
                             false, [&](Pod& pod, protocol::Incoming& in) {
                               auto hr = in.envelope().getBody().getHelloReply();
                               schemas[&pod - pods.data()] = worker::from_wire(hr.getSchema());
@@ -287,7 +295,7 @@ struct Coordinator::Impl {
   Status create_model() {
     auto shape = data::resolve_input_shape(ds, static_cast<int64_t>(ds.features.size()));
     if (!shape.ok()) return shape.status();
-    model = model::make_builtin(spec.model.ref);
+    model = spec.model.username.empty() ? make_model(spec.model.ref) : nullptr;
     if (!model) return Status::not_found("model '" + spec.model.ref + "' is not a built-in model");
     torch::manual_seed(spec.seed);
     try {
@@ -311,7 +319,7 @@ struct Coordinator::Impl {
     worker::to_wire(ds, sj.initDatastructure());
     sj.setSeed(spec.seed);
     const uint64_t want_params = static_cast<uint64_t>(model->flat().numel());
-    auto replies = exchange(out, rid, active_pods(), wire::Envelope::Body::JOB_ACCEPTED,
+    auto replies = exchange(out, rid, active_pods(), {wire::Envelope::Body::JOB_ACCEPTED},
                             Clock::now() + spec.connect_timeout, false, [&](Pod& pod, protocol::Incoming& in) {
                               auto a = in.envelope().getBody().getJobAccepted();
                               if (a.getNumParameters() != want_params) {
@@ -354,7 +362,7 @@ struct Coordinator::Impl {
     ev.setSplit(split);
     ev.setBatchSize(256);
     out.attach(ev.initTensors(specs.size()), worker::parameter_views(global, model->flat().layout()));
-    auto replies = exchange(out, rid, active_pods(), wire::Envelope::Body::EVAL_RESULT,
+    auto replies = exchange(out, rid, active_pods(), {wire::Envelope::Body::EVAL_RESULT},
                             Clock::now() + spec.round_timeout, true, [&](Pod&, protocol::Incoming& in) {
                               auto r = in.envelope().getBody().getEvalResult();
                               if (!std::isfinite(r.getLoss()) || r.getAccuracy() < 0 || r.getAccuracy() > 1) {
@@ -383,7 +391,7 @@ struct Coordinator::Impl {
     const uint64_t rid = next_request++;
     protocol::Outgoing out(spec.job_id, rid);
     out.envelope().getBody().initEndJob().setReason(reason);
-    exchange(out, rid, active_pods(), wire::Envelope::Body::JOB_ENDED, Clock::now() + std::chrono::seconds(5), true,
+    exchange(out, rid, active_pods(), {wire::Envelope::Body::JOB_ENDED}, Clock::now() + std::chrono::seconds(5), true,
              [](Pod&, protocol::Incoming&) { return PodRound{"ok", "", 0, 0, {}}; });
   }
 
@@ -415,6 +423,7 @@ struct Coordinator::Impl {
   }
 
   RunResult result;
+  double aggregation_seconds = 0;  // time spent folding updates, all rounds
 
   Status run_job() {
     FEDPOD_RETURN_IF_ERROR(hello_and_check());
@@ -440,32 +449,71 @@ struct Coordinator::Impl {
       strategy->begin_round(global);
       double loss_sum = 0;
       int64_t loss_weight = 0;
+      // Pods report trainDone; their parameters are pulled with fetchResult, at most
+      // `max_concurrent_uploads` at a time, so received-but-unfolded updates never
+      // hold more than that many models in memory, whatever the number of pods.
+      std::map<size_t, PodRound> done;  // trainDone metadata, by pod
+      std::deque<size_t> ready;
+      std::set<size_t> fetching;
+      protocol::Outgoing fetch(spec.job_id, rid);
+      fetch.envelope().getBody().initFetchResult().setRound(static_cast<uint32_t>(round));
+      // Called before each poll with the pods still pending: an upload slot frees when
+      // its pod answers, fails or disconnects.
+      auto start_fetches = [&](const std::vector<size_t>& pending) {
+        for (auto it = fetching.begin(); it != fetching.end();) {
+          it = std::find(pending.begin(), pending.end(), *it) == pending.end() ? fetching.erase(it) : std::next(it);
+        }
+        while (static_cast<int>(fetching.size()) < spec.max_concurrent_uploads && !ready.empty()) {
+          auto frames = fetch.frames();
+          // A failed send leaves the pod pending: the monitor or the deadline settles it.
+          if (protocol::send_frames(pods[ready.front()].socket, frames)) fetching.insert(ready.front());
+          ready.pop_front();
+        }
+      };
       auto replies = exchange(
-          out, rid, active_pods(), wire::Envelope::Body::TRAIN_RESULT, start + spec.round_timeout, true,
-          [&](Pod& pod, protocol::Incoming& in) {
-            auto r = in.envelope().getBody().getTrainResult();
-            if (r.getRound() != static_cast<uint32_t>(round)) {
-              return PodRound{"error", "result for round " + std::to_string(r.getRound()), 0, 0, {}};
+          out, rid, active_pods(), {wire::Envelope::Body::TRAIN_DONE, wire::Envelope::Body::TRAIN_RESULT},
+          start + spec.round_timeout, true,
+          [&](Pod& pod, protocol::Incoming& in) -> std::optional<PodRound> {
+            const size_t i = static_cast<size_t>(&pod - pods.data());
+            auto body = in.envelope().getBody();
+            if (body.which() == wire::Envelope::Body::TRAIN_DONE) {
+              auto d = body.getTrainDone();
+              if (d.getRound() != static_cast<uint32_t>(round)) {
+                return PodRound{"error", "trainDone for round " + std::to_string(d.getRound()), 0, 0, {}};
+              }
+              if (d.getNumSamples() == 0) return PodRound{"error", "trained on no samples", 0, 0, {}};
+              if (done.count(i)) return PodRound{"error", "trainDone sent twice", 0, 0, {}};
+              PodRound pr{"ok", "", static_cast<int64_t>(d.getNumSamples()), 0, {}};
+              for (auto m : d.getMetrics()) pr.metrics[m.getName().cStr()] = m.getValue();
+              pr.metrics["train_seconds"] = d.getSeconds();
+              done[i] = std::move(pr);
+              ready.push_back(i);
+              return std::nullopt;  // parameters still to fetch
             }
-            const int64_t n = static_cast<int64_t>(r.getNumSamples());
-            if (n <= 0) return PodRound{"error", "result with no training samples", 0, 0, {}};
+            if (!done.count(i)) return PodRound{"error", "trainResult before trainDone", 0, 0, {}};
+            auto r = body.getTrainResult();
+            const int64_t n = done[i].num_samples;
+            if (r.getRound() != static_cast<uint32_t>(round) || static_cast<int64_t>(r.getNumSamples()) != n) {
+              return PodRound{"error", "trainResult does not match its trainDone", 0, 0, {}};
+            }
             auto tensors = in.take_tensors(r.getTensors(), specs);
             if (!tensors.ok()) return PodRound{"error", tensors.status().message(), 0, 0, {}};
             std::vector<aggregation::Segment> segments;
             for (size_t k = 0; k < layout.size(); ++k) {
               segments.push_back({layout[k].offset, (*tensors)[k].view({-1})});
             }
+            const auto fold_start = Clock::now();
             Status folded = strategy->fold(segments, static_cast<double>(n));
+            aggregation_seconds += std::chrono::duration<double>(Clock::now() - fold_start).count();
             if (!folded.ok()) return PodRound{"error", folded.message(), 0, 0, {}};
-            PodRound pr{"ok", "", n, 0, {}};
-            for (auto m : r.getMetrics()) pr.metrics[m.getName().cStr()] = m.getValue();
-            pr.metrics["train_seconds"] = r.getSeconds();
+            PodRound pr = done[i];
             if (pr.metrics.count("train_loss")) {
               loss_sum += pr.metrics["train_loss"] * n;
               loss_weight += n;
             }
             return pr;
-          });
+          },
+          start_fetches);
       RoundRecord rec;
       rec.round = round;
       rec.pods_asked = static_cast<int>(replies.size());
@@ -487,6 +535,7 @@ struct Coordinator::Impl {
       auto next = strategy->finish();
       if (!next.ok()) return next.status();
       global = std::move(*next);
+      rec.train_seconds = std::chrono::duration<double>(Clock::now() - start).count();
       const bool eval_now = (spec.eval_every > 0 && round % spec.eval_every == 0) || round == spec.rounds;
       if (eval_now) rec.eval = evaluate(global, round, wire::Split::VALIDATION);
       rec.seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -524,8 +573,9 @@ struct Coordinator::Impl {
   }
 };
 
-Coordinator::Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ostream& progress)
-    : impl_(std::make_unique<Impl>(ctx, std::move(spec), std::move(log), progress)) {}
+Coordinator::Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ostream& progress,
+                         ModelFactory make_model)
+    : impl_(std::make_unique<Impl>(ctx, std::move(spec), std::move(log), progress, std::move(make_model))) {}
 
 Coordinator::~Coordinator() = default;
 

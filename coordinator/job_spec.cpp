@@ -42,10 +42,6 @@ void validate(JobSpec& s, const std::string& where) {
     }
   }
   if (s.model.ref.empty()) throw ConfigError(where + ": model.ref: required");
-  if (s.model.username.empty() && !model::is_builtin(s.model.ref)) {
-    throw ConfigError(where + ": model.ref: '" + s.model.ref +
-                      "' is not a built-in model (logreg, mlp, cnn)");
-  }
   if (s.datastructure.target.empty()) throw ConfigError(where + ": datastructure.target: required");
   if (s.datastructure.num_classes < 2) throw ConfigError(where + ": datastructure.num_classes: required, at least 2");
   if (s.pods.empty()) throw ConfigError(where + ": pods: list at least one pod");
@@ -65,6 +61,7 @@ void validate(JobSpec& s, const std::string& where) {
                       std::to_string(s.pods.size()) + ")");
   }
   if (s.round_timeout.count() <= 0) throw ConfigError(where + ": round_timeout: must be positive");
+  if (s.max_concurrent_uploads < 1) throw ConfigError(where + ": max_concurrent_uploads: must be at least 1");
   if (s.eval_every < 0) throw ConfigError(where + ": eval_every: must be >= 0");
   if (!aggregation::make_strategy(s.strategy)) throw ConfigError(where + ": strategy: unknown '" + s.strategy + "' (fedavg)");
   const auto& sp = s.datastructure.split;
@@ -83,7 +80,7 @@ JobSpec load_job_spec(const std::string& path) {
   }
   const std::string w = path;
   check_keys(root, {"job_id", "model", "datastructure", "pods", "rounds", "local_epochs", "local_steps",
-                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "eval_every", "strategy",
+                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "eval_every", "max_concurrent_uploads", "strategy",
                     "seed", "output_dir"},
              w);
   JobSpec s;
@@ -138,10 +135,14 @@ JobSpec load_job_spec(const std::string& path) {
   if (root["round_timeout"]) s.round_timeout = parse_duration(get<std::string>(root["round_timeout"], w), w + ": round_timeout");
   if (root["connect_timeout"]) s.connect_timeout = parse_duration(get<std::string>(root["connect_timeout"], w), w + ": connect_timeout");
   if (root["eval_every"]) s.eval_every = get<int>(root["eval_every"], w + ": eval_every");
+  if (root["max_concurrent_uploads"]) s.max_concurrent_uploads = get<int>(root["max_concurrent_uploads"], w + ": max_concurrent_uploads");
   if (root["strategy"]) s.strategy = get<std::string>(root["strategy"], w + ": strategy");
   if (root["seed"]) s.seed = get<uint64_t>(root["seed"], w + ": seed");
   if (root["output_dir"]) s.output_dir = get<std::string>(root["output_dir"], w + ": output_dir");
   validate(s, w);
+  if (s.model.username.empty() && !model::is_builtin(s.model.ref)) {
+    throw ConfigError(w + ": model.ref: '" + s.model.ref + "' is not a built-in model (logreg, mlp, cnn)");
+  }
   return s;
 }
 

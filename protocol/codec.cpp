@@ -134,7 +134,7 @@ StatusOr<std::unique_ptr<Incoming>> Incoming::parse(std::vector<zmq::message_t> 
                         ", this build speaks " + std::to_string(wire::PROTOCOL_VERSION));
     }
     // An unknown union member (a newer peer) reads as a discriminant beyond our list.
-    if (static_cast<unsigned>(in->envelope_.getBody().which()) > static_cast<unsigned>(wire::Envelope::Body::HEARTBEAT)) {
+    if (static_cast<unsigned>(in->envelope_.getBody().which()) > static_cast<unsigned>(wire::Envelope::Body::FETCH_RESULT)) {
       return Status::bad_message("unknown message kind " +
                                  std::to_string(static_cast<unsigned>(in->envelope_.getBody().which())));
     }
@@ -315,6 +315,8 @@ const char* body_name(wire::Envelope::Body::Which which) {
     case W::JOB_ENDED: return "jobEnded";
     case W::ERROR: return "error";
     case W::HEARTBEAT: return "heartbeat";
+    case W::TRAIN_DONE: return "trainDone";
+    case W::FETCH_RESULT: return "fetchResult";
   }
   return "unknown";
 }

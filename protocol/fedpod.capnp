@@ -7,7 +7,8 @@
 # Requests and replies (coordinator -> pod, pod -> coordinator):
 #   hello         -> helloReply
 #   startJob      -> jobAccepted | error
-#   train         -> trainResult | error
+#   train         -> trainDone   | error      (parameters stay on the pod...)
+#   fetchResult   -> trainResult | error      (...until the coordinator pulls them)
 #   evaluate      -> evalResult  | error
 #   endJob        -> jobEnded    | error
 #   heartbeat     -> heartbeat
@@ -135,6 +136,20 @@ struct Train {
   tensors @4 :List(TensorInfo);
 }
 
+# Training finished; the parameters wait on the pod for fetchResult. Pulling them
+# lets the coordinator bound how many uploads are in flight at once, so its memory
+# does not grow with the number of pods.
+struct TrainDone {
+  round @0 :UInt32;
+  numSamples @1 :UInt64;
+  metrics @2 :List(Metric);
+  seconds @3 :Float64;
+}
+
+struct FetchResult {
+  round @0 :UInt32;
+}
+
 struct TrainResult {
   round @0 :UInt32;
   numSamples @1 :UInt64;       # samples trained on (weights FedAvg)
@@ -192,5 +207,7 @@ struct Envelope {
     jobEnded @12 :JobEnded;
     error @13 :Error;
     heartbeat @14 :Heartbeat;
+    trainDone @15 :TrainDone;
+    fetchResult @16 :FetchResult;
   }
 }

@@ -24,6 +24,22 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Frames = std::vector<zmq::message_t>;
 
+// What a finished round left in the model, waiting for fetchResult.
+struct TrainedResult {
+  uint32_t round = 0;
+  int64_t num_samples = 0;
+  double seconds = 0;
+  std::vector<std::pair<std::string, double>> metrics;
+};
+
+template <typename List>
+void set_metrics(List list, const std::vector<std::pair<std::string, double>>& metrics) {
+  for (size_t i = 0; i < metrics.size(); ++i) {
+    list[i].setName(metrics[i].first);
+    list[i].setValue(metrics[i].second);
+  }
+}
+
 // A job accepted by this pod. Immutable fields are read by the socket thread; the
 // model is touched only by the executor thread while a task runs.
 struct Job {
@@ -35,6 +51,7 @@ struct Job {
   std::vector<protocol::TensorSpec> specs;
   uint64_t seed = 0;
   uint32_t round = 0;
+  std::optional<TrainedResult> result;  // set by the executor, read once it is idle
   Clock::time_point last_activity = Clock::now();
 };
 
@@ -122,11 +139,13 @@ class Executor {
 }  // namespace
 
 struct Worker::Impl {
-  Impl(zmq::context_t& ctx, Worker& owner, Logger log) : ctx(ctx), owner(owner), log(std::move(log)) {}
+  Impl(zmq::context_t& ctx, Worker& owner, Logger log, Runtime runtime)
+      : ctx(ctx), owner(owner), log(std::move(log)), runtime(std::move(runtime)) {}
 
   zmq::context_t& ctx;
   Worker& owner;
   Logger log;
+  Runtime runtime;
   zmq::socket_t router;
   data::Table table;
   protocol::Limits limits;
@@ -296,6 +315,8 @@ struct Worker::Impl {
         send(f);
         return Status();
       }
+      case W::FETCH_RESULT:
+        return fetch_result(routing, body.getFetchResult(), job_id, request_id);
       case W::START_JOB:
         return start_job(routing, body.getStartJob(), job_id, request_id);
       case W::TRAIN:
@@ -327,7 +348,8 @@ struct Worker::Impl {
     if (job && busy) return Status::busy("job '" + job_id + "' is busy on pod " + config().name);
     auto mref = sj.getModel();
     const std::string ref = mref.getModelRef();
-    if (!std::string(mref.getUsername()).empty() || !model::is_builtin(ref)) {
+    std::unique_ptr<model::Model> model = std::string(mref.getUsername()).empty() ? runtime.make_model(ref) : nullptr;
+    if (!model) {
       return Status::not_found("model '" + ref + "' is not a built-in model (built-ins: logreg, mlp, cnn); custom models need the model hub");
     }
     std::string hp_text = mref.getHyperparameters();
@@ -345,7 +367,7 @@ struct Worker::Impl {
     auto splits = data::make_splits(table, ds);
     if (!splits.ok()) return splits.status();
     new_job->splits = std::move(*splits);
-    new_job->model = model::make_builtin(ref);
+    new_job->model = std::move(model);
     torch::manual_seed(new_job->seed);
     new_job->model->create_model(new_job->splits.input_shape, ds.num_classes, new_job->hp);
     new_job->specs = tensor_specs(new_job->model->flat().layout());
@@ -386,6 +408,7 @@ struct Worker::Impl {
   // Copies received parameters into the model's flat buffer (the one receive-side copy).
   static void load_parameters(Job& j, std::vector<torch::Tensor>& tensors) {
     torch::NoGradGuard no_grad;
+    j.result.reset();  // the model no longer holds the last round's parameters
     torch::Tensor& flat = j.model->flat().writable();
     const auto& layout = j.model->flat().layout();
     for (size_t i = 0; i < layout.size(); ++i) {
@@ -415,7 +438,7 @@ struct Worker::Impl {
     executor->submit([this, j, routing_copy, params, opts, round, job_id, request_id]() -> Frames {
       load_parameters(*j, *params);
       const auto start = Clock::now();
-      auto stats = train_local(*j->model, j->splits.train, opts, j->hp, &cancel);
+      auto stats = runtime.train(*j->model, j->splits.train, opts, j->hp, &cancel);
       const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
       if (!stats.ok()) {
         return reply(*routing_copy, job_id, request_id,
@@ -425,26 +448,43 @@ struct Worker::Impl {
       counters().samples_trained += stats->samples_seen;
       log->info("event=trained job={} round={} steps={} samples={} train_loss={:.4f} train_accuracy={:.4f} seconds={:.3f}",
                 job_id, round, stats->steps, stats->samples_seen, stats->loss, stats->accuracy, seconds);
+      // The parameters stay in the model until the coordinator fetches them.
+      j->result = TrainedResult{round, j->splits.train.size(), seconds,
+                                {{"train_loss", stats->loss},
+                                 {"train_accuracy", stats->accuracy},
+                                 {"steps", static_cast<double>(stats->steps)},
+                                 {"samples_seen", static_cast<double>(stats->samples_seen)}}};
       return reply(*routing_copy, job_id, request_id, [&](protocol::Outgoing& o) {
-        auto r = o.envelope().getBody().initTrainResult();
+        auto r = o.envelope().getBody().initTrainDone();
         r.setRound(round);
-        r.setNumSamples(j->splits.train.size());
+        r.setNumSamples(j->result->num_samples);
         r.setSeconds(seconds);
-        auto m = r.initMetrics(4);
-        m[0].setName("train_loss");
-        m[0].setValue(stats->loss);
-        m[1].setName("train_accuracy");
-        m[1].setValue(stats->accuracy);
-        m[2].setName("steps");
-        m[2].setValue(static_cast<double>(stats->steps));
-        m[3].setName("samples_seen");
-        m[3].setValue(static_cast<double>(stats->samples_seen));
-        const auto& flat = j->model->flat();
-        // Zero-copy: frames point into the model's buffer, pinned until sent.
-        o.attach(r.initTensors(flat.layout().size()), parameter_views(flat.tensor(), flat.layout()),
-                 j->model->flat().pin());
+        set_metrics(r.initMetrics(j->result->metrics.size()), j->result->metrics);
       });
     }, failure_reply(routing_copy, job_id, request_id));
+    return Status();
+  }
+
+  Status fetch_result(const zmq::message_t& routing, wire::FetchResult::Reader f, const std::string& job_id,
+                      uint64_t request_id) {
+    FEDPOD_RETURN_IF_ERROR(check_job(job_id));
+    if (!job->result || job->result->round != f.getRound()) {
+      return Status::failed_precondition("pod " + config().name + " holds no trained parameters for round " +
+                                         std::to_string(f.getRound()));
+    }
+    job->last_activity = Clock::now();
+    const TrainedResult& res = *job->result;
+    Frames frames = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
+      auto r = o.envelope().getBody().initTrainResult();
+      r.setRound(res.round);
+      r.setNumSamples(res.num_samples);
+      r.setSeconds(res.seconds);
+      set_metrics(r.initMetrics(res.metrics.size()), res.metrics);
+      auto& flat = job->model->flat();
+      // Zero-copy: the frames point into the model's buffer, pinned until sent.
+      o.attach(r.initTensors(flat.layout().size()), parameter_views(flat.tensor(), flat.layout()), flat.pin());
+    });
+    send(frames);
     return Status();
   }
 
@@ -485,8 +525,8 @@ struct Worker::Impl {
   }
 };
 
-Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log)
-    : impl_(std::make_unique<Impl>(ctx, *this, std::move(log))), config_(std::move(config)) {
+Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtime)
+    : impl_(std::make_unique<Impl>(ctx, *this, std::move(log), std::move(runtime))), config_(std::move(config)) {
   if (config_.devices.empty()) config_.devices = {"cpu"};
   auto table = data::read_csv(config_.dataset_path, config_.csv, config_.schema);
   if (!table.ok()) throw ConfigError("pod " + config_.name + ": dataset: " + table.status().message());

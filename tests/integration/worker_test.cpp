@@ -117,6 +117,12 @@ class WorkerTest : public ::testing::Test {
     return out;
   }
 
+  std::unique_ptr<protocol::Incoming> fetch(uint32_t round, const std::string& job_id = "job-1") {
+    protocol::Outgoing out(job_id, next_id_++);
+    out.envelope().getBody().initFetchResult().setRound(round);
+    return client_->request(out);
+  }
+
   std::vector<protocol::NamedTensor> zeros_for(const std::vector<model::ParamInfo>& l) {
     std::vector<protocol::NamedTensor> out;
     for (const auto& p : l) out.push_back({p.name, torch::zeros(p.shape)});
@@ -285,7 +291,11 @@ TEST_F(WorkerTest, MalformedTrainMessagesAreRejectedAndStateKept) {
   EXPECT_EQ(worker_->counters().rounds_trained.load(), 0);
   // The job survived all of that.
   auto msg = train_msg("job-1", zeros_for(l));
-  auto r = client_->request(*msg);
+  auto done = client_->request(*msg);
+  ASSERT_NE(done, nullptr);
+  ASSERT_EQ(done->envelope().getBody().which(), W::TRAIN_DONE) << error_of(*done);
+  EXPECT_EQ(done->envelope().getBody().getTrainDone().getNumSamples(), 480u);
+  auto r = fetch(1);
   ASSERT_NE(r, nullptr);
   ASSERT_EQ(r->envelope().getBody().which(), W::TRAIN_RESULT) << error_of(*r);
   auto tr = r->envelope().getBody().getTrainResult();
@@ -294,6 +304,26 @@ TEST_F(WorkerTest, MalformedTrainMessagesAreRejectedAndStateKept) {
   ASSERT_TRUE(tensors.ok()) << tensors.status().to_string();
   // Five SGD steps from zero moved the weights.
   EXPECT_GT((*tensors)[0].abs().sum().item<double>(), 0.0);
+}
+
+TEST_F(WorkerTest, FetchResultNeedsATrainedRound) {
+  ASSERT_EQ(start_job("job-1")->envelope().getBody().which(), W::JOB_ACCEPTED);
+  auto r = fetch(1);
+  ASSERT_NE(r, nullptr);
+  EXPECT_NE(error_of(*r).find("holds no trained parameters for round 1"), std::string::npos) << error_of(*r);
+  auto msg = train_msg("job-1", zeros_for(layout()));
+  ASSERT_EQ(client_->request(*msg)->envelope().getBody().which(), W::TRAIN_DONE);
+  auto wrong = fetch(2);
+  EXPECT_NE(error_of(*wrong).find("holds no trained parameters for round 2"), std::string::npos);
+  // Fetching twice sends the same parameters twice (a coordinator may retry).
+  auto first = fetch(1), second = fetch(1);
+  ASSERT_EQ(first->envelope().getBody().which(), W::TRAIN_RESULT);
+  ASSERT_EQ(second->envelope().getBody().which(), W::TRAIN_RESULT);
+  auto specs = worker::tensor_specs(layout());
+  auto a = first->take_tensors(first->envelope().getBody().getTrainResult().getTensors(), specs);
+  auto b = second->take_tensors(second->envelope().getBody().getTrainResult().getTensors(), specs);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(torch::equal((*a)[0], (*b)[0]));
 }
 
 TEST_F(WorkerTest, SecondConcurrentJobIsRefusedUntilFirstEnds) {

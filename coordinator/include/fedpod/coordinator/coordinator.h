@@ -17,6 +17,7 @@
 // Threading: run() drives every socket from the calling thread.
 #pragma once
 
+#include <functional>
 #include <iosfwd>
 #include <memory>
 #include <string>
@@ -25,6 +26,7 @@
 #include "fedpod/common/log.h"
 #include "fedpod/common/status.h"
 #include "fedpod/coordinator/job_spec.h"
+#include "fedpod/model/zoo.h"
 
 namespace fedpod::coordinator {
 
@@ -40,8 +42,12 @@ struct RunResult {
 
 class Coordinator {
  public:
+  // Turns the job's model reference into a model; the default is the built-in zoo.
+  using ModelFactory = std::function<std::unique_ptr<model::Model>(const std::string& ref)>;
+
   // `ctx` must outlive the coordinator; `progress` receives one line per round.
-  Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ostream& progress);
+  Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ostream& progress,
+              ModelFactory make_model = model::make_builtin);
   ~Coordinator();
   Coordinator(const Coordinator&) = delete;
   Coordinator& operator=(const Coordinator&) = delete;

@@ -39,7 +39,8 @@ struct EvalSummary {
 
 struct RoundRecord {
   int round = 0;
-  double seconds = 0;
+  double seconds = 0;        // the whole round, evaluation included
+  double train_seconds = 0;  // broadcast, local training, uploads and aggregation
   int pods_answered = 0;
   int pods_asked = 0;
   double train_loss = 0;  // sample-weighted mean of the pods' train_loss

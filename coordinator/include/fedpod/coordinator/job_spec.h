@@ -21,6 +21,8 @@
 //   round_timeout: 60s
 //   connect_timeout: 10s             # for hello and startJob
 //   eval_every: 1                    # rounds between validation (0: only at the end)
+//   max_concurrent_uploads: 2        # pods sending parameters back at once; bounds
+//                                    # coordinator memory to this many models
 //   strategy: fedavg
 //   seed: 0                          # initial parameters
 //   output_dir: out                  # relative to the current directory
@@ -61,6 +63,7 @@ struct JobSpec {
   std::chrono::milliseconds round_timeout{60'000};
   std::chrono::milliseconds connect_timeout{10'000};
   int eval_every = 1;
+  int max_concurrent_uploads = 2;
   std::string strategy = "fedavg";
   uint64_t seed = 0;
   std::string output_dir = "out";

@@ -3,7 +3,8 @@
 // It binds a ROUTER socket and answers the coordinator's requests:
 //   hello      -> schema of the local dataset, devices, active job
 //   startJob   -> builds the model and the dataset splits for the job
-//   train      -> loads the global parameters, trains locally, returns parameters
+//   train      -> loads the global parameters, trains locally, answers trainDone
+//   fetchResult-> sends the trained parameters (zero-copy from the model's buffer)
 //   evaluate   -> loads parameters, scores the validation or test split
 //   endJob     -> drops the job
 //   heartbeat  -> busy flag and round
@@ -18,13 +19,16 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <zmq.hpp>
 
 #include "fedpod/common/log.h"
+#include "fedpod/model/zoo.h"
 #include "fedpod/worker/config.h"
+#include "fedpod/worker/trainer.h"
 
 namespace fedpod::worker {
 
@@ -39,12 +43,23 @@ struct WorkerCounters {
   std::atomic<int64_t> heartbeats{0};
 };
 
+// What a pod runs for a job: how a model reference becomes a model, and how a round
+// trains it. The defaults are the built-in zoo and train_local. Programs embedding
+// a Worker (the benchmarks) may substitute their own; nothing in pod.yaml or in a
+// message can select anything else.
+struct Runtime {
+  std::function<std::unique_ptr<model::Model>(const std::string& ref)> make_model = model::make_builtin;
+  std::function<StatusOr<TrainStats>(model::Model&, const data::Dataset&, const TrainOptions&,
+                                     const Hyperparameters&, const std::atomic<bool>*)>
+      train = train_local;
+};
+
 class Worker {
  public:
   // Loads the dataset (reporting skipped rows) and binds the ROUTER socket.
   // Throws ConfigError for a dataset that cannot be read or an address that
   // cannot be bound. `ctx` must outlive the Worker.
-  Worker(zmq::context_t& ctx, PodConfig config, Logger log);
+  Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtime = Runtime());
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
