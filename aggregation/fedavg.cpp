@@ -31,7 +31,15 @@ Status check_tiling(const std::vector<Segment>& update, int64_t numel) {
 }
 
 void FedAvg::begin_round(const torch::Tensor& global) {
-  acc_ = torch::zeros({global.numel()}, torch::kFloat32);
+  const int64_t n = global.numel();
+  // Reuse the buffer handed out last time once nobody else holds it (the caller has
+  // moved on to a newer global): no fresh pages to fault in and zero every round.
+  if (last_out_.defined() && last_out_.numel() == n && last_out_.storage().use_count() == 1) {
+    acc_ = last_out_;
+  } else {
+    acc_ = torch::empty({n}, torch::kFloat32);
+  }
+  last_out_ = torch::Tensor();
   total_weight_ = 0;
   folded_ = 0;
 }
@@ -42,8 +50,15 @@ Status FedAvg::fold(const std::vector<Segment>& update, double weight) {
     return Status::invalid("update weight must be a positive number, got " + std::to_string(weight));
   }
   FEDPOD_RETURN_IF_ERROR(check_tiling(update, acc_.numel()));
+  const torch::Tensor w = torch::scalar_tensor(weight, torch::kFloat32);
   for (const auto& s : update) {
-    acc_.narrow(0, s.offset, s.values.numel()).add_(s.values.view({-1}), weight);
+    torch::Tensor dst = acc_.narrow(0, s.offset, s.values.numel());
+    if (folded_ == 0) {
+      // The first update tiles the whole buffer: write it instead of adding to zeros.
+      torch::mul_out(dst, s.values.view({-1}), w);
+    } else {
+      dst.add_(s.values.view({-1}), weight);
+    }
   }
   total_weight_ += weight;
   ++folded_;
@@ -56,6 +71,7 @@ StatusOr<torch::Tensor> FedAvg::finish() {
   if (!acc_.defined()) return Status::failed_precondition("finish called twice in one round");
   torch::Tensor out = acc_.div_(total_weight_);
   acc_ = torch::Tensor();
+  last_out_ = out;
   return out;
 }
 

@@ -1,11 +1,7 @@
 // fedpod demo: three pods with label-skewed shares of the digits data, a coordinator,
 // and a centralized baseline on the pooled data, all on this machine.
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -16,13 +12,12 @@
 
 #include "commands.h"
 #include "fedpod/common/log.h"
+#include "fedpod/common/process.h"
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/coordinator/history.h"
 #include "fedpod/data/dataset.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/worker/trainer.h"
-
-extern char** environ;
 
 namespace fedpod::cli {
 namespace {
@@ -37,31 +32,21 @@ struct DemoArgs {
 
 const char* kPods[] = {"pod-a", "pod-b", "pod-c"};
 
-// Child worker processes, terminated and reaped on destruction.
+// Worker processes, stopped with SIGTERM (then reaped) when the demo ends.
 class Children {
  public:
   ~Children() {
-    for (pid_t p : pids_) ::kill(p, SIGTERM);
-    for (pid_t p : pids_) ::waitpid(p, nullptr, 0);
+    for (auto& p : procs_) p->kill(SIGTERM);
+    for (auto& p : procs_) p->wait(std::chrono::seconds(10));
   }
-  void spawn(const std::vector<std::string>& argv, const std::string& log_file) {
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    pid_t pid;
-    int rc = posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) throw std::runtime_error("cannot start a worker process: " + std::string(strerror(rc)));
-    pids_.push_back(pid);
+  void spawn(std::vector<std::string> argv, const std::string& log_file) {
+    argv[0] = self_executable();
+    procs_.push_back(std::make_unique<Process>(argv, log_file));
   }
-  bool alive(size_t i) { return ::waitpid(pids_[i], nullptr, WNOHANG) == 0; }
+  bool alive(size_t i) { return procs_[i]->running(); }
 
  private:
-  std::vector<pid_t> pids_;
+  std::vector<std::unique_ptr<Process>> procs_;
 };
 
 std::string wait_for_endpoint(const std::string& file, Children& children, size_t index, const std::string& log) {

@@ -32,16 +32,9 @@ std::string source_dir() {
 
 }  // namespace fedpod::testing
 
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <sstream>
 #include <thread>
-
-extern char** environ;
 
 namespace fedpod::testing {
 
@@ -49,54 +42,6 @@ std::string fedpod_bin() {
   const char* b = std::getenv("FEDPOD_BIN");
   if (!b) throw std::runtime_error("FEDPOD_BIN is not set (run the tests through ctest)");
   return b;
-}
-
-Process::Process(const std::vector<std::string>& argv, const std::string& log_file) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  int rc = posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) throw std::runtime_error("posix_spawn " + argv[0] + " failed");
-}
-
-Process::~Process() {
-  if (!reaped_ && pid_ > 0) {
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-  }
-}
-
-void Process::kill(int signal) {
-  if (!reaped_) ::kill(pid_, signal);
-}
-
-int Process::wait(std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (true) {
-    int status = 0;
-    pid_t r = ::waitpid(pid_, &status, WNOHANG);
-    if (r == pid_) {
-      reaped_ = true;
-      return status;
-    }
-    if (std::chrono::steady_clock::now() > deadline) return -1;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-}
-
-bool Process::running() {
-  if (reaped_) return false;
-  int status;
-  if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-    reaped_ = true;
-    return false;
-  }
-  return true;
 }
 
 std::string wait_for_word(const std::string& path, std::chrono::milliseconds timeout) {

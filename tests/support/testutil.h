@@ -27,7 +27,7 @@ std::string source_dir();
 
 }  // namespace fedpod::testing
 
-#include <sys/types.h>
+#include "fedpod/common/process.h"
 
 #include <chrono>
 #include <vector>
@@ -37,24 +37,8 @@ namespace fedpod::testing {
 // The fedpod binary under test (FEDPOD_BIN, set by ctest).
 std::string fedpod_bin();
 
-// A child process running `argv` with stdout and stderr sent to `log_file`. Killed
-// with SIGKILL and reaped on destruction if still running.
-class Process {
- public:
-  Process(const std::vector<std::string>& argv, const std::string& log_file);
-  ~Process();
-  Process(const Process&) = delete;
-  Process& operator=(const Process&) = delete;
-  pid_t pid() const { return pid_; }
-  void kill(int signal);
-  // Waits for exit; returns the exit status as from waitpid, or -1 on timeout.
-  int wait(std::chrono::milliseconds timeout);
-  bool running();
-
- private:
-  pid_t pid_ = -1;
-  bool reaped_ = false;
-};
+// Child processes: fedpod::Process (common/process.h).
+using fedpod::Process;
 
 // Waits until `path` exists and holds a first word; returns it ("" on timeout).
 std::string wait_for_word(const std::string& path, std::chrono::milliseconds timeout);

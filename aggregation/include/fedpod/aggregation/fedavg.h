@@ -5,7 +5,8 @@
 //
 // Streaming: one float32 accumulator of the model's size holds sum_k n_k * w_k; each
 // update is folded in with one fused multiply-add pass (read accumulator, read update,
-// write accumulator) as soon as it arrives. Memory is one model, not one per pod.
+// write accumulator) as soon as it arrives; the first update is written, not added.
+// Memory is one model, not one per pod.
 #pragma once
 
 #include "fedpod/aggregation/strategy.h"
@@ -26,6 +27,9 @@ class FedAvg : public Strategy {
 
  private:
   torch::Tensor acc_;
+  // The last result, kept so its buffer can become the next accumulator once the
+  // caller drops it (two buffers alternate; nothing else is retained).
+  torch::Tensor last_out_;
   double total_weight_ = 0;
   int folded_ = 0;
 };

@@ -1,0 +1,108 @@
+// Encoding and decoding a parameter message of P float32 values in 8 tensors.
+//
+//   BM_EncodeDecode     envelope + zero-copy frames, parse, take tensors (no finite
+//                       check): no payload byte is touched, so its time must not grow
+//                       with P (its "bytes/s" grows with P instead).
+//   BM_DecodeChecked    the same plus the finite-value check, one read of the payload.
+//   BM_ReceiveIntoModel the worker's receive path: checked decode, then the one copy
+//                       into the model's flat parameter buffer.
+//   BM_Memcpy           memcpy of the P * 4 payload bytes: the baseline.
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include <cstring>
+
+#include "fedpod/protocol/codec.h"
+
+namespace {
+
+constexpr int kTensors = 8;
+
+struct Message {
+  std::vector<fedpod::protocol::NamedTensor> tensors;
+  std::vector<fedpod::protocol::TensorSpec> specs;
+};
+
+Message make_message(int64_t p) {
+  Message m;
+  for (int i = 0; i < kTensors; ++i) {
+    const int64_t n = p / kTensors + (i < p % kTensors ? 1 : 0);
+    m.tensors.push_back({"layer" + std::to_string(i) + ".weight", torch::randn({n})});
+    m.specs.push_back({m.tensors.back().name, {n}});
+  }
+  return m;
+}
+
+std::vector<zmq::message_t> encode(const Message& m) {
+  fedpod::protocol::Outgoing out("bench", 1);
+  auto t = out.envelope().getBody().initTrain();
+  t.setRound(1);
+  out.attach(t.initTensors(kTensors), m.tensors);
+  return out.frames();
+}
+
+std::vector<torch::Tensor> decode(std::vector<zmq::message_t> frames, const Message& m, bool check,
+                                  benchmark::State& state) {
+  auto in = fedpod::protocol::Incoming::parse(std::move(frames));
+  if (!in.ok()) {
+    state.SkipWithError(in.status().to_string().c_str());
+    return {};
+  }
+  auto tensors = (*in)->take_tensors((*in)->envelope().getBody().getTrain().getTensors(), m.specs, check);
+  if (!tensors.ok()) state.SkipWithError(tensors.status().to_string().c_str());
+  return tensors.ok() ? std::move(*tensors) : std::vector<torch::Tensor>{};
+}
+
+void BM_EncodeDecode(benchmark::State& state) {
+  Message m = make_message(state.range(0));
+  for (auto _ : state) {
+    auto tensors = decode(encode(m), m, /*check=*/false, state);
+    benchmark::DoNotOptimize(tensors.data());
+  }
+  state.SetBytesProcessed(state.iterations() * state.range(0) * 4);
+}
+
+void BM_DecodeChecked(benchmark::State& state) {
+  Message m = make_message(state.range(0));
+  for (auto _ : state) {
+    auto tensors = decode(encode(m), m, /*check=*/true, state);
+    benchmark::DoNotOptimize(tensors.data());
+  }
+  state.SetBytesProcessed(state.iterations() * state.range(0) * 4);
+}
+
+void BM_ReceiveIntoModel(benchmark::State& state) {
+  Message m = make_message(state.range(0));
+  torch::Tensor flat = torch::empty({state.range(0)});
+  for (auto _ : state) {
+    auto tensors = decode(encode(m), m, /*check=*/true, state);
+    int64_t offset = 0;
+    for (const auto& t : tensors) {
+      std::memcpy(static_cast<float*>(flat.data_ptr()) + offset, t.data_ptr(), t.nbytes());
+      offset += t.numel();
+    }
+    benchmark::DoNotOptimize(flat.data_ptr());
+  }
+  state.SetBytesProcessed(state.iterations() * state.range(0) * 4);
+}
+
+void BM_MemcpyPayload(benchmark::State& state) {
+  torch::Tensor src = torch::randn({state.range(0)}), dst = torch::empty({state.range(0)});
+  for (auto _ : state) {
+    std::memcpy(dst.data_ptr(), src.data_ptr(), src.nbytes());
+    benchmark::DoNotOptimize(dst.data_ptr());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * state.range(0) * 4);
+}
+
+void Sizes(benchmark::internal::Benchmark* b) {
+  b->Arg(1'000'000)->Arg(10'000'000)->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+
+}  // namespace
+
+BENCHMARK(BM_EncodeDecode)->Apply(Sizes);
+BENCHMARK(BM_DecodeChecked)->Apply(Sizes);
+BENCHMARK(BM_ReceiveIntoModel)->Apply(Sizes);
+BENCHMARK(BM_MemcpyPayload)->Name("BM_Memcpy")->Apply(Sizes);

@@ -1,0 +1,353 @@
+// Whole-round benchmark: K real worker processes on loopback whose training returns
+// the received parameters (bench-only echo trainer), a coordinator in its own
+// process, and - in the same run - the transport limit: a plain ZeroMQ exchange of
+// the same bytes, in the same frames, between the same number of processes, with
+// no fedpod code.
+//
+//   fedpod_round_bench round --pods 2,8,32 --params 10000000 --rounds 5 --json out.json
+//
+// For each K it prints seconds per round (median), effective bytes per second
+// (2 * K * P * 4 bytes moved per round: parameters down and back up), the ratio to
+// the plain-ZeroMQ limit, and each side's peak RSS. The other subcommands are the
+// roles it launches itself.
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "bench_model.h"
+#include "fedpod/common/log.h"
+#include "fedpod/common/process.h"
+#include "fedpod/coordinator/coordinator.h"
+#include "fedpod/protocol/socket.h"
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }
+
+double peak_rss_mb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024.0;  // kilobytes on Linux
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+void write_endpoint(const std::string& file, const std::string& endpoint) {
+  std::ofstream(file + ".tmp") << endpoint << "\n";
+  fs::rename(file + ".tmp", file);
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) out.push_back(item);
+  return out;
+}
+
+// --- roles -----------------------------------------------------------------------
+
+// A pod with the echo runtime and a two-row dataset.
+void run_worker(const std::string& endpoint_file, const std::string& data) {
+  torch::set_num_threads(1);
+  fedpod::worker::PodConfig config;
+  config.name = "bench-pod";
+  config.listen = "tcp://127.0.0.1:*";
+  config.dataset_path = data;
+  config.devices = {"cpu"};
+  zmq::context_t ctx(1);
+  fedpod::worker::Worker w(ctx, config, fedpod::make_logger("bench-worker", "warn"), fedpod::bench::echo_runtime());
+  write_endpoint(endpoint_file, w.endpoint());
+  w.serve(g_stop);
+}
+
+// Plain ZeroMQ: a ROUTER that sends every message straight back (zero-copy: the
+// received frames are the ones sent).
+void run_echo(const std::string& endpoint_file) {
+  zmq::context_t ctx(1);
+  fedpod::protocol::SocketOptions opts;
+  zmq::socket_t router = fedpod::protocol::make_router(ctx, "tcp://127.0.0.1:*", opts);
+  write_endpoint(endpoint_file, fedpod::protocol::bound_endpoint(router));
+  std::vector<zmq::message_t> frames;
+  while (!g_stop) {
+    zmq::pollitem_t item{router.handle(), 0, ZMQ_POLLIN, 0};
+    if (fedpod::protocol::poll(&item, 1, 100ms) == 0) continue;
+    bool too_many;
+    while (fedpod::protocol::recv_frames(router, frames, 1 << 20, too_many)) {
+      zmq::message_t id = std::move(frames[0]);
+      frames.erase(frames.begin());
+      fedpod::protocol::send_frames(router, frames, &id);
+    }
+  }
+}
+
+// Plain ZeroMQ client: each round sends the same P floats in `tensors` zero-copy
+// frames to every peer and waits for all echoes.
+void run_zmq_client(const std::vector<std::string>& endpoints, int64_t params, int tensors, int rounds) {
+  zmq::context_t ctx(1);
+  std::vector<zmq::socket_t> peers;
+  for (const auto& e : endpoints) peers.push_back(fedpod::protocol::make_dealer(ctx, e, {}));
+  torch::Tensor buffer = torch::randn({params});
+  std::vector<double> seconds;
+  for (int r = 0; r < rounds + 1; ++r) {  // round 0 warms the connections up
+    const auto start = Clock::now();
+    for (auto& s : peers) {
+      std::vector<zmq::message_t> frames;
+      frames.emplace_back("hdr", 3);
+      int64_t offset = 0;
+      for (int t = 0; t < tensors; ++t) {
+        const int64_t n = params / tensors + (t < params % tensors ? 1 : 0);
+        auto* keep = new torch::Tensor(buffer);
+        frames.emplace_back(static_cast<float*>(buffer.data_ptr()) + offset, n * sizeof(float),
+                            [](void*, void* hint) { delete static_cast<torch::Tensor*>(hint); }, keep);
+        offset += n;
+      }
+      fedpod::protocol::send_frames(s, frames);
+    }
+    size_t answered = 0;
+    std::vector<zmq::message_t> frames;
+    while (answered < peers.size()) {
+      std::vector<zmq::pollitem_t> items;
+      for (auto& s : peers) items.push_back({s.handle(), 0, ZMQ_POLLIN, 0});
+      fedpod::protocol::poll(items.data(), items.size(), 1000ms);
+      for (size_t i = 0; i < peers.size(); ++i) {
+        bool too_many;
+        if ((items[i].revents & ZMQ_POLLIN) && fedpod::protocol::recv_frames(peers[i], frames, 1 << 20, too_many)) {
+          ++answered;
+        }
+      }
+    }
+    if (r > 0) seconds.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  nlohmann::json out = {{"seconds_per_round", median(seconds)}, {"rounds", seconds}, {"peak_rss_mb", peak_rss_mb()}};
+  std::cout << out.dump() << std::endl;
+}
+
+// A fedpod coordinator job over `endpoints` with the bench model.
+void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, int tensors, int rounds,
+                     int window, const std::string& out_dir) {
+  fedpod::use_mmap_for_large_allocations();
+  torch::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
+  fedpod::coordinator::JobSpec spec;
+  spec.job_id = "round-bench";
+  spec.model.ref = "bench-params";
+  spec.model.hyperparameters = fedpod::Hyperparameters(nlohmann::json{{"params", params}, {"tensors", tensors}});
+  spec.datastructure.target = "label";
+  spec.datastructure.num_classes = 2;
+  spec.datastructure.split = {0, 0, 0};
+  for (size_t i = 0; i < endpoints.size(); ++i) spec.pods.push_back({"pod-" + std::to_string(i), endpoints[i]});
+  spec.rounds = rounds + 1;  // round 1 warms the connections up
+  spec.eval_every = 0;
+  spec.max_concurrent_uploads = window;
+  spec.round_timeout = 600s;
+  spec.connect_timeout = 60s;
+  spec.output_dir = out_dir;
+  fedpod::coordinator::validate(spec, "round bench");
+  zmq::context_t ctx(1);
+  std::ostringstream progress;
+  fedpod::coordinator::Coordinator c(ctx, spec, fedpod::make_logger("coordinator", "warn"), progress,
+                                     fedpod::bench::make_bench_model);
+  auto result = c.run();
+  if (!result.ok()) {
+    std::cerr << "round bench: " << result.status().to_string() << "\n";
+    std::exit(1);
+  }
+  std::ifstream in(result->history_path);
+  auto history = nlohmann::json::parse(in);
+  std::vector<double> seconds;
+  for (const auto& r : history["rounds"]) {
+    if (r["round"].get<int>() > 1) seconds.push_back(r["train_seconds"].get<double>());
+  }
+  nlohmann::json out = {{"seconds_per_round", median(seconds)}, {"rounds", seconds}, {"peak_rss_mb", peak_rss_mb()}};
+  std::cout << out.dump() << std::endl;
+}
+
+// --- driver ----------------------------------------------------------------------
+
+struct Servers {
+  std::vector<std::unique_ptr<fedpod::Process>> procs;
+  std::vector<std::string> endpoints;
+  Servers() = default;
+  Servers(Servers&&) = default;
+  ~Servers() {
+    for (auto& p : procs) p->kill(SIGTERM);
+    for (auto& p : procs) p->wait(10s);
+  }
+};
+
+Servers start_servers(const std::string& role, int k, const fs::path& dir, const std::string& data) {
+  Servers s;
+  for (int i = 0; i < k; ++i) {
+    const std::string ep = (dir / (role + std::to_string(i) + ".endpoint")).string();
+    fs::remove(ep);
+    std::vector<std::string> argv = {fedpod::self_executable(), role, "--endpoint-file", ep};
+    if (role == "worker") argv.insert(argv.end(), {"--data", data});
+    s.procs.push_back(std::make_unique<fedpod::Process>(argv, (dir / (role + std::to_string(i) + ".log")).string()));
+  }
+  for (int i = 0; i < k; ++i) {
+    const std::string ep = (dir / (role + std::to_string(i) + ".endpoint")).string();
+    const auto deadline = Clock::now() + 60s;
+    std::string endpoint;
+    while (endpoint.empty() && Clock::now() < deadline) {
+      std::ifstream in(ep);
+      in >> endpoint;
+      if (endpoint.empty()) std::this_thread::sleep_for(10ms);
+    }
+    if (endpoint.empty()) throw std::runtime_error(role + " " + std::to_string(i) + " did not start");
+    s.endpoints.push_back(endpoint);
+  }
+  return s;
+}
+
+nlohmann::json run_child(const std::vector<std::string>& argv, const fs::path& log) {
+  fedpod::Process p(argv, log.string());
+  int status = p.wait(3600s);
+  std::ifstream in(log);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line[0] == '{') last = line;
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || last.empty()) {
+    throw std::runtime_error("benchmark child failed; see " + log.string());
+  }
+  return nlohmann::json::parse(last);
+}
+
+void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int rounds, int window,
+                const std::string& json_out) {
+  const fs::path dir = fs::temp_directory_path() / ("fedpod-round-bench-" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string data = (dir / "data.csv").string();
+  std::ofstream(data) << "x,label\n0,0\n1,1\n";
+  const std::string self = fedpod::self_executable();
+  nlohmann::json results = nlohmann::json::array();
+  std::cout << "round benchmark: P=" << params << " float32 (" << params * 4 / 1e6 << " MB) in " << tensors
+            << " tensors, " << rounds << " timed rounds, echo trainer, max_concurrent_uploads " << window
+            << "\n\n"
+            << std::left << std::setw(5) << "K" << std::setw(14) << "zmq s/round" << std::setw(14) << "zmq MB/s"
+            << std::setw(16) << "fedpod s/round" << std::setw(14) << "fedpod MB/s" << std::setw(8) << "ratio"
+            << std::setw(18) << "coord RSS MB" << "zmq client RSS MB\n";
+  for (int k : pods) {
+    const std::string p = std::to_string(params), t = std::to_string(tensors), r = std::to_string(rounds);
+    nlohmann::json zmq_result, fedpod_result;
+    {
+      Servers echo = start_servers("echo", k, dir, data);
+      std::vector<std::string> argv = {self, "zmq-client", "--endpoints"};
+      std::string joined;
+      for (const auto& e : echo.endpoints) joined += (joined.empty() ? "" : ",") + e;
+      argv.insert(argv.end(), {joined, "--params", p, "--tensors", t, "--rounds", r});
+      zmq_result = run_child(argv, dir / ("zmq-client-" + std::to_string(k) + ".log"));
+    }
+    {
+      Servers workers = start_servers("worker", k, dir, data);
+      std::string joined;
+      for (const auto& e : workers.endpoints) joined += (joined.empty() ? "" : ",") + e;
+      fedpod_result = run_child({self, "coordinator", "--endpoints", joined, "--params", p, "--tensors", t,
+                                 "--rounds", r, "--window", std::to_string(window), "--out",
+                                 (dir / ("job-" + std::to_string(k))).string()},
+                                dir / ("coordinator-" + std::to_string(k) + ".log"));
+    }
+    const double bytes = 2.0 * k * params * 4;
+    const double zs = zmq_result["seconds_per_round"], fs_ = fedpod_result["seconds_per_round"];
+    nlohmann::json row = {{"pods", k},
+                          {"params", params},
+                          {"tensors", tensors},
+                          {"rounds", rounds},
+                          {"max_concurrent_uploads", window},
+                          {"bytes_per_round", bytes},
+                          {"zmq", zmq_result},
+                          {"fedpod", fedpod_result},
+                          {"zmq_bytes_per_second", bytes / zs},
+                          {"fedpod_bytes_per_second", bytes / fs_},
+                          {"ratio_to_zmq", zs / fs_}};
+    results.push_back(row);
+    std::cout << std::left << std::fixed << std::setprecision(3) << std::setw(5) << k << std::setw(14) << zs
+              << std::setw(14) << std::setprecision(0) << bytes / zs / 1e6 << std::setw(16) << std::setprecision(3)
+              << fs_ << std::setw(14) << std::setprecision(0) << bytes / fs_ / 1e6 << std::setw(8)
+              << std::setprecision(2) << zs / fs_ << std::setw(18) << std::setprecision(1)
+              << fedpod_result["peak_rss_mb"].get<double>() << zmq_result["peak_rss_mb"].get<double>() << "\n"
+              << std::flush;
+  }
+  if (!json_out.empty()) {
+    std::ofstream(json_out) << nlohmann::json{{"machine_cores", std::thread::hardware_concurrency()},
+                                              {"results", results}}
+                                   .dump(2)
+                            << "\n";
+    std::cout << "\nwrote " << json_out << "\n";
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  CLI::App app{"fedpod whole-round benchmark"};
+  app.require_subcommand(1);
+  std::string pods = "2,8", endpoint_file, data, endpoints, json_out, out_dir;
+  int64_t params = 10'000'000;
+  int tensors = 8, rounds = 5, window = 2;
+
+  auto* round = app.add_subcommand("round", "Benchmark rounds for each K in --pods against plain ZeroMQ");
+  round->add_option("--pods", pods, "comma-separated pod counts")->capture_default_str();
+  round->add_option("--params", params, "float32 parameters")->capture_default_str();
+  round->add_option("--tensors", tensors, "tensors the parameters are split into")->capture_default_str();
+  round->add_option("--rounds", rounds, "timed rounds (one more warms up)")->capture_default_str();
+  round->add_option("--json", json_out, "also write the results here");
+  round->add_option("--window", window, "the job's max_concurrent_uploads")->capture_default_str();
+
+  auto* worker = app.add_subcommand("worker", "(internal) a pod with the echo trainer");
+  worker->add_option("--endpoint-file", endpoint_file)->required();
+  worker->add_option("--data", data)->required();
+  auto* echo = app.add_subcommand("echo", "(internal) a plain ZeroMQ echo server");
+  echo->add_option("--endpoint-file", endpoint_file)->required();
+  for (auto* sub : {app.add_subcommand("coordinator", "(internal) the fedpod side of one measurement"),
+                    app.add_subcommand("zmq-client", "(internal) the plain ZeroMQ side of one measurement")}) {
+    sub->add_option("--endpoints", endpoints)->required();
+    sub->add_option("--params", params);
+    sub->add_option("--tensors", tensors);
+    sub->add_option("--rounds", rounds);
+    sub->add_option("--out", out_dir);
+    sub->add_option("--window", window);
+  }
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*round) {
+      std::vector<int> ks;
+      for (const auto& k : split(pods)) ks.push_back(std::stoi(k));
+      run_driver(ks, params, tensors, rounds, window, json_out);
+    } else if (*worker) {
+      run_worker(endpoint_file, data);
+    } else if (*echo) {
+      run_echo(endpoint_file);
+    } else if (app.got_subcommand("coordinator")) {
+      run_coordinator(split(endpoints), params, tensors, rounds, window, out_dir);
+    } else {
+      run_zmq_client(split(endpoints), params, tensors, rounds);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "round bench: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
