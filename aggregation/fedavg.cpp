@@ -34,7 +34,10 @@ void FedAvg::begin_round(const torch::Tensor& global) {
   const int64_t n = global.numel();
   // Reuse the buffer handed out last time once nobody else holds it (the caller has
   // moved on to a newer global): no fresh pages to fault in and zero every round.
-  if (last_out_.defined() && last_out_.numel() == n && last_out_.storage().use_count() == 1) {
+  // Both counts: a copy of the handle shares our TensorImpl (use_count), a view has
+  // its own TensorImpl on the same storage (storage().use_count()).
+  if (last_out_.defined() && last_out_.numel() == n && last_out_.use_count() == 1 &&
+      last_out_.storage().use_count() == 1) {
     acc_ = last_out_;
   } else {
     acc_ = torch::empty({n}, torch::kFloat32);

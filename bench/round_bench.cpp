@@ -145,7 +145,6 @@ void run_zmq_client(const std::vector<std::string>& endpoints, int64_t params, i
 // A fedpod coordinator job over `endpoints` with the bench model.
 void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, int tensors, int rounds,
                      int window, const std::string& out_dir) {
-  fedpod::use_mmap_for_large_allocations();
   torch::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
   fedpod::coordinator::JobSpec spec;
   spec.job_id = "round-bench";
@@ -300,6 +299,7 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
 }  // namespace
 
 int main(int argc, char** argv) {
+  fedpod::tune_malloc_for_large_messages();
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   CLI::App app{"fedpod whole-round benchmark"};

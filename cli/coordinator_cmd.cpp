@@ -5,7 +5,6 @@
 
 #include "commands.h"
 #include "fedpod/common/log.h"
-#include "fedpod/common/process.h"
 #include "fedpod/coordinator/coordinator.h"
 
 namespace fedpod::cli {
@@ -18,7 +17,6 @@ struct RunArgs {
 };
 
 void run_job(const RunArgs& args) {
-  use_mmap_for_large_allocations();
   coordinator::JobSpec spec = coordinator::load_job_spec(args.job);
   if (!args.output_dir.empty()) spec.output_dir = args.output_dir;
   Logger log = make_logger("coordinator", args.log_level);

@@ -5,8 +5,10 @@
 
 #include "commands.h"
 #include "fedpod/common/config_util.h"
+#include "fedpod/common/process.h"
 
 int main(int argc, char** argv) {
+  fedpod::tune_malloc_for_large_messages();  // before any thread starts
   CLI::App app{"fedpod: federated learning across data pods.\n"
                "Pods keep their data; a coordinator trains a model across them."};
   app.require_subcommand(1);

@@ -63,10 +63,7 @@ bool Process::running() {
   return true;
 }
 
-void use_mmap_for_large_allocations(size_t threshold) {
-  // Setting the threshold explicitly also disables glibc's dynamic adjustment.
-  mallopt(M_MMAP_THRESHOLD, static_cast<int>(threshold));
-}
+void tune_malloc_for_large_messages() { mallopt(M_ARENA_MAX, 1); }
 
 std::string self_executable() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
 

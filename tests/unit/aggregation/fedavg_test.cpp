@@ -293,3 +293,55 @@ TEST(MakeStrategyTest, KnownAndUnknownNames) {
 
 }  // namespace
 }  // namespace fedpod::aggregation
+
+namespace fedpod::aggregation {
+namespace {
+
+// FedAvg recycles the buffer it handed out last round, but only once the caller has
+// let go of it: a result still held (e.g. by frames in flight) is never overwritten.
+TEST(FedAvgReuseTest, HeldResultIsNeverOverwritten) {
+  FedAvg f;
+  torch::Tensor global = torch::zeros({4});
+  f.begin_round(global);
+  ASSERT_TRUE(f.fold({{0, torch::tensor({1.f, 2.f, 3.f, 4.f})}}, 1.0).ok());
+  torch::Tensor round1 = *f.finish();
+  f.begin_round(round1);
+  ASSERT_TRUE(f.fold({{0, torch::tensor({9.f, 9.f, 9.f, 9.f})}}, 2.0).ok());
+  torch::Tensor round2 = *f.finish();
+  EXPECT_TRUE(torch::equal(round1, torch::tensor({1.f, 2.f, 3.f, 4.f})));
+  EXPECT_TRUE(torch::equal(round2, torch::tensor({9.f, 9.f, 9.f, 9.f})));
+  EXPECT_NE(round1.data_ptr(), round2.data_ptr());
+}
+
+// Regression: the first version checked only storage().use_count(), which a plain
+// copy of the returned handle does not raise, and overwrote the caller's result.
+TEST(FedAvgReuseTest, HeldViewOfResultIsNeverOverwritten) {
+  FedAvg f;
+  f.begin_round(torch::zeros({4}));
+  ASSERT_TRUE(f.fold({{0, torch::tensor({1.f, 2.f, 3.f, 4.f})}}, 1.0).ok());
+  torch::Tensor view = f.finish()->narrow(0, 1, 2);  // only a view survives
+  f.begin_round(torch::zeros({4}));
+  ASSERT_TRUE(f.fold({{0, torch::tensor({9.f, 9.f, 9.f, 9.f})}}, 1.0).ok());
+  ASSERT_TRUE(f.finish().ok());
+  EXPECT_TRUE(torch::equal(view, torch::tensor({2.f, 3.f})));
+}
+
+TEST(FedAvgReuseTest, ReleasedResultBecomesTheNextAccumulator) {
+  FedAvg f;
+  f.begin_round(torch::zeros({4}));
+  ASSERT_TRUE(f.fold({{0, torch::tensor({1.f, 2.f, 3.f, 4.f})}}, 1.0).ok());
+  void* first = nullptr;
+  {
+    torch::Tensor round1 = *f.finish();
+    first = round1.data_ptr();
+  }  // the caller drops round 1's result
+  f.begin_round(torch::zeros({4}));
+  EXPECT_EQ(f.accumulator().data_ptr(), first);
+  // Reuse must not leak old values into the new average.
+  ASSERT_TRUE(f.fold({{0, torch::tensor({2.f, 2.f, 2.f, 2.f})}}, 3.0).ok());
+  ASSERT_TRUE(f.fold({{0, torch::tensor({6.f, 6.f, 6.f, 6.f})}}, 1.0).ok());
+  EXPECT_TRUE(torch::allclose(*f.finish(), torch::full({4}, 3.f)));
+}
+
+}  // namespace
+}  // namespace fedpod::aggregation
