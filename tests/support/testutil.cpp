@@ -1,5 +1,7 @@
 #include "testutil.h"
 
+#include "fedpod/common/config_util.h"
+
 #include <cstdlib>
 #include <fstream>
 #include <stdexcept>
@@ -53,6 +55,23 @@ std::string wait_for_word(const std::string& path, std::chrono::milliseconds tim
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return "";
+}
+
+std::string config_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a ConfigError";
+  return "";
+}
+
+::testing::AssertionResult Contains(const char* h_expr, const char* n_expr, const std::string& haystack,
+                                    const std::string& needle) {
+  if (haystack.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << h_expr << " (\"" << haystack << "\") does not contain " << n_expr
+                                       << " (\"" << needle << "\")";
 }
 
 std::string read_file(const std::string& path) {

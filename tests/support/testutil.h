@@ -29,7 +29,10 @@ std::string source_dir();
 
 #include "fedpod/common/process.h"
 
+#include <gtest/gtest.h>
+
 #include <chrono>
+#include <functional>
 #include <vector>
 
 namespace fedpod::testing {
@@ -45,5 +48,13 @@ std::string wait_for_word(const std::string& path, std::chrono::milliseconds tim
 
 // Reads a whole file ("" if missing).
 std::string read_file(const std::string& path);
+
+// The message of the ConfigError `f` throws; fails the current test when it throws none.
+std::string config_error(const std::function<void()>& f);
+
+// EXPECT_CONTAINS(text, part): text contains part; prints both otherwise.
+::testing::AssertionResult Contains(const char* h_expr, const char* n_expr, const std::string& haystack,
+                                    const std::string& needle);
+#define EXPECT_CONTAINS(haystack, needle) EXPECT_PRED_FORMAT2(::fedpod::testing::Contains, haystack, needle)
 
 }  // namespace fedpod::testing

@@ -9,29 +9,12 @@
 #include <functional>
 #include <string>
 
+#include "testutil.h"
+
 namespace fedpod {
 namespace {
 
 using std::chrono::milliseconds;
-
-// The message of the ConfigError `f` throws; fails the test when it throws none.
-std::string config_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a ConfigError";
-  return "";
-}
-
-::testing::AssertionResult Contains(const char* h_expr, const char* n_expr,
-                                    const std::string& haystack, const std::string& needle) {
-  if (haystack.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << h_expr << " (\"" << haystack << "\") does not contain "
-                                       << n_expr << " (\"" << needle << "\")";
-}
-#define EXPECT_CONTAINS(haystack, needle) EXPECT_PRED_FORMAT2(Contains, haystack, needle)
 
 // ---- parse_duration ------------------------------------------------------------------
 
@@ -49,7 +32,7 @@ TEST(ParseDurationTest, AcceptsUnitsAndPlainSeconds) {
 TEST(ParseDurationTest, RejectsGarbageNamingTheSetting) {
   for (const char* bad : {"abc", "-1s", "5x", "", "s", "nan", "inf", "10 s", "1e400s"}) {
     SCOPED_TRACE(bad);
-    std::string msg = config_error([&] { parse_duration(bad, "job.yaml: round_timeout"); });
+    std::string msg = testing::config_error([&] { parse_duration(bad, "job.yaml: round_timeout"); });
     EXPECT_CONTAINS(msg, "job.yaml: round_timeout");
     EXPECT_CONTAINS(msg, "expected a duration");
     EXPECT_CONTAINS(msg, std::string("got \"") + bad + "\"");
@@ -59,7 +42,7 @@ TEST(ParseDurationTest, RejectsGarbageNamingTheSetting) {
 TEST(ParseDurationTest, RejectsDurationTooLargeToRepresent) {
   // Regression: 1e300 hours is finite as a double but overflows int64 milliseconds;
   // llround of it is undefined and used to produce a garbage (negative) duration.
-  std::string msg = config_error([] { parse_duration("1e300h", "pod.yaml: timeout"); });
+  std::string msg = testing::config_error([] { parse_duration("1e300h", "pod.yaml: timeout"); });
   EXPECT_CONTAINS(msg, "pod.yaml: timeout");
 }
 
@@ -72,13 +55,13 @@ TEST(CheckKeysTest, AcceptsKnownKeys) {
 
 TEST(CheckKeysTest, UnknownKeyNamesKeyAndAllowedList) {
   YAML::Node node = YAML::Load("rounds: 3\nmin_pod: 2\n");
-  std::string msg = config_error([&] { check_keys(node, {"rounds", "min_pods"}, "job.yaml"); });
+  std::string msg = testing::config_error([&] { check_keys(node, {"rounds", "min_pods"}, "job.yaml"); });
   EXPECT_EQ(msg, "job.yaml: unknown key 'min_pod' (allowed: rounds, min_pods)");
 }
 
 TEST(CheckKeysTest, NonMappingIsRejected) {
   YAML::Node node = YAML::Load("[1, 2]");
-  EXPECT_EQ(config_error([&] { check_keys(node, {"a"}, "pod.yaml: data"); }),
+  EXPECT_EQ(testing::config_error([&] { check_keys(node, {"a"}, "pod.yaml: data"); }),
             "pod.yaml: data: expected a mapping");
 }
 
@@ -162,22 +145,22 @@ TEST(HyperparametersTest, WrongTypesNameKeyAndValue) {
   Hyperparameters hp(nlohmann::json::parse(
       R"({"lr": "fast", "epochs": 0.5, "optimizer": 3, "nesterov": "yes",
           "hidden": [32, "x"], "channels": {"a": 1}})"));
-  EXPECT_EQ(config_error([&] { hp.number("lr", 0); }),
+  EXPECT_EQ(testing::config_error([&] { hp.number("lr", 0); }),
             "hyperparameter 'lr' must be a number, got \"fast\"");
-  EXPECT_EQ(config_error([&] { hp.integer("epochs", 0); }),
+  EXPECT_EQ(testing::config_error([&] { hp.integer("epochs", 0); }),
             "hyperparameter 'epochs' must be an integer, got 0.5");
-  EXPECT_EQ(config_error([&] { hp.string("optimizer", ""); }),
+  EXPECT_EQ(testing::config_error([&] { hp.string("optimizer", ""); }),
             "hyperparameter 'optimizer' must be a string, got 3");
-  EXPECT_EQ(config_error([&] { hp.boolean("nesterov", false); }),
+  EXPECT_EQ(testing::config_error([&] { hp.boolean("nesterov", false); }),
             "hyperparameter 'nesterov' must be true or false, got \"yes\"");
-  EXPECT_EQ(config_error([&] { hp.integers("hidden", {}); }),
+  EXPECT_EQ(testing::config_error([&] { hp.integers("hidden", {}); }),
             "hyperparameter 'hidden' must be a list of integers, got [32,\"x\"]");
-  EXPECT_EQ(config_error([&] { hp.integers("channels", {}); }),
+  EXPECT_EQ(testing::config_error([&] { hp.integers("channels", {}); }),
             "hyperparameter 'channels' must be a list of integers, got {\"a\":1}");
 }
 
 TEST(HyperparametersTest, MustBeAnObject) {
-  EXPECT_EQ(config_error([] {
+  EXPECT_EQ(testing::config_error([] {
               Hyperparameters hp(nlohmann::json::array({1, 2}));
             }),
             "hyperparameters must be a mapping, got [1,2]");

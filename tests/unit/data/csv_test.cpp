@@ -13,14 +13,6 @@
 namespace fedpod::data {
 namespace {
 
-::testing::AssertionResult Contains(const char* h_expr, const char* n_expr,
-                                    const std::string& haystack, const std::string& needle) {
-  if (haystack.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << h_expr << " (\"" << haystack << "\") does not contain "
-                                       << n_expr << " (\"" << needle << "\")";
-}
-#define EXPECT_CONTAINS(haystack, needle) EXPECT_PRED_FORMAT2(Contains, haystack, needle)
-
 std::vector<std::string> names(const Schema& s) {
   std::vector<std::string> out;
   for (const auto& c : s.columns) out.push_back(c.name);

@@ -15,14 +15,6 @@
 namespace fedpod::data {
 namespace {
 
-::testing::AssertionResult Contains(const char* h_expr, const char* n_expr,
-                                    const std::string& haystack, const std::string& needle) {
-  if (haystack.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << h_expr << " (\"" << haystack << "\") does not contain "
-                                       << n_expr << " (\"" << needle << "\")";
-}
-#define EXPECT_CONTAINS(haystack, needle) EXPECT_PRED_FORMAT2(Contains, haystack, needle)
-
 std::vector<int64_t> to_vec(const torch::Tensor& t) {
   torch::Tensor c = t.to(torch::kInt64).contiguous();
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());

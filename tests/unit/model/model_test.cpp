@@ -14,28 +14,12 @@
 #include "fedpod/model/flat_parameters.h"
 #include "fedpod/model/zoo.h"
 
+#include "testutil.h"
+
 namespace fedpod::model {
 namespace {
 
 using Shapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
-
-std::string config_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a ConfigError";
-  return "";
-}
-
-::testing::AssertionResult Contains(const char* h_expr, const char* n_expr,
-                                    const std::string& haystack, const std::string& needle) {
-  if (haystack.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << h_expr << " (\"" << haystack << "\") does not contain "
-                                       << n_expr << " (\"" << needle << "\")";
-}
-#define EXPECT_CONTAINS(haystack, needle) EXPECT_PRED_FORMAT2(Contains, haystack, needle)
 
 Hyperparameters hp(const char* json) { return Hyperparameters(nlohmann::json::parse(json)); }
 
@@ -145,19 +129,19 @@ TEST(ZooTest, CnnLayout) {
 
 TEST(ZooTest, CnnNeedsImageShape) {
   auto m = make_builtin("cnn");
-  EXPECT_CONTAINS(config_error([&] { m->create_model({64}, 10, {}); }),
+  EXPECT_CONTAINS(testing::config_error([&] { m->create_model({64}, 10, {}); }),
                   "cnn needs an image input_shape [channels, height, width]");
 }
 
 TEST(ZooTest, BadHyperparametersAndShapes) {
-  EXPECT_EQ(config_error([] { create("mlp", {4}, 3, hp(R"({"dropout": 1.0})")); }),
+  EXPECT_EQ(testing::config_error([] { create("mlp", {4}, 3, hp(R"({"dropout": 1.0})")); }),
             "hyperparameter 'dropout' must be in [0, 1)");
-  EXPECT_EQ(config_error([] { create("mlp", {4}, 3, hp(R"({"hidden": [8, 0]})")); }),
+  EXPECT_EQ(testing::config_error([] { create("mlp", {4}, 3, hp(R"({"hidden": [8, 0]})")); }),
             "hyperparameter 'hidden' widths must be positive");
-  EXPECT_EQ(config_error([] { create("mlp", {4}, 3, hp(R"({"hidden": "wide"})")); }),
+  EXPECT_EQ(testing::config_error([] { create("mlp", {4}, 3, hp(R"({"hidden": "wide"})")); }),
             "hyperparameter 'hidden' must be a list of integers, got \"wide\"");
-  EXPECT_EQ(config_error([] { create("logreg", {4}, 1); }), "num_classes must be at least 2");
-  EXPECT_EQ(config_error([] {
+  EXPECT_EQ(testing::config_error([] { create("logreg", {4}, 1); }), "num_classes must be at least 2");
+  EXPECT_EQ(testing::config_error([] {
               create("logreg", {4, 0}, 3);
             }),
             "input shape dimensions must be positive");
@@ -336,11 +320,11 @@ TEST(OptimizerTest, KnownOptimizers) {
 
 TEST(OptimizerTest, UnknownOptimizerIsNamed) {
   auto m = create("logreg", {2}, 2);
-  EXPECT_EQ(config_error([&] { m->configure_optimizers(hp(R"({"optimizer": "rmsprop"})")); }),
+  EXPECT_EQ(testing::config_error([&] { m->configure_optimizers(hp(R"({"optimizer": "rmsprop"})")); }),
             "hyperparameter 'optimizer' must be sgd, adam or adamw, got \"rmsprop\"");
-  EXPECT_EQ(config_error([&] { m->configure_optimizers(hp(R"({"lr": 0})")); }),
+  EXPECT_EQ(testing::config_error([&] { m->configure_optimizers(hp(R"({"lr": 0})")); }),
             "hyperparameter 'lr' must be positive");
-  EXPECT_EQ(config_error([&] { m->configure_optimizers(hp(R"({"lr": "big"})")); }),
+  EXPECT_EQ(testing::config_error([&] { m->configure_optimizers(hp(R"({"lr": "big"})")); }),
             "hyperparameter 'lr' must be a number, got \"big\"");
 }
 

@@ -17,18 +17,12 @@
 
 #include "fedpod/protocol/socket.h"
 
+#include "testutil.h"
+
 namespace fedpod::protocol {
 namespace {
 
 using std::chrono::milliseconds;
-
-::testing::AssertionResult Contains(const char* h_expr, const char* n_expr,
-                                    const std::string& haystack, const std::string& needle) {
-  if (haystack.find(needle) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << h_expr << " (\"" << haystack << "\") does not contain "
-                                       << n_expr << " (\"" << needle << "\")";
-}
-#define EXPECT_CONTAINS(haystack, needle) EXPECT_PRED_FORMAT2(Contains, haystack, needle)
 
 // A Train request with `tensors` attached.
 std::unique_ptr<Outgoing> train_message(std::vector<NamedTensor> tensors,
