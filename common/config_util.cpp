@@ -30,6 +30,14 @@ std::chrono::milliseconds parse_duration(const std::string& text, const std::str
   return std::chrono::milliseconds(static_cast<int64_t>(std::llround(value * scale_ms)));
 }
 
+YAML::Node load_yaml_file(const std::string& path) {
+  try {
+    return YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(path + ": " + e.what());
+  }
+}
+
 void check_keys(const YAML::Node& node, std::initializer_list<const char*> allowed,
                 const std::string& where) {
   if (!node.IsMap()) throw ConfigError(where + ": expected a mapping");

@@ -72,12 +72,7 @@ void validate(JobSpec& s, const std::string& where) {
 }
 
 JobSpec load_job_spec(const std::string& path) {
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(path + ": " + e.what());
-  }
+  YAML::Node root = load_yaml_file(path);
   const std::string w = path;
   check_keys(root, {"job_id", "model", "datastructure", "pods", "rounds", "local_epochs", "local_steps",
                     "batch_size", "min_pods", "round_timeout", "connect_timeout", "eval_every", "max_concurrent_uploads", "strategy",

@@ -26,12 +26,7 @@ std::vector<std::string> resolve_devices(const std::vector<std::string>& request
 }
 
 PodConfig load_pod_config(const std::string& path) {
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(path + ": " + e.what());
-  }
+  YAML::Node root = load_yaml_file(path);
   const std::string where = path;
   check_keys(root, {"name", "listen", "dataset", "devices", "threads", "job_idle_timeout",
                     "max_frame_bytes", "log_level"},

@@ -27,6 +27,10 @@ class ConfigError : public std::runtime_error {
 // Throws ConfigError naming `what` for anything else, or a negative value.
 std::chrono::milliseconds parse_duration(const std::string& text, const std::string& what);
 
+// Parses the YAML file at `path`; throws ConfigError naming the file (and the line,
+// for a syntax error) when it cannot be read or parsed.
+YAML::Node load_yaml_file(const std::string& path);
+
 // Throws ConfigError when `node` (a map) has a key outside `allowed`.
 void check_keys(const YAML::Node& node, std::initializer_list<const char*> allowed,
                 const std::string& where);
