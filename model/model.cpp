@@ -14,7 +14,11 @@ void Model::create_model(const std::vector<int64_t>& input_shape, int64_t num_cl
     if (d <= 0) throw ConfigError("input shape dimensions must be positive");
   }
   build(input_shape, num_classes, hp);
-  flat_.adopt(named_parameters());
+  try {
+    flat_.adopt(named_parameters());
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(e.what());  // e.g. a float64 parameter in a custom model
+  }
 }
 
 std::unique_ptr<torch::optim::Optimizer> Model::configure_optimizers(const Hyperparameters& hp) {

@@ -50,6 +50,8 @@ StatusOr<TrainStats> train_local(model::Model& model, const data::Dataset& data,
     return Status::invalid(e.what());
   } catch (const c10::Error& e) {
     return Status::internal(std::string("model failed while training: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {  // e.g. an error raised inside a scripted model
+    return Status::internal(std::string("model failed while training: ") + e.what());
   }
   return stats;
 }
@@ -76,6 +78,8 @@ StatusOr<EvalStats> evaluate(model::Model& model, const data::Dataset& data, int
     stats.accuracy = static_cast<double>(correct) / stats.samples;
   } catch (const c10::Error& e) {
     return Status::internal(std::string("model failed while evaluating: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return Status::internal(std::string("model failed while evaluating: ") + e.what());
   }
   return stats;
 }

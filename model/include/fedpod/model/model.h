@@ -28,6 +28,11 @@
 #include "fedpod/common/config_util.h"
 #include "fedpod/model/flat_parameters.h"
 
+// Version of the binary interface between fedpod and native model plugins (the
+// layout of Model and FlatParameters, and the factory below). A plugin built
+// against a different version is refused at load time.
+#define FEDPOD_MODEL_ABI_VERSION 1
+
 namespace fedpod::model {
 
 // The result of one step on a batch.

@@ -1,0 +1,9 @@
+// A plugin whose factory returns null.
+namespace fedpod::model {
+class Model;
+}
+
+extern "C" __attribute__((visibility("default"))) int fedpod_model_abi_version() { return 1; }
+extern "C" __attribute__((visibility("default"))) fedpod::model::Model* fedpod_create_model() {
+  return nullptr;
+}
