@@ -19,5 +19,6 @@ struct CommandExit {
 void add_worker(CLI::App& app);
 void add_coordinator(CLI::App& app);
 void add_demo(CLI::App& app);
+void add_hub(CLI::App& app);
 
 }  // namespace fedpod::cli

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   fedpod::cli::add_worker(app);
   fedpod::cli::add_coordinator(app);
   fedpod::cli::add_demo(app);
+  fedpod::cli::add_hub(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

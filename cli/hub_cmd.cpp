@@ -1,0 +1,88 @@
+// fedpod hub serve: the model hub's HTTP API over a data directory.
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "commands.h"
+#include "fedpod/common/config_util.h"
+#include "fedpod/common/log.h"
+#include "fedpod/hub/server.h"
+
+namespace fedpod::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }
+
+struct HubArgs {
+  std::string data_dir;
+  std::string listen = "127.0.0.1:8470";
+  std::string port_file;
+  std::string log_level = "info";
+};
+
+void serve(const HubArgs& args) {
+  hub::ServerOptions opt;
+  opt.data_dir = args.data_dir;
+  auto colon = args.listen.rfind(':');
+  if (colon == std::string::npos)
+    throw ConfigError("--listen: expected HOST:PORT, got '" + args.listen + "'");
+  opt.host = args.listen.substr(0, colon);
+  try {
+    size_t used = 0;
+    opt.port = std::stoi(args.listen.substr(colon + 1), &used);
+    if (used != args.listen.size() - colon - 1 || opt.port < 0 || opt.port > 65535)
+      throw std::out_of_range("");
+  } catch (const std::exception&) {
+    throw ConfigError("--listen: bad port in '" + args.listen + "'");
+  }
+  // SIGINT/SIGTERM set a flag that a watcher thread turns into server.stop()
+  // (stop() is not async-signal-safe, so the handler cannot call it).
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+
+  hub::Server server(opt, make_logger("hub", args.log_level));
+  Status s = server.start();
+  if (!s.ok()) {
+    std::cerr << "fedpod hub: " << s.message() << "\n";
+    throw CommandExit{kExitConfig};
+  }
+  if (!args.port_file.empty()) {
+    std::string tmp = args.port_file + ".tmp";
+    std::ofstream(tmp) << server.port() << "\n";
+    std::rename(tmp.c_str(), args.port_file.c_str());
+  }
+  std::atomic<bool> done{false};
+  std::thread watcher([&server, &done] {
+    while (!g_stop && !done) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    server.stop();
+  });
+  bool ok = server.serve();
+  done = true;
+  watcher.join();
+  if (!ok) throw CommandExit{kExitFailed};
+}
+
+}  // namespace
+
+void add_hub(CLI::App& app) {
+  auto* hub = app.add_subcommand("hub", "The model hub: users, models, pods over HTTP");
+  hub->require_subcommand(1);
+  auto args = std::make_shared<HubArgs>();
+  auto* cmd = hub->add_subcommand("serve", "Serve the hub's HTTP API");
+  cmd->add_option("--data-dir", args->data_dir,
+                  "directory for hub.db and artifacts/ (created if missing)")
+      ->required();
+  cmd->add_option("--listen", args->listen, "HOST:PORT to listen on (port 0 picks a free one)")
+      ->capture_default_str();
+  cmd->add_option("--port-file", args->port_file, "write the bound port here once listening");
+  cmd->add_option("--log-level", args->log_level, "debug | info | warn | error")
+      ->capture_default_str();
+  cmd->callback([args] { serve(*args); });
+}
+
+}  // namespace fedpod::cli

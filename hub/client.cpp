@@ -1,0 +1,289 @@
+#include "fedpod/hub/client.h"
+
+#include <fcntl.h>
+#include <httplib.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "util.h"
+
+namespace fedpod::hub {
+namespace {
+
+using json = nlohmann::json;
+
+StatusCode code_for_http(int status) {
+  switch (status) {
+    case 400:
+    case 413:
+      return StatusCode::kInvalidArgument;
+    case 401:
+    case 403:
+      return StatusCode::kPermissionDenied;
+    case 404:
+      return StatusCode::kNotFound;
+    case 409:
+      return StatusCode::kFailedPrecondition;
+    default:
+      return StatusCode::kInternal;
+  }
+}
+
+// The Status of a failed exchange: a transport error, or the server's error body.
+Status error_of(const httplib::Result& r, const std::string& what) {
+  if (!r)
+    return {StatusCode::kUnavailable,
+            what + ": hub unreachable (" + httplib::to_string(r.error()) + ")"};
+  std::string message = "HTTP " + std::to_string(r->status);
+  json j = json::parse(r->body, nullptr, false);
+  if (j.is_object() && j.contains("error") && j["error"].is_object() &&
+      j["error"].value("message", json()).is_string())
+    message += ": " + j["error"]["message"].get<std::string>();
+  else if (!r->body.empty())
+    message += ": " + r->body.substr(0, 200);
+  return {code_for_http(r->status), what + ": " + message};
+}
+
+// Parses a successful JSON reply; anything else is a Status.
+StatusOr<json> json_reply(const httplib::Result& r, int expected, const std::string& what) {
+  if (!r || r->status != expected) return error_of(r, what);
+  json j = json::parse(r->body, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return Status::bad_message(what + ": hub replied with malformed JSON");
+  return j;
+}
+
+std::string str(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+VersionInfo to_version(const json& j) {
+  VersionInfo v;
+  v.username = str(j, "username");
+  v.model_ref = str(j, "model_ref");
+  v.version = j.value("version", int64_t{0});
+  v.sha256 = str(j, "sha256");
+  v.size = j.value("size", int64_t{0});
+  v.format = str(j, "format");
+  v.description = str(j, "description");
+  v.created_at = str(j, "created_at");
+  return v;
+}
+
+ModelInfo to_model(const json& j) {
+  ModelInfo m;
+  m.username = str(j, "username");
+  m.model_ref = str(j, "model_ref");
+  m.visibility = str(j, "visibility");
+  m.description = str(j, "description");
+  if (j.contains("latest") && j["latest"].is_object()) m.latest = to_version(j["latest"]);
+  if (j.contains("versions") && j["versions"].is_array())
+    for (const auto& v : j["versions"]) m.versions.push_back(to_version(v));
+  return m;
+}
+
+PodInfo to_pod(const json& j) {
+  return PodInfo{str(j, "name"),
+                 str(j, "owner"),
+                 str(j, "address"),
+                 str(j, "public_key"),
+                 j.value("schema", json::object()),
+                 str(j, "created_at")};
+}
+
+std::string version_path(const std::string& user, const std::string& ref, int64_t version) {
+  return "/api/v1/models/" + user + "/" + ref + "/versions/" +
+         (version > 0 ? std::to_string(version) : "latest");
+}
+
+bool read_whole(const std::string& path, std::string& out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  out = ss.str();
+  return static_cast<bool>(in) || in.eof();
+}
+
+}  // namespace
+
+Client::Client(const std::string& host, int port, std::string token)
+    : http_(std::make_unique<httplib::Client>(host, port)), token_(std::move(token)) {
+  http_->set_connection_timeout(10, 0);
+  http_->set_read_timeout(300, 0);
+  http_->set_write_timeout(300, 0);
+}
+
+Client::~Client() = default;
+
+namespace {
+httplib::Headers auth(const std::string& token) {
+  if (token.empty()) return {};
+  return {{"Authorization", "Bearer " + token}};
+}
+}  // namespace
+
+StatusOr<std::string> Client::register_user(const std::string& username,
+                                            const std::string& public_key) {
+  json body = {{"username", username}, {"public_key", public_key}};
+  auto j = json_reply(http_->Post("/api/v1/users", body.dump(), "application/json"), 201,
+                      "register user " + username);
+  if (!j.ok()) return j.status();
+  return str(*j, "token");
+}
+
+StatusOr<VersionInfo> Client::push_model(const std::string& user, const std::string& ref,
+                                         const std::string& format, const std::string& description,
+                                         const std::string& visibility,
+                                         const std::string& artifact_path,
+                                         const std::vector<std::string>& source_paths) {
+  std::string what = "push " + user + "/" + ref;
+  json meta = {{"format", format}, {"description", description}};
+  if (!visibility.empty()) meta["visibility"] = visibility;
+  httplib::MultipartFormDataItems items;
+  items.push_back({"meta", meta.dump(), "", "application/json"});
+  std::string artifact;
+  if (!read_whole(artifact_path, artifact))
+    return Status::invalid(what + ": cannot read " + artifact_path);
+  items.push_back({"artifact", std::move(artifact),
+                   std::filesystem::path(artifact_path).filename().string(),
+                   "application/octet-stream"});
+  for (const auto& p : source_paths) {
+    std::string content;
+    if (!read_whole(p, content)) return Status::invalid(what + ": cannot read " + p);
+    items.push_back(
+        {"source", std::move(content), std::filesystem::path(p).filename().string(), "text/plain"});
+  }
+  auto j = json_reply(http_->Post(("/api/v1/models/" + user + "/" + ref + "/versions").c_str(),
+                                  auth(token_), items),
+                      201, what);
+  if (!j.ok()) return j.status();
+  return to_version(*j);
+}
+
+StatusOr<std::vector<ModelInfo>> Client::list_models(const std::string& owner) {
+  httplib::Params params;
+  if (!owner.empty()) params.emplace("owner", owner);
+  auto j = json_reply(http_->Get("/api/v1/models", params, auth(token_)), 200, "list models");
+  if (!j.ok()) return j.status();
+  std::vector<ModelInfo> out;
+  for (const auto& m : j->value("models", json::array())) out.push_back(to_model(m));
+  return out;
+}
+
+StatusOr<ModelInfo> Client::get_model(const std::string& user, const std::string& ref) {
+  auto j = json_reply(http_->Get(("/api/v1/models/" + user + "/" + ref).c_str(), auth(token_)), 200,
+                      "get model " + user + "/" + ref);
+  if (!j.ok()) return j.status();
+  return to_model(*j);
+}
+
+StatusOr<VersionInfo> Client::resolve(const std::string& user, const std::string& ref,
+                                      int64_t version) {
+  auto j = json_reply(http_->Get(version_path(user, ref, version).c_str(), auth(token_)), 200,
+                      "resolve " + user + "/" + ref);
+  if (!j.ok()) return j.status();
+  return to_version(*j);
+}
+
+StatusOr<std::vector<SourceFile>> Client::get_source(const std::string& user,
+                                                     const std::string& ref, int64_t version) {
+  auto j =
+      json_reply(http_->Get((version_path(user, ref, version) + "/source").c_str(), auth(token_)),
+                 200, "get source of " + user + "/" + ref);
+  if (!j.ok()) return j.status();
+  std::vector<SourceFile> out;
+  for (const auto& f : j->value("files", json::array()))
+    out.push_back({str(f, "name"), str(f, "content")});
+  return out;
+}
+
+StatusOr<std::string> Client::download_artifact(const std::string& user, const std::string& ref,
+                                                int64_t version, const std::string& dest_path,
+                                                const std::string& expected_sha256) {
+  std::string what = "download " + user + "/" + ref;
+  std::string part = dest_path + ".part";
+  int fd = ::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::invalid(what + ": cannot create " + part);
+  detail::Sha256 hash;
+  std::string header_sha, error_body;
+  int status = 0;
+  bool write_failed = false;
+  auto r = http_->Get((version_path(user, ref, version) + "/artifact").c_str(), auth(token_),
+                      [&](const httplib::Response& res) {
+                        status = res.status;
+                        header_sha = res.get_header_value("X-Fedpod-Sha256");
+                        return true;
+                      },
+                      [&](const char* data, size_t n) {
+                        if (status != 200) {
+                          error_body.append(data, n);
+                          return error_body.size() < (1u << 20);
+                        }
+                        hash.update(data, n);
+                        size_t off = 0;
+                        while (off < n) {
+                          ssize_t w = ::write(fd, data + off, n - off);
+                          if (w < 0) {
+                            if (errno == EINTR) continue;
+                            write_failed = true;
+                            return false;
+                          }
+                          off += static_cast<size_t>(w);
+                        }
+                        return true;
+                      });
+  bool synced = ::fsync(fd) == 0;
+  ::close(fd);
+  auto discard = [&](Status s) {
+    std::remove(part.c_str());
+    return s;
+  };
+  if (write_failed || !synced) return discard(Status::internal(what + ": cannot write " + part));
+  if (!r) return discard(error_of(r, what));
+  if (r->status != 200) {
+    r->body = error_body;
+    return discard(error_of(r, what));
+  }
+  std::string got = hash.hex();
+  if (header_sha.empty() || got != header_sha)
+    return discard(Status::bad_message(what + ": sha256 of the download is " + got +
+                                       ", the hub said '" + header_sha + "'"));
+  if (!expected_sha256.empty() && got != expected_sha256)
+    return discard(Status::bad_message(what + ": sha256 of the download is " + got + ", expected " +
+                                       expected_sha256));
+  if (std::rename(part.c_str(), dest_path.c_str()) != 0)
+    return discard(Status::internal(what + ": cannot rename " + part + " to " + dest_path));
+  return got;
+}
+
+Status Client::register_pod(const std::string& name, const std::string& address,
+                            const std::string& public_key, const nlohmann::json& schema) {
+  json body = {
+      {"name", name}, {"address", address}, {"public_key", public_key}, {"schema", schema}};
+  auto j = json_reply(http_->Post("/api/v1/pods", auth(token_), body.dump(), "application/json"),
+                      201, "register pod " + name);
+  return j.status();
+}
+
+StatusOr<std::vector<PodInfo>> Client::list_pods() {
+  auto j = json_reply(http_->Get("/api/v1/pods", auth(token_)), 200, "list pods");
+  if (!j.ok()) return j.status();
+  std::vector<PodInfo> out;
+  for (const auto& p : j->value("pods", json::array())) out.push_back(to_pod(p));
+  return out;
+}
+
+StatusOr<PodInfo> Client::get_pod(const std::string& name) {
+  auto j = json_reply(http_->Get(("/api/v1/pods/" + name).c_str(), auth(token_)), 200,
+                      "get pod " + name);
+  if (!j.ok()) return j.status();
+  return to_pod(*j);
+}
+
+}  // namespace fedpod::hub

@@ -1,0 +1,87 @@
+// Server: fedpod's model hub, an HTTP JSON API over a data directory.
+//
+// The hub keeps users (a name, a CURVE public key and the sha256 of a bearer token),
+// models (`<user>/<ref>`, each with immutable numbered versions: an artifact stored
+// content-addressed on disk plus the source files kept for review) and pods (a name,
+// an address, a public key and the schema of the data they hold). Everything lives
+// under one data directory: `hub.db` (SQLite) and `artifacts/`. The HTTP API is
+// listed, with its status codes, in Server::routes() (server.cpp).
+//
+// The hub never executes what it stores: an artifact is only checked for the shape
+// of its format (a zip for "torchscript", an ELF file for "plugin") and hashed.
+//
+// Threading: start() and serve() are called once each; serve() blocks on the calling
+// thread and handles requests on httplib's worker threads; stop() may be called from
+// any thread, and makes serve() return. The database is shared by the handlers under
+// a mutex, so writes are serialized (a push holds it while the artifact is written).
+//
+// Ownership: the Server owns its store and its httplib::Server. The logger is shared.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "fedpod/common/log.h"
+#include "fedpod/common/status.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace fedpod::hub {
+
+namespace detail {
+class Store;
+}
+
+struct ServerOptions {
+  // Where to listen. Port 0 picks a free port; port() tells which after start().
+  std::string host = "127.0.0.1";
+  int port = 0;
+  // Holds hub.db and artifacts/; created when missing.
+  std::string data_dir;
+  // Total bytes of a version's source files. Sources are kept for humans to review
+  // and are stored inside the database, so they are kept small: a model's code, not
+  // its data. 3 MiB is generous for a few C++ or Python files.
+  size_t max_source_bytes = 3u << 20;
+  // Bytes of one artifact. httplib holds a request body in memory while it is being
+  // handled, so this bounds the memory one upload can take. 512 MiB fits models with
+  // ~100M float parameters.
+  size_t max_artifact_bytes = 512u << 20;
+  // Bytes of a JSON request body (users, pods, a push's meta part). Nothing the API
+  // takes as JSON needs more; the limit keeps a parser from chewing on garbage.
+  size_t max_json_bytes = 1u << 20;
+};
+
+class Server {
+ public:
+  // `logger` receives one key=value line per request; null_logger() for none.
+  Server(ServerOptions options, Logger logger);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Opens (creating and migrating) the database and binds the listening socket.
+  // Returns: kInvalidArgument / kInternal naming the data dir or the address when
+  // the database cannot be opened or the address cannot be bound.
+  Status start();
+  // The port bound by start() (useful with port 0); 0 before start().
+  int port() const { return port_; }
+  // Serves requests until stop(). Returns false if it stopped because of an error.
+  bool serve();
+  // Makes serve() return; safe from any thread and idempotent.
+  void stop();
+
+ private:
+  void routes();
+
+  ServerOptions options_;
+  Logger logger_;
+  std::unique_ptr<detail::Store> store_;
+  std::unique_ptr<httplib::Server> http_;
+  int port_ = 0;
+};
+
+}  // namespace fedpod::hub

@@ -1,0 +1,185 @@
+#include "util.h"
+
+#include <fcntl.h>
+#include <sodium.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <stdexcept>
+
+namespace fedpod::hub::detail {
+namespace {
+
+void ensure_sodium() {
+  static const int rc = sodium_init();  // thread-safe; idempotent
+  if (rc < 0) throw std::runtime_error("libsodium failed to initialise");
+}
+
+std::string to_hex(const unsigned char* p, size_t n) {
+  static const char* digits = "0123456789abcdef";
+  std::string out(2 * n, '0');
+  for (size_t i = 0; i < n; ++i) {
+    out[2 * i] = digits[p[i] >> 4];
+    out[2 * i + 1] = digits[p[i] & 15];
+  }
+  return out;
+}
+
+bool lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+
+std::string sys_error(const std::string& what, const std::string& path) {
+  return what + " " + path + ": " + std::strerror(errno);
+}
+
+}  // namespace
+
+static_assert(sizeof(crypto_hash_sha256_state) <= 512, "Sha256 state buffer too small");
+
+Sha256::Sha256() {
+  ensure_sodium();
+  crypto_hash_sha256_init(reinterpret_cast<crypto_hash_sha256_state*>(state_));
+}
+
+void Sha256::update(const char* data, size_t n) {
+  crypto_hash_sha256_update(reinterpret_cast<crypto_hash_sha256_state*>(state_),
+                            reinterpret_cast<const unsigned char*>(data), n);
+}
+
+std::string Sha256::hex() {
+  unsigned char out[crypto_hash_sha256_BYTES];
+  crypto_hash_sha256_final(reinterpret_cast<crypto_hash_sha256_state*>(state_), out);
+  return to_hex(out, sizeof out);
+}
+
+std::string sha256_hex(const std::string& data) {
+  Sha256 h;
+  h.update(data.data(), data.size());
+  return h.hex();
+}
+
+std::string random_token() {
+  ensure_sodium();
+  unsigned char buf[32];
+  randombytes_buf(buf, sizeof buf);
+  return to_hex(buf, sizeof buf);
+}
+
+std::string now_iso8601() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string check_username(const std::string& s) {
+  if (s.size() < 2 || s.size() > 32)
+    return "must be 2 to 32 characters, got " + std::to_string(s.size());
+  if (!(s[0] >= 'a' && s[0] <= 'z')) return "must start with a lowercase letter";
+  for (char c : s)
+    if (!lower_alnum(c) && c != '_' && c != '-') return "may only contain a-z, 0-9, '_' and '-'";
+  return "";
+}
+
+std::string check_pod_name(const std::string& s) { return check_username(s); }
+
+std::string check_model_ref(const std::string& s) {
+  if (s.empty() || s.size() > 64)
+    return "must be 1 to 64 characters, got " + std::to_string(s.size());
+  if (!lower_alnum(s[0])) return "must start with a lowercase letter or digit";
+  for (char c : s)
+    if (!lower_alnum(c) && c != '_' && c != '.' && c != '-')
+      return "may only contain a-z, 0-9, '_', '.' and '-'";
+  return "";
+}
+
+std::string check_public_key(const std::string& s) {
+  static const std::string z85 =
+      "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
+  if (s.size() != 40)
+    return "must be a 40-character Z85 CURVE key, got " + std::to_string(s.size()) + " characters";
+  for (char c : s)
+    if (z85.find(c) == std::string::npos) return "is not Z85: contains '" + std::string(1, c) + "'";
+  return "";
+}
+
+std::string check_source_name(const std::string& s) {
+  if (s.empty() || s.size() > 255) return "must be 1 to 255 characters";
+  if (s[0] == '/') return "must be a relative path";
+  if (s.find('\0') != std::string::npos || s.find('\\') != std::string::npos)
+    return "contains a forbidden character";
+  for (const auto& part : std::filesystem::path(s))
+    if (part == "..") return "must not contain '..'";
+  return "";
+}
+
+std::string check_artifact(const std::string& format, const std::string& bytes) {
+  if (format == "torchscript") {
+    if (bytes.size() < 22 || bytes.compare(0, 4, std::string("PK\x03\x04", 4)) != 0)
+      return "a torchscript artifact must be a zip archive (as torch.jit.save writes); it does not "
+             "start with a zip local file header";
+    // The end-of-central-directory record sits in the last 22 + 65535 bytes.
+    size_t from = bytes.size() > 22 + 65535 ? bytes.size() - (22 + 65535) : 0;
+    size_t eocd = bytes.rfind(std::string("PK\x05\x06", 4));
+    if (eocd == std::string::npos || eocd < from)
+      return "a torchscript artifact must be a zip archive; it has no end-of-central-directory "
+             "record (truncated?)";
+    return "";
+  }
+  if (format == "plugin") {
+    if (bytes.size() < 4 || bytes.compare(0, 4,
+                                          "\x7f"
+                                          "ELF") != 0)
+      return "a plugin artifact must be a shared library (ELF); it does not start with the ELF "
+             "magic";
+    return "";
+  }
+  return "format must be \"torchscript\" or \"plugin\", got \"" + format + "\"";
+}
+
+std::string fsync_dir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return sys_error("cannot open directory", dir);
+  int rc = ::fsync(fd);
+  ::close(fd);
+  return rc == 0 ? "" : sys_error("cannot fsync directory", dir);
+}
+
+std::string write_file_durably(const std::string& path, const std::string& data) {
+  std::filesystem::path p(path);
+  std::string dir = p.parent_path().string();
+  std::string tmpl = (p.parent_path() / ("." + p.filename().string() + ".tmp-XXXXXX")).string();
+  int fd = ::mkstemp(tmpl.data());
+  if (fd < 0) return sys_error("cannot create", tmpl);
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      std::string err = sys_error("cannot write", tmpl);
+      ::close(fd);
+      ::unlink(tmpl.c_str());
+      return err;
+    }
+    off += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    std::string err = sys_error("cannot fsync", tmpl);
+    ::close(fd);
+    ::unlink(tmpl.c_str());
+    return err;
+  }
+  ::close(fd);
+  if (::rename(tmpl.c_str(), path.c_str()) != 0) {
+    std::string err = sys_error("cannot rename to", path);
+    ::unlink(tmpl.c_str());
+    return err;
+  }
+  return fsync_dir(dir);
+}
+
+}  // namespace fedpod::hub::detail

@@ -1,0 +1,45 @@
+// Internal helpers of the hub: hashing, tokens, validation, durable file writes.
+// Stateless functions; safe from any thread (sodium is initialised on first use).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace fedpod::hub::detail {
+
+// Lowercase hex sha256 of `data` (libsodium).
+std::string sha256_hex(const std::string& data);
+
+// Incremental sha256 for streamed data.
+class Sha256 {
+ public:
+  Sha256();
+  void update(const char* data, size_t n);
+  std::string hex();  // finishes; call once
+
+ private:
+  alignas(64) unsigned char state_[512];
+};
+
+// 32 random bytes as 64 hex characters.
+std::string random_token();
+
+// "2026-11-28T23:50:00Z".
+std::string now_iso8601();
+
+// Validators return "" when `s` is fine, else what is wrong with it.
+std::string check_username(const std::string& s);     // [a-z][a-z0-9_-]{1,31}
+std::string check_model_ref(const std::string& s);    // [a-z0-9][a-z0-9_.-]{0,63}
+std::string check_public_key(const std::string& s);   // 40 chars of the Z85 alphabet
+std::string check_pod_name(const std::string& s);     // same rule as usernames
+std::string check_source_name(const std::string& s);  // relative path, no "..", <= 255
+// "torchscript": a zip archive; "plugin": an ELF file.
+std::string check_artifact(const std::string& format, const std::string& bytes);
+
+// Writes `data` to `path` atomically and durably: a temp file in the same
+// directory, fsync, rename, fsync of the directory. Returns "" or an error text.
+std::string write_file_durably(const std::string& path, const std::string& data);
+// fsync of a directory; "" or an error text.
+std::string fsync_dir(const std::string& dir);
+
+}  // namespace fedpod::hub::detail
