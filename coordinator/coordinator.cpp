@@ -6,6 +6,8 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <algorithm>
 #include <deque>
 #include <set>
@@ -16,7 +18,9 @@
 
 #include "fedpod/aggregation/fedavg.h"
 #include "fedpod/coordinator/history.h"
+#include "fedpod/common/sha256.h"
 #include "fedpod/data/schema.h"
+#include "fedpod/hub/client.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/socket.h"
@@ -35,6 +39,7 @@ struct Pod {
   bool connected = false;
   bool active = false;  // accepted the job
   int64_t train_samples = 0;
+  uint64_t max_frame_bytes = 0;  // from helloReply; 0: not advertised
 };
 
 // Called with each valid reply of an expected kind; returns the pod's outcome, or
@@ -64,9 +69,73 @@ struct Coordinator::Impl {
   std::string history_path, model_path;
 
   Coordinator::ModelFactory make_model;
+  Coordinator::CustomLoader load_custom;
 
-  Impl(zmq::context_t& c, JobSpec s, Logger l, std::ostream& p, Coordinator::ModelFactory f)
-      : ctx(c), spec(std::move(s)), log(std::move(l)), progress(p), make_model(std::move(f)) {}
+  // A custom model resolved through the hub.
+  struct Resolved {
+    hub::VersionInfo version;
+    std::shared_ptr<const std::string> artifact;  // its bytes, sent in startJob
+  };
+  std::optional<Resolved> resolved;
+
+  Impl(zmq::context_t& c, JobSpec s, Logger l, std::ostream& p, Coordinator::ModelFactory f,
+       Coordinator::CustomLoader lc)
+      : ctx(c), spec(std::move(s)), log(std::move(l)), progress(p), make_model(std::move(f)),
+        load_custom(std::move(lc)) {}
+
+  std::string model_name() const {
+    if (spec.model.username.empty()) return spec.model.ref;
+    return spec.model.username + "/" + spec.model.ref +
+           (spec.model.version ? " version " + std::to_string(spec.model.version) : std::string(" (latest)"));
+  }
+
+  // Resolves the custom model through the hub, downloads and loads its artifact.
+  StatusOr<std::unique_ptr<model::Model>> resolve_custom() {
+    const auto& m = spec.model;
+    const std::string what = "model '" + m.username + "/" + m.ref + "' " +
+                             (m.version ? "version " + std::to_string(m.version) : std::string("(latest version)"));
+    HubAddress addr;
+    try {
+      addr = parse_hub_url(spec.hub_url, "hub");
+    } catch (const ConfigError& e) {
+      return Status::invalid(e.what());
+    }
+    hub::Client client(addr.host, addr.port, spec.hub_token);
+    auto v = client.resolve(m.username, m.ref, m.version);
+    if (!v.ok()) {
+      return Status(v.status().code(), what + " cannot be resolved on the hub " + spec.hub_url + ": " +
+                                           v.status().message());
+    }
+    if (!model::is_custom_format(v->format)) {
+      return Status::invalid(what + ": the hub says its format is '" + v->format + "', not torchscript or plugin");
+    }
+    const fs::path dir = fs::path(spec.output_dir) / "artifacts";
+    fs::create_directories(dir);
+    const std::string path = (dir / (v->sha256 + model::artifact_extension(v->format))).string();
+    auto sha = client.download_artifact(m.username, m.ref, v->version, path, v->sha256);
+    if (!sha.ok()) return Status(sha.status().code(), what + ": download failed: " + sha.status().message());
+    auto bytes = std::make_shared<std::string>();
+    {
+      std::ifstream f(path, std::ios::binary);
+      bytes->assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+      if (!f.good() && !f.eof()) return Status::internal("cannot read " + path);
+    }
+    // download_artifact checked the hash; check the bytes actually sent, too.
+    if (sha256_hex(*bytes) != v->sha256) {
+      return Status::bad_message(what + ": " + path + " changed after download (sha256 differs from the hub's " +
+                                 v->sha256 + ")");
+    }
+    auto loaded = load_custom(path, v->format);
+    if (!loaded.ok()) return Status(loaded.status().code(), what + ": " + loaded.status().message());
+    resolved = Resolved{*v, std::move(bytes)};
+    history["model"]["resolved"] = {{"username", v->username}, {"ref", v->model_ref}, {"version", v->version},
+                                    {"sha256", v->sha256},     {"format", v->format},  {"bytes", v->size},
+                                    {"artifact", path}};
+    write_history();
+    log->info("event=model_resolved model={}/{} version={} format={} sha256={} bytes={}", v->username, v->model_ref,
+              v->version, v->format, v->sha256, v->size);
+    return std::move(*loaded);
+  }
 
   void connect_pods() {
     protocol::SocketOptions opts;
@@ -259,6 +328,7 @@ struct Coordinator::Impl {
                             false, [&](Pod& pod, protocol::Incoming& in) {
                               auto hr = in.envelope().getBody().getHelloReply();
                               schemas[&pod - pods.data()] = worker::from_wire(hr.getSchema());
+                              pod.max_frame_bytes = hr.getMaxFrameBytes();
                               return PodRound{"ok", "", static_cast<int64_t>(hr.getSchema().getNumRows()), 0, {}};
                             });
     std::optional<std::vector<std::string>> features;
@@ -295,13 +365,21 @@ struct Coordinator::Impl {
   Status create_model() {
     auto shape = data::resolve_input_shape(ds, static_cast<int64_t>(ds.features.size()));
     if (!shape.ok()) return shape.status();
-    model = spec.model.username.empty() ? make_model(spec.model.ref) : nullptr;
-    if (!model) return Status::not_found("model '" + spec.model.ref + "' is not a built-in model");
+    if (spec.model.username.empty()) {
+      model = make_model(spec.model.ref);
+      if (!model) return Status::not_found("model '" + spec.model.ref + "' is not a built-in model");
+    } else {
+      auto m = resolve_custom();
+      if (!m.ok()) return m.status();
+      model = std::move(*m);
+    }
     torch::manual_seed(spec.seed);
     try {
       model->create_model(*shape, ds.num_classes, spec.model.hyperparameters);
     } catch (const ConfigError& e) {
-      return Status::invalid(std::string("model ") + spec.model.ref + ": " + e.what());
+      return Status::invalid("model " + model_name() + ": " + e.what());
+    } catch (const c10::Error& e) {
+      return Status::invalid("model " + model_name() + ": " + e.what_without_backtrace());
     }
     specs = worker::tensor_specs(model->flat().layout());
     return Status();
@@ -316,10 +394,33 @@ struct Coordinator::Impl {
     m.setModelRef(spec.model.ref);
     m.setModelVersion(spec.model.version);
     m.setHyperparameters(spec.model.hyperparameters.dump());
+    std::map<size_t, PodRound> too_small;  // pods whose max_frame_bytes cannot take the artifact
+    std::vector<size_t> targets = active_pods();
+    if (resolved) {
+      const auto& v = resolved->version;
+      m.setModelVersion(static_cast<uint32_t>(v.version));  // the exact version resolved, never "latest"
+      m.setSha256(v.sha256);
+      m.setFormat(v.format);
+      m.setArtifactBytes(resolved->artifact->size());
+      m.setArtifactFrame(out.attach_bytes(resolved->artifact));
+      std::vector<size_t> fit;
+      for (size_t i : targets) {
+        if (pods[i].max_frame_bytes != 0 && pods[i].max_frame_bytes < resolved->artifact->size()) {
+          too_small[i] = {"refused",
+                          "the model artifact has " + std::to_string(resolved->artifact->size()) +
+                              " bytes, the pod accepts frames of at most " + std::to_string(pods[i].max_frame_bytes) +
+                              " (pod.yaml max_frame_bytes)",
+                          0, 0, {}};
+        } else {
+          fit.push_back(i);
+        }
+      }
+      targets = fit;
+    }
     worker::to_wire(ds, sj.initDatastructure());
     sj.setSeed(spec.seed);
     const uint64_t want_params = static_cast<uint64_t>(model->flat().numel());
-    auto replies = exchange(out, rid, active_pods(), {wire::Envelope::Body::JOB_ACCEPTED},
+    auto replies = exchange(out, rid, targets, {wire::Envelope::Body::JOB_ACCEPTED},
                             Clock::now() + spec.connect_timeout, false, [&](Pod& pod, protocol::Incoming& in) {
                               auto a = in.envelope().getBody().getJobAccepted();
                               if (a.getNumParameters() != want_params) {
@@ -334,6 +435,7 @@ struct Coordinator::Impl {
                                                {"test_samples", double(a.getTestSamples())},
                                                {"skipped_rows", double(a.getSkippedRows())}}};
                             });
+    replies.insert(too_small.begin(), too_small.end());
     nlohmann::json pods_json = nlohmann::json::object();
     for (auto& [i, r] : replies) {
       if (r.outcome != "ok") {
@@ -431,7 +533,7 @@ struct Coordinator::Impl {
     FEDPOD_RETURN_IF_ERROR(start_job());
     const auto& layout = model->flat().layout();
     torch::Tensor global = model->flat().tensor().clone();
-    log->info("event=job_started job={} model={} parameters={} pods={}", spec.job_id, spec.model.ref,
+    log->info("event=job_started job={} model={} parameters={} pods={}", spec.job_id, model_name(),
               global.numel(), active_pods().size());
     auto strategy = aggregation::make_strategy(spec.strategy);
     double total_seconds = 0;
@@ -574,8 +676,9 @@ struct Coordinator::Impl {
 };
 
 Coordinator::Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ostream& progress,
-                         ModelFactory make_model)
-    : impl_(std::make_unique<Impl>(ctx, std::move(spec), std::move(log), progress, std::move(make_model))) {}
+                         ModelFactory make_model, CustomLoader load_custom)
+    : impl_(std::make_unique<Impl>(ctx, std::move(spec), std::move(log), progress, std::move(make_model),
+                                   std::move(load_custom))) {}
 
 Coordinator::~Coordinator() = default;
 

@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <ctime>
 #include <random>
 #include <set>
@@ -34,6 +35,30 @@ T get(const YAML::Node& n, const std::string& where) {
 
 }  // namespace
 
+HubAddress parse_hub_url(const std::string& url, const std::string& where) {
+  std::string rest = url;
+  if (rest.rfind("https://", 0) == 0) throw ConfigError(where + ": '" + url + "': https is not supported yet, use http://");
+  if (rest.rfind("http://", 0) == 0) rest = rest.substr(7);
+  while (!rest.empty() && rest.back() == '/') rest.pop_back();
+  if (rest.empty() || rest.find('/') != std::string::npos) {
+    throw ConfigError(where + ": '" + url + "' is not a hub address (http://host:port)");
+  }
+  HubAddress a;
+  auto colon = rest.rfind(':');
+  if (colon == std::string::npos) {
+    a.host = rest;
+    return a;
+  }
+  a.host = rest.substr(0, colon);
+  const std::string port = rest.substr(colon + 1);
+  if (a.host.empty() || port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoi(port) < 1 || std::stoi(port) > 65535) {
+    throw ConfigError(where + ": '" + url + "' is not a hub address (http://host:port)");
+  }
+  a.port = std::stoi(port);
+  return a;
+}
+
 void validate(JobSpec& s, const std::string& where) {
   if (s.job_id.empty()) s.job_id = generated_job_id();
   for (char c : s.job_id) {
@@ -42,6 +67,13 @@ void validate(JobSpec& s, const std::string& where) {
     }
   }
   if (s.model.ref.empty()) throw ConfigError(where + ": model.ref: required");
+  if (!s.model.username.empty()) {
+    if (s.hub_url.empty()) {
+      throw ConfigError(where + ": model.username: the custom model '" + s.model.username + "/" + s.model.ref +
+                        "' is resolved through the model hub: set hub: http://host:port in the job (or FEDPOD_HUB)");
+    }
+    parse_hub_url(s.hub_url, where + ": hub");
+  }
   if (s.datastructure.target.empty()) throw ConfigError(where + ": datastructure.target: required");
   if (s.datastructure.num_classes < 2) throw ConfigError(where + ": datastructure.num_classes: required, at least 2");
   if (s.pods.empty()) throw ConfigError(where + ": pods: list at least one pod");
@@ -76,16 +108,30 @@ JobSpec load_job_spec(const std::string& path) {
   const std::string w = path;
   check_keys(root, {"job_id", "model", "datastructure", "pods", "rounds", "local_epochs", "local_steps",
                     "batch_size", "min_pods", "round_timeout", "connect_timeout", "eval_every", "max_concurrent_uploads", "strategy",
-                    "seed", "output_dir"},
+                    "seed", "output_dir", "hub", "hub_token"},
              w);
   JobSpec s;
   if (root["job_id"]) s.job_id = get<std::string>(root["job_id"], w + ": job_id");
   auto m = root["model"];
   if (!m) throw ConfigError(w + ": model: required");
-  check_keys(m, {"ref", "username", "version", "hyperparameters"}, w + ": model");
+  check_keys(m, {"ref", "model_ref", "username", "version", "model_version", "hyperparameters"}, w + ": model");
+  if (m["ref"] && m["model_ref"]) throw ConfigError(w + ": model: give ref or model_ref, not both");
+  if (m["version"] && m["model_version"]) throw ConfigError(w + ": model: give version or model_version, not both");
   if (m["ref"]) s.model.ref = get<std::string>(m["ref"], w + ": model.ref");
+  if (m["model_ref"]) s.model.ref = get<std::string>(m["model_ref"], w + ": model.model_ref");
   if (m["username"]) s.model.username = get<std::string>(m["username"], w + ": model.username");
   if (m["version"]) s.model.version = get<uint32_t>(m["version"], w + ": model.version");
+  if (m["model_version"]) s.model.version = get<uint32_t>(m["model_version"], w + ": model.model_version");
+  if (root["hub"]) {
+    s.hub_url = get<std::string>(root["hub"], w + ": hub");
+  } else if (const char* env = std::getenv("FEDPOD_HUB")) {
+    s.hub_url = env;
+  }
+  if (root["hub_token"]) {
+    s.hub_token = get<std::string>(root["hub_token"], w + ": hub_token");
+  } else if (const char* env = std::getenv("FEDPOD_TOKEN")) {
+    s.hub_token = env;
+  }
   if (m["hyperparameters"]) {
     try {
       s.model.hyperparameters = Hyperparameters(yaml_to_json(m["hyperparameters"]));

@@ -36,30 +36,6 @@ std::string sys_error(const std::string& what, const std::string& path) {
 
 }  // namespace
 
-static_assert(sizeof(crypto_hash_sha256_state) <= 512, "Sha256 state buffer too small");
-
-Sha256::Sha256() {
-  ensure_sodium();
-  crypto_hash_sha256_init(reinterpret_cast<crypto_hash_sha256_state*>(state_));
-}
-
-void Sha256::update(const char* data, size_t n) {
-  crypto_hash_sha256_update(reinterpret_cast<crypto_hash_sha256_state*>(state_),
-                            reinterpret_cast<const unsigned char*>(data), n);
-}
-
-std::string Sha256::hex() {
-  unsigned char out[crypto_hash_sha256_BYTES];
-  crypto_hash_sha256_final(reinterpret_cast<crypto_hash_sha256_state*>(state_), out);
-  return to_hex(out, sizeof out);
-}
-
-std::string sha256_hex(const std::string& data) {
-  Sha256 h;
-  h.update(data.data(), data.size());
-  return h.hex();
-}
-
 std::string random_token() {
   ensure_sodium();
   unsigned char buf[32];

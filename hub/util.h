@@ -5,21 +5,14 @@
 #include <cstdint>
 #include <string>
 
+#include "fedpod/common/sha256.h"
+
 namespace fedpod::hub::detail {
 
-// Lowercase hex sha256 of `data` (libsodium).
-std::string sha256_hex(const std::string& data);
-
-// Incremental sha256 for streamed data.
-class Sha256 {
- public:
-  Sha256();
-  void update(const char* data, size_t n);
-  std::string hex();  // finishes; call once
-
- private:
-  alignas(64) unsigned char state_[512];
-};
+// sha256 lives in common (fedpod/common/sha256.h): pods and the coordinator re-check
+// artifacts with the same code.
+using fedpod::Sha256;
+using fedpod::sha256_hex;
 
 // 32 random bytes as 64 hex characters.
 std::string random_token();

@@ -58,6 +58,7 @@ void Outgoing::attach(capnp::List<wire::TensorInfo>::Builder infos, std::vector<
                       std::shared_ptr<void> keepalive) {
   if (infos.size() != tensors.size()) throw std::invalid_argument("attach: info list size mismatch");
   if (!tensors_.empty()) throw std::invalid_argument("attach: tensors already attached");
+  if (!blobs_.empty()) throw std::invalid_argument("attach: call attach before attach_bytes");
   for (size_t i = 0; i < tensors.size(); ++i) {
     const torch::Tensor& t = tensors[i].tensor;
     auto dtype = to_wire_dtype(t.scalar_type());
@@ -79,9 +80,20 @@ void Outgoing::attach(capnp::List<wire::TensorInfo>::Builder infos, std::vector<
   keepalive_ = std::move(keepalive);
 }
 
+uint32_t Outgoing::attach_bytes(std::shared_ptr<const std::string> bytes) {
+  if (!bytes) throw std::invalid_argument("attach_bytes: null");
+  payload_bytes_ += bytes->size();
+  blobs_.push_back(std::move(bytes));
+  return static_cast<uint32_t>(tensors_.size() + blobs_.size());
+}
+
+namespace {
+void release_blob(void* /*data*/, void* hint) { delete static_cast<std::shared_ptr<const std::string>*>(hint); }
+}  // namespace
+
 std::vector<zmq::message_t> Outgoing::frames() {
   std::vector<zmq::message_t> out;
-  out.reserve(1 + tensors_.size());
+  out.reserve(1 + tensors_.size() + blobs_.size());
   kj::Array<capnp::word> words = capnp::messageToFlatArray(builder_);
   auto bytes = words.asBytes();
   out.emplace_back(bytes.begin(), bytes.size());
@@ -89,6 +101,10 @@ std::vector<zmq::message_t> Outgoing::frames() {
     auto* owner = new FrameOwner{nt.tensor, keepalive_};
     // zmq_msg_init_data does not copy: the frame points at the tensor's storage.
     out.emplace_back(const_cast<void*>(nt.tensor.data_ptr()), nt.tensor.nbytes(), &release_frame, owner);
+  }
+  for (const auto& b : blobs_) {
+    auto* owner = new std::shared_ptr<const std::string>(b);
+    out.emplace_back(const_cast<char*>(b->data()), b->size(), &release_blob, owner);
   }
   return out;
 }
@@ -151,6 +167,20 @@ uint64_t Incoming::bytes() const {
   uint64_t n = 0;
   for (const auto& f : frames_) n += f.size();
   return n;
+}
+
+StatusOr<std::string_view> Incoming::raw_frame(uint32_t index, uint64_t expected_bytes,
+                                               const std::string& what) const {
+  if (index == 0 || frames_.size() != static_cast<size_t>(index) + 1) {
+    return Status::bad_message(what + " is described in frame " + std::to_string(index) + ", the message has " +
+                               std::to_string(frames_.size() - 1) + " frame(s) after the envelope; it must be the last");
+  }
+  const auto& f = frames_[index];
+  if (f.size() != expected_bytes) {
+    return Status::bad_message(what + " frame has " + std::to_string(f.size()) + " bytes, its descriptor says " +
+                               std::to_string(expected_bytes));
+  }
+  return std::string_view(static_cast<const char*>(f.data()), f.size());
 }
 
 StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::TensorInfo>::Reader infos,

@@ -92,11 +92,27 @@ struct Datastructure {
   split @6 :SplitSpec;
 }
 
+# A model reference. For a built-in model only modelRef (and hyperparameters) is set.
+# For a custom model (username non-empty) the coordinator has resolved the reference
+# through the model hub to one exact version and downloaded its artifact (checking
+# the hub's sha256). startJob then carries the artifact itself: the raw bytes of the
+# TorchScript archive (.pt) or native plugin (.so) in one extra frame, index
+# artifactFrame, of artifactBytes bytes. Pods do not contact the hub. The pod checks
+# the frame's length, re-hashes the bytes and refuses the job (badMessage, naming
+# both hashes) when the sha256 differs from `sha256`; it writes the bytes to a
+# private file (mode 0600) and loads them by `format`. Pods refuse custom models
+# unless their pod.yaml sets custom_models: allow_unauthenticated (permissionDenied
+# otherwise): until CURVE identities and grants exist, `username` is unauthenticated.
+# The frame must fit the pod's max_frame_bytes (helloReply.maxFrameBytes).
 struct ModelReference {
   username @0 :Text;           # empty for the built-in zoo
   modelRef @1 :Text;           # "mlp", or a hub model name
-  modelVersion @2 :UInt32;     # 0 = latest
+  modelVersion @2 :UInt32;     # 0 = latest; in startJob of a custom model, the resolved version
   hyperparameters @3 :Text;    # a JSON object
+  sha256 @4 :Text;             # custom models: lowercase hex sha256 of the artifact
+  format @5 :Text;             # custom models: "torchscript" or "plugin"
+  artifactFrame @6 :UInt32;    # custom models: index of the frame with the artifact (0: none)
+  artifactBytes @7 :UInt64;    # custom models: the artifact's length; must equal the frame's size
 }
 
 enum Split {
@@ -112,6 +128,7 @@ struct HelloReply {
   schema @1 :Schema;
   devices @2 :List(Text);
   activeJob @3 :Text;          # empty when idle
+  maxFrameBytes @4 :UInt64;    # largest frame the pod accepts (bounds a custom model's artifact)
 }
 
 struct StartJob {

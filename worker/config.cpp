@@ -29,7 +29,7 @@ PodConfig load_pod_config(const std::string& path) {
   YAML::Node root = load_yaml_file(path);
   const std::string where = path;
   check_keys(root, {"name", "listen", "dataset", "devices", "threads", "job_idle_timeout",
-                    "max_frame_bytes", "log_level"},
+                    "max_frame_bytes", "custom_models", "log_level"},
              where);
   PodConfig c;
   try {
@@ -105,6 +105,16 @@ PodConfig load_pod_config(const std::string& path) {
     if (root["max_frame_bytes"]) {
       c.max_frame_bytes = root["max_frame_bytes"].as<int64_t>();
       if (c.max_frame_bytes <= 0) throw ConfigError(where + ": max_frame_bytes: must be positive");
+    }
+    if (root["custom_models"]) {
+      auto v = root["custom_models"].as<std::string>();
+      if (v == "refuse") {
+        c.custom_models = CustomModels::kRefuse;
+      } else if (v == "allow_unauthenticated") {
+        c.custom_models = CustomModels::kAllowUnauthenticated;
+      } else {
+        throw ConfigError(where + ": custom_models: expected refuse or allow_unauthenticated, got \"" + v + "\"");
+      }
     }
     if (root["log_level"]) c.log_level = root["log_level"].as<std::string>();
   } catch (const YAML::Exception& e) {

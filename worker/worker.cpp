@@ -3,14 +3,22 @@
 #include <kj/exception.h>
 #include <torch/torch.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
+#include <filesystem>
 #include <deque>
 #include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
 
+#include "fedpod/common/sha256.h"
 #include "fedpod/data/dataset.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/protocol/codec.h"
@@ -153,8 +161,89 @@ struct Worker::Impl {
   bool busy = false;  // a task of `job` is queued or running (socket thread only)
   std::atomic<bool> cancel{false};
   std::unique_ptr<Executor> executor;
+  // Private directory (0700) for received custom-model artifacts, made on first use.
+  // Plugin files stay until the process exits: a loaded plugin is never unloaded,
+  // and removing its file would let a later file reuse the inode, which the dynamic
+  // loader would take for the already-loaded library.
+  std::string artifact_dir;
+  bool plugin_loaded = false;
+
+  ~Impl() {
+    if (!artifact_dir.empty() && !plugin_loaded) {
+      std::error_code ec;
+      std::filesystem::remove_all(artifact_dir, ec);
+    }
+  }
 
   const PodConfig& config() const { return owner.config_; }
+
+  // Builds the custom model of a startJob: gate, frame checks, hash check, private
+  // file, loader. `what` names the model reference in every message.
+  StatusOr<std::unique_ptr<model::Model>> load_custom_model(protocol::Incoming& in, wire::ModelReference::Reader m,
+                                                            const std::string& what) {
+    if (config().custom_models != CustomModels::kAllowUnauthenticated) {
+      counters().jobs_refused++;
+      return Status(StatusCode::kPermissionDenied,
+                    "pod " + config().name + " refuses custom model " + what +
+                        ": custom models are disabled on this pod (pod.yaml custom_models: refuse, the default). "
+                        "Until modeller identities and grants exist, its owner may set custom_models: "
+                        "allow_unauthenticated, which lets anyone reaching the pod run code on it");
+    }
+    const std::string format = m.getFormat();
+    if (!model::is_custom_format(format)) {
+      return Status::bad_message("custom model " + what + ": format '" + format + "' is not torchscript or plugin");
+    }
+    const std::string want = m.getSha256();
+    if (want.size() != 64 || want.find_first_not_of("0123456789abcdef") != std::string::npos) {
+      return Status::bad_message("custom model " + what + ": sha256 '" + want + "' is not 64 lowercase hex digits");
+    }
+    auto bytes = in.raw_frame(m.getArtifactFrame(), m.getArtifactBytes(), "custom model " + what + ": artifact");
+    if (!bytes.ok()) return bytes.status();
+    const std::string got = sha256_hex(*bytes);
+    if (got != want) {
+      counters().jobs_refused++;
+      return Status::bad_message("custom model " + what + ": artifact sha256 mismatch: received bytes hash to " + got +
+                                 ", startJob says " + want + "; refusing the job");
+    }
+    if (artifact_dir.empty()) {
+      std::string tmpl = (std::filesystem::temp_directory_path() / "fedpod-pod-XXXXXX").string();
+      if (!::mkdtemp(tmpl.data())) return Status::internal(std::string("cannot create a private directory: ") + std::strerror(errno));
+      artifact_dir = tmpl;
+    }
+    const std::string path = artifact_dir + "/" + got + model::artifact_extension(format);
+    const bool is_plugin = format == "plugin";
+    if (!(is_plugin && std::filesystem::exists(path))) {  // a plugin seen before: same bytes, same file
+      const std::string tmp = path + ".part";
+      int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+      if (fd < 0) return Status::internal("cannot write " + tmp + ": " + std::strerror(errno));
+      size_t done = 0;
+      while (done < bytes->size()) {
+        ssize_t n = ::write(fd, bytes->data() + done, bytes->size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+          int err = errno;
+          ::close(fd);
+          ::unlink(tmp.c_str());
+          return Status::internal("cannot write " + tmp + ": " + std::strerror(err));
+        }
+        done += static_cast<size_t>(n);
+      }
+      ::close(fd);
+      if (::rename(tmp.c_str(), path.c_str()) != 0) return Status::internal("cannot rename " + tmp + ": " + std::strerror(errno));
+    }
+    auto loaded = runtime.load_custom(path, format);
+    if (is_plugin) {
+      plugin_loaded = true;  // even a failed load ran static constructors; keep the file
+    } else {
+      ::unlink(path.c_str());  // TorchScript is read into memory by the loader
+    }
+    if (!loaded.ok()) {
+      return Status(loaded.status().code(), "custom model " + what + ": " + loaded.status().message());
+    }
+    log->warn("event=custom_model_loaded pod={} model={} format={} sha256={} bytes={} authenticated=false",
+              config().name, what, format, got, bytes->size());
+    return std::move(*loaded);
+  }
 
   // The schema told to coordinators. Categories of an inferred categorical column are
   // values of the data (names, cities): only a declared schema advertises them.
@@ -300,6 +389,7 @@ struct Worker::Impl {
           auto devs = r.initDevices(config().devices.size());
           for (size_t i = 0; i < config().devices.size(); ++i) devs.set(i, config().devices[i]);
           r.setActiveJob(job ? job->id : "");
+          r.setMaxFrameBytes(static_cast<uint64_t>(config().max_frame_bytes));
         });
         send(f);
         return Status();
@@ -318,7 +408,7 @@ struct Worker::Impl {
       case W::FETCH_RESULT:
         return fetch_result(routing, body.getFetchResult(), job_id, request_id);
       case W::START_JOB:
-        return start_job(routing, body.getStartJob(), job_id, request_id);
+        return start_job(routing, in, body.getStartJob(), job_id, request_id);
       case W::TRAIN:
         return train(routing, in, body.getTrain(), job_id, request_id);
       case W::EVALUATE:
@@ -337,8 +427,8 @@ struct Worker::Impl {
     }
   }
 
-  Status start_job(const zmq::message_t& routing, wire::StartJob::Reader sj, const std::string& job_id,
-                   uint64_t request_id) {
+  Status start_job(const zmq::message_t& routing, protocol::Incoming& in, wire::StartJob::Reader sj,
+                   const std::string& job_id, uint64_t request_id) {
     if (job_id.empty()) return Status::invalid("startJob without a job id");
     if (job && job->id != job_id) {
       counters().jobs_refused++;
@@ -347,10 +437,20 @@ struct Worker::Impl {
     }
     if (job && busy) return Status::busy("job '" + job_id + "' is busy on pod " + config().name);
     auto mref = sj.getModel();
-    const std::string ref = mref.getModelRef();
-    std::unique_ptr<model::Model> model = std::string(mref.getUsername()).empty() ? runtime.make_model(ref) : nullptr;
-    if (!model) {
-      return Status::not_found("model '" + ref + "' is not a built-in model (built-ins: logreg, mlp, cnn); custom models need the model hub");
+    const std::string username = mref.getUsername();
+    std::string ref = mref.getModelRef();
+    std::unique_ptr<model::Model> model;
+    if (username.empty()) {
+      model = runtime.make_model(ref);
+      if (!model) {
+        return Status::not_found("model '" + ref + "' is not a built-in model (built-ins: logreg, mlp, cnn); custom models need the model hub");
+      }
+    } else {
+      ref = "'" + username + "/" + ref + "' version " + std::to_string(mref.getModelVersion()) + " (sha256 " +
+            std::string(mref.getSha256().cStr()) + ")";
+      auto loaded = load_custom_model(in, mref, ref);
+      if (!loaded.ok()) return loaded.status();
+      model = std::move(*loaded);
     }
     std::string hp_text = mref.getHyperparameters();
     nlohmann::json hp_json = nlohmann::json::object();
@@ -369,7 +469,11 @@ struct Worker::Impl {
     new_job->splits = std::move(*splits);
     new_job->model = std::move(model);
     torch::manual_seed(new_job->seed);
-    new_job->model->create_model(new_job->splits.input_shape, ds.num_classes, new_job->hp);
+    try {
+      new_job->model->create_model(new_job->splits.input_shape, ds.num_classes, new_job->hp);
+    } catch (const ConfigError& e) {
+      return Status::invalid("pod " + config().name + ": model " + ref + ": " + e.what());
+    }
     new_job->specs = tensor_specs(new_job->model->flat().layout());
     const auto& s = new_job->splits;
     log->info("event=job_started job={} model={} train={} validation={} test={} parameters={}", job_id, ref,
@@ -543,6 +647,10 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
     throw ConfigError("pod " + config_.name + ": cannot listen on " + config_.listen + ": " + e.what());
   }
   endpoint_ = protocol::bound_endpoint(impl_->router);
+  if (config_.custom_models == CustomModels::kAllowUnauthenticated) {
+    impl_->log->warn("event=custom_models_allowed pod={} warning=\"custom_models: allow_unauthenticated: any peer "
+                     "that reaches {} can run code on this pod\"", config_.name, endpoint_);
+  }
 }
 
 Worker::~Worker() = default;

@@ -196,6 +196,27 @@ TEST_F(CodecTest, MessageWithoutTensors) {
   EXPECT_EQ(out.payload_bytes(), 0u);
 }
 
+TEST_F(CodecTest, RawBytesFrameIsZeroCopyAndChecked) {
+  Outgoing out("job-1", 8);
+  out.envelope().getBody().initStartJob();
+  auto bytes = std::make_shared<const std::string>("artifact bytes");
+  EXPECT_EQ(out.attach_bytes(bytes), 1u);
+  auto frames = out.frames();
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_EQ(frames[1].data(), static_cast<const void*>(bytes->data()));  // no copy
+  EXPECT_EQ(out.payload_bytes(), bytes->size());
+  auto in = parse_ok(std::move(frames));
+  ASSERT_NE(in, nullptr);
+  auto view = in->raw_frame(1, bytes->size(), "artifact");
+  ASSERT_TRUE(view.ok()) << view.status().to_string();
+  EXPECT_EQ(*view, *bytes);
+  auto wrong_len = in->raw_frame(1, 3, "artifact");
+  EXPECT_EQ(wrong_len.status().code(), StatusCode::kBadMessage);
+  EXPECT_NE(wrong_len.status().message().find("artifact frame has 14 bytes, its descriptor says 3"), std::string::npos);
+  EXPECT_EQ(in->raw_frame(0, bytes->size(), "artifact").status().code(), StatusCode::kBadMessage);
+  EXPECT_EQ(in->raw_frame(2, bytes->size(), "artifact").status().code(), StatusCode::kBadMessage);
+}
+
 TEST_F(CodecTest, MisalignedEnvelopeStillParses) {
   auto out = train_message(tensors());
   auto frames = out->frames();

@@ -3,7 +3,13 @@
 //   1. hello every pod; check its schema against the job's datastructure (an error
 //      names the pod and the column) and resolve the feature order;
 //   2. create the model locally (seeded) for its layout and initial parameters;
-//      startJob on every pod;
+//      startJob on every pod. A custom model (model.username set) is first resolved
+//      through the hub to one version, its artifact downloaded to
+//      <output_dir>/artifacts/<sha256>.pt|.so (sha256 checked against the hub's
+//      record) and loaded here; startJob carries the artifact bytes to every pod as
+//      one raw frame with the sha256 and format (see ModelReference in
+//      fedpod.capnp). history.json records the resolved reference under
+//      model.resolved {username, ref, version, sha256, format, bytes};
 //   3. each round: broadcast train with the global parameters (one buffer shared by
 //      every pod's frames, zero-copy), fold each result into the aggregation
 //      strategy as it arrives, stop waiting at round_timeout, and go on if at least
@@ -26,6 +32,7 @@
 #include "fedpod/common/log.h"
 #include "fedpod/common/status.h"
 #include "fedpod/coordinator/job_spec.h"
+#include "fedpod/model/custom.h"
 #include "fedpod/model/zoo.h"
 
 namespace fedpod::coordinator {
@@ -44,10 +51,15 @@ class Coordinator {
  public:
   // Turns the job's model reference into a model; the default is the built-in zoo.
   using ModelFactory = std::function<std::unique_ptr<model::Model>(const std::string& ref)>;
+  // Loads a downloaded custom-model artifact by format; the default is
+  // model::load_custom (TorchScript or plugin). Loading a plugin needs the host
+  // program to export fedpod's symbols (ENABLE_EXPORTS), as `fedpod` does.
+  using CustomLoader =
+      std::function<StatusOr<std::unique_ptr<model::Model>>(const std::string& path, const std::string& format)>;
 
   // `ctx` must outlive the coordinator; `progress` receives one line per round.
   Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ostream& progress,
-              ModelFactory make_model = model::make_builtin);
+              ModelFactory make_model = model::make_builtin, CustomLoader load_custom = model::load_custom);
   ~Coordinator();
   Coordinator(const Coordinator&) = delete;
   Coordinator& operator=(const Coordinator&) = delete;

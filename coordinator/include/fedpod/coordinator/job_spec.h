@@ -2,8 +2,16 @@
 //
 //   job_id: digits-demo              # default: generated (job-YYYYmmdd-HHMMSS-xxxx)
 //   model:
-//     ref: mlp                       # built-in: logreg | mlp | cnn
+//     ref: mlp                       # built-in: logreg | mlp | cnn (alias: model_ref)
 //     hyperparameters: {hidden: [64], optimizer: sgd, lr: 0.05, momentum: 0.9}
+//   # or a custom model from the model hub:
+//   # model:
+//   #   username: alice              # the model's owner on the hub
+//   #   model_ref: digits-net        # (or ref:)
+//   #   model_version: 3             # (or version:) default 0: the latest
+//   #   hyperparameters: {lr: 0.01}
+//   hub: http://127.0.0.1:8080       # needed for a custom model; default: env FEDPOD_HUB
+//   hub_token: ...                   # optional (private models); default: env FEDPOD_TOKEN
 //   datastructure:
 //     target: label
 //     features: [...]                # default: every column but target and ignore
@@ -53,6 +61,8 @@ struct ModelSpec {
 struct JobSpec {
   std::string job_id;
   ModelSpec model;
+  std::string hub_url;    // "http://host:port"; required when model.username is set
+  std::string hub_token;  // bearer token for the hub; may be empty
   data::Datastructure datastructure;
   std::vector<PodAddress> pods;
   int rounds = 10;
@@ -68,6 +78,15 @@ struct JobSpec {
   uint64_t seed = 0;
   std::string output_dir = "out";
 };
+
+struct HubAddress {
+  std::string host;
+  int port = 80;
+};
+
+// Parses "http://host:port", "http://host" (port 80) or "host:port". Throws
+// ConfigError naming `where` for anything else (https is not supported yet).
+HubAddress parse_hub_url(const std::string& url, const std::string& where);
 
 // Reads and validates a job file. Throws ConfigError naming the file and key.
 JobSpec load_job_spec(const std::string& path);

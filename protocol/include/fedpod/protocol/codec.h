@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 #include <zmq.hpp>
 
@@ -71,6 +72,12 @@ class Outgoing {
   void attach(capnp::List<wire::TensorInfo>::Builder infos, std::vector<NamedTensor> tensors,
               std::shared_ptr<void> keepalive = nullptr);
 
+  // Attaches `bytes` as one raw frame after the tensor frames (call attach first,
+  // if at all) and returns its index. Zero-copy: every copy of the frame holds a
+  // reference to `bytes` until ZeroMQ releases it. Used for a custom model's
+  // artifact in startJob; the envelope describes it (ModelReference).
+  uint32_t attach_bytes(std::shared_ptr<const std::string> bytes);
+
   // The message as ZeroMQ frames: a fresh copy of the envelope and zero-copy tensor
   // frames. May be called many times (one call per destination of a broadcast).
   std::vector<zmq::message_t> frames();
@@ -82,6 +89,7 @@ class Outgoing {
   capnp::MallocMessageBuilder builder_;
   wire::Envelope::Builder root_;
   std::vector<NamedTensor> tensors_;
+  std::vector<std::shared_ptr<const std::string>> blobs_;
   std::shared_ptr<void> keepalive_;
   uint64_t payload_bytes_ = 0;
 };
@@ -103,6 +111,12 @@ class Incoming {
   // checks each descriptor's frame index (1..n, each used once, none left over), its
   // byte length against the frame, and (when `check_finite`) that every value is
   // finite; only then hands out tensors viewing the frames. On error nothing is taken.
+  // A raw (non-tensor) frame, e.g. a custom model's artifact: checks that the
+  // message has exactly `index + 1` frames (it is the last one), that `index` is at
+  // least 1, and that the frame holds `expected_bytes`. The view lives as long as
+  // this Incoming. Returns kBadMessage naming what was wrong; `what` names the frame.
+  StatusOr<std::string_view> raw_frame(uint32_t index, uint64_t expected_bytes, const std::string& what) const;
+
   StatusOr<std::vector<torch::Tensor>> take_tensors(capnp::List<wire::TensorInfo>::Reader infos,
                                                     const std::vector<TensorSpec>& expected,
                                                     bool check_finite = true);

@@ -26,6 +26,7 @@
 #include <zmq.hpp>
 
 #include "fedpod/common/log.h"
+#include "fedpod/model/custom.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/worker/config.h"
 #include "fedpod/worker/trainer.h"
@@ -44,11 +45,18 @@ struct WorkerCounters {
 };
 
 // What a pod runs for a job: how a model reference becomes a model, and how a round
-// trains it. The defaults are the built-in zoo and train_local. Programs embedding
-// a Worker (the benchmarks) may substitute their own; nothing in pod.yaml or in a
-// message can select anything else.
+// trains it. The defaults are the built-in zoo, the TorchScript/plugin loaders and
+// train_local. Programs embedding a Worker (the benchmarks) may substitute their
+// own; nothing in pod.yaml or in a message can select anything else.
+//
+// Custom models (startJob with a username) arrive as an artifact frame; the pod
+// refuses them unless config custom_models is allow_unauthenticated, checks the
+// frame's sha256 against the one in the message, writes it to a private file
+// (directory 0700, file 0600) and calls load_custom(path, format).
 struct Runtime {
   std::function<std::unique_ptr<model::Model>(const std::string& ref)> make_model = model::make_builtin;
+  std::function<StatusOr<std::unique_ptr<model::Model>>(const std::string& path, const std::string& format)>
+      load_custom = model::load_custom;
   std::function<StatusOr<TrainStats>(model::Model&, const data::Dataset&, const TrainOptions&,
                                      const Hyperparameters&, const std::atomic<bool>*)>
       train = train_local;

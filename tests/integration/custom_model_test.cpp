@@ -1,0 +1,377 @@
+// Custom models from the model hub, end to end: an in-process hub::Server on
+// loopback, a user who pushes a TorchScript archive or a native plugin, real
+// `fedpod worker` processes, and an in-process Coordinator that resolves the model
+// reference through the hub and ships the artifact to the pods in startJob.
+// Also: the pods' safety gate (custom_models), a tampered artifact, a missing model.
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "fedpod/common/sha256.h"
+#include "fedpod/coordinator/coordinator.h"
+#include "fedpod/hub/client.h"
+#include "fedpod/hub/server.h"
+#include "fedpod/protocol/codec.h"
+#include "fedpod/protocol/socket.h"
+#include "fedpod/worker/wire_convert.h"
+#include "fedpod/worker/worker.h"
+#include "testutil.h"
+
+namespace fedpod {
+namespace {
+
+using namespace std::chrono_literals;
+using W = wire::Envelope::Body::Which;
+
+const std::string kKey = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";  // a valid Z85 CURVE key
+
+// A hub::Server on 127.0.0.1:<free port> serving on its own thread.
+class RunningHub {
+ public:
+  explicit RunningHub(hub::ServerOptions opt) : server_(std::move(opt), null_logger()) {
+    Status s = server_.start();
+    if (!s.ok()) throw std::runtime_error(s.to_string());
+    thread_ = std::thread([this] { server_.serve(); });
+    httplib::Client c("127.0.0.1", port());
+    for (int i = 0; i < 200; ++i) {
+      auto r = c.Get("/healthz");
+      if (r && r->status == 200) return;
+      std::this_thread::sleep_for(10ms);
+    }
+    throw std::runtime_error("hub did not come up");
+  }
+  ~RunningHub() {
+    server_.stop();
+    thread_.join();
+  }
+  int port() const { return server_.port(); }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port()); }
+
+ private:
+  hub::Server server_;
+  std::thread thread_;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+class CustomModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    hub::ServerOptions opt;
+    opt.data_dir = (dir_.path() / "hub").string();
+    hub_ = std::make_unique<RunningHub>(opt);
+    hub::Client c("127.0.0.1", hub_->port());
+    auto token = c.register_user("alice", kKey);
+    ASSERT_TRUE(token.ok()) << token.status().to_string();
+    token_ = *token;
+
+    spec_.job_id = "custom-test";
+    spec_.model.username = "alice";
+    spec_.datastructure.target = "label";
+    spec_.datastructure.num_classes = 10;
+    spec_.datastructure.scale = 1.0 / 16;
+    spec_.round_timeout = 60s;
+    spec_.connect_timeout = 20s;
+    spec_.hub_url = hub_->url();
+    spec_.output_dir = (dir_.path() / "out").string();
+  }
+
+  // Scripts examples/torchscript_model/digits_net.py; returns the archive's path.
+  std::string script_digits_net() {
+    const std::string out = (dir_.path() / "digits_net.pt").string();
+    const std::string cmd = "/usr/bin/python3 " + testing::source_dir() +
+                            "/examples/torchscript_model/digits_net.py --out " + out + " > " +
+                            (dir_.path() / "script.log").string() + " 2>&1";
+    EXPECT_EQ(std::system(cmd.c_str()), 0)
+        << testing::read_file((dir_.path() / "script.log").string());
+    return out;
+  }
+
+  hub::VersionInfo push(const std::string& ref, const std::string& format,
+                        const std::string& artifact, const std::string& source,
+                        const std::string& visibility = "") {
+    hub::Client c("127.0.0.1", hub_->port(), token_);
+    auto v = c.push_model("alice", ref, format, "test model", visibility, artifact, {source});
+    EXPECT_TRUE(v.ok()) << v.status().to_string();
+    return v.ok() ? *v : hub::VersionInfo{};
+  }
+
+  // One worker process per name, each with its digits share.
+  void start_pods(const std::vector<std::string>& names, const std::string& custom_models) {
+    for (const auto& name : names) {
+      const std::string csv = testing::source_dir() + "/examples/digits/" + name + ".csv";
+      std::string yaml = "name: " + name + "\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " + csv +
+                         "\nthreads: 1\n";
+      if (!custom_models.empty()) yaml += "custom_models: " + custom_models + "\n";
+      const std::string config = dir_.write(name + ".yaml", yaml);
+      const std::string endpoint_file = (dir_.path() / (name + ".endpoint")).string();
+      procs_.push_back(std::make_unique<testing::Process>(
+          std::vector<std::string>{testing::fedpod_bin(), "worker", "--config", config,
+                                   "--endpoint-file", endpoint_file},
+          (dir_.path() / (name + ".log")).string()));
+      const std::string endpoint = testing::wait_for_word(endpoint_file, 60s);
+      ASSERT_FALSE(endpoint.empty())
+          << "worker " << name
+          << " did not start: " << testing::read_file((dir_.path() / (name + ".log")).string());
+      spec_.pods.push_back({name, endpoint});
+    }
+  }
+
+  StatusOr<coordinator::RunResult> run(std::ostream& progress) {
+    coordinator::validate(spec_, "test job");
+    zmq::context_t ctx(1);
+    coordinator::Coordinator c(ctx, spec_, null_logger(), progress);
+    return c.run();
+  }
+
+  nlohmann::json history() {
+    return nlohmann::json::parse(testing::read_file(spec_.output_dir + "/history.json"));
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<RunningHub> hub_;
+  std::string token_;
+  std::vector<std::unique_ptr<testing::Process>> procs_;
+  coordinator::JobSpec spec_;
+};
+
+TEST_F(CustomModelTest, TorchScriptModelTrainsAcrossThreePods) {
+  const std::string pt = script_digits_net();
+  const auto v = push("digits-net", "torchscript", pt,
+                      testing::source_dir() + "/examples/torchscript_model/digits_net.py");
+  ASSERT_EQ(v.version, 1);
+  start_pods({"pod-a", "pod-b", "pod-c"}, "allow_unauthenticated");
+  spec_.model.ref = "digits-net";  // version 0: latest; private, so the token is needed
+  spec_.hub_token = token_;
+  spec_.datastructure.input_shape = {1, 8, 8};
+  spec_.rounds = 5;
+  spec_.eval_every = 0;
+  std::ostringstream progress;
+  auto result = run(progress);
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << progress.str();
+  EXPECT_EQ(result->rounds_completed, 5);
+  EXPECT_GT(result->test_accuracy, 0.8) << progress.str();
+  auto h = history();
+  EXPECT_EQ(h["status"], "completed");
+  const auto& r = h["model"]["resolved"];
+  EXPECT_EQ(r["username"], "alice");
+  EXPECT_EQ(r["ref"], "digits-net");
+  EXPECT_EQ(r["version"], 1);
+  EXPECT_EQ(r["format"], "torchscript");
+  EXPECT_EQ(r["sha256"], v.sha256);
+  EXPECT_EQ(r["sha256"], sha256_hex(slurp(pt)));
+  for (const auto& pod : {"pod-a", "pod-b", "pod-c"})
+    EXPECT_EQ(h["pods"][pod]["outcome"], "ok") << pod;
+}
+
+TEST_F(CustomModelTest, PluginModelTrainsAcrossThreePods) {
+  const auto v = push("digits-mlp", "plugin", FEDPOD_EXAMPLE_PLUGIN,
+                      testing::source_dir() + "/examples/plugin_model/digits_mlp.cpp", "public");
+  start_pods({"pod-a", "pod-b", "pod-c"}, "allow_unauthenticated");
+  spec_.model.ref = "digits-mlp";
+  spec_.model.version = 1;
+  spec_.model.hyperparameters =
+      Hyperparameters(nlohmann::json{{"hidden", 64}, {"optimizer", "adam"}, {"lr", 0.01}});
+  spec_.local_epochs = 2;
+  spec_.rounds = 5;
+  spec_.eval_every = 0;
+  std::ostringstream progress;
+  auto result = run(progress);  // no token: a public model resolves anonymously
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << progress.str();
+  EXPECT_GT(result->test_accuracy, 0.8) << progress.str();
+  auto h = history();
+  EXPECT_EQ(h["model"]["resolved"]["format"], "plugin");
+  EXPECT_EQ(h["model"]["resolved"]["sha256"], v.sha256);
+}
+
+TEST_F(CustomModelTest, PodWithDefaultSettingRefusesCustomModels) {
+  const std::string pt = script_digits_net();
+  push("digits-net", "torchscript", pt,
+       testing::source_dir() + "/examples/torchscript_model/digits_net.py", "public");
+  start_pods({"pod-a"}, "allow_unauthenticated");
+  start_pods({"pod-b"}, "");  // the default: refuse
+  spec_.model.ref = "digits-net";
+  spec_.datastructure.input_shape = {1, 8, 8};
+  spec_.rounds = 1;
+  std::ostringstream progress;
+  auto result = run(progress);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), StatusCode::kUnavailable);
+  const std::string msg = result.status().message();
+  EXPECT_CONTAINS(
+      msg,
+      "1 pods accepted the job, min_pods is 2: pod-b refused (permission_denied: pod pod-b "
+      "refuses custom model 'alice/digits-net' version 1");
+  EXPECT_CONTAINS(msg, "custom_models: allow_unauthenticated");
+  auto h = history();
+  EXPECT_EQ(h["status"], "failed");
+  EXPECT_EQ(h["pods"]["pod-b"]["outcome"], "refused");
+  EXPECT_EQ(h["pods"]["pod-a"]["outcome"], "ok");
+}
+
+TEST_F(CustomModelTest, ArtifactOverThePodsFrameLimitIsNotSent) {
+  const auto v = push("digits-mlp", "plugin", FEDPOD_EXAMPLE_PLUGIN,
+                      testing::source_dir() + "/examples/plugin_model/digits_mlp.cpp", "public");
+  // Parameters of the mlp fit in 64 KiB frames; the plugin (~700 KB) does not.
+  spec_.pods.clear();
+  const std::string csv = testing::source_dir() + "/examples/digits/pod-a.csv";
+  const std::string config = dir_.write(
+      "small.yaml", "name: pod-small\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " + csv +
+                        "\ncustom_models: allow_unauthenticated\n"
+                        "max_frame_bytes: 65536\n");
+  const std::string endpoint_file = (dir_.path() / "small.endpoint").string();
+  procs_.push_back(std::make_unique<testing::Process>(
+      std::vector<std::string>{testing::fedpod_bin(), "worker", "--config", config,
+                               "--endpoint-file", endpoint_file},
+      (dir_.path() / "small.log").string()));
+  const std::string endpoint = testing::wait_for_word(endpoint_file, 60s);
+  ASSERT_FALSE(endpoint.empty()) << testing::read_file((dir_.path() / "small.log").string());
+  spec_.pods.push_back({"pod-small", endpoint});
+  spec_.model.ref = "digits-mlp";
+  spec_.rounds = 1;
+  std::ostringstream progress;
+  auto result = run(progress);
+  ASSERT_FALSE(result.ok());
+  EXPECT_CONTAINS(result.status().message(), "pod-small refused (the model artifact has " +
+                                                 std::to_string(v.size) +
+                                                 " bytes, the pod accepts frames of at most 65536");
+  EXPECT_TRUE(procs_.back()->running());
+}
+
+TEST_F(CustomModelTest, PodConfigCustomModelsSetting) {
+  const std::string base = "name: p\nlisten: tcp://127.0.0.1:*\ndataset: {path: x.csv}\n";
+  EXPECT_EQ(worker::load_pod_config(dir_.write("a.yaml", base)).custom_models,
+            worker::CustomModels::kRefuse);
+  EXPECT_EQ(
+      worker::load_pod_config(dir_.write("b.yaml", base + "custom_models: allow_unauthenticated\n"))
+          .custom_models,
+      worker::CustomModels::kAllowUnauthenticated);
+  EXPECT_CONTAINS(testing::config_error([&] {
+                    worker::load_pod_config(dir_.write("c.yaml", base + "custom_models: yes\n"));
+                  }),
+                  "custom_models: expected refuse or allow_unauthenticated");
+}
+
+TEST_F(CustomModelTest, MissingModelFailsClearly) {
+  start_pods({"pod-a"}, "allow_unauthenticated");
+  spec_.model.ref = "no-such-model";
+  spec_.rounds = 1;
+  std::ostringstream progress;
+  auto result = run(progress);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), StatusCode::kNotFound) << result.status().to_string();
+  EXPECT_CONTAINS(
+      result.status().message(),
+      "model 'alice/no-such-model' (latest version) cannot be resolved on the hub " + hub_->url());
+  EXPECT_EQ(history()["status"], "failed");
+}
+
+TEST_F(CustomModelTest, HubIsRequiredForACustomModel) {
+  spec_.model.ref = "digits-net";
+  spec_.hub_url = "";
+  spec_.pods.push_back({"pod-a", "tcp://127.0.0.1:1"});
+  EXPECT_CONTAINS(
+      testing::config_error([&] { coordinator::validate(spec_, "job.yaml"); }),
+      "model.username: the custom model 'alice/digits-net' is resolved through the model hub");
+  const std::string y =
+      dir_.write("job.yaml",
+                 "model: {username: alice, model_ref: digits-net, model_version: 2}\n"
+                 "hub: http://127.0.0.1:8080\n"
+                 "datastructure: {target: label, num_classes: 10}\n"
+                 "pods: [{name: pod-a, address: 'tcp://127.0.0.1:5555'}]\n");
+  auto s = coordinator::load_job_spec(y);
+  EXPECT_EQ(s.model.ref, "digits-net");
+  EXPECT_EQ(s.model.version, 2u);
+  EXPECT_EQ(s.hub_url, "http://127.0.0.1:8080");
+}
+
+// A pod in-process, spoken to with hand-built startJob messages.
+class TamperTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    worker::PodConfig config;
+    config.name = "test-pod";
+    config.listen = "tcp://127.0.0.1:*";
+    config.dataset_path = testing::source_dir() + "/examples/digits/pod-a.csv";
+    config.devices = {"cpu"};
+    config.custom_models = worker::CustomModels::kAllowUnauthenticated;
+    worker_ = std::make_unique<worker::Worker>(ctx_, config, null_logger());
+    thread_ = std::thread([this] { worker_->serve(stop_); });
+    socket_ = protocol::make_dealer(ctx_, worker_->endpoint(), protocol::SocketOptions());
+  }
+  void TearDown() override {
+    socket_.close();
+    stop_ = true;
+    thread_.join();
+  }
+
+  // Sends a startJob for a plugin artifact whose claimed sha256 is `claimed`; returns
+  // the error text ("" for an acceptance).
+  std::string start_job(const std::string& claimed, const std::string& bytes) {
+    protocol::Outgoing out("job-1", 1);
+    auto sj = out.envelope().getBody().initStartJob();
+    auto m = sj.initModel();
+    m.setUsername("mallory");
+    m.setModelRef("digits-mlp");
+    m.setModelVersion(1);
+    m.setHyperparameters("{}");
+    m.setSha256(claimed);
+    m.setFormat("plugin");
+    auto blob = std::make_shared<const std::string>(bytes);
+    m.setArtifactBytes(blob->size());
+    m.setArtifactFrame(out.attach_bytes(blob));
+    data::Datastructure ds;
+    ds.target = "label";
+    ds.num_classes = 10;
+    ds.scale = 1.0 / 16;
+    worker::to_wire(ds, sj.initDatastructure());
+    auto frames = out.frames();
+    EXPECT_TRUE(protocol::send_frames(socket_, frames));
+    zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, 20s) == 0) return "no reply";
+    std::vector<zmq::message_t> reply;
+    bool too_many;
+    if (!protocol::recv_frames(socket_, reply, 100, too_many)) return "no reply";
+    auto in = protocol::Incoming::parse(std::move(reply));
+    if (!in.ok()) return in.status().to_string();
+    auto body = (*in)->envelope().getBody();
+    if (body.which() != W::ERROR) return "";
+    return std::string(to_string(protocol::from_wire(body.getError().getCode()))) + ": " +
+           body.getError().getMessage().cStr();
+  }
+
+  zmq::context_t ctx_{1};
+  std::atomic<bool> stop_{false};
+  std::unique_ptr<worker::Worker> worker_;
+  std::thread thread_;
+  zmq::socket_t socket_;
+};
+
+TEST_F(TamperTest, ArtifactWhoseHashDiffersIsRefusedNamingBoth) {
+  std::string bytes = slurp(FEDPOD_EXAMPLE_PLUGIN);
+  ASSERT_FALSE(bytes.empty());
+  const std::string claimed = sha256_hex(bytes);
+  bytes[bytes.size() / 2] ^= 0x5a;  // one flipped byte in transit
+  const std::string got = sha256_hex(bytes);
+  const std::string err = start_job(claimed, bytes);
+  EXPECT_CONTAINS(err, "bad_message: custom model 'mallory/digits-mlp' version 1");
+  EXPECT_CONTAINS(err, "artifact sha256 mismatch: received bytes hash to " + got +
+                           ", startJob says " + claimed);
+  EXPECT_EQ(worker_->counters().jobs_started, 0);
+  // The untampered artifact is then accepted: the refusal left the pod serving.
+  EXPECT_EQ(start_job(claimed, slurp(FEDPOD_EXAMPLE_PLUGIN)), "");
+  EXPECT_EQ(worker_->counters().jobs_started, 1);
+}
+
+}  // namespace
+}  // namespace fedpod
