@@ -19,6 +19,9 @@ int main(int argc, char** argv) {
   fedpod::cli::add_coordinator(app);
   fedpod::cli::add_demo(app);
   fedpod::cli::add_hub(app);
+  fedpod::cli::add_user(app);
+  fedpod::cli::add_model(app);
+  fedpod::cli::add_pod(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

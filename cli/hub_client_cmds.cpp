@@ -1,0 +1,348 @@
+// The hub's client commands: fedpod user register, fedpod model push|list|show|pull,
+// fedpod pod register|list.
+//
+// Where the hub is and who you are: --hub / --token, else FEDPOD_HUB / FEDPOD_TOKEN,
+// else ~/.config/fedpod/config.yaml (keys `hub` and `token`; `user register --save`
+// writes it with mode 0600). Output is a table for people, JSON with --json.
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <yaml-cpp/yaml.h>
+
+#include "commands.h"
+#include "fedpod/common/config_util.h"
+#include "fedpod/hub/client.h"
+
+namespace fedpod::cli {
+namespace {
+namespace fs = std::filesystem;
+
+struct HubAccess {
+  std::string hub;
+  std::string token;
+  bool json = false;
+};
+
+fs::path config_path() {
+  const char* xdg = std::getenv("XDG_CONFIG_HOME");
+  const char* home = std::getenv("HOME");
+  fs::path base = xdg && *xdg ? fs::path(xdg) : fs::path(home ? home : ".") / ".config";
+  return base / "fedpod" / "config.yaml";
+}
+
+// Fills what flags left empty from the environment, then the config file.
+void resolve(HubAccess& a) {
+  if (a.hub.empty() && std::getenv("FEDPOD_HUB")) a.hub = std::getenv("FEDPOD_HUB");
+  if (a.token.empty() && std::getenv("FEDPOD_TOKEN")) a.token = std::getenv("FEDPOD_TOKEN");
+  const fs::path cfg = config_path();
+  if ((a.hub.empty() || a.token.empty()) && fs::exists(cfg)) {
+    YAML::Node root = load_yaml_file(cfg.string());
+    check_keys(root, {"hub", "token"}, cfg.string());
+    if (a.hub.empty() && root["hub"]) a.hub = root["hub"].as<std::string>();
+    if (a.token.empty() && root["token"]) a.token = root["token"].as<std::string>();
+  }
+  if (a.hub.empty()) {
+    throw ConfigError("no hub given: use --hub http://HOST:PORT, set FEDPOD_HUB, or run `fedpod user register --save`");
+  }
+}
+
+std::unique_ptr<hub::Client> connect(HubAccess& a) {
+  resolve(a);
+  std::string rest = a.hub;
+  if (rest.rfind("http://", 0) == 0) rest = rest.substr(7);
+  else if (rest.find("://") != std::string::npos) throw ConfigError("hub: only http:// URLs are supported, got " + a.hub);
+  while (!rest.empty() && rest.back() == '/') rest.pop_back();
+  const auto colon = rest.rfind(':');
+  if (colon == std::string::npos) throw ConfigError("hub: expected http://HOST:PORT, got " + a.hub);
+  int port = 0;
+  try {
+    port = std::stoi(rest.substr(colon + 1));
+  } catch (const std::exception&) {
+    throw ConfigError("hub: bad port in " + a.hub);
+  }
+  return std::make_unique<hub::Client>(rest.substr(0, colon), port, a.token);
+}
+
+void require_token(const HubAccess& a) {
+  if (a.token.empty()) throw ConfigError("this command needs a token: use --token, set FEDPOD_TOKEN, or `fedpod user register --save`");
+}
+
+// Exits 1 with the hub's message when `st` is an error.
+void check(const Status& st, const std::string& what) {
+  if (st.ok()) return;
+  std::cerr << "fedpod: " << what << ": " << st.to_string() << "\n";
+  throw CommandExit{kExitFailed};
+}
+
+// "alice/net" or "alice/net:3" (0 = latest).
+struct ModelName {
+  std::string user, ref;
+  int64_t version = 0;
+};
+ModelName parse_model(const std::string& text) {
+  ModelName m;
+  std::string rest = text;
+  auto colon = rest.find(':');
+  if (colon != std::string::npos) {
+    const std::string v = rest.substr(colon + 1);
+    if (v != "latest") {
+      try {
+        size_t used = 0;
+        m.version = std::stoll(v, &used);
+        if (used != v.size() || m.version < 1) throw std::invalid_argument("");
+      } catch (const std::exception&) {
+        throw ConfigError("model: version must be a positive number or 'latest', got '" + v + "'");
+      }
+    }
+    rest = rest.substr(0, colon);
+  }
+  auto slash = rest.find('/');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == rest.size()) {
+    throw ConfigError("model: expected USER/REF[:VERSION], got '" + text + "'");
+  }
+  m.user = rest.substr(0, slash);
+  m.ref = rest.substr(slash + 1);
+  return m;
+}
+
+nlohmann::json to_json(const hub::VersionInfo& v) {
+  return {{"username", v.username}, {"model_ref", v.model_ref}, {"version", v.version}, {"sha256", v.sha256},
+          {"size", v.size},         {"format", v.format},       {"description", v.description},
+          {"created_at", v.created_at}};
+}
+
+void add_access_options(CLI::App* cmd, HubAccess& a, bool json = true) {
+  cmd->add_option("--hub", a.hub, "hub URL, http://HOST:PORT (env FEDPOD_HUB)");
+  cmd->add_option("--token", a.token, "API token (env FEDPOD_TOKEN)");
+  if (json) cmd->add_flag("--json", a.json, "print JSON instead of a table");
+}
+
+void print_versions(const std::vector<hub::VersionInfo>& versions) {
+  std::cout << std::left << std::setw(9) << "VERSION" << std::setw(13) << "FORMAT" << std::setw(12) << "SIZE"
+            << std::setw(22) << "CREATED" << "SHA256\n";
+  for (const auto& v : versions) {
+    std::cout << std::setw(9) << v.version << std::setw(13) << v.format << std::setw(12) << v.size << std::setw(22)
+              << v.created_at << v.sha256 << "\n";
+  }
+}
+
+}  // namespace
+
+void add_user(CLI::App& app) {
+  auto* user = app.add_subcommand("user", "Hub users");
+  user->require_subcommand(1);
+  struct Args {
+    HubAccess access;
+    std::string name, key;
+    bool save = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto* reg = user->add_subcommand("register", "Register a username with its CURVE public key; prints the API token");
+  reg->add_option("username", a->name, "lowercase name, e.g. alice")->required();
+  reg->add_option("--public-key", a->key, "the user's CURVE public key (40 Z85 characters)")->required();
+  reg->add_flag("--save", a->save, "write the hub URL and token to ~/.config/fedpod/config.yaml (mode 0600)");
+  add_access_options(reg, a->access);
+  reg->callback([a] {
+    auto client = connect(a->access);
+    auto token = client->register_user(a->name, a->key);
+    check(token.status(), "user register");
+    if (a->save) {
+      const fs::path cfg = config_path();
+      fs::create_directories(cfg.parent_path());
+      const std::string tmp = cfg.string() + ".tmp";
+      {
+        std::ofstream out(tmp);
+        out << "hub: " << a->access.hub << "\ntoken: " << *token << "\n";
+      }
+      ::chmod(tmp.c_str(), 0600);
+      fs::rename(tmp, cfg);
+    }
+    if (a->access.json) {
+      std::cout << nlohmann::json{{"username", a->name}, {"token", *token}}.dump(2) << "\n";
+    } else {
+      std::cout << "registered " << a->name << "\ntoken: " << *token << "\n"
+                << (a->save ? "saved to " + config_path().string() + "\n"
+                            : "the hub shows it only once: export FEDPOD_TOKEN=" + *token + "\n");
+    }
+  });
+}
+
+void add_model(CLI::App& app) {
+  auto* model = app.add_subcommand("model", "Models on the hub");
+  model->require_subcommand(1);
+
+  struct PushArgs {
+    HubAccess access;
+    std::string name, format, artifact, description, visibility;
+    std::vector<std::string> sources;
+  };
+  auto p = std::make_shared<PushArgs>();
+  auto* push = model->add_subcommand("push", "Upload a new version of USER/REF");
+  push->add_option("model", p->name, "USER/REF")->required();
+  push->add_option("--format", p->format, "torchscript | plugin")->required()->check(CLI::IsMember({"torchscript", "plugin"}));
+  push->add_option("--artifact", p->artifact, "the .pt archive or .so plugin")->required()->check(CLI::ExistingFile);
+  push->add_option("--source", p->sources, "source files kept for the pod owners' review")->check(CLI::ExistingFile);
+  push->add_option("--description", p->description, "one line about the model");
+  push->add_option("--visibility", p->visibility, "private | public (default: unchanged; new models private)")
+      ->check(CLI::IsMember({"private", "public"}));
+  add_access_options(push, p->access);
+  push->callback([p] {
+    auto client = connect(p->access);
+    require_token(p->access);
+    ModelName m = parse_model(p->name);
+    auto v = client->push_model(m.user, m.ref, p->format, p->description, p->visibility, p->artifact, p->sources);
+    check(v.status(), "model push");
+    if (p->access.json) {
+      std::cout << to_json(*v).dump(2) << "\n";
+    } else {
+      std::cout << "pushed " << v->username << "/" << v->model_ref << " version " << v->version << " ("
+                << v->format << ", " << v->size << " bytes, sha256 " << v->sha256 << ")\n";
+    }
+  });
+
+  struct ListArgs {
+    HubAccess access;
+    std::string owner;
+  };
+  auto l = std::make_shared<ListArgs>();
+  auto* list = model->add_subcommand("list", "Models you can see");
+  list->add_option("--owner", l->owner, "only this user's models");
+  add_access_options(list, l->access);
+  list->callback([l] {
+    auto client = connect(l->access);
+    auto models = client->list_models(l->owner);
+    check(models.status(), "model list");
+    if (l->access.json) {
+      nlohmann::json out = nlohmann::json::array();
+      for (const auto& m : *models) {
+        out.push_back({{"username", m.username}, {"model_ref", m.model_ref}, {"visibility", m.visibility},
+                       {"description", m.description}, {"latest", m.latest ? to_json(*m.latest) : nlohmann::json()}});
+      }
+      std::cout << out.dump(2) << "\n";
+      return;
+    }
+    std::cout << std::left << std::setw(32) << "MODEL" << std::setw(8) << "LATEST" << std::setw(13) << "FORMAT"
+              << std::setw(10) << "VISIBLE" << "DESCRIPTION\n";
+    for (const auto& m : *models) {
+      std::cout << std::setw(32) << (m.username + "/" + m.model_ref) << std::setw(8)
+                << (m.latest ? std::to_string(m.latest->version) : "-") << std::setw(13)
+                << (m.latest ? m.latest->format : "-") << std::setw(10) << m.visibility << m.description << "\n";
+    }
+  });
+
+  struct ShowArgs {
+    HubAccess access;
+    std::string name;
+  };
+  auto s = std::make_shared<ShowArgs>();
+  auto* show = model->add_subcommand("show", "A model and its versions");
+  show->add_option("model", s->name, "USER/REF")->required();
+  add_access_options(show, s->access);
+  show->callback([s] {
+    auto client = connect(s->access);
+    ModelName m = parse_model(s->name);
+    auto info = client->get_model(m.user, m.ref);
+    check(info.status(), "model show");
+    if (s->access.json) {
+      nlohmann::json versions = nlohmann::json::array();
+      for (const auto& v : info->versions) versions.push_back(to_json(v));
+      std::cout << nlohmann::json{{"username", info->username}, {"model_ref", info->model_ref},
+                                  {"visibility", info->visibility}, {"description", info->description},
+                                  {"versions", versions}}
+                       .dump(2)
+                << "\n";
+      return;
+    }
+    std::cout << info->username << "/" << info->model_ref << "  (" << info->visibility << ")  " << info->description
+              << "\n\n";
+    print_versions(info->versions);
+  });
+
+  struct PullArgs {
+    HubAccess access;
+    std::string name, out;
+  };
+  auto pl = std::make_shared<PullArgs>();
+  auto* pull = model->add_subcommand("pull", "Download a version's artifact, verifying its sha256");
+  pull->add_option("model", pl->name, "USER/REF[:VERSION] (default latest)")->required();
+  pull->add_option("-o,--output", pl->out, "file to write")->required();
+  add_access_options(pull, pl->access);
+  pull->callback([pl] {
+    auto client = connect(pl->access);
+    ModelName m = parse_model(pl->name);
+    auto v = client->resolve(m.user, m.ref, m.version);
+    check(v.status(), "model pull");
+    auto sha = client->download_artifact(m.user, m.ref, v->version, pl->out, v->sha256);
+    check(sha.status(), "model pull");
+    if (pl->access.json) {
+      auto j = to_json(*v);
+      j["path"] = pl->out;
+      std::cout << j.dump(2) << "\n";
+    } else {
+      std::cout << "wrote " << pl->out << " (" << v->username << "/" << v->model_ref << " version " << v->version
+                << ", sha256 " << *sha << " verified)\n";
+    }
+  });
+}
+
+void add_pod(CLI::App& app) {
+  auto* pod = app.add_subcommand("pod", "Pods registered on the hub");
+  pod->require_subcommand(1);
+  struct RegArgs {
+    HubAccess access;
+    std::string name, address, key, schema_file;
+  };
+  auto r = std::make_shared<RegArgs>();
+  auto* reg = pod->add_subcommand("register", "Register a pod you own");
+  reg->add_option("name", r->name, "pod name")->required();
+  reg->add_option("--address", r->address, "where coordinators reach it, e.g. tcp://10.0.0.5:5555")->required();
+  reg->add_option("--public-key", r->key, "the pod's CURVE public key")->required();
+  reg->add_option("--schema", r->schema_file, "JSON file describing the pod's columns")->check(CLI::ExistingFile);
+  add_access_options(reg, r->access);
+  reg->callback([r] {
+    auto client = connect(r->access);
+    require_token(r->access);
+    nlohmann::json schema = nlohmann::json::object();
+    if (!r->schema_file.empty()) {
+      std::ifstream in(r->schema_file);
+      schema = nlohmann::json::parse(in, nullptr, false);
+      if (schema.is_discarded() || !schema.is_object()) {
+        throw ConfigError(r->schema_file + ": not a JSON object");
+      }
+    }
+    check(client->register_pod(r->name, r->address, r->key, schema), "pod register");
+    std::cout << (r->access.json ? nlohmann::json{{"name", r->name}, {"address", r->address}}.dump(2)
+                                 : "registered pod " + r->name + " at " + r->address)
+              << "\n";
+  });
+
+  auto la = std::make_shared<HubAccess>();
+  auto* list = pod->add_subcommand("list", "Pods on the hub");
+  add_access_options(list, *la);
+  list->callback([la] {
+    auto client = connect(*la);
+    auto pods = client->list_pods();
+    check(pods.status(), "pod list");
+    if (la->json) {
+      nlohmann::json out = nlohmann::json::array();
+      for (const auto& p : *pods) {
+        out.push_back({{"name", p.name}, {"owner", p.owner}, {"address", p.address}, {"public_key", p.public_key},
+                       {"schema", p.schema}, {"created_at", p.created_at}});
+      }
+      std::cout << out.dump(2) << "\n";
+      return;
+    }
+    std::cout << std::left << std::setw(20) << "POD" << std::setw(16) << "OWNER" << std::setw(32) << "ADDRESS"
+              << "CREATED\n";
+    for (const auto& p : *pods) {
+      std::cout << std::setw(20) << p.name << std::setw(16) << p.owner << std::setw(32) << p.address << p.created_at
+                << "\n";
+    }
+  });
+}
+
+}  // namespace fedpod::cli

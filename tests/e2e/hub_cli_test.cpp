@@ -1,0 +1,146 @@
+// The hub's client commands as a modeller runs them, against a real `fedpod hub serve`.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+
+#include "testutil.h"
+
+namespace fedpod {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr const char* kKey = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID";  // a CURVE public key (Z85)
+
+struct CliRun {
+  int code;
+  std::string output;
+};
+
+class HubCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string port_file = (dir_.path() / "port").string();
+    hub_ = std::make_unique<testing::Process>(
+        std::vector<std::string>{testing::fedpod_bin(), "hub", "serve", "--data-dir", (dir_.path() / "hub").string(),
+                                 "--listen", "127.0.0.1:0", "--port-file", port_file},
+        (dir_.path() / "hub.log").string());
+    const std::string port = testing::wait_for_word(port_file, 60s);
+    ASSERT_FALSE(port.empty()) << testing::read_file((dir_.path() / "hub.log").string());
+    url_ = "http://127.0.0.1:" + port;
+    // A TorchScript archive is a zip; the hub checks only that shape.
+    artifact_ = dir_.write("net.pt", std::string("PK\x03\x04", 4) + std::string(64, 'x') +
+                                         std::string("PK\x05\x06", 4) + std::string(18, '\0'));
+    source_ = dir_.write("net.py", "class Net(torch.nn.Module): ...\n");
+    setenv("HOME", dir_.path().c_str(), 1);  // the config file goes to this test's folder
+    unsetenv("XDG_CONFIG_HOME");
+    unsetenv("FEDPOD_HUB");
+    unsetenv("FEDPOD_TOKEN");
+  }
+
+  CliRun fedpod(std::vector<std::string> args) {
+    args.insert(args.begin(), testing::fedpod_bin());
+    const std::string log = (dir_.path() / "cli.log").string();
+    testing::Process p(args, log);
+    const int status = p.wait(60s);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, testing::read_file(log)};
+  }
+
+  std::string register_alice() {
+    auto r = fedpod({"user", "register", "alice", "--public-key", kKey, "--hub", url_, "--json"});
+    EXPECT_EQ(r.code, 0) << r.output;
+    return nlohmann::json::parse(r.output)["token"];
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<testing::Process> hub_;
+  std::string url_, artifact_, source_;
+};
+
+TEST_F(HubCliTest, PushListShowPull) {
+  const std::string token = register_alice();
+  ASSERT_EQ(token.size(), 64u);
+  for (int version = 1; version <= 2; ++version) {
+    auto r = fedpod({"model", "push", "alice/net", "--format", "torchscript", "--artifact", artifact_, "--source",
+                     source_, "--description", "a test net", "--hub", url_, "--token", token});
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_CONTAINS(r.output, "pushed alice/net version " + std::to_string(version) + " (torchscript");
+  }
+  auto list = fedpod({"model", "list", "--hub", url_, "--token", token, "--json"});
+  ASSERT_EQ(list.code, 0) << list.output;
+  auto models = nlohmann::json::parse(list.output);
+  ASSERT_EQ(models.size(), 1u);
+  EXPECT_EQ(models[0]["latest"]["version"], 2);
+
+  auto show = fedpod({"model", "show", "alice/net", "--hub", url_, "--token", token});
+  ASSERT_EQ(show.code, 0) << show.output;
+  EXPECT_CONTAINS(show.output, "alice/net  (private)  a test net");
+
+  const std::string out = (dir_.path() / "pulled.pt").string();
+  auto pull = fedpod({"model", "pull", "alice/net:1", "-o", out, "--hub", url_, "--token", token});
+  ASSERT_EQ(pull.code, 0) << pull.output;
+  EXPECT_CONTAINS(pull.output, "verified");
+  EXPECT_EQ(testing::read_file(out), testing::read_file(artifact_));
+
+  // Private: an anonymous caller sees nothing.
+  auto anon = fedpod({"model", "show", "alice/net", "--hub", url_});
+  EXPECT_EQ(anon.code, 1);
+  EXPECT_CONTAINS(anon.output, "not_found");
+}
+
+TEST_F(HubCliTest, ErrorsNameTheProblem) {
+  const std::string token = register_alice();
+  auto wrong = fedpod({"model", "push", "alice/net", "--format", "torchscript", "--artifact", artifact_, "--hub",
+                       url_, "--token", std::string(64, '0')});
+  EXPECT_EQ(wrong.code, 1);
+  EXPECT_CONTAINS(wrong.output, "model push: permission_denied");
+
+  auto other = fedpod({"model", "push", "bob/net", "--format", "torchscript", "--artifact", artifact_, "--hub",
+                       url_, "--token", token});
+  EXPECT_EQ(other.code, 1);
+  EXPECT_CONTAINS(other.output, "permission_denied");
+
+  auto plugin = fedpod({"model", "push", "alice/net", "--format", "plugin", "--artifact", artifact_, "--hub", url_,
+                        "--token", token});
+  EXPECT_EQ(plugin.code, 1);
+  EXPECT_CONTAINS(plugin.output, "ELF");
+
+  auto no_hub = fedpod({"model", "list"});
+  EXPECT_EQ(no_hub.code, 2);
+  EXPECT_CONTAINS(no_hub.output, "no hub given");
+
+  auto bad_name = fedpod({"model", "pull", "alice", "-o", "x", "--hub", url_});
+  EXPECT_EQ(bad_name.code, 2);
+  EXPECT_CONTAINS(bad_name.output, "expected USER/REF[:VERSION]");
+
+  auto dup = fedpod({"user", "register", "alice", "--public-key", kKey, "--hub", url_});
+  EXPECT_EQ(dup.code, 1);
+  EXPECT_CONTAINS(dup.output, "user register");
+}
+
+TEST_F(HubCliTest, SavedConfigAndEnvironment) {
+  auto r = fedpod({"user", "register", "carol", "--public-key", kKey, "--hub", url_, "--save"});
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string cfg = (dir_.path() / ".config" / "fedpod" / "config.yaml").string();
+  EXPECT_CONTAINS(testing::read_file(cfg), "hub: " + url_);
+  // No --hub, no --token: both come from the saved config.
+  auto push = fedpod({"model", "push", "carol/m", "--format", "torchscript", "--artifact", artifact_});
+  ASSERT_EQ(push.code, 0) << push.output;
+  auto pod = fedpod({"pod", "register", "pod-x", "--address", "tcp://10.0.0.5:5555", "--public-key", kKey});
+  ASSERT_EQ(pod.code, 0) << pod.output;
+  auto pods = fedpod({"pod", "list", "--json"});
+  ASSERT_EQ(pods.code, 0) << pods.output;
+  auto list = nlohmann::json::parse(pods.output);
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0]["owner"], "carol");
+  // The environment wins over the config file.
+  setenv("FEDPOD_HUB", "http://127.0.0.1:1", 1);
+  auto env = fedpod({"pod", "list"});
+  EXPECT_EQ(env.code, 1);
+  EXPECT_CONTAINS(env.output, "pod list: unavailable");
+}
+
+}  // namespace
+}  // namespace fedpod
