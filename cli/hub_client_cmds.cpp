@@ -15,6 +15,7 @@
 
 #include "commands.h"
 #include "fedpod/common/config_util.h"
+#include "fedpod/coordinator/job_spec.h"
 #include "fedpod/hub/client.h"
 
 namespace fedpod::cli {
@@ -52,19 +53,8 @@ void resolve(HubAccess& a) {
 
 std::unique_ptr<hub::Client> connect(HubAccess& a) {
   resolve(a);
-  std::string rest = a.hub;
-  if (rest.rfind("http://", 0) == 0) rest = rest.substr(7);
-  else if (rest.find("://") != std::string::npos) throw ConfigError("hub: only http:// URLs are supported, got " + a.hub);
-  while (!rest.empty() && rest.back() == '/') rest.pop_back();
-  const auto colon = rest.rfind(':');
-  if (colon == std::string::npos) throw ConfigError("hub: expected http://HOST:PORT, got " + a.hub);
-  int port = 0;
-  try {
-    port = std::stoi(rest.substr(colon + 1));
-  } catch (const std::exception&) {
-    throw ConfigError("hub: bad port in " + a.hub);
-  }
-  return std::make_unique<hub::Client>(rest.substr(0, colon), port, a.token);
+  coordinator::HubAddress addr = coordinator::parse_hub_url(a.hub, "hub");
+  return std::make_unique<hub::Client>(addr.host, addr.port, a.token);
 }
 
 void require_token(const HubAccess& a) {

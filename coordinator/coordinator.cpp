@@ -137,6 +137,26 @@ struct Coordinator::Impl {
     return std::move(*loaded);
   }
 
+  // Pods named without an address are looked up on the hub (fedpod pod register).
+  Status resolve_pod_addresses() {
+    std::unique_ptr<hub::Client> client;
+    for (auto& p : spec.pods) {
+      if (!p.address.empty()) continue;
+      if (!client) {
+        HubAddress addr = parse_hub_url(spec.hub_url, "hub");
+        client = std::make_unique<hub::Client>(addr.host, addr.port, spec.hub_token);
+      }
+      auto info = client->get_pod(p.name);
+      if (!info.ok()) {
+        return Status(info.status().code(), "pod '" + p.name + "' cannot be resolved on the hub " + spec.hub_url +
+                                                ": " + info.status().message());
+      }
+      p.address = info->address;
+      log->info("event=pod_resolved pod={} address={}", p.name, p.address);
+    }
+    return Status();
+  }
+
   void connect_pods() {
     protocol::SocketOptions opts;
     for (size_t i = 0; i < spec.pods.size(); ++i) {
@@ -509,8 +529,11 @@ struct Coordinator::Impl {
                {"strategy", spec.strategy},
                {"status", "running"},
                {"rounds", nlohmann::json::array()}};
-    connect_pods();
-    Status st = run_job();
+    Status st = resolve_pod_addresses();
+    if (st.ok()) {
+      connect_pods();
+      st = run_job();
+    }
     if (!st.ok()) {
       history["status"] = "failed";
       history["error"] = st.to_string();
@@ -683,5 +706,28 @@ Coordinator::Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ost
 Coordinator::~Coordinator() = default;
 
 StatusOr<RunResult> Coordinator::run() { return impl_->run(); }
+
+StatusOr<nlohmann::json> fit(zmq::context_t& ctx, JobSpec job, const ModelReference& model,
+                             const std::vector<std::string>& pod_identifiers, Logger log, std::ostream* progress) {
+  job.model.username = model.username;
+  job.model.ref = model.model_ref;
+  job.model.version = model.model_version;
+  job.model.hyperparameters = Hyperparameters(model.hyperparameters);
+  job.pods.clear();
+  for (const auto& id : pod_identifiers) {
+    const auto at = id.find('@');
+    job.pods.push_back(at == std::string::npos ? PodAddress{id, ""} : PodAddress{id.substr(0, at), id.substr(at + 1)});
+  }
+  validate(job, "fit");
+  if (job.model.username.empty() && !model::is_builtin(job.model.ref)) {
+    throw ConfigError("fit: model '" + job.model.ref + "' is not a built-in model; give its username for a hub model");
+  }
+  std::ostringstream quiet;
+  Coordinator c(ctx, job, std::move(log), progress ? *progress : quiet);
+  auto result = c.run();
+  if (!result.ok()) return result.status();
+  std::ifstream in(result->history_path);
+  return nlohmann::json::parse(in);
+}
 
 }  // namespace fedpod::coordinator

@@ -79,8 +79,13 @@ void validate(JobSpec& s, const std::string& where) {
   if (s.pods.empty()) throw ConfigError(where + ": pods: list at least one pod");
   std::set<std::string> names;
   for (const auto& p : s.pods) {
-    if (p.name.empty() || p.address.empty()) throw ConfigError(where + ": pods: every pod needs a name and an address");
+    if (p.name.empty()) throw ConfigError(where + ": pods: every pod needs a name");
+    if (p.address.empty() && s.hub_url.empty()) {
+      throw ConfigError(where + ": pods: '" + p.name +
+                        "' has no address: give one, or set hub: so pod names resolve through the hub");
+    }
     if (!names.insert(p.name).second) throw ConfigError(where + ": pods: '" + p.name + "' is listed twice");
+    if (p.address.empty()) parse_hub_url(s.hub_url, where + ": hub");
   }
   if (s.rounds < 1) throw ConfigError(where + ": rounds: must be at least 1");
   if (s.local_epochs < 0 || s.local_steps < 0 || (s.local_epochs == 0 && s.local_steps == 0)) {
@@ -157,8 +162,12 @@ JobSpec load_job_spec(const std::string& path) {
     if (sp["seed"]) ds.split.seed = get<uint64_t>(sp["seed"], w + ": datastructure.split.seed");
   }
   auto pods = root["pods"];
-  if (!pods || !pods.IsSequence()) throw ConfigError(w + ": pods: required, a list of {name, address}");
+  if (!pods || !pods.IsSequence()) throw ConfigError(w + ": pods: required, a list of {name, address} (or names registered on the hub)");
   for (const auto& p : pods) {
+    if (p.IsScalar()) {  // a bare name: its address comes from the hub
+      s.pods.push_back({p.as<std::string>(), ""});
+      continue;
+    }
     check_keys(p, {"name", "address"}, w + ": pods");
     PodAddress a;
     if (p["name"]) a.name = get<std::string>(p["name"], w + ": pods.name");

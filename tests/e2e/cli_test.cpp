@@ -52,6 +52,16 @@ TEST(CliTest, MinPodsAboveNumberOfPodsIsRefused) {
   EXPECT_NE(r.output.find("min_pods: must be between 1 and the number of pods (1)"), std::string::npos) << r.output;
 }
 
+TEST(CliTest, BarePodNameNeedsAHub) {
+  testing::TempDir dir;
+  auto job = dir.write("job.yaml",
+                       "model: {ref: mlp}\ndatastructure: {target: label, num_classes: 10}\npods: [pod-a]\n");
+  unsetenv("FEDPOD_HUB");
+  auto r = fedpod(dir, {"coordinator", "run", job});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("pods: 'pod-a' has no address: give one, or set hub:"), std::string::npos) << r.output;
+}
+
 TEST(CliTest, BadDurationIsNamed) {
   testing::TempDir dir;
   auto job = dir.write("job.yaml",

@@ -174,6 +174,33 @@ TEST_F(CustomModelTest, TorchScriptModelTrainsAcrossThreePods) {
     EXPECT_EQ(h["pods"][pod]["outcome"], "ok") << pod;
 }
 
+// The seed's C++ API: fit(ModelReference, pod names). Pods are registered on the
+// hub with their addresses and named only by name in the call.
+TEST_F(CustomModelTest, FitResolvesModelAndPodNamesThroughTheHub) {
+  const std::string pt = script_digits_net();
+  push("digits-net", "torchscript", pt, testing::source_dir() + "/examples/torchscript_model/digits_net.py");
+  start_pods({"pod-a", "pod-b"}, "allow_unauthenticated");
+  hub::Client c("127.0.0.1", hub_->port(), token_);
+  for (const auto& p : spec_.pods) {
+    ASSERT_TRUE(c.register_pod(p.name, p.address, kKey, nlohmann::json::object()).ok());
+  }
+  spec_.hub_token = token_;
+  spec_.datastructure.input_shape = {1, 8, 8};
+  spec_.rounds = 2;
+  zmq::context_t ctx(1);
+  auto history = coordinator::fit(ctx, spec_, {"alice", "digits-net", 0, {{"lr", 0.01}}}, {"pod-a", "pod-b"});
+  ASSERT_TRUE(history.ok()) << history.status().to_string();
+  EXPECT_EQ((*history)["status"], "completed");
+  EXPECT_EQ((*history)["rounds"].size(), 2u);
+  EXPECT_EQ((*history)["model"]["resolved"]["version"], 1);
+  EXPECT_EQ((*history)["rounds"][1]["pods_answered"], 2);
+
+  // A name the hub does not know fails the job before any pod is asked.
+  auto unknown = coordinator::fit(ctx, spec_, {"alice", "digits-net", 0, {}}, {"pod-a", "pod-zz"});
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_CONTAINS(unknown.status().message(), "pod 'pod-zz' cannot be resolved on the hub");
+}
+
 TEST_F(CustomModelTest, PluginModelTrainsAcrossThreePods) {
   const auto v = push("digits-mlp", "plugin", FEDPOD_EXAMPLE_PLUGIN,
                       testing::source_dir() + "/examples/plugin_model/digits_mlp.cpp", "public");

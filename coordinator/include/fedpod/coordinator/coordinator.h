@@ -25,6 +25,8 @@
 
 #include <functional>
 #include <iosfwd>
+#include <nlohmann/json.hpp>
+#include <vector>
 #include <memory>
 #include <string>
 #include <zmq.hpp>
@@ -72,5 +74,31 @@ class Coordinator {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// The model to train, as a modeller names it: a hub model ({username, model_ref,
+// model_version (0: latest)}) or a built-in one (empty username, model_ref "mlp").
+struct ModelReference {
+  std::string username;
+  std::string model_ref;
+  uint32_t model_version = 0;
+  nlohmann::json hyperparameters = nlohmann::json::object();
+};
+
+// Runs a job for programs that launch jobs themselves:
+//
+//   coordinator::JobSpec job;                      // datastructure, rounds, hub_url, ...
+//   job.datastructure.target = "label";
+//   job.datastructure.num_classes = 10;
+//   job.hub_url = "http://hub:8470";
+//   auto history = coordinator::fit(ctx, job, {"alice", "digits-net", 0, {{"lr", 0.01}}},
+//                                   {"pod-a", "pod-b", "pod-c@tcp://10.0.0.7:5555"});
+//
+// `pod_identifiers` are pod names registered on the hub, or "name@address". `job`
+// supplies everything else (its model and pods are replaced). Returns the job's
+// history (the content of history.json); a job that fails returns its Status.
+// Throws ConfigError for an invalid job, as load_job_spec does.
+StatusOr<nlohmann::json> fit(zmq::context_t& ctx, JobSpec job, const ModelReference& model,
+                             const std::vector<std::string>& pod_identifiers, Logger log = null_logger(),
+                             std::ostream* progress = nullptr);
 
 }  // namespace fedpod::coordinator

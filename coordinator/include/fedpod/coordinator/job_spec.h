@@ -22,6 +22,7 @@
 //     split: {validation: 0.1, test: 0.2, seed: 0}
 //   pods:
 //     - {name: pod-a, address: tcp://127.0.0.1:5555}
+//     - pod-b                        # a bare name: its address comes from the hub
 //   rounds: 10
 //   local_epochs: 1                  # or local_steps: N
 //   batch_size: 32
@@ -48,7 +49,7 @@ namespace fedpod::coordinator {
 
 struct PodAddress {
   std::string name;
-  std::string address;
+  std::string address;  // empty: resolved through the hub by name when the job starts
 };
 
 struct ModelSpec {
