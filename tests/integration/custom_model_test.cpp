@@ -22,6 +22,7 @@
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/wire_convert.h"
 #include "fedpod/worker/worker.h"
+#include "running_hub.h"
 #include "testutil.h"
 
 namespace fedpod {
@@ -33,31 +34,7 @@ using W = wire::Envelope::Body::Which;
 const std::string kKey = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";  // a valid Z85 CURVE key
 
 // A hub::Server on 127.0.0.1:<free port> serving on its own thread.
-class RunningHub {
- public:
-  explicit RunningHub(hub::ServerOptions opt) : server_(std::move(opt), null_logger()) {
-    Status s = server_.start();
-    if (!s.ok()) throw std::runtime_error(s.to_string());
-    thread_ = std::thread([this] { server_.serve(); });
-    httplib::Client c("127.0.0.1", port());
-    for (int i = 0; i < 200; ++i) {
-      auto r = c.Get("/healthz");
-      if (r && r->status == 200) return;
-      std::this_thread::sleep_for(10ms);
-    }
-    throw std::runtime_error("hub did not come up");
-  }
-  ~RunningHub() {
-    server_.stop();
-    thread_.join();
-  }
-  int port() const { return server_.port(); }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port()); }
-
- private:
-  hub::Server server_;
-  std::thread thread_;
-};
+using testing::RunningHub;
 
 std::string slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

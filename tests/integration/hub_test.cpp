@@ -10,6 +10,7 @@
 
 #include "fedpod/hub/client.h"
 #include "fedpod/hub/server.h"
+#include "running_hub.h"
 #include "testutil.h"
 
 namespace fedpod::hub {
@@ -35,30 +36,7 @@ std::string elf_bytes(const std::string& payload) {
 }
 
 // A Server on 127.0.0.1:<free port> serving on its own thread.
-class RunningHub {
- public:
-  explicit RunningHub(ServerOptions opt) : server_(std::move(opt), null_logger()) {
-    Status s = server_.start();
-    if (!s.ok()) throw std::runtime_error(s.to_string());
-    thread_ = std::thread([this] { server_.serve(); });
-    httplib::Client c("127.0.0.1", port());
-    for (int i = 0; i < 200; ++i) {  // stop() only works once serve() is listening
-      auto r = c.Get("/healthz");
-      if (r && r->status == 200) return;
-      std::this_thread::sleep_for(10ms);
-    }
-    throw std::runtime_error("hub did not come up");
-  }
-  ~RunningHub() {
-    server_.stop();
-    thread_.join();
-  }
-  int port() const { return server_.port(); }
-
- private:
-  Server server_;
-  std::thread thread_;
-};
+using testing::RunningHub;
 
 class HubTest : public ::testing::Test {
  protected:
