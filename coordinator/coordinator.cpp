@@ -18,6 +18,7 @@
 
 #include "fedpod/aggregation/fedavg.h"
 #include "fedpod/coordinator/history.h"
+#include "fedpod/coordinator/report.h"
 #include "fedpod/common/sha256.h"
 #include "fedpod/data/schema.h"
 #include "fedpod/hub/client.h"
@@ -66,7 +67,7 @@ struct Coordinator::Impl {
   std::vector<protocol::TensorSpec> specs;
   data::Datastructure ds;  // with resolved features
   nlohmann::json history;
-  std::string history_path, model_path;
+  std::string history_path, model_path, report_path;
 
   Coordinator::ModelFactory make_model;
   Coordinator::CustomLoader load_custom;
@@ -517,12 +518,17 @@ struct Coordinator::Impl {
              [](Pod&, protocol::Incoming&) { return PodRound{"ok", "", 0, 0, {}}; });
   }
 
-  void write_history() { write_file_atomic(history_path, history.dump(2) + "\n"); }
+  // history.json and the report drawn from it, both rewritten after every round.
+  void write_history() {
+    write_file_atomic(history_path, history.dump(2) + "\n");
+    write_file_atomic(report_path, render_report(history));
+  }
 
   StatusOr<RunResult> run() {
     fs::create_directories(spec.output_dir);
     history_path = (fs::path(spec.output_dir) / "history.json").string();
     model_path = (fs::path(spec.output_dir) / "model.pt").string();
+    report_path = (fs::path(spec.output_dir) / "report.html").string();
     history = {{"job_id", spec.job_id},
                {"model", {{"username", spec.model.username}, {"ref", spec.model.ref}, {"version", spec.model.version},
                           {"hyperparameters", spec.model.hyperparameters.json()}}},
@@ -679,6 +685,7 @@ struct Coordinator::Impl {
     result.mean_round_seconds = total_seconds / spec.rounds;
     result.history_path = history_path;
     result.model_path = model_path;
+    result.report_path = report_path;
     if (test) {
       result.test_loss = test->loss;
       result.test_accuracy = test->accuracy;
@@ -693,7 +700,7 @@ struct Coordinator::Impl {
     history["status"] = "completed";
     history["mean_round_seconds"] = result.mean_round_seconds;
     write_history();
-    progress << "wrote " << history_path << " and " << model_path << std::endl;
+    progress << "wrote " << history_path << ", " << model_path << " and " << report_path << std::endl;
     return Status();
   }
 };

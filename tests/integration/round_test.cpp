@@ -89,6 +89,10 @@ TEST_F(RoundTest, ThreePodsThreeRoundsWriteHistoryAndModel) {
   // Validation loss falls as rounds go by.
   EXPECT_LT(h["rounds"][2]["eval"]["loss"].get<double>(), h["rounds"][0]["eval"]["loss"].get<double>());
 
+  const std::string report = testing::read_file(result->report_path);
+  EXPECT_NE(report.find("aria-label='pod participation'"), std::string::npos);
+  EXPECT_NE(report.find("pod-c round 3: ok"), std::string::npos);
+
   auto params = coordinator::load_parameters(result->model_path);
   auto m = model::make_builtin("mlp");
   m->create_model({64}, 10, spec_.model.hyperparameters);

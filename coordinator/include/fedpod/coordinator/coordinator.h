@@ -47,6 +47,7 @@ struct RunResult {
   double mean_round_seconds = 0;
   std::string history_path;
   std::string model_path;
+  std::string report_path;  // report.html: plots of the run, self-contained
 };
 
 class Coordinator {
