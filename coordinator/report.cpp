@@ -139,7 +139,7 @@ std::string participation(const nlohmann::json& rounds, const std::vector<std::s
   for (const auto& [name, color] : colors) {
     svg << "<rect x='" << x << "' y='" << ly << "' width='10' height='10' fill='" << color << "'/><text x='" << x + 14
         << "' y='" << ly + 9 << "' class='legend'>" << name << "</text>";
-    x += 90;
+    x += 104;
   }
   return svg.str() + "</svg>";
 }
