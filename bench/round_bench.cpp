@@ -160,7 +160,7 @@ void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, 
   spec.round_timeout = 600s;
   spec.connect_timeout = 60s;
   spec.output_dir = out_dir;
-  fedpod::coordinator::validate(spec, "round bench");
+  fedpod::coordinator::validate(spec, "round bench", [](const std::string& ref) { return ref == "bench-params"; });
   zmq::context_t ctx(1);
   std::ostringstream progress;
   fedpod::coordinator::Coordinator c(ctx, spec, fedpod::make_logger("coordinator", "warn"), progress,
@@ -204,13 +204,7 @@ Servers start_servers(const std::string& role, int k, const fs::path& dir, const
   }
   for (int i = 0; i < k; ++i) {
     const std::string ep = (dir / (role + std::to_string(i) + ".endpoint")).string();
-    const auto deadline = Clock::now() + 60s;
-    std::string endpoint;
-    while (endpoint.empty() && Clock::now() < deadline) {
-      std::ifstream in(ep);
-      in >> endpoint;
-      if (endpoint.empty()) std::this_thread::sleep_for(10ms);
-    }
+    const std::string endpoint = fedpod::wait_for_word(ep, 60s, s.procs[i].get());
     if (endpoint.empty()) throw std::runtime_error(role + " " + std::to_string(i) + " did not start");
     s.endpoints.push_back(endpoint);
   }

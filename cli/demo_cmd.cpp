@@ -43,23 +43,11 @@ class Children {
     argv[0] = self_executable();
     procs_.push_back(std::make_unique<Process>(argv, log_file));
   }
-  bool alive(size_t i) { return procs_[i]->running(); }
+  Process& operator[](size_t i) { return *procs_[i]; }
 
  private:
   std::vector<std::unique_ptr<Process>> procs_;
 };
-
-std::string wait_for_endpoint(const std::string& file, Children& children, size_t index, const std::string& log) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::ifstream in(file);
-    std::string endpoint;
-    if (in >> endpoint) return endpoint;
-    if (!children.alive(index)) throw std::runtime_error("a demo worker exited at start-up; see " + log);
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  throw std::runtime_error("a demo worker did not start within 60 s; see " + log);
-}
 
 const char* kHyperparameters = "{hidden: [64], optimizer: sgd, lr: 0.05, momentum: 0.9}";
 
@@ -115,8 +103,11 @@ void run_demo(const DemoArgs& args) {
                    log);
   }
   for (size_t i = 0; i < 3; ++i) {
-    endpoints.push_back(wait_for_endpoint((out / "pods" / (std::string(kPods[i]) + ".endpoint")).string(), children,
-                                          i, (out / "logs" / (std::string(kPods[i]) + ".log")).string()));
+    const std::string log = (out / "logs" / (std::string(kPods[i]) + ".log")).string();
+    std::string endpoint = wait_for_word((out / "pods" / (std::string(kPods[i]) + ".endpoint")).string(),
+                                         std::chrono::seconds(60), &children[i]);
+    if (endpoint.empty()) throw std::runtime_error("a demo worker did not start; see " + log);
+    endpoints.push_back(endpoint);
   }
 
   const fs::path job_file = out / "job.yaml";

@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <thread>
 
@@ -61,6 +62,18 @@ bool Process::running() {
     return false;
   }
   return true;
+}
+
+std::string wait_for_word(const std::string& path, std::chrono::milliseconds timeout, Process* watch) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream in(path);
+    std::string word;
+    if (in >> word) return word;
+    if (watch && !watch->running()) return "";
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return "";
 }
 
 void tune_malloc_for_large_messages() { mallopt(M_ARENA_MAX, 1); }

@@ -726,9 +726,6 @@ StatusOr<nlohmann::json> fit(zmq::context_t& ctx, JobSpec job, const ModelRefere
     job.pods.push_back(at == std::string::npos ? PodAddress{id, ""} : PodAddress{id.substr(0, at), id.substr(at + 1)});
   }
   validate(job, "fit");
-  if (job.model.username.empty() && !model::is_builtin(job.model.ref)) {
-    throw ConfigError("fit: model '" + job.model.ref + "' is not a built-in model; give its username for a hub model");
-  }
   std::ostringstream quiet;
   Coordinator c(ctx, job, std::move(log), progress ? *progress : quiet);
   auto result = c.run();

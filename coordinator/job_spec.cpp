@@ -59,7 +59,7 @@ HubAddress parse_hub_url(const std::string& url, const std::string& where) {
   return a;
 }
 
-void validate(JobSpec& s, const std::string& where) {
+void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const std::string&)) {
   if (s.job_id.empty()) s.job_id = generated_job_id();
   for (char c : s.job_id) {
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
@@ -67,6 +67,10 @@ void validate(JobSpec& s, const std::string& where) {
     }
   }
   if (s.model.ref.empty()) throw ConfigError(where + ": model.ref: required");
+  if (s.model.username.empty() && !is_known_model(s.model.ref)) {
+    throw ConfigError(where + ": model.ref: '" + s.model.ref +
+                      "' is not a built-in model (logreg, mlp, cnn); give model.username for a hub model");
+  }
   if (!s.model.username.empty()) {
     if (s.hub_url.empty()) {
       throw ConfigError(where + ": model.username: the custom model '" + s.model.username + "/" + s.model.ref +
@@ -190,9 +194,6 @@ JobSpec load_job_spec(const std::string& path) {
   if (root["seed"]) s.seed = get<uint64_t>(root["seed"], w + ": seed");
   if (root["output_dir"]) s.output_dir = get<std::string>(root["output_dir"], w + ": output_dir");
   validate(s, w);
-  if (s.model.username.empty() && !model::is_builtin(s.model.ref)) {
-    throw ConfigError(w + ": model.ref: '" + s.model.ref + "' is not a built-in model (logreg, mlp, cnn)");
-  }
   return s;
 }
 

@@ -46,17 +46,6 @@ std::string fedpod_bin() {
   return b;
 }
 
-std::string wait_for_word(const std::string& path, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::ifstream in(path);
-    std::string word;
-    if (in >> word) return word;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return "";
-}
-
 std::string config_error(const std::function<void()>& f) {
   try {
     f();

@@ -43,8 +43,8 @@ std::string fedpod_bin();
 // Child processes: fedpod::Process (common/process.h).
 using fedpod::Process;
 
-// Waits until `path` exists and holds a first word; returns it ("" on timeout).
-std::string wait_for_word(const std::string& path, std::chrono::milliseconds timeout);
+// Waits for a file's first word (common/process.h).
+using fedpod::wait_for_word;
 
 // Reads a whole file ("" if missing).
 std::string read_file(const std::string& path);

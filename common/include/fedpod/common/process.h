@@ -32,6 +32,11 @@ class Process {
   bool reaped_ = false;
 };
 
+// Waits until the file at `path` holds a first whitespace-separated word (e.g. an
+// endpoint a child writes once it listens) and returns it. Returns "" after
+// `timeout`, or as soon as `watch` (when given) has exited.
+std::string wait_for_word(const std::string& path, std::chrono::milliseconds timeout, Process* watch = nullptr);
+
 // Tunes glibc malloc for processes that receive large messages on one thread
 // (ZeroMQ's I/O thread) and free them on another: one malloc arena for every
 // thread, so a freed update buffer is reused by the next one instead of piling up

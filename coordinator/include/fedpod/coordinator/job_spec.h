@@ -44,6 +44,7 @@
 
 #include "fedpod/common/config_util.h"
 #include "fedpod/data/schema.h"
+#include "fedpod/model/zoo.h"
 
 namespace fedpod::coordinator {
 
@@ -92,7 +93,9 @@ HubAddress parse_hub_url(const std::string& url, const std::string& where);
 // Reads and validates a job file. Throws ConfigError naming the file and key.
 JobSpec load_job_spec(const std::string& path);
 
-// Validates a spec built in code (the same checks as load_job_spec).
-void validate(JobSpec& spec, const std::string& where);
+// Validates a spec built in code (the same checks as load_job_spec). A model without
+// a username must be one `is_known_model` accepts (the built-in zoo by default).
+void validate(JobSpec& spec, const std::string& where,
+              bool (*is_known_model)(const std::string& ref) = model::is_builtin);
 
 }  // namespace fedpod::coordinator
