@@ -23,5 +23,6 @@ void add_hub(CLI::App& app);
 void add_user(CLI::App& app);
 void add_model(CLI::App& app);
 void add_pod(CLI::App& app);
+void add_access(CLI::App& app);  // access_cmds.cpp: roles, access requests, pod policy
 
 }  // namespace fedpod::cli

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   fedpod::cli::add_user(app);
   fedpod::cli::add_model(app);
   fedpod::cli::add_pod(app);
+  fedpod::cli::add_access(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -96,6 +96,39 @@ PodInfo to_pod(const json& j) {
                  str(j, "created_at")};
 }
 
+std::optional<std::string> opt_str(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_string()) return std::nullopt;
+  return it->get<std::string>();
+}
+
+RoleInfo to_role(const json& j, const std::string& pod) {
+  return RoleInfo{pod, str(j, "username"), str(j, "role"), str(j, "granted_by"),
+                  str(j, "granted_at")};
+}
+
+AccessRequestInfo to_request(const json& j) {
+  AccessRequestInfo r;
+  r.id = j.value("id", int64_t{0});
+  r.pod = str(j, "pod");
+  r.pod_owner = str(j, "pod_owner");
+  r.requester = str(j, "requester");
+  r.model = str(j, "model");
+  r.version = j.value("version", int64_t{0});
+  r.sha256 = str(j, "sha256");
+  r.format = str(j, "format");
+  r.purpose = str(j, "purpose");
+  r.status = str(j, "status");
+  r.reason = str(j, "reason");
+  r.expires_at = opt_str(j, "expires_at");
+  r.created_at = str(j, "created_at");
+  r.decided_at = opt_str(j, "decided_at");
+  r.decided_by = opt_str(j, "decided_by");
+  return r;
+}
+
+std::string request_path(int64_t id) { return "/api/v1/access-requests/" + std::to_string(id); }
+
 std::string version_path(const std::string& user, const std::string& ref, int64_t version) {
   return "/api/v1/models/" + user + "/" + ref + "/versions/" +
          (version > 0 ? std::to_string(version) : "latest");
@@ -120,6 +153,12 @@ Client::Client(const std::string& host, int port, std::string token)
 }
 
 Client::~Client() = default;
+
+void Client::set_timeouts(int connect_seconds, int io_seconds) {
+  http_->set_connection_timeout(connect_seconds, 0);
+  http_->set_read_timeout(io_seconds, 0);
+  http_->set_write_timeout(io_seconds, 0);
+}
 
 namespace {
 httplib::Headers auth(const std::string& token) {
@@ -284,6 +323,96 @@ StatusOr<PodInfo> Client::get_pod(const std::string& name) {
                       "get pod " + name);
   if (!j.ok()) return j.status();
   return to_pod(*j);
+}
+
+StatusOr<RoleInfo> Client::grant_role(const std::string& pod, const std::string& username,
+                                      const std::string& role) {
+  json body = {{"role", role}};
+  auto j = json_reply(http_->Put(("/api/v1/pods/" + pod + "/roles/" + username).c_str(),
+                                 auth(token_), body.dump(), "application/json"),
+                      200, "grant " + role + " on " + pod + " to " + username);
+  if (!j.ok()) return j.status();
+  return to_role(*j, pod);
+}
+
+Status Client::revoke_role(const std::string& pod, const std::string& username) {
+  auto j = json_reply(
+      http_->Delete(("/api/v1/pods/" + pod + "/roles/" + username).c_str(), auth(token_)), 200,
+      "revoke the role of " + username + " on " + pod);
+  return j.status();
+}
+
+StatusOr<std::vector<RoleInfo>> Client::list_roles(const std::string& pod) {
+  auto j = json_reply(http_->Get(("/api/v1/pods/" + pod + "/roles").c_str(), auth(token_)), 200,
+                      "list roles on " + pod);
+  if (!j.ok()) return j.status();
+  std::vector<RoleInfo> out;
+  for (const auto& r : j->value("roles", json::array())) out.push_back(to_role(r, pod));
+  return out;
+}
+
+StatusOr<AccessRequestInfo> Client::request_access(const std::string& model_user,
+                                                   const std::string& ref, int64_t version,
+                                                   const std::string& pod,
+                                                   const std::string& purpose) {
+  json body = {
+      {"model", model_user + "/" + ref}, {"version", version}, {"pod", pod}, {"purpose", purpose}};
+  auto j = json_reply(
+      http_->Post("/api/v1/access-requests", auth(token_), body.dump(), "application/json"), 201,
+      "request access to " + model_user + "/" + ref + " on " + pod);
+  if (!j.ok()) return j.status();
+  return to_request(*j);
+}
+
+StatusOr<std::vector<AccessRequestInfo>> Client::list_access_requests(const std::string& pod,
+                                                                      const std::string& status) {
+  httplib::Params params;
+  if (!pod.empty()) params.emplace("pod", pod);
+  if (!status.empty()) params.emplace("status", status);
+  auto j = json_reply(http_->Get("/api/v1/access-requests", params, auth(token_)), 200,
+                      "list access requests");
+  if (!j.ok()) return j.status();
+  std::vector<AccessRequestInfo> out;
+  for (const auto& r : j->value("requests", json::array())) out.push_back(to_request(r));
+  return out;
+}
+
+StatusOr<AccessRequestInfo> Client::get_access_request(int64_t id) {
+  auto j = json_reply(http_->Get(request_path(id).c_str(), auth(token_)), 200,
+                      "get access request " + std::to_string(id));
+  if (!j.ok()) return j.status();
+  return to_request(*j);
+}
+
+namespace {
+StatusOr<AccessRequestInfo> decide(httplib::Client& http, const std::string& token, int64_t id,
+                                   const std::string& action, const json& body) {
+  auto j = json_reply(http.Post((request_path(id) + "/" + action).c_str(), auth(token), body.dump(),
+                                "application/json"),
+                      200, action + " access request " + std::to_string(id));
+  if (!j.ok()) return j.status();
+  return to_request(*j);
+}
+}  // namespace
+
+StatusOr<AccessRequestInfo> Client::approve_access_request(
+    int64_t id, const std::string& reason, const std::optional<std::string>& expires_at) {
+  json body = {{"reason", reason}, {"expires_at", nullptr}};
+  if (expires_at) body["expires_at"] = *expires_at;
+  return decide(*http_, token_, id, "approve", body);
+}
+
+StatusOr<AccessRequestInfo> Client::reject_access_request(int64_t id, const std::string& reason) {
+  return decide(*http_, token_, id, "reject", {{"reason", reason}});
+}
+
+StatusOr<AccessRequestInfo> Client::revoke_access_request(int64_t id, const std::string& reason) {
+  return decide(*http_, token_, id, "revoke", {{"reason", reason}});
+}
+
+StatusOr<nlohmann::json> Client::get_pod_policy(const std::string& pod) {
+  return json_reply(http_->Get(("/api/v1/pods/" + pod + "/policy").c_str(), auth(token_)), 200,
+                    "get the policy of pod " + pod);
 }
 
 }  // namespace fedpod::hub

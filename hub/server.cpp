@@ -110,6 +110,74 @@ json model_json(const detail::Model& m) {
   return j;
 }
 
+// "expired" for an approved request whose expiry has passed; the stored status else.
+std::string effective_status(const detail::AccessRequest& r, const std::string& now) {
+  if (r.status == "approved" && r.expires_at && *r.expires_at <= now) return "expired";
+  return r.status;
+}
+
+json nullable(const std::optional<std::string>& s) { return s ? json(*s) : json(nullptr); }
+
+json request_json(const detail::AccessRequest& r, const std::string& now) {
+  return {{"id", r.id},
+          {"pod", r.pod},
+          {"pod_owner", r.pod_owner},
+          {"requester", r.requester},
+          {"model", r.model_user + "/" + r.model_ref},
+          {"version", r.version},
+          {"sha256", r.sha256},
+          {"format", r.format},
+          {"purpose", r.purpose},
+          {"status", effective_status(r, now)},
+          {"reason", r.reason},
+          {"expires_at", nullable(r.expires_at)},
+          {"created_at", r.created_at},
+          {"decided_at", nullable(r.decided_at)},
+          {"decided_by", nullable(r.decided_by)}};
+}
+
+json role_json(const detail::Role& r) {
+  return {{"username", r.username},
+          {"role", r.role},
+          {"granted_by", r.granted_by},
+          {"granted_at", r.granted_at}};
+}
+
+// Characters (UTF-8 code points) of a string nlohmann has already checked is UTF-8.
+size_t utf8_length(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s)
+    if ((c & 0xC0) != 0x80) ++n;
+  return n;
+}
+
+// Purposes and reasons are for people to read; 2000 characters is a long paragraph.
+constexpr size_t kMaxTextChars = 2000;
+
+void check_text(const std::string& s, const std::string& what, bool required) {
+  if (required && s.find_first_not_of(" \t\r\n") == std::string::npos)
+    fail(400, "invalid_argument", what + " must not be empty");
+  if (utf8_length(s) > kMaxTextChars)
+    fail(400, "invalid_argument",
+         what + " is " + std::to_string(utf8_length(s)) + " characters, over the limit of " +
+             std::to_string(kMaxTextChars));
+}
+
+// A positive request id from the URL; 400 otherwise.
+int64_t parse_id(const std::string& text) {
+  try {
+    size_t used = 0;
+    int64_t id = std::stoll(text, &used);
+    if (used == text.size() && id > 0) return id;
+  } catch (const std::exception&) {
+  }
+  fail(400, "invalid_argument", "request id must be a positive integer, got '" + text + "'");
+}
+
+const char* const kRoles = "\"general-modeller\" or \"super-modeller\"";
+const char* const kRequestStatuses =
+    "\"pending\", \"approved\", \"expired\", \"rejected\" or \"revoked\"";
+
 json pod_json(const detail::Pod& p) {
   json schema = json::parse(p.schema_json, nullptr, false);
   return {{"name", p.name},       {"owner", p.owner},
@@ -132,6 +200,13 @@ Status Server::start() {
   // off by httplib with a bare 413 before a handler runs.
   http_->set_payload_max_length(options_.max_artifact_bytes + options_.max_source_bytes +
                                 options_.max_json_bytes + (1u << 20));
+  // httplib's default socket options include SO_REUSEPORT, which would let a second
+  // hub bind the same port and take half the requests; SO_REUSEADDR alone still
+  // allows a quick restart over connections in TIME_WAIT.
+  http_->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   http_->set_read_timeout(60, 0);
   http_->set_write_timeout(60, 0);
   routes();
@@ -197,14 +272,32 @@ void Server::routes() {
     if (!user) fail(401, "unauthenticated", "this call needs 'Authorization: Bearer <token>'");
     return *user;
   };
+  // Whether `me` may see model `m`: a public model, one's own, or a private one
+  // that someone asked to run on a pod `me` owns (the owner reviews it before
+  // deciding, and must be able to read it afterwards).
+  auto can_see = [&store](const std::optional<User>& me, const detail::Model& m) {
+    return m.visibility == "public" ||
+           (me && (me->id == m.owner_id || store.reviews_model(me->id, m.id)));
+  };
   // The model at `user/ref` if the caller may see it; 404 otherwise (a private
   // model of someone else is reported exactly like a missing one).
-  auto visible_model = [&store, caller](Req req, const std::string& user, const std::string& ref) {
+  auto visible_model = [&store, caller, can_see](Req req, const std::string& user,
+                                                 const std::string& ref) {
     auto me = caller(req);
     auto m = store.find_model(user, ref);
-    if (!m || (m->visibility != "public" && (!me || me->id != m->owner_id)))
-      fail(404, "not_found", "no model " + user + "/" + ref);
+    if (!m || !can_see(me, *m)) fail(404, "not_found", "no model " + user + "/" + ref);
     return *m;
+  };
+  auto find_pod = [&store](const std::string& name) {
+    auto pod = store.find_pod(name);
+    if (!pod) fail(404, "not_found", "no pod '" + name + "'");
+    return *pod;
+  };
+  // Only a pod's owner decides who may do what on it.
+  auto require_owner = [](const detail::Pod& pod, const User& me, const std::string& action) {
+    if (pod.owner_id != me.id)
+      fail(403, "forbidden",
+           "only the owner of pod '" + pod.name + "' (" + pod.owner + ") may " + action);
   };
   auto resolve = [&store, visible_model](Req req) {
     auto m = visible_model(req, req.matches[1], req.matches[2]);
@@ -389,6 +482,205 @@ void Server::routes() {
                auto pod = store.find_pod(req.matches[1]);
                if (!pod) fail(404, "not_found", "no pod '" + std::string(req.matches[1]) + "'");
                reply(res, 200, pod_json(*pod));
+             }));
+
+  // --- Roles: PUT/DELETE/GET, the pod's owner only. ---
+
+  http_->Put(R"(/api/v1/pods/([^/]+)/roles/([^/]+))",
+             wrap([&store, &opt, require_caller, find_pod, require_owner](Req req, Res res) {
+               User me = require_caller(req);
+               auto pod = find_pod(req.matches[1]);
+               require_owner(pod, me, "grant roles on it");
+               json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
+               std::string role = string_field(body, "role", "role grant");
+               if (role != "general-modeller" && role != "super-modeller")
+                 fail(400, "invalid_argument",
+                      std::string("role must be ") + kRoles + ", got \"" + role + "\"");
+               std::string name = req.matches[2];
+               auto user = store.find_user(name);
+               if (!user) fail(404, "not_found", "no user '" + name + "'");
+               auto granted = store.grant_role(pod, *user, role, me);
+               if (!granted.ok()) fail(granted.status());
+               json j = role_json(*granted);
+               j["pod"] = pod.name;
+               reply(res, 200, j);
+             }));
+
+  http_->Delete(R"(/api/v1/pods/([^/]+)/roles/([^/]+))",
+                wrap([&store, require_caller, find_pod, require_owner](Req req, Res res) {
+                  User me = require_caller(req);
+                  auto pod = find_pod(req.matches[1]);
+                  require_owner(pod, me, "revoke roles on it");
+                  std::string name = req.matches[2];
+                  auto user = store.find_user(name);
+                  if (!user) fail(404, "not_found", "no user '" + name + "'");
+                  Status s = store.revoke_role(pod, *user);
+                  if (!s.ok()) fail(s);
+                  reply(res, 200, {{"pod", pod.name}, {"username", name}, {"role", nullptr}});
+                }));
+
+  http_->Get(R"(/api/v1/pods/([^/]+)/roles)",
+             wrap([&store, require_caller, find_pod, require_owner](Req req, Res res) {
+               User me = require_caller(req);
+               auto pod = find_pod(req.matches[1]);
+               require_owner(pod, me, "list roles on it");
+               json list = json::array();
+               for (const auto& r : store.roles(pod)) list.push_back(role_json(r));
+               reply(res, 200, {{"roles", list}});
+             }));
+
+  // --- Access requests: a modeller asks to run one model version on one pod; the
+  // pod's owner approves (optionally until a date), rejects, or later revokes. ---
+
+  http_->Post(
+      "/api/v1/access-requests", wrap([&store, &opt, require_caller, find_pod](Req req, Res res) {
+        User me = require_caller(req);
+        json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
+        const std::string what = "access request";
+        std::string model = string_field(body, "model", what);
+        std::string pod_name = string_field(body, "pod", what);
+        std::string purpose = string_field(body, "purpose", what);
+        int64_t number = 0;
+        auto version = body.find("version");
+        if (version != body.end() && !version->is_null()) {
+          if (!version->is_number_integer() || version->get<int64_t>() < 0)
+            fail(400, "invalid_field",
+                 what + ": field 'version' must be a non-negative integer (0 = latest), got " +
+                     dump(*version));
+          number = version->get<int64_t>();
+        }
+        check_text(purpose, what + ": purpose", /*required=*/true);
+        auto slash = model.find('/');
+        if (slash == std::string::npos || slash == 0 || slash + 1 == model.size() ||
+            model.find('/', slash + 1) != std::string::npos)
+          fail(400, "invalid_field", what + ": model must be \"user/ref\", got \"" + model + "\"");
+        // Only public models and one's own: a pod owner who may read a private model
+        // to review it must not pass it on by asking for it on someone else's pod.
+        auto m = store.find_model(model.substr(0, slash), model.substr(slash + 1));
+        if (!m || (m->visibility != "public" && m->owner_id != me.id))
+          fail(404, "not_found", "no model " + model);
+        auto pod = find_pod(pod_name);
+        auto v = store.version(*m, number);
+        if (!v)
+          fail(404, "not_found", "model " + model + " has no version " + std::to_string(number));
+        const std::string now = detail::now_iso8601();
+        auto created = store.create_access_request(pod, me, *v, purpose, now);
+        if (!created.ok()) fail(created.status());
+        reply(res, 201, request_json(*created, now));
+      }));
+
+  http_->Get("/api/v1/access-requests", wrap([&store, require_caller, find_pod](Req req, Res res) {
+               User me = require_caller(req);
+               detail::AccessRequestFilter f;
+               f.viewer_id = me.id;
+               f.now = detail::now_iso8601();
+               f.status = req.get_param_value("status");
+               if (!f.status.empty() && f.status != "pending" && f.status != "approved" &&
+                   f.status != "expired" && f.status != "rejected" && f.status != "revoked")
+                 fail(400, "invalid_argument",
+                      std::string("status must be one of ") + kRequestStatuses + ", got \"" +
+                          f.status + "\"");
+               f.pod = req.get_param_value("pod");
+               if (!f.pod.empty()) find_pod(f.pod);  // 404 for a pod that does not exist
+               json list = json::array();
+               for (const auto& r : store.list_access_requests(f))
+                 list.push_back(request_json(r, f.now));
+               reply(res, 200, {{"requests", list}});
+             }));
+
+  http_->Get(R"(/api/v1/access-requests/([^/]+))", wrap([&store, require_caller](Req req, Res res) {
+               User me = require_caller(req);
+               int64_t id = parse_id(req.matches[1]);
+               auto r = store.access_request(id);
+               // Someone else's request is reported exactly like a missing one.
+               if (!r || (r->requester_id != me.id && r->pod_owner_id != me.id))
+                 fail(404, "not_found", "no access request " + std::to_string(id));
+               reply(res, 200, request_json(*r, detail::now_iso8601()));
+             }));
+
+  http_->Post(R"(/api/v1/access-requests/([^/]+)/(approve|reject|revoke))",
+              wrap([&store, &opt, require_caller](Req req, Res res) {
+                User me = require_caller(req);
+                int64_t id = parse_id(req.matches[1]);
+                const std::string action = req.matches[2];
+                auto r = store.access_request(id);
+                if (!r) fail(404, "not_found", "no access request " + std::to_string(id));
+                if (r->pod_owner_id != me.id)
+                  fail(403, "forbidden",
+                       "only the owner of pod '" + r->pod + "' (" + r->pod_owner + ") may " +
+                           action + " access requests for it");
+                json body = req.body.empty()
+                                ? json::object()
+                                : parse_json_object(req.body, opt.max_json_bytes, "request body");
+                detail::Decision d;
+                d.id = id;
+                d.by = &me;
+                d.now = detail::now_iso8601();
+                d.reason = string_field(body, "reason", action, std::string());
+                check_text(d.reason, action + ": reason", /*required=*/false);
+                if (action == "approve") {
+                  d.from = "pending";
+                  d.to = "approved";
+                  auto e = body.find("expires_at");
+                  if (e != body.end() && !e->is_null()) {
+                    if (!e->is_string())
+                      fail(400, "invalid_field",
+                           "approve: field 'expires_at' must be a string (\"YYYY-MM-DD\" or "
+                           "\"YYYY-MM-DDTHH:MM:SSZ\") or null");
+                    std::string normalized;
+                    int64_t seconds = 0;
+                    check(detail::parse_iso8601(e->get<std::string>(), &normalized, &seconds),
+                          "approve: expires_at");
+                    if (normalized <= d.now)
+                      fail(400, "invalid_argument",
+                           "approve: expires_at " + normalized + " is not in the future (now " +
+                               d.now + ")");
+                    d.expires_at = normalized;
+                  }
+                } else if (action == "reject") {
+                  d.from = "pending";
+                  d.to = "rejected";
+                } else {
+                  d.from = "approved";
+                  d.to = "revoked";
+                }
+                auto out = store.decide(d);
+                if (!out.ok()) fail(out.status());
+                reply(res, 200, request_json(*out, d.now));
+              }));
+
+  // --- A pod's policy: what its owner decided, for the pod to enforce. The pod
+  // fetches it with its owner's token (or reads it from a file on an air-gapped
+  // host), so it is the owner's only. Grants include expired approvals: a pod may
+  // run on a cached policy and checks expiry against its own clock. ---
+
+  http_->Get(R"(/api/v1/pods/([^/]+)/policy)",
+             wrap([&store, require_caller, find_pod, require_owner](Req req, Res res) {
+               User me = require_caller(req);
+               auto pod = find_pod(req.matches[1]);
+               require_owner(pod, me, "read its policy");
+               json users = json::array();
+               for (const auto& u : store.list_users())
+                 users.push_back({{"username", u.username}, {"public_key", u.public_key}});
+               json roles = json::array();
+               for (const auto& r : store.roles(pod))
+                 roles.push_back({{"username", r.username}, {"role", r.role}});
+               json grants = json::array();
+               for (const auto& g : store.grants(pod))
+                 grants.push_back({{"id", g.id},
+                                   {"username", g.requester},
+                                   {"model", g.model_user + "/" + g.model_ref},
+                                   {"version", g.version},
+                                   {"sha256", g.sha256},
+                                   {"format", g.format},
+                                   {"expires_at", nullable(g.expires_at)}});
+               reply(res, 200,
+                     {{"pod", pod.name},
+                      {"owner", pod.owner},
+                      {"generated_at", detail::now_iso8601()},
+                      {"users", users},
+                      {"roles", roles},
+                      {"grants", grants}});
              }));
 
   // Backstops: httplib's own errors (unknown route, payload over the transport

@@ -58,6 +58,35 @@ const char* const kMigrations[] = {
     R"sql(
     CREATE INDEX models_visibility ON models (visibility, owner_id);
     )sql",
+    // 3: the permission model: roles on pods, and access requests for one model
+    //    version on one pod, decided by the pod's owner. A request keeps the sha256
+    //    it was made for, so an approval names exact bytes. At most one pending
+    //    request per (requester, pod, version): the partial unique index.
+    R"sql(
+    CREATE TABLE roles (
+      pod_id INTEGER NOT NULL REFERENCES pods(id),
+      user_id INTEGER NOT NULL REFERENCES users(id),
+      role TEXT NOT NULL CHECK (role IN ('general-modeller', 'super-modeller')),
+      granted_by INTEGER NOT NULL REFERENCES users(id),
+      granted_at TEXT NOT NULL,
+      PRIMARY KEY (pod_id, user_id));
+    CREATE TABLE access_requests (
+      id INTEGER PRIMARY KEY,
+      pod_id INTEGER NOT NULL REFERENCES pods(id),
+      user_id INTEGER NOT NULL REFERENCES users(id),
+      version_id INTEGER NOT NULL REFERENCES versions(id),
+      sha256 TEXT NOT NULL,
+      purpose TEXT NOT NULL,
+      status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'rejected', 'revoked')),
+      reason TEXT NOT NULL DEFAULT '',
+      expires_at TEXT NULL,
+      created_at TEXT NOT NULL,
+      decided_at TEXT NULL,
+      decided_by INTEGER NULL REFERENCES users(id));
+    CREATE INDEX access_requests_pod_status ON access_requests (pod_id, status);
+    CREATE UNIQUE INDEX access_requests_one_pending
+      ON access_requests (user_id, pod_id, version_id) WHERE status = 'pending';
+    )sql",
 };
 
 class SqlError : public std::runtime_error {
@@ -89,6 +118,12 @@ class Stmt {
     sqlite3_bind_int64(s_, i, v);
     return *this;
   }
+  // NULL when `v` is nullopt.
+  Stmt& bind(int i, const std::optional<std::string>& v) {
+    if (v) return bind(i, *v);
+    sqlite3_bind_null(s_, i);
+    return *this;
+  }
   // True while a row is available.
   bool step() {
     int rc = sqlite3_step(s_);
@@ -101,6 +136,10 @@ class Stmt {
     const void* p = sqlite3_column_blob(s_, c);
     int n = sqlite3_column_bytes(s_, c);
     return p ? std::string(static_cast<const char*>(p), static_cast<size_t>(n)) : std::string();
+  }
+  std::optional<std::string> opt_str(int c) {
+    if (sqlite3_column_type(s_, c) == SQLITE_NULL) return std::nullopt;
+    return str(c);
   }
 
  private:
@@ -219,6 +258,17 @@ Status Store::migrate() {
 StatusOr<std::string> Store::create_user(const std::string& username,
                                          const std::string& public_key) {
   std::lock_guard<std::mutex> lock(mu_);
+  {
+    // A public key identifies one user: pods map keys to users, and a key claimed by
+    // two users identifies neither (a squatter could lock its owner out of every pod).
+    Stmt s(db_, "SELECT username FROM users WHERE public_key = ?");
+    s.bind(1, public_key);
+    if (s.step() && s.str(0) != username) {
+      return Status::failed_precondition(
+          "this public key is already registered to another user; every user needs their own key pair "
+          "(fedpod keys generate)");
+    }
+  }
   std::string token = random_token();
   try {
     Stmt(db_,
@@ -242,6 +292,22 @@ std::optional<User> Store::user_by_token(const std::string& token) {
   s.bind(1, sha256_hex(token));
   if (!s.step()) return std::nullopt;
   return User{s.i64(0), s.str(1), s.str(2)};
+}
+
+std::optional<User> Store::find_user(const std::string& username) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt s(db_, "SELECT id, username, public_key FROM users WHERE username = ?");
+  s.bind(1, username);
+  if (!s.step()) return std::nullopt;
+  return User{s.i64(0), s.str(1), s.str(2)};
+}
+
+std::vector<User> Store::list_users() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt s(db_, "SELECT id, username, public_key FROM users ORDER BY username");
+  std::vector<User> out;
+  while (s.step()) out.push_back(User{s.i64(0), s.str(1), s.str(2)});
+  return out;
 }
 
 std::string Store::artifact_path(const std::string& sha256) const {
@@ -431,9 +497,11 @@ Status Store::create_pod(const User& owner, const Pod& pod) {
 
 namespace {
 const char* kPodColumns =
-    "SELECT p.name, u.username, p.address, p.public_key, p.schema_json, p.created_at "
-    "FROM pods p JOIN users u ON u.id = p.owner_id ";
-Pod read_pod(Stmt& s) { return Pod{s.str(0), s.str(1), s.str(2), s.str(3), s.str(4), s.str(5)}; }
+    "SELECT p.name, u.username, p.address, p.public_key, p.schema_json, p.created_at, p.id, "
+    "p.owner_id FROM pods p JOIN users u ON u.id = p.owner_id ";
+Pod read_pod(Stmt& s) {
+  return Pod{s.str(0), s.str(1), s.str(2), s.str(3), s.str(4), s.str(5), s.i64(6), s.i64(7)};
+}
 }  // namespace
 
 std::vector<Pod> Store::list_pods() {
@@ -450,6 +518,193 @@ std::optional<Pod> Store::find_pod(const std::string& name) {
   s.bind(1, name);
   if (!s.step()) return std::nullopt;
   return read_pod(s);
+}
+
+// --- Roles and access requests ---
+
+namespace {
+
+const char* kRoleColumns =
+    "SELECT p.name, u.username, r.role, g.username, r.granted_at FROM roles r "
+    "JOIN pods p ON p.id = r.pod_id JOIN users u ON u.id = r.user_id "
+    "JOIN users g ON g.id = r.granted_by ";
+
+Role read_role(Stmt& s) { return Role{s.str(0), s.str(1), s.str(2), s.str(3), s.str(4)}; }
+
+const char* kRequestColumns =
+    "SELECT ar.id, p.name, p.owner_id, po.username, ar.user_id, ru.username, mu.username, m.ref, "
+    "v.version, ar.sha256, v.format, ar.purpose, ar.status, ar.reason, ar.expires_at, "
+    "ar.created_at, ar.decided_at, du.username FROM access_requests ar "
+    "JOIN pods p ON p.id = ar.pod_id JOIN users po ON po.id = p.owner_id "
+    "JOIN users ru ON ru.id = ar.user_id JOIN versions v ON v.id = ar.version_id "
+    "JOIN models m ON m.id = v.model_id JOIN users mu ON mu.id = m.owner_id "
+    "LEFT JOIN users du ON du.id = ar.decided_by ";
+
+AccessRequest read_request(Stmt& s) {
+  AccessRequest r;
+  r.id = s.i64(0);
+  r.pod = s.str(1);
+  r.pod_owner_id = s.i64(2);
+  r.pod_owner = s.str(3);
+  r.requester_id = s.i64(4);
+  r.requester = s.str(5);
+  r.model_user = s.str(6);
+  r.model_ref = s.str(7);
+  r.version = s.i64(8);
+  r.sha256 = s.str(9);
+  r.format = s.str(10);
+  r.purpose = s.str(11);
+  r.status = s.str(12);
+  r.reason = s.str(13);
+  r.expires_at = s.opt_str(14);
+  r.created_at = s.str(15);
+  r.decided_at = s.opt_str(16);
+  r.decided_by = s.opt_str(17);
+  return r;
+}
+
+}  // namespace
+
+StatusOr<Role> Store::grant_role(const Pod& pod, const User& user, const std::string& role,
+                                 const User& by) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Role out{pod.name, user.username, role, by.username, now_iso8601()};
+  Stmt(db_,
+       "INSERT INTO roles (pod_id, user_id, role, granted_by, granted_at) VALUES (?, ?, ?, ?, ?) "
+       "ON CONFLICT (pod_id, user_id) DO UPDATE SET role = excluded.role, "
+       "granted_by = excluded.granted_by, granted_at = excluded.granted_at")
+      .bind(1, pod.id)
+      .bind(2, user.id)
+      .bind(3, role)
+      .bind(4, by.id)
+      .bind(5, out.granted_at)
+      .step();
+  return out;
+}
+
+Status Store::revoke_role(const Pod& pod, const User& user) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt(db_, "DELETE FROM roles WHERE pod_id = ? AND user_id = ?")
+      .bind(1, pod.id)
+      .bind(2, user.id)
+      .step();
+  if (sqlite3_changes(db_) == 0)
+    return Status::not_found("user '" + user.username + "' has no role on pod '" + pod.name + "'");
+  return Status();
+}
+
+std::vector<Role> Store::roles(const Pod& pod) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt s(db_, (std::string(kRoleColumns) + "WHERE r.pod_id = ? ORDER BY u.username").c_str());
+  s.bind(1, pod.id);
+  std::vector<Role> out;
+  while (s.step()) out.push_back(read_role(s));
+  return out;
+}
+
+std::optional<AccessRequest> Store::access_request_locked(int64_t id) {
+  Stmt s(db_, (std::string(kRequestColumns) + "WHERE ar.id = ?").c_str());
+  s.bind(1, id);
+  if (!s.step()) return std::nullopt;
+  return read_request(s);
+}
+
+std::optional<AccessRequest> Store::access_request(int64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return access_request_locked(id);
+}
+
+StatusOr<AccessRequest> Store::create_access_request(const Pod& pod, const User& requester,
+                                                     const Version& v, const std::string& purpose,
+                                                     const std::string& now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  try {
+    Stmt(db_,
+         "INSERT INTO access_requests (pod_id, user_id, version_id, sha256, purpose, status, "
+         "created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)")
+        .bind(1, pod.id)
+        .bind(2, requester.id)
+        .bind(3, v.id)
+        .bind(4, v.sha256)
+        .bind(5, purpose)
+        .bind(6, now)
+        .step();
+  } catch (const SqlError& e) {
+    if (is_unique_violation(e))
+      return Status::failed_precondition(
+          "user '" + requester.username + "' already has a pending request for " + v.username +
+          "/" + v.model_ref + ":" + std::to_string(v.version) + " on pod '" + pod.name + "'");
+    throw;
+  }
+  auto out = access_request_locked(sqlite3_last_insert_rowid(db_));
+  if (!out) return Status::internal("hub: the new access request vanished");
+  return *out;
+}
+
+std::vector<AccessRequest> Store::list_access_requests(const AccessRequestFilter& f) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string sql = std::string(kRequestColumns) + "WHERE (ar.user_id = ?1 OR p.owner_id = ?1) ";
+  if (!f.pod.empty()) sql += "AND p.name = ?2 ";
+  if (f.status == "approved")
+    sql += "AND ar.status = 'approved' AND (ar.expires_at IS NULL OR ar.expires_at > ?3) ";
+  else if (f.status == "expired")
+    sql += "AND ar.status = 'approved' AND ar.expires_at IS NOT NULL AND ar.expires_at <= ?3 ";
+  else if (!f.status.empty())
+    sql += "AND ar.status = ?4 ";
+  sql += "ORDER BY ar.id DESC";
+  Stmt s(db_, sql.c_str());
+  s.bind(1, f.viewer_id);
+  if (!f.pod.empty()) s.bind(2, f.pod);
+  if (f.status == "approved" || f.status == "expired")
+    s.bind(3, f.now);
+  else if (!f.status.empty())
+    s.bind(4, f.status);
+  std::vector<AccessRequest> out;
+  while (s.step()) out.push_back(read_request(s));
+  return out;
+}
+
+StatusOr<AccessRequest> Store::decide(const Decision& d) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction tx(db_);
+  auto current = access_request_locked(d.id);
+  if (!current) return Status::not_found("no access request " + std::to_string(d.id));
+  if (current->status != d.from) {
+    std::string status = current->status;
+    if (status == "approved" && current->expires_at && *current->expires_at <= d.now)
+      status = "expired";
+    return Status::failed_precondition("request " + std::to_string(d.id) + " is " + status +
+                                       ", not " + d.from);
+  }
+  Stmt s(db_,
+         "UPDATE access_requests SET status = ?, reason = ?, decided_at = ?, decided_by = ?, "
+         "expires_at = CASE WHEN ? = 'approved' THEN ? ELSE expires_at END WHERE id = ?");
+  s.bind(1, d.to).bind(2, d.reason).bind(3, d.now).bind(4, d.by->id).bind(5, d.to);
+  s.bind(6, d.expires_at).bind(7, d.id).step();
+  auto out = access_request_locked(d.id);
+  tx.commit();
+  if (!out) return Status::internal("hub: access request " + std::to_string(d.id) + " vanished");
+  return *out;
+}
+
+std::vector<AccessRequest> Store::grants(const Pod& pod) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt s(db_, (std::string(kRequestColumns) + "WHERE ar.pod_id = ? AND ar.status = 'approved' "
+                                              "ORDER BY ar.id")
+                  .c_str());
+  s.bind(1, pod.id);
+  std::vector<AccessRequest> out;
+  while (s.step()) out.push_back(read_request(s));
+  return out;
+}
+
+bool Store::reviews_model(int64_t user_id, int64_t model_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt s(db_,
+         "SELECT 1 FROM access_requests ar JOIN pods p ON p.id = ar.pod_id "
+         "JOIN versions v ON v.id = ar.version_id WHERE p.owner_id = ? AND v.model_id = ? LIMIT 1");
+  s.bind(1, user_id).bind(2, model_id);
+  return s.step();
 }
 
 }  // namespace fedpod::hub::detail

@@ -66,6 +66,62 @@ struct Pod {
   std::string public_key;
   std::string schema_json;
   std::string created_at;
+  int64_t id = 0;        // filled when read from the database
+  int64_t owner_id = 0;  // filled when read from the database
+};
+
+// A pod's role for one user. `role` is "general-modeller" or "super-modeller".
+struct Role {
+  std::string pod;
+  std::string username;
+  std::string role;
+  std::string granted_by;
+  std::string granted_at;
+};
+
+// A modeller's request to run one model version on one pod. `status` is the stored
+// one ("pending", "approved", "rejected", "revoked"); an approved request whose
+// expires_at has passed is reported as "expired" by the server, not stored as such
+// (expiry needs no write, and a pod checks it against its own clock anyway).
+struct AccessRequest {
+  int64_t id = 0;
+  std::string pod;
+  int64_t pod_owner_id = 0;
+  std::string pod_owner;
+  int64_t requester_id = 0;
+  std::string requester;
+  std::string model_user;
+  std::string model_ref;
+  int64_t version = 0;
+  std::string sha256;  // of the version's artifact, recorded when requested
+  std::string format;
+  std::string purpose;
+  std::string status;
+  std::string reason;
+  std::optional<std::string> expires_at;  // "2027-01-01T00:00:00Z"; nullopt: never
+  std::string created_at;
+  std::optional<std::string> decided_at;
+  std::optional<std::string> decided_by;  // username of the pod owner who decided
+};
+
+// Filters of Store::list_access_requests; empty strings match everything.
+struct AccessRequestFilter {
+  int64_t viewer_id = 0;  // only requests this user made or whose pod this user owns
+  std::string pod;        // a pod name
+  // "pending", "approved" (not expired), "expired", "rejected" or "revoked".
+  std::string status;
+  std::string now;  // "YYYY-MM-DDTHH:MM:SSZ", what "expired" is measured against
+};
+
+// A decision on a request: move it from `from` to `to`, by `by`, with a reason.
+struct Decision {
+  int64_t id = 0;
+  std::string from;  // the status the request must be in, else kFailedPrecondition
+  std::string to;
+  const User* by = nullptr;
+  std::string reason;
+  std::optional<std::string> expires_at;  // approvals only
+  std::string now;
 };
 
 using Files = std::vector<std::pair<std::string, std::string>>;  // name, content
@@ -93,6 +149,9 @@ class Store {
   // Returns the new user's token; kFailedPrecondition when the name is taken.
   StatusOr<std::string> create_user(const std::string& username, const std::string& public_key);
   std::optional<User> user_by_token(const std::string& token);
+  std::optional<User> find_user(const std::string& username);
+  // Every registered user, by name (the pods' policy lists their public keys).
+  std::vector<User> list_users();
 
   // Stores the artifact durably, then records the next version of the model.
   StatusOr<Version> push(const NewVersion& v);
@@ -111,10 +170,36 @@ class Store {
   std::vector<Pod> list_pods();
   std::optional<Pod> find_pod(const std::string& name);
 
+  // Roles. grant_role replaces a user's existing role on the pod. revoke_role
+  // returns kNotFound when the user had none.
+  StatusOr<Role> grant_role(const Pod& pod, const User& user, const std::string& role,
+                            const User& by);
+  Status revoke_role(const Pod& pod, const User& user);
+  std::vector<Role> roles(const Pod& pod);  // by username
+
+  // Records a pending request of `requester` for version `v` on `pod`. Returns
+  // kFailedPrecondition when the same requester already has a pending request for
+  // that version on that pod.
+  StatusOr<AccessRequest> create_access_request(const Pod& pod, const User& requester,
+                                                const Version& v, const std::string& purpose,
+                                                const std::string& now);
+  std::optional<AccessRequest> access_request(int64_t id);
+  // Newest first.
+  std::vector<AccessRequest> list_access_requests(const AccessRequestFilter& f);
+  // Applies `d` in one transaction. Returns kNotFound for an unknown id and
+  // kFailedPrecondition when the request is not in `d.from` (naming its status).
+  StatusOr<AccessRequest> decide(const Decision& d);
+  // Every approved request of the pod (expired ones included), oldest first.
+  std::vector<AccessRequest> grants(const Pod& pod);
+  // True when `user_id` owns a pod that has an access request (any status) for
+  // any version of model `model_id`: such a pod owner may review the model.
+  bool reviews_model(int64_t user_id, int64_t model_id);
+
  private:
   Status migrate();
   std::optional<Version> version_locked(const Model& m, int64_t number);
   std::vector<Version> query_versions(const Model& m, const char* tail, int64_t number);
+  std::optional<AccessRequest> access_request_locked(int64_t id);
 
   std::string data_dir_;
   std::mutex mu_;

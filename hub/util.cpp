@@ -52,6 +52,52 @@ std::string now_iso8601() {
   return buf;
 }
 
+std::string format_iso8601(int64_t seconds) {
+  std::time_t t = static_cast<std::time_t>(seconds);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string parse_iso8601(const std::string& s, std::string* normalized, int64_t* seconds) {
+  const std::string expected =
+      "expected \"YYYY-MM-DD\" or \"YYYY-MM-DDTHH:MM:SSZ\" (UTC), got \"" + s + "\"";
+  // Digits at the positions of "YYYY-MM-DD" or "YYYY-MM-DDTHH:MM:SSZ", the rest literal.
+  const std::string date_shape = "dddd-dd-dd", full_shape = "dddd-dd-ddTdd:dd:ddZ";
+  const std::string& shape = s.size() == date_shape.size() ? date_shape : full_shape;
+  if (s.size() != shape.size()) return expected;
+  for (size_t i = 0; i < s.size(); ++i) {
+    bool digit = s[i] >= '0' && s[i] <= '9';
+    if (shape[i] == 'd' ? !digit : s[i] != shape[i]) return expected;
+  }
+  auto num = [&s](size_t at, size_t n) { return std::stoi(s.substr(at, n)); };
+  int year = num(0, 4), month = num(5, 2), day = num(8, 2);
+  int hour = 0, minute = 0, second = 0;
+  if (s.size() == full_shape.size()) {
+    hour = num(11, 2);
+    minute = num(14, 2);
+    second = num(17, 2);
+  }
+  static const int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+  if (year < 1970 || month < 1 || month > 12) return "is not a valid date: " + expected;
+  if (day < 1 || day > kDays[month - 1] + (month == 2 && leap ? 1 : 0))
+    return "is not a valid date: " + expected;
+  if (hour > 23 || minute > 59 || second > 59) return "is not a valid time: " + expected;
+  std::tm tm{};
+  tm.tm_year = year - 1900;
+  tm.tm_mon = month - 1;
+  tm.tm_mday = day;
+  tm.tm_hour = hour;
+  tm.tm_min = minute;
+  tm.tm_sec = second;
+  *seconds = static_cast<int64_t>(timegm(&tm));
+  *normalized = format_iso8601(*seconds);
+  return "";
+}
+
 std::string check_username(const std::string& s) {
   if (s.size() < 2 || s.size() > 32)
     return "must be 2 to 32 characters, got " + std::to_string(s.size());

@@ -19,6 +19,12 @@ std::string random_token();
 
 // "2026-11-28T23:50:00Z".
 std::string now_iso8601();
+// `seconds` since the epoch in the same form.
+std::string format_iso8601(int64_t seconds);
+// Parses a UTC time given as "YYYY-MM-DD" (00:00:00Z of that day) or
+// "YYYY-MM-DDTHH:MM:SSZ". Returns "" and sets `*normalized` (the second form) and
+// `*seconds` (since the epoch), or returns what is wrong with `s`.
+std::string parse_iso8601(const std::string& s, std::string* normalized, int64_t* seconds);
 
 // Validators return "" when `s` is fine, else what is wrong with it.
 std::string check_username(const std::string& s);     // [a-z][a-z0-9_-]{1,31}

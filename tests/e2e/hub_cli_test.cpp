@@ -13,6 +13,7 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr const char* kKey = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID";  // a CURVE public key (Z85)
+constexpr const char* kCarolKey = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hIC";
 
 struct CliRun {
   int code;
@@ -121,7 +122,7 @@ TEST_F(HubCliTest, ErrorsNameTheProblem) {
 }
 
 TEST_F(HubCliTest, SavedConfigAndEnvironment) {
-  auto r = fedpod({"user", "register", "carol", "--public-key", kKey, "--hub", url_, "--save"});
+  auto r = fedpod({"user", "register", "carol", "--public-key", kCarolKey, "--hub", url_, "--save"});
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string cfg = (dir_.path() / ".config" / "fedpod" / "config.yaml").string();
   EXPECT_CONTAINS(testing::read_file(cfg), "hub: " + url_);

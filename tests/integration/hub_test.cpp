@@ -57,8 +57,15 @@ class HubTest : public ::testing::Test {
   Client client(const std::string& token = "") { return Client("127.0.0.1", hub_->port(), token); }
   httplib::Client raw() { return httplib::Client("127.0.0.1", hub_->port()); }
 
+  // A distinct valid key per user: the hub refuses a key that is already registered.
+  std::string key_of(const std::string& name) {
+    static const char* kAlphabet = "0123456789abcdefghijklmnopqrstuvwxyz";
+    const size_t h = std::hash<std::string>()(name);
+    return kKey.substr(0, 38) + kAlphabet[h % 36] + kAlphabet[(h / 36) % 36];
+  }
+
   std::string user(const std::string& name) {
-    auto t = client().register_user(name, kKey);
+    auto t = client().register_user(name, key_of(name));
     EXPECT_TRUE(t.ok()) << t.status().to_string();
     return t.ok() ? *t : "";
   }
@@ -148,6 +155,10 @@ TEST_F(HubTest, RegisterUser) {
   auto dup = client().register_user("alice", kKey);
   EXPECT_EQ(dup.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_CONTAINS(dup.status().message(), "already exists");
+  // One key, one user: a second user cannot claim alice's key.
+  auto squat = client().register_user("mallory", kKey);
+  EXPECT_EQ(squat.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_CONTAINS(squat.status().message(), "this public key is already registered to another user");
   // The server is still fine.
   EXPECT_EQ(raw().Get("/healthz")->status, 200);
 }

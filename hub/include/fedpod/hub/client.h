@@ -60,6 +60,36 @@ struct SourceFile {
   std::string content;
 };
 
+// A user's role on a pod: "general-modeller" or "super-modeller".
+struct RoleInfo {
+  std::string pod;
+  std::string username;
+  std::string role;
+  std::string granted_by;  // the pod's owner
+  std::string granted_at;  // ISO 8601 UTC
+};
+
+// A request to run one model version on one pod, decided by the pod's owner.
+struct AccessRequestInfo {
+  int64_t id = 0;
+  std::string pod;
+  std::string pod_owner;
+  std::string requester;
+  std::string model;  // "user/ref"
+  int64_t version = 0;
+  std::string sha256;  // of the version's artifact
+  std::string format;
+  std::string purpose;
+  // "pending", "approved", "rejected", "revoked", or "expired" (approved, and
+  // expires_at has passed).
+  std::string status;
+  std::string reason;                     // the owner's, from the latest decision
+  std::optional<std::string> expires_at;  // "2027-01-01T00:00:00Z"; nullopt: never
+  std::string created_at;
+  std::optional<std::string> decided_at;
+  std::optional<std::string> decided_by;
+};
+
 class Client {
  public:
   // `host` and `port` of the hub; `token` authenticates mutating calls (and lets
@@ -70,6 +100,9 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   void set_token(std::string token) { token_ = std::move(token); }
+  // Bounds every later call: connecting, and each read or write (defaults 10 s and
+  // 300 s, the latter sized for artifact uploads and downloads).
+  void set_timeouts(int connect_seconds, int io_seconds);
 
   // Creates a user; returns the bearer token, which the hub shows only this once.
   StatusOr<std::string> register_user(const std::string& username, const std::string& public_key);
@@ -101,6 +134,40 @@ class Client {
                       const std::string& public_key, const nlohmann::json& schema);
   StatusOr<std::vector<PodInfo>> list_pods();
   StatusOr<PodInfo> get_pod(const std::string& name);
+
+  // Roles on a pod; all three are for the pod's owner only (kPermissionDenied
+  // otherwise). grant_role replaces the user's current role; revoke_role returns
+  // kNotFound when the user had none.
+  StatusOr<RoleInfo> grant_role(const std::string& pod, const std::string& username,
+                                const std::string& role);
+  Status revoke_role(const std::string& pod, const std::string& username);
+  StatusOr<std::vector<RoleInfo>> list_roles(const std::string& pod);
+
+  // Asks the owner of `pod` to let the caller run `user/ref` version `version`
+  // (0 = latest, resolved by the hub) there. kFailedPrecondition when the caller
+  // already has a pending request for that version on that pod.
+  StatusOr<AccessRequestInfo> request_access(const std::string& model_user, const std::string& ref,
+                                             int64_t version, const std::string& pod,
+                                             const std::string& purpose);
+  // Requests the caller made or must decide (as a pod's owner), newest first;
+  // `pod` and `status` ("pending", "approved", "expired", "rejected", "revoked")
+  // filter when not empty.
+  StatusOr<std::vector<AccessRequestInfo>> list_access_requests(const std::string& pod = "",
+                                                                const std::string& status = "");
+  StatusOr<AccessRequestInfo> get_access_request(int64_t id);
+  // Decisions, the pod's owner only. approve takes a pending request, with an
+  // optional expiry "YYYY-MM-DD" or "YYYY-MM-DDTHH:MM:SSZ" (UTC, in the future);
+  // reject a pending one; revoke an approved one.
+  StatusOr<AccessRequestInfo> approve_access_request(
+      int64_t id, const std::string& reason,
+      const std::optional<std::string>& expires_at = std::nullopt);
+  StatusOr<AccessRequestInfo> reject_access_request(int64_t id, const std::string& reason);
+  StatusOr<AccessRequestInfo> revoke_access_request(int64_t id, const std::string& reason);
+
+  // The pod's policy as the hub sends it (the owner's only): {"pod", "owner",
+  // "generated_at", "users": [{username, public_key}], "roles": [{username, role}],
+  // "grants": [{id, username, model, version, sha256, format, expires_at}]}.
+  StatusOr<nlohmann::json> get_pod_policy(const std::string& pod);
 
  private:
   std::unique_ptr<httplib::Client> http_;

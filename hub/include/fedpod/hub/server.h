@@ -7,6 +7,14 @@
 // under one data directory: `hub.db` (SQLite) and `artifacts/`. The HTTP API is
 // listed, with its status codes, in Server::routes() (server.cpp).
 //
+// Permissions (the pods enforce them; the hub records them): a pod's owner grants
+// users the role "general-modeller" (built-in models, plus custom model versions the
+// owner approved) or "super-modeller" (anything) on that pod, and decides access
+// requests, each for one model version (by sha256) on one pod, optionally until an
+// expiry time. GET /api/v1/pods/{pod}/policy gives the owner, and through them the
+// pod, all of it at once. A private model becomes readable to the owner of a pod
+// that someone asked to run it on, so the owner can review its source.
+//
 // The hub never executes what it stores: an artifact is only checked for the shape
 // of its format (a zip for "torchscript", an ELF file for "plugin") and hashed.
 //
