@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   fedpod::cli::add_model(app);
   fedpod::cli::add_pod(app);
   fedpod::cli::add_access(app);
+  fedpod::cli::add_audit(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
