@@ -23,6 +23,7 @@ void add_hub(CLI::App& app);
 void add_user(CLI::App& app);
 void add_model(CLI::App& app);
 void add_pod(CLI::App& app);
+void add_keys(CLI::App& app);    // keys_cmd.cpp: fedpod keys generate
 void add_access(CLI::App& app);  // access_cmds.cpp: roles, access requests, pod policy
 void add_audit(CLI::App& app);   // audit_cmd.cpp: fedpod audit verify
 

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   fedpod::cli::add_user(app);
   fedpod::cli::add_model(app);
   fedpod::cli::add_pod(app);
+  fedpod::cli::add_keys(app);
   fedpod::cli::add_access(app);
   fedpod::cli::add_audit(app);
   try {

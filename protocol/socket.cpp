@@ -1,5 +1,7 @@
 #include "fedpod/protocol/socket.h"
 
+#include "fedpod/protocol/curve.h"
+
 namespace fedpod::protocol {
 namespace {
 
@@ -9,6 +11,10 @@ void apply(zmq::socket_t& s, const SocketOptions& o) {
   s.set(zmq::sockopt::heartbeat_ivl, static_cast<int>(o.heartbeat_interval.count()));
   s.set(zmq::sockopt::heartbeat_timeout, static_cast<int>(o.heartbeat_timeout.count()));
   s.set(zmq::sockopt::heartbeat_ttl, static_cast<int>(o.heartbeat_timeout.count()));
+  if (!o.curve_server_secret.empty()) make_curve_server(s, o.curve_server_secret, o.zap_domain);
+  if (!o.curve_server_public.empty()) {
+    make_curve_client(s, CurveKeyPair{o.curve_client_public, o.curve_client_secret}, o.curve_server_public);
+  }
   // Messages count against the high-water mark, not bytes; memory is bounded by the
   // protocol (one outstanding request per pod), so keep the default count.
 }

@@ -23,6 +23,12 @@ struct SocketOptions {
   // connection is re-established (DEALER) or dropped (ROUTER).
   std::chrono::milliseconds heartbeat_interval{2000};
   std::chrono::milliseconds heartbeat_timeout{10000};
+  // CURVE (fedpod/protocol/curve.h), applied before bind/connect. Server (ROUTER):
+  // its secret key and the ZAP domain that authenticates clients. Client (DEALER):
+  // its key pair and the server's public key. Empty: no CURVE.
+  std::string curve_server_secret;
+  std::string zap_domain;
+  std::string curve_client_public, curve_client_secret, curve_server_public;
 };
 
 // A ROUTER bound to `endpoint` ("tcp://0.0.0.0:5555", "tcp://127.0.0.1:*").
