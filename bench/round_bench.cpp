@@ -6,6 +6,11 @@
 //
 //   fedpod_round_bench round --pods 2,8,32 --params 10000000 --rounds 5 --json out.json
 //
+// Both sides run CURVE, as fedpod always does: pods are CURVE servers with a pod key
+// (fedpod's behind a ZAP allow-list from an air-gapped policy file), and clients
+// connect with a modeller key; the driver writes the keys to its temporary folder
+// and hands it to its children in FEDPOD_BENCH_KEYS.
+//
 // For each K it prints seconds per round (median), effective bytes per second
 // (2 * K * P * 4 bytes moved per round: parameters down and back up), the ratio to
 // the plain-ZeroMQ limit, and each side's peak RSS. The other subcommands are the
@@ -30,6 +35,7 @@
 #include "fedpod/common/log.h"
 #include "fedpod/common/process.h"
 #include "fedpod/coordinator/coordinator.h"
+#include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
 
 namespace fs = std::filesystem;
@@ -50,6 +56,35 @@ double peak_rss_mb() {
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// The bench identities in FEDPOD_BENCH_KEYS: modeller.key, pod.key, policy.yaml.
+std::string keys_dir() {
+  const char* d = std::getenv("FEDPOD_BENCH_KEYS");
+  if (!d || !*d) {
+    std::cerr << "round bench: FEDPOD_BENCH_KEYS is not set (the driver sets it for its children)\n";
+    std::exit(2);
+  }
+  return d;
+}
+
+fedpod::protocol::CurveKeyPair read_keys(const std::string& name) {
+  auto k = fedpod::protocol::read_key_file(keys_dir() + "/" + name + ".key");
+  if (!k.ok()) {
+    std::cerr << "round bench: " << k.status().to_string() << "\n";
+    std::exit(2);
+  }
+  return *k;
+}
+
+// The client side of CURVE, as the coordinator uses it.
+fedpod::protocol::SocketOptions client_options() {
+  fedpod::protocol::SocketOptions o;
+  const auto me = read_keys("modeller");
+  o.curve_client_public = me.public_key;
+  o.curve_client_secret = me.secret_key;
+  o.curve_server_public = read_keys("pod").public_key;
+  return o;
 }
 
 void write_endpoint(const std::string& file, const std::string& endpoint) {
@@ -74,6 +109,9 @@ void run_worker(const std::string& endpoint_file, const std::string& data) {
   config.listen = "tcp://127.0.0.1:*";
   config.dataset_path = data;
   config.devices = {"cpu"};
+  config.key_file = keys_dir() + "/pod.key";
+  config.policy.file = keys_dir() + "/policy.yaml";
+  config.audit_log = keys_dir() + "/audit-" + std::to_string(getpid()) + ".log";
   zmq::context_t ctx(1);
   fedpod::worker::Worker w(ctx, config, fedpod::make_logger("bench-worker", "warn"), fedpod::bench::echo_runtime());
   write_endpoint(endpoint_file, w.endpoint());
@@ -85,6 +123,7 @@ void run_worker(const std::string& endpoint_file, const std::string& data) {
 void run_echo(const std::string& endpoint_file) {
   zmq::context_t ctx(1);
   fedpod::protocol::SocketOptions opts;
+  opts.curve_server_secret = read_keys("pod").secret_key;  // encryption only: no ZAP allow-list here
   zmq::socket_t router = fedpod::protocol::make_router(ctx, "tcp://127.0.0.1:*", opts);
   write_endpoint(endpoint_file, fedpod::protocol::bound_endpoint(router));
   std::vector<zmq::message_t> frames;
@@ -105,7 +144,7 @@ void run_echo(const std::string& endpoint_file) {
 void run_zmq_client(const std::vector<std::string>& endpoints, int64_t params, int tensors, int rounds) {
   zmq::context_t ctx(1);
   std::vector<zmq::socket_t> peers;
-  for (const auto& e : endpoints) peers.push_back(fedpod::protocol::make_dealer(ctx, e, {}));
+  for (const auto& e : endpoints) peers.push_back(fedpod::protocol::make_dealer(ctx, e, client_options()));
   torch::Tensor buffer = torch::randn({params});
   std::vector<double> seconds;
   for (int r = 0; r < rounds + 1; ++r) {  // round 0 warms the connections up
@@ -153,7 +192,9 @@ void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, 
   spec.datastructure.target = "label";
   spec.datastructure.num_classes = 2;
   spec.datastructure.split = {0, 0, 0};
-  for (size_t i = 0; i < endpoints.size(); ++i) spec.pods.push_back({"pod-" + std::to_string(i), endpoints[i]});
+  const std::string pod_key = read_keys("pod").public_key;
+  for (size_t i = 0; i < endpoints.size(); ++i) spec.pods.push_back({"pod-" + std::to_string(i), endpoints[i], pod_key});
+  spec.key_file = keys_dir() + "/modeller.key";
   spec.rounds = rounds + 1;  // round 1 warms the connections up
   spec.eval_every = 0;
   spec.max_concurrent_uploads = window;
@@ -231,6 +272,18 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
   fs::create_directories(dir);
   const std::string data = (dir / "data.csv").string();
   std::ofstream(data) << "x,label\n0,0\n1,1\n";
+  {
+    const auto modeller = fedpod::protocol::generate_curve_keypair();
+    const auto pod = fedpod::protocol::generate_curve_keypair();
+    for (const auto& [name, keys] : {std::make_pair("modeller", modeller), std::make_pair("pod", pod)}) {
+      auto st = fedpod::protocol::write_key_files((dir / name).string(), keys, true);
+      if (!st.ok()) throw std::runtime_error(st.to_string());
+    }
+    std::ofstream(dir / "policy.yaml") << "pod: bench-pod\nusers:\n  - {username: bench, public_key: \""
+                                       << modeller.public_key
+                                       << "\"}\nroles:\n  - {username: bench, role: super-modeller}\ngrants: []\n";
+    ::setenv("FEDPOD_BENCH_KEYS", dir.c_str(), 1);
+  }
   const std::string self = fedpod::self_executable();
   nlohmann::json results = nlohmann::json::array();
   std::cout << "round benchmark: P=" << params << " float32 (" << params * 4 / 1e6 << " MB) in " << tensors

@@ -17,6 +17,7 @@
 #include "fedpod/coordinator/history.h"
 #include "fedpod/data/dataset.h"
 #include "fedpod/model/zoo.h"
+#include "fedpod/protocol/curve.h"
 #include "fedpod/worker/trainer.h"
 
 namespace fedpod::cli {
@@ -87,6 +88,18 @@ void run_demo(const DemoArgs& args) {
   for (const auto& f : {"pods/pod-a.endpoint", "pods/pod-b.endpoint", "pods/pod-c.endpoint"}) fs::remove(out / f);
   torch::set_num_threads(1);
 
+  // Identities, as a real deployment has them: a key pair for the modeller and one
+  // per pod, and each pod's policy (air-gapped here: a file instead of the hub)
+  // admitting the modeller's key with the general-modeller role, which runs built-in
+  // models. Fresh keys every run.
+  fs::create_directories(out / "keys");
+  const auto modeller = protocol::generate_curve_keypair();
+  auto check = [](const Status& st) {
+    if (!st.ok()) throw std::runtime_error(st.to_string());
+  };
+  check(protocol::write_key_files((out / "keys" / "demo").string(), modeller, true));
+  std::vector<std::string> pod_keys;
+
   Children children;
   std::vector<std::string> endpoints, csvs;
   for (size_t i = 0; i < 3; ++i) {
@@ -94,9 +107,17 @@ void run_demo(const DemoArgs& args) {
     const std::string csv = fs::absolute(fs::path(args.data_dir) / (name + ".csv")).string();
     if (!fs::exists(csv)) throw ConfigError("demo data not found: " + csv + " (use --data)");
     csvs.push_back(csv);
+    const auto pod_key = protocol::generate_curve_keypair();
+    check(protocol::write_key_files((out / "keys" / name).string(), pod_key, true));
+    pod_keys.push_back(pod_key.public_key);
+    const fs::path policy = out / "pods" / (name + ".policy.yaml");
+    std::ofstream(policy) << "pod: " << name << "\nusers:\n  - {username: demo, public_key: \"" << modeller.public_key
+                          << "\"}\nroles:\n  - {username: demo, role: general-modeller}\ngrants: []\n";
     const fs::path config = out / "pods" / (name + ".yaml");
     std::ofstream(config) << "name: " << name << "\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " << csv
-                          << "\nthreads: 1\nlog_level: info\n";
+                          << "\nthreads: 1\nlog_level: info\nkey_file: " << (out / "keys" / (name + ".key")).string()
+                          << "\npolicy: {file: " << policy.string() << "}\naudit_log: "
+                          << (out / "pods" / (name + ".audit.log")).string() << "\n";
     const std::string log = (out / "logs" / (name + ".log")).string();
     children.spawn({"fedpod", "worker", "--config", config.string(), "--endpoint-file",
                     (out / "pods" / (name + ".endpoint")).string()},
@@ -118,7 +139,11 @@ void run_demo(const DemoArgs& args) {
         << "datastructure:\n  target: label\n  num_classes: 10\n  scale: 0.0625\n"
         << "  split: {validation: 0.1, test: 0.2, seed: 7}\n"
         << "pods:\n";
-    for (size_t i = 0; i < 3; ++i) job << "  - {name: " << kPods[i] << ", address: \"" << endpoints[i] << "\"}\n";
+    for (size_t i = 0; i < 3; ++i) {
+      job << "  - {name: " << kPods[i] << ", address: \"" << endpoints[i] << "\", public_key: \"" << pod_keys[i]
+          << "\"}\n";
+    }
+    job << "key_file: " << (out / "keys" / "demo.key").string() << "\n";
     job << "rounds: " << args.rounds << "\nlocal_epochs: 1\nbatch_size: 32\nmin_pods: 2\n"
         << "round_timeout: 60s\neval_every: 1\nseed: 1\noutput_dir: " << out.string() << "\n";
   }

@@ -24,6 +24,7 @@
 #include "fedpod/hub/client.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/protocol/codec.h"
+#include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/wire_convert.h"
 
@@ -38,6 +39,8 @@ struct Pod {
   zmq::socket_t socket;
   zmq::socket_t monitor;  // PAIR receiving this socket's connect/disconnect events
   bool connected = false;
+  bool secured = false;          // a CURVE handshake completed at least once
+  std::string handshake_error;   // why the last handshake failed, from the monitor
   bool active = false;  // accepted the job
   int64_t train_samples = 0;
   uint64_t max_frame_bytes = 0;  // from helloReply; 0: not advertised
@@ -78,11 +81,22 @@ struct Coordinator::Impl {
     std::shared_ptr<const std::string> artifact;  // its bytes, sent in startJob
   };
   std::optional<Resolved> resolved;
+  // The modeller's CURVE key pair (job key_file); nullopt: no CURVE.
+  std::optional<protocol::CurveKeyPair> keys;
 
   Impl(zmq::context_t& c, JobSpec s, Logger l, std::ostream& p, Coordinator::ModelFactory f,
        Coordinator::CustomLoader lc)
       : ctx(c), spec(std::move(s)), log(std::move(l)), progress(p), make_model(std::move(f)),
-        load_custom(std::move(lc)) {}
+        load_custom(std::move(lc)) {
+    if (!spec.key_file.empty()) {
+      auto k = protocol::read_key_file(spec.key_file);
+      if (!k.ok()) throw ConfigError("key_file: " + k.status().message());
+      if (k->secret_key.empty()) {
+        throw ConfigError("key_file: " + spec.key_file + " holds only a public key; give the .key file");
+      }
+      keys = *k;
+    }
+  }
 
   std::string model_name() const {
     if (spec.model.username.empty()) return spec.model.ref;
@@ -142,7 +156,12 @@ struct Coordinator::Impl {
   Status resolve_pod_addresses() {
     std::unique_ptr<hub::Client> client;
     for (auto& p : spec.pods) {
-      if (!p.address.empty()) continue;
+      // A pod's address, and its key when we authenticate, come from the hub unless given.
+      if (!p.address.empty() && (!keys || !p.public_key.empty())) continue;
+      if (spec.hub_url.empty()) {
+        return Status::invalid("pod '" + p.name + "' has no public_key: give pods[].public_key in the job (the pod's .pub "
+                               "file) or set hub: so it is looked up");
+      }
       if (!client) {
         HubAddress addr = parse_hub_url(spec.hub_url, "hub");
         client = std::make_unique<hub::Client>(addr.host, addr.port, spec.hub_token);
@@ -152,8 +171,9 @@ struct Coordinator::Impl {
         return Status(info.status().code(), "pod '" + p.name + "' cannot be resolved on the hub " + spec.hub_url +
                                                 ": " + info.status().message());
       }
-      p.address = info->address;
-      log->info("event=pod_resolved pod={} address={}", p.name, p.address);
+      if (p.address.empty()) p.address = info->address;
+      if (p.public_key.empty()) p.public_key = info->public_key;
+      log->info("event=pod_resolved pod={} address={} public_key={}", p.name, p.address, p.public_key);
     }
     return Status();
   }
@@ -163,14 +183,25 @@ struct Coordinator::Impl {
     for (size_t i = 0; i < spec.pods.size(); ++i) {
       Pod pod;
       pod.addr = spec.pods[i];
+      protocol::SocketOptions o = opts;
+      if (keys) {
+        // The pod must prove it holds the secret of the key registered for it.
+        o.curve_client_public = keys->public_key;
+        o.curve_client_secret = keys->secret_key;
+        o.curve_server_public = pod.addr.public_key;
+      }
       try {
-        pod.socket = protocol::make_dealer(ctx, "", opts);
+        pod.socket = protocol::make_dealer(ctx, "", o);
       } catch (const zmq::error_t& e) {
         throw ConfigError("pod " + pod.addr.name + ": cannot create a socket: " + e.what());
       }
       const std::string mon = "inproc://fedpod-monitor-" + std::to_string(reinterpret_cast<uintptr_t>(this)) +
                               "-" + std::to_string(i);
-      if (zmq_socket_monitor(pod.socket.handle(), mon.c_str(), ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0) {
+      if (zmq_socket_monitor(pod.socket.handle(), mon.c_str(), ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED |
+                                                                   ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                                                                   ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                                                   ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                                                   ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0) {
         throw zmq::error_t();
       }
       pod.monitor = zmq::socket_t(ctx, zmq::socket_type::pair);
@@ -194,17 +225,55 @@ struct Coordinator::Impl {
     }
   }
 
-  // Applies pending monitor events; returns true if `pod` disconnected meanwhile.
+  // Why a handshake with `pod` failed, in words that say what to fix.
+  std::string handshake_failure(const Pod& pod, uint16_t event, uint32_t value) const {
+    const std::string who = "pod " + pod.addr.name + " at " + pod.addr.address;
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+      return who + " refused our CURVE key (ZAP status " + std::to_string(value) + "): the key in key_file (" +
+             (keys ? keys->public_key : std::string("none")) +
+             ") belongs to no user the pod knows; register it on the hub (fedpod user register) and let the pod "
+             "refresh its policy";
+    }
+    if (!keys) {
+      return who + " requires CURVE authentication and this job has no key: set key_file in the job (or "
+                   "FEDPOD_KEY_FILE) to your key pair from `fedpod keys generate`, registered on the hub";
+    }
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+      return who + " failed the CURVE handshake (protocol error " + std::to_string(value) +
+             "): it may not run CURVE, or its server key differs from " + pod.addr.public_key;
+    }
+    return who + " closed the connection during the CURVE handshake: its key may not be the one registered for it (" +
+           pod.addr.public_key + ")";
+  }
+
+  // Applies pending monitor events; returns true if `pod` disconnected (or its
+  // handshake failed) meanwhile.
   bool drain_monitor(Pod& pod) {
     bool disconnected = false;
     std::vector<zmq::message_t> ev;
     bool too_many;
     while (protocol::recv_frames(pod.monitor, ev, 4, too_many)) {
-      if (ev.empty() || ev[0].size() < 2) continue;
+      if (ev.empty() || ev[0].size() < 6) continue;
       uint16_t event;
+      uint32_t value;
       std::memcpy(&event, ev[0].data(), sizeof event);
+      std::memcpy(&value, static_cast<const char*>(ev[0].data()) + 2, sizeof value);
       if (event == ZMQ_EVENT_CONNECTED) pod.connected = true;
+      if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+        pod.secured = true;
+        pod.handshake_error.clear();
+      }
+      if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH || event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
+          event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+        pod.handshake_error = handshake_failure(pod, event, value);
+        pod.connected = false;
+        disconnected = true;
+      }
       if (event == ZMQ_EVENT_DISCONNECTED) {
+        // Dropped before any handshake completed: with CURVE, the pod could not prove its key.
+        if (keys && !pod.secured && pod.handshake_error.empty()) {
+          pod.handshake_error = handshake_failure(pod, event, value);
+        }
         pod.connected = false;
         disconnected = true;
       }
@@ -268,14 +337,24 @@ struct Coordinator::Impl {
           }
         }
         if (!done && (items[2 * k + 1].revents & ZMQ_POLLIN) && drain_monitor(pod)) {
-          result[i] = {"disconnected", "pod disconnected while the request was pending", 0, 0, {}};
-          done = true;
+          if (!pod.handshake_error.empty() && !pod.secured) {
+            result[i] = {"refused", pod.handshake_error, 0, 0, {}};
+            done = true;
+          } else if (require_connected || pod.secured) {
+            result[i] = {"disconnected", "pod disconnected while the request was pending", 0, 0, {}};
+            done = true;
+          }
+          // Otherwise (hello, startJob): not yet connected; ZeroMQ keeps retrying until the deadline.
         }
         if (!done) still.push_back(i);
       }
       waiting.swap(still);
     }
     for (size_t i : waiting) {
+      if (!pods[i].handshake_error.empty() && !pods[i].secured) {
+        result[i] = {"refused", pods[i].handshake_error, 0, 0, {}};
+        continue;
+      }
       result[i] = {"timeout", "no answer within the deadline", 0,
                    std::chrono::duration<double>(Clock::now() - sent_at[i]).count(), {}};
     }
@@ -354,6 +433,11 @@ struct Coordinator::Impl {
                             });
     std::optional<std::vector<std::string>> features;
     std::string features_from;
+    progress << "pods:\n";
+    for (auto& [i, r] : replies) {
+      if (r.outcome != "ok") progress << "  " << pods[i].addr.name << ": " << r.outcome << ": " << r.error << "\n";
+    }
+    progress << std::flush;
     for (auto& [i, r] : replies) {
       if (r.outcome != "ok") continue;
       auto f = data::resolve_features(schemas[i], spec.datastructure);
@@ -441,6 +525,7 @@ struct Coordinator::Impl {
     worker::to_wire(ds, sj.initDatastructure());
     sj.setSeed(spec.seed);
     const uint64_t want_params = static_cast<uint64_t>(model->flat().numel());
+    std::map<size_t, std::string> decisions;
     auto replies = exchange(out, rid, targets, {wire::Envelope::Body::JOB_ACCEPTED},
                             Clock::now() + spec.connect_timeout, false, [&](Pod& pod, protocol::Incoming& in) {
                               auto a = in.envelope().getBody().getJobAccepted();
@@ -451,6 +536,7 @@ struct Coordinator::Impl {
                                                 0, 0, {}};
                               }
                               pod.train_samples = static_cast<int64_t>(a.getTrainSamples());
+                              decisions[&pod - pods.data()] = a.getDecision();
                               return PodRound{"ok", "", static_cast<int64_t>(a.getTrainSamples()), 0,
                                               {{"validation_samples", double(a.getValidationSamples())},
                                                {"test_samples", double(a.getTestSamples())},
@@ -458,12 +544,20 @@ struct Coordinator::Impl {
                             });
     replies.insert(too_small.begin(), too_small.end());
     nlohmann::json pods_json = nlohmann::json::object();
+    // Each pod's decision, before any training: who admitted the job on what basis,
+    // and why the others refused.
     for (auto& [i, r] : replies) {
       if (r.outcome != "ok") {
         pods[i].active = false;
         log->warn("event=job_refused pod={} reason=\"{}\"", pods[i].addr.name, r.error);
+        progress << "  " << pods[i].addr.name << ": " << r.outcome << ": " << r.error << "\n";
+      } else {
+        progress << "  " << pods[i].addr.name << ": accepted"
+                 << (decisions[i].empty() ? std::string() : " (" + decisions[i] + ")") << ", " << r.num_samples
+                 << " training rows\n";
       }
       pods_json[pods[i].addr.name] = {{"outcome", r.outcome}, {"train_samples", r.num_samples}};
+      if (!decisions[i].empty()) pods_json[pods[i].addr.name]["decision"] = decisions[i];
       if (!r.error.empty()) pods_json[pods[i].addr.name]["error"] = r.error;
       for (const auto& [k, v] : r.metrics) pods_json[pods[i].addr.name][k] = v;
     }

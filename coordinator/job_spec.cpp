@@ -5,13 +5,16 @@
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <random>
 #include <set>
 
 #include "fedpod/aggregation/fedavg.h"
 #include "fedpod/model/zoo.h"
+#include "fedpod/protocol/curve.h"
 
 namespace fedpod::coordinator {
+namespace fs = std::filesystem;
 namespace {
 
 std::string generated_job_id() {
@@ -90,6 +93,9 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
     }
     if (!names.insert(p.name).second) throw ConfigError(where + ": pods: '" + p.name + "' is listed twice");
     if (p.address.empty()) parse_hub_url(s.hub_url, where + ": hub");
+    if (!p.public_key.empty() && !protocol::is_z85_key(p.public_key)) {
+      throw ConfigError(where + ": pods: '" + p.name + "': public_key must be 40 Z85 characters (the pod's .pub file)");
+    }
   }
   if (s.rounds < 1) throw ConfigError(where + ": rounds: must be at least 1");
   if (s.local_epochs < 0 || s.local_steps < 0 || (s.local_epochs == 0 && s.local_steps == 0)) {
@@ -117,7 +123,7 @@ JobSpec load_job_spec(const std::string& path) {
   const std::string w = path;
   check_keys(root, {"job_id", "model", "datastructure", "pods", "rounds", "local_epochs", "local_steps",
                     "batch_size", "min_pods", "round_timeout", "connect_timeout", "eval_every", "max_concurrent_uploads", "strategy",
-                    "seed", "output_dir", "hub", "hub_token"},
+                    "seed", "output_dir", "hub", "hub_token", "key_file"},
              w);
   JobSpec s;
   if (root["job_id"]) s.job_id = get<std::string>(root["job_id"], w + ": job_id");
@@ -140,6 +146,14 @@ JobSpec load_job_spec(const std::string& path) {
     s.hub_token = get<std::string>(root["hub_token"], w + ": hub_token");
   } else if (const char* env = std::getenv("FEDPOD_TOKEN")) {
     s.hub_token = env;
+  }
+  if (root["key_file"]) {
+    fs::path kf = get<std::string>(root["key_file"], w + ": key_file");
+    if (kf.string().rfind("~/", 0) == 0 && std::getenv("HOME")) kf = fs::path(std::getenv("HOME")) / kf.string().substr(2);
+    if (kf.is_relative()) kf = fs::absolute(path).parent_path() / kf;
+    s.key_file = kf.lexically_normal().string();
+  } else if (const char* env = std::getenv("FEDPOD_KEY_FILE"); env && *env) {
+    s.key_file = env;
   }
   if (m["hyperparameters"]) {
     try {
@@ -169,13 +183,22 @@ JobSpec load_job_spec(const std::string& path) {
   if (!pods || !pods.IsSequence()) throw ConfigError(w + ": pods: required, a list of {name, address} (or names registered on the hub)");
   for (const auto& p : pods) {
     if (p.IsScalar()) {  // a bare name: its address comes from the hub
-      s.pods.push_back({p.as<std::string>(), ""});
+      s.pods.push_back({p.as<std::string>(), "", ""});
       continue;
     }
-    check_keys(p, {"name", "address"}, w + ": pods");
+    check_keys(p, {"name", "address", "public_key", "public_key_file"}, w + ": pods");
     PodAddress a;
     if (p["name"]) a.name = get<std::string>(p["name"], w + ": pods.name");
     if (p["address"]) a.address = get<std::string>(p["address"], w + ": pods.address");
+    if (p["public_key"]) a.public_key = get<std::string>(p["public_key"], w + ": pods.public_key");
+    if (p["public_key_file"]) {
+      if (p["public_key"]) throw ConfigError(w + ": pods: '" + a.name + "': give public_key or public_key_file, not both");
+      fs::path f = get<std::string>(p["public_key_file"], w + ": pods.public_key_file");
+      if (f.is_relative()) f = fs::absolute(path).parent_path() / f;
+      auto k = protocol::read_key_file(f.lexically_normal().string());
+      if (!k.ok()) throw ConfigError(w + ": pods: '" + a.name + "': public_key_file: " + k.status().message());
+      a.public_key = k->public_key;
+    }
     s.pods.push_back(a);
   }
   if (root["rounds"]) s.rounds = get<int>(root["rounds"], w + ": rounds");

@@ -143,6 +143,8 @@ struct JobAccepted {
   testSamples @2 :UInt64;
   skippedRows @3 :UInt64;
   numParameters @4 :UInt64;
+  decision @5 :Text;           # why the pod accepted: "general-modeller", "super-modeller",
+                               # "general-modeller with grant 7 (no expiry)"
 }
 
 struct Train {

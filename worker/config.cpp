@@ -2,7 +2,10 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cctype>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "fedpod/common/config_util.h"
@@ -29,7 +32,8 @@ PodConfig load_pod_config(const std::string& path) {
   YAML::Node root = load_yaml_file(path);
   const std::string where = path;
   check_keys(root, {"name", "listen", "dataset", "devices", "threads", "job_idle_timeout",
-                    "max_frame_bytes", "custom_models", "log_level"},
+                    "max_frame_bytes", "custom_models", "log_level", "key_file", "policy", "audit_log",
+                    "metrics_listen"},
              where);
   PodConfig c;
   try {
@@ -108,14 +112,89 @@ PodConfig load_pod_config(const std::string& path) {
     }
     if (root["custom_models"]) {
       auto v = root["custom_models"].as<std::string>();
-      if (v == "refuse") {
+      if (v == "policy") {
+        c.custom_models = CustomModels::kPolicy;
+      } else if (v == "refuse") {
         c.custom_models = CustomModels::kRefuse;
       } else if (v == "allow_unauthenticated") {
-        c.custom_models = CustomModels::kAllowUnauthenticated;
+        throw ConfigError(where + ": custom_models: allow_unauthenticated is gone: pods now authenticate modellers "
+                          "with CURVE and decide by roles and grants (docs/permissions.md); use policy or refuse");
       } else {
-        throw ConfigError(where + ": custom_models: expected refuse or allow_unauthenticated, got \"" + v + "\"");
+        throw ConfigError(where + ": custom_models: expected policy or refuse, got \"" + v + "\"");
       }
     }
+    const fs::path base = fs::absolute(path).parent_path();
+    auto resolve_path = [&](const std::string& p) {
+      fs::path f = p;
+      if (f.is_relative()) f = base / f;
+      return f.lexically_normal().string();
+    };
+    if (!root["key_file"]) {
+      throw ConfigError(where + ": key_file: required: this pod's CURVE key pair (create one with `fedpod keys "
+                        "generate --out keys/" + c.name + "`)");
+    }
+    c.key_file = resolve_path(root["key_file"].as<std::string>());
+    auto pol = root["policy"];
+    if (!pol || !pol.IsMap()) {
+      throw ConfigError(where + ": policy: required: `policy: {hub: http://HUB:PORT, token_file: FILE}` or, "
+                        "for an air-gapped pod, `policy: {file: policy.yaml}`");
+    }
+    check_keys(pol, {"hub", "token_file", "refresh", "max_staleness", "cache", "file"}, where + ": policy");
+    if (pol["hub"] && pol["file"]) throw ConfigError(where + ": policy: give hub or file, not both");
+    if (!pol["hub"] && !pol["file"]) throw ConfigError(where + ": policy: needs hub (with token_file) or file");
+    if (pol["file"]) {
+      for (const char* k : {"token_file", "refresh", "max_staleness", "cache"}) {
+        if (pol[k]) throw ConfigError(where + ": policy." + k + ": only for a policy from the hub");
+      }
+      c.policy.file = resolve_path(pol["file"].as<std::string>());
+    } else {
+      c.policy.hub_url = pol["hub"].as<std::string>();
+      {
+        // http://host:port, http://host (port 80) or host:port.
+        std::string rest = c.policy.hub_url;
+        if (rest.rfind("https://", 0) == 0) throw ConfigError(where + ": policy.hub: https is not supported yet");
+        if (rest.rfind("http://", 0) == 0) rest = rest.substr(7);
+        while (!rest.empty() && rest.back() == '/') rest.pop_back();
+        const auto colon = rest.rfind(':');
+        c.policy.hub_host = colon == std::string::npos ? rest : rest.substr(0, colon);
+        if (colon != std::string::npos) {
+          const std::string port = rest.substr(colon + 1);
+          if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+              std::stoi(port) < 1 || std::stoi(port) > 65535) {
+            throw ConfigError(where + ": policy.hub: bad port in '" + c.policy.hub_url + "'");
+          }
+          c.policy.hub_port = std::stoi(port);
+        }
+        if (c.policy.hub_host.empty() || c.policy.hub_host.find('/') != std::string::npos) {
+          throw ConfigError(where + ": policy.hub: expected http://HOST:PORT, got '" + c.policy.hub_url + "'");
+        }
+      }
+      if (pol["token_file"]) {
+        const std::string tf = resolve_path(pol["token_file"].as<std::string>());
+        std::ifstream in(tf);
+        if (!in) throw ConfigError(where + ": policy.token_file: cannot read " + tf);
+        std::getline(in, c.policy.token);
+        while (!c.policy.token.empty() && std::isspace(static_cast<unsigned char>(c.policy.token.back())))
+          c.policy.token.pop_back();
+        if (c.policy.token.empty()) throw ConfigError(where + ": policy.token_file: " + tf + " is empty");
+      } else if (const char* env = std::getenv("FEDPOD_TOKEN"); env && *env) {
+        c.policy.token = env;
+      } else {
+        throw ConfigError(where + ": policy.token_file: required with policy.hub (the pod owner's hub token; or "
+                          "set FEDPOD_TOKEN)");
+      }
+      if (pol["refresh"]) c.policy.refresh = parse_duration(pol["refresh"].as<std::string>(), where + ": policy.refresh");
+      if (pol["max_staleness"]) {
+        c.policy.max_staleness = parse_duration(pol["max_staleness"].as<std::string>(), where + ": policy.max_staleness");
+      }
+      if (c.policy.refresh.count() <= 0) throw ConfigError(where + ": policy.refresh: must be positive");
+      if (c.policy.max_staleness < c.policy.refresh) {
+        throw ConfigError(where + ": policy.max_staleness: must be at least policy.refresh");
+      }
+      c.policy.cache_path = resolve_path(pol["cache"] ? pol["cache"].as<std::string>() : "state/" + c.name + ".policy.json");
+    }
+    c.audit_log = resolve_path(root["audit_log"] ? root["audit_log"].as<std::string>() : "state/" + c.name + ".audit.log");
+    if (root["metrics_listen"]) c.metrics_listen = root["metrics_listen"].as<std::string>();
     if (root["log_level"]) c.log_level = root["log_level"].as<std::string>();
   } catch (const YAML::Exception& e) {
     throw ConfigError(where + ": " + e.what());

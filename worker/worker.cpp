@@ -19,6 +19,12 @@
 #include <thread>
 
 #include "fedpod/common/sha256.h"
+#include "fedpod/protocol/curve.h"
+#include "fedpod/worker/audit.h"
+#include "fedpod/worker/policy.h"
+#include "fedpod/worker/policy_cache.h"
+#include "fedpod/hub/client.h"
+#include "fedpod/metrics/metrics.h"
 #include "fedpod/data/dataset.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/protocol/codec.h"
@@ -52,6 +58,8 @@ void set_metrics(List list, const std::vector<std::pair<std::string, double>>& m
 // model is touched only by the executor thread while a task runs.
 struct Job {
   std::string id;
+  std::string user;      // the authenticated modeller who started it; only they may drive it
+  std::string decision;  // why it was admitted
   std::string model_ref;
   Hyperparameters hp;
   data::Splits splits;
@@ -167,8 +175,45 @@ struct Worker::Impl {
   // loader would take for the already-loaded library.
   std::string artifact_dir;
   bool plugin_loaded = false;
+  // Identity and permissions: the pod's key pair, its policy, its audit log, and the
+  // ZAP domain that admits the policy's users.
+  protocol::CurveKeyPair keys;
+  std::unique_ptr<PolicyCache> policy;
+  std::unique_ptr<AuditLog> audit;
+  std::shared_ptr<protocol::ZapHandler> zap;
+  std::string zap_domain;
+  std::atomic<int64_t> last_handshake_log_ms{0};
+  std::atomic<bool> serving{false};  // readiness: serve() is running
+  // Metrics: this pod's registry and, with metrics_listen, its HTTP endpoint.
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  prometheus::Family<prometheus::Counter>& access_denied_family = metrics::counter(
+      *registry, "fedpod_access_denied_total",
+      "Jobs and connections this pod refused, by reason (unknown_key: a CURVE handshake with a key of no user "
+      "in the policy; the others: startJob refusals, see docs/permissions.md)");
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
+  void on_access_denied(const std::string& reason) { access_denied_family.Add({{"reason", reason}}).Increment(); }
+
+  // ZAP: admits a client key that belongs to a user of the current policy.
+  std::optional<std::string> authenticate(const std::string& key, const std::string& address) {
+    auto p = policy ? policy->snapshot() : nullptr;
+    std::optional<std::string> user = p ? p->user_by_key(key) : std::nullopt;
+    if (!user) {
+      counters().handshakes_refused++;
+      on_access_denied("unknown_key");
+      // One line per second at most: a peer retrying with a bad key must not flood the log.
+      const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 Clock::now().time_since_epoch()).count();
+      int64_t last = last_handshake_log_ms.load();
+      if (now_ms - last >= 1000 && last_handshake_log_ms.compare_exchange_strong(last, now_ms)) {
+        log->warn("event=handshake_refused pod={} peer={} public_key={} reason=\"key of no user in the pod's policy\" "
+                  "refused_total={}", config().name, address, key, counters().handshakes_refused.load());
+      }
+    }
+    return user;
+  }
 
   ~Impl() {
+    if (zap) zap->remove_domain(zap_domain);
     if (!artifact_dir.empty() && !plugin_loaded) {
       std::error_code ec;
       std::filesystem::remove_all(artifact_dir, ec);
@@ -177,34 +222,10 @@ struct Worker::Impl {
 
   const PodConfig& config() const { return owner.config_; }
 
-  // Builds the custom model of a startJob: gate, frame checks, hash check, private
-  // file, loader. `what` names the model reference in every message.
-  StatusOr<std::unique_ptr<model::Model>> load_custom_model(protocol::Incoming& in, wire::ModelReference::Reader m,
-                                                            const std::string& what) {
-    if (config().custom_models != CustomModels::kAllowUnauthenticated) {
-      counters().jobs_refused++;
-      return Status(StatusCode::kPermissionDenied,
-                    "pod " + config().name + " refuses custom model " + what +
-                        ": custom models are disabled on this pod (pod.yaml custom_models: refuse, the default). "
-                        "Until modeller identities and grants exist, its owner may set custom_models: "
-                        "allow_unauthenticated, which lets anyone reaching the pod run code on it");
-    }
-    const std::string format = m.getFormat();
-    if (!model::is_custom_format(format)) {
-      return Status::bad_message("custom model " + what + ": format '" + format + "' is not torchscript or plugin");
-    }
-    const std::string want = m.getSha256();
-    if (want.size() != 64 || want.find_first_not_of("0123456789abcdef") != std::string::npos) {
-      return Status::bad_message("custom model " + what + ": sha256 '" + want + "' is not 64 lowercase hex digits");
-    }
-    auto bytes = in.raw_frame(m.getArtifactFrame(), m.getArtifactBytes(), "custom model " + what + ": artifact");
-    if (!bytes.ok()) return bytes.status();
-    const std::string got = sha256_hex(*bytes);
-    if (got != want) {
-      counters().jobs_refused++;
-      return Status::bad_message("custom model " + what + ": artifact sha256 mismatch: received bytes hash to " + got +
-                                 ", startJob says " + want + "; refusing the job");
-    }
+  // Builds the custom model of a startJob from its admitted artifact `bytes` (`got` is
+  // their sha256): private file, loader. `what` names the model reference in messages.
+  StatusOr<std::unique_ptr<model::Model>> load_custom_model(const std::string& format, std::string_view bytes,
+                                                            const std::string& got, const std::string& what) {
     if (artifact_dir.empty()) {
       std::string tmpl = (std::filesystem::temp_directory_path() / "fedpod-pod-XXXXXX").string();
       if (!::mkdtemp(tmpl.data())) return Status::internal(std::string("cannot create a private directory: ") + std::strerror(errno));
@@ -217,8 +238,8 @@ struct Worker::Impl {
       int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
       if (fd < 0) return Status::internal("cannot write " + tmp + ": " + std::strerror(errno));
       size_t done = 0;
-      while (done < bytes->size()) {
-        ssize_t n = ::write(fd, bytes->data() + done, bytes->size() - done);
+      while (done < bytes.size()) {
+        ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) {
           int err = errno;
@@ -240,8 +261,8 @@ struct Worker::Impl {
     if (!loaded.ok()) {
       return Status(loaded.status().code(), "custom model " + what + ": " + loaded.status().message());
     }
-    log->warn("event=custom_model_loaded pod={} model={} format={} sha256={} bytes={} authenticated=false",
-              config().name, what, format, got, bytes->size());
+    log->info("event=custom_model_loaded pod={} model={} format={} sha256={} bytes={}",
+              config().name, what, format, got, bytes.size());
     return std::move(*loaded);
   }
 
@@ -291,6 +312,7 @@ struct Worker::Impl {
     results.set(zmq::sockopt::linger, 0);
     results.bind(inproc);
     executor = std::make_unique<Executor>(ctx, inproc, log);
+    serving = true;
     log->info("event=serving pod={} endpoint={} rows={} columns={} devices={}", config().name,
               owner.endpoint_, table.schema.num_rows, table.schema.columns.size(), config().devices[0]);
 
@@ -314,6 +336,7 @@ struct Worker::Impl {
       }
       expire_idle_job();
     }
+    serving = false;
     if (job) end_job("worker stopping");
     executor.reset();
     log->info("event=stopped pod={}", config().name);
@@ -345,6 +368,11 @@ struct Worker::Impl {
     }
     zmq::message_t routing = std::move(frames[0]);
     frames.erase(frames.begin());
+    // Who sent it, as the CURVE handshake established (ZAP's User-Id): never a name
+    // written inside the message.
+    const std::string user = protocol::user_id(frames[0]);
+    const char* peer_prop = zmq_msg_gets(frames[0].handle(), "Peer-Address");
+    const std::string peer = peer_prop ? peer_prop : "";
     if (too_many) {
       send_error(routing, "", 0,
                  Status::bad_message("message has more than " + std::to_string(limits.max_frames) + " frames"));
@@ -362,7 +390,7 @@ struct Worker::Impl {
     try {
       job_id = env.getJobId();
       request_id = env.getRequestId();
-      Status st = dispatch(routing, in, job_id, request_id);
+      Status st = dispatch(routing, in, job_id, request_id, Peer{user, peer});
       if (!st.ok()) send_error(routing, job_id, request_id, st);
     } catch (const kj::Exception& e) {
       send_error(routing, job_id, request_id,
@@ -376,8 +404,14 @@ struct Worker::Impl {
     }
   }
 
+  // The authenticated sender of a message.
+  struct Peer {
+    std::string user;
+    std::string address;
+  };
+
   Status dispatch(const zmq::message_t& routing, protocol::Incoming& in, const std::string& job_id,
-                  uint64_t request_id) {
+                  uint64_t request_id, const Peer& peer) {
     auto body = in.envelope().getBody();
     using W = wire::Envelope::Body::Which;
     switch (body.which()) {
@@ -406,15 +440,19 @@ struct Worker::Impl {
         return Status();
       }
       case W::FETCH_RESULT:
+        FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
         return fetch_result(routing, body.getFetchResult(), job_id, request_id);
       case W::START_JOB:
-        return start_job(routing, in, body.getStartJob(), job_id, request_id);
+        return start_job(routing, in, body.getStartJob(), job_id, request_id, peer);
       case W::TRAIN:
+        FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
         return train(routing, in, body.getTrain(), job_id, request_id);
       case W::EVALUATE:
+        FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
         return evaluate_split(routing, in, body.getEvaluate(), job_id, request_id);
       case W::END_JOB: {
         if (!job || job->id != job_id) return Status::failed_precondition("no job '" + job_id + "' on pod " + config().name);
+        FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
         end_job(std::string("requested: ") + body.getEndJob().getReason().cStr());
         Frames f = reply(routing, job_id, request_id,
                          [&](protocol::Outgoing& o) { o.envelope().getBody().initJobEnded(); });
@@ -427,8 +465,67 @@ struct Worker::Impl {
     }
   }
 
+  // A job's messages come only from the user who started it: nobody else may feed it
+  // parameters, read its results or end it.
+  Status check_owner(const std::string& job_id, const Peer& peer) {
+    if (job && job->id == job_id && job->user != peer.user) {
+      return Status(StatusCode::kPermissionDenied, "job '" + job_id + "' on pod " + config().name + " belongs to user '" +
+                                                       job->user + "', not '" + peer.user + "'");
+    }
+    return Status();
+  }
+
+  // Writes a decision to the audit log. Returns an error when it cannot be written:
+  // a pod that cannot record what it admits admits nothing.
+  Status audit_decision(const std::string& event, const std::string& job_id, const Peer& peer,
+                        const AccessRequest& req, const std::string& claimed_sha, const Decision& d) {
+    nlohmann::json e = {{"event", event},       {"pod", config().name}, {"job", job_id},
+                        {"user", req.user},     {"peer", peer.address}, {"model", req.model},
+                        {"custom", req.custom}, {"reason", d.reason}};
+    if (req.custom) {
+      e["version"] = req.version;
+      e["sha256"] = req.sha256;
+      if (claimed_sha != req.sha256) e["claimed_sha256"] = claimed_sha;
+    }
+    if (d.allowed) {
+      e["basis"] = d.basis;
+    } else {
+      e["message"] = d.message;
+    }
+    Status st = audit->append(std::move(e));
+    if (!st.ok()) log->error("event=audit_write_failed pod={} error=\"{}\"", config().name, st.message());
+    return st;
+  }
+
+  // The permission check of a startJob (docs/permissions.md). Returns the decision; a
+  // refusal is counted, logged and audited by the caller.
+  Decision decide_start(const AccessRequest& req, const std::string& claimed_sha) {
+    auto current = policy->current();
+    if (!current.ok()) {
+      Decision d;
+      d.reason = "policy_unavailable";
+      d.message = "pod " + config().name + " cannot check permissions: " + current.status().message();
+      return d;
+    }
+    Decision d = decide(**current, config().name, req, std::chrono::system_clock::now());
+    if (d.allowed && req.custom && req.sha256 != claimed_sha) {
+      d = Decision();
+      d.reason = "hash_mismatch";
+      d.message = "pod " + config().name + " refuses custom model " + req.model + " version " +
+                  std::to_string(req.version) + ": the artifact received hashes to " + req.sha256 +
+                  ", but startJob says " + claimed_sha + " (the hub's record); refusing a tampered artifact";
+    }
+    if (d.allowed && req.custom && config().custom_models == CustomModels::kRefuse) {
+      d = Decision();
+      d.reason = "custom_models_disabled";
+      d.message = "pod " + config().name + " refuses every custom model (pod.yaml custom_models: refuse), whatever "
+                  "the roles and grants; ask its owner (" + (*current)->owner + ") to set custom_models: policy";
+    }
+    return d;
+  }
+
   Status start_job(const zmq::message_t& routing, protocol::Incoming& in, wire::StartJob::Reader sj,
-                   const std::string& job_id, uint64_t request_id) {
+                   const std::string& job_id, uint64_t request_id, const Peer& peer) {
     if (job_id.empty()) return Status::invalid("startJob without a job id");
     if (job && job->id != job_id) {
       counters().jobs_refused++;
@@ -436,19 +533,63 @@ struct Worker::Impl {
                           "'; a second job is refused until that one ends");
     }
     if (job && busy) return Status::busy("job '" + job_id + "' is busy on pod " + config().name);
+    if (job) FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
     auto mref = sj.getModel();
     const std::string username = mref.getUsername();
     std::string ref = mref.getModelRef();
+
+    // 1. What is asked for: a built-in model, or a custom one whose bytes are hashed here.
+    AccessRequest req;
+    req.user = peer.user;
+    req.custom = !username.empty();
+    std::string claimed_sha, format;
+    std::string_view artifact;
+    if (!req.custom) {
+      req.model = ref;
+    } else {
+      req.model = username + "/" + ref;
+      req.version = mref.getModelVersion();
+      claimed_sha = mref.getSha256();
+      format = mref.getFormat();
+      ref = "'" + req.model + "' version " + std::to_string(req.version) + " (sha256 " + claimed_sha + ")";
+      if (!model::is_custom_format(format)) {
+        return Status::bad_message("custom model " + ref + ": format '" + format + "' is not torchscript or plugin");
+      }
+      if (claimed_sha.size() != 64 || claimed_sha.find_first_not_of("0123456789abcdef") != std::string::npos) {
+        return Status::bad_message("custom model " + ref + ": sha256 '" + claimed_sha +
+                                   "' is not 64 lowercase hex digits");
+      }
+      auto bytes = in.raw_frame(mref.getArtifactFrame(), mref.getArtifactBytes(), "custom model " + ref + ": artifact");
+      if (!bytes.ok()) return bytes.status();
+      artifact = *bytes;
+      req.sha256 = sha256_hex(artifact);
+    }
+
+    // 2. May this user run it here? Decided before any of the model's code is loaded.
+    Decision d = decide_start(req, claimed_sha);
+    if (!d.allowed) {
+      counters().jobs_refused++;
+      counters().access_denied++;
+      on_access_denied(d.reason);
+      log->warn("event=access_denied pod={} job={} user={} peer={} model={} reason={} message=\"{}\"", config().name,
+                job_id, req.user, peer.address, req.model, d.reason, d.message);
+      Status audited = audit_decision("job_refused", job_id, peer, req, claimed_sha, d);
+      (void)audited;  // refused either way
+      return Status(StatusCode::kPermissionDenied, d.message);
+    }
+    FEDPOD_RETURN_IF_ERROR(audit_decision("job_accepted", job_id, peer, req, claimed_sha, d));
+    log->info("event=access_granted pod={} job={} user={} model={} basis=\"{}\"", config().name, job_id, req.user,
+              req.model, d.basis);
+
+    // 3. The model itself.
     std::unique_ptr<model::Model> model;
-    if (username.empty()) {
+    if (!req.custom) {
       model = runtime.make_model(ref);
       if (!model) {
         return Status::not_found("model '" + ref + "' is not a built-in model (built-ins: logreg, mlp, cnn); custom models need the model hub");
       }
     } else {
-      ref = "'" + username + "/" + ref + "' version " + std::to_string(mref.getModelVersion()) + " (sha256 " +
-            std::string(mref.getSha256().cStr()) + ")";
-      auto loaded = load_custom_model(in, mref, ref);
+      auto loaded = load_custom_model(format, artifact, req.sha256, ref);
       if (!loaded.ok()) return loaded.status();
       model = std::move(*loaded);
     }
@@ -460,6 +601,8 @@ struct Worker::Impl {
     }
     auto new_job = std::make_unique<Job>();
     new_job->id = job_id;
+    new_job->user = req.user;
+    new_job->decision = d.basis;
     new_job->model_ref = ref;
     new_job->hp = Hyperparameters(hp_json);
     new_job->seed = sj.getSeed();
@@ -476,7 +619,7 @@ struct Worker::Impl {
     }
     new_job->specs = tensor_specs(new_job->model->flat().layout());
     const auto& s = new_job->splits;
-    log->info("event=job_started job={} model={} train={} validation={} test={} parameters={}", job_id, ref,
+    log->info("event=job_started job={} user={} model={} train={} validation={} test={} parameters={}", job_id, req.user, ref,
               s.train.size(), s.validation.size(), s.test.size(), new_job->model->flat().numel());
     Frames f = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
       auto a = o.envelope().getBody().initJobAccepted();
@@ -485,6 +628,7 @@ struct Worker::Impl {
       a.setTestSamples(s.test.size());
       a.setSkippedRows(table.skipped_rows);
       a.setNumParameters(new_job->model->flat().numel());
+      a.setDecision(new_job->decision);
     });
     job = std::move(new_job);
     counters().jobs_started++;
@@ -639,21 +783,86 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
     impl_->log->warn("event=bad_rows_skipped pod={} count={}", config_.name, impl_->table.skipped_rows);
     for (const auto& r : impl_->table.skipped_reasons) impl_->log->warn("event=bad_row reason=\"{}\"", r);
   }
+  Impl& m = *impl_;
+  // Identity: the pod's key pair.
+  auto keys = protocol::read_key_file(config_.key_file);
+  if (!keys.ok()) throw ConfigError("pod " + config_.name + ": key_file: " + keys.status().message());
+  if (keys->secret_key.empty()) {
+    throw ConfigError("pod " + config_.name + ": key_file: " + config_.key_file +
+                      " holds only a public key; a pod needs its .key file (fedpod keys generate)");
+  }
+  m.keys = *keys;
+  // Permissions: the policy (from the hub, or a local file) and the audit log.
+  PolicyCacheOptions popts;
+  popts.pod_name = config_.name;
+  popts.file = config_.policy.file;
+  popts.cache_path = config_.policy.cache_path;
+  popts.refresh = config_.policy.refresh;
+  popts.max_staleness = config_.policy.max_staleness;
+  if (popts.file.empty()) {
+    popts.fetch = [host = config_.policy.hub_host, port = config_.policy.hub_port, token = config_.policy.token,
+                   name = config_.name]() -> StatusOr<nlohmann::json> {
+      hub::Client client(host, port, token);
+      client.set_timeouts(5, 5);  // a hung hub delays a refresh by 10 s at most (docs/permissions.md)
+      return client.get_pod_policy(name);
+    };
+  }
+  // State (policy cache, audit log) lives in private directories, made on first start.
+  for (const std::string& f : {config_.audit_log, config_.policy.cache_path}) {
+    if (f.empty()) continue;
+    const auto dir = std::filesystem::path(f).parent_path();
+    std::error_code ec;
+    if (!dir.empty() && !std::filesystem::exists(dir, ec)) {
+      std::filesystem::create_directories(dir, ec);
+      if (ec) throw ConfigError("pod " + config_.name + ": cannot create " + dir.string() + ": " + ec.message());
+      std::filesystem::permissions(dir, std::filesystem::perms::owner_all, ec);
+    }
+  }
+  m.policy = std::make_unique<PolicyCache>(std::move(popts), m.log);
+  Status st = m.policy->start();
+  if (!st.ok()) throw ConfigError("pod " + config_.name + ": policy: " + st.message());
+  auto audit = AuditLog::open(config_.audit_log, m.log);
+  if (!audit.ok()) throw ConfigError("pod " + config_.name + ": audit_log: " + audit.status().message());
+  m.audit = std::move(*audit);
+  // Transport: a CURVE server whose handshakes the context's ZAP handler routes to
+  // this pod's authenticate().
+  m.zap = protocol::ZapHandler::for_context(ctx);
+  m.zap_domain = "fedpod-pod-" + config_.name + "-" + std::to_string(reinterpret_cast<uintptr_t>(impl_.get()));
+  m.zap->add_domain(m.zap_domain, [impl = impl_.get()](const std::string& key, const std::string& address) {
+    return impl->authenticate(key, address);
+  });
   protocol::SocketOptions opts;
   opts.max_frame_bytes = config_.max_frame_bytes;
+  opts.curve_server_secret = m.keys.secret_key;
+  opts.zap_domain = m.zap_domain;
   try {
     impl_->router = protocol::make_router(ctx, config_.listen, opts);
   } catch (const zmq::error_t& e) {
     throw ConfigError("pod " + config_.name + ": cannot listen on " + config_.listen + ": " + e.what());
   }
   endpoint_ = protocol::bound_endpoint(impl_->router);
-  if (config_.custom_models == CustomModels::kAllowUnauthenticated) {
-    impl_->log->warn("event=custom_models_allowed pod={} warning=\"custom_models: allow_unauthenticated: any peer "
-                     "that reaches {} can run code on this pod\"", config_.name, endpoint_);
+  if (!config_.metrics_listen.empty()) {
+    metrics::MetricsServerOptions mo;
+    Status ms = metrics::parse_listen_address(config_.metrics_listen, mo.host, mo.port);
+    if (!ms.ok()) throw ConfigError("pod " + config_.name + ": metrics_listen: " + ms.message());
+    mo.readiness = [impl = impl_.get()]() -> std::string {
+      return impl->serving.load() ? "" : "the pod is not serving yet";
+    };
+    m.metrics_server = std::make_unique<metrics::MetricsServer>(m.registry, mo);
+    ms = m.metrics_server->start();
+    if (!ms.ok()) throw ConfigError("pod " + config_.name + ": metrics_listen: " + ms.message());
+    m.log->info("event=metrics_listening pod={} address={}", config_.name, m.metrics_server->address());
   }
+  m.log->info("event=identity pod={} public_key={} policy={} audit_log={}", config_.name, m.keys.public_key,
+              config_.policy.file.empty() ? config_.policy.hub_url : config_.policy.file, config_.audit_log);
 }
 
-Worker::~Worker() = default;
+const std::string& Worker::public_key() const { return impl_->keys.public_key; }
+
+int Worker::metrics_port() const { return impl_->metrics_server ? impl_->metrics_server->port() : 0; }
+
+// The Impl goes first: its ZAP authenticator and metrics threads use counters_.
+Worker::~Worker() { impl_.reset(); }
 
 void Worker::serve(const std::atomic<bool>& stop) { impl_->serve(stop); }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include "identity.h"
 #include "testutil.h"
 
 namespace fedpod {
@@ -75,10 +76,11 @@ TEST(CliTest, BadDurationIsNamed) {
 TEST(CliTest, WorkerWithBadRowNamesFileAndLine) {
   testing::TempDir dir;
   auto csv = dir.write("data.csv", "a,b,label\n1,2,0\n3,x,1\n");
+  testing::TestIdentity id(dir.path());
   // An inferred schema would make b categorical; a declared numeric one rejects the row.
   auto strict = dir.write("strict.yaml",
-                          "name: p\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: data.csv\n  schema:\n"
-                          "    - {name: a}\n    - {name: b}\n    - {name: label}\n");
+                          "name: pod-p\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: data.csv\n  schema:\n"
+                          "    - {name: a}\n    - {name: b}\n    - {name: label}\n" + id.pod_yaml("pod-p"));
   auto r = fedpod(dir, {"worker", "--config", strict});
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.output.find(csv + ":3: column 'b': \"x\" is not a number"), std::string::npos) << r.output;
@@ -87,8 +89,9 @@ TEST(CliTest, WorkerWithBadRowNamesFileAndLine) {
 TEST(CliTest, WorkerSkipsBadRowsWhenConfiguredAndKeepsServing) {
   testing::TempDir dir;
   dir.write("data.csv", "a,b,label\n1,2,0\n3,4\n5,6,1\n");
-  auto config = dir.write("pod.yaml",
-                          "name: p\nlisten: tcp://127.0.0.1:*\ndataset: {path: data.csv, on_bad_row: skip}\n");
+  testing::TestIdentity id(dir.path());
+  auto config = dir.write("pod.yaml", "name: pod-p\nlisten: tcp://127.0.0.1:*\ndataset: {path: data.csv, on_bad_row: skip}\n" +
+                                          id.pod_yaml("pod-p"));
   const std::string endpoint_file = (dir.path() / "ep").string();
   testing::Process w({testing::fedpod_bin(), "worker", "--config", config, "--endpoint-file", endpoint_file},
                      (dir.path() / "w.log").string());
@@ -97,15 +100,16 @@ TEST(CliTest, WorkerSkipsBadRowsWhenConfiguredAndKeepsServing) {
   int status = w.wait(30s);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   const std::string log = testing::read_file((dir.path() / "w.log").string());
-  EXPECT_NE(log.find("event=bad_rows_skipped pod=p count=1"), std::string::npos) << log;
+  EXPECT_NE(log.find("event=bad_rows_skipped pod=pod-p count=1"), std::string::npos) << log;
   EXPECT_NE(log.find("data.csv:3: expected 3 cells, got 2"), std::string::npos) << log;
 }
 
 TEST(CliTest, NonexistentDeviceIsAStartupError) {
   testing::TempDir dir;
   dir.write("data.csv", "a,label\n1,0\n");
-  auto config = dir.write("pod.yaml",
-                          "name: p\nlisten: tcp://127.0.0.1:*\ndataset: {path: data.csv}\ndevices: [cuda:3]\n");
+  testing::TestIdentity id(dir.path());
+  auto config = dir.write("pod.yaml", "name: pod-p\nlisten: tcp://127.0.0.1:*\ndataset: {path: data.csv}\ndevices: [cuda:3]\n" +
+                                          id.pod_yaml("pod-p"));
   auto r = fedpod(dir, {"worker", "--config", config});
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.output.find("devices: 'cuda:3' does not exist"), std::string::npos) << r.output;

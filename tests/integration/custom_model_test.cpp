@@ -2,7 +2,8 @@
 // loopback, a user who pushes a TorchScript archive or a native plugin, real
 // `fedpod worker` processes, and an in-process Coordinator that resolves the model
 // reference through the hub and ships the artifact to the pods in startJob.
-// Also: the pods' safety gate (custom_models), a tampered artifact, a missing model.
+// Also: a pod where the modeller lacks a grant, custom_models: refuse, a tampered
+// artifact, a missing model. Permissions in depth are in access_test.cpp.
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <sys/stat.h>
@@ -22,6 +23,7 @@
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/wire_convert.h"
 #include "fedpod/worker/worker.h"
+#include "identity.h"
 #include "running_hub.h"
 #include "testutil.h"
 
@@ -30,8 +32,6 @@ namespace {
 
 using namespace std::chrono_literals;
 using W = wire::Envelope::Body::Which;
-
-const std::string kKey = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";  // a valid Z85 CURVE key
 
 // A hub::Server on 127.0.0.1:<free port> serving on its own thread.
 using testing::RunningHub;
@@ -48,7 +48,7 @@ class CustomModelTest : public ::testing::Test {
     opt.data_dir = (dir_.path() / "hub").string();
     hub_ = std::make_unique<RunningHub>(opt);
     hub::Client c("127.0.0.1", hub_->port());
-    auto token = c.register_user("alice", kKey);
+    auto token = c.register_user("alice", id_.modeller.public_key);
     ASSERT_TRUE(token.ok()) << token.status().to_string();
     token_ = *token;
 
@@ -61,6 +61,7 @@ class CustomModelTest : public ::testing::Test {
     spec_.connect_timeout = 20s;
     spec_.hub_url = hub_->url();
     spec_.output_dir = (dir_.path() / "out").string();
+    spec_.key_file = id_.modeller_key_file;
   }
 
   // Scripts examples/torchscript_model/digits_net.py; returns the archive's path.
@@ -83,13 +84,13 @@ class CustomModelTest : public ::testing::Test {
     return v.ok() ? *v : hub::VersionInfo{};
   }
 
-  // One worker process per name, each with its digits share.
-  void start_pods(const std::vector<std::string>& names, const std::string& custom_models) {
+  // One worker process per name, each with its digits share; alice has `role` there.
+  void start_pods(const std::vector<std::string>& names, const std::string& role = "super-modeller",
+                  const std::string& extra_yaml = "") {
     for (const auto& name : names) {
       const std::string csv = testing::source_dir() + "/examples/digits/" + name + ".csv";
       std::string yaml = "name: " + name + "\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " + csv +
-                         "\nthreads: 1\n";
-      if (!custom_models.empty()) yaml += "custom_models: " + custom_models + "\n";
+                         "\nthreads: 1\n" + id_.pod_yaml(name, role) + extra_yaml;
       const std::string config = dir_.write(name + ".yaml", yaml);
       const std::string endpoint_file = (dir_.path() / (name + ".endpoint")).string();
       procs_.push_back(std::make_unique<testing::Process>(
@@ -100,7 +101,7 @@ class CustomModelTest : public ::testing::Test {
       ASSERT_FALSE(endpoint.empty())
           << "worker " << name
           << " did not start: " << testing::read_file((dir_.path() / (name + ".log")).string());
-      spec_.pods.push_back({name, endpoint});
+      spec_.pods.push_back({name, endpoint, id_.pod_public_key(name)});
     }
   }
 
@@ -116,6 +117,7 @@ class CustomModelTest : public ::testing::Test {
   }
 
   testing::TempDir dir_;
+  testing::TestIdentity id_{dir_.path(), "alice"};
   std::unique_ptr<RunningHub> hub_;
   std::string token_;
   std::vector<std::unique_ptr<testing::Process>> procs_;
@@ -127,7 +129,7 @@ TEST_F(CustomModelTest, TorchScriptModelTrainsAcrossThreePods) {
   const auto v = push("digits-net", "torchscript", pt,
                       testing::source_dir() + "/examples/torchscript_model/digits_net.py");
   ASSERT_EQ(v.version, 1);
-  start_pods({"pod-a", "pod-b", "pod-c"}, "allow_unauthenticated");
+  start_pods({"pod-a", "pod-b", "pod-c"});
   spec_.model.ref = "digits-net";  // version 0: latest; private, so the token is needed
   spec_.hub_token = token_;
   spec_.datastructure.input_shape = {1, 8, 8};
@@ -156,10 +158,10 @@ TEST_F(CustomModelTest, TorchScriptModelTrainsAcrossThreePods) {
 TEST_F(CustomModelTest, FitResolvesModelAndPodNamesThroughTheHub) {
   const std::string pt = script_digits_net();
   push("digits-net", "torchscript", pt, testing::source_dir() + "/examples/torchscript_model/digits_net.py");
-  start_pods({"pod-a", "pod-b"}, "allow_unauthenticated");
+  start_pods({"pod-a", "pod-b"});
   hub::Client c("127.0.0.1", hub_->port(), token_);
   for (const auto& p : spec_.pods) {
-    ASSERT_TRUE(c.register_pod(p.name, p.address, kKey, nlohmann::json::object()).ok());
+    ASSERT_TRUE(c.register_pod(p.name, p.address, id_.pod_public_key(p.name), nlohmann::json::object()).ok());
   }
   spec_.hub_token = token_;
   spec_.datastructure.input_shape = {1, 8, 8};
@@ -181,7 +183,7 @@ TEST_F(CustomModelTest, FitResolvesModelAndPodNamesThroughTheHub) {
 TEST_F(CustomModelTest, PluginModelTrainsAcrossThreePods) {
   const auto v = push("digits-mlp", "plugin", FEDPOD_EXAMPLE_PLUGIN,
                       testing::source_dir() + "/examples/plugin_model/digits_mlp.cpp", "public");
-  start_pods({"pod-a", "pod-b", "pod-c"}, "allow_unauthenticated");
+  start_pods({"pod-a", "pod-b", "pod-c"});
   spec_.model.ref = "digits-mlp";
   spec_.model.version = 1;
   spec_.model.hyperparameters =
@@ -198,12 +200,13 @@ TEST_F(CustomModelTest, PluginModelTrainsAcrossThreePods) {
   EXPECT_EQ(h["model"]["resolved"]["sha256"], v.sha256);
 }
 
-TEST_F(CustomModelTest, PodWithDefaultSettingRefusesCustomModels) {
+TEST_F(CustomModelTest, PodsRefuseWithoutGrantOrWhenCustomModelsAreOff) {
   const std::string pt = script_digits_net();
   push("digits-net", "torchscript", pt,
        testing::source_dir() + "/examples/torchscript_model/digits_net.py", "public");
-  start_pods({"pod-a"}, "allow_unauthenticated");
-  start_pods({"pod-b"}, "");  // the default: refuse
+  start_pods({"pod-a"});                      // alice is a super-modeller there
+  start_pods({"pod-b"}, "general-modeller");  // no grant for this model
+  start_pods({"pod-c"}, "super-modeller", "custom_models: refuse\n");
   spec_.model.ref = "digits-net";
   spec_.datastructure.input_shape = {1, 8, 8};
   spec_.rounds = 1;
@@ -212,15 +215,18 @@ TEST_F(CustomModelTest, PodWithDefaultSettingRefusesCustomModels) {
   ASSERT_FALSE(result.ok());
   EXPECT_EQ(result.status().code(), StatusCode::kUnavailable);
   const std::string msg = result.status().message();
-  EXPECT_CONTAINS(
-      msg,
-      "1 pods accepted the job, min_pods is 2: pod-b refused (permission_denied: pod pod-b "
-      "refuses custom model 'alice/digits-net' version 1");
-  EXPECT_CONTAINS(msg, "custom_models: allow_unauthenticated");
+  EXPECT_CONTAINS(msg, "1 pods accepted the job, min_pods is 3: pod-b refused (permission_denied: ");
+  EXPECT_CONTAINS(msg, "fedpod access request --model alice/digits-net:1 --pod pod-b");
+  EXPECT_CONTAINS(msg, "pod-c refused (permission_denied: pod pod-c refuses every custom model (pod.yaml "
+                       "custom_models: refuse)");
+  // The decisions are shown before any training.
+  EXPECT_CONTAINS(progress.str(), "pod-a: accepted (super-modeller)");
+  EXPECT_CONTAINS(progress.str(), "pod-b: refused: permission_denied: ");
   auto h = history();
   EXPECT_EQ(h["status"], "failed");
   EXPECT_EQ(h["pods"]["pod-b"]["outcome"], "refused");
   EXPECT_EQ(h["pods"]["pod-a"]["outcome"], "ok");
+  EXPECT_EQ(h["pods"]["pod-a"]["decision"], "super-modeller");
 }
 
 TEST_F(CustomModelTest, ArtifactOverThePodsFrameLimitIsNotSent) {
@@ -231,8 +237,7 @@ TEST_F(CustomModelTest, ArtifactOverThePodsFrameLimitIsNotSent) {
   const std::string csv = testing::source_dir() + "/examples/digits/pod-a.csv";
   const std::string config = dir_.write(
       "small.yaml", "name: pod-small\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " + csv +
-                        "\ncustom_models: allow_unauthenticated\n"
-                        "max_frame_bytes: 65536\n");
+                        "\nmax_frame_bytes: 65536\n" + id_.pod_yaml("pod-small"));
   const std::string endpoint_file = (dir_.path() / "small.endpoint").string();
   procs_.push_back(std::make_unique<testing::Process>(
       std::vector<std::string>{testing::fedpod_bin(), "worker", "--config", config,
@@ -240,7 +245,7 @@ TEST_F(CustomModelTest, ArtifactOverThePodsFrameLimitIsNotSent) {
       (dir_.path() / "small.log").string()));
   const std::string endpoint = testing::wait_for_word(endpoint_file, 60s);
   ASSERT_FALSE(endpoint.empty()) << testing::read_file((dir_.path() / "small.log").string());
-  spec_.pods.push_back({"pod-small", endpoint});
+  spec_.pods.push_back({"pod-small", endpoint, id_.pod_public_key("pod-small")});
   spec_.model.ref = "digits-mlp";
   spec_.rounds = 1;
   std::ostringstream progress;
@@ -253,21 +258,22 @@ TEST_F(CustomModelTest, ArtifactOverThePodsFrameLimitIsNotSent) {
 }
 
 TEST_F(CustomModelTest, PodConfigCustomModelsSetting) {
-  const std::string base = "name: p\nlisten: tcp://127.0.0.1:*\ndataset: {path: x.csv}\n";
-  EXPECT_EQ(worker::load_pod_config(dir_.write("a.yaml", base)).custom_models,
+  const std::string base = "name: p\nlisten: tcp://127.0.0.1:*\ndataset: {path: x.csv}\n" + id_.pod_yaml("p");
+  EXPECT_EQ(worker::load_pod_config(dir_.write("a.yaml", base)).custom_models, worker::CustomModels::kPolicy);
+  EXPECT_EQ(worker::load_pod_config(dir_.write("b.yaml", base + "custom_models: refuse\n")).custom_models,
             worker::CustomModels::kRefuse);
-  EXPECT_EQ(
-      worker::load_pod_config(dir_.write("b.yaml", base + "custom_models: allow_unauthenticated\n"))
-          .custom_models,
-      worker::CustomModels::kAllowUnauthenticated);
   EXPECT_CONTAINS(testing::config_error([&] {
                     worker::load_pod_config(dir_.write("c.yaml", base + "custom_models: yes\n"));
                   }),
-                  "custom_models: expected refuse or allow_unauthenticated");
+                  "custom_models: expected policy or refuse");
+  EXPECT_CONTAINS(testing::config_error([&] {
+                    worker::load_pod_config(dir_.write("d.yaml", base + "custom_models: allow_unauthenticated\n"));
+                  }),
+                  "custom_models: allow_unauthenticated is gone");
 }
 
 TEST_F(CustomModelTest, MissingModelFailsClearly) {
-  start_pods({"pod-a"}, "allow_unauthenticated");
+  start_pods({"pod-a"});
   spec_.model.ref = "no-such-model";
   spec_.rounds = 1;
   std::ostringstream progress;
@@ -283,7 +289,7 @@ TEST_F(CustomModelTest, MissingModelFailsClearly) {
 TEST_F(CustomModelTest, HubIsRequiredForACustomModel) {
   spec_.model.ref = "digits-net";
   spec_.hub_url = "";
-  spec_.pods.push_back({"pod-a", "tcp://127.0.0.1:1"});
+  spec_.pods.push_back({"pod-a", "tcp://127.0.0.1:1", ""});
   EXPECT_CONTAINS(
       testing::config_error([&] { coordinator::validate(spec_, "job.yaml"); }),
       "model.username: the custom model 'alice/digits-net' is resolved through the model hub");
@@ -308,10 +314,10 @@ class TamperTest : public ::testing::Test {
     config.listen = "tcp://127.0.0.1:*";
     config.dataset_path = testing::source_dir() + "/examples/digits/pod-a.csv";
     config.devices = {"cpu"};
-    config.custom_models = worker::CustomModels::kAllowUnauthenticated;
+    id_.secure(config, "super-modeller");
     worker_ = std::make_unique<worker::Worker>(ctx_, config, null_logger());
     thread_ = std::thread([this] { worker_->serve(stop_); });
-    socket_ = protocol::make_dealer(ctx_, worker_->endpoint(), protocol::SocketOptions());
+    socket_ = protocol::make_dealer(ctx_, worker_->endpoint(), id_.client_options("test-pod"));
   }
   void TearDown() override {
     socket_.close();
@@ -354,6 +360,8 @@ class TamperTest : public ::testing::Test {
            body.getError().getMessage().cStr();
   }
 
+  testing::TempDir dir_;
+  testing::TestIdentity id_{dir_.path()};
   zmq::context_t ctx_{1};
   std::atomic<bool> stop_{false};
   std::unique_ptr<worker::Worker> worker_;
@@ -368,9 +376,8 @@ TEST_F(TamperTest, ArtifactWhoseHashDiffersIsRefusedNamingBoth) {
   bytes[bytes.size() / 2] ^= 0x5a;  // one flipped byte in transit
   const std::string got = sha256_hex(bytes);
   const std::string err = start_job(claimed, bytes);
-  EXPECT_CONTAINS(err, "bad_message: custom model 'mallory/digits-mlp' version 1");
-  EXPECT_CONTAINS(err, "artifact sha256 mismatch: received bytes hash to " + got +
-                           ", startJob says " + claimed);
+  EXPECT_CONTAINS(err, "permission_denied: pod test-pod refuses custom model mallory/digits-mlp version 1");
+  EXPECT_CONTAINS(err, "the artifact received hashes to " + got + ", but startJob says " + claimed);
   EXPECT_EQ(worker_->counters().jobs_started, 0);
   // The untampered artifact is then accepted: the refusal left the pod serving.
   EXPECT_EQ(start_job(claimed, slurp(FEDPOD_EXAMPLE_PLUGIN)), "");

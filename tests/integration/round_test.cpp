@@ -12,6 +12,7 @@
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/coordinator/history.h"
 #include "fedpod/model/zoo.h"
+#include "identity.h"
 #include "testutil.h"
 
 namespace fedpod {
@@ -26,7 +27,8 @@ class RoundTest : public ::testing::Test {
     for (const auto& name : names) {
       const std::string csv = testing::source_dir() + "/examples/digits/" + name + ".csv";
       const std::string config = dir_.write(name + ".yaml", "name: " + name + "\nlisten: tcp://127.0.0.1:*\n" +
-                                                                "dataset:\n  path: " + csv + "\nthreads: 1\n");
+                                                                "dataset:\n  path: " + csv + "\nthreads: 1\n" +
+                                                                id_.pod_yaml(name, "general-modeller"));
       const std::string endpoint_file = (dir_.path() / (name + ".endpoint")).string();
       procs_.push_back(std::make_unique<testing::Process>(
           std::vector<std::string>{testing::fedpod_bin(), "worker", "--config", config, "--endpoint-file",
@@ -35,7 +37,7 @@ class RoundTest : public ::testing::Test {
       const std::string endpoint = testing::wait_for_word(endpoint_file, 60s);
       ASSERT_FALSE(endpoint.empty()) << "worker " << name << " did not start: "
                                      << testing::read_file((dir_.path() / (name + ".log")).string());
-      spec_.pods.push_back({name, endpoint});
+      spec_.pods.push_back({name, endpoint, id_.pod_public_key(name)});
     }
   }
 
@@ -50,6 +52,7 @@ class RoundTest : public ::testing::Test {
     spec_.round_timeout = 60s;
     spec_.connect_timeout = 20s;
     spec_.output_dir = (dir_.path() / "out").string();
+    spec_.key_file = id_.modeller_key_file;
   }
 
   StatusOr<coordinator::RunResult> run(std::ostream& progress) {
@@ -62,6 +65,7 @@ class RoundTest : public ::testing::Test {
   nlohmann::json history() { return nlohmann::json::parse(testing::read_file(spec_.output_dir + "/history.json")); }
 
   testing::TempDir dir_;
+  testing::TestIdentity id_{dir_.path()};
   std::vector<std::unique_ptr<testing::Process>> procs_;
   coordinator::JobSpec spec_;
 };
@@ -116,7 +120,7 @@ TEST_F(RoundTest, SchemaMismatchNamesPodAndColumn) {
 
 TEST_F(RoundTest, UnreachablePodIsSkippedWhenMinPodsAllows) {
   start_pods({"pod-a", "pod-b"});
-  spec_.pods.push_back({"pod-ghost", "tcp://127.0.0.1:1"});  // nothing listens on port 1
+  spec_.pods.push_back({"pod-ghost", "tcp://127.0.0.1:1", id_.pod_public_key("pod-ghost")});  // nothing listens on port 1
   spec_.min_pods = 2;
   spec_.connect_timeout = 2s;
   spec_.rounds = 1;

@@ -14,6 +14,7 @@
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/wire_convert.h"
+#include "identity.h"
 #include "testutil.h"
 
 namespace fedpod {
@@ -24,8 +25,8 @@ using W = wire::Envelope::Body::Which;
 
 class Client {
  public:
-  Client(zmq::context_t& ctx, const std::string& endpoint)
-      : socket_(protocol::make_dealer(ctx, endpoint, protocol::SocketOptions())) {}
+  Client(zmq::context_t& ctx, const std::string& endpoint, const protocol::SocketOptions& opts)
+      : socket_(protocol::make_dealer(ctx, endpoint, opts)) {}
 
   void send(std::vector<zmq::message_t> frames) { ASSERT_TRUE(protocol::send_frames(socket_, frames)); }
   void send(protocol::Outgoing& out) { send(out.frames()); }
@@ -70,9 +71,10 @@ class WorkerTest : public ::testing::Test {
     config.dataset_path = testing::source_dir() + "/examples/digits/pod-a.csv";
     config.devices = {"cpu"};
     if (max_frame_bytes > 0) config.max_frame_bytes = max_frame_bytes;
+    id_.secure(config);
     worker_ = std::make_unique<worker::Worker>(ctx_, config, null_logger());
     thread_ = std::thread([this] { worker_->serve(stop_); });
-    client_ = std::make_unique<Client>(ctx_, worker_->endpoint());
+    client_ = std::make_unique<Client>(ctx_, worker_->endpoint(), id_.client_options("test-pod"));
   }
 
   void TearDown() override {
@@ -129,6 +131,8 @@ class WorkerTest : public ::testing::Test {
     return out;
   }
 
+  testing::TempDir dir_;
+  testing::TestIdentity id_{dir_.path()};
   zmq::context_t ctx_{1};
   std::atomic<bool> stop_{false};
   std::unique_ptr<worker::Worker> worker_;
@@ -401,12 +405,14 @@ TEST(WorkerPrivacyTest, HelloHidesInferredCategories) {
   config.name = "private-pod";
   config.listen = "tcp://127.0.0.1:*";
   config.dataset_path = dir.write("people.csv", "city,age,label\nOslo,31,0\nLima,45,1\n");
+  testing::TestIdentity id(dir.path());
+  id.secure(config);
   zmq::context_t ctx(1);
   worker::Worker w(ctx, config, null_logger());
   std::atomic<bool> stop{false};
   std::thread t([&] { w.serve(stop); });
   {
-    Client client(ctx, w.endpoint());
+    Client client(ctx, w.endpoint(), id.client_options("private-pod"));
     protocol::Outgoing out("", 1);
     out.envelope().getBody().initHello();
     auto r = client.request(out);
@@ -432,7 +438,7 @@ TEST_F(SmallFrameWorkerTest, OversizedFrameDropsOnlyThatPeer) {
   frames.emplace_back(std::string(64 * 1024, 'x').data(), 64 * 1024);
   client_->send(std::move(frames));
   EXPECT_EQ(client_->recv(500ms), nullptr);
-  Client other(ctx_, worker_->endpoint());
+  Client other(ctx_, worker_->endpoint(), id_.client_options("test-pod"));
   expect_still_serving(other);
 }
 

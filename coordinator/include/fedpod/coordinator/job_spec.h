@@ -20,9 +20,14 @@
 //     num_classes: 10                # required
 //     scale: 0.0625                  # multiplies every feature (default 1)
 //     split: {validation: 0.1, test: 0.2, seed: 0}
+//   key_file: ~/.config/fedpod/alice.key  # the modeller's CURVE key pair (fedpod keys
+//                                    # generate); pods admit only keys registered on the
+//                                    # hub. Relative to this file. Default: env FEDPOD_KEY_FILE
 //   pods:
-//     - {name: pod-a, address: tcp://127.0.0.1:5555}
-//     - pod-b                        # a bare name: its address comes from the hub
+//     - {name: pod-a, address: tcp://127.0.0.1:5555, public_key: "..."}
+//     - {name: pod-c, address: tcp://10.0.0.7:5555, public_key_file: keys/pod-c.pub}
+//     - pod-b                        # a bare name: address and public key come from the hub
+//                                    # (a pod's public_key, when not given, too)
 //   rounds: 10
 //   local_epochs: 1                  # or local_steps: N
 //   batch_size: 32
@@ -50,7 +55,8 @@ namespace fedpod::coordinator {
 
 struct PodAddress {
   std::string name;
-  std::string address;  // empty: resolved through the hub by name when the job starts
+  std::string address;     // empty: resolved through the hub by name when the job starts
+  std::string public_key;  // the pod's CURVE server key; empty: taken from the hub
 };
 
 struct ModelSpec {
@@ -65,6 +71,7 @@ struct JobSpec {
   ModelSpec model;
   std::string hub_url;    // "http://host:port"; required when model.username is set
   std::string hub_token;  // bearer token for the hub; may be empty
+  std::string key_file;   // the modeller's CURVE key pair; empty: connect without CURVE
   data::Datastructure datastructure;
   std::vector<PodAddress> pods;
   int rounds = 10;

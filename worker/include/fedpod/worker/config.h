@@ -15,19 +15,30 @@
 //   job_idle_timeout: 10m             # a job with no message for this long is ended
 //   max_frame_bytes: 2147483648       # largest accepted ZeroMQ frame (also bounds a
 //                                     # custom model's artifact, sent as one frame)
-//   custom_models: refuse             # refuse (default) | allow_unauthenticated
+//   custom_models: policy             # policy (default) | refuse: refuse every custom model
 //   log_level: info
+//   # Identity and permissions (docs/permissions.md); all paths relative to this file.
+//   key_file: keys/pod-a.key          # required: this pod's CURVE key pair (fedpod keys generate)
+//   policy:                           # required: who may run what here, from one source:
+//     hub: http://hub:8470            #   the model hub, read with the pod owner's token
+//     token_file: owner.token         #   (or env FEDPOD_TOKEN)
+//     refresh: 30s                    #   how often the hub is asked: revocations reach
+//                                     #   the pod within this (plus a 10 s fetch timeout)
+//                                     #   and apply from the next job
+//     max_staleness: 24h              #   a hub outage keeps the cached policy this long;
+//                                     #   after that every job is refused
+//     cache: state/pod-a.policy.json  #   last fetched policy, read at start when the hub
+//                                     #   is down (default: state/<name>.policy.json)
+//     # file: policy.yaml             #   air-gapped: a local policy file instead of the hub
+//                                     #   (re-read when it changes)
+//   audit_log: state/pod-a.audit.log  # hash-chained decisions (default: state/<name>.audit.log)
+//   metrics_listen: 127.0.0.1:9101    # /metrics, /healthz, /readyz (default: off)
 //
-// custom_models. A custom model (a TorchScript archive or a native plugin from the
-// model hub) is arbitrary code: loading it runs it on this pod with the worker's
-// privileges and access to the whole dataset. Pods will decide who may run what
-// from the modeller's CURVE identity and the pod owner's grants (a later release);
-// until then the username in a startJob is just text anyone can write. So:
-//   refuse                 every custom model is refused with permissionDenied;
-//                          built-in models (logreg, mlp, cnn) still run.
-//   allow_unauthenticated  DANGEROUS: any peer that can reach `listen` can run any
-//                          code on this pod and read its data. Only for air-gapped
-//                          tests and demos on loopback; never on a shared network.
+// The ROUTER socket is a CURVE server with key_file's secret key; only public keys of
+// users in the policy complete the handshake, and the pod decides each startJob from
+// the authenticated user (never from a name in a message): built-in models need the
+// general-modeller or super-modeller role on this pod, custom models super-modeller
+// or general-modeller plus an approved, unexpired grant for that exact sha256.
 #pragma once
 
 #include <chrono>
@@ -41,8 +52,20 @@
 namespace fedpod::worker {
 
 enum class CustomModels {
-  kRefuse,                // default
-  kAllowUnauthenticated,  // dangerous: see custom_models above
+  kPolicy,  // default: decided per modeller by roles and grants
+  kRefuse,  // every custom model refused, whatever the grants
+};
+
+// Where the pod's access policy comes from: the hub (hub_url + token) or a file.
+struct PolicySource {
+  std::string hub_url;
+  std::string hub_host;  // parsed from hub_url
+  int hub_port = 80;
+  std::string token;  // read from token_file (or FEDPOD_TOKEN) at load time
+  std::string file;
+  std::string cache_path;
+  std::chrono::milliseconds refresh{30'000};
+  std::chrono::milliseconds max_staleness{24LL * 3600 * 1000};
 };
 
 struct PodConfig {
@@ -55,8 +78,12 @@ struct PodConfig {
   int threads = 0;                   // 0: every core
   std::chrono::milliseconds job_idle_timeout{10 * 60 * 1000};
   int64_t max_frame_bytes = int64_t{2} << 30;
-  CustomModels custom_models = CustomModels::kRefuse;
+  CustomModels custom_models = CustomModels::kPolicy;
   std::string log_level = "info";
+  std::string key_file;  // absolute
+  PolicySource policy;
+  std::string audit_log;       // absolute
+  std::string metrics_listen;  // "" = no metrics endpoint
 };
 
 // Reads and validates `path`. Throws ConfigError naming the file and key.

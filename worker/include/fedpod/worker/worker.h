@@ -12,6 +12,13 @@
 // with kBusy. A job idle longer than job_idle_timeout is ended, so a vanished
 // coordinator cannot hold the pod forever.
 //
+// Identity and permissions (docs/permissions.md): the ROUTER is a CURVE server with
+// the pod's key; the context's ZAP handler admits only keys of users in the pod's
+// policy (PolicyCache: from the hub or a file), and every message carries the
+// authenticated user. startJob is decided by decide() (policy.h) before any model
+// code loads; each decision is appended to the audit log, refusals are counted in
+// fedpod_access_denied_total{reason}. Only the user who started a job may drive it.
+//
 // Threads: serve() runs the socket loop; training and evaluation run on a second
 // (executor) thread that hands finished replies back through an inproc PAIR socket,
 // so heartbeats and refusals are answered while a round trains. Bad messages get
@@ -42,6 +49,8 @@ struct WorkerCounters {
   std::atomic<int64_t> samples_trained{0};
   std::atomic<int64_t> evaluations{0};
   std::atomic<int64_t> heartbeats{0};
+  std::atomic<int64_t> access_denied{0};       // startJob refused by the permission check
+  std::atomic<int64_t> handshakes_refused{0};  // CURVE handshakes with a key of no known user
 };
 
 // What a pod runs for a job: how a model reference becomes a model, and how a round
@@ -50,9 +59,9 @@ struct WorkerCounters {
 // own; nothing in pod.yaml or in a message can select anything else.
 //
 // Custom models (startJob with a username) arrive as an artifact frame; the pod
-// refuses them unless config custom_models is allow_unauthenticated, checks the
-// frame's sha256 against the one in the message, writes it to a private file
-// (directory 0700, file 0600) and calls load_custom(path, format).
+// hashes it, decides from the authenticated user's role and grants (policy.h), and
+// only then writes it to a private file (directory 0700, file 0600) and calls
+// load_custom(path, format).
 struct Runtime {
   std::function<std::unique_ptr<model::Model>(const std::string& ref)> make_model = model::make_builtin;
   std::function<StatusOr<std::unique_ptr<model::Model>>(const std::string& path, const std::string& format)>
@@ -76,6 +85,10 @@ class Worker {
   const std::string& endpoint() const { return endpoint_; }
   const PodConfig& config() const { return config_; }
   const WorkerCounters& counters() const { return counters_; }
+  // This pod's CURVE public key (coordinators use it as the server key).
+  const std::string& public_key() const;
+  // The port of /metrics, /healthz, /readyz (config metrics_listen); 0 when off.
+  int metrics_port() const;
 
   // Serves until `stop` becomes true (checked every 100 ms). Call from one thread,
   // once; the socket moves to that thread.

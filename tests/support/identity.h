@@ -1,0 +1,101 @@
+// Identities for tests: CURVE key pairs for one modeller and any number of pods,
+// and air-gapped policy files (worker/policy.h format) that give the modeller a role.
+//
+//   testing::TestIdentity id(dir_.path());          // modeller "tester"
+//   worker::PodConfig c = ...; id.secure(c);         // pod key, policy file, audit log
+//   std::string yaml = base + id.pod_yaml("pod-a");  // the same for a pod.yaml
+//   spec.key_file = id.modeller_key_file;            // the coordinator's side
+//   spec.pods.push_back({"pod-a", endpoint, id.pod_public_key("pod-a")});
+//
+// Header-only: tests that use it link fedpod::protocol (and fedpod::worker for secure()).
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+#include "fedpod/protocol/curve.h"
+#include "fedpod/protocol/socket.h"
+
+namespace fedpod::testing {
+
+class TestIdentity {
+ public:
+  explicit TestIdentity(std::filesystem::path dir, std::string user = "tester")
+      : dir_(std::move(dir)), user_(std::move(user)) {
+    std::filesystem::create_directories(dir_ / "keys");
+    modeller = protocol::generate_curve_keypair();
+    modeller_key_file = (dir_ / "keys" / (user_ + ".key")).string();
+    check(protocol::write_key_files((dir_ / "keys" / user_).string(), modeller, true));
+  }
+
+  const std::string& user() const { return user_; }
+
+  // The pod's key pair, created on first use.
+  const protocol::CurveKeyPair& pod_keys(const std::string& pod) {
+    auto it = pods_.find(pod);
+    if (it == pods_.end()) {
+      it = pods_.emplace(pod, protocol::generate_curve_keypair()).first;
+      check(protocol::write_key_files((dir_ / "keys" / pod).string(), it->second, true));
+    }
+    return it->second;
+  }
+  std::string pod_public_key(const std::string& pod) { return pod_keys(pod).public_key; }
+  std::string pod_key_file(const std::string& pod) {
+    pod_keys(pod);
+    return (dir_ / "keys" / (pod + ".key")).string();
+  }
+
+  // Writes the pod's policy file: the modeller with `role` ("" = registered, no role),
+  // plus `extra` YAML appended verbatim (e.g. a grants: list). Returns its path.
+  std::string write_policy(const std::string& pod, const std::string& role, const std::string& extra = "") {
+    std::string y = "pod: " + pod + "\nusers:\n  - {username: " + user_ + ", public_key: \"" + modeller.public_key +
+                    "\"}\nroles:\n";
+    if (!role.empty()) y += "  - {username: " + user_ + ", role: " + role + "}\n";
+    else y += "  []\n";
+    y += extra.empty() ? "grants: []\n" : extra;
+    const std::string path = (dir_ / (pod + ".policy.yaml")).string();
+    std::ofstream(path) << y;
+    return path;
+  }
+
+  // pod.yaml lines: key_file, an air-gapped policy giving the modeller `role`, audit log.
+  std::string pod_yaml(const std::string& pod, const std::string& role = "super-modeller") {
+    return "key_file: " + pod_key_file(pod) + "\npolicy: {file: " + write_policy(pod, role) +
+           "}\naudit_log: " + audit_log(pod) + "\n";
+  }
+  std::string audit_log(const std::string& pod) const { return (dir_ / (pod + ".audit.log")).string(); }
+
+  // The same for a PodConfig built in code.
+  template <typename PodConfig>
+  void secure(PodConfig& c, const std::string& role = "super-modeller") {
+    c.key_file = pod_key_file(c.name);
+    c.policy.file = write_policy(c.name, role);
+    c.audit_log = audit_log(c.name);
+  }
+
+  // DEALER options that authenticate as the modeller to `pod`.
+  protocol::SocketOptions client_options(const std::string& pod) {
+    protocol::SocketOptions o;
+    o.curve_client_public = modeller.public_key;
+    o.curve_client_secret = modeller.secret_key;
+    o.curve_server_public = pod_public_key(pod);
+    return o;
+  }
+
+  protocol::CurveKeyPair modeller;
+  std::string modeller_key_file;
+
+ private:
+  static void check(const Status& st) {
+    if (!st.ok()) throw std::runtime_error(st.to_string());
+  }
+
+  std::filesystem::path dir_;
+  std::string user_;
+  std::map<std::string, protocol::CurveKeyPair> pods_;
+};
+
+}  // namespace fedpod::testing
