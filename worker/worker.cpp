@@ -25,6 +25,7 @@
 #include "fedpod/worker/policy_cache.h"
 #include "fedpod/hub/client.h"
 #include "fedpod/metrics/metrics.h"
+#include <prometheus/text_serializer.h>
 #include "fedpod/data/dataset.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/protocol/codec.h"
@@ -190,8 +191,38 @@ struct Worker::Impl {
       *registry, "fedpod_access_denied_total",
       "Jobs and connections this pod refused, by reason (unknown_key: a CURVE handshake with a key of no user "
       "in the policy; the others: startJob refusals, see docs/permissions.md)");
+  prometheus::Family<prometheus::Counter>& jobs_family =
+      metrics::counter(*registry, "fedpod_worker_jobs_total",
+                       "Jobs by outcome: accepted (startJob admitted), refused (permission or busy), ended (endJob "
+                       "or worker stop), expired (idle past job_idle_timeout)");
+  prometheus::Histogram& train_seconds =
+      metrics::histogram(*registry, "fedpod_worker_train_seconds", "Local training time of one round")
+          .Add({}, metrics::seconds_buckets());
+  prometheus::Counter& train_steps =
+      metrics::counter(*registry, "fedpod_worker_train_steps_total", "Optimizer steps taken in local training").Add({});
+  prometheus::Counter& train_samples =
+      metrics::counter(*registry, "fedpod_worker_train_samples_total", "Samples seen in local training (with repeats)")
+          .Add({});
+  prometheus::Family<prometheus::Counter>& bytes_family = metrics::counter(
+      *registry, "fedpod_worker_bytes_total", "Message bytes received from and sent to coordinators, by direction");
+  prometheus::Counter& bytes_received = bytes_family.Add({{"direction", "received"}});
+  prometheus::Counter& bytes_sent = bytes_family.Add({{"direction", "sent"}});
+  prometheus::Family<prometheus::Counter>& bad_family = metrics::counter(
+      *registry, "fedpod_worker_bad_messages_total",
+      "Messages refused as malformed, by reason: no_envelope, too_many_frames, envelope (unreadable header), "
+      "content (wrong tensors, values or fields), unexpected_kind");
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   void on_access_denied(const std::string& reason) { access_denied_family.Add({{"reason", reason}}).Increment(); }
+  void on_job(const char* outcome) { jobs_family.Add({{"outcome", outcome}}).Increment(); }
+  void on_bad_message(const char* reason) {
+    counters().bad_messages++;
+    bad_family.Add({{"reason", reason}}).Increment();
+  }
+  static double frame_bytes(const Frames& frames) {
+    double n = 0;
+    for (const auto& f : frames) n += static_cast<double>(f.size());
+    return n;
+  }
 
   // ZAP: admits a client key that belongs to a user of the current policy.
   std::optional<std::string> authenticate(const std::string& key, const std::string& address) {
@@ -291,14 +322,17 @@ struct Worker::Impl {
     // frames[0] is the routing id.
     zmq::message_t routing = std::move(frames[0]);
     frames.erase(frames.begin());
-    if (!protocol::send_frames(router, frames, &routing)) {
+    const double bytes = frame_bytes(frames);
+    if (protocol::send_frames(router, frames, &routing)) {
+      bytes_sent.Increment(bytes);
+    } else {
       log->warn("event=reply_dropped reason=peer_gone");
     }
   }
 
   void send_error(const zmq::message_t& routing, const std::string& job_id, uint64_t request_id,
-                  const Status& status) {
-    if (status.code() == StatusCode::kBadMessage) counters().bad_messages++;
+                  const Status& status, const char* bad_reason = "content") {
+    if (status.code() == StatusCode::kBadMessage) on_bad_message(bad_reason);
     log->warn("event=request_refused job={} request={} code={} reason=\"{}\"", job_id, request_id,
               to_string(status.code()), status.message());
     Frames f = reply(routing, job_id, request_id,
@@ -337,7 +371,10 @@ struct Worker::Impl {
       expire_idle_job();
     }
     serving = false;
-    if (job) end_job("worker stopping");
+    if (job) {
+      on_job("ended");
+      end_job("worker stopping");
+    }
     executor.reset();
     log->info("event=stopped pod={}", config().name);
   }
@@ -346,6 +383,7 @@ struct Worker::Impl {
     if (!job || busy) return;
     if (Clock::now() - job->last_activity > config().job_idle_timeout) {
       log->warn("event=job_expired job={} idle_timeout_ms={}", job->id, config().job_idle_timeout.count());
+      on_job("expired");
       end_job("idle timeout");
     }
   }
@@ -361,8 +399,9 @@ struct Worker::Impl {
   }
 
   void handle(Frames& frames, bool too_many) {
+    bytes_received.Increment(frame_bytes(frames));
     if (frames.size() < 2) {
-      counters().bad_messages++;
+      on_bad_message("no_envelope");
       log->warn("event=bad_message reason=\"message without an envelope\"");
       return;  // no way to answer without a routing id and envelope
     }
@@ -375,12 +414,13 @@ struct Worker::Impl {
     const std::string peer = peer_prop ? peer_prop : "";
     if (too_many) {
       send_error(routing, "", 0,
-                 Status::bad_message("message has more than " + std::to_string(limits.max_frames) + " frames"));
+                 Status::bad_message("message has more than " + std::to_string(limits.max_frames) + " frames"),
+                 "too_many_frames");
       return;
     }
     auto parsed = protocol::Incoming::parse(std::move(frames), limits);
     if (!parsed.ok()) {
-      send_error(routing, "", 0, parsed.status());
+      send_error(routing, "", 0, parsed.status(), "envelope");
       return;
     }
     protocol::Incoming& in = **parsed;
@@ -391,10 +431,13 @@ struct Worker::Impl {
       job_id = env.getJobId();
       request_id = env.getRequestId();
       Status st = dispatch(routing, in, job_id, request_id, Peer{user, peer});
-      if (!st.ok()) send_error(routing, job_id, request_id, st);
+      if (!st.ok()) {
+        const bool wrong_kind = st.message().rfind("a pod does not accept", 0) == 0;
+        send_error(routing, job_id, request_id, st, wrong_kind ? "unexpected_kind" : "content");
+      }
     } catch (const kj::Exception& e) {
       send_error(routing, job_id, request_id,
-                 Status::bad_message(std::string("malformed message: ") + e.getDescription().cStr()));
+                 Status::bad_message(std::string("malformed message: ") + e.getDescription().cStr()), "envelope");
     } catch (const ConfigError& e) {
       send_error(routing, job_id, request_id, Status::invalid(e.what()));
     } catch (const c10::Error& e) {
@@ -453,6 +496,7 @@ struct Worker::Impl {
       case W::END_JOB: {
         if (!job || job->id != job_id) return Status::failed_precondition("no job '" + job_id + "' on pod " + config().name);
         FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
+        on_job("ended");
         end_job(std::string("requested: ") + body.getEndJob().getReason().cStr());
         Frames f = reply(routing, job_id, request_id,
                          [&](protocol::Outgoing& o) { o.envelope().getBody().initJobEnded(); });
@@ -529,6 +573,7 @@ struct Worker::Impl {
     if (job_id.empty()) return Status::invalid("startJob without a job id");
     if (job && job->id != job_id) {
       counters().jobs_refused++;
+      on_job("refused");
       return Status::busy("pod " + config().name + " is running job '" + job->id +
                           "'; a second job is refused until that one ends");
     }
@@ -569,6 +614,7 @@ struct Worker::Impl {
     Decision d = decide_start(req, claimed_sha);
     if (!d.allowed) {
       counters().jobs_refused++;
+      on_job("refused");
       counters().access_denied++;
       on_access_denied(d.reason);
       log->warn("event=access_denied pod={} job={} user={} peer={} model={} reason={} message=\"{}\"", config().name,
@@ -632,6 +678,7 @@ struct Worker::Impl {
     });
     job = std::move(new_job);
     counters().jobs_started++;
+    on_job("accepted");
     send(f);
     return Status();
   }
@@ -694,6 +741,9 @@ struct Worker::Impl {
       }
       counters().rounds_trained++;
       counters().samples_trained += stats->samples_seen;
+      train_seconds.Observe(seconds);
+      train_steps.Increment(static_cast<double>(stats->steps));
+      train_samples.Increment(static_cast<double>(stats->samples_seen));
       log->info("event=trained job={} round={} steps={} samples={} train_loss={:.4f} train_accuracy={:.4f} seconds={:.3f}",
                 job_id, round, stats->steps, stats->samples_seen, stats->loss, stats->accuracy, seconds);
       // The parameters stay in the model until the coordinator fetches them.
@@ -858,6 +908,10 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
 }
 
 const std::string& Worker::public_key() const { return impl_->keys.public_key; }
+
+std::string Worker::metrics_text() const {
+  return prometheus::TextSerializer().Serialize(impl_->registry->Collect());
+}
 
 int Worker::metrics_port() const { return impl_->metrics_server ? impl_->metrics_server->port() : 0; }
 

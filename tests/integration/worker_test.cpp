@@ -330,6 +330,37 @@ TEST_F(WorkerTest, FetchResultNeedsATrainedRound) {
   EXPECT_TRUE(torch::equal((*a)[0], (*b)[0]));
 }
 
+// The pod's Prometheus metrics after a known exchange: one job, one round of 5
+// steps of 16 samples, one result fetched, one garbage message, one refused job.
+TEST_F(WorkerTest, MetricsCountWhatHappened) {
+  ASSERT_EQ(start_job("job-1")->envelope().getBody().which(), W::JOB_ACCEPTED);
+  auto msg = train_msg("job-1", zeros_for(layout()), 5);
+  ASSERT_EQ(client_->request(*msg)->envelope().getBody().which(), W::TRAIN_DONE);
+  ASSERT_EQ(fetch(1)->envelope().getBody().which(), W::TRAIN_RESULT);
+  std::vector<zmq::message_t> garbage;
+  garbage.emplace_back("not an envelope", 15);
+  client_->send(std::move(garbage));
+  ASSERT_NE(client_->recv(), nullptr);
+  ASSERT_NE(error_of(*start_job("job-2")), "");  // busy
+  const std::string m = worker_->metrics_text();
+  EXPECT_CONTAINS(m, "fedpod_worker_jobs_total{outcome=\"accepted\"} 1\n");
+  EXPECT_CONTAINS(m, "fedpod_worker_jobs_total{outcome=\"refused\"} 1\n");
+  EXPECT_CONTAINS(m, "fedpod_worker_train_steps_total 5\n");
+  EXPECT_CONTAINS(m, "fedpod_worker_train_samples_total 80\n");
+  EXPECT_CONTAINS(m, "fedpod_worker_train_seconds_count 1\n");
+  EXPECT_CONTAINS(m, "fedpod_worker_bad_messages_total{reason=\"envelope\"} 1\n");
+  // The parameters went down in train and back up in trainResult: at least their bytes.
+  const auto value = [&](const std::string& series) {
+    const auto at = m.find(series + " ");
+    return at == std::string::npos ? -1.0 : std::stod(m.substr(at + series.size() + 1));
+  };
+  double param_bytes = 0;
+  for (const auto& p : layout()) param_bytes += 4.0 * torch::zeros(p.shape).numel();
+  EXPECT_GE(value("fedpod_worker_bytes_total{direction=\"received\"}"), param_bytes);
+  EXPECT_GE(value("fedpod_worker_bytes_total{direction=\"sent\"}"), param_bytes);
+  EXPECT_PROMTOOL_CLEAN(m);
+}
+
 TEST_F(WorkerTest, SecondConcurrentJobIsRefusedUntilFirstEnds) {
   ASSERT_EQ(start_job("job-1")->envelope().getBody().which(), W::JOB_ACCEPTED);
   auto r = start_job("job-2");

@@ -2,6 +2,8 @@
 
 #include "fedpod/common/config_util.h"
 
+#include <sys/wait.h>
+
 #include <cstdlib>
 #include <fstream>
 #include <stdexcept>
@@ -68,6 +70,22 @@ std::string read_file(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+PromtoolResult promtool_check(const std::string& exposition) {
+  PromtoolResult r;
+  if (std::system("command -v promtool > /dev/null 2>&1") != 0) {
+    r.output = "promtool is not on PATH; run scripts/bootstrap (Debian's 'prometheus' package ships it)";
+    return r;
+  }
+  TempDir dir;
+  const std::string in = dir.write("metrics.txt", exposition);
+  const std::string out = (dir.path() / "promtool.out").string();
+  const std::string cmd = "timeout 60 promtool check metrics < '" + in + "' > '" + out + "' 2>&1";
+  const int rc = std::system(cmd.c_str());
+  r.exit_code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  r.output = read_file(out);
+  return r;
 }
 
 }  // namespace fedpod::testing

@@ -52,6 +52,22 @@ std::string read_file(const std::string& path);
 // The message of the ConfigError `f` throws; fails the current test when it throws none.
 std::string config_error(const std::function<void()>& f);
 
+// `promtool check metrics` over a Prometheus text exposition: its exit code and its
+// output (lint warnings print lines; a clean exposition prints nothing). When
+// promtool is not installed, exit_code is -1 and output says to run scripts/bootstrap.
+struct PromtoolResult {
+  int exit_code = -1;
+  std::string output;
+};
+PromtoolResult promtool_check(const std::string& exposition);
+// EXPECT_PROMTOOL_CLEAN(text): promtool exits 0 and prints nothing.
+#define EXPECT_PROMTOOL_CLEAN(exposition)                                              \
+  do {                                                                                 \
+    const auto promtool_result_ = ::fedpod::testing::promtool_check(exposition);       \
+    EXPECT_EQ(promtool_result_.exit_code, 0) << promtool_result_.output;               \
+    EXPECT_EQ(promtool_result_.output, "") << "promtool: " << promtool_result_.output; \
+  } while (0)
+
 // EXPECT_CONTAINS(text, part): text contains part; prints both otherwise.
 ::testing::AssertionResult Contains(const char* h_expr, const char* n_expr, const std::string& haystack,
                                     const std::string& needle);

@@ -327,55 +327,11 @@ TEST(MetricsServerLifecycleTest, ReadinessCheckThatThrowsIs503NamingIt) {
 
 // ---- promtool ----------------------------------------------------------------------
 
-// promtool's path on PATH, or "".
-std::string find_on_path(const std::string& program) {
-  const char* path = std::getenv("PATH");
-  std::string dirs = path ? path : "";
-  size_t begin = 0;
-  while (begin <= dirs.size()) {
-    size_t end = dirs.find(':', begin);
-    if (end == std::string::npos) end = dirs.size();
-    std::string candidate = dirs.substr(begin, end - begin) + "/" + program;
-    struct stat st;
-    if (end > begin && stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
-        access(candidate.c_str(), X_OK) == 0)
-      return candidate;
-    begin = end + 1;
-  }
-  return "";
-}
-
-struct PromtoolResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-// `promtool check metrics < exposition`, bounded by coreutils' timeout.
-PromtoolResult promtool_check(const std::string& promtool, const std::string& exposition) {
-  TempDir dir;
-  std::string in = dir.write("metrics.txt", exposition);
-  std::string out = (dir.path() / "promtool.out").string();
-  std::string cmd =
-      "timeout 60 '" + promtool + "' check metrics < '" + in + "' > '" + out + "' 2>&1";
-  int rc = std::system(cmd.c_str());
-  PromtoolResult r;
-  r.exit_code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  r.output = read_file(out);
-  return r;
-}
-
-std::string require_promtool() {
-  std::string promtool = find_on_path("promtool");
-  if (promtool.empty())
-    ADD_FAILURE() << "promtool is not on PATH; run scripts/bootstrap (it installs the Debian "
-                     "'prometheus' package, which ships promtool)";
-  return promtool;
-}
+// testing::promtool_check (testutil.h) runs the real promtool; without it, the result
+// carries the exit code -1 and a message saying to run scripts/bootstrap, which fails
+// these tests.
 
 TEST_F(MetricsServerTest, MetricsOutputPassesPromtoolLint) {
-  std::string promtool = require_promtool();
-  if (promtool.empty()) return;
-
   auto& rejected =
       counter(*registry_, "fedpod_updates_rejected_total", "Updates rejected, by reason");
   rejected.Add({{"reason", "stale_round"}}).Increment();
@@ -396,7 +352,7 @@ TEST_F(MetricsServerTest, MetricsOutputPassesPromtoolLint) {
   EXPECT_CONTAINS(res->body,
                   "fedpod_round_duration_seconds_bucket{job=\"digits\",le=\"0.256\"} 1\n");
 
-  PromtoolResult r = promtool_check(promtool, res->body);
+  testing::PromtoolResult r = testing::promtool_check(res->body);
   EXPECT_EQ(r.exit_code, 0) << r.output << "\n--- input ---\n" << res->body;
   EXPECT_EQ(r.output, "") << "promtool printed lint warnings:\n" << r.output;
 }
@@ -405,8 +361,6 @@ TEST_F(MetricsServerTest, MetricsOutputPassesPromtoolLint) {
 // "_total", defined through prometheus-cpp directly, bypassing our checks), so the
 // clean result above means something.
 TEST(PromtoolHarnessTest, FlagsACounterWithoutTotal) {
-  std::string promtool = require_promtool();
-  if (promtool.empty()) return;
   auto registry = std::make_shared<prometheus::Registry>();
   prometheus::BuildCounter()
       .Name("fedpod_updates")
@@ -420,7 +374,7 @@ TEST(PromtoolHarnessTest, FlagsACounterWithoutTotal) {
   c.set_read_timeout(5, 0);
   auto res = c.Get("/metrics");
   ASSERT_TRUE(res);
-  PromtoolResult r = promtool_check(promtool, res->body);
+  testing::PromtoolResult r = testing::promtool_check(res->body);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_CONTAINS(r.output, "fedpod_updates counter metrics should have \"_total\" suffix");
 }

@@ -89,6 +89,8 @@ class Worker {
   const std::string& public_key() const;
   // The port of /metrics, /healthz, /readyz (config metrics_listen); 0 when off.
   int metrics_port() const;
+  // The pod's metrics in Prometheus text format, as /metrics serves them.
+  std::string metrics_text() const;
 
   // Serves until `stop` becomes true (checked every 100 ms). Call from one thread,
   // once; the socket moves to that thread.
