@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <thread>
 
 #include "commands.h"
@@ -45,6 +46,8 @@ void serve(const HubArgs& args) {
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
 
+  // The registry the hub's /metrics serves, built here and injected (no global one).
+  opt.registry = std::make_shared<prometheus::Registry>();
   hub::Server server(opt, make_logger("hub", args.log_level));
   Status s = server.start();
   if (!s.ok()) {

@@ -1,11 +1,14 @@
 #include "fedpod/hub/server.h"
 
 #include <httplib.h>
+#include <prometheus/text_serializer.h>
 
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 
+#include "fedpod/metrics/metrics.h"
 #include "store.h"
 #include "util.h"
 
@@ -185,10 +188,95 @@ json pod_json(const detail::Pod& p) {
           {"schema", schema},     {"created_at", p.created_at}};
 }
 
+// When the request being handled on this thread began: set by the pre-routing
+// handler, read and cleared by the logger, which httplib calls on the same thread
+// once the response is written. Zero when routing never ran (a malformed request
+// line), and then no duration is observed.
+thread_local std::chrono::steady_clock::time_point t_request_start{};
+
+// The regex of a route label: each {placeholder} matches one path segment.
+std::string label_regex(const std::string& label) {
+  static const std::regex placeholder(R"(\{[a-z_]+\})");
+  return std::regex_replace(label, placeholder, "([^/]+)");
+}
+
+// Methods kept as they are in the `method` label; anything else is "other", so a
+// client cannot add series by inventing methods.
+std::string method_label(const std::string& method) {
+  static const std::set<std::string> known = {"GET",    "HEAD",    "POST", "PUT",
+                                              "DELETE", "OPTIONS", "PATCH"};
+  return known.count(method) ? method : "other";
+}
+
 }  // namespace
 
+// The hub's metrics (see server.h) and the route table their labels come from.
+struct Server::Metrics {
+  struct Route {
+    std::string method;  // "GET" also covers HEAD, as httplib does
+    std::regex regex;
+    std::string label;
+  };
+
+  explicit Metrics(prometheus::Registry& registry)
+      : requests(metrics::counter(registry, "fedpod_hub_http_requests_total",
+                                  "HTTP requests the hub answered, by route pattern (\"unmatched\" "
+                                  "for a path no route matches), method and status code")),
+        duration(metrics::histogram(registry, "fedpod_hub_http_request_duration_seconds",
+                                    "Time from a request's headers to the last byte of its "
+                                    "response, by route pattern")),
+        models(metrics::gauge(registry, "fedpod_hub_models", "Models stored on the hub").Add({})),
+        versions(metrics::gauge(registry, "fedpod_hub_versions",
+                                "Model versions stored on the hub, all models together")
+                     .Add({})),
+        pods(metrics::gauge(registry, "fedpod_hub_pods", "Pods registered on the hub").Add({})),
+        pending_requests(metrics::gauge(registry, "fedpod_hub_pending_requests",
+                                        "Access requests waiting for a pod owner's decision")
+                             .Add({})) {}
+
+  // The label of the route `method` `path` matched: the route for this method, else
+  // one for another method (httplib answers 404 then), else "unmatched".
+  std::string route_of(const std::string& method, const std::string& path) const {
+    const std::string m = method == "HEAD" ? "GET" : method;
+    const Route* any = nullptr;
+    for (const auto& r : routes) {
+      if (!std::regex_match(path, r.regex)) continue;
+      if (r.method == m) return r.label;
+      if (!any) any = &r;
+    }
+    return any ? any->label : "unmatched";
+  }
+
+  void record(const std::string& method, const std::string& path, int status,
+              std::chrono::steady_clock::time_point start) {
+    const std::string route = route_of(method, path);
+    requests
+        .Add({{"route", route},
+              {"method", method_label(method)},
+              {"status", std::to_string(status)}})
+        .Increment();
+    if (start != std::chrono::steady_clock::time_point{}) {
+      duration.Add({{"route", route}}, metrics::seconds_buckets())
+          .Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+  }
+
+  // Filled by routes() before serving starts; read-only afterwards, so the logger
+  // reads it from handler threads without a lock.
+  std::vector<Route> routes;
+  prometheus::Family<prometheus::Counter>& requests;
+  prometheus::Family<prometheus::Histogram>& duration;
+  prometheus::Gauge& models;
+  prometheus::Gauge& versions;
+  prometheus::Gauge& pods;
+  prometheus::Gauge& pending_requests;
+};
+
 Server::Server(ServerOptions options, Logger logger)
-    : options_(std::move(options)), logger_(logger ? std::move(logger) : null_logger()) {}
+    : options_(std::move(options)), logger_(logger ? std::move(logger) : null_logger()) {
+  if (!options_.registry) options_.registry = std::make_shared<prometheus::Registry>();
+  metrics_ = std::make_unique<Metrics>(*options_.registry);
+}
 
 Server::~Server() { stop(); }
 
@@ -209,6 +297,7 @@ Status Server::start() {
   });
   http_->set_read_timeout(60, 0);
   http_->set_write_timeout(60, 0);
+  metrics_->routes.clear();
   routes();
   if (options_.port == 0) {
     port_ = http_->bind_to_any_port(options_.host);
@@ -219,8 +308,8 @@ Status Server::start() {
   if (port_ == 0)
     return Status::invalid("hub: cannot listen on " + options_.host + ":" +
                            std::to_string(options_.port));
-  logger_->info("event=listening host={} port={} data_dir={}", options_.host, port_,
-                options_.data_dir);
+  logger_->info("event=listening host={} port={} data_dir={} metrics=/metrics", options_.host,
+                port_, options_.data_dir);
   return Status();
 }
 
@@ -319,369 +408,409 @@ void Server::routes() {
     return *v;
   };
 
-  http_->Get("/healthz", wrap([](Req, Res res) { res.set_content("ok", "text/plain"); }));
+  // Registers `handler` for `method` on the route `label`, matched by `regex`, and
+  // records the route so requests are counted under `label`.
+  auto on_regex = [this](const std::string& method, const std::string& label,
+                         const std::string& regex, httplib::Server::Handler handler) {
+    metrics_->routes.push_back({method, std::regex(regex), label});
+    if (method == "GET") {
+      http_->Get(regex, std::move(handler));
+    } else if (method == "POST") {
+      http_->Post(regex, std::move(handler));
+    } else if (method == "PUT") {
+      http_->Put(regex, std::move(handler));
+    } else if (method == "DELETE") {
+      http_->Delete(regex, std::move(handler));
+    } else {
+      throw std::logic_error("hub: no route method " + method);
+    }
+  };
+  // The same with the regex derived from the label: "/api/v1/pods/{pod}" matches
+  // "/api/v1/pods/([^/]+)".
+  auto on = [on_regex](const std::string& method, const std::string& label,
+                       httplib::Server::Handler handler) {
+    on_regex(method, label, label_regex(label), std::move(handler));
+  };
 
-  http_->Post("/api/v1/users", wrap([&store, &opt](Req req, Res res) {
-                json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
-                std::string username = string_field(body, "username", "user");
-                std::string key = string_field(body, "public_key", "user");
-                check(detail::check_username(username), "username '" + username + "'");
-                check(detail::check_public_key(key), "public_key");
-                auto token = store.create_user(username, key);
-                if (!token.ok()) fail(token.status());
-                reply(res, 201, {{"username", username}, {"token", *token}});
-              }));
+  // Operations: liveness, readiness and Prometheus metrics on the API's port.
+  on("GET", "/healthz", wrap([](Req, Res res) { res.set_content("ok", "text/plain"); }));
+  on("GET", "/readyz", wrap([&store](Req, Res res) {
+       if (store.is_open()) {
+         res.set_content("ready", "text/plain");
+       } else {
+         res.status = 503;
+         res.set_content("the database is not open", "text/plain");
+       }
+     }));
+  on("GET", "/metrics", wrap([this, &store](Req, Res res) {
+       // Counted now, so the gauges are right whoever wrote the database.
+       detail::Counts c = store.counts();
+       metrics_->models.Set(static_cast<double>(c.models));
+       metrics_->versions.Set(static_cast<double>(c.versions));
+       metrics_->pods.Set(static_cast<double>(c.pods));
+       metrics_->pending_requests.Set(static_cast<double>(c.pending_requests));
+       res.set_content(prometheus::TextSerializer().Serialize(options_.registry->Collect()),
+                       "text/plain; version=0.0.4; charset=utf-8");
+     }));
 
-  http_->Post(
-      R"(/api/v1/models/([^/]+)/([^/]+)/versions)",
-      wrap([&store, &opt, require_caller](Req req, Res res) {
-        User me = require_caller(req);
-        std::string user = req.matches[1], ref = req.matches[2];
-        if (user != me.username)
-          fail(403, "forbidden",
-               "user '" + me.username + "' may only push to models under '" + me.username +
-                   "/', not '" + user + "/'");
-        check(detail::check_model_ref(ref), "model ref '" + ref + "'");
-        if (!req.is_multipart_form_data())
-          fail(400, "invalid_argument",
-               "a push must be multipart/form-data with parts 'meta' and 'artifact'");
-        if (!req.has_file("meta")) fail(400, "missing_part", "missing part 'meta' (JSON)");
-        if (!req.has_file("artifact")) fail(400, "missing_part", "missing part 'artifact'");
-        json meta = parse_json_object(req.get_file_value("meta").content, opt.max_json_bytes,
-                                      "part 'meta'");
-        detail::NewVersion v;
-        v.owner = &me;
-        v.model_ref = ref;
-        v.format = string_field(meta, "format", "meta");
-        v.description = string_field(meta, "description", "meta", std::string());
-        v.visibility = string_field(meta, "visibility", "meta", std::string());
-        if (v.format != "torchscript" && v.format != "plugin")
-          fail(400, "invalid_argument",
-               "meta: format must be \"torchscript\" or \"plugin\", got \"" + v.format + "\"");
-        if (!v.visibility.empty() && v.visibility != "private" && v.visibility != "public")
-          fail(400, "invalid_argument",
-               "meta: visibility must be \"private\" or \"public\", got \"" + v.visibility + "\"");
-        const std::string& artifact = req.get_file_value("artifact").content;
-        if (artifact.size() > opt.max_artifact_bytes)
-          fail(413, "too_large",
-               "artifact is " + std::to_string(artifact.size()) + " bytes, over the limit of " +
-                   std::to_string(opt.max_artifact_bytes) + " bytes (max_artifact_bytes)");
-        check(detail::check_artifact(v.format, artifact), "artifact:");
-        size_t source_bytes = 0;
-        std::set<std::string> names;
-        auto range = req.files.equal_range("source");
-        for (auto it = range.first; it != range.second; ++it) {
-          const auto& part = it->second;
-          check(detail::check_source_name(part.filename),
-                "source file name '" + part.filename + "'");
-          if (!names.insert(part.filename).second)
-            fail(400, "invalid_argument", "source file '" + part.filename + "' is given twice");
-          source_bytes += part.content.size();
-          if (source_bytes > opt.max_source_bytes)
-            fail(413, "too_large",
-                 "source files total more than the limit of " +
-                     std::to_string(opt.max_source_bytes) + " bytes (max_source_bytes)");
-          if (!valid_utf8(part.content))
-            fail(400, "invalid_argument", "source file '" + part.filename + "' is not UTF-8 text");
-          v.sources.emplace_back(part.filename, part.content);
-        }
-        for (const auto& [name, part] : req.files)
-          if (name != "meta" && name != "artifact" && name != "source")
-            fail(400, "invalid_argument",
-                 "unknown part '" + name + "' (expected meta, artifact, source)");
-        v.artifact = &artifact;
-        auto out = store.push(v);
-        if (!out.ok()) fail(out.status());
-        json j = version_json(*out);
-        j.erase("description");
-        reply(res, 201, j);
-      }));
+  on("POST", "/api/v1/users", wrap([&store, &opt](Req req, Res res) {
+       json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
+       std::string username = string_field(body, "username", "user");
+       std::string key = string_field(body, "public_key", "user");
+       check(detail::check_username(username), "username '" + username + "'");
+       check(detail::check_public_key(key), "public_key");
+       auto token = store.create_user(username, key);
+       if (!token.ok()) fail(token.status());
+       reply(res, 201, {{"username", username}, {"token", *token}});
+     }));
 
-  http_->Get(
-      "/api/v1/models", wrap([&store, caller](Req req, Res res) {
-        auto me = caller(req);
-        json list = json::array();
-        for (const auto& m : store.list_models(me ? me->id : 0, req.get_param_value("owner")))
-          list.push_back(model_json(m));
-        reply(res, 200, {{"models", list}});
-      }));
+  on("POST", "/api/v1/models/{user}/{ref}/versions",
+     wrap([&store, &opt, require_caller](Req req, Res res) {
+       User me = require_caller(req);
+       std::string user = req.matches[1], ref = req.matches[2];
+       if (user != me.username)
+         fail(403, "forbidden",
+              "user '" + me.username + "' may only push to models under '" + me.username +
+                  "/', not '" + user + "/'");
+       check(detail::check_model_ref(ref), "model ref '" + ref + "'");
+       if (!req.is_multipart_form_data())
+         fail(400, "invalid_argument",
+              "a push must be multipart/form-data with parts 'meta' and 'artifact'");
+       if (!req.has_file("meta")) fail(400, "missing_part", "missing part 'meta' (JSON)");
+       if (!req.has_file("artifact")) fail(400, "missing_part", "missing part 'artifact'");
+       json meta =
+           parse_json_object(req.get_file_value("meta").content, opt.max_json_bytes, "part 'meta'");
+       detail::NewVersion v;
+       v.owner = &me;
+       v.model_ref = ref;
+       v.format = string_field(meta, "format", "meta");
+       v.description = string_field(meta, "description", "meta", std::string());
+       v.visibility = string_field(meta, "visibility", "meta", std::string());
+       if (v.format != "torchscript" && v.format != "plugin")
+         fail(400, "invalid_argument",
+              "meta: format must be \"torchscript\" or \"plugin\", got \"" + v.format + "\"");
+       if (!v.visibility.empty() && v.visibility != "private" && v.visibility != "public")
+         fail(400, "invalid_argument",
+              "meta: visibility must be \"private\" or \"public\", got \"" + v.visibility + "\"");
+       const std::string& artifact = req.get_file_value("artifact").content;
+       if (artifact.size() > opt.max_artifact_bytes)
+         fail(413, "too_large",
+              "artifact is " + std::to_string(artifact.size()) + " bytes, over the limit of " +
+                  std::to_string(opt.max_artifact_bytes) + " bytes (max_artifact_bytes)");
+       check(detail::check_artifact(v.format, artifact), "artifact:");
+       size_t source_bytes = 0;
+       std::set<std::string> names;
+       auto range = req.files.equal_range("source");
+       for (auto it = range.first; it != range.second; ++it) {
+         const auto& part = it->second;
+         check(detail::check_source_name(part.filename),
+               "source file name '" + part.filename + "'");
+         if (!names.insert(part.filename).second)
+           fail(400, "invalid_argument", "source file '" + part.filename + "' is given twice");
+         source_bytes += part.content.size();
+         if (source_bytes > opt.max_source_bytes)
+           fail(413, "too_large",
+                "source files total more than the limit of " +
+                    std::to_string(opt.max_source_bytes) + " bytes (max_source_bytes)");
+         if (!valid_utf8(part.content))
+           fail(400, "invalid_argument", "source file '" + part.filename + "' is not UTF-8 text");
+         v.sources.emplace_back(part.filename, part.content);
+       }
+       for (const auto& [name, part] : req.files)
+         if (name != "meta" && name != "artifact" && name != "source")
+           fail(400, "invalid_argument",
+                "unknown part '" + name + "' (expected meta, artifact, source)");
+       v.artifact = &artifact;
+       auto out = store.push(v);
+       if (!out.ok()) fail(out.status());
+       json j = version_json(*out);
+       j.erase("description");
+       reply(res, 201, j);
+     }));
 
-  http_->Get(R"(/api/v1/models/([^/]+)/([^/]+))", wrap([&store, visible_model](Req req, Res res) {
-               auto m = visible_model(req, req.matches[1], req.matches[2]);
-               json j = model_json(m);
-               json versions = json::array();
-               for (const auto& v : store.versions(m)) versions.push_back(version_json(v));
-               j["versions"] = versions;
-               reply(res, 200, j);
-             }));
+  on("GET", "/api/v1/models", wrap([&store, caller](Req req, Res res) {
+       auto me = caller(req);
+       json list = json::array();
+       for (const auto& m : store.list_models(me ? me->id : 0, req.get_param_value("owner")))
+         list.push_back(model_json(m));
+       reply(res, 200, {{"models", list}});
+     }));
 
-  http_->Get(R"(/api/v1/models/([^/]+)/([^/]+)/versions/([^/]+))",
-             wrap([resolve](Req req, Res res) { reply(res, 200, version_json(resolve(req))); }));
+  on("GET", "/api/v1/models/{user}/{ref}", wrap([&store, visible_model](Req req, Res res) {
+       auto m = visible_model(req, req.matches[1], req.matches[2]);
+       json j = model_json(m);
+       json versions = json::array();
+       for (const auto& v : store.versions(m)) versions.push_back(version_json(v));
+       j["versions"] = versions;
+       reply(res, 200, j);
+     }));
 
-  http_->Get(
-      R"(/api/v1/models/([^/]+)/([^/]+)/versions/([^/]+)/artifact)",
-      wrap([&store, resolve](Req req, Res res) {
-        auto v = resolve(req);
-        std::string path = store.artifact_path(v.sha256);
-        auto file = std::make_shared<std::ifstream>(path, std::ios::binary);
-        if (!*file)
-          fail(500, "internal", "artifact " + v.sha256 + " is missing from the data directory");
-        res.set_header("X-Fedpod-Sha256", v.sha256);
-        res.set_header("X-Fedpod-Version", std::to_string(v.version));
-        // Streamed from disk in chunks rather than loaded whole.
-        res.set_content_provider(static_cast<size_t>(v.size), "application/octet-stream",
-                                 [file](size_t offset, size_t length, httplib::DataSink& sink) {
-                                   char buf[1 << 16];
-                                   file->seekg(static_cast<std::streamoff>(offset));
-                                   size_t n = std::min(length, sizeof buf);
-                                   file->read(buf, static_cast<std::streamsize>(n));
-                                   if (file->gcount() <= 0) return false;
-                                   return sink.write(buf, static_cast<size_t>(file->gcount()));
-                                 });
-      }));
+  on("GET", "/api/v1/models/{user}/{ref}/versions/{version}",
+     wrap([resolve](Req req, Res res) { reply(res, 200, version_json(resolve(req))); }));
 
-  http_->Get(R"(/api/v1/models/([^/]+)/([^/]+)/versions/([^/]+)/source)",
-             wrap([&store, resolve](Req req, Res res) {
-               auto v = resolve(req);
-               json files = json::array();
-               for (const auto& [name, content] : store.sources(v))
-                 files.push_back({{"name", name}, {"content", content}});
-               reply(res, 200, {{"files", files}});
-             }));
+  on("GET", "/api/v1/models/{user}/{ref}/versions/{version}/artifact",
+     wrap([&store, resolve](Req req, Res res) {
+       auto v = resolve(req);
+       std::string path = store.artifact_path(v.sha256);
+       auto file = std::make_shared<std::ifstream>(path, std::ios::binary);
+       if (!*file)
+         fail(500, "internal", "artifact " + v.sha256 + " is missing from the data directory");
+       res.set_header("X-Fedpod-Sha256", v.sha256);
+       res.set_header("X-Fedpod-Version", std::to_string(v.version));
+       // Streamed from disk in chunks rather than loaded whole.
+       res.set_content_provider(static_cast<size_t>(v.size), "application/octet-stream",
+                                [file](size_t offset, size_t length, httplib::DataSink& sink) {
+                                  char buf[1 << 16];
+                                  file->seekg(static_cast<std::streamoff>(offset));
+                                  size_t n = std::min(length, sizeof buf);
+                                  file->read(buf, static_cast<std::streamsize>(n));
+                                  if (file->gcount() <= 0) return false;
+                                  return sink.write(buf, static_cast<size_t>(file->gcount()));
+                                });
+     }));
 
-  http_->Post("/api/v1/pods", wrap([&store, &opt, require_caller](Req req, Res res) {
-                User me = require_caller(req);
-                json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
-                detail::Pod pod;
-                pod.name = string_field(body, "name", "pod");
-                pod.address = string_field(body, "address", "pod");
-                pod.public_key = string_field(body, "public_key", "pod");
-                check(detail::check_pod_name(pod.name), "pod name '" + pod.name + "'");
-                if (pod.address.empty() || pod.address.size() > 255)
-                  fail(400, "invalid_argument", "pod address must be 1 to 255 characters");
-                check(detail::check_public_key(pod.public_key), "pod public_key");
-                auto schema = body.find("schema");
-                if (schema == body.end()) fail(400, "missing_field", "pod: missing field 'schema'");
-                if (!schema->is_object())
-                  fail(400, "invalid_field", "pod: field 'schema' must be a JSON object");
-                pod.schema_json = dump(*schema);
-                pod.owner = me.username;
-                pod.created_at = detail::now_iso8601();
-                Status s = store.create_pod(me, pod);
-                if (!s.ok()) fail(s);
-                reply(res, 201, pod_json(pod));
-              }));
+  on("GET", "/api/v1/models/{user}/{ref}/versions/{version}/source",
+     wrap([&store, resolve](Req req, Res res) {
+       auto v = resolve(req);
+       json files = json::array();
+       for (const auto& [name, content] : store.sources(v))
+         files.push_back({{"name", name}, {"content", content}});
+       reply(res, 200, {{"files", files}});
+     }));
 
-  http_->Get("/api/v1/pods", wrap([&store](Req, Res res) {
-               json list = json::array();
-               for (const auto& p : store.list_pods()) list.push_back(pod_json(p));
-               reply(res, 200, {{"pods", list}});
-             }));
+  on("POST", "/api/v1/pods", wrap([&store, &opt, require_caller](Req req, Res res) {
+       User me = require_caller(req);
+       json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
+       detail::Pod pod;
+       pod.name = string_field(body, "name", "pod");
+       pod.address = string_field(body, "address", "pod");
+       pod.public_key = string_field(body, "public_key", "pod");
+       check(detail::check_pod_name(pod.name), "pod name '" + pod.name + "'");
+       if (pod.address.empty() || pod.address.size() > 255)
+         fail(400, "invalid_argument", "pod address must be 1 to 255 characters");
+       check(detail::check_public_key(pod.public_key), "pod public_key");
+       auto schema = body.find("schema");
+       if (schema == body.end()) fail(400, "missing_field", "pod: missing field 'schema'");
+       if (!schema->is_object())
+         fail(400, "invalid_field", "pod: field 'schema' must be a JSON object");
+       pod.schema_json = dump(*schema);
+       pod.owner = me.username;
+       pod.created_at = detail::now_iso8601();
+       Status s = store.create_pod(me, pod);
+       if (!s.ok()) fail(s);
+       reply(res, 201, pod_json(pod));
+     }));
 
-  http_->Get(R"(/api/v1/pods/([^/]+))", wrap([&store](Req req, Res res) {
-               auto pod = store.find_pod(req.matches[1]);
-               if (!pod) fail(404, "not_found", "no pod '" + std::string(req.matches[1]) + "'");
-               reply(res, 200, pod_json(*pod));
-             }));
+  on("GET", "/api/v1/pods", wrap([&store](Req, Res res) {
+       json list = json::array();
+       for (const auto& p : store.list_pods()) list.push_back(pod_json(p));
+       reply(res, 200, {{"pods", list}});
+     }));
+
+  on("GET", "/api/v1/pods/{pod}", wrap([&store](Req req, Res res) {
+       auto pod = store.find_pod(req.matches[1]);
+       if (!pod) fail(404, "not_found", "no pod '" + std::string(req.matches[1]) + "'");
+       reply(res, 200, pod_json(*pod));
+     }));
 
   // --- Roles: PUT/DELETE/GET, the pod's owner only. ---
 
-  http_->Put(R"(/api/v1/pods/([^/]+)/roles/([^/]+))",
-             wrap([&store, &opt, require_caller, find_pod, require_owner](Req req, Res res) {
-               User me = require_caller(req);
-               auto pod = find_pod(req.matches[1]);
-               require_owner(pod, me, "grant roles on it");
-               json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
-               std::string role = string_field(body, "role", "role grant");
-               if (role != "general-modeller" && role != "super-modeller")
-                 fail(400, "invalid_argument",
-                      std::string("role must be ") + kRoles + ", got \"" + role + "\"");
-               std::string name = req.matches[2];
-               auto user = store.find_user(name);
-               if (!user) fail(404, "not_found", "no user '" + name + "'");
-               auto granted = store.grant_role(pod, *user, role, me);
-               if (!granted.ok()) fail(granted.status());
-               json j = role_json(*granted);
-               j["pod"] = pod.name;
-               reply(res, 200, j);
-             }));
+  on("PUT", "/api/v1/pods/{pod}/roles/{user}",
+     wrap([&store, &opt, require_caller, find_pod, require_owner](Req req, Res res) {
+       User me = require_caller(req);
+       auto pod = find_pod(req.matches[1]);
+       require_owner(pod, me, "grant roles on it");
+       json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
+       std::string role = string_field(body, "role", "role grant");
+       if (role != "general-modeller" && role != "super-modeller")
+         fail(400, "invalid_argument",
+              std::string("role must be ") + kRoles + ", got \"" + role + "\"");
+       std::string name = req.matches[2];
+       auto user = store.find_user(name);
+       if (!user) fail(404, "not_found", "no user '" + name + "'");
+       auto granted = store.grant_role(pod, *user, role, me);
+       if (!granted.ok()) fail(granted.status());
+       json j = role_json(*granted);
+       j["pod"] = pod.name;
+       reply(res, 200, j);
+     }));
 
-  http_->Delete(R"(/api/v1/pods/([^/]+)/roles/([^/]+))",
-                wrap([&store, require_caller, find_pod, require_owner](Req req, Res res) {
-                  User me = require_caller(req);
-                  auto pod = find_pod(req.matches[1]);
-                  require_owner(pod, me, "revoke roles on it");
-                  std::string name = req.matches[2];
-                  auto user = store.find_user(name);
-                  if (!user) fail(404, "not_found", "no user '" + name + "'");
-                  Status s = store.revoke_role(pod, *user);
-                  if (!s.ok()) fail(s);
-                  reply(res, 200, {{"pod", pod.name}, {"username", name}, {"role", nullptr}});
-                }));
+  on("DELETE", "/api/v1/pods/{pod}/roles/{user}",
+     wrap([&store, require_caller, find_pod, require_owner](Req req, Res res) {
+       User me = require_caller(req);
+       auto pod = find_pod(req.matches[1]);
+       require_owner(pod, me, "revoke roles on it");
+       std::string name = req.matches[2];
+       auto user = store.find_user(name);
+       if (!user) fail(404, "not_found", "no user '" + name + "'");
+       Status s = store.revoke_role(pod, *user);
+       if (!s.ok()) fail(s);
+       reply(res, 200, {{"pod", pod.name}, {"username", name}, {"role", nullptr}});
+     }));
 
-  http_->Get(R"(/api/v1/pods/([^/]+)/roles)",
-             wrap([&store, require_caller, find_pod, require_owner](Req req, Res res) {
-               User me = require_caller(req);
-               auto pod = find_pod(req.matches[1]);
-               require_owner(pod, me, "list roles on it");
-               json list = json::array();
-               for (const auto& r : store.roles(pod)) list.push_back(role_json(r));
-               reply(res, 200, {{"roles", list}});
-             }));
+  on("GET", "/api/v1/pods/{pod}/roles",
+     wrap([&store, require_caller, find_pod, require_owner](Req req, Res res) {
+       User me = require_caller(req);
+       auto pod = find_pod(req.matches[1]);
+       require_owner(pod, me, "list roles on it");
+       json list = json::array();
+       for (const auto& r : store.roles(pod)) list.push_back(role_json(r));
+       reply(res, 200, {{"roles", list}});
+     }));
 
   // --- Access requests: a modeller asks to run one model version on one pod; the
   // pod's owner approves (optionally until a date), rejects, or later revokes. ---
 
-  http_->Post(
-      "/api/v1/access-requests", wrap([&store, &opt, require_caller, find_pod](Req req, Res res) {
-        User me = require_caller(req);
-        json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
-        const std::string what = "access request";
-        std::string model = string_field(body, "model", what);
-        std::string pod_name = string_field(body, "pod", what);
-        std::string purpose = string_field(body, "purpose", what);
-        int64_t number = 0;
-        auto version = body.find("version");
-        if (version != body.end() && !version->is_null()) {
-          if (!version->is_number_integer() || version->get<int64_t>() < 0)
-            fail(400, "invalid_field",
-                 what + ": field 'version' must be a non-negative integer (0 = latest), got " +
-                     dump(*version));
-          number = version->get<int64_t>();
-        }
-        check_text(purpose, what + ": purpose", /*required=*/true);
-        auto slash = model.find('/');
-        if (slash == std::string::npos || slash == 0 || slash + 1 == model.size() ||
-            model.find('/', slash + 1) != std::string::npos)
-          fail(400, "invalid_field", what + ": model must be \"user/ref\", got \"" + model + "\"");
-        // Only public models and one's own: a pod owner who may read a private model
-        // to review it must not pass it on by asking for it on someone else's pod.
-        auto m = store.find_model(model.substr(0, slash), model.substr(slash + 1));
-        if (!m || (m->visibility != "public" && m->owner_id != me.id))
-          fail(404, "not_found", "no model " + model);
-        auto pod = find_pod(pod_name);
-        auto v = store.version(*m, number);
-        if (!v)
-          fail(404, "not_found", "model " + model + " has no version " + std::to_string(number));
-        const std::string now = detail::now_iso8601();
-        auto created = store.create_access_request(pod, me, *v, purpose, now);
-        if (!created.ok()) fail(created.status());
-        reply(res, 201, request_json(*created, now));
-      }));
+  on("POST", "/api/v1/access-requests",
+     wrap([&store, &opt, require_caller, find_pod](Req req, Res res) {
+       User me = require_caller(req);
+       json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
+       const std::string what = "access request";
+       std::string model = string_field(body, "model", what);
+       std::string pod_name = string_field(body, "pod", what);
+       std::string purpose = string_field(body, "purpose", what);
+       int64_t number = 0;
+       auto version = body.find("version");
+       if (version != body.end() && !version->is_null()) {
+         if (!version->is_number_integer() || version->get<int64_t>() < 0)
+           fail(400, "invalid_field",
+                what + ": field 'version' must be a non-negative integer (0 = latest), got " +
+                    dump(*version));
+         number = version->get<int64_t>();
+       }
+       check_text(purpose, what + ": purpose", /*required=*/true);
+       auto slash = model.find('/');
+       if (slash == std::string::npos || slash == 0 || slash + 1 == model.size() ||
+           model.find('/', slash + 1) != std::string::npos)
+         fail(400, "invalid_field", what + ": model must be \"user/ref\", got \"" + model + "\"");
+       // Only public models and one's own: a pod owner who may read a private model
+       // to review it must not pass it on by asking for it on someone else's pod.
+       auto m = store.find_model(model.substr(0, slash), model.substr(slash + 1));
+       if (!m || (m->visibility != "public" && m->owner_id != me.id))
+         fail(404, "not_found", "no model " + model);
+       auto pod = find_pod(pod_name);
+       auto v = store.version(*m, number);
+       if (!v)
+         fail(404, "not_found", "model " + model + " has no version " + std::to_string(number));
+       const std::string now = detail::now_iso8601();
+       auto created = store.create_access_request(pod, me, *v, purpose, now);
+       if (!created.ok()) fail(created.status());
+       reply(res, 201, request_json(*created, now));
+     }));
 
-  http_->Get("/api/v1/access-requests", wrap([&store, require_caller, find_pod](Req req, Res res) {
-               User me = require_caller(req);
-               detail::AccessRequestFilter f;
-               f.viewer_id = me.id;
-               f.now = detail::now_iso8601();
-               f.status = req.get_param_value("status");
-               if (!f.status.empty() && f.status != "pending" && f.status != "approved" &&
-                   f.status != "expired" && f.status != "rejected" && f.status != "revoked")
-                 fail(400, "invalid_argument",
-                      std::string("status must be one of ") + kRequestStatuses + ", got \"" +
-                          f.status + "\"");
-               f.pod = req.get_param_value("pod");
-               if (!f.pod.empty()) find_pod(f.pod);  // 404 for a pod that does not exist
-               json list = json::array();
-               for (const auto& r : store.list_access_requests(f))
-                 list.push_back(request_json(r, f.now));
-               reply(res, 200, {{"requests", list}});
-             }));
+  on("GET", "/api/v1/access-requests", wrap([&store, require_caller, find_pod](Req req, Res res) {
+       User me = require_caller(req);
+       detail::AccessRequestFilter f;
+       f.viewer_id = me.id;
+       f.now = detail::now_iso8601();
+       f.status = req.get_param_value("status");
+       if (!f.status.empty() && f.status != "pending" && f.status != "approved" &&
+           f.status != "expired" && f.status != "rejected" && f.status != "revoked")
+         fail(400, "invalid_argument",
+              std::string("status must be one of ") + kRequestStatuses + ", got \"" + f.status +
+                  "\"");
+       f.pod = req.get_param_value("pod");
+       if (!f.pod.empty()) find_pod(f.pod);  // 404 for a pod that does not exist
+       json list = json::array();
+       for (const auto& r : store.list_access_requests(f)) list.push_back(request_json(r, f.now));
+       reply(res, 200, {{"requests", list}});
+     }));
 
-  http_->Get(R"(/api/v1/access-requests/([^/]+))", wrap([&store, require_caller](Req req, Res res) {
-               User me = require_caller(req);
-               int64_t id = parse_id(req.matches[1]);
-               auto r = store.access_request(id);
-               // Someone else's request is reported exactly like a missing one.
-               if (!r || (r->requester_id != me.id && r->pod_owner_id != me.id))
-                 fail(404, "not_found", "no access request " + std::to_string(id));
-               reply(res, 200, request_json(*r, detail::now_iso8601()));
-             }));
+  on("GET", "/api/v1/access-requests/{id}", wrap([&store, require_caller](Req req, Res res) {
+       User me = require_caller(req);
+       int64_t id = parse_id(req.matches[1]);
+       auto r = store.access_request(id);
+       // Someone else's request is reported exactly like a missing one.
+       if (!r || (r->requester_id != me.id && r->pod_owner_id != me.id))
+         fail(404, "not_found", "no access request " + std::to_string(id));
+       reply(res, 200, request_json(*r, detail::now_iso8601()));
+     }));
 
-  http_->Post(R"(/api/v1/access-requests/([^/]+)/(approve|reject|revoke))",
-              wrap([&store, &opt, require_caller](Req req, Res res) {
-                User me = require_caller(req);
-                int64_t id = parse_id(req.matches[1]);
-                const std::string action = req.matches[2];
-                auto r = store.access_request(id);
-                if (!r) fail(404, "not_found", "no access request " + std::to_string(id));
-                if (r->pod_owner_id != me.id)
-                  fail(403, "forbidden",
-                       "only the owner of pod '" + r->pod + "' (" + r->pod_owner + ") may " +
-                           action + " access requests for it");
-                json body = req.body.empty()
-                                ? json::object()
-                                : parse_json_object(req.body, opt.max_json_bytes, "request body");
-                detail::Decision d;
-                d.id = id;
-                d.by = &me;
-                d.now = detail::now_iso8601();
-                d.reason = string_field(body, "reason", action, std::string());
-                check_text(d.reason, action + ": reason", /*required=*/false);
-                if (action == "approve") {
-                  d.from = "pending";
-                  d.to = "approved";
-                  auto e = body.find("expires_at");
-                  if (e != body.end() && !e->is_null()) {
-                    if (!e->is_string())
-                      fail(400, "invalid_field",
-                           "approve: field 'expires_at' must be a string (\"YYYY-MM-DD\" or "
-                           "\"YYYY-MM-DDTHH:MM:SSZ\") or null");
-                    std::string normalized;
-                    int64_t seconds = 0;
-                    check(detail::parse_iso8601(e->get<std::string>(), &normalized, &seconds),
-                          "approve: expires_at");
-                    if (normalized <= d.now)
-                      fail(400, "invalid_argument",
-                           "approve: expires_at " + normalized + " is not in the future (now " +
-                               d.now + ")");
-                    d.expires_at = normalized;
-                  }
-                } else if (action == "reject") {
-                  d.from = "pending";
-                  d.to = "rejected";
-                } else {
-                  d.from = "approved";
-                  d.to = "revoked";
-                }
-                auto out = store.decide(d);
-                if (!out.ok()) fail(out.status());
-                reply(res, 200, request_json(*out, d.now));
-              }));
+  on_regex("POST", "/api/v1/access-requests/{id}/{action}",
+           R"(/api/v1/access-requests/([^/]+)/(approve|reject|revoke))",
+           wrap([&store, &opt, require_caller](Req req, Res res) {
+             User me = require_caller(req);
+             int64_t id = parse_id(req.matches[1]);
+             const std::string action = req.matches[2];
+             auto r = store.access_request(id);
+             if (!r) fail(404, "not_found", "no access request " + std::to_string(id));
+             if (r->pod_owner_id != me.id)
+               fail(403, "forbidden",
+                    "only the owner of pod '" + r->pod + "' (" + r->pod_owner + ") may " + action +
+                        " access requests for it");
+             json body = req.body.empty()
+                             ? json::object()
+                             : parse_json_object(req.body, opt.max_json_bytes, "request body");
+             detail::Decision d;
+             d.id = id;
+             d.by = &me;
+             d.now = detail::now_iso8601();
+             d.reason = string_field(body, "reason", action, std::string());
+             check_text(d.reason, action + ": reason", /*required=*/false);
+             if (action == "approve") {
+               d.from = "pending";
+               d.to = "approved";
+               auto e = body.find("expires_at");
+               if (e != body.end() && !e->is_null()) {
+                 if (!e->is_string())
+                   fail(400, "invalid_field",
+                        "approve: field 'expires_at' must be a string (\"YYYY-MM-DD\" or "
+                        "\"YYYY-MM-DDTHH:MM:SSZ\") or null");
+                 std::string normalized;
+                 int64_t seconds = 0;
+                 check(detail::parse_iso8601(e->get<std::string>(), &normalized, &seconds),
+                       "approve: expires_at");
+                 if (normalized <= d.now)
+                   fail(400, "invalid_argument",
+                        "approve: expires_at " + normalized + " is not in the future (now " +
+                            d.now + ")");
+                 d.expires_at = normalized;
+               }
+             } else if (action == "reject") {
+               d.from = "pending";
+               d.to = "rejected";
+             } else {
+               d.from = "approved";
+               d.to = "revoked";
+             }
+             auto out = store.decide(d);
+             if (!out.ok()) fail(out.status());
+             reply(res, 200, request_json(*out, d.now));
+           }));
 
   // --- A pod's policy: what its owner decided, for the pod to enforce. The pod
   // fetches it with its owner's token (or reads it from a file on an air-gapped
   // host), so it is the owner's only. Grants include expired approvals: a pod may
   // run on a cached policy and checks expiry against its own clock. ---
 
-  http_->Get(R"(/api/v1/pods/([^/]+)/policy)",
-             wrap([&store, require_caller, find_pod, require_owner](Req req, Res res) {
-               User me = require_caller(req);
-               auto pod = find_pod(req.matches[1]);
-               require_owner(pod, me, "read its policy");
-               json users = json::array();
-               for (const auto& u : store.list_users())
-                 users.push_back({{"username", u.username}, {"public_key", u.public_key}});
-               json roles = json::array();
-               for (const auto& r : store.roles(pod))
-                 roles.push_back({{"username", r.username}, {"role", r.role}});
-               json grants = json::array();
-               for (const auto& g : store.grants(pod))
-                 grants.push_back({{"id", g.id},
-                                   {"username", g.requester},
-                                   {"model", g.model_user + "/" + g.model_ref},
-                                   {"version", g.version},
-                                   {"sha256", g.sha256},
-                                   {"format", g.format},
-                                   {"expires_at", nullable(g.expires_at)}});
-               reply(res, 200,
-                     {{"pod", pod.name},
-                      {"owner", pod.owner},
-                      {"generated_at", detail::now_iso8601()},
-                      {"users", users},
-                      {"roles", roles},
-                      {"grants", grants}});
-             }));
+  on("GET", "/api/v1/pods/{pod}/policy",
+     wrap([&store, require_caller, find_pod, require_owner](Req req, Res res) {
+       User me = require_caller(req);
+       auto pod = find_pod(req.matches[1]);
+       require_owner(pod, me, "read its policy");
+       json users = json::array();
+       for (const auto& u : store.list_users())
+         users.push_back({{"username", u.username}, {"public_key", u.public_key}});
+       json roles = json::array();
+       for (const auto& r : store.roles(pod))
+         roles.push_back({{"username", r.username}, {"role", r.role}});
+       json grants = json::array();
+       for (const auto& g : store.grants(pod))
+         grants.push_back({{"id", g.id},
+                           {"username", g.requester},
+                           {"model", g.model_user + "/" + g.model_ref},
+                           {"version", g.version},
+                           {"sha256", g.sha256},
+                           {"format", g.format},
+                           {"expires_at", nullable(g.expires_at)}});
+       reply(res, 200,
+             {{"pod", pod.name},
+              {"owner", pod.owner},
+              {"generated_at", detail::now_iso8601()},
+              {"users", users},
+              {"roles", roles},
+              {"grants", grants}});
+     }));
 
   // Backstops: httplib's own errors (unknown route, payload over the transport
   // limit) get a JSON body too, and an exception escaping a wrapper a 500.
@@ -698,9 +827,20 @@ void Server::routes() {
   http_->set_exception_handler([](Req, Res res, std::exception_ptr) {
     reply_error(res, 500, "internal", "internal error");
   });
+  http_->set_pre_routing_handler([](Req, Res) {
+    t_request_start = std::chrono::steady_clock::now();
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
   http_->set_logger([this](Req req, const httplib::Response& res) {
-    logger_->info("method={} path={} status={} remote={} bytes_in={} bytes_out={}", req.method,
-                  req.path, res.status, req.remote_addr, req.body.size(), res.body.size());
+    const auto start = t_request_start;
+    t_request_start = {};
+    metrics_->record(req.method, req.path, res.status, start);
+    // Probes and scrapes arrive every few seconds and are counted above: debug only.
+    const bool routine = res.status == 200 && (req.path == "/healthz" || req.path == "/readyz" ||
+                                               req.path == "/metrics");
+    logger_->log(routine ? spdlog::level::debug : spdlog::level::info,
+                 "method={} path={} status={} remote={} bytes_in={} bytes_out={}", req.method,
+                 req.path, res.status, req.remote_addr, req.body.size(), res.body.size());
   });
 }
 

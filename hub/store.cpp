@@ -222,7 +222,31 @@ Status Store::open() {
   } catch (const std::exception& e) {
     return Status::internal("hub: " + path + ": " + e.what());
   }
-  return migrate();
+  Status migrated = migrate();
+  open_ = migrated.ok();
+  return migrated;
+}
+
+bool Store::is_open() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return open_;
+}
+
+Counts Store::counts() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Counts c;
+  if (!open_) return c;
+  Stmt s(db_,
+         "SELECT (SELECT COUNT(*) FROM models), (SELECT COUNT(*) FROM versions), "
+         "(SELECT COUNT(*) FROM pods), "
+         "(SELECT COUNT(*) FROM access_requests WHERE status = 'pending')");
+  if (s.step()) {
+    c.models = s.i64(0);
+    c.versions = s.i64(1);
+    c.pods = s.i64(2);
+    c.pending_requests = s.i64(3);
+  }
+  return c;
 }
 
 Status Store::migrate() {

@@ -126,6 +126,14 @@ struct Decision {
 
 using Files = std::vector<std::pair<std::string, std::string>>;  // name, content
 
+// How much the hub holds, for its /metrics gauges.
+struct Counts {
+  int64_t models = 0;
+  int64_t versions = 0;
+  int64_t pods = 0;
+  int64_t pending_requests = 0;  // access requests awaiting a decision
+};
+
 struct NewVersion {
   const User* owner = nullptr;
   std::string model_ref;
@@ -145,6 +153,12 @@ class Store {
 
   // Creates the directories, opens the database and applies pending migrations.
   Status open();
+  // True once open() succeeded (the hub's readiness).
+  bool is_open();
+
+  // Rows counted in one read transaction (four COUNT(*)s over small tables and
+  // their indexes: cheap enough for every scrape).
+  Counts counts();
 
   // Returns the new user's token; kFailedPrecondition when the name is taken.
   StatusOr<std::string> create_user(const std::string& username, const std::string& public_key);
@@ -204,6 +218,7 @@ class Store {
   std::string data_dir_;
   std::mutex mu_;
   sqlite3* db_ = nullptr;
+  bool open_ = false;  // guarded by mu_: open() and its migrations succeeded
 };
 
 }  // namespace fedpod::hub::detail

@@ -18,6 +18,26 @@
 // The hub never executes what it stores: an artifact is only checked for the shape
 // of its format (a zip for "torchscript", an ELF file for "plugin") and hashed.
 //
+// Operations: next to the API, the same port serves GET /healthz (200 while the
+// process serves), GET /readyz (200 once the database is open, 503 with the reason
+// before) and GET /metrics (Prometheus text format; one port, so one Service port
+// and one NetworkPolicy rule cover the API, the probes and scraping):
+//
+//   fedpod_hub_http_requests_total{route,method,status}  counter
+//   fedpod_hub_http_request_duration_seconds{route}      histogram, from the request
+//       line through the last byte of the response (an upload's body and a streamed
+//       artifact included)
+//   fedpod_hub_models, fedpod_hub_versions, fedpod_hub_pods,
+//   fedpod_hub_pending_requests                         gauges, counted in the
+//       database on each scrape (so they are right after a restart or a write by
+//       another process)
+//
+// `route` is the matched route's pattern with placeholders
+// ("/api/v1/models/{user}/{ref}/versions"), never the raw path, and "unmatched" for
+// a path no route matches, so a client probing random URLs cannot grow the number
+// of time series. `method` is the HTTP method ("other" for one the hub never
+// serves) and `status` the response code.
+//
 // Threading: start() and serve() are called once each; serve() blocks on the calling
 // thread and handles requests on httplib's worker threads; stop() may be called from
 // any thread, and makes serve() return. The database is shared by the handlers under
@@ -30,6 +50,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+
+#include <prometheus/registry.h>
 
 #include "fedpod/common/log.h"
 #include "fedpod/common/status.h"
@@ -61,6 +83,10 @@ struct ServerOptions {
   // Bytes of a JSON request body (users, pods, a push's meta part). Nothing the API
   // takes as JSON needs more; the limit keeps a parser from chewing on garbage.
   size_t max_json_bytes = 1u << 20;
+  // The registry /metrics serves and the hub's metrics are defined on; null: the
+  // server makes its own (Server::registry() gives it). Shared because the server's
+  // threads read it while the program that built it may hold it too.
+  std::shared_ptr<prometheus::Registry> registry;
 };
 
 class Server {
@@ -82,12 +108,17 @@ class Server {
   // Makes serve() return; safe from any thread and idempotent.
   void stop();
 
+  // The registry /metrics serves (never null).
+  const std::shared_ptr<prometheus::Registry>& registry() const { return options_.registry; }
+
  private:
+  struct Metrics;
   void routes();
 
   ServerOptions options_;
   Logger logger_;
   std::unique_ptr<detail::Store> store_;
+  std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<httplib::Server> http_;
   int port_ = 0;
 };
