@@ -13,6 +13,7 @@
 #include <set>
 #include <functional>
 #include <iomanip>
+#include <mutex>
 #include <ostream>
 #include <sstream>
 
@@ -22,6 +23,7 @@
 #include "fedpod/common/sha256.h"
 #include "fedpod/data/schema.h"
 #include "fedpod/hub/client.h"
+#include "fedpod/metrics/metrics.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/curve.h"
@@ -57,6 +59,54 @@ std::string fmt(double v, int digits = 4) {
   return s.str();
 }
 
+// The job's metrics (listed in coordinator.h), defined on `registry`.
+struct JobMetrics {
+  explicit JobMetrics(prometheus::Registry& r)
+      : rounds_completed(metrics::counter(r, "fedpod_coordinator_rounds_completed_total",
+                                          "Training rounds completed (at least min_pods answered)")
+                             .Add({})),
+        round_duration(metrics::histogram(r, "fedpod_coordinator_round_duration_seconds",
+                                          "Wall time of each completed round: training, aggregation and validation")
+                           .Add({}, metrics::seconds_buckets())),
+        pod_responses(metrics::counter(r, "fedpod_coordinator_pod_responses_total",
+                                       "Pods' answers to startJob, train and evaluate, by pod and outcome "
+                                       "(ok, timeout, error, refused, unreachable, disconnected)")),
+        update_bytes(metrics::counter(r, "fedpod_coordinator_update_bytes_total",
+                                      "Parameter bytes of training rounds: sent (the global model, once per pod) "
+                                      "and received (the pods' updates)")),
+        bytes_sent(update_bytes.Add({{"direction", "sent"}})),
+        bytes_received(update_bytes.Add({{"direction", "received"}})),
+        aggregation(metrics::histogram(r, "fedpod_coordinator_aggregation_seconds",
+                                       "Time spent folding each round's updates and finishing the aggregate")
+                        .Add({}, metrics::seconds_buckets())),
+        global_loss(metrics::gauge(r, "fedpod_coordinator_global_loss",
+                                   "Loss of the global model at the last evaluation, by split (validation, test)")),
+        global_accuracy(metrics::gauge(r, "fedpod_coordinator_global_accuracy",
+                                       "Accuracy of the global model at the last evaluation, by split "
+                                       "(validation, test)")),
+        job_info(metrics::gauge(r, "fedpod_coordinator_job_info",
+                                "The job this coordinator runs: always 1, its id and model in the labels")) {}
+
+  prometheus::Counter& rounds_completed;
+  prometheus::Histogram& round_duration;
+  prometheus::Family<prometheus::Counter>& pod_responses;
+  prometheus::Family<prometheus::Counter>& update_bytes;
+  prometheus::Counter& bytes_sent;
+  prometheus::Counter& bytes_received;
+  prometheus::Histogram& aggregation;
+  prometheus::Family<prometheus::Gauge>& global_loss;
+  prometheus::Family<prometheus::Gauge>& global_accuracy;
+  prometheus::Family<prometheus::Gauge>& job_info;
+  prometheus::Gauge* job_info_child = nullptr;  // the current labels' child
+
+  // Replaces the job_info child (the model label changes once a hub model resolves).
+  void set_job_info(const std::string& job_id, const std::string& model) {
+    if (job_info_child) job_info.Remove(job_info_child);
+    job_info_child = &job_info.Add({{"job_id", job_id}, {"model", model}});
+    job_info_child->Set(1);
+  }
+};
+
 }  // namespace
 
 struct Coordinator::Impl {
@@ -84,6 +134,19 @@ struct Coordinator::Impl {
   // The modeller's CURVE key pair (job key_file); nullopt: no CURVE.
   std::optional<protocol::CurveKeyPair> keys;
 
+  // Metrics: this job's registry and, with metrics_listen, its HTTP endpoint.
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  JobMetrics job_metrics{*registry};
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
+  // Why /readyz is not ready yet; "" once training started. Read on the server's threads.
+  std::mutex phase_mutex;
+  std::string not_ready = "the job has not started: no pod contacted yet";  // guarded by phase_mutex
+
+  void set_not_ready(std::string reason) {
+    std::lock_guard<std::mutex> lock(phase_mutex);
+    not_ready = std::move(reason);
+  }
+
   Impl(zmq::context_t& c, JobSpec s, Logger l, std::ostream& p, Coordinator::ModelFactory f,
        Coordinator::CustomLoader lc)
       : ctx(c), spec(std::move(s)), log(std::move(l)), progress(p), make_model(std::move(f)),
@@ -96,6 +159,46 @@ struct Coordinator::Impl {
       }
       keys = *k;
     }
+    job_metrics.set_job_info(spec.job_id, model_label());
+    if (!spec.metrics_listen.empty()) {
+      metrics::MetricsServerOptions mo;
+      Status ms = metrics::parse_listen_address(spec.metrics_listen, mo.host, mo.port);
+      if (!ms.ok()) throw ConfigError("metrics_listen: " + ms.message());
+      mo.readiness = [this]() -> std::string {
+        std::lock_guard<std::mutex> lock(phase_mutex);
+        return not_ready;
+      };
+      metrics_server = std::make_unique<metrics::MetricsServer>(registry, mo);
+      ms = metrics_server->start();
+      if (!ms.ok()) throw ConfigError("metrics_listen: " + ms.message());
+      log->info("event=metrics_listening job={} address={}", spec.job_id, metrics_server->address());
+    }
+  }
+
+  // The server's threads read the registry and not_ready: stop them first.
+  ~Impl() {
+    if (metrics_server) metrics_server->stop();
+  }
+
+  // The model as job_info names it: "mlp", "alice/net:2", "alice/net:latest".
+  std::string model_label() const {
+    if (spec.model.username.empty()) return spec.model.ref;
+    const uint32_t v = resolved ? static_cast<uint32_t>(resolved->version.version) : spec.model.version;
+    return spec.model.username + "/" + spec.model.ref + ":" + (v ? std::to_string(v) : std::string("latest"));
+  }
+
+  // Counts each pod's answer in pod_responses_total.
+  void count_responses(const std::map<size_t, PodRound>& replies) {
+    for (const auto& [i, r] : replies) {
+      job_metrics.pod_responses.Add({{"pod", pods[i].addr.name}, {"outcome", r.outcome}}).Increment();
+    }
+  }
+
+  // Records an evaluation in the global_loss/global_accuracy gauges.
+  void record_eval(const std::optional<EvalSummary>& s) {
+    if (!s) return;
+    job_metrics.global_loss.Add({{"split", s->split}}).Set(s->loss);
+    job_metrics.global_accuracy.Add({{"split", s->split}}).Set(s->accuracy);
   }
 
   std::string model_name() const {
@@ -143,6 +246,7 @@ struct Coordinator::Impl {
     auto loaded = load_custom(path, v->format);
     if (!loaded.ok()) return Status(loaded.status().code(), what + ": " + loaded.status().message());
     resolved = Resolved{*v, std::move(bytes)};
+    job_metrics.set_job_info(spec.job_id, model_label());
     history["model"]["resolved"] = {{"username", v->username}, {"ref", v->model_ref}, {"version", v->version},
                                     {"sha256", v->sha256},     {"format", v->format},  {"bytes", v->size},
                                     {"artifact", path}};
@@ -288,7 +392,8 @@ struct Coordinator::Impl {
                                       const std::vector<size_t>& targets, const Kinds& want,
                                       Clock::time_point deadline, bool require_connected,
                                       const ReplyHandler& on_reply,
-                                      const std::function<void(const std::vector<size_t>&)>& on_tick = nullptr) {
+                                      const std::function<void(const std::vector<size_t>&)>& on_tick = nullptr,
+                                      size_t* sent_count = nullptr) {
     std::map<size_t, PodRound> result;
     std::map<size_t, Clock::time_point> sent_at;
     std::vector<size_t> waiting;
@@ -307,6 +412,7 @@ struct Coordinator::Impl {
       sent_at[i] = Clock::now();
       waiting.push_back(i);
     }
+    if (sent_count) *sent_count = waiting.size();
     std::vector<zmq::message_t> frames;
     while (!waiting.empty()) {
       if (on_tick) on_tick(waiting);
@@ -543,6 +649,7 @@ struct Coordinator::Impl {
                                                {"skipped_rows", double(a.getSkippedRows())}}};
                             });
     replies.insert(too_small.begin(), too_small.end());
+    count_responses(replies);
     nlohmann::json pods_json = nlohmann::json::object();
     // Each pod's decision, before any training: who admitted the job on what basis,
     // and why the others refused.
@@ -588,6 +695,7 @@ struct Coordinator::Impl {
                               return PodRound{"ok", "", static_cast<int64_t>(r.getNumSamples()), 0,
                                               {{"loss", r.getLoss()}, {"accuracy", r.getAccuracy()}}};
                             });
+    count_responses(replies);
     EvalSummary s;
     s.split = split == wire::Split::TEST ? "test" : "validation";
     double loss = 0, acc = 0;
@@ -601,6 +709,7 @@ struct Coordinator::Impl {
     if (s.num_samples == 0) return std::nullopt;
     s.loss = loss / s.num_samples;
     s.accuracy = acc / s.num_samples;
+    record_eval(s);
     return s;
   }
 
@@ -629,12 +738,17 @@ struct Coordinator::Impl {
                {"strategy", spec.strategy},
                {"status", "running"},
                {"rounds", nlohmann::json::array()}};
+    set_not_ready("resolving the pods' addresses");
     Status st = resolve_pod_addresses();
     if (st.ok()) {
       connect_pods();
       st = run_job();
     }
     if (!st.ok()) {
+      {
+        std::lock_guard<std::mutex> lock(phase_mutex);
+        if (!not_ready.empty()) not_ready = "the job failed before training: " + st.to_string();
+      }
       history["status"] = "failed";
       history["error"] = st.to_string();
       log->error("event=job_failed job={} error=\"{}\"", spec.job_id, st.to_string());
@@ -651,9 +765,13 @@ struct Coordinator::Impl {
   double aggregation_seconds = 0;  // time spent folding updates, all rounds
 
   Status run_job() {
+    set_not_ready("contacting the pods (hello)");
     FEDPOD_RETURN_IF_ERROR(hello_and_check());
+    set_not_ready("creating the model");
     FEDPOD_RETURN_IF_ERROR(create_model());
+    set_not_ready("starting the job on the pods");
     FEDPOD_RETURN_IF_ERROR(start_job());
+    set_not_ready("");
     const auto& layout = model->flat().layout();
     torch::Tensor global = model->flat().tensor().clone();
     log->info("event=job_started job={} model={} parameters={} pods={}", spec.job_id, model_name(),
@@ -672,6 +790,7 @@ struct Coordinator::Impl {
       // One buffer for every pod: each frame references `global`, none copies it.
       out.attach(t.initTensors(specs.size()), worker::parameter_views(global, layout));
       strategy->begin_round(global);
+      double round_aggregation_seconds = 0;  // this round's folds and finish()
       double loss_sum = 0;
       int64_t loss_weight = 0;
       // Pods report trainDone; their parameters are pulled with fetchResult, at most
@@ -695,6 +814,7 @@ struct Coordinator::Impl {
           ready.pop_front();
         }
       };
+      size_t sent = 0;  // pods the round's train request went out to
       auto replies = exchange(
           out, rid, active_pods(), {wire::Envelope::Body::TRAIN_DONE, wire::Envelope::Body::TRAIN_RESULT},
           start + spec.round_timeout, true,
@@ -723,13 +843,16 @@ struct Coordinator::Impl {
             }
             auto tensors = in.take_tensors(r.getTensors(), specs);
             if (!tensors.ok()) return PodRound{"error", tensors.status().message(), 0, 0, {}};
+            for (const auto& t : *tensors) job_metrics.bytes_received.Increment(static_cast<double>(t.nbytes()));
             std::vector<aggregation::Segment> segments;
             for (size_t k = 0; k < layout.size(); ++k) {
               segments.push_back({layout[k].offset, (*tensors)[k].view({-1})});
             }
             const auto fold_start = Clock::now();
             Status folded = strategy->fold(segments, static_cast<double>(n));
-            aggregation_seconds += std::chrono::duration<double>(Clock::now() - fold_start).count();
+            const double fold_seconds = std::chrono::duration<double>(Clock::now() - fold_start).count();
+            aggregation_seconds += fold_seconds;
+            round_aggregation_seconds += fold_seconds;
             if (!folded.ok()) return PodRound{"error", folded.message(), 0, 0, {}};
             PodRound pr = done[i];
             if (pr.metrics.count("train_loss")) {
@@ -738,7 +861,9 @@ struct Coordinator::Impl {
             }
             return pr;
           },
-          start_fetches);
+          start_fetches, &sent);
+      job_metrics.bytes_sent.Increment(static_cast<double>(sent) * static_cast<double>(global.nbytes()));
+      count_responses(replies);
       RoundRecord rec;
       rec.round = round;
       rec.pods_asked = static_cast<int>(replies.size());
@@ -757,9 +882,12 @@ struct Coordinator::Impl {
                           " pods answered, min_pods is " + std::to_string(spec.min_pods) + ": " +
                           describe_failures(replies));
       }
+      const auto finish_start = Clock::now();
       auto next = strategy->finish();
       if (!next.ok()) return next.status();
       global = std::move(*next);
+      round_aggregation_seconds += std::chrono::duration<double>(Clock::now() - finish_start).count();
+      job_metrics.aggregation.Observe(round_aggregation_seconds);
       rec.train_seconds = std::chrono::duration<double>(Clock::now() - start).count();
       const bool eval_now = (spec.eval_every > 0 && round % spec.eval_every == 0) || round == spec.rounds;
       if (eval_now) rec.eval = evaluate(global, round, wire::Split::VALIDATION);
@@ -772,6 +900,8 @@ struct Coordinator::Impl {
       if (rec.eval) progress << "  val_loss " << fmt(rec.eval->loss) << "  val_acc " << fmt(rec.eval->accuracy);
       progress << "  " << fmt(rec.seconds, 2) << "s" << std::endl;
       result.rounds_completed = round;
+      job_metrics.rounds_completed.Increment();
+      job_metrics.round_duration.Observe(rec.seconds);
     }
     auto test = evaluate(global, spec.rounds, wire::Split::TEST);
     end_job("completed");
@@ -807,6 +937,10 @@ Coordinator::Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ost
 Coordinator::~Coordinator() = default;
 
 StatusOr<RunResult> Coordinator::run() { return impl_->run(); }
+
+std::shared_ptr<prometheus::Registry> Coordinator::registry() const { return impl_->registry; }
+
+int Coordinator::metrics_port() const { return impl_->metrics_server ? impl_->metrics_server->port() : 0; }
 
 StatusOr<nlohmann::json> fit(zmq::context_t& ctx, JobSpec job, const ModelReference& model,
                              const std::vector<std::string>& pod_identifiers, Logger log, std::ostream* progress) {

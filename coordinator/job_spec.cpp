@@ -10,6 +10,7 @@
 #include <set>
 
 #include "fedpod/aggregation/fedavg.h"
+#include "fedpod/metrics/metrics.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/protocol/curve.h"
 
@@ -116,6 +117,12 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
     throw ConfigError(where + ": datastructure.split: fractions must be >= 0 and sum to less than 1");
   }
   if (!(s.datastructure.scale > 0)) throw ConfigError(where + ": datastructure.scale: must be positive");
+  if (!s.metrics_listen.empty()) {
+    std::string host;
+    int port = 0;
+    Status st = metrics::parse_listen_address(s.metrics_listen, host, port);
+    if (!st.ok()) throw ConfigError(where + ": metrics_listen: " + st.message());
+  }
 }
 
 JobSpec load_job_spec(const std::string& path) {
@@ -123,7 +130,7 @@ JobSpec load_job_spec(const std::string& path) {
   const std::string w = path;
   check_keys(root, {"job_id", "model", "datastructure", "pods", "rounds", "local_epochs", "local_steps",
                     "batch_size", "min_pods", "round_timeout", "connect_timeout", "eval_every", "max_concurrent_uploads", "strategy",
-                    "seed", "output_dir", "hub", "hub_token", "key_file"},
+                    "seed", "output_dir", "hub", "hub_token", "key_file", "metrics_listen"},
              w);
   JobSpec s;
   if (root["job_id"]) s.job_id = get<std::string>(root["job_id"], w + ": job_id");
@@ -216,6 +223,7 @@ JobSpec load_job_spec(const std::string& path) {
   if (root["strategy"]) s.strategy = get<std::string>(root["strategy"], w + ": strategy");
   if (root["seed"]) s.seed = get<uint64_t>(root["seed"], w + ": seed");
   if (root["output_dir"]) s.output_dir = get<std::string>(root["output_dir"], w + ": output_dir");
+  if (root["metrics_listen"]) s.metrics_listen = get<std::string>(root["metrics_listen"], w + ": metrics_listen");
   validate(s, w);
   return s;
 }

@@ -20,12 +20,40 @@
 // A pod that disconnects mid-round is noticed at once (socket monitor), not at the
 // deadline. Replies to an older request are discarded.
 //
-// Threading: run() drives every socket from the calling thread.
+// Metrics: every Coordinator defines its metrics on its own registry (registry()),
+// whether or not it serves them:
+//
+//   fedpod_coordinator_rounds_completed_total                  counter
+//   fedpod_coordinator_round_duration_seconds                  histogram, per completed
+//       round: training, aggregation and validation
+//   fedpod_coordinator_pod_responses_total{pod,outcome}        counter: each pod's answer
+//       to startJob, to each round's train and to each evaluation; outcome as in
+//       history.json (ok|timeout|error|refused|unreachable|disconnected)
+//   fedpod_coordinator_update_bytes_total{direction}           counter: parameter bytes
+//       of training rounds, "sent" (the global model, once per pod sent to) and
+//       "received" (the pods' trainResult tensors)
+//   fedpod_coordinator_aggregation_seconds                     histogram, per round:
+//       folding the pods' updates and finishing the aggregate
+//   fedpod_coordinator_global_loss{split}, _global_accuracy{split}  gauges: the last
+//       evaluation, split validation|test
+//   fedpod_coordinator_job_info{job_id,model} = 1              model: "mlp", or
+//       "alice/net:2" (":latest" until the hub resolved the version)
+//
+// With spec.metrics_listen set, the constructor starts a metrics::MetricsServer
+// (/metrics, /healthz, /readyz) that lives as long as the Coordinator. /readyz
+// answers 503 with the phase ("contacting the pods", ...) until the pods accepted the
+// job and training started, then 200 for the rest of the Coordinator's life, the end
+// of the job included: an unready endpoint would drop out of a Service, and
+// Prometheus would miss the last scrape of a finished job.
+//
+// Threading: run() drives every socket from the calling thread. registry() and
+// metrics_port() may be called from any thread.
 #pragma once
 
 #include <functional>
 #include <iosfwd>
 #include <nlohmann/json.hpp>
+#include <prometheus/registry.h>
 #include <vector>
 #include <memory>
 #include <string>
@@ -61,6 +89,8 @@ class Coordinator {
       std::function<StatusOr<std::unique_ptr<model::Model>>(const std::string& path, const std::string& format)>;
 
   // `ctx` must outlive the coordinator; `progress` receives one line per round.
+  // Throws: ConfigError for an unreadable key_file, or naming spec.metrics_listen
+  // when the metrics endpoint cannot listen there (port taken, bad address).
   Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ostream& progress,
               ModelFactory make_model = model::make_builtin, CustomLoader load_custom = model::load_custom);
   ~Coordinator();
@@ -70,6 +100,12 @@ class Coordinator {
   // Runs the job to the end. Fails (with the pods and reasons named) when fewer than
   // min_pods can start the job or answer a round. history.json is written either way.
   StatusOr<RunResult> run();
+
+  // The registry this job's metrics live on (never null); serialize it with
+  // prometheus::TextSerializer to read them without the HTTP endpoint.
+  std::shared_ptr<prometheus::Registry> registry() const;
+  // The port the metrics endpoint listens on (useful with port 0); 0 without one.
+  int metrics_port() const;
 
  private:
   struct Impl;

@@ -40,6 +40,10 @@
 //   strategy: fedavg
 //   seed: 0                          # initial parameters
 //   output_dir: out                  # relative to the current directory
+//   metrics_listen: 0.0.0.0:9102     # serve /metrics, /healthz, /readyz while the job
+//                                    # runs (host:port, ":9102" for every interface,
+//                                    # port 0: any free port); default: off. The CLI's
+//                                    # --metrics-listen overrides it.
 #pragma once
 
 #include <chrono>
@@ -86,6 +90,7 @@ struct JobSpec {
   std::string strategy = "fedavg";
   uint64_t seed = 0;
   std::string output_dir = "out";
+  std::string metrics_listen;  // empty: no metrics endpoint (the registry exists anyway)
 };
 
 struct HubAddress {
