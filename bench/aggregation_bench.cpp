@@ -1,13 +1,13 @@
-// FedAvg of K updates of P float32 values, against memcpy of the same input bytes.
+// FedAvg of K updates of P float32 values, against memcpy of the same input bytes
+// (BM_Memcpy/K/P, memcpy_baseline.h).
 //
 // Bytes processed = K * P * 4 (the update bytes read), for both. FedAvg's round is
 // timed whole: zeroing the accumulator, K fused multiply-adds, the final division.
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
-#include <cstring>
-
 #include "fedpod/aggregation/fedavg.h"
+#include "memcpy_baseline.h"
 
 namespace {
 
@@ -35,21 +35,12 @@ void BM_FedAvg(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * k * p * static_cast<int64_t>(sizeof(float)));
 }
 
-void BM_Memcpy(benchmark::State& state) {
-  const int64_t k = state.range(0), p = state.range(1);
-  auto updates = make_updates(k, p);
-  torch::Tensor dst = torch::zeros({p});
-  for (auto _ : state) {
-    for (int64_t i = 0; i < k; ++i) std::memcpy(dst.data_ptr(), updates[i].data_ptr(), p * sizeof(float));
-    benchmark::DoNotOptimize(dst.data_ptr());
-    benchmark::ClobberMemory();
-  }
-  state.SetBytesProcessed(state.iterations() * k * p * static_cast<int64_t>(sizeof(float)));
-}
-
 void Args(benchmark::internal::Benchmark* b) {
   for (int64_t k : {2, 8, 32}) {
-    for (int64_t p : {1'000'000, 10'000'000}) b->Args({k, p});
+    for (int64_t p : {1'000'000, 10'000'000}) {
+      b->Args({k, p});
+      fedpod::bench::require_memcpy_baseline(k, p);
+    }
   }
   b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
@@ -57,4 +48,3 @@ void Args(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_FedAvg)->Apply(Args);
-BENCHMARK(BM_Memcpy)->Apply(Args);
