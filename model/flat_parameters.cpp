@@ -10,7 +10,12 @@ void FlatParameters::adopt(const std::vector<std::pair<std::string, torch::Tenso
   params_.clear();
   std::set<std::string> names;
   int64_t total = 0;
+  const torch::Device device = params.empty() ? torch::Device(torch::kCPU) : params.front().second.device();
   for (const auto& [name, p] : params) {
+    if (p.device() != device) {
+      throw std::invalid_argument("parameter '" + name + "' is on " + p.device().str() + ", the first on " +
+                                  device.str() + "; flat parameters live on one device");
+    }
     if (p.scalar_type() != torch::kFloat32) {
       throw std::invalid_argument("parameter '" + name + "' is " +
                                   std::string(c10::toString(p.scalar_type())) +
@@ -21,7 +26,7 @@ void FlatParameters::adopt(const std::vector<std::pair<std::string, torch::Tenso
     params_.push_back(p);
     total += p.numel();
   }
-  flat_ = torch::empty({total}, torch::kFloat32);
+  flat_ = torch::empty({total}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
   pins_ = std::make_shared<std::atomic<int>>(0);
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {

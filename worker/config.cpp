@@ -1,6 +1,9 @@
 #include "fedpod/worker/config.h"
 
+#include <torch/cuda.h>
 #include <yaml-cpp/yaml.h>
+
+#include <algorithm>
 
 #include <cctype>
 #include <cstdlib>
@@ -13,19 +16,68 @@
 namespace fedpod::worker {
 namespace fs = std::filesystem;
 
-std::vector<std::string> resolve_devices(const std::vector<std::string>& requested) {
-  if (requested.empty() || (requested.size() == 1 && requested[0] == "auto")) return {"cpu"};
-  for (const auto& d : requested) {
-    if (d != "cpu") {
-      throw ConfigError("devices: '" + d + "' does not exist on this machine (this build trains on cpu)");
-    }
+namespace {
+
+// "cpu, cuda:0, cuda:1": what `devices` may name on this machine.
+std::string visible_devices(int cuda_device_count) {
+  std::string s = "cpu";
+  for (int i = 0; i < cuda_device_count; ++i) s += ", cuda:" + std::to_string(i);
+  if (cuda_device_count == 0) s += " (no CUDA device is visible to this pod)";
+  return s;
+}
+
+// The ordinal of "cuda:N", or -1 for any other name.
+int cuda_ordinal(const std::string& d) {
+  if (d.rfind("cuda:", 0) != 0 || d.size() == 5 || d.size() > 9) return -1;
+  const std::string n = d.substr(5);
+  if (n.find_first_not_of("0123456789") != std::string::npos) return -1;
+  if (n.size() > 1 && n[0] == '0') return -1;
+  return std::stoi(n);
+}
+
+}  // namespace
+
+std::vector<std::string> resolve_devices(const std::vector<std::string>& requested, int cuda_device_count) {
+  if (requested.empty() || (requested.size() == 1 && requested[0] == "auto")) {
+    if (cuda_device_count <= 0) return {"cpu"};
+    std::vector<std::string> all;
+    for (int i = 0; i < cuda_device_count; ++i) all.push_back("cuda:" + std::to_string(i));
+    return all;
   }
-  if (requested.size() > 1) {
-    throw ConfigError("devices: " + std::to_string(requested.size()) +
-                      " devices listed; data-parallel training across devices is not available in "
-                      "this build, list one");
+  std::string list;
+  for (const auto& d : requested) list += (list.empty() ? "" : ", ") + d;
+  int cpus = 0;
+  std::vector<bool> seen(static_cast<size_t>(std::max(cuda_device_count, 0)), false);
+  for (const auto& d : requested) {
+    if (d == "cpu") {
+      ++cpus;
+      continue;
+    }
+    if (d == "auto") throw ConfigError("devices: auto stands alone (devices: auto), not inside a list [" + list + "]");
+    const int ordinal = cuda_ordinal(d);
+    if (ordinal < 0) {
+      throw ConfigError("devices: '" + d + "' is not a device name (expected auto, cpu or cuda:N); devices here: " +
+                        visible_devices(cuda_device_count));
+    }
+    if (ordinal >= cuda_device_count) {
+      throw ConfigError("devices: '" + d + "' does not exist on this machine; devices here: " +
+                        visible_devices(cuda_device_count));
+    }
+    if (seen[ordinal]) {
+      throw ConfigError("devices: '" + d + "' is listed twice in [" + list +
+                        "]; one replica per GPU (several replicas are allowed only on cpu)");
+    }
+    seen[ordinal] = true;
+  }
+  if (cpus > 0 && cpus < static_cast<int>(requested.size())) {
+    throw ConfigError("devices: [" + list + "] mixes cpu and cuda devices; the replicas of a pod train in step, so "
+                      "list only cuda devices (one replica per GPU) or only cpu");
   }
   return requested;
+}
+
+std::vector<std::string> resolve_devices(const std::vector<std::string>& requested) {
+  return resolve_devices(requested, static_cast<int>(torch::cuda::device_count()));
 }
 
 PodConfig load_pod_config(const std::string& path) {
@@ -90,6 +142,7 @@ PodConfig load_pod_config(const std::string& path) {
     if (root["devices"]) {
       if (root["devices"].IsSequence()) {
         devices = root["devices"].as<std::vector<std::string>>();
+        if (devices.empty()) throw ConfigError(where + ": devices: empty list; write auto or name the devices");
       } else {
         devices = {root["devices"].as<std::string>()};
       }

@@ -4,6 +4,16 @@
 #include <torch/torch.h>
 
 namespace fedpod::worker {
+namespace {
+
+// Where the model's parameters live: the CPU, or the GPU a multi-device pod moved it
+// to (data_parallel.h); batches are moved there.
+torch::Device model_device(const model::Model& model) {
+  const torch::Tensor& flat = model.flat().tensor();
+  return flat.defined() ? flat.device() : torch::Device(torch::kCPU);
+}
+
+}  // namespace
 
 StatusOr<TrainStats> train_local(model::Model& model, const data::Dataset& data,
                                  const TrainOptions& options, const Hyperparameters& hp,
@@ -19,6 +29,7 @@ StatusOr<TrainStats> train_local(model::Model& model, const data::Dataset& data,
     double loss_sum = 0;
     int64_t correct = 0;
     torch::Tensor x, y;
+    const torch::Device device = model_device(model);
     const bool by_steps = options.steps > 0;
     int64_t epoch = 0;
     while (by_steps ? stats.steps < options.steps : epoch < options.epochs) {
@@ -28,6 +39,10 @@ StatusOr<TrainStats> train_local(model::Model& model, const data::Dataset& data,
         continue;
       }
       if (cancel && cancel->load()) return Status::failed_precondition("cancelled");
+      if (!device.is_cpu()) {
+        x = x.to(device);
+        y = y.to(device);
+      }
       optimizer->zero_grad();
       model::StepOutput out = model.training_step(x, y);
       out.loss.backward();
@@ -68,7 +83,12 @@ StatusOr<EvalStats> evaluate(model::Model& model, const data::Dataset& data, int
     double loss_sum = 0;
     int64_t correct = 0;
     torch::Tensor x, y;
+    const torch::Device device = model_device(model);
     while (batches.next(x, y)) {
+      if (!device.is_cpu()) {
+        x = x.to(device);
+        y = y.to(device);
+      }
       model::StepOutput out = test ? model.test_step(x, y) : model.validation_step(x, y);
       loss_sum += out.loss.item<double>() * out.count;
       correct += out.correct;

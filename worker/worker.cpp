@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -30,6 +31,7 @@
 #include "fedpod/model/zoo.h"
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/socket.h"
+#include "fedpod/worker/data_parallel.h"
 #include "fedpod/worker/trainer.h"
 #include "fedpod/worker/wire_convert.h"
 
@@ -64,7 +66,10 @@ struct Job {
   std::string model_ref;
   Hyperparameters hp;
   data::Splits splits;
-  std::unique_ptr<model::Model> model;
+  std::unique_ptr<model::Model> model;  // replica 0 on a pod with several devices
+  // A pod with several devices: the replicas around `model` (which it borrows, so it
+  // is declared after it and destroyed first). Null with one device.
+  std::unique_ptr<DataParallel> replicas;
   std::vector<protocol::TensorSpec> specs;
   uint64_t seed = 0;
   uint32_t round = 0;
@@ -253,6 +258,13 @@ struct Worker::Impl {
 
   const PodConfig& config() const { return owner.config_; }
 
+  // Intra-op threads of each replica on a pod with several devices: the pod's
+  // `threads` (every core when 0) shared between them, at least one each.
+  int threads_per_replica() const {
+    const int threads = config().threads > 0 ? config().threads : static_cast<int>(std::thread::hardware_concurrency());
+    return std::max(1, threads / static_cast<int>(config().devices.size()));
+  }
+
   // Builds the custom model of a startJob from its admitted artifact `bytes` (`got` is
   // their sha256): private file, loader. `what` names the model reference in messages.
   StatusOr<std::unique_ptr<model::Model>> load_custom_model(const std::string& format, std::string_view bytes,
@@ -347,8 +359,10 @@ struct Worker::Impl {
     results.bind(inproc);
     executor = std::make_unique<Executor>(ctx, inproc, log);
     serving = true;
+    std::string devices;
+    for (const auto& d : config().devices) devices += (devices.empty() ? "" : ",") + d;
     log->info("event=serving pod={} endpoint={} rows={} columns={} devices={}", config().name,
-              owner.endpoint_, table.schema.num_rows, table.schema.columns.size(), config().devices[0]);
+              owner.endpoint_, table.schema.num_rows, table.schema.columns.size(), devices);
 
     Frames frames;
     while (!stop.load()) {
@@ -627,17 +641,23 @@ struct Worker::Impl {
     log->info("event=access_granted pod={} job={} user={} model={} basis=\"{}\"", config().name, job_id, req.user,
               req.model, d.basis);
 
-    // 3. The model itself.
-    std::unique_ptr<model::Model> model;
-    if (!req.custom) {
-      model = runtime.make_model(ref);
-      if (!model) {
-        return Status::not_found("model '" + ref + "' is not a built-in model (built-ins: logreg, mlp, cnn); custom models need the model hub");
+    // 3. The model itself: one replica per device, each built the same way
+    //    (data_parallel.h); replica 0 is the job's model.
+    const std::vector<std::string>& devices = config().devices;
+    std::vector<std::unique_ptr<model::Model>> replicas;
+    for (size_t r = 0; r < devices.size(); ++r) {
+      std::unique_ptr<model::Model> model;
+      if (!req.custom) {
+        model = runtime.make_model(ref);
+        if (!model) {
+          return Status::not_found("model '" + ref + "' is not a built-in model (built-ins: logreg, mlp, cnn); custom models need the model hub");
+        }
+      } else {
+        auto loaded = load_custom_model(format, artifact, req.sha256, ref);
+        if (!loaded.ok()) return loaded.status();
+        model = std::move(*loaded);
       }
-    } else {
-      auto loaded = load_custom_model(format, artifact, req.sha256, ref);
-      if (!loaded.ok()) return loaded.status();
-      model = std::move(*loaded);
+      replicas.push_back(std::move(model));
     }
     std::string hp_text = mref.getHyperparameters();
     nlohmann::json hp_json = nlohmann::json::object();
@@ -656,17 +676,33 @@ struct Worker::Impl {
     auto splits = data::make_splits(table, ds);
     if (!splits.ok()) return splits.status();
     new_job->splits = std::move(*splits);
-    new_job->model = std::move(model);
-    torch::manual_seed(new_job->seed);
-    try {
-      new_job->model->create_model(new_job->splits.input_shape, ds.num_classes, new_job->hp);
-    } catch (const ConfigError& e) {
-      return Status::invalid("pod " + config().name + ": model " + ref + ": " + e.what());
+    for (auto& replica : replicas) {
+      torch::manual_seed(new_job->seed);  // identical replicas (the global parameters overwrite them anyway)
+      try {
+        replica->create_model(new_job->splits.input_shape, ds.num_classes, new_job->hp);
+      } catch (const ConfigError& e) {
+        return Status::invalid("pod " + config().name + ": model " + ref + ": " + e.what());
+      }
+    }
+    new_job->model = std::move(replicas.front());
+    replicas.erase(replicas.begin());
+    std::string allreduce = "none";
+    if (devices.size() > 1) {
+      DataParallelOptions dpo;
+      dpo.threads_per_replica = threads_per_replica();
+      auto dp = DataParallel::create(*new_job->model, std::move(replicas), devices, dpo);
+      if (!dp.ok()) return Status(dp.status().code(), "pod " + config().name + ": model " + ref + ": " + dp.status().message());
+      new_job->replicas = std::move(*dp);
+      allreduce = new_job->replicas->backend();
+    } else {
+      Status moved = move_to_device(*new_job->model, devices.front());
+      if (!moved.ok()) return Status(moved.code(), "pod " + config().name + ": model " + ref + ": " + moved.message());
     }
     new_job->specs = tensor_specs(new_job->model->flat().layout());
     const auto& s = new_job->splits;
-    log->info("event=job_started job={} user={} model={} train={} validation={} test={} parameters={}", job_id, req.user, ref,
-              s.train.size(), s.validation.size(), s.test.size(), new_job->model->flat().numel());
+    log->info("event=job_started job={} user={} model={} train={} validation={} test={} parameters={} replicas={} "
+              "allreduce=\"{}\"", job_id, req.user, ref, s.train.size(), s.validation.size(), s.test.size(),
+              new_job->model->flat().numel(), devices.size(), allreduce);
     Frames f = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
       auto a = o.envelope().getBody().initJobAccepted();
       a.setTrainSamples(s.train.size());
@@ -733,9 +769,12 @@ struct Worker::Impl {
     executor->submit([this, j, routing_copy, params, opts, round, job_id, request_id]() -> Frames {
       load_parameters(*j, *params);
       const auto start = Clock::now();
-      auto stats = runtime.train(*j->model, j->splits.train, opts, j->hp, &cancel);
+      auto stats = j->replicas ? j->replicas->train(j->splits.train, opts, j->hp, &cancel)
+                               : runtime.train(*j->model, j->splits.train, opts, j->hp, &cancel);
       const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
       if (!stats.ok()) {
+        log->warn("event=train_failed job={} round={} code={} error=\"{}\"", job_id, round,
+                  to_string(stats.status().code()), stats.status().message());
         return reply(*routing_copy, job_id, request_id,
                      [&](protocol::Outgoing& o) { protocol::set_error(o.envelope(), stats.status()); });
       }
@@ -779,8 +818,15 @@ struct Worker::Impl {
       r.setSeconds(res.seconds);
       set_metrics(r.initMetrics(res.metrics.size()), res.metrics);
       auto& flat = job->model->flat();
-      // Zero-copy: the frames point into the model's buffer, pinned until sent.
-      o.attach(r.initTensors(flat.layout().size()), parameter_views(flat.tensor(), flat.layout()), flat.pin());
+      if (flat.tensor().is_cpu()) {
+        // Zero-copy: the frames point into the model's buffer, pinned until sent.
+        o.attach(r.initTensors(flat.layout().size()), parameter_views(flat.tensor(), flat.layout()), flat.pin());
+      } else {
+        // A model on a GPU: one copy to host memory, which the frames then hold.
+        torch::Tensor host = flat.tensor().to(torch::kCPU);
+        o.attach(r.initTensors(flat.layout().size()), parameter_views(host, flat.layout()),
+                 std::make_shared<torch::Tensor>(host));
+      }
     });
     send(frames);
     return Status();
@@ -825,7 +871,11 @@ struct Worker::Impl {
 
 Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtime)
     : impl_(std::make_unique<Impl>(ctx, *this, std::move(log), std::move(runtime))), config_(std::move(config)) {
-  if (config_.devices.empty()) config_.devices = {"cpu"};
+  try {
+    config_.devices = resolve_devices(config_.devices);  // a PodConfig built in code is checked too
+  } catch (const ConfigError& e) {
+    throw ConfigError("pod " + config_.name + ": " + e.what());
+  }
   auto table = data::read_csv(config_.dataset_path, config_.csv, config_.schema);
   if (!table.ok()) throw ConfigError("pod " + config_.name + ": dataset: " + table.status().message());
   impl_->table = std::move(*table);

@@ -112,7 +112,9 @@ TEST(CliTest, NonexistentDeviceIsAStartupError) {
                                           id.pod_yaml("pod-p"));
   auto r = fedpod(dir, {"worker", "--config", config});
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.output.find("devices: 'cuda:3' does not exist"), std::string::npos) << r.output;
+  // Names the device and what the pod could use instead.
+  EXPECT_NE(r.output.find("devices: 'cuda:3' does not exist on this machine; devices here: cpu"), std::string::npos)
+      << r.output;
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <functional>
 #include <thread>
 
+#include "fedpod/data/dataset.h"
 #include "fedpod/model/zoo.h"
 
 #include "fedpod/protocol/codec.h"
@@ -64,15 +65,17 @@ class WorkerTest : public ::testing::Test {
  protected:
   void SetUp() override { start(int64_t{0}); }
 
-  void start(int64_t max_frame_bytes) {
+  void start(int64_t max_frame_bytes, std::vector<std::string> devices = {"cpu"},
+             worker::Runtime runtime = worker::Runtime()) {
     worker::PodConfig config;
     config.name = "test-pod";
     config.listen = "tcp://127.0.0.1:*";
     config.dataset_path = testing::source_dir() + "/examples/digits/pod-a.csv";
-    config.devices = {"cpu"};
+    config.devices = std::move(devices);
+    config.threads = 2;
     if (max_frame_bytes > 0) config.max_frame_bytes = max_frame_bytes;
     id_.secure(config);
-    worker_ = std::make_unique<worker::Worker>(ctx_, config, null_logger());
+    worker_ = std::make_unique<worker::Worker>(ctx_, config, null_logger(), std::move(runtime));
     thread_ = std::thread([this] { worker_->serve(stop_); });
     client_ = std::make_unique<Client>(ctx_, worker_->endpoint(), id_.client_options("test-pod"));
   }
@@ -471,6 +474,133 @@ TEST_F(SmallFrameWorkerTest, OversizedFrameDropsOnlyThatPeer) {
   EXPECT_EQ(client_->recv(500ms), nullptr);
   Client other(ctx_, worker_->endpoint(), id_.client_options("test-pod"));
   expect_still_serving(other);
+}
+
+// ---- a pod with two devices (worker/data_parallel.h) --------------------------
+
+// logreg's layout ("0.weight" [10, 64], "0.bias" [10]) with a training_step that
+// throws while `*fail` is set.
+class FlakyLogreg : public model::ModuleModel {
+ public:
+  explicit FlakyLogreg(const std::atomic<bool>* fail) : fail_(fail) {}
+  model::StepOutput training_step(const torch::Tensor& x, const torch::Tensor& y) override {
+    if (fail_->load()) throw std::runtime_error("flaky replica refuses to train");
+    return Model::training_step(x, y);
+  }
+
+ protected:
+  void build(const std::vector<int64_t>& in, int64_t classes, const Hyperparameters&) override {
+    torch::nn::Sequential seq(torch::nn::Linear(in.at(0), classes));
+    module_ = seq.ptr();
+    forward_ = [seq](const torch::Tensor& x) mutable { return seq->forward(x.flatten(1)); };
+  }
+
+ private:
+  const std::atomic<bool>* fail_;
+};
+
+// devices: [cpu, cpu]; the second replica built for a job is a FlakyLogreg.
+class TwoDeviceWorkerTest : public WorkerTest {
+ protected:
+  void SetUp() override {
+    worker::Runtime runtime;
+    runtime.make_model = [this](const std::string& ref) -> std::unique_ptr<model::Model> {
+      if (ref == "logreg" && builds_++ % 2 == 1) return std::make_unique<FlakyLogreg>(&fail_);
+      return model::make_builtin(ref);
+    };
+    start(0, {"cpu", "cpu"}, std::move(runtime));
+  }
+
+  std::atomic<bool> fail_{false};
+  int builds_ = 0;  // make_model runs on the socket thread only
+};
+
+TEST_F(TwoDeviceWorkerTest, HelloAdvertisesBothDevices) {
+  protocol::Outgoing out("", 1);
+  out.envelope().getBody().initHello();
+  auto r = client_->request(out);
+  ASSERT_NE(r, nullptr);
+  auto devices = r->envelope().getBody().getHelloReply().getDevices();
+  ASSERT_EQ(devices.size(), 2u);
+  EXPECT_EQ(std::string(devices[0]), "cpu");
+  EXPECT_EQ(std::string(devices[1]), "cpu");
+}
+
+// A replica that throws fails the round with an error naming it; the pod keeps
+// serving, and the next round returns what one model trained on the same batches
+// returns.
+TEST_F(TwoDeviceWorkerTest, FailingReplicaFailsTheRoundByNameThenTheNextRoundTrains) {
+  ASSERT_EQ(start_job("job-1")->envelope().getBody().which(), W::JOB_ACCEPTED);
+  fail_ = true;
+  auto msg = train_msg("job-1", zeros_for(layout()), /*steps=*/7);
+  auto failed = client_->request(*msg);
+  ASSERT_NE(failed, nullptr);
+  EXPECT_EQ(error_of(*failed), "internal: replica 1 (cpu): model failed while training: flaky replica refuses to train");
+  expect_still_serving(*client_);
+
+  fail_ = false;
+  auto again = train_msg("job-1", zeros_for(layout()), /*steps=*/7);
+  auto done = client_->request(*again);
+  ASSERT_NE(done, nullptr);
+  ASSERT_EQ(done->envelope().getBody().which(), W::TRAIN_DONE) << error_of(*done);
+  auto result = fetch(1);
+  ASSERT_EQ(result->envelope().getBody().which(), W::TRAIN_RESULT) << error_of(*result);
+  auto specs = worker::tensor_specs(layout());
+  auto got = result->take_tensors(result->envelope().getBody().getTrainResult().getTensors(), specs);
+  ASSERT_TRUE(got.ok()) << got.status().to_string();
+
+  // The same round on one logreg: pod-a's train split as start_job made it, the
+  // batch order of round 1 of a job with seed 0.
+  auto table = data::read_csv(testing::source_dir() + "/examples/digits/pod-a.csv", data::CsvOptions(), std::nullopt);
+  ASSERT_TRUE(table.ok());
+  data::Datastructure ds;
+  ds.target = "label";
+  ds.num_classes = 10;
+  ds.scale = 1.0 / 16;
+  ds.split = {0.1, 0.2, 3};
+  auto splits = data::make_splits(*table, ds);
+  ASSERT_TRUE(splits.ok());
+  auto single = model::make_builtin("logreg");
+  single->create_model({64}, 10, Hyperparameters());
+  single->flat().writable().zero_();
+  worker::TrainOptions opts;
+  opts.steps = 7;
+  opts.batch_size = 16;
+  opts.seed = 1;  // job seed 0 * 1000003 + round 1
+  ASSERT_TRUE(worker::train_local(*single, splits->train, opts, Hyperparameters()).ok());
+  const auto& l = single->flat().layout();
+  for (size_t i = 0; i < l.size(); ++i) {
+    const torch::Tensor expected = single->flat().tensor().narrow(0, l[i].offset, l[i].numel).view(l[i].shape);
+    EXPECT_LT(((*got)[i] - expected).norm().item<double>(), 1e-5 * expected.norm().item<double>()) << l[i].name;
+  }
+}
+
+TEST_F(TwoDeviceWorkerTest, EndJobCancelsEveryReplicaAndTheNextJobRuns) {
+  const std::string hp = R"({"hidden": [256, 256]})";
+  ASSERT_EQ(start_job("job-1", "mlp", hp)->envelope().getBody().which(), W::JOB_ACCEPTED);
+  auto msg = train_msg("job-1", zeros_for(layout("mlp", hp)), /*steps=*/1000000);
+  client_->send(*msg);
+  std::this_thread::sleep_for(200ms);
+  protocol::Outgoing end("job-1", 78);
+  end.envelope().getBody().initEndJob().setReason("test");
+  client_->send(end);
+  bool ended = false;
+  for (int i = 0; i < 3 && !ended; ++i) {
+    auto reply = client_->recv();
+    ASSERT_NE(reply, nullptr);
+    ended = reply->envelope().getBody().which() == W::JOB_ENDED;
+  }
+  EXPECT_TRUE(ended);
+  EXPECT_EQ(worker_->counters().rounds_trained.load(), 0);
+  // The cancelled round's own error reply may come after jobEnded.
+  while (auto late = client_->recv(500ms)) EXPECT_EQ(error_of(*late), "failed_precondition: cancelled");
+  auto second = start_job("job-2");
+  ASSERT_NE(second, nullptr);
+  ASSERT_EQ(second->envelope().getBody().which(), W::JOB_ACCEPTED) << error_of(*second);
+  auto train = train_msg("job-2", zeros_for(layout()));
+  auto done = client_->request(*train);
+  ASSERT_NE(done, nullptr);
+  EXPECT_EQ(done->envelope().getBody().which(), W::TRAIN_DONE) << error_of(*done);
 }
 
 }  // namespace

@@ -37,8 +37,10 @@ class FlatParameters {
   FlatParameters& operator=(const FlatParameters&) = delete;
 
   // Re-homes `params` (the model's own parameter tensors, in this order) into one
-  // new contiguous float32 buffer, keeping their values. Every param must be float32.
-  // Throws std::invalid_argument otherwise or for duplicate names.
+  // new contiguous float32 buffer on their device, keeping their values. Every param
+  // must be float32 and on the same device (the CPU unless a pod moved the model to
+  // a GPU, worker/data_parallel.h). Throws std::invalid_argument otherwise or for
+  // duplicate names.
   void adopt(const std::vector<std::pair<std::string, torch::Tensor>>& params);
 
   const std::vector<ParamInfo>& layout() const { return layout_; }

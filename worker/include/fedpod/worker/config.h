@@ -10,8 +10,13 @@
 //     schema:                         # optional; inferred from the file when absent
 //       - {name: age, type: numeric}
 //       - {name: label, type: categorical, categories: [cat, dog]}
-//   devices: auto                     # auto | [cpu]
-//   threads: 1                        # libtorch intra-op threads (default: all cores)
+//   devices: auto                     # auto: every visible CUDA device, else [cpu]; or a
+//                                     # list, one model replica per entry: [cuda:0, cuda:1]
+//                                     # or [cpu, cpu] (not mixed; each GPU at most once)
+//   threads: 1                        # libtorch intra-op threads (default: all cores);
+//                                     # several replicas split them: threads / replicas
+//                                     # each, at least 1 (so [cpu, cpu] with threads: 1
+//                                     # uses 2)
 //   job_idle_timeout: 10m             # a job with no message for this long is ended
 //   max_frame_bytes: 2147483648       # largest accepted ZeroMQ frame (also bounds a
 //                                     # custom model's artifact, sent as one frame)
@@ -33,6 +38,10 @@
 //                                     #   (re-read when it changes)
 //   audit_log: state/pod-a.audit.log  # hash-chained decisions (default: state/<name>.audit.log)
 //   metrics_listen: 127.0.0.1:9101    # /metrics, /healthz, /readyz (default: off)
+//
+// With several devices the pod trains data-parallel (worker/data_parallel.h): every
+// batch is split across the replicas and their gradients are averaged, so a round's
+// result is the one a single device would compute, up to float rounding.
 //
 // The ROUTER socket is a CURVE server with key_file's secret key; only public keys of
 // users in the policy complete the handshake, and the pod decides each startJob from
@@ -74,8 +83,8 @@ struct PodConfig {
   std::string dataset_path;
   data::CsvOptions csv;
   std::optional<data::Schema> schema;
-  std::vector<std::string> devices;  // resolved: e.g. {"cpu"}
-  int threads = 0;                   // 0: every core
+  std::vector<std::string> devices;  // resolved: e.g. {"cpu"}, {"cpu", "cpu"}, {"cuda:0", "cuda:1"}
+  int threads = 0;                   // 0: every core; split between replicas
   std::chrono::milliseconds job_idle_timeout{10 * 60 * 1000};
   int64_t max_frame_bytes = int64_t{2} << 30;
   CustomModels custom_models = CustomModels::kPolicy;
@@ -89,8 +98,14 @@ struct PodConfig {
 // Reads and validates `path`. Throws ConfigError naming the file and key.
 PodConfig load_pod_config(const std::string& path);
 
-// Resolves the `devices` setting ("auto", or a list) to device names this build can
-// use. Throws ConfigError for a device that does not exist.
+// Resolves the `devices` setting ({"auto"} or empty, or a list) to the devices the
+// pod trains on: auto is every visible CUDA device (torch::cuda::device_count(); 0 in
+// a CPU-only libtorch), else {"cpu"}; a list is returned as given once every entry is
+// "cpu" or "cuda:N" with N < the count. Throws ConfigError naming the device and the
+// devices that exist, for an unknown name, a missing or repeated GPU, or cpu and
+// cuda mixed in one list.
 std::vector<std::string> resolve_devices(const std::vector<std::string>& requested);
+// The same against `cuda_device_count` visible CUDA devices (for tests).
+std::vector<std::string> resolve_devices(const std::vector<std::string>& requested, int cuda_device_count);
 
 }  // namespace fedpod::worker

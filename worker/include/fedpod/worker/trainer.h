@@ -35,7 +35,8 @@ struct EvalStats {
   double accuracy = 0;
 };
 
-// Trains `model` in place with the optimizer from `model.configure_optimizers(hp)`.
+// Trains `model` in place with the optimizer from `model.configure_optimizers(hp)`,
+// on the device its parameters are on (batches are moved there; the CPU normally).
 // Stops early (returning kFailedPrecondition "cancelled") when `cancel` becomes true;
 // checked between steps. Errors in the model (c10::Error) become kInternal.
 StatusOr<TrainStats> train_local(model::Model& model, const data::Dataset& data,

@@ -58,6 +58,10 @@ struct WorkerCounters {
 // train_local. Programs embedding a Worker (the benchmarks) may substitute their
 // own; nothing in pod.yaml or in a message can select anything else.
 //
+// A pod with several devices builds one model per device with make_model (or
+// load_custom, once per replica from the same artifact) and trains them with
+// DataParallel (data_parallel.h) instead of `train`, which serves one-device pods.
+//
 // Custom models (startJob with a username) arrive as an artifact frame; the pod
 // hashes it, decides from the authenticated user's role and grants (policy.h), and
 // only then writes it to a private file (directory 0700, file 0600) and calls
