@@ -59,6 +59,17 @@ std::string fmt(double v, int digits = 4) {
   return s.str();
 }
 
+// Why a reply was discarded (fedpod_coordinator_discarded_replies_total{reason}).
+// A training update is keyed by (job, round, pod): a reply is read only when its
+// job id is this job's, its request id is the exchange's, and, for trainDone and
+// trainResult, its round is the one being collected and that (round, pod) has not
+// been folded yet.
+constexpr const char* kStaleRequest = "stale_request";  // an older request's reply
+constexpr const char* kClosedRound = "closed_round";    // an update for a round already closed
+constexpr const char* kDuplicate = "duplicate";         // a second update for a (round, pod) already taken
+constexpr const char* kWrongJob = "wrong_job";          // another job's reply
+constexpr const char* kDiscardReasons[] = {kStaleRequest, kClosedRound, kDuplicate, kWrongJob};
+
 // The job's metrics (listed in coordinator.h), defined on `registry`.
 struct JobMetrics {
   explicit JobMetrics(prometheus::Registry& r)
@@ -85,7 +96,14 @@ struct JobMetrics {
                                        "Accuracy of the global model at the last evaluation, by split "
                                        "(validation, test)")),
         job_info(metrics::gauge(r, "fedpod_coordinator_job_info",
-                                "The job this coordinator runs: always 1, its id and model in the labels")) {}
+                                "The job this coordinator runs: always 1, its id and model in the labels")),
+        discarded_replies(metrics::counter(r, "fedpod_coordinator_discarded_replies_total",
+                                           "Pod replies discarded unread, by reason: stale_request (an older "
+                                           "request), closed_round (an update for a round already closed), "
+                                           "duplicate (an update already folded), wrong_job")) {
+    // Every reason from the start: a discard shows as a rate, not as a series appearing.
+    for (const char* reason : kDiscardReasons) discarded_replies.Add({{"reason", reason}});
+  }
 
   prometheus::Counter& rounds_completed;
   prometheus::Histogram& round_duration;
@@ -97,6 +115,7 @@ struct JobMetrics {
   prometheus::Family<prometheus::Gauge>& global_loss;
   prometheus::Family<prometheus::Gauge>& global_accuracy;
   prometheus::Family<prometheus::Gauge>& job_info;
+  prometheus::Family<prometheus::Counter>& discarded_replies;
   prometheus::Gauge* job_info_child = nullptr;  // the current labels' child
 
   // Replaces the job_info child (the model label changes once a hub model resolves).
@@ -192,6 +211,55 @@ struct Coordinator::Impl {
     for (const auto& [i, r] : replies) {
       job_metrics.pod_responses.Add({{"pod", pods[i].addr.name}, {"outcome", r.outcome}}).Increment();
     }
+  }
+
+  // Exactly-once bookkeeping for training updates, keyed by (job, round, pod); the
+  // run() thread only. A round opens when its train goes out and closes when its
+  // collection ends (all pods answered, or the deadline): no update for it is taken
+  // after that, whenever it arrives.
+  int open_round = 0;          // the round whose updates are being collected; 0: none
+  int last_closed_round = 0;   // rounds up to this one take no more updates
+  int current_round = 0;       // the round in progress (training or its validation), for logs
+  std::set<std::pair<int, size_t>> folded_updates;  // (round, pod) whose update went into an aggregate
+  int round_discarded = 0;     // replies discarded since the current round started
+
+  // Why `env` from pod `i` is not a reply to the exchange of `request_id`; nullptr
+  // when it is (it may still be the wrong kind: receive() decides that).
+  const char* discard_reason(size_t i, wire::Envelope::Reader env, uint64_t request_id) const {
+    if (std::string(env.getJobId().cStr()) != spec.job_id) return kWrongJob;
+    auto body = env.getBody();
+    std::optional<uint32_t> round;
+    if (body.which() == wire::Envelope::Body::TRAIN_DONE) round = body.getTrainDone().getRound();
+    if (body.which() == wire::Envelope::Body::TRAIN_RESULT) round = body.getTrainResult().getRound();
+    if (round) {
+      const int r = static_cast<int>(*round);
+      if (folded_updates.count({r, i})) return kDuplicate;
+      if (r != open_round && r <= last_closed_round) return kClosedRound;
+    }
+    if (env.getRequestId() != request_id) return kStaleRequest;
+    return nullptr;
+  }
+
+  // Counts and logs (once, at info: it is rare and says a pod misbehaves or lags)
+  // a reply that is not used; history.json has the per-round and per-reason counts.
+  void discard(const Pod& pod, const char* reason, wire::Envelope::Reader env, uint64_t expected_request) {
+    job_metrics.discarded_replies.Add({{"reason", reason}}).Increment();
+    ++round_discarded;
+    auto& totals = history["discarded_replies_by_reason"];
+    totals[reason] = totals.value(reason, 0) + 1;
+    auto body = env.getBody();
+    std::string detail;  // what the reply was about, when it says
+    if (body.which() == wire::Envelope::Body::TRAIN_DONE) {
+      detail = " reply_round=" + std::to_string(body.getTrainDone().getRound());
+    } else if (body.which() == wire::Envelope::Body::TRAIN_RESULT) {
+      detail = " reply_round=" + std::to_string(body.getTrainResult().getRound());
+    } else if (body.which() == wire::Envelope::Body::ERROR) {
+      detail = std::string(" error=\"") + body.getError().getMessage().cStr() + "\"";
+    }
+    log->info("event=reply_discarded job={} round={} pod={} reason={} kind={} reply_job={} request={} "
+              "expected_request={}{}",
+              spec.job_id, current_round, pod.addr.name, reason, protocol::body_name(body.which()),
+              env.getJobId().cStr(), env.getRequestId(), expected_request, detail);
   }
 
   // Records an evaluation in the global_loss/global_accuracy gauges.
@@ -467,7 +535,8 @@ struct Coordinator::Impl {
     return result;
   }
 
-  // One received message from `pod`: nullopt for a stale reply (discarded).
+  // One received message from `pod`: nullopt when it is discarded (discard_reason)
+  // or the handler waits for more.
   std::optional<PodRound> receive(Pod& pod, std::vector<zmq::message_t>& frames, bool too_many,
                                   uint64_t request_id, const Kinds& want, const ReplyHandler& on_reply) {
     if (too_many) return PodRound{"error", "reply has too many frames", 0, 0, {}};
@@ -475,8 +544,8 @@ struct Coordinator::Impl {
     if (!parsed.ok()) return PodRound{"error", "bad reply: " + parsed.status().message(), 0, 0, {}};
     try {
       auto env = (*parsed)->envelope();
-      if (env.getRequestId() != request_id || std::string(env.getJobId().cStr()) != spec.job_id) {
-        log->debug("event=stale_reply pod={} request={}", pod.addr.name, env.getRequestId());
+      if (const char* reason = discard_reason(static_cast<size_t>(&pod - pods.data()), env, request_id)) {
+        discard(pod, reason, env, request_id);
         return std::nullopt;
       }
       auto body = env.getBody();
@@ -737,7 +806,9 @@ struct Coordinator::Impl {
                           {"hyperparameters", spec.model.hyperparameters.json()}}},
                {"strategy", spec.strategy},
                {"status", "running"},
-               {"rounds", nlohmann::json::array()}};
+               {"rounds", nlohmann::json::array()},
+               {"discarded_replies_by_reason", nlohmann::json::object()}};
+    for (const char* reason : kDiscardReasons) history["discarded_replies_by_reason"][reason] = 0;
     set_not_ready("resolving the pods' addresses");
     Status st = resolve_pod_addresses();
     if (st.ok()) {
@@ -781,6 +852,8 @@ struct Coordinator::Impl {
     for (int round = 1; round <= spec.rounds; ++round) {
       const auto start = Clock::now();
       const uint64_t rid = next_request++;
+      current_round = round;
+      round_discarded = 0;
       protocol::Outgoing out(spec.job_id, rid);
       auto t = out.envelope().getBody().initTrain();
       t.setRound(static_cast<uint32_t>(round));
@@ -815,19 +888,28 @@ struct Coordinator::Impl {
         }
       };
       size_t sent = 0;  // pods the round's train request went out to
+      open_round = round;
       auto replies = exchange(
           out, rid, active_pods(), {wire::Envelope::Body::TRAIN_DONE, wire::Envelope::Body::TRAIN_RESULT},
           start + spec.round_timeout, true,
           [&](Pod& pod, protocol::Incoming& in) -> std::optional<PodRound> {
             const size_t i = static_cast<size_t>(&pod - pods.data());
             auto body = in.envelope().getBody();
+            // receive() discarded other jobs' replies and those for closed or folded
+            // rounds: a round other than this one is a round not started yet.
             if (body.which() == wire::Envelope::Body::TRAIN_DONE) {
               auto d = body.getTrainDone();
               if (d.getRound() != static_cast<uint32_t>(round)) {
-                return PodRound{"error", "trainDone for round " + std::to_string(d.getRound()), 0, 0, {}};
+                return PodRound{"error",
+                                "trainDone for round " + std::to_string(d.getRound()) + ", the coordinator is in round " +
+                                    std::to_string(round),
+                                0, 0, {}};
+              }
+              if (done.count(i)) {  // the first one stands; its parameters are being fetched
+                discard(pod, kDuplicate, in.envelope(), rid);
+                return std::nullopt;
               }
               if (d.getNumSamples() == 0) return PodRound{"error", "trained on no samples", 0, 0, {}};
-              if (done.count(i)) return PodRound{"error", "trainDone sent twice", 0, 0, {}};
               PodRound pr{"ok", "", static_cast<int64_t>(d.getNumSamples()), 0, {}};
               for (auto m : d.getMetrics()) pr.metrics[m.getName().cStr()] = m.getValue();
               pr.metrics["train_seconds"] = d.getSeconds();
@@ -835,11 +917,20 @@ struct Coordinator::Impl {
               ready.push_back(i);
               return std::nullopt;  // parameters still to fetch
             }
-            if (!done.count(i)) return PodRound{"error", "trainResult before trainDone", 0, 0, {}};
             auto r = body.getTrainResult();
+            if (r.getRound() != static_cast<uint32_t>(round)) {
+              return PodRound{"error",
+                              "trainResult for round " + std::to_string(r.getRound()) + ", the coordinator is in round " +
+                                  std::to_string(round),
+                              0, 0, {}};
+            }
+            if (!done.count(i)) return PodRound{"error", "trainResult before trainDone", 0, 0, {}};
             const int64_t n = done[i].num_samples;
-            if (r.getRound() != static_cast<uint32_t>(round) || static_cast<int64_t>(r.getNumSamples()) != n) {
-              return PodRound{"error", "trainResult does not match its trainDone", 0, 0, {}};
+            if (static_cast<int64_t>(r.getNumSamples()) != n) {
+              return PodRound{"error",
+                              "trainResult has num_samples " + std::to_string(r.getNumSamples()) +
+                                  ", its trainDone said " + std::to_string(n),
+                              0, 0, {}};
             }
             auto tensors = in.take_tensors(r.getTensors(), specs);
             if (!tensors.ok()) return PodRound{"error", tensors.status().message(), 0, 0, {}};
@@ -854,6 +945,7 @@ struct Coordinator::Impl {
             aggregation_seconds += fold_seconds;
             round_aggregation_seconds += fold_seconds;
             if (!folded.ok()) return PodRound{"error", folded.message(), 0, 0, {}};
+            folded_updates.insert({round, i});  // anything else for (round, pod) is a duplicate
             PodRound pr = done[i];
             if (pr.metrics.count("train_loss")) {
               loss_sum += pr.metrics["train_loss"] * n;
@@ -862,6 +954,9 @@ struct Coordinator::Impl {
             return pr;
           },
           start_fetches, &sent);
+      // Closed: whatever arrives for this round from now on is discarded, not folded.
+      open_round = 0;
+      last_closed_round = round;
       job_metrics.bytes_sent.Increment(static_cast<double>(sent) * static_cast<double>(global.nbytes()));
       count_responses(replies);
       RoundRecord rec;
@@ -876,6 +971,7 @@ struct Coordinator::Impl {
       if (rec.pods_answered < spec.min_pods) {
         rec.seconds = std::chrono::duration<double>(Clock::now() - start).count();
         history["rounds"].push_back(to_json(rec));
+        history["rounds"].back()["discarded_replies"] = round_discarded;
         return Status(StatusCode::kUnavailable,
                       "round " + std::to_string(round) + "/" + std::to_string(spec.rounds) + ": " +
                           std::to_string(rec.pods_answered) + " of " + std::to_string(rec.pods_asked) +
@@ -894,6 +990,8 @@ struct Coordinator::Impl {
       rec.seconds = std::chrono::duration<double>(Clock::now() - start).count();
       total_seconds += rec.seconds;
       history["rounds"].push_back(to_json(rec));
+      // Replies discarded while this round was open, its validation included.
+      history["rounds"].back()["discarded_replies"] = round_discarded;
       write_history();
       progress << "round " << round << "/" << spec.rounds << "  pods " << rec.pods_answered << "/" << rec.pods_asked
                << "  train_loss " << fmt(rec.train_loss);

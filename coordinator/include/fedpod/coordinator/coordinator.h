@@ -18,7 +18,19 @@
 //   4. evaluate on the pods' test splits, endJob everywhere, save model.pt.
 //
 // A pod that disconnects mid-round is noticed at once (socket monitor), not at the
-// deadline. Replies to an older request are discarded.
+// deadline.
+//
+// Exactly once: a training update is keyed by (job, round, pod). A trainDone or
+// trainResult is used only if its job id is this job's, it answers the request in
+// progress on the socket of the pod it was sent to, its round is the round being
+// collected, and no update of that (round, pod) was folded yet. Everything else is
+// discarded unread, logged at info (event=reply_discarded, with the reason) and
+// counted: stale_request (a reply to an older request), closed_round (an update for
+// a round whose collection ended: a straggler's reply past the deadline, whenever it
+// arrives), duplicate (an update for a (round, pod) already taken), wrong_job.
+// history.json counts them per round ("discarded_replies": replies discarded while
+// that round trained or validated) and per reason for the job
+// ("discarded_replies_by_reason").
 //
 // Metrics: every Coordinator defines its metrics on its own registry (registry()),
 // whether or not it serves them:
@@ -38,6 +50,9 @@
 //       evaluation, split validation|test
 //   fedpod_coordinator_job_info{job_id,model} = 1              model: "mlp", or
 //       "alice/net:2" (":latest" until the hub resolved the version)
+//   fedpod_coordinator_discarded_replies_total{reason}         counter: replies not
+//       used (see "Exactly once" above), reason stale_request|closed_round|duplicate|
+//       wrong_job; every reason is present from the start
 //
 // With spec.metrics_listen set, the constructor starts a metrics::MetricsServer
 // (/metrics, /healthz, /readyz) that lives as long as the Coordinator. /readyz

@@ -1,0 +1,507 @@
+// Exactly-once updates: a training update is keyed by (job, round, pod), and a
+// reply that is not the one the coordinator waits for is discarded and counted,
+// never folded. One honest pod (a real Worker whose training adds a known delta)
+// and one scripted pod that speaks the protocol correctly but misbehaves on
+// purpose: duplicates, replays of earlier rounds, a reply past the round deadline
+// that lands in the next round, a reply for another job. The final model must be
+// exactly the FedAvg of the honest contributions.
+#include <gtest/gtest.h>
+#include <prometheus/text_serializer.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <functional>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "fedpod/coordinator/coordinator.h"
+#include "fedpod/coordinator/history.h"
+#include "fedpod/data/dataset.h"
+#include "fedpod/model/zoo.h"
+#include "fedpod/protocol/codec.h"
+#include "fedpod/protocol/curve.h"
+#include "fedpod/protocol/socket.h"
+#include "fedpod/worker/wire_convert.h"
+#include "fedpod/worker/worker.h"
+#include "identity.h"
+#include "testutil.h"
+
+namespace fedpod {
+namespace {
+
+using namespace std::chrono_literals;
+using W = wire::Envelope::Body::Which;
+
+// What each pod's "training" adds to every parameter, and the samples it reports.
+// FedAvg of one round with both pods: global + (480 * 1 + 160 * 8) / 640 = global + 2.75;
+// with the honest pod alone: global + 1. Both are exact in float32.
+constexpr float kHonestDelta = 1.0f;
+constexpr float kLiarDelta = 8.0f;
+constexpr uint64_t kLiarSamples = 160;
+
+// The value of one series (`name{labels}` as serialized) in a text exposition; NaN when absent.
+double value(const std::string& text, const std::string& series) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, series.size() + 1, series + " ") == 0)
+      return std::stod(line.substr(series.size() + 1));
+  }
+  return std::numeric_limits<double>::quiet_NaN();
+}
+
+// A pod scripted by the test: a CURVE ROUTER (its ZAP domain admits the modeller's
+// key) that answers hello, startJob, train, fetchResult, evaluate and endJob as a
+// worker does, except that its "training" returns the received parameters plus
+// kLiarDelta, and that `script` may add, delay or withhold replies.
+//
+// Threading: constructed on the test's thread, then serve() runs on one other
+// thread until `stop`; the recorded state is read after that thread is joined.
+class ScriptedPod {
+ public:
+  // What a handler may do besides the correct reply.
+  struct Actions {
+    std::function<void(const std::string& job, uint64_t request, uint32_t round)> train_done;
+    std::function<void(const std::string& job, uint64_t request, uint32_t round)> train_result;
+    std::function<void(uint64_t request, uint32_t round, wire::Split split)> eval_result;
+  };
+  // Called for train, fetchResult and evaluate, with the request's id and round;
+  // returns false to withhold the correct reply (it may send others through `act`).
+  using Script = std::function<bool(W kind, uint64_t request, uint32_t round, const Actions& act)>;
+
+  ScriptedPod(zmq::context_t& ctx, testing::TestIdentity& id, const std::string& name,
+              std::vector<model::ParamInfo> layout, data::Schema schema, Script script)
+      : name_(name),
+        layout_(std::move(layout)),
+        specs_(worker::tensor_specs(layout_)),
+        schema_(std::move(schema)),
+        script_(std::move(script)) {
+    zap_ = protocol::ZapHandler::for_context(ctx);
+    domain_ = "scripted-" + name;
+    const std::string modeller = id.modeller.public_key;
+    zap_->add_domain(
+        domain_,
+        [modeller](const std::string& key, const std::string&) -> std::optional<std::string> {
+          if (key == modeller) return std::string("tester");
+          return std::nullopt;
+        });
+    protocol::SocketOptions o;
+    o.curve_server_secret = id.pod_keys(name).secret_key;
+    o.zap_domain = domain_;
+    o.linger = 0ms;
+    router_ = protocol::make_router(ctx, "tcp://127.0.0.1:*", o);
+    endpoint_ = protocol::bound_endpoint(router_);
+  }
+  ~ScriptedPod() { zap_->remove_domain(domain_); }
+  ScriptedPod(const ScriptedPod&) = delete;
+  ScriptedPod& operator=(const ScriptedPod&) = delete;
+
+  const std::string& endpoint() const { return endpoint_; }
+
+  void serve(const std::atomic<bool>& stop) {
+    std::vector<zmq::message_t> frames;
+    bool too_many = false;
+    while (!stop.load()) {
+      zmq::pollitem_t item{router_.handle(), 0, ZMQ_POLLIN, 0};
+      protocol::poll(&item, 1, 50ms);
+      while (protocol::recv_frames(router_, frames, protocol::Limits().max_frames, too_many))
+        handle(frames);
+    }
+    router_.close();
+  }
+
+  // The global parameters each round's train carried (flat, in layout order).
+  std::map<uint32_t, torch::Tensor> received;
+  int end_jobs = 0;
+
+ private:
+  void handle(std::vector<zmq::message_t>& frames) {
+    ASSERT_GE(frames.size(), 2u);
+    routing_ = zmq::message_t(frames[0].data(), frames[0].size());
+    frames.erase(frames.begin());
+    auto parsed = protocol::Incoming::parse(std::move(frames));
+    ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
+    protocol::Incoming& in = **parsed;
+    auto env = in.envelope();
+    const std::string job = env.getJobId().cStr();
+    const uint64_t rid = env.getRequestId();
+    auto body = env.getBody();
+    Actions act;
+    act.train_done = [&](const std::string& j, uint64_t r, uint32_t round) {
+      send_train_done(j, r, round);
+    };
+    act.train_result = [&](const std::string& j, uint64_t r, uint32_t round) {
+      send_train_result(j, r, round);
+    };
+    act.eval_result = [&](uint64_t r, uint32_t round, wire::Split split) {
+      send_eval_result(job, r, round, split);
+    };
+    switch (body.which()) {
+      case W::HELLO:
+        reply(job, rid, [&](wire::Envelope::Builder e) {
+          auto h = e.getBody().initHelloReply();
+          h.setPodName(name_);
+          worker::to_wire(schema_, h.initSchema());
+          h.initDevices(1).set(0, "cpu");
+        });
+        return;
+      case W::START_JOB: {
+        int64_t numel = 0;
+        for (const auto& p : layout_) numel += p.numel;
+        reply(job, rid, [&](wire::Envelope::Builder e) {
+          auto a = e.getBody().initJobAccepted();
+          a.setTrainSamples(kLiarSamples);
+          a.setValidationSamples(20);
+          a.setTestSamples(40);
+          a.setNumParameters(static_cast<uint64_t>(numel));
+        });
+        return;
+      }
+      case W::TRAIN: {
+        auto t = body.getTrain();
+        auto tensors = in.take_tensors(t.getTensors(), specs_);
+        ASSERT_TRUE(tensors.ok()) << tensors.status().to_string();
+        std::vector<torch::Tensor> flat;
+        for (const auto& x : *tensors) flat.push_back(x.reshape({-1}));
+        received[t.getRound()] = torch::cat(flat);  // a copy: the frames go away
+        if (script_(W::TRAIN, rid, t.getRound(), act)) send_train_done(job, rid, t.getRound());
+        return;
+      }
+      case W::FETCH_RESULT: {
+        const uint32_t round = body.getFetchResult().getRound();
+        if (script_(W::FETCH_RESULT, rid, round, act)) send_train_result(job, rid, round);
+        return;
+      }
+      case W::EVALUATE: {
+        auto e = body.getEvaluate();
+        if (script_(W::EVALUATE, rid, e.getRound(), act))
+          send_eval_result(job, rid, e.getRound(), e.getSplit());
+        return;
+      }
+      case W::END_JOB:
+        ++end_jobs;
+        reply(job, rid, [](wire::Envelope::Builder e) { e.getBody().initJobEnded(); });
+        return;
+      default:
+        ADD_FAILURE() << "scripted pod got '" << protocol::body_name(body.which()) << "'";
+    }
+  }
+
+  void reply(const std::string& job, uint64_t rid,
+             const std::function<void(wire::Envelope::Builder)>& fill,
+             const std::function<void(protocol::Outgoing&)>& attach = nullptr) {
+    protocol::Outgoing out(job, rid);
+    fill(out.envelope());
+    if (attach) attach(out);
+    auto frames = out.frames();
+    ASSERT_TRUE(protocol::send_frames(router_, frames, &routing_));
+  }
+
+  void send_train_done(const std::string& job, uint64_t rid, uint32_t round) {
+    reply(job, rid, [&](wire::Envelope::Builder e) {
+      auto d = e.getBody().initTrainDone();
+      d.setRound(round);
+      d.setNumSamples(kLiarSamples);
+      d.setSeconds(0.01);
+      auto m = d.initMetrics(1);
+      m[0].setName("train_loss");
+      m[0].setValue(0.5);
+    });
+  }
+
+  // The parameters "trained" in `round`: what that round's train carried, plus kLiarDelta.
+  void send_train_result(const std::string& job, uint64_t rid, uint32_t round) {
+    ASSERT_TRUE(received.count(round)) << "no train for round " << round;
+    const torch::Tensor trained = received[round] + kLiarDelta;
+    wire::TrainResult::Builder r(nullptr);
+    reply(
+        job, rid,
+        [&](wire::Envelope::Builder e) {
+          r = e.getBody().initTrainResult();
+          r.setRound(round);
+          r.setNumSamples(kLiarSamples);
+          r.setSeconds(0.01);
+        },
+        [&](protocol::Outgoing& out) {
+          out.attach(r.initTensors(layout_.size()), worker::parameter_views(trained, layout_));
+        });
+  }
+
+  void send_eval_result(const std::string& job, uint64_t rid, uint32_t round, wire::Split split) {
+    reply(job, rid, [&](wire::Envelope::Builder e) {
+      auto r = e.getBody().initEvalResult();
+      r.setRound(round);
+      r.setSplit(split);
+      r.setNumSamples(split == wire::Split::TEST ? 40 : 20);
+      r.setLoss(1.0);
+      r.setAccuracy(0.5);
+    });
+  }
+
+  std::string name_;
+  std::vector<model::ParamInfo> layout_;
+  std::vector<protocol::TensorSpec> specs_;
+  data::Schema schema_;
+  Script script_;
+  std::shared_ptr<protocol::ZapHandler> zap_;
+  std::string domain_;
+  zmq::socket_t router_;
+  std::string endpoint_;
+  zmq::message_t routing_;  // of the message being handled (one coordinator)
+};
+
+class ExactlyOnceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    spec_.job_id = "exactly-once";
+    spec_.model.ref = "logreg";
+    spec_.datastructure.target = "label";
+    spec_.datastructure.num_classes = 10;
+    spec_.datastructure.scale = 1.0 / 16;
+    spec_.rounds = 5;
+    spec_.min_pods = 1;
+    spec_.local_steps = 1;
+    spec_.local_epochs = 0;
+    // Short: round 2 waits it out for the scripted pod. The honest pod answers in
+    // milliseconds (its "training" is one add).
+    spec_.round_timeout = 2s;
+    spec_.connect_timeout = 20s;
+    spec_.output_dir = (dir_.path() / "out").string();
+    spec_.key_file = id_.modeller_key_file;
+
+    auto m = model::make_builtin("logreg");
+    m->create_model({64}, 10, Hyperparameters());
+    layout_ = m->flat().layout();
+  }
+
+  void TearDown() override {
+    stop_ = true;
+    for (auto& t : threads_) t.join();
+  }
+
+  // A real Worker on pod-a's digits whose training adds kHonestDelta to every parameter.
+  void start_honest_pod(const std::string& name) {
+    worker::PodConfig config;
+    config.name = name;
+    config.listen = "tcp://127.0.0.1:*";
+    config.dataset_path = testing::source_dir() + "/examples/digits/pod-a.csv";
+    config.devices = {"cpu"};
+    config.threads = 1;
+    id_.secure(config);
+    worker::Runtime runtime;
+    runtime.train = [](model::Model& m, const data::Dataset& d, const worker::TrainOptions&,
+                       const Hyperparameters&,
+                       const std::atomic<bool>*) -> StatusOr<worker::TrainStats> {
+      torch::NoGradGuard no_grad;
+      m.flat().writable().add_(kHonestDelta);
+      worker::TrainStats s;
+      s.steps = 1;
+      s.samples_seen = static_cast<int64_t>(d.size());
+      s.loss = 0.25;
+      return s;
+    };
+    honest_ = std::make_unique<worker::Worker>(ctx_, config, null_logger(), std::move(runtime));
+    threads_.emplace_back([this] { honest_->serve(stop_); });
+    spec_.pods.push_back({name, honest_->endpoint(), id_.pod_public_key(name)});
+  }
+
+  void start_scripted_pod(const std::string& name, ScriptedPod::Script script) {
+    auto table = data::read_csv(testing::source_dir() + "/examples/digits/pod-a.csv",
+                                data::CsvOptions(), std::nullopt);
+    ASSERT_TRUE(table.ok()) << table.status().to_string();
+    scripted_ =
+        std::make_unique<ScriptedPod>(ctx_, id_, name, layout_, table->schema, std::move(script));
+    threads_.emplace_back([this] { scripted_->serve(stop_); });
+    spec_.pods.push_back({name, scripted_->endpoint(), id_.pod_public_key(name)});
+  }
+
+  nlohmann::json history() {
+    return nlohmann::json::parse(testing::read_file(spec_.output_dir + "/history.json"));
+  }
+
+  // The largest absolute difference between two flat parameter tensors.
+  static double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
+    return (a - b).abs().max().item<double>();
+  }
+
+  // The saved model as one flat tensor in layout order.
+  torch::Tensor saved_model(const std::string& path) {
+    auto params = coordinator::load_parameters(path);
+    std::vector<torch::Tensor> flat;
+    for (const auto& p : layout_) {
+      EXPECT_TRUE(params.count(p.name)) << p.name;
+      flat.push_back(params[p.name].reshape({-1}));
+    }
+    return torch::cat(flat);
+  }
+
+  testing::TempDir dir_;
+  testing::TestIdentity id_{dir_.path()};
+  zmq::context_t ctx_{1};  // declared before the pods: it outlives their sockets
+  std::atomic<bool> stop_{false};
+  std::unique_ptr<worker::Worker> honest_;
+  std::unique_ptr<ScriptedPod> scripted_;
+  std::vector<std::thread> threads_;
+  std::vector<model::ParamInfo> layout_;
+  coordinator::JobSpec spec_;
+};
+
+// Five rounds; the scripted pod "liar" misbehaves in each:
+//   round 1  sends its trainResult twice for one fetch            duplicate
+//            answers the round's validation evaluate twice          stale_request (read in round 2)
+//   round 2  withholds its answer to train past the deadline ...    (timeout; honest pod alone)
+//   round 3  ... its late trainDone and trainResult for round 2
+//            arrive before its round-3 trainDone                    closed_round x2
+//   round 4  on fetch, first a trainResult for round 2 and one for
+//            round 1, with the current request id                   closed_round, duplicate
+//   round 5  a trainDone for another job, then trainDone twice      wrong_job, duplicate
+// Each round's global model must be exactly the FedAvg of the honest updates.
+TEST_F(ExactlyOnceTest, DuplicateLateAndForeignUpdatesAreDiscardedCountedAndNeverFolded) {
+  std::map<uint32_t, uint64_t> train_request;  // round -> its train's request id (liar's thread)
+  start_honest_pod("honest");
+  auto script = [&](W kind, uint64_t rid, uint32_t round, const ScriptedPod::Actions& act) {
+    if (kind == W::TRAIN) {
+      train_request[round] = rid;
+      if (round == 2) return false;  // the straggler: its answer comes in round 3
+      if (round == 3) {
+        act.train_done(spec_.job_id, train_request[2], 2);
+        act.train_result(spec_.job_id, train_request[2], 2);
+      }
+      if (round == 5) {
+        act.train_done("someone-elses-job", rid, 5);
+        act.train_done(spec_.job_id, rid, 5);  // the correct reply ...
+        act.train_done(spec_.job_id, rid, 5);  // ... and a duplicate of it
+        return false;
+      }
+      return true;
+    }
+    if (kind == W::FETCH_RESULT) {
+      if (round == 1) act.train_result(spec_.job_id, rid, 1);  // and the correct one again
+      if (round == 4) {
+        act.train_result(spec_.job_id, rid, 2);
+        act.train_result(spec_.job_id, rid, 1);
+      }
+      return true;
+    }
+    if (kind == W::EVALUATE && round == 1) {
+      act.eval_result(rid, 1, wire::Split::VALIDATION);  // and the correct one again
+    }
+    return true;
+  };
+  start_scripted_pod("liar", script);
+
+  coordinator::validate(spec_, "test job");
+  std::ostringstream logs, progress;
+  auto logger = std::make_shared<spdlog::logger>(
+      "coordinator", std::make_shared<spdlog::sinks::ostream_sink_mt>(logs));
+  logger->set_level(spdlog::level::info);
+  coordinator::Coordinator c(ctx_, spec_, logger, progress);
+  auto result = c.run();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs.str();
+  EXPECT_EQ(result->rounds_completed, 5);
+  stop_ = true;
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+
+  // The global model, round by round: the liar recorded each round's train.
+  const auto& got = scripted_->received;
+  ASSERT_EQ(got.size(), 5u);
+  auto h = history();
+  const int64_t n_honest = h["pods"]["honest"]["train_samples"];
+  ASSERT_EQ(n_honest, 480);
+  const double both =
+      (n_honest * kHonestDelta + double(kLiarSamples) * kLiarDelta) / (n_honest + kLiarSamples);
+  ASSERT_EQ(both, 2.75);
+  const double step[] = {both, kHonestDelta, both, both, both};  // round 2: the honest pod alone
+  torch::Tensor expected = got.at(1).clone();
+  for (uint32_t round = 1; round <= 5; ++round) {
+    EXPECT_LT(max_diff(got.at(round), expected), 1e-5) << "global model sent in round " << round;
+    expected = expected + step[round - 1];
+  }
+  EXPECT_LT(max_diff(saved_model(result->model_path), expected), 1e-5);
+  EXPECT_LT(max_diff(saved_model(result->model_path), got.at(1) + 12.0), 1e-5);
+
+  // history.json: who answered each round, and what was discarded while it ran.
+  ASSERT_EQ(h["rounds"].size(), 5u);
+  const int answered[] = {2, 1, 2, 2, 2};
+  const int discarded[] = {1, 1, 2, 2, 2};
+  for (int r = 0; r < 5; ++r) {
+    const auto& rec = h["rounds"][r];
+    SCOPED_TRACE("round " + std::to_string(r + 1));
+    EXPECT_EQ(rec["pods_answered"], answered[r]);
+    EXPECT_EQ(rec["pods"]["honest"]["outcome"], "ok");
+    EXPECT_EQ(rec["pods"]["liar"]["outcome"], r == 1 ? "timeout" : "ok") << rec["pods"]["liar"];
+    if (r != 1) {
+      EXPECT_EQ(rec["pods"]["liar"]["num_samples"], kLiarSamples);
+    }
+    EXPECT_EQ(rec["discarded_replies"], discarded[r]);
+  }
+  EXPECT_EQ(h["discarded_replies_by_reason"],
+            (nlohmann::json{
+                {"stale_request", 1}, {"closed_round", 3}, {"duplicate", 3}, {"wrong_job", 1}}));
+
+  // The counter, by reason; and no answer was turned into a pod error.
+  const std::string text = prometheus::TextSerializer().Serialize(c.registry()->Collect());
+  const std::string series = "fedpod_coordinator_discarded_replies_total";
+  EXPECT_EQ(value(text, series + "{reason=\"stale_request\"}"), 1) << text;
+  EXPECT_EQ(value(text, series + "{reason=\"closed_round\"}"), 3) << text;
+  EXPECT_EQ(value(text, series + "{reason=\"duplicate\"}"), 3) << text;
+  EXPECT_EQ(value(text, series + "{reason=\"wrong_job\"}"), 1) << text;
+  EXPECT_EQ(value(text, "fedpod_coordinator_pod_responses_total{outcome=\"timeout\",pod=\"liar\"}"),
+            1)
+      << text;
+  EXPECT_EQ(text.find("outcome=\"error\""), std::string::npos) << text;
+  EXPECT_PROMTOOL_CLEAN(text);
+
+  // Logged once each, at info, with the reason, the pod and the reply's round.
+  const std::string log = logs.str();
+  EXPECT_CONTAINS(
+      log,
+      "event=reply_discarded job=exactly-once round=3 pod=liar reason=closed_round kind=trainDone");
+  EXPECT_CONTAINS(log, "reason=wrong_job kind=trainDone reply_job=someone-elses-job");
+  EXPECT_CONTAINS(log, "round=1 pod=liar reason=duplicate kind=trainResult");
+  size_t lines = 0;
+  for (size_t at = log.find("event=reply_discarded"); at != std::string::npos;
+       at = log.find("event=reply_discarded", at + 1)) {
+    ++lines;
+  }
+  EXPECT_EQ(lines, 8u) << log;
+  EXPECT_EQ(scripted_->end_jobs, 1);
+}
+
+// Without misbehaviour nothing is discarded, and every reason is exported at 0.
+TEST_F(ExactlyOnceTest, HonestPodsDiscardNothing) {
+  spec_.rounds = 2;
+  start_honest_pod("honest");
+  start_scripted_pod("scripted",
+                     [](W, uint64_t, uint32_t, const ScriptedPod::Actions&) { return true; });
+  coordinator::validate(spec_, "test job");
+  std::ostringstream progress;
+  coordinator::Coordinator c(ctx_, spec_, null_logger(), progress);
+  auto result = c.run();
+  ASSERT_TRUE(result.ok()) << result.status().to_string();
+  const std::string text = prometheus::TextSerializer().Serialize(c.registry()->Collect());
+  for (const char* reason : {"stale_request", "closed_round", "duplicate", "wrong_job"}) {
+    EXPECT_EQ(value(text, std::string("fedpod_coordinator_discarded_replies_total{reason=\"") +
+                              reason + "\"}"),
+              0)
+        << text;
+  }
+  auto h = history();
+  for (const auto& rec : h["rounds"]) {
+    EXPECT_EQ(rec["pods_answered"], 2);
+    EXPECT_EQ(rec["discarded_replies"], 0);
+  }
+  stop_ = true;
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  // Two rounds, both pods each time: global + 2 * 2.75.
+  EXPECT_LT(max_diff(saved_model(result->model_path), scripted_->received.at(1) + 5.5), 1e-5);
+}
+
+}  // namespace
+}  // namespace fedpod
