@@ -98,16 +98,11 @@ TEST_F(PrometheusScrapeTest, PrometheusCollectsTheJobsSeriesWithTheRightValues) 
   std::map<std::string, std::string> endpoints;
   for (const std::string name : {"pod-a", "pod-b"}) {
     pod_metrics[name] = free_port();
-    const std::string config = dir_.write(
-        name + ".yaml", "name: " + name + "\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " + testing::source_dir() +
-                            "/examples/digits/" + name + ".csv\nthreads: 1\nmetrics_listen: 127.0.0.1:" +
-                            std::to_string(pod_metrics[name]) + "\n" + id_.pod_yaml(name, "general-modeller"));
-    const std::string ep = (dir_.path() / (name + ".endpoint")).string();
-    procs.push_back(std::make_unique<testing::Process>(
-        std::vector<std::string>{testing::fedpod_bin(), "worker", "--config", config, "--endpoint-file", ep},
-        (dir_.path() / (name + ".log")).string()));
-    endpoints[name] = testing::wait_for_word(ep, 60s, procs.back().get());
-    ASSERT_FALSE(endpoints[name].empty()) << testing::read_file((dir_.path() / (name + ".log")).string());
+    auto pod = testing::start_digits_pod(dir_, id_, name, "general-modeller",
+                                         "metrics_listen: 127.0.0.1:" + std::to_string(pod_metrics[name]) + "\n");
+    ASSERT_FALSE(pod.endpoint.empty()) << testing::read_file(pod.log);
+    endpoints[name] = pod.endpoint;
+    procs.push_back(std::move(pod.process));
   }
   const int coordinator_metrics = free_port();
 

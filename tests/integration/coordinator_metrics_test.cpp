@@ -48,19 +48,10 @@ class CoordinatorMetricsTest : public ::testing::Test {
   // Starts one worker process per name, each with its digits share (as round_test).
   void start_pods(const std::vector<std::string>& names) {
     for (const auto& name : names) {
-      const std::string csv = testing::source_dir() + "/examples/digits/" + name + ".csv";
-      const std::string config = dir_.write(name + ".yaml", "name: " + name + "\nlisten: tcp://127.0.0.1:*\n" +
-                                                                "dataset:\n  path: " + csv + "\nthreads: 1\n" +
-                                                                id_.pod_yaml(name, "general-modeller"));
-      const std::string endpoint_file = (dir_.path() / (name + ".endpoint")).string();
-      procs_.push_back(std::make_unique<testing::Process>(
-          std::vector<std::string>{testing::fedpod_bin(), "worker", "--config", config, "--endpoint-file",
-                                   endpoint_file},
-          (dir_.path() / (name + ".log")).string()));
-      const std::string endpoint = testing::wait_for_word(endpoint_file, 60s);
-      ASSERT_FALSE(endpoint.empty()) << "worker " << name << " did not start: "
-                                     << testing::read_file((dir_.path() / (name + ".log")).string());
-      spec_.pods.push_back({name, endpoint, id_.pod_public_key(name)});
+      auto pod = testing::start_digits_pod(dir_, id_, name);
+      ASSERT_FALSE(pod.endpoint.empty()) << "worker " << name << " did not start: " << testing::read_file(pod.log);
+      spec_.pods.push_back({name, pod.endpoint, pod.public_key});
+      procs_.push_back(std::move(pod.process));
     }
   }
 

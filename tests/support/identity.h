@@ -18,6 +18,7 @@
 
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
+#include "testutil.h"
 
 namespace fedpod::testing {
 
@@ -97,5 +98,37 @@ class TestIdentity {
   std::string user_;
   std::map<std::string, protocol::CurveKeyPair> pods_;
 };
+
+// A `fedpod worker` process serving one of the digits shares (examples/digits/NAME.csv)
+// with `id`'s identities: the modeller has `role` on it. `extra_yaml` is appended to
+// its pod.yaml (devices:, metrics_listen:, custom_models: ...). Its config, endpoint
+// file and log (`log_name`, default NAME.log) live in `dir`.
+struct PodProcess {
+  std::string name;
+  std::string endpoint;    // empty when the worker did not start; `log` says why
+  std::string public_key;  // its CURVE server key, for the job's pods list
+  std::string log;
+  std::unique_ptr<Process> process;
+};
+
+inline PodProcess start_digits_pod(const TempDir& dir, TestIdentity& id, const std::string& name,
+                                   const std::string& role = "general-modeller", const std::string& extra_yaml = "",
+                                   const std::string& log_name = "") {
+  PodProcess pod;
+  pod.name = name;
+  pod.public_key = id.pod_public_key(name);
+  const std::string config =
+      dir.write(name + ".yaml", "name: " + name + "\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " + source_dir() +
+                                    "/examples/digits/" + name + ".csv\nthreads: 1\n" + id.pod_yaml(name, role) +
+                                    extra_yaml);
+  const std::string endpoint_file = (dir.path() / (name + ".endpoint")).string();
+  std::filesystem::remove(endpoint_file);
+  pod.log = (dir.path() / (log_name.empty() ? name + ".log" : log_name)).string();
+  pod.process = std::make_unique<Process>(
+      std::vector<std::string>{fedpod_bin(), "worker", "--config", config, "--endpoint-file", endpoint_file},
+      pod.log);
+  pod.endpoint = wait_for_word(endpoint_file, std::chrono::seconds(60), pod.process.get());
+  return pod;
+}
 
 }  // namespace fedpod::testing
