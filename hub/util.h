@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "fedpod/common/names.h"
 #include "fedpod/common/sha256.h"
 
 namespace fedpod::hub::detail {
@@ -27,9 +28,10 @@ std::string format_iso8601(int64_t seconds);
 std::string parse_iso8601(const std::string& s, std::string* normalized, int64_t* seconds);
 
 // Validators return "" when `s` is fine, else what is wrong with it.
-std::string check_username(const std::string& s);     // [a-z][a-z0-9_-]{1,31}
-std::string check_model_ref(const std::string& s);    // [a-z0-9][a-z0-9_.-]{0,63}
-std::string check_public_key(const std::string& s);   // 40 chars of the Z85 alphabet
+// Names and keys follow fedpod/common/names.h, the rules pods apply too.
+using fedpod::check_model_ref;
+using fedpod::check_public_key;
+using fedpod::check_username;
 std::string check_pod_name(const std::string& s);     // same rule as usernames
 std::string check_source_name(const std::string& s);  // relative path, no "..", <= 255
 // "torchscript": a zip archive; "plugin": an ELF file.

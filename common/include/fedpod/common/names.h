@@ -1,0 +1,16 @@
+// The naming rules that the hub and the pods share: usernames (and pod names), model
+// refs, CURVE public keys. The hub enforces them on registration; a pod enforces the
+// same ones on the policy it reads, so a policy file cannot name what the hub would
+// refuse. Stateless; safe from any thread.
+#pragma once
+
+#include <string>
+
+namespace fedpod {
+
+// Each returns "" when `s` is fine, else what is wrong with it (to follow its name).
+std::string check_username(const std::string& s);    // [a-z][a-z0-9_-]{1,31}
+std::string check_model_ref(const std::string& s);   // [a-z0-9][a-z0-9_.-]{0,63}
+std::string check_public_key(const std::string& s);  // 40 chars of the Z85 alphabet
+
+}  // namespace fedpod
