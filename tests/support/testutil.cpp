@@ -1,5 +1,9 @@
 #include "testutil.h"
 
+#include <nlohmann/json.hpp>
+
+#include "reliability.h"
+
 #include "fedpod/common/config_util.h"
 
 #include <sys/wait.h>
@@ -86,6 +90,26 @@ PromtoolResult promtool_check(const std::string& exposition) {
   r.exit_code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
   r.output = read_file(out);
   return r;
+}
+
+}  // namespace fedpod::testing
+
+namespace fedpod::testing {
+
+void record_fault(const std::string& area, const std::string& fault, int injected, const std::string& outcome,
+                  const std::string& lost) {
+  const char* path = std::getenv("FEDPOD_RELIABILITY_LOG");
+  if (!path || !*path) return;
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  nlohmann::json line = {{"area", area},
+                         {"fault", fault},
+                         {"injected", injected},
+                         {"outcome", outcome},
+                         {"lost", lost},
+                         {"test", info ? std::string(info->test_suite_name()) + "." + info->name() : std::string()},
+                         {"passed", !::testing::Test::HasFailure()}};
+  std::ofstream out(path, std::ios::app);
+  out << line.dump() << "\n";  // one short line per append: concurrent tests do not interleave
 }
 
 }  // namespace fedpod::testing
