@@ -591,8 +591,16 @@ struct Worker::Impl {
       return Status::busy("pod " + config().name + " is running job '" + job->id +
                           "'; a second job is refused until that one ends");
     }
-    if (job && busy) return Status::busy("job '" + job_id + "' is busy on pod " + config().name);
     if (job) FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
+    if (job && busy) {
+      // The job's own coordinator starts it over: it restarted (`--resume` after a
+      // crash) or lost track of this pod. The work in flight answers a request nobody
+      // waits for any more: cancel it rather than refuse the job as busy.
+      log->info("event=job_restart job={} round={} reason=\"startJob while busy\"", job->id, job->round);
+      cancel = true;
+      executor->wait_idle();
+      cancel = false;
+    }
     auto mref = sj.getModel();
     const std::string username = mref.getUsername();
     std::string ref = mref.getModelRef();
@@ -768,6 +776,11 @@ struct Worker::Impl {
     auto params = std::make_shared<std::vector<torch::Tensor>>(std::move(*tensors));
     executor->submit([this, j, routing_copy, params, opts, round, job_id, request_id]() -> Frames {
       load_parameters(*j, *params);
+      // torch's generator (dropout, random augmentations) starts each round from the
+      // same state whether or not the job was restarted in between: a resumed job
+      // trains as an uninterrupted one does.
+      torch::manual_seed(opts.seed);
+      log->info("event=train_started job={} round={}", job_id, round);
       const auto start = Clock::now();
       auto stats = j->replicas ? j->replicas->train(j->splits.train, opts, j->hp, &cancel)
                                : runtime.train(*j->model, j->splits.train, opts, j->hp, &cancel);
