@@ -102,32 +102,48 @@ class TestIdentity {
 // A `fedpod worker` process serving one of the digits shares (examples/digits/NAME.csv)
 // with `id`'s identities: the modeller has `role` on it. `extra_yaml` is appended to
 // its pod.yaml (devices:, metrics_listen:, custom_models: ...). Its config, endpoint
-// file and log (`log_name`, default NAME.log) live in `dir`.
+// file and log (`log_name`, default NAME.log) live in `dir`. `host` places it: a
+// command prefix (e.g. NetNs::exec_prefix() for a network namespace) and the address
+// it listens on; with host.wait false it returns at once (start several pods, then
+// wait_for_endpoint() on each).
 struct PodProcess {
   std::string name;
   std::string endpoint;    // empty when the worker did not start; `log` says why
   std::string public_key;  // its CURVE server key, for the job's pods list
   std::string log;
+  std::string endpoint_file;  // where the worker writes its bound endpoint
   std::unique_ptr<Process> process;
 };
 
+struct PodHost {
+  std::vector<std::string> exec_prefix;  // argv put before `fedpod worker ...`
+  std::string listen_host = "127.0.0.1";
+  bool wait = true;  // wait for the endpoint before returning
+};
+
+// Waits (up to 60 s, or until the worker exits) for the endpoint a pod started with
+// host.wait false writes; pod.endpoint stays empty when it does not.
+inline void wait_for_endpoint(PodProcess& pod) {
+  pod.endpoint = wait_for_word(pod.endpoint_file, std::chrono::seconds(60), pod.process.get());
+}
+
 inline PodProcess start_digits_pod(const TempDir& dir, TestIdentity& id, const std::string& name,
                                    const std::string& role = "general-modeller", const std::string& extra_yaml = "",
-                                   const std::string& log_name = "") {
+                                   const std::string& log_name = "", const PodHost& host = {}) {
   PodProcess pod;
   pod.name = name;
   pod.public_key = id.pod_public_key(name);
   const std::string config =
-      dir.write(name + ".yaml", "name: " + name + "\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " + source_dir() +
-                                    "/examples/digits/" + name + ".csv\nthreads: 1\n" + id.pod_yaml(name, role) +
-                                    extra_yaml);
-  const std::string endpoint_file = (dir.path() / (name + ".endpoint")).string();
-  std::filesystem::remove(endpoint_file);
+      dir.write(name + ".yaml", "name: " + name + "\nlisten: tcp://" + host.listen_host + ":*\ndataset:\n  path: " +
+                                    source_dir() + "/examples/digits/" + name + ".csv\nthreads: 1\n" +
+                                    id.pod_yaml(name, role) + extra_yaml);
+  pod.endpoint_file = (dir.path() / (name + ".endpoint")).string();
+  std::filesystem::remove(pod.endpoint_file);
   pod.log = (dir.path() / (log_name.empty() ? name + ".log" : log_name)).string();
-  pod.process = std::make_unique<Process>(
-      std::vector<std::string>{fedpod_bin(), "worker", "--config", config, "--endpoint-file", endpoint_file},
-      pod.log);
-  pod.endpoint = wait_for_word(endpoint_file, std::chrono::seconds(60), pod.process.get());
+  std::vector<std::string> argv = host.exec_prefix;
+  argv.insert(argv.end(), {fedpod_bin(), "worker", "--config", config, "--endpoint-file", pod.endpoint_file});
+  pod.process = std::make_unique<Process>(argv, pod.log);
+  if (host.wait) wait_for_endpoint(pod);
   return pod;
 }
 
