@@ -20,11 +20,13 @@ struct RunArgs {
   std::string metrics_listen;
   std::string metrics_linger;
   std::string log_level = "info";
+  bool resume = false;
 };
 
 void run_job(const RunArgs& args) {
   coordinator::JobSpec spec = coordinator::load_job_spec(args.job);
   if (!args.output_dir.empty()) spec.output_dir = args.output_dir;
+  spec.resume = args.resume;
   if (!args.metrics_listen.empty()) {
     std::string host;
     int port = 0;
@@ -65,6 +67,9 @@ void add_coordinator(CLI::App& app) {
                   "metrics_listen; :PORT for every interface, port 0 for any free port)");
   run->add_option("--metrics-linger", args->metrics_linger,
                   "after the job, keep serving /metrics this long (e.g. 30s) so a scrape collects the final values");
+  run->add_flag("--resume", args->resume,
+                "continue the job from <output_dir>/checkpoint.bin (written after every completed round) instead "
+                "of starting it over; the job file must describe the same job");
   run->add_option("--log-level", args->log_level, "debug | info | warn | error");
   run->callback([args] { run_job(*args); });
 }

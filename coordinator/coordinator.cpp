@@ -17,7 +17,11 @@
 #include <ostream>
 #include <sstream>
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/Generator.h>
+
 #include "fedpod/aggregation/fedavg.h"
+#include "fedpod/coordinator/checkpoint.h"
 #include "fedpod/coordinator/history.h"
 #include "fedpod/coordinator/report.h"
 #include "fedpod/common/sha256.h"
@@ -44,6 +48,7 @@ struct Pod {
   bool secured = false;          // a CURVE handshake completed at least once
   std::string handshake_error;   // why the last handshake failed, from the monitor
   bool active = false;  // accepted the job
+  bool needs_rejoin = false;  // lost the job or the connection: startJob again before its next round
   int64_t train_samples = 0;
   uint64_t max_frame_bytes = 0;  // from helloReply; 0: not advertised
 };
@@ -52,6 +57,16 @@ struct Pod {
 // nullopt when the pod has more to say (it stays pending).
 using ReplyHandler = std::function<std::optional<PodRound>(Pod&, protocol::Incoming&)>;
 using Kinds = std::vector<wire::Envelope::Body::Which>;
+
+// The current UTC time, e.g. "2026-11-29T03:10:52Z".
+std::string utc_now_iso() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
 
 std::string fmt(double v, int digits = 4) {
   std::ostringstream s;
@@ -97,6 +112,12 @@ struct JobMetrics {
                                        "(validation, test)")),
         job_info(metrics::gauge(r, "fedpod_coordinator_job_info",
                                 "The job this coordinator runs: always 1, its id and model in the labels")),
+        rejoins(metrics::counter(r, "fedpod_coordinator_pod_rejoins_total",
+                                 "Pods that lost the job or the connection and took the job again (startJob) "
+                                 "before a later round")),
+        checkpoint_seconds(metrics::histogram(r, "fedpod_coordinator_checkpoint_seconds",
+                                              "Time to write the checkpoint after each completed round")
+                               .Add({}, metrics::seconds_buckets())),
         discarded_replies(metrics::counter(r, "fedpod_coordinator_discarded_replies_total",
                                            "Pod replies discarded unread, by reason: stale_request (an older "
                                            "request), closed_round (an update for a round already closed), "
@@ -115,6 +136,8 @@ struct JobMetrics {
   prometheus::Family<prometheus::Gauge>& global_loss;
   prometheus::Family<prometheus::Gauge>& global_accuracy;
   prometheus::Family<prometheus::Gauge>& job_info;
+  prometheus::Family<prometheus::Counter>& rejoins;
+  prometheus::Histogram& checkpoint_seconds;
   prometheus::Family<prometheus::Counter>& discarded_replies;
   prometheus::Gauge* job_info_child = nullptr;  // the current labels' child
 
@@ -461,9 +484,23 @@ struct Coordinator::Impl {
                                       Clock::time_point deadline, bool require_connected,
                                       const ReplyHandler& on_reply,
                                       const std::function<void(const std::vector<size_t>&)>& on_tick = nullptr,
-                                      size_t* sent_count = nullptr) {
+                                      size_t* sent_count = nullptr, bool heartbeats = false,
+                                      const std::function<bool(size_t)>& exempt = nullptr) {
     std::map<size_t, PodRound> result;
     std::map<size_t, Clock::time_point> sent_at;
+    // Heartbeats: every heartbeat_interval each pending pod is pinged; one that has
+    // said nothing at all (reply, heartbeat answer) for heartbeat_timeout is "silent"
+    // and leaves the exchange before the deadline. A pod uploading its update is
+    // exempt (`exempt`): its answers queue behind the upload on the same connection.
+    const bool detect_silence = heartbeats && spec.heartbeat_timeout.count() > 0;
+    std::map<size_t, Clock::time_point> last_heard;
+    std::optional<protocol::Outgoing> beat;
+    Clock::time_point next_beat = Clock::time_point::max();
+    if (detect_silence) {
+      beat.emplace(spec.job_id, next_request++);
+      beat->envelope().getBody().initHeartbeat();
+      next_beat = Clock::now() + spec.heartbeat_interval;
+    }
     std::vector<size_t> waiting;
     for (size_t i : targets) {
       Pod& pod = pods[i];
@@ -478,6 +515,7 @@ struct Coordinator::Impl {
         continue;
       }
       sent_at[i] = Clock::now();
+      last_heard[i] = sent_at[i];
       waiting.push_back(i);
     }
     if (sent_count) *sent_count = waiting.size();
@@ -486,12 +524,21 @@ struct Coordinator::Impl {
       if (on_tick) on_tick(waiting);
       auto now = Clock::now();
       if (now >= deadline) break;
+      if (detect_silence && now >= next_beat) {
+        for (size_t i : waiting) {
+          if (exempt && exempt(i)) continue;
+          auto frames = beat->frames();
+          protocol::send_frames(pods[i].socket, frames);  // a full queue: the silence check settles it
+        }
+        next_beat = now + spec.heartbeat_interval;
+      }
       std::vector<zmq::pollitem_t> items;
       for (size_t i : waiting) {
         items.push_back({pods[i].socket.handle(), 0, ZMQ_POLLIN, 0});
         items.push_back({pods[i].monitor.handle(), 0, ZMQ_POLLIN, 0});
       }
-      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) + std::chrono::milliseconds(1);
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(std::min(deadline, next_beat) - now) +
+                  std::chrono::milliseconds(1);
       protocol::poll(items.data(), items.size(), wait);
       std::vector<size_t> still;
       for (size_t k = 0; k < waiting.size(); ++k) {
@@ -502,6 +549,7 @@ struct Coordinator::Impl {
           bool too_many = false;
           while (!done && protocol::recv_frames(pod.socket, frames, protocol::Limits().max_frames + 1, too_many)) {
             pod.connected = true;  // a reply proves the connection
+            last_heard[i] = Clock::now();
             auto r = receive(pod, frames, too_many, request_id, want, on_reply);
             if (r) {
               r->seconds = std::chrono::duration<double>(Clock::now() - sent_at[i]).count();
@@ -519,6 +567,17 @@ struct Coordinator::Impl {
             done = true;
           }
           // Otherwise (hello, startJob): not yet connected; ZeroMQ keeps retrying until the deadline.
+        }
+        if (!done && detect_silence) {
+          const auto t = Clock::now();
+          if (exempt && exempt(i)) {
+            last_heard[i] = t;  // silence counts from the end of its upload
+          } else if (t - last_heard[i] >= spec.heartbeat_timeout) {
+            const double quiet = std::chrono::duration<double>(t - last_heard[i]).count();
+            result[i] = {"silent", "no answer, not even to heartbeats, for " + fmt(quiet, 1) + " s (heartbeat_timeout)",
+                         0, std::chrono::duration<double>(t - sent_at[i]).count(), {}};
+            done = true;
+          }
         }
         if (!done) still.push_back(i);
       }
@@ -544,6 +603,10 @@ struct Coordinator::Impl {
     if (!parsed.ok()) return PodRound{"error", "bad reply: " + parsed.status().message(), 0, 0, {}};
     try {
       auto env = (*parsed)->envelope();
+      // A heartbeat's answer only says the pod is alive (exchange() noted that).
+      if (env.getBody().which() == wire::Envelope::Body::HEARTBEAT && std::string(env.getJobId().cStr()) == spec.job_id) {
+        return std::nullopt;
+      }
       if (const char* reason = discard_reason(static_cast<size_t>(&pod - pods.data()), env, request_id)) {
         discard(pod, reason, env, request_id);
         return std::nullopt;
@@ -556,7 +619,8 @@ struct Coordinator::Impl {
                                code == StatusCode::kSchemaMismatch)
                                   ? "refused"
                                   : "error";
-        return PodRound{outcome, std::string(to_string(code)) + ": " + err.getMessage().cStr(), 0, 0, {}};
+        return PodRound{outcome, std::string(to_string(code)) + ": " + err.getMessage().cStr(), 0, 0, {},
+                        to_string(code)};
       }
       if (std::find(want.begin(), want.end(), body.which()) == want.end()) {
         return PodRound{"error", std::string("unexpected reply '") + protocol::body_name(body.which()) + "'", 0, 0, {}};
@@ -665,7 +729,9 @@ struct Coordinator::Impl {
     return Status();
   }
 
-  Status start_job() {
+  // Sends startJob to `targets` (with the custom model's artifact, if any) and
+  // collects the answers; `decisions` receives each accepting pod's basis.
+  std::map<size_t, PodRound> send_start_job(std::vector<size_t> targets, std::map<size_t, std::string>& decisions) {
     const uint64_t rid = next_request++;
     protocol::Outgoing out(spec.job_id, rid);
     auto sj = out.envelope().getBody().initStartJob();
@@ -675,7 +741,6 @@ struct Coordinator::Impl {
     m.setModelVersion(spec.model.version);
     m.setHyperparameters(spec.model.hyperparameters.dump());
     std::map<size_t, PodRound> too_small;  // pods whose max_frame_bytes cannot take the artifact
-    std::vector<size_t> targets = active_pods();
     if (resolved) {
       const auto& v = resolved->version;
       m.setModelVersion(static_cast<uint32_t>(v.version));  // the exact version resolved, never "latest"
@@ -700,7 +765,6 @@ struct Coordinator::Impl {
     worker::to_wire(ds, sj.initDatastructure());
     sj.setSeed(spec.seed);
     const uint64_t want_params = static_cast<uint64_t>(model->flat().numel());
-    std::map<size_t, std::string> decisions;
     auto replies = exchange(out, rid, targets, {wire::Envelope::Body::JOB_ACCEPTED},
                             Clock::now() + spec.connect_timeout, false, [&](Pod& pod, protocol::Incoming& in) {
                               auto a = in.envelope().getBody().getJobAccepted();
@@ -719,6 +783,12 @@ struct Coordinator::Impl {
                             });
     replies.insert(too_small.begin(), too_small.end());
     count_responses(replies);
+    return replies;
+  }
+
+  Status start_job() {
+    std::map<size_t, std::string> decisions;
+    auto replies = send_start_job(active_pods(), decisions);
     nlohmann::json pods_json = nlohmann::json::object();
     // Each pod's decision, before any training: who admitted the job on what basis,
     // and why the others refused.
@@ -746,6 +816,49 @@ struct Coordinator::Impl {
     return Status();
   }
 
+  // Pods that lost the job (restarted) or the connection during a round take it
+  // again before the next one: startJob to each one connected now. Returns the
+  // outcome of every attempt; a pod that accepted trains this round.
+  std::map<size_t, PodRound> rejoin_pods(int round) {
+    std::vector<size_t> targets;
+    for (size_t i : active_pods()) {
+      if (!pods[i].needs_rejoin) continue;
+      drain_monitor(pods[i]);
+      if (pods[i].connected) targets.push_back(i);
+    }
+    if (targets.empty()) return {};
+    std::map<size_t, std::string> decisions;
+    auto replies = send_start_job(targets, decisions);
+    for (auto& [i, r] : replies) {
+      Pod& pod = pods[i];
+      if (r.outcome == "ok") {
+        pod.needs_rejoin = false;
+        job_metrics.rejoins.Add({{"pod", pod.addr.name}}).Increment();
+        log->info("event=pod_rejoined job={} round={} pod={} train_samples={}", spec.job_id, round, pod.addr.name,
+                  r.num_samples);
+        progress << "  " << pod.addr.name << " rejoined before "
+                 << (round > spec.rounds ? std::string("the test evaluation") : "round " + std::to_string(round))
+                 << std::endl;
+      } else {
+        log->warn("event=pod_rejoin_failed job={} round={} pod={} outcome={} reason=\"{}\"", spec.job_id, round,
+                  pod.addr.name, r.outcome, r.error);
+      }
+    }
+    return replies;
+  }
+
+  // After a pod's answer to a round: does it need startJob again before the next?
+  static bool lost_job_or_link(const PodRound& r) {
+    return r.outcome == "disconnected" || r.outcome == "silent" || r.outcome == "unreachable" ||
+           (r.outcome == "error" && r.code == to_string(StatusCode::kFailedPrecondition));
+  }
+
+  void mark_rejoins(const std::map<size_t, PodRound>& replies) {
+    for (const auto& [i, r] : replies) {
+      if (lost_job_or_link(r)) pods[i].needs_rejoin = true;
+    }
+  }
+
   // Evaluates `global` on every active pod's `split`.
   std::optional<EvalSummary> evaluate(const torch::Tensor& global, int round, wire::Split split) {
     const uint64_t rid = next_request++;
@@ -755,7 +868,11 @@ struct Coordinator::Impl {
     ev.setSplit(split);
     ev.setBatchSize(256);
     out.attach(ev.initTensors(specs.size()), worker::parameter_views(global, model->flat().layout()));
-    auto replies = exchange(out, rid, active_pods(), {wire::Envelope::Body::EVAL_RESULT},
+    std::vector<size_t> targets;
+    for (size_t i : active_pods()) {
+      if (!pods[i].needs_rejoin) targets.push_back(i);  // it has no job to evaluate with
+    }
+    auto replies = exchange(out, rid, targets, {wire::Envelope::Body::EVAL_RESULT},
                             Clock::now() + spec.round_timeout, true, [&](Pod&, protocol::Incoming& in) {
                               auto r = in.envelope().getBody().getEvalResult();
                               if (!std::isfinite(r.getLoss()) || r.getAccuracy() < 0 || r.getAccuracy() > 1) {
@@ -763,8 +880,10 @@ struct Coordinator::Impl {
                               }
                               return PodRound{"ok", "", static_cast<int64_t>(r.getNumSamples()), 0,
                                               {{"loss", r.getLoss()}, {"accuracy", r.getAccuracy()}}};
-                            });
+                            },
+                            nullptr, nullptr, /*heartbeats=*/true);
     count_responses(replies);
+    mark_rejoins(replies);
     EvalSummary s;
     s.split = split == wire::Split::TEST ? "test" : "validation";
     double loss = 0, acc = 0;
@@ -796,8 +915,129 @@ struct Coordinator::Impl {
     write_file_atomic(report_path, render_report(history));
   }
 
+  // torch's default CPU generator: saved in the checkpoint, restored on resume.
+  static torch::Tensor rng_state() {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    return gen.get_state();
+  }
+  static void set_rng_state(const torch::Tensor& state) {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(state);
+  }
+
+  // What must not change between a run and its resume (checkpoint.h).
+  nlohmann::json fingerprint() const {
+    nlohmann::json names = nlohmann::json::array();
+    for (const auto& p : spec.pods) names.push_back(p.name);
+    return {{"model",
+             {{"username", spec.model.username},
+              {"ref", spec.model.ref},
+              {"version", resolved ? static_cast<int64_t>(resolved->version.version) : int64_t{spec.model.version}},
+              {"sha256", resolved ? resolved->version.sha256 : std::string()},
+              {"hyperparameters", spec.model.hyperparameters.json()}}},
+            {"datastructure",
+             {{"target", ds.target},
+              {"features", ds.features},
+              {"input_shape", ds.input_shape},
+              {"num_classes", ds.num_classes},
+              {"scale", ds.scale},
+              {"split", {{"validation", ds.split.validation}, {"test", ds.split.test}, {"seed", ds.split.seed}}}}},
+            {"strategy", spec.strategy},
+            {"seed", spec.seed},
+            {"local_epochs", spec.local_steps > 0 ? 0 : spec.local_epochs},
+            {"local_steps", spec.local_steps},
+            {"batch_size", spec.batch_size},
+            {"pods", names}};
+  }
+
+  std::string checkpoint_path;
+  std::optional<Checkpoint> resume_from;  // --resume: the checkpoint read at start
+
+  // --resume: reads the checkpoint and takes the job's identity from it, before
+  // anything is sent. The rest is checked once the model exists (restore_checkpoint).
+  Status load_resume() {
+    auto c = read_checkpoint(checkpoint_path);
+    if (!c.ok()) {
+      if (c.status().code() == StatusCode::kNotFound) {
+        return Status::failed_precondition("--resume: no checkpoint at " + checkpoint_path +
+                                           "; run the job without --resume to start it");
+      }
+      return Status(c.status().code(), "--resume: " + c.status().message());
+    }
+    if (!spec.job_id_generated && spec.job_id != c->job_id) {
+      return Status::invalid("--resume: " + checkpoint_path + " is job '" + c->job_id + "', the job file says '" +
+                             spec.job_id + "'");
+    }
+    spec.job_id = c->job_id;
+    // A hub model resolved to "latest" stays on the version the job started with.
+    if (!spec.model.username.empty() && spec.model.version == 0) {
+      spec.model.version = c->fingerprint.value("/model/version"_json_pointer, 0u);
+    }
+    job_metrics.set_job_info(spec.job_id, model_label());
+    log->info("event=resuming job={} after_round={} checkpoint={}", c->job_id, c->round, checkpoint_path);
+    resume_from = std::move(*c);
+    return Status();
+  }
+
+  // --resume, once the model exists: the same job, the same model, the saved state.
+  Status restore_checkpoint(torch::Tensor& global, aggregation::Strategy& strategy) {
+    const Checkpoint& c = *resume_from;
+    const std::string diff = fingerprint_difference(c.fingerprint, fingerprint());
+    if (!diff.empty()) {
+      return Status::invalid("--resume: the job changed since its checkpoint (" + checkpoint_path + "): " + diff +
+                             "; resume it with the job file it started with, or start a new job");
+    }
+    if (c.parameters.numel() != global.numel()) {
+      return Status::invalid("--resume: " + checkpoint_path + " has " + std::to_string(c.parameters.numel()) +
+                             " parameters, the model has " + std::to_string(global.numel()));
+    }
+    global = c.parameters.clone();
+    FEDPOD_RETURN_IF_ERROR(strategy.restore(c.strategy_state));
+    try {
+      set_rng_state(c.rng_state);
+    } catch (const c10::Error& e) {
+      return Status::bad_message("--resume: " + checkpoint_path + ": bad generator state: " + e.what_without_backtrace());
+    }
+    next_request = std::max(next_request, c.next_request);
+    last_closed_round = c.round;  // nothing for those rounds is taken again
+    return Status();
+  }
+
+  void write_checkpoint_after(int round, const torch::Tensor& global, const aggregation::Strategy& strategy) {
+    const auto start = Clock::now();
+    Checkpoint c;
+    c.job_id = spec.job_id;
+    c.round = round;
+    c.next_request = next_request;
+    c.strategy = spec.strategy;
+    c.fingerprint = fingerprint();
+    c.history = history;
+    c.parameters = global;
+    c.rng_state = rng_state();
+    c.strategy_state = strategy.state();
+    write_checkpoint(checkpoint_path, c);
+    job_metrics.checkpoint_seconds.Observe(std::chrono::duration<double>(Clock::now() - start).count());
+  }
+
   StatusOr<RunResult> run() {
     fs::create_directories(spec.output_dir);
+    checkpoint_path = (fs::path(spec.output_dir) / "checkpoint.bin").string();
+    if (spec.resume) {
+      // A checkpoint that cannot be used changes nothing on disk.
+      Status st = load_resume();
+      if (!st.ok()) {
+        log->error("event=resume_failed job={} error=\"{}\"", spec.job_id, st.to_string());
+        set_not_ready("the job failed before training: " + st.to_string());
+        return st;
+      }
+    } else if (spec.checkpoint && fs::exists(checkpoint_path)) {
+      log->warn("event=checkpoint_replaced path={} hint=\"run with --resume to continue that job instead\"",
+                checkpoint_path);
+      progress << "note: starting over; " << checkpoint_path
+               << " from an earlier run will be replaced (--resume continues it instead)" << std::endl;
+    }
     history_path = (fs::path(spec.output_dir) / "history.json").string();
     model_path = (fs::path(spec.output_dir) / "model.pt").string();
     report_path = (fs::path(spec.output_dir) / "report.html").string();
@@ -809,6 +1049,14 @@ struct Coordinator::Impl {
                {"rounds", nlohmann::json::array()},
                {"discarded_replies_by_reason", nlohmann::json::object()}};
     for (const char* reason : kDiscardReasons) history["discarded_replies_by_reason"][reason] = 0;
+    if (resume_from) {
+      // The history as of the checkpoint's round; the rounds after it are redone.
+      history = resume_from->history;
+      history["status"] = "running";
+      history.erase("error");
+      history.erase("test");
+      history["resumed"].push_back({{"after_round", resume_from->round}, {"at", utc_now_iso()}});
+    }
     set_not_ready("resolving the pods' addresses");
     Status st = resolve_pod_addresses();
     if (st.ok()) {
@@ -848,9 +1096,27 @@ struct Coordinator::Impl {
     log->info("event=job_started job={} model={} parameters={} pods={}", spec.job_id, model_name(),
               global.numel(), active_pods().size());
     auto strategy = aggregation::make_strategy(spec.strategy);
-    double total_seconds = 0;
-    for (int round = 1; round <= spec.rounds; ++round) {
+    int first_round = 1;
+    if (resume_from) {
+      FEDPOD_RETURN_IF_ERROR(restore_checkpoint(global, *strategy));
+      first_round = resume_from->round + 1;
+      progress << "resumed job " << spec.job_id << " after round " << resume_from->round << " from "
+               << checkpoint_path << std::endl;
+      result.rounds_completed = resume_from->round;
+    }
+    for (int round = first_round; round <= spec.rounds; ++round) {
       const auto start = Clock::now();
+      // Pods that lost the job or the link take it again first; one that cannot sits
+      // this round out, with the reason.
+      std::map<size_t, PodRound> rejoin = rejoin_pods(round);
+      std::vector<size_t> targets;
+      std::vector<std::string> rejoined;
+      for (size_t i : active_pods()) {
+        if (!pods[i].needs_rejoin) targets.push_back(i);
+      }
+      for (const auto& [i, r] : rejoin) {
+        if (r.outcome == "ok") rejoined.push_back(pods[i].addr.name);
+      }
       const uint64_t rid = next_request++;
       current_round = round;
       round_discarded = 0;
@@ -880,6 +1146,19 @@ struct Coordinator::Impl {
         for (auto it = fetching.begin(); it != fetching.end();) {
           it = std::find(pending.begin(), pending.end(), *it) == pending.end() ? fetching.erase(it) : std::next(it);
         }
+        if (spec.aggregation_order == "pod") {
+          // One upload at a time, in the job's pod order: the next pod still in the
+          // round is fetched once it is done training, and nobody after it before.
+          if (!fetching.empty()) return;
+          for (size_t i : targets) {
+            if (std::find(pending.begin(), pending.end(), i) == pending.end()) continue;  // folded, or out
+            if (!done.count(i)) return;
+            auto frames = fetch.frames();
+            if (protocol::send_frames(pods[i].socket, frames)) fetching.insert(i);
+            return;
+          }
+          return;
+        }
         while (static_cast<int>(fetching.size()) < spec.max_concurrent_uploads && !ready.empty()) {
           auto frames = fetch.frames();
           // A failed send leaves the pod pending: the monitor or the deadline settles it.
@@ -890,7 +1169,7 @@ struct Coordinator::Impl {
       size_t sent = 0;  // pods the round's train request went out to
       open_round = round;
       auto replies = exchange(
-          out, rid, active_pods(), {wire::Envelope::Body::TRAIN_DONE, wire::Envelope::Body::TRAIN_RESULT},
+          out, rid, targets, {wire::Envelope::Body::TRAIN_DONE, wire::Envelope::Body::TRAIN_RESULT},
           start + spec.round_timeout, true,
           [&](Pod& pod, protocol::Incoming& in) -> std::optional<PodRound> {
             const size_t i = static_cast<size_t>(&pod - pods.data());
@@ -953,10 +1232,14 @@ struct Coordinator::Impl {
             }
             return pr;
           },
-          start_fetches, &sent);
+          start_fetches, &sent, /*heartbeats=*/true, [&](size_t i) { return fetching.count(i) > 0; });
       // Closed: whatever arrives for this round from now on is discarded, not folded.
       open_round = 0;
       last_closed_round = round;
+      for (const auto& [i, r] : rejoin) {
+        if (r.outcome != "ok") replies[i] = r;  // sat out: its rejoin's outcome is its answer
+      }
+      mark_rejoins(replies);
       job_metrics.bytes_sent.Increment(static_cast<double>(sent) * static_cast<double>(global.nbytes()));
       count_responses(replies);
       RoundRecord rec;
@@ -972,11 +1255,18 @@ struct Coordinator::Impl {
         rec.seconds = std::chrono::duration<double>(Clock::now() - start).count();
         history["rounds"].push_back(to_json(rec));
         history["rounds"].back()["discarded_replies"] = round_discarded;
+        if (!rejoined.empty()) history["rounds"].back()["rejoined"] = rejoined;
+        // The checkpoint of the last completed round stays as it was.
+        const std::string resume_hint =
+            spec.checkpoint && round > 1
+                ? "; the checkpoint after round " + std::to_string(round - 1) + " is intact: `fedpod coordinator run " +
+                      "--resume` continues from it once enough pods are back"
+                : "";
         return Status(StatusCode::kUnavailable,
                       "round " + std::to_string(round) + "/" + std::to_string(spec.rounds) + ": " +
                           std::to_string(rec.pods_answered) + " of " + std::to_string(rec.pods_asked) +
                           " pods answered, min_pods is " + std::to_string(spec.min_pods) + ": " +
-                          describe_failures(replies));
+                          describe_failures(replies) + resume_hint);
       }
       const auto finish_start = Clock::now();
       auto next = strategy->finish();
@@ -988,10 +1278,20 @@ struct Coordinator::Impl {
       const bool eval_now = (spec.eval_every > 0 && round % spec.eval_every == 0) || round == spec.rounds;
       if (eval_now) rec.eval = evaluate(global, round, wire::Split::VALIDATION);
       rec.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-      total_seconds += rec.seconds;
       history["rounds"].push_back(to_json(rec));
       // Replies discarded while this round was open, its validation included.
       history["rounds"].back()["discarded_replies"] = round_discarded;
+      if (!rejoined.empty()) history["rounds"].back()["rejoined"] = rejoined;
+      if (spec.checkpoint) {
+        // First the checkpoint, then history.json: a crash between the two leaves a
+        // history one round behind, which the resumed run rewrites from the checkpoint.
+        history["checkpoint"] = {{"path", checkpoint_path}, {"round", round}};
+        try {
+          write_checkpoint_after(round, global, *strategy);
+        } catch (const std::exception& e) {
+          return Status::internal("round " + std::to_string(round) + ": cannot write the checkpoint: " + e.what());
+        }
+      }
       write_history();
       progress << "round " << round << "/" << spec.rounds << "  pods " << rec.pods_answered << "/" << rec.pods_asked
                << "  train_loss " << fmt(rec.train_loss);
@@ -1001,10 +1301,14 @@ struct Coordinator::Impl {
       job_metrics.rounds_completed.Increment();
       job_metrics.round_duration.Observe(rec.seconds);
     }
+    // Pods that lost the job in the last round take it again to evaluate.
+    rejoin_pods(spec.rounds + 1);
     auto test = evaluate(global, spec.rounds, wire::Split::TEST);
     end_job("completed");
     save_parameters(model_path, global, layout);
-    result.mean_round_seconds = total_seconds / spec.rounds;
+    double total_seconds = 0;  // over every round of the job, resumed runs included
+    for (const auto& r : history["rounds"]) total_seconds += r.value("seconds", 0.0);
+    result.mean_round_seconds = history["rounds"].empty() ? 0 : total_seconds / history["rounds"].size();
     result.history_path = history_path;
     result.model_path = model_path;
     result.report_path = report_path;

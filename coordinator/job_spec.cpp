@@ -64,7 +64,10 @@ HubAddress parse_hub_url(const std::string& url, const std::string& where) {
 }
 
 void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const std::string&)) {
-  if (s.job_id.empty()) s.job_id = generated_job_id();
+  if (s.job_id.empty()) {
+    s.job_id = generated_job_id();
+    s.job_id_generated = true;
+  }
   for (char c : s.job_id) {
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
       throw ConfigError(where + ": job_id: use letters, digits, '-', '_' and '.' only");
@@ -110,7 +113,15 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
   }
   if (s.round_timeout.count() <= 0) throw ConfigError(where + ": round_timeout: must be positive");
   if (s.max_concurrent_uploads < 1) throw ConfigError(where + ": max_concurrent_uploads: must be at least 1");
+  if (s.heartbeat_interval.count() <= 0) throw ConfigError(where + ": heartbeat_interval: must be positive");
+  if (s.heartbeat_timeout.count() < 0 ||
+      (s.heartbeat_timeout.count() > 0 && s.heartbeat_timeout < 2 * s.heartbeat_interval)) {
+    throw ConfigError(where + ": heartbeat_timeout: must be 0 (off) or at least twice heartbeat_interval");
+  }
   if (s.eval_every < 0) throw ConfigError(where + ": eval_every: must be >= 0");
+  if (s.aggregation_order != "arrival" && s.aggregation_order != "pod") {
+    throw ConfigError(where + ": aggregation_order: '" + s.aggregation_order + "' is not arrival or pod");
+  }
   if (!aggregation::make_strategy(s.strategy)) throw ConfigError(where + ": strategy: unknown '" + s.strategy + "' (fedavg)");
   const auto& sp = s.datastructure.split;
   if (sp.validation < 0 || sp.test < 0 || sp.validation + sp.test >= 1) {
@@ -125,11 +136,13 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
   }
 }
 
-JobSpec load_job_spec(const std::string& path) {
-  YAML::Node root = load_yaml_file(path);
-  const std::string w = path;
+namespace {
+
+// The body of load_job_spec and parse_job_spec: `w` names the source in errors;
+// relative key_file and public_key_file paths resolve against `base`.
+JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const fs::path& base) {
   check_keys(root, {"job_id", "model", "datastructure", "pods", "rounds", "local_epochs", "local_steps",
-                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "eval_every", "max_concurrent_uploads", "strategy",
+                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "strategy", "aggregation_order",
                     "seed", "output_dir", "hub", "hub_token", "key_file", "metrics_listen"},
              w);
   JobSpec s;
@@ -157,7 +170,7 @@ JobSpec load_job_spec(const std::string& path) {
   if (root["key_file"]) {
     fs::path kf = get<std::string>(root["key_file"], w + ": key_file");
     if (kf.string().rfind("~/", 0) == 0 && std::getenv("HOME")) kf = fs::path(std::getenv("HOME")) / kf.string().substr(2);
-    if (kf.is_relative()) kf = fs::absolute(path).parent_path() / kf;
+    if (kf.is_relative()) kf = base / kf;
     s.key_file = kf.lexically_normal().string();
   } else if (const char* env = std::getenv("FEDPOD_KEY_FILE"); env && *env) {
     s.key_file = env;
@@ -201,7 +214,7 @@ JobSpec load_job_spec(const std::string& path) {
     if (p["public_key_file"]) {
       if (p["public_key"]) throw ConfigError(w + ": pods: '" + a.name + "': give public_key or public_key_file, not both");
       fs::path f = get<std::string>(p["public_key_file"], w + ": pods.public_key_file");
-      if (f.is_relative()) f = fs::absolute(path).parent_path() / f;
+      if (f.is_relative()) f = base / f;
       auto k = protocol::read_key_file(f.lexically_normal().string());
       if (!k.ok()) throw ConfigError(w + ": pods: '" + a.name + "': public_key_file: " + k.status().message());
       a.public_key = k->public_key;
@@ -218,14 +231,36 @@ JobSpec load_job_spec(const std::string& path) {
   if (root["min_pods"]) s.min_pods = get<int>(root["min_pods"], w + ": min_pods");
   if (root["round_timeout"]) s.round_timeout = parse_duration(get<std::string>(root["round_timeout"], w), w + ": round_timeout");
   if (root["connect_timeout"]) s.connect_timeout = parse_duration(get<std::string>(root["connect_timeout"], w), w + ": connect_timeout");
+  if (root["heartbeat_interval"]) {
+    s.heartbeat_interval =
+        parse_duration(get<std::string>(root["heartbeat_interval"], w), w + ": heartbeat_interval");
+  }
+  if (root["heartbeat_timeout"]) {
+    const std::string t = get<std::string>(root["heartbeat_timeout"], w + ": heartbeat_timeout");
+    s.heartbeat_timeout = t == "0" ? std::chrono::milliseconds(0) : parse_duration(t, w + ": heartbeat_timeout");
+  }
+  if (root["checkpoint"]) s.checkpoint = get<bool>(root["checkpoint"], w + ": checkpoint");
   if (root["eval_every"]) s.eval_every = get<int>(root["eval_every"], w + ": eval_every");
   if (root["max_concurrent_uploads"]) s.max_concurrent_uploads = get<int>(root["max_concurrent_uploads"], w + ": max_concurrent_uploads");
   if (root["strategy"]) s.strategy = get<std::string>(root["strategy"], w + ": strategy");
+  if (root["aggregation_order"]) {
+    s.aggregation_order = get<std::string>(root["aggregation_order"], w + ": aggregation_order");
+  }
   if (root["seed"]) s.seed = get<uint64_t>(root["seed"], w + ": seed");
   if (root["output_dir"]) s.output_dir = get<std::string>(root["output_dir"], w + ": output_dir");
   if (root["metrics_listen"]) s.metrics_listen = get<std::string>(root["metrics_listen"], w + ": metrics_listen");
   validate(s, w);
   return s;
+}
+
+}  // namespace
+
+JobSpec load_job_spec(const std::string& path) {
+  return job_spec_from_yaml(load_yaml_file(path), path, fs::absolute(path).parent_path());
+}
+
+JobSpec parse_job_spec(const std::string& yaml, const std::string& where, const std::string& base_dir) {
+  return job_spec_from_yaml(parse_yaml(yaml, where), where, fs::path(base_dir));
 }
 
 }  // namespace fedpod::coordinator

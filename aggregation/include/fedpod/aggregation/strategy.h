@@ -44,6 +44,17 @@ class Strategy {
 
   // The new global parameters (a new flat tensor); fails when nothing was folded.
   virtual StatusOr<torch::Tensor> finish() = 0;
+
+  // State a strategy carries from one round to the next (server momentum, adaptive
+  // moments): the coordinator saves it in its checkpoint after every round and gives
+  // it back with restore() on `--resume`, so a resumed job aggregates as an
+  // uninterrupted one would. FedAvg carries none: each round is a fresh average.
+  virtual std::vector<torch::Tensor> state() const { return {}; }
+  virtual Status restore(std::vector<torch::Tensor> saved) {
+    if (saved.empty()) return Status();
+    return Status::invalid("strategy " + name() + " carries no state between rounds, but the checkpoint holds " +
+                           std::to_string(saved.size()) + " tensors of it");
+  }
 };
 
 // Checks that `update` tiles [0, numel) exactly, with float32 contiguous values.

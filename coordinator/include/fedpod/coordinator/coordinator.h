@@ -17,8 +17,34 @@
 //      rewrite history.json;
 //   4. evaluate on the pods' test splits, endJob everywhere, save model.pt.
 //
-// A pod that disconnects mid-round is noticed at once (socket monitor), not at the
-// deadline.
+// Pods that fail or stall (docs/reliability.md lists what the tests inject):
+//   - a pod that disconnects mid-round is noticed at once (socket monitor), not at the
+//     deadline: outcome "disconnected";
+//   - a pod that stays connected but says nothing (stopped, hung, partitioned without
+//     a reset) is found by heartbeats: every heartbeat_interval each pending pod is
+//     pinged, and one that answers nothing for heartbeat_timeout leaves the round as
+//     "silent". A pod uploading its update is not pinged (answers queue behind it);
+//   - a pod past round_timeout leaves the round as "timeout"; its late reply is
+//     discarded (closed_round, below), whenever it arrives;
+//   - a pod that lost the job (it restarted: "no job" errors) or the link
+//     (disconnected, silent, unreachable) takes the job again with startJob before
+//     its next round or evaluation: it rejoins (history.json rounds[].rejoined,
+//     fedpod_coordinator_pod_rejoins_total). A pod that cannot sits the round out.
+//   A round goes on when at least min_pods answered; otherwise the job stops with
+//   each pod's reason, and its checkpoint stays at the last completed round.
+//
+// Checkpoint and resume (checkpoint.h): after every completed round the global
+// parameters, round, strategy state, history and generator state are written
+// atomically to <output_dir>/checkpoint.bin, before history.json. With spec.resume
+// (`fedpod coordinator run --resume`) the job continues after the checkpoint's round,
+// under the checkpoint's job id and resolved model version; a checkpoint of a
+// different job (fingerprint) or a damaged one is refused and left untouched. Pods
+// still holding the job from the dead coordinator restart it on startJob. With a
+// fixed seed, deterministic local training and `aggregation_order: pod`, a resumed
+// job ends with the same parameters, bit for bit, as an uninterrupted one: pods seed
+// each round from (seed, round), and updates are folded in pod order. (Folded in
+// arrival order, the default, float32 sums can differ in their last bits from run to
+// run, resumed or not.)
 //
 // Exactly once: a training update is keyed by (job, round, pod). A trainDone or
 // trainResult is used only if its job id is this job's, it answers the request in
@@ -40,7 +66,7 @@
 //       round: training, aggregation and validation
 //   fedpod_coordinator_pod_responses_total{pod,outcome}        counter: each pod's answer
 //       to startJob, to each round's train and to each evaluation; outcome as in
-//       history.json (ok|timeout|error|refused|unreachable|disconnected)
+//       history.json (ok|timeout|silent|error|refused|unreachable|disconnected)
 //   fedpod_coordinator_update_bytes_total{direction}           counter: parameter bytes
 //       of training rounds, "sent" (the global model, once per pod sent to) and
 //       "received" (the pods' trainResult tensors)
@@ -50,6 +76,9 @@
 //       evaluation, split validation|test
 //   fedpod_coordinator_job_info{job_id,model} = 1              model: "mlp", or
 //       "alice/net:2" (":latest" until the hub resolved the version)
+//   fedpod_coordinator_pod_rejoins_total{pod}                 counter: startJob again after the
+//       pod lost the job or the link
+//   fedpod_coordinator_checkpoint_seconds                      histogram: writing the checkpoint
 //   fedpod_coordinator_discarded_replies_total{reason}         counter: replies not
 //       used (see "Exactly once" above), reason stale_request|closed_round|duplicate|
 //       wrong_job; every reason is present from the start

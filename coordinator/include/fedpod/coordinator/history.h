@@ -22,11 +22,12 @@
 namespace fedpod::coordinator {
 
 struct PodRound {
-  std::string outcome;  // ok | timeout | error | refused | unreachable | disconnected
+  std::string outcome;  // ok | timeout | silent | error | refused | unreachable | disconnected
   std::string error;
   int64_t num_samples = 0;
   double seconds = 0;
   std::map<std::string, double> metrics;
+  std::string code = {};  // for a pod's error reply, its code (to_string(StatusCode)); not saved
 };
 
 struct EvalSummary {

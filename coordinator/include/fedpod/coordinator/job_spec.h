@@ -32,12 +32,24 @@
 //   local_epochs: 1                  # or local_steps: N
 //   batch_size: 32
 //   min_pods: 2                      # default: all pods
-//   round_timeout: 60s
+//   round_timeout: 60s               # a pod that has not answered by then is excluded from
+//                                    # the round ("timeout"); its late reply is discarded
+//   heartbeat_interval: 1s           # while a round waits, each pending pod is pinged this often
+//   heartbeat_timeout: 10s           # a pending pod that answers nothing for this long is
+//                                    # excluded before the deadline ("silent"); 0: off. Must
+//                                    # exceed the time one model takes over the slowest link
+//                                    # (replies queue behind a transfer on the same connection)
+//   checkpoint: true                 # write <output_dir>/checkpoint.bin after every completed
+//                                    # round; `fedpod coordinator run --resume` continues from it
 //   connect_timeout: 10s             # for hello and startJob
 //   eval_every: 1                    # rounds between validation (0: only at the end)
 //   max_concurrent_uploads: 2        # pods sending parameters back at once; bounds
 //                                    # coordinator memory to this many models
 //   strategy: fedavg
+//   aggregation_order: arrival       # fold updates as they arrive (fastest), or "pod": in the
+//                                    # order of `pods`, one upload at a time, so the float32
+//                                    # sums and hence the parameters are the same bits on every
+//                                    # run (reproducible runs, resumed ones included)
 //   seed: 0                          # initial parameters
 //   output_dir: out                  # relative to the current directory
 //   metrics_listen: 0.0.0.0:9102     # serve /metrics, /healthz, /readyz while the job
@@ -72,6 +84,7 @@ struct ModelSpec {
 
 struct JobSpec {
   std::string job_id;
+  bool job_id_generated = false;  // job_id was not given; a resumed job takes the checkpoint's
   ModelSpec model;
   std::string hub_url;    // "http://host:port"; required when model.username is set
   std::string hub_token;  // bearer token for the hub; may be empty
@@ -85,9 +98,14 @@ struct JobSpec {
   int min_pods = 0;  // resolved to pods.size() when not set
   std::chrono::milliseconds round_timeout{60'000};
   std::chrono::milliseconds connect_timeout{10'000};
+  std::chrono::milliseconds heartbeat_interval{1'000};
+  std::chrono::milliseconds heartbeat_timeout{10'000};  // 0: no silence detection
+  bool checkpoint = true;
+  bool resume = false;  // not in job.yaml: `--resume` (continue from output_dir's checkpoint)
   int eval_every = 1;
   int max_concurrent_uploads = 2;
   std::string strategy = "fedavg";
+  std::string aggregation_order = "arrival";  // arrival | pod
   uint64_t seed = 0;
   std::string output_dir = "out";
   std::string metrics_listen;  // empty: no metrics endpoint (the registry exists anyway)
@@ -104,6 +122,11 @@ HubAddress parse_hub_url(const std::string& url, const std::string& where);
 
 // Reads and validates a job file. Throws ConfigError naming the file and key.
 JobSpec load_job_spec(const std::string& path);
+
+// The same over job.yaml text in memory: `where` names it in errors as the path does,
+// and relative key_file / public_key_file paths resolve against `base_dir`. Throws
+// ConfigError, and nothing else, for any text (tests/fuzz/job_spec_fuzz.cpp).
+JobSpec parse_job_spec(const std::string& yaml, const std::string& where, const std::string& base_dir);
 
 // Validates a spec built in code (the same checks as load_job_spec). A model without
 // a username must be one `is_known_model` accepts (the built-in zoo by default).

@@ -1,0 +1,58 @@
+// The coordinator's checkpoint: everything a job needs to continue after its
+// coordinator dies, written after every completed round to
+// <output_dir>/checkpoint.bin and read by `fedpod coordinator run --resume`.
+//
+// What it holds: the job id, the last completed round, the global parameters after
+// it, the aggregation strategy's state (aggregation::Strategy::state), torch's CPU
+// generator state, the next request id, history.json as of that round, and a
+// fingerprint of what must not change between the run and its resume (model and
+// resolved version, hyperparameters, datastructure, strategy, seed, local work, batch
+// size, pods). `rounds` may grow: a finished job can be resumed for more rounds.
+//
+// File layout (little-endian):
+//
+//   "FEDPOD-CHECKPOINT-1\n"       20 bytes of magic
+//   u64 header_bytes               then that many bytes of JSON (the header)
+//   payload                        the tensors, raw, in the header's "tensors" order
+//
+// The header records each tensor's name, dtype and numel, and the payload's length
+// and sha256: a truncated or altered file is refused with the reason, never half
+// read. The file is replaced atomically (temp file, fsync, rename, fsync of the
+// directory), so a crash at any point leaves the previous checkpoint or the new one.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "fedpod/common/status.h"
+
+namespace fedpod::coordinator {
+
+struct Checkpoint {
+  std::string job_id;
+  int round = 0;                  // the last completed round
+  uint64_t next_request = 1;      // request ids continue from here
+  std::string strategy;           // its name, e.g. "fedavg"
+  nlohmann::json fingerprint;     // see above; compared by fingerprint_difference
+  nlohmann::json history;         // history.json as of `round`
+  torch::Tensor parameters;       // the global parameters, flat float32
+  torch::Tensor rng_state;        // torch's default CPU generator state (uint8)
+  std::vector<torch::Tensor> strategy_state;  // float32 tensors, possibly none
+};
+
+// Writes `c` to `path` atomically. Throws std::runtime_error on I/O failure.
+void write_checkpoint(const std::string& path, const Checkpoint& c);
+
+// Reads a checkpoint. not_found when `path` does not exist; bad_message naming the
+// file and what is wrong for anything else that is not a complete checkpoint.
+StatusOr<Checkpoint> read_checkpoint(const std::string& path);
+
+// "" when `now` matches `saved`; otherwise what differs, e.g.
+// "model.hyperparameters.lr is 0.1 in the checkpoint, 0.05 now".
+std::string fingerprint_difference(const nlohmann::json& saved, const nlohmann::json& now);
+
+}  // namespace fedpod::coordinator

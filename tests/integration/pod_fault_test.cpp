@@ -1,0 +1,169 @@
+// Pods that fail or stall, as real `fedpod worker` processes under a real
+// `fedpod coordinator run` (CURVE on loopback):
+//
+//   - a pod SIGKILLed mid-round and restarted: the round goes on with min_pods, the
+//     pod takes the job again (startJob) before a later round and trains again;
+//   - a straggler (SIGSTOPped past round_timeout, heartbeats off): excluded from the
+//     round as "timeout", counted, and its late update discarded, never folded;
+//   - a silent pod (SIGSTOPped, heartbeats on): excluded as "silent" long before the
+//     round's deadline, and back in the job once it wakes up.
+//
+// Outcomes are read from history.json; nothing here asserts how long anything took.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <thread>
+
+#include "fault_jobs.h"
+#include "identity.h"
+#include "reliability.h"
+#include "testutil.h"
+
+namespace fedpod {
+namespace {
+
+using namespace std::chrono_literals;
+
+class PodFaultTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* name : {"pod-a", "pod-b", "pod-c"}) {
+      pods_.push_back(testing::start_digits_pod(dir_, id_, name));
+      ASSERT_FALSE(pods_.back().endpoint.empty()) << testing::read_file(pods_.back().log);
+    }
+  }
+
+  std::string out() const { return (dir_.path() / "out").string(); }
+
+  // Starts the job; `extra` sets rounds, timeouts and heartbeats.
+  std::unique_ptr<testing::Process> start_job(const std::string& extra) {
+    std::vector<const testing::PodProcess*> pods;
+    for (const auto& p : pods_) pods.push_back(&p);
+    // A wider model makes each local round last long enough to be interrupted.
+    std::string yaml = testing::digits_job_yaml(id_, pods, out(), "min_pods: 2\n" + extra);
+    yaml.replace(yaml.find("hidden: [64]"), 12, "hidden: [512, 512]");
+    return std::make_unique<testing::Process>(testing::coordinator_argv(dir_.write("job.yaml", yaml)), log_);
+  }
+
+  // Waits until the coordinator printed `text` (e.g. "round 2/").
+  bool wait_for_progress(testing::Process& c, const std::string& text) {
+    const auto by = std::chrono::steady_clock::now() + 120s;
+    while (std::chrono::steady_clock::now() < by) {
+      if (testing::read_file(log_).find(text) != std::string::npos) return true;
+      if (!c.running()) return false;
+      std::this_thread::sleep_for(2ms);
+    }
+    return false;
+  }
+
+  // Waits until `pod`'s log shows it started training round `round`... or finished
+  // it: the moment after which a fault lands mid-round.
+  bool wait_for_pod_round(const testing::PodProcess& pod, int round) {
+    const std::string started = "round=" + std::to_string(round);
+    const auto by = std::chrono::steady_clock::now() + 120s;
+    while (std::chrono::steady_clock::now() < by) {
+      if (testing::read_file(pod.log).find("event=train_started job=fault-test " + started) != std::string::npos) {
+        return true;
+      }
+      std::this_thread::sleep_for(1ms);
+    }
+    return false;
+  }
+
+  int finish(testing::Process& c) {
+    const int status = c.wait(240s);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  testing::TempDir dir_;
+  testing::TestIdentity id_{dir_.path()};
+  std::vector<testing::PodProcess> pods_;
+  std::string log_ = (dir_.path() / "coordinator.log").string();
+};
+
+TEST_F(PodFaultTest, APodKilledMidRoundAndRestartedRejoinsTheNextRound) {
+  auto c = start_job("rounds: 6\nround_timeout: 60s\n");
+  testing::PodProcess& b = pods_[1];
+  ASSERT_TRUE(wait_for_pod_round(b, 3)) << testing::read_file(b.log);
+  // Real rounds last minutes and a pod restarts in seconds; here a round lasts less
+  // than a restart, so the coordinator is paused while pod-b dies and comes back.
+  ::kill(c->pid(), SIGSTOP);
+  b.process->kill(SIGKILL);
+  b.process->wait(10s);
+  testing::restart_pod(dir_, b);
+  ::kill(c->pid(), SIGCONT);
+  ASSERT_EQ(finish(*c), 0) << testing::read_file(log_);
+
+  const auto history = testing::read_history(out());
+  EXPECT_EQ(history["status"], "completed");
+  const auto b_rounds = testing::outcomes(history, "pod-b");
+  ASSERT_EQ(b_rounds.size(), 6u);
+  // Round 3 went on without pod-b; the other pods answered every round.
+  EXPECT_NE(b_rounds[2], "ok") << history["rounds"][2].dump();
+  for (const char* other : {"pod-a", "pod-c"}) {
+    for (const auto& o : testing::outcomes(history, other)) EXPECT_EQ(o, "ok") << other;
+  }
+  // It took the job again and trained in every round after that.
+  int rejoined_at = 0;
+  for (const auto& r : history["rounds"]) {
+    if (r.contains("rejoined") && r["rejoined"] == nlohmann::json::array({"pod-b"})) rejoined_at = r["round"];
+  }
+  ASSERT_GE(rejoined_at, 4) << history.dump(1);
+  for (int r = rejoined_at; r <= 6; ++r) EXPECT_EQ(b_rounds[r - 1], "ok") << "round " << r;
+  EXPECT_EQ(history["discarded_replies_by_reason"]["duplicate"], 0);
+  EXPECT_CONTAINS(testing::read_file(log_), "pod-b rejoined before round " + std::to_string(rejoined_at));
+  testing::record_fault("pods", "pod SIGKILLed mid-round, restarted at once", 1,
+                        "round completed with 2/3 pods; pod took the job again (rejoined) and trained from round " +
+                            std::to_string(rejoined_at) + "; job completed",
+                        "the killed pod's update for that round");
+}
+
+TEST_F(PodFaultTest, AStragglerPastTheDeadlineIsExcludedAndItsLateUpdateDiscarded) {
+  // Heartbeats off: only the deadline can exclude the straggler.
+  auto c = start_job("rounds: 6\nround_timeout: 3s\nheartbeat_timeout: 0\n");
+  testing::PodProcess& b = pods_[1];
+  ASSERT_TRUE(wait_for_pod_round(b, 2)) << testing::read_file(b.log);
+  ::kill(b.process->pid(), SIGSTOP);
+  ASSERT_TRUE(wait_for_progress(*c, "round 2/6")) << testing::read_file(log_);
+  ::kill(b.process->pid(), SIGCONT);
+  ASSERT_EQ(finish(*c), 0) << testing::read_file(log_);
+
+  const auto history = testing::read_history(out());
+  const auto b_rounds = testing::outcomes(history, "pod-b");
+  EXPECT_EQ(b_rounds[1], "timeout") << history["rounds"][1].dump();
+  EXPECT_EQ(history["rounds"][1]["pods_answered"], 2);
+  // Its round-2 update arrived after the round closed: discarded, not folded.
+  EXPECT_GE(history["discarded_replies_by_reason"]["closed_round"].get<int>(), 1) << history.dump(1);
+  EXPECT_EQ(history["discarded_replies_by_reason"]["duplicate"], 0);
+  EXPECT_EQ(b_rounds.back(), "ok");  // and it is back in the job
+  testing::record_fault("pods", "straggler: pod stopped (SIGSTOP) past round_timeout, heartbeats off", 1,
+                        "excluded from the round as timeout; its late update discarded (closed_round), never folded; "
+                        "pod back in later rounds",
+                        "the straggler's update for that round");
+}
+
+TEST_F(PodFaultTest, HeartbeatsFindASilentPodLongBeforeTheDeadline) {
+  auto c = start_job("rounds: 6\nround_timeout: 120s\nheartbeat_interval: 200ms\nheartbeat_timeout: 1s\n");
+  testing::PodProcess& b = pods_[1];
+  ASSERT_TRUE(wait_for_pod_round(b, 2)) << testing::read_file(b.log);
+  ::kill(b.process->pid(), SIGSTOP);
+  ASSERT_TRUE(wait_for_progress(*c, "round 2/6")) << testing::read_file(log_);
+  ::kill(b.process->pid(), SIGCONT);
+  ASSERT_EQ(finish(*c), 0) << testing::read_file(log_);
+
+  const auto history = testing::read_history(out());
+  const auto b_rounds = testing::outcomes(history, "pod-b");
+  EXPECT_EQ(b_rounds[1], "silent") << history["rounds"][1].dump();
+  // Found by its silence, not by the 120 s deadline.
+  EXPECT_LT(history["rounds"][1]["seconds"].get<double>(), 60.0);
+  EXPECT_EQ(history["rounds"][1]["pods_answered"], 2);
+  EXPECT_EQ(b_rounds.back(), "ok");
+  EXPECT_EQ(history["discarded_replies_by_reason"]["duplicate"], 0);
+  testing::record_fault("pods", "silent pod: stopped (SIGSTOP) mid-round, heartbeats on (1 s timeout, 120 s deadline)",
+                        1, "excluded as silent after ~1 s, long before the deadline; back in the job after it woke",
+                        "the silent pod's update for that round");
+}
+
+}  // namespace
+}  // namespace fedpod
