@@ -44,9 +44,11 @@ void Process::kill(int signal) {
 int Process::wait(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {
+    if (reaped_) return status_;  // running() may have reaped it already
     int status = 0;
     if (::waitpid(pid_, &status, WNOHANG) == pid_) {
       reaped_ = true;
+      status_ = status;
       return status;
     }
     if (std::chrono::steady_clock::now() > deadline) return -1;
@@ -56,9 +58,10 @@ int Process::wait(std::chrono::milliseconds timeout) {
 
 bool Process::running() {
   if (reaped_) return false;
-  int status;
+  int status = 0;
   if (::waitpid(pid_, &status, WNOHANG) == pid_) {
     reaped_ = true;
+    status_ = status;
     return false;
   }
   return true;

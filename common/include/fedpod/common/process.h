@@ -23,13 +23,15 @@ class Process {
 
   pid_t pid() const { return pid_; }
   void kill(int signal);
-  // Waits for exit; returns the status as from waitpid, or -1 on timeout.
+  // Waits for exit; returns the status as from waitpid, or -1 on timeout. After
+  // running() has seen the child exit, returns that exit's status at once.
   int wait(std::chrono::milliseconds timeout);
   bool running();
 
  private:
   pid_t pid_ = -1;
   bool reaped_ = false;
+  int status_ = 0;  // the waitpid status, once reaped_
 };
 
 // Waits until the file at `path` holds a first whitespace-separated word (e.g. an
