@@ -16,6 +16,7 @@
 #include <mutex>
 #include <ostream>
 #include <sstream>
+#include <thread>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/Generator.h>
@@ -49,6 +50,7 @@ struct Pod {
   std::string handshake_error;   // why the last handshake failed, from the monitor
   bool active = false;  // accepted the job
   bool needs_rejoin = false;  // lost the job or the connection: startJob again before its next round
+  int rejoin_attempts = 0;    // since it was last flagged
   int64_t train_samples = 0;
   uint64_t max_frame_bytes = 0;  // from helloReply; 0: not advertised
 };
@@ -84,6 +86,10 @@ constexpr const char* kClosedRound = "closed_round";    // an update for a round
 constexpr const char* kDuplicate = "duplicate";         // a second update for a (round, pod) already taken
 constexpr const char* kWrongJob = "wrong_job";          // another job's reply
 constexpr const char* kDiscardReasons[] = {kStaleRequest, kClosedRound, kDuplicate, kWrongJob};
+
+// How long the first rejoin after a pod was lost waits for ZeroMQ to reconnect to it
+// (dealer reconnect_ivl_max is 2 s).
+constexpr std::chrono::milliseconds kRejoinGrace{2500};
 
 // The job's metrics (listed in coordinator.h), defined on `registry`.
 struct JobMetrics {
@@ -379,6 +385,12 @@ struct Coordinator::Impl {
       Pod pod;
       pod.addr = spec.pods[i];
       protocol::SocketOptions o = opts;
+      // ZMTP heartbeats at the job's pace: a connection that carries nothing at all
+      // (not even upload bytes) for heartbeat_timeout is dropped, and the monitor
+      // reports the pod disconnected. This covers a pod cut off mid-upload, which the
+      // request-level heartbeats leave alone.
+      o.heartbeat_interval = spec.heartbeat_interval;
+      if (spec.heartbeat_timeout.count() > 0) o.heartbeat_timeout = spec.heartbeat_timeout;
       if (keys) {
         // The pod must prove it holds the secret of the key registered for it.
         o.curve_client_public = keys->public_key;
@@ -820,10 +832,23 @@ struct Coordinator::Impl {
   // again before the next one: startJob to each one connected now. Returns the
   // outcome of every attempt; a pod that accepted trains this round.
   std::map<size_t, PodRound> rejoin_pods(int round) {
-    std::vector<size_t> targets;
+    std::vector<size_t> flagged, targets;
     for (size_t i : active_pods()) {
-      if (!pods[i].needs_rejoin) continue;
-      drain_monitor(pods[i]);
+      if (pods[i].needs_rejoin) flagged.push_back(i);
+    }
+    // Just lost: ZeroMQ may still be reconnecting (it retries at most every 2 s), so
+    // give such pods one grace period; a pod that stays away costs no more rounds.
+    auto pending_reconnect = [&] {
+      for (size_t i : flagged) {
+        drain_monitor(pods[i]);
+        if (!pods[i].connected && pods[i].rejoin_attempts == 0) return true;
+      }
+      return false;
+    };
+    const auto grace_until = Clock::now() + kRejoinGrace;
+    while (pending_reconnect() && Clock::now() < grace_until) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    for (size_t i : flagged) {
+      ++pods[i].rejoin_attempts;
       if (pods[i].connected) targets.push_back(i);
     }
     if (targets.empty()) return {};
@@ -833,6 +858,7 @@ struct Coordinator::Impl {
       Pod& pod = pods[i];
       if (r.outcome == "ok") {
         pod.needs_rejoin = false;
+        pod.rejoin_attempts = 0;
         job_metrics.rejoins.Add({{"pod", pod.addr.name}}).Increment();
         log->info("event=pod_rejoined job={} round={} pod={} train_samples={}", spec.job_id, round, pod.addr.name,
                   r.num_samples);
@@ -855,7 +881,9 @@ struct Coordinator::Impl {
 
   void mark_rejoins(const std::map<size_t, PodRound>& replies) {
     for (const auto& [i, r] : replies) {
-      if (lost_job_or_link(r)) pods[i].needs_rejoin = true;
+      if (!lost_job_or_link(r)) continue;
+      if (!pods[i].needs_rejoin) pods[i].rejoin_attempts = 0;
+      pods[i].needs_rejoin = true;
     }
   }
 
