@@ -283,6 +283,11 @@ Server::~Server() { stop(); }
 Status Server::start() {
   store_ = std::make_unique<Store>(options_.data_dir);
   FEDPOD_RETURN_IF_ERROR(store_->open());
+  if (store_->removed_temp_files() > 0)
+    logger_->warn(
+        "event=removed_temp_files count={} dir={}/artifacts reason=\"artifact writes interrupted "
+        "by a crash\"",
+        store_->removed_temp_files(), options_.data_dir);
   http_ = std::make_unique<httplib::Server>();
   // The largest legal push plus room for multipart framing; anything larger is cut
   // off by httplib with a bare 413 before a handler runs.

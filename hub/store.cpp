@@ -205,8 +205,30 @@ Status Store::open() {
   std::lock_guard<std::mutex> lock(mu_);
   if (data_dir_.empty()) return Status::invalid("hub: no data directory given");
   std::error_code ec;
-  fs::create_directories(fs::path(data_dir_) / "artifacts", ec);
+  const fs::path artifacts = fs::path(data_dir_) / "artifacts";
+  fs::create_directories(artifacts, ec);
   if (ec) return Status::invalid("hub: cannot create " + data_dir_ + "/artifacts: " + ec.message());
+  // Temp files of artifact writes that a crash interrupted (write_file_durably names
+  // them ".<name>.tmp-XXXXXX"): never renamed into place, so no version names them,
+  // and with one hub per data directory none is being written now.
+  removed_temp_files_ = 0;
+  for (const auto& shard : fs::directory_iterator(artifacts, ec)) {
+    std::error_code shard_ec;
+    if (!shard.is_directory(shard_ec)) continue;
+    for (const auto& f : fs::directory_iterator(shard.path(), shard_ec)) {
+      const std::string name = f.path().filename().string();
+      std::error_code rm_ec;
+      if (name.size() > 1 && name[0] == '.' && name.find(".tmp-") != std::string::npos &&
+          fs::remove(f.path(), rm_ec))
+        ++removed_temp_files_;
+    }
+  }
+  // Directory entries an earlier run made and may not have fsynced before it died
+  // (artifacts/ itself, a shard directory created just before a crash): durable now.
+  for (const std::string& dir : {data_dir_, artifacts.string()}) {
+    std::string err = fsync_dir(dir);
+    if (!err.empty()) return Status::internal("hub: " + err);
+  }
   std::string path = (fs::path(data_dir_) / "hub.db").string();
   if (sqlite3_open_v2(path.c_str(), &db_,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
@@ -357,6 +379,11 @@ StatusOr<Version> Store::push(const NewVersion& v) {
       if (!err.empty()) return Status::internal("hub: " + err);
     }
     std::string err = write_file_durably(path, bytes);
+    if (!err.empty()) return Status::internal("hub: " + err);
+  } else {
+    // Whole (renamed into place only after its fsync), but a run that died between
+    // the rename and the directory's fsync left its entry not yet durable.
+    std::string err = fsync_dir(dir.string());
     if (!err.empty()) return Status::internal("hub: " + err);
   }
 

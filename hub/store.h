@@ -11,6 +11,17 @@
 // in one transaction with its source files. A crash before the commit leaves no
 // version (at most an orphan artifact file that no row names: harmless, and reused
 // if the same bytes are pushed again); a crash after it leaves a whole version.
+// A crash mid-write leaves a hidden temp file (".<sha256>.tmp-XXXXXX"); open()
+// removes those, so one hub process per data directory is assumed (the Kubernetes
+// Deployment runs one replica with the Recreate strategy).
+//
+// What survives what: SQLite runs in WAL mode with synchronous=FULL, so a COMMIT
+// has reached the disk (WAL fsynced) before the hub replies; artifacts and their
+// directory entries are fsynced before the row naming them commits. A process kill
+// (SIGKILL, OOM) at any point loses nothing that was acknowledged, and so does a
+// power loss on storage that honours fsync (a volume that acknowledges writes it
+// has not persisted voids the second guarantee, not the first).
+// tests/integration/crash_safety_test.cpp kills `fedpod hub serve` mid-write.
 //
 // Threading: all methods may be called from any thread; one mutex serializes them
 // (one SQLite connection). Ownership: owns the connection.
@@ -151,8 +162,11 @@ class Store {
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  // Creates the directories, opens the database and applies pending migrations.
+  // Creates the directories, removes temp files of artifact writes a crash
+  // interrupted, opens the database and applies pending migrations.
   Status open();
+  // Temp files open() removed (for the hub's log).
+  int removed_temp_files() const { return removed_temp_files_; }
   // True once open() succeeded (the hub's readiness).
   bool is_open();
 
@@ -219,6 +233,7 @@ class Store {
   std::mutex mu_;
   sqlite3* db_ = nullptr;
   bool open_ = false;  // guarded by mu_: open() and its migrations succeeded
+  int removed_temp_files_ = 0;  // set by open(), before any other thread sees the Store
 };
 
 }  // namespace fedpod::hub::detail

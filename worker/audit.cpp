@@ -146,6 +146,23 @@ StatusOr<std::unique_ptr<AuditLog>> AuditLog::open(const std::string& path, Logg
   if (fd < 0)
     return Status(StatusCode::kUnavailable,
                   "audit log " + path + ": cannot open: " + std::strerror(errno));
+  // The file's name in its directory, durable before any append reports success: a
+  // log created just before a power loss could otherwise vanish with its entries.
+  {
+    const auto slash = path.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "."
+                            : slash == 0               ? "/"
+                                                       : path.substr(0, slash);
+    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || ::fsync(dfd) != 0) {
+      Status err(StatusCode::kUnavailable, "audit log " + path + ": cannot fsync its directory " +
+                                               dir + ": " + std::strerror(errno));
+      if (dfd >= 0) ::close(dfd);
+      ::close(fd);
+      return err;
+    }
+    ::close(dfd);
+  }
   struct stat st {};
   if (::fstat(fd, &st) == 0 && (st.st_mode & 077) != 0) {
     log->warn("audit log {} is readable or writable by others (mode {:o}); it should be 0600", path,

@@ -97,6 +97,24 @@ Status PolicyCache::start() {
     if (started_)
       return Status::failed_precondition("access policy: PolicyCache::start() called twice");
   }
+  if (hub && !options_.cache_path.empty()) {
+    // Temp files of cache writes a crash interrupted (write_file_durably's names).
+    namespace fs = std::filesystem;
+    const fs::path cache(options_.cache_path);
+    const std::string prefix = "." + cache.filename().string() + ".tmp-";
+    std::error_code ec;
+    int removed = 0;
+    for (const auto& e : fs::directory_iterator(
+             cache.parent_path().empty() ? fs::path(".") : cache.parent_path(), ec)) {
+      std::error_code rm_ec;
+      if (e.path().filename().string().rfind(prefix, 0) == 0 && fs::remove(e.path(), rm_ec))
+        ++removed;
+    }
+    if (removed > 0)
+      log_->warn(
+          "access policy: removed {} temp files of cache writes interrupted by a crash cache={}",
+          removed, options_.cache_path);
+  }
   if (!hub) {
     std::lock_guard<std::mutex> reload(refresh_mu_);
     const FileStamp stamp = stamp_file();

@@ -16,9 +16,13 @@
 // metric label), basis or message, job.
 //
 // Durability: append() writes the whole line with one write() and fsyncs before it
-// returns, so an entry reported as appended survives a crash. A crash mid-append
-// can leave a torn last line (no trailing newline); open() cuts it off with a
-// warning, since its append never reported success.
+// returns, so an entry reported as appended survives a crash (a process kill, and a
+// power loss on storage that honours fsync; open() fsyncs the log's directory so a
+// new log's name is durable too). A crash mid-append can leave a torn last line (no
+// trailing newline); open() cuts it off with a warning, since its append never
+// reported success. The worker appends a startJob decision before it replies, so a
+// decision the client heard about is in the log
+// (tests/integration/crash_safety_test.cpp kills a pod mid-stream to check).
 //
 // Thread safety: an AuditLog is safe to use from any thread; appends are serialised.
 // One process should have a file open at a time (nothing enforces it).

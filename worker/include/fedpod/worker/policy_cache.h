@@ -54,7 +54,9 @@ struct PolicyCacheOptions {
   std::string file;
   // Hub mode: where the last good fetched policy is kept (written atomically: temp
   // file, fsync, rename, fsync of the directory; mode 0600). Empty: not persisted.
-  // Its content is {"fetched_at": "<UTC time>", "policy": <the hub's JSON>}.
+  // Its content is {"fetched_at": "<UTC time>", "policy": <the hub's JSON>}. A crash
+  // mid-write leaves the old file whole plus a hidden temp file
+  // (".<name>.tmp-XXXXXX"), which start() removes: one pod per cache path.
   std::string cache_path;
   // Hub mode: how often the policy is fetched. Bounds how long a revocation takes
   // to reach the pod.
