@@ -3,6 +3,8 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
+#include <ios>
 
 namespace fedpod {
 
@@ -30,19 +32,94 @@ std::chrono::milliseconds parse_duration(const std::string& text, const std::str
   return std::chrono::milliseconds(static_cast<int64_t>(std::llround(value * scale_ms)));
 }
 
-YAML::Node load_yaml_file(const std::string& path) {
-  try {
-    return YAML::LoadFile(path);
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(path + ": " + e.what());
+namespace {
+
+// Bounds on a loaded document, counted with aliases expanded. yaml-cpp resolves an
+// alias to the anchored node itself, so `&a [*a]` is a cycle and ten levels of ten
+// aliases are 10^10 nodes: every later walk (key checks, yaml_to_json, YAML::Dump in
+// an error message) would overflow the stack or never finish
+// (tests/fuzz/regressions/job_spec/alias-*.yaml).
+// Real job.yaml and pod.yaml files have a few hundred nodes, nested < 10 deep.
+constexpr int kMaxYamlDepth = 64;
+constexpr int64_t kMaxYamlNodes = 100'000;
+
+void check_yaml_bounds(const YAML::Node& node, int depth, int64_t& nodes,
+                       const std::string& where) {
+  if (depth > kMaxYamlDepth) {
+    throw ConfigError(where + ": nested more than " + std::to_string(kMaxYamlDepth) +
+                      " levels deep (an alias inside its own anchor?)");
+  }
+  if (++nodes > kMaxYamlNodes) {
+    throw ConfigError(where + ": more than " + std::to_string(kMaxYamlNodes) +
+                      " values once aliases are expanded (aliases of aliases?)");
+  }
+  if (node.IsMap()) {
+    for (const auto& kv : node) {
+      check_yaml_bounds(kv.first, depth + 1, nodes, where);
+      check_yaml_bounds(kv.second, depth + 1, nodes, where);
+    }
+  } else if (node.IsSequence()) {
+    for (const auto& item : node) check_yaml_bounds(item, depth + 1, nodes, where);
   }
 }
+
+YAML::Node checked(YAML::Node root, const std::string& where) {
+  int64_t nodes = 0;
+  check_yaml_bounds(root, 0, nodes, where);
+  return root;
+}
+
+}  // namespace
+
+YAML::Node load_yaml_file(const std::string& path) {
+  // A directory opens as a stream on Linux; reading it throws std::ios_base::failure
+  // out of yaml-cpp, not a YAML::Exception.
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw ConfigError(path + ": is a directory, not a YAML file");
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(path + ": " + e.what());
+  } catch (const std::ios_base::failure& e) {
+    throw ConfigError(path + ": cannot read: " + e.what());
+  }
+  return checked(root, path);
+}
+
+YAML::Node parse_yaml(const std::string& text, const std::string& where) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(where + ": " + e.what());
+  }
+  return checked(root, where);
+}
+
+namespace {
+// A map key as a string. Keys may be any YAML node ("? [a, b]: 1"), but ours are names:
+// as<std::string> would throw yaml-cpp's exception, not a ConfigError (found by tests/fuzz).
+std::string key_name(const YAML::Node& key, const std::string& where) {
+  if (!key.IsScalar()) {
+    const YAML::Mark mark = key.Mark();
+    throw ConfigError(
+        where + ": a key must be a name, not a " +
+        (key.IsMap()        ? "mapping"
+         : key.IsSequence() ? "list"
+                            : "null") +
+        (mark.is_null() ? std::string() : " (line " + std::to_string(mark.line + 1) + ")"));
+  }
+  return key.Scalar();
+}
+}  // namespace
 
 void check_keys(const YAML::Node& node, std::initializer_list<const char*> allowed,
                 const std::string& where) {
   if (!node.IsMap()) throw ConfigError(where + ": expected a mapping");
   for (const auto& kv : node) {
-    const std::string key = kv.first.as<std::string>();
+    const std::string key = key_name(kv.first, where);
     bool ok = false;
     std::string list;
     for (const char* a : allowed) {
@@ -53,19 +130,19 @@ void check_keys(const YAML::Node& node, std::initializer_list<const char*> allow
   }
 }
 
-nlohmann::json yaml_to_json(const YAML::Node& node) {
+nlohmann::json yaml_to_json(const YAML::Node& node, const std::string& what) {
   switch (node.Type()) {
     case YAML::NodeType::Null:
     case YAML::NodeType::Undefined:
       return nullptr;
     case YAML::NodeType::Sequence: {
       nlohmann::json arr = nlohmann::json::array();
-      for (const auto& item : node) arr.push_back(yaml_to_json(item));
+      for (const auto& item : node) arr.push_back(yaml_to_json(item, what));
       return arr;
     }
     case YAML::NodeType::Map: {
       nlohmann::json obj = nlohmann::json::object();
-      for (const auto& kv : node) obj[kv.first.as<std::string>()] = yaml_to_json(kv.second);
+      for (const auto& kv : node) obj[key_name(kv.first, what)] = yaml_to_json(kv.second, what);
       return obj;
     }
     case YAML::NodeType::Scalar:
@@ -88,6 +165,15 @@ nlohmann::json yaml_to_json(const YAML::Node& node) {
 
 Hyperparameters::Hyperparameters(nlohmann::json json) : json_(std::move(json)) {
   if (json_.is_null()) json_ = nlohmann::json::object();
+  // dump() (startJob's wire form, history.json) throws for a string that is not UTF-8,
+  // and yaml-cpp passes job.yaml's bytes through unchecked: refuse such text here, as
+  // a ConfigError, rather than as a json exception later (found by tests/fuzz).
+  try {
+    (void)json_.dump();
+  } catch (const nlohmann::json::type_error&) {
+    throw ConfigError("hyperparameters must be UTF-8 text, got " +
+                      json_.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  }
   if (!json_.is_object()) throw ConfigError("hyperparameters must be a mapping, got " + json_.dump());
 }
 

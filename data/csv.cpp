@@ -88,6 +88,15 @@ StatusOr<Table> read_csv(const std::string& path, const CsvOptions& options,
   std::string buf(static_cast<size_t>(size), '\0');
   in.read(buf.data(), size);
   if (!in) return Status::internal(path + ": read failed");
+  return parse_csv(buf, options, declared, path);
+}
+
+StatusOr<Table> parse_csv(std::string_view buf, const CsvOptions& options,
+                          const std::optional<Schema>& declared, const std::string& where) {
+  if (static_cast<int64_t>(buf.size()) > options.max_bytes) {
+    return Status::invalid(where + ": input has " + std::to_string(buf.size()) +
+                           " bytes, limit is " + std::to_string(options.max_bytes));
+  }
 
   // Lines, without blank ones (blank lines are not rows).
   std::vector<Line> lines;
@@ -105,7 +114,7 @@ StatusOr<Table> read_csv(const std::string& path, const CsvOptions& options,
       pos = nl + 1;
     }
   }
-  if (lines.empty()) return Status::invalid(path + ": file is empty");
+  if (lines.empty()) return Status::invalid(where + ": file is empty");
 
   Table table;
   std::vector<std::string> cells;
@@ -113,13 +122,13 @@ StatusOr<Table> read_csv(const std::string& path, const CsvOptions& options,
   std::vector<std::string> names;
   if (options.header) {
     if (!split_cells(lines[0].text, options.delimiter, cells)) {
-      return Status::invalid(path + ":" + std::to_string(lines[0].number) + ": unterminated quote in header");
+      return Status::invalid(where + ":" + std::to_string(lines[0].number) + ": unterminated quote in header");
     }
     names = cells;
     std::set<std::string> seen;
     for (const auto& n : names) {
-      if (n.empty()) return Status::invalid(path + ":" + std::to_string(lines[0].number) + ": empty column name in header");
-      if (!seen.insert(n).second) return Status::invalid(path + ": duplicate column '" + n + "' in header");
+      if (n.empty()) return Status::invalid(where + ":" + std::to_string(lines[0].number) + ": empty column name in header");
+      if (!seen.insert(n).second) return Status::invalid(where + ": duplicate column '" + n + "' in header");
     }
     first_data = 1;
   }
@@ -127,13 +136,13 @@ StatusOr<Table> read_csv(const std::string& path, const CsvOptions& options,
     if (options.header) {
       if (names.size() != declared->columns.size()) {
         return Status(StatusCode::kSchemaMismatch,
-                      path + ": header has " + std::to_string(names.size()) +
+                      where + ": header has " + std::to_string(names.size()) +
                           " columns, the declared schema " + std::to_string(declared->columns.size()));
       }
       for (size_t i = 0; i < names.size(); ++i) {
         if (names[i] != declared->columns[i].name) {
           return Status(StatusCode::kSchemaMismatch,
-                        path + ": header column " + std::to_string(i + 1) + " is '" + names[i] +
+                        where + ": header column " + std::to_string(i + 1) + " is '" + names[i] +
                             "', the declared schema says '" + declared->columns[i].name + "'");
         }
       }
@@ -149,7 +158,7 @@ StatusOr<Table> read_csv(const std::string& path, const CsvOptions& options,
   const size_t ncols = table.schema.columns.size();
 
   auto bad_row = [&](int64_t line, const std::string& why) -> Status {
-    std::string reason = path + ":" + std::to_string(line) + ": " + why;
+    std::string reason = where + ":" + std::to_string(line) + ": " + why;
     if (options.on_bad_row == BadRowPolicy::kError) return Status::invalid(reason);
     ++table.skipped_rows;
     if (static_cast<int>(table.skipped_reasons.size()) < kMaxReportedBadRows) {
@@ -176,7 +185,7 @@ StatusOr<Table> read_csv(const std::string& path, const CsvOptions& options,
     for (size_t c = 0; c < ncols; ++c) {
       if (numeric[c]) continue;
       if (distinct[c].size() > 4096) {
-        return Status::invalid(path + ": column '" + names[c] +
+        return Status::invalid(where + ": column '" + names[c] +
                                "' is not numeric and has more than 4096 distinct values; declare its schema");
       }
       auto& col = table.schema.columns[c];
@@ -241,7 +250,7 @@ StatusOr<Table> read_csv(const std::string& path, const CsvOptions& options,
     values.insert(values.end(), row.begin(), row.end());
     ++rows;
   }
-  if (rows == 0) return Status::invalid(path + ": no data rows");
+  if (rows == 0) return Status::invalid(where + ": no data rows");
   table.schema.num_rows = rows;
   table.values = torch::from_blob(values.data(), {rows, static_cast<int64_t>(ncols)}, torch::kFloat64).clone();
   return table;

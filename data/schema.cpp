@@ -49,7 +49,15 @@ StatusOr<std::vector<int64_t>> resolve_input_shape(const Datastructure& ds, int6
   int64_t product = 1;
   for (int64_t d : ds.input_shape) {
     if (d <= 0) return Status::invalid("input_shape dimensions must be positive");
-    product *= d;
+    // Checked: the shape comes from job.yaml and from startJob, and dimensions whose
+    // product overflows int64 were undefined behaviour (found by tests/fuzz).
+    if (__builtin_mul_overflow(product, d, &product)) {
+      std::string shape;
+      for (int64_t e : ds.input_shape) shape += (shape.empty() ? "" : ", ") + std::to_string(e);
+      return Status::invalid("input_shape [" + shape +
+                             "] has more elements than an int64 can count, but there are " +
+                             std::to_string(num_features) + " features");
+    }
   }
   if (product != num_features) {
     return Status::invalid("input_shape has " + std::to_string(product) + " elements but there are " +

@@ -94,11 +94,17 @@ Status write_key_files(const std::string& base, const CurveKeyPair& keys, bool f
 StatusOr<CurveKeyPair> read_key_file(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return Status::invalid("key file " + path + ": " + std::strerror(errno));
+  // A directory opens as a stream on Linux, and reading it throws std::ios_base::failure
+  // out of yaml-cpp (`public_key_file: ""` in a job.yaml names the job's own folder;
+  // found by tests/fuzz).
+  if (S_ISDIR(st.st_mode)) return Status::invalid("key file " + path + ": is a directory");
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);
   } catch (const YAML::Exception& e) {
     return Status::invalid("key file " + path + ": not a fedpod key file: " + e.what());
+  } catch (const std::ios_base::failure& e) {
+    return Status::invalid("key file " + path + ": cannot read: " + e.what());
   }
   if (!root.IsMap()) return Status::invalid("key file " + path + ": expected public_key (and secret_key)");
   CurveKeyPair keys;

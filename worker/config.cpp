@@ -80,9 +80,12 @@ std::vector<std::string> resolve_devices(const std::vector<std::string>& request
   return resolve_devices(requested, static_cast<int>(torch::cuda::device_count()));
 }
 
-PodConfig load_pod_config(const std::string& path) {
-  YAML::Node root = load_yaml_file(path);
-  const std::string where = path;
+namespace {
+
+// The body of load_pod_config and parse_pod_config: `where` names the source in
+// errors; relative paths in it resolve against `base`.
+PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
+                               const fs::path& base) {
   check_keys(root, {"name", "listen", "dataset", "devices", "threads", "job_idle_timeout",
                     "max_frame_bytes", "custom_models", "log_level", "key_file", "policy", "audit_log",
                     "metrics_listen"},
@@ -98,7 +101,7 @@ PodConfig load_pod_config(const std::string& path) {
     check_keys(ds, {"path", "header", "delimiter", "on_bad_row", "schema"}, where + ": dataset");
     if (!ds["path"]) throw ConfigError(where + ": dataset.path: required");
     fs::path data_path = ds["path"].as<std::string>();
-    if (data_path.is_relative()) data_path = fs::absolute(path).parent_path() / data_path;
+    if (data_path.is_relative()) data_path = base / data_path;
     c.dataset_path = data_path.lexically_normal().string();
     if (ds["header"]) c.csv.header = ds["header"].as<bool>();
     if (ds["delimiter"]) {
@@ -176,7 +179,6 @@ PodConfig load_pod_config(const std::string& path) {
         throw ConfigError(where + ": custom_models: expected policy or refuse, got \"" + v + "\"");
       }
     }
-    const fs::path base = fs::absolute(path).parent_path();
     auto resolve_path = [&](const std::string& p) {
       fs::path f = p;
       if (f.is_relative()) f = base / f;
@@ -253,6 +255,17 @@ PodConfig load_pod_config(const std::string& path) {
     throw ConfigError(where + ": " + e.what());
   }
   return c;
+}
+
+}  // namespace
+
+PodConfig load_pod_config(const std::string& path) {
+  return pod_config_from_yaml(load_yaml_file(path), path, fs::absolute(path).parent_path());
+}
+
+PodConfig parse_pod_config(const std::string& yaml, const std::string& where,
+                           const std::string& base_dir) {
+  return pod_config_from_yaml(parse_yaml(yaml, where), where, fs::path(base_dir));
 }
 
 }  // namespace fedpod::worker

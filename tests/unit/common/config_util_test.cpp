@@ -176,5 +176,72 @@ TEST(HyperparametersTest, FromYaml) {
   EXPECT_EQ(hp.string("name", ""), "7");
 }
 
+// ---- Hostile YAML (found by tests/fuzz; the inputs are in tests/fuzz/regressions/) ---
+
+// job_spec/hyperparameters-not-utf8.yaml: yaml-cpp passes bytes through unchecked, and
+// dump() (startJob's wire form) threw nlohmann's type_error, even from the
+// "must be a mapping" message.
+TEST(HyperparametersTest, TextThatIsNotUtf8IsAConfigError) {
+  const std::string bad_byte = "\xDF";          // a UTF-8 lead byte with nothing after it
+  const std::string replaced = "\xEF\xBF\xBD";  // U+FFFD in the message
+  YAML::Node value = YAML::Load("opt: ad" + bad_byte + "m\n");
+  EXPECT_EQ(testing::config_error([&] { Hyperparameters hp(yaml_to_json(value)); }),
+            "hyperparameters must be UTF-8 text, got {\"opt\":\"ad" + replaced + "m\"}");
+  YAML::Node scalar = YAML::Load(bad_byte);
+  EXPECT_EQ(testing::config_error([&] { Hyperparameters hp(yaml_to_json(scalar)); }),
+            "hyperparameters must be UTF-8 text, got \"" + replaced + "\"");
+}
+
+// job_spec/complex-key.yaml, pod_config/complex-key.yaml: "? [a]: 1" is valid YAML;
+// as<std::string> on the key threw yaml-cpp's TypedBadConversion, not a ConfigError.
+TEST(CheckKeysTest, KeyThatIsAListOrMappingIsAConfigError) {
+  YAML::Node list_key = YAML::Load("rounds: 3\n? [a, b]\n: 1\n");
+  EXPECT_EQ(testing::config_error([&] { check_keys(list_key, {"rounds"}, "job.yaml"); }),
+            "job.yaml: a key must be a name, not a list (line 2)");
+  YAML::Node map_key = YAML::Load("? {a: 1}\n: 1\n");
+  EXPECT_EQ(testing::config_error([&] { check_keys(map_key, {"a"}, "pod.yaml"); }),
+            "pod.yaml: a key must be a name, not a mapping (line 1)");
+}
+
+TEST(YamlToJsonTest, KeyThatIsAListIsAConfigError) {
+  YAML::Node node = YAML::Load("lr: 0.1\nopt:\n  ? [x]\n  : 1\n");
+  EXPECT_EQ(testing::config_error([&] { yaml_to_json(node); }),
+            "hyperparameters: a key must be a name, not a list (line 3)");
+}
+
+// job_spec/public-key-file-directory.yaml led here: a directory opens as a stream,
+// and yaml-cpp let reading it throw std::ios_base::failure.
+TEST(LoadYamlFileTest, DirectoryIsAConfigError) {
+  testing::TempDir dir;
+  const std::string path = dir.path().string();
+  EXPECT_EQ(testing::config_error([&] { load_yaml_file(path); }),
+            path + ": is a directory, not a YAML file");
+}
+
+// job_spec/alias-cycle.yaml: yaml-cpp resolves `*a` inside `&a` to the node itself; a
+// walk of it (yaml_to_json, YAML::Dump in an error message) overflowed the stack.
+TEST(ParseYamlTest, AliasCycleIsRefused) {
+  const std::string yaml = "model:\n  hyperparameters: &a {x: *a}\n";
+  EXPECT_EQ(testing::config_error([&] { parse_yaml(yaml, "job.yaml"); }),
+            "job.yaml: nested more than 64 levels deep (an alias inside its own anchor?)");
+}
+
+// job_spec/alias-expansion.yaml: nine levels of ten aliases are 10^9 values; walking
+// them never finished.
+TEST(ParseYamlTest, AliasExpansionIsBounded) {
+  std::string yaml = "l0: &l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n";
+  for (int i = 1; i <= 8; ++i) {
+    std::string prev = "*l" + std::to_string(i - 1);
+    yaml += "l" + std::to_string(i) + ": &l" + std::to_string(i) + " [" + prev;
+    for (int k = 1; k < 10; ++k) yaml += ", " + prev;
+    yaml += "]\n";
+  }
+  EXPECT_EQ(testing::config_error([&] { parse_yaml(yaml, "job.yaml"); }),
+            "job.yaml: more than 100000 values once aliases are expanded (aliases of aliases?)");
+  // Aliases themselves are fine.
+  YAML::Node ok = parse_yaml("a: &x [1, 2]\nb: *x\n", "job.yaml");
+  EXPECT_EQ(ok["b"].size(), 2u);
+}
+
 }  // namespace
 }  // namespace fedpod

@@ -169,6 +169,24 @@ TEST(ResolveInputShapeTest, DefaultIsFlatAndExplicitMustMatch) {
   EXPECT_EQ(zero.status().message(), "input_shape dimensions must be positive");
 }
 
+// Regression (tests/fuzz envelope_fuzz, tests/fuzz/regressions/envelope/
+// start-job-input-shape-overflow.bin): a startJob's inputShape whose product overflows
+// int64 was signed-overflow UB; the wrapped product could even match the features.
+TEST(ResolveInputShapeTest, ProductThatOverflowsInt64IsRefused) {
+  Datastructure ds;
+  ds.input_shape = {3819052484026957824, 105587565199361};
+  auto huge = resolve_input_shape(ds, 4);
+  ASSERT_FALSE(huge.ok());
+  EXPECT_EQ(huge.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(huge.status().message(),
+            "input_shape [3819052484026957824, 105587565199361] has more elements than an int64 "
+            "can count, but "
+            "there are 4 features");
+  // 2^32 * 2^32 wraps to exactly 0 in two's complement: it must not match 0 features.
+  ds.input_shape = {int64_t{1} << 32, int64_t{1} << 32};
+  EXPECT_FALSE(resolve_input_shape(ds, 0).ok());
+}
+
 // ---- make_splits ----------------------------------------------------------------------
 
 TEST(MakeSplitsTest, SizesAreFloorsOfFractions) {

@@ -28,8 +28,13 @@ class ConfigError : public std::runtime_error {
 std::chrono::milliseconds parse_duration(const std::string& text, const std::string& what);
 
 // Parses the YAML file at `path`; throws ConfigError naming the file (and the line,
-// for a syntax error) when it cannot be read or parsed.
+// for a syntax error) when it cannot be read or parsed, or when, with aliases
+// expanded, it nests more than 64 levels or holds more than 100000 values (an alias
+// cycle, or aliases of aliases: no later walk of the document could finish).
 YAML::Node load_yaml_file(const std::string& path);
+
+// The same over YAML text in memory; `where` names it in errors as the path does.
+YAML::Node parse_yaml(const std::string& text, const std::string& where);
 
 // Throws ConfigError when `node` (a map) has a key outside `allowed`.
 void check_keys(const YAML::Node& node, std::initializer_list<const char*> allowed,
@@ -37,7 +42,9 @@ void check_keys(const YAML::Node& node, std::initializer_list<const char*> allow
 
 // Converts a YAML scalar/sequence/map into JSON: integers stay integers, "true"/"false"
 // become booleans, other scalars become numbers when they parse as such, else strings.
-nlohmann::json yaml_to_json(const YAML::Node& node);
+// Throws ConfigError, its message starting with `what`, for a key that is not a name
+// (a list or mapping used as a key).
+nlohmann::json yaml_to_json(const YAML::Node& node, const std::string& what = "hyperparameters");
 
 // Hyperparameters of a model: a JSON object with typed, validated accessors.
 // Immutable after construction; safe to share between threads.

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fedpod/common/status.h"
@@ -47,5 +48,11 @@ inline constexpr int kMaxReportedBadRows = 20;
 // is categorical with its distinct values (sorted) as categories.
 StatusOr<Table> read_csv(const std::string& path, const CsvOptions& options,
                          const std::optional<Schema>& declared = std::nullopt);
+
+// The same over CSV text already in memory (read_csv reads the file, then calls this).
+// `where` names the input in errors, as the path does for read_csv
+// ("<where>:17: expected 65 cells, got 64"). Text over `options.max_bytes` is refused.
+StatusOr<Table> parse_csv(std::string_view text, const CsvOptions& options,
+                          const std::optional<Schema>& declared, const std::string& where);
 
 }  // namespace fedpod::data

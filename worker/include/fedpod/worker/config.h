@@ -98,6 +98,12 @@ struct PodConfig {
 // Reads and validates `path`. Throws ConfigError naming the file and key.
 PodConfig load_pod_config(const std::string& path);
 
+// The same over pod.yaml text in memory: `where` names it in errors as the path does,
+// and relative paths in it (dataset.path, key_file, ...) resolve against `base_dir`.
+// Throws ConfigError, and nothing else, for any text (tests/fuzz/pod_config_fuzz.cpp).
+PodConfig parse_pod_config(const std::string& yaml, const std::string& where,
+                           const std::string& base_dir);
+
 // Resolves the `devices` setting ({"auto"} or empty, or a list) to the devices the
 // pod trains on: auto is every visible CUDA device (torch::cuda::device_count(); 0 in
 // a CPU-only libtorch), else {"cpu"}; a list is returned as given once every entry is
