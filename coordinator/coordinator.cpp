@@ -847,13 +847,19 @@ struct Coordinator::Impl {
     };
     const auto grace_until = Clock::now() + kRejoinGrace;
     while (pending_reconnect() && Clock::now() < grace_until) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::map<size_t, PodRound> away;  // still gone: recorded as unreachable, not dropped silently
     for (size_t i : flagged) {
       ++pods[i].rejoin_attempts;
-      if (pods[i].connected) targets.push_back(i);
+      if (pods[i].connected) {
+        targets.push_back(i);
+      } else {
+        away[i] = {"unreachable", "not connected since it was lost; it takes the job again once it is back", 0, 0, {}};
+      }
     }
-    if (targets.empty()) return {};
+    if (targets.empty()) return away;
     std::map<size_t, std::string> decisions;
     auto replies = send_start_job(targets, decisions);
+    replies.insert(away.begin(), away.end());
     for (auto& [i, r] : replies) {
       Pod& pod = pods[i];
       if (r.outcome == "ok") {

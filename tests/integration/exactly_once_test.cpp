@@ -182,6 +182,9 @@ class ScriptedPod {
           send_eval_result(job, rid, e.getRound(), e.getSplit());
         return;
       }
+      case W::HEARTBEAT:  // alive, as a real pod answers while it trains
+        reply(job, rid, [](wire::Envelope::Builder e) { e.getBody().initHeartbeat(); });
+        return;
       case W::END_JOB:
         ++end_jobs;
         reply(job, rid, [](wire::Envelope::Builder e) { e.getBody().initJobEnded(); });
