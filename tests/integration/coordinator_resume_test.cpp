@@ -59,19 +59,24 @@ const std::string kJob = "rounds: " + std::to_string(kRounds) + "\nround_timeout
 TEST_F(CoordinatorResumeTest, KilledAtRandomPointsAndResumedEndsWithTheUninterruptedParameters) {
   // The reference: the same job, never interrupted.
   const std::string reference = job_file("reference", kJob);
-  const auto started = std::chrono::steady_clock::now();
   ASSERT_EQ(run(reference, false, out("reference.log")), 0) << testing::read_file(out("reference.log"));
-  const auto wall_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count();
   const auto ref_history = testing::read_history(out("reference"));
 
-  // The interrupted run: SIGKILL after a random delay within about one whole job's
-  // time (start-up, any round, a checkpoint being written), then resume, until a run
-  // finishes on its own. The delays come from a fixed seed.
+  // The interrupted run: each run is killed once it has checkpointed 0-2 more rounds
+  // (0: during start-up) plus a random part of a round, so the kills land during
+  // start-up, local training, uploads, aggregation and checkpoint writes; then the
+  // job is resumed, until a run finishes on its own. Fixed seed.
   const std::string job = job_file("interrupted", kJob);
   const std::string ckpt = out("interrupted") + "/checkpoint.bin";
+  double round_seconds = 0;
+  for (const auto& r : ref_history["rounds"]) round_seconds += r["seconds"].get<double>() / kRounds;
   std::mt19937 rng(20261129);
-  std::uniform_int_distribution<int> delay_ms(50, static_cast<int>(std::max<int64_t>(wall_ms, 300)));
+  std::uniform_int_distribution<int> advance(0, 2);
+  std::uniform_int_distribution<int> extra_ms(0, std::max(20, static_cast<int>(1500 * round_seconds)));
+  auto checkpoint_round = [&] {
+    auto saved = coordinator::read_checkpoint(ckpt);
+    return saved.ok() ? saved->round : 0;
+  };
   int kills = 0, runs = 0;
   std::vector<int> rounds_at_kill;
   bool finished = false;
@@ -80,13 +85,18 @@ TEST_F(CoordinatorResumeTest, KilledAtRandomPointsAndResumedEndsWithTheUninterru
     const std::string log = out("interrupted-" + std::to_string(runs++) + ".log");
     testing::Process c(testing::coordinator_argv(job, resume), log);
     if (kills < 6) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
+      const int target = std::min(kRounds - 1, checkpoint_round() + advance(rng));
+      const int extra = extra_ms(rng);
+      const auto by = std::chrono::steady_clock::now() + 120s;
+      while (c.running() && checkpoint_round() < target && std::chrono::steady_clock::now() < by) {
+        std::this_thread::sleep_for(1ms);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(extra));
       if (c.running()) {
         c.kill(SIGKILL);
         c.wait(10s);
         ++kills;
-        auto saved = coordinator::read_checkpoint(ckpt);
-        rounds_at_kill.push_back(saved.ok() ? saved->round : 0);
+        rounds_at_kill.push_back(checkpoint_round());
         continue;
       }
     }
