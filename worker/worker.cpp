@@ -189,6 +189,14 @@ struct Worker::Impl {
   std::shared_ptr<protocol::ZapHandler> zap;
   std::string zap_domain;
   std::atomic<int64_t> last_handshake_log_ms{0};
+  // Refused requests are logged at most kRefusalLinesPerSecond times a second; the
+  // rest are counted (fedpod_worker_bad_messages_total for malformed ones) and
+  // summed up in the next line, so a peer sending bad messages in a loop cannot
+  // flood the log or the disk (socket thread only).
+  static constexpr int kRefusalLinesPerSecond = 10;
+  Clock::time_point refusal_log_second;
+  int refusal_lines = 0;
+  int64_t refusals_not_logged = 0;
   std::atomic<bool> serving{false};  // readiness: serve() is running
   // Metrics: this pod's registry and, with metrics_listen, its HTTP endpoint.
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
@@ -345,8 +353,24 @@ struct Worker::Impl {
   void send_error(const zmq::message_t& routing, const std::string& job_id, uint64_t request_id,
                   const Status& status, const char* bad_reason = "content") {
     if (status.code() == StatusCode::kBadMessage) on_bad_message(bad_reason);
-    log->warn("event=request_refused job={} request={} code={} reason=\"{}\"", job_id, request_id,
-              to_string(status.code()), status.message());
+    const auto now = Clock::now();
+    if (now - refusal_log_second >= std::chrono::seconds(1)) {
+      refusal_log_second = now;
+      refusal_lines = 0;
+    }
+    if (refusal_lines >= kRefusalLinesPerSecond) {
+      ++refusals_not_logged;
+    } else {
+      ++refusal_lines;
+      if (refusals_not_logged > 0) {
+        log->warn("event=request_refused job={} request={} code={} reason=\"{}\" not_logged_before={}", job_id,
+                  request_id, to_string(status.code()), status.message(), refusals_not_logged);
+        refusals_not_logged = 0;
+      } else {
+        log->warn("event=request_refused job={} request={} code={} reason=\"{}\"", job_id, request_id,
+                  to_string(status.code()), status.message());
+      }
+    }
     Frames f = reply(routing, job_id, request_id,
                      [&](protocol::Outgoing& o) { protocol::set_error(o.envelope(), status); });
     send(f);
