@@ -71,6 +71,17 @@ class PodFaultTest : public ::testing::Test {
     return false;
   }
 
+  // Stops pod-b (SIGSTOP) once it trains round 2, and wakes it when the coordinator
+  // has closed that round without it.
+  void stop_pod_b_through_round_2(testing::Process& c) {
+    testing::PodProcess& b = pods_[1];
+    ASSERT_TRUE(wait_for_pod_round(b, 2)) << testing::read_file(b.log);
+    ::kill(b.process->pid(), SIGSTOP);
+    const bool closed = wait_for_progress(c, "round 2/6");
+    ::kill(b.process->pid(), SIGCONT);
+    ASSERT_TRUE(closed) << testing::read_file(log_);
+  }
+
   int finish(testing::Process& c) {
     const int status = c.wait(240s);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -122,11 +133,7 @@ TEST_F(PodFaultTest, APodKilledMidRoundAndRestartedRejoinsTheNextRound) {
 TEST_F(PodFaultTest, AStragglerPastTheDeadlineIsExcludedAndItsLateUpdateDiscarded) {
   // Heartbeats off: only the deadline can exclude the straggler.
   auto c = start_job("rounds: 6\nround_timeout: 3s\nheartbeat_timeout: 0\n");
-  testing::PodProcess& b = pods_[1];
-  ASSERT_TRUE(wait_for_pod_round(b, 2)) << testing::read_file(b.log);
-  ::kill(b.process->pid(), SIGSTOP);
-  ASSERT_TRUE(wait_for_progress(*c, "round 2/6")) << testing::read_file(log_);
-  ::kill(b.process->pid(), SIGCONT);
+  ASSERT_NO_FATAL_FAILURE(stop_pod_b_through_round_2(*c));
   ASSERT_EQ(finish(*c), 0) << testing::read_file(log_);
 
   const auto history = testing::read_history(out());
@@ -145,11 +152,7 @@ TEST_F(PodFaultTest, AStragglerPastTheDeadlineIsExcludedAndItsLateUpdateDiscarde
 
 TEST_F(PodFaultTest, HeartbeatsFindASilentPodLongBeforeTheDeadline) {
   auto c = start_job("rounds: 6\nround_timeout: 120s\nheartbeat_interval: 200ms\nheartbeat_timeout: 1s\n");
-  testing::PodProcess& b = pods_[1];
-  ASSERT_TRUE(wait_for_pod_round(b, 2)) << testing::read_file(b.log);
-  ::kill(b.process->pid(), SIGSTOP);
-  ASSERT_TRUE(wait_for_progress(*c, "round 2/6")) << testing::read_file(log_);
-  ::kill(b.process->pid(), SIGCONT);
+  ASSERT_NO_FATAL_FAILURE(stop_pod_b_through_round_2(*c));
   ASSERT_EQ(finish(*c), 0) << testing::read_file(log_);
 
   const auto history = testing::read_history(out());
