@@ -25,16 +25,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// The value of one series (`name{labels}` exactly as serialized, labels sorted by
-// name) in a text exposition; NaN when absent.
-double value(const std::string& text, const std::string& series) {
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.compare(0, series.size() + 1, series + " ") == 0) return std::stod(line.substr(series.size() + 1));
-  }
-  return std::numeric_limits<double>::quiet_NaN();
-}
 
 httplib::Result get(int port, const std::string& path) {
   httplib::Client c("127.0.0.1", port);
@@ -103,8 +93,8 @@ TEST_F(CoordinatorMetricsTest, ThreeRoundJobIsCountedOnTheRegistryAndOverHttp) {
   EXPECT_CONTAINS(r->body, "no pod contacted yet");
   r = get(port, "/metrics");
   ASSERT_TRUE(r);
-  EXPECT_EQ(value(r->body, "fedpod_coordinator_job_info{job_id=\"metrics-test\",model=\"mlp\"}"), 1) << r->body;
-  EXPECT_EQ(value(r->body, "fedpod_coordinator_rounds_completed_total"), 0) << r->body;
+  EXPECT_EQ(testing::metric_value(r->body, "fedpod_coordinator_job_info{job_id=\"metrics-test\",model=\"mlp\"}"), 1) << r->body;
+  EXPECT_EQ(testing::metric_value(r->body, "fedpod_coordinator_rounds_completed_total"), 0) << r->body;
   EXPECT_PROMTOOL_CLEAN(r->body);
 
   auto result = c.run();
@@ -112,35 +102,35 @@ TEST_F(CoordinatorMetricsTest, ThreeRoundJobIsCountedOnTheRegistryAndOverHttp) {
   ASSERT_EQ(result->rounds_completed, 3);
 
   const std::string text = prometheus::TextSerializer().Serialize(c.registry()->Collect());
-  EXPECT_EQ(value(text, "fedpod_coordinator_rounds_completed_total"), 3) << text;
-  EXPECT_EQ(value(text, "fedpod_coordinator_round_duration_seconds_count"), 3) << text;
-  EXPECT_GT(value(text, "fedpod_coordinator_round_duration_seconds_sum"), 0) << text;
-  EXPECT_EQ(value(text, "fedpod_coordinator_aggregation_seconds_count"), 3) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_rounds_completed_total"), 3) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_round_duration_seconds_count"), 3) << text;
+  EXPECT_GT(testing::metric_value(text, "fedpod_coordinator_round_duration_seconds_sum"), 0) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_aggregation_seconds_count"), 3) << text;
   // Each pod: startJob, 3 train rounds, 3 validations (eval_every 1) and the test.
   for (const auto& pod : names) {
-    EXPECT_EQ(value(text, "fedpod_coordinator_pod_responses_total{outcome=\"ok\",pod=\"" + pod + "\"}"), 1 + 3 + 3 + 1)
+    EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_pod_responses_total{outcome=\"ok\",pod=\"" + pod + "\"}"), 1 + 3 + 3 + 1)
         << text;
   }
   EXPECT_EQ(text.find("outcome=\"timeout\""), std::string::npos) << text;
   EXPECT_EQ(text.find("outcome=\"error\""), std::string::npos) << text;
   // float32 parameters, to every pod and back from every pod, each round.
   const double update_bytes = static_cast<double>(parameters()) * 4 * names.size() * spec_.rounds;
-  EXPECT_EQ(value(text, "fedpod_coordinator_update_bytes_total{direction=\"sent\"}"), update_bytes) << text;
-  EXPECT_EQ(value(text, "fedpod_coordinator_update_bytes_total{direction=\"received\"}"), update_bytes) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_update_bytes_total{direction=\"sent\"}"), update_bytes) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_update_bytes_total{direction=\"received\"}"), update_bytes) << text;
   // The last evaluation of each split, as the run reports them.
-  const double test_accuracy = value(text, "fedpod_coordinator_global_accuracy{split=\"test\"}");
+  const double test_accuracy = testing::metric_value(text, "fedpod_coordinator_global_accuracy{split=\"test\"}");
   EXPECT_GE(test_accuracy, 0);
   EXPECT_LE(test_accuracy, 1);
   EXPECT_NEAR(test_accuracy, result->test_accuracy, 1e-9) << text;
-  EXPECT_NEAR(value(text, "fedpod_coordinator_global_loss{split=\"test\"}"), result->test_loss, 1e-9) << text;
+  EXPECT_NEAR(testing::metric_value(text, "fedpod_coordinator_global_loss{split=\"test\"}"), result->test_loss, 1e-9) << text;
   const auto history = nlohmann::json::parse(testing::read_file(result->history_path));
-  EXPECT_NEAR(value(text, "fedpod_coordinator_global_loss{split=\"validation\"}"),
+  EXPECT_NEAR(testing::metric_value(text, "fedpod_coordinator_global_loss{split=\"validation\"}"),
               history["rounds"][2]["eval"]["loss"].get<double>(), 1e-9)
       << text;
-  EXPECT_NEAR(value(text, "fedpod_coordinator_global_accuracy{split=\"validation\"}"),
+  EXPECT_NEAR(testing::metric_value(text, "fedpod_coordinator_global_accuracy{split=\"validation\"}"),
               history["rounds"][2]["eval"]["accuracy"].get<double>(), 1e-9)
       << text;
-  EXPECT_EQ(value(text, "fedpod_coordinator_job_info{job_id=\"metrics-test\",model=\"mlp\"}"), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_job_info{job_id=\"metrics-test\",model=\"mlp\"}"), 1) << text;
 
   // The endpoint serves the same registry, and stays ready once training started.
   r = get(port, "/readyz");
@@ -149,8 +139,8 @@ TEST_F(CoordinatorMetricsTest, ThreeRoundJobIsCountedOnTheRegistryAndOverHttp) {
   r = get(port, "/metrics");
   ASSERT_TRUE(r);
   ASSERT_EQ(r->status, 200);
-  EXPECT_EQ(value(r->body, "fedpod_coordinator_rounds_completed_total"), 3) << r->body;
-  EXPECT_EQ(value(r->body, "fedpod_coordinator_update_bytes_total{direction=\"sent\"}"), update_bytes);
+  EXPECT_EQ(testing::metric_value(r->body, "fedpod_coordinator_rounds_completed_total"), 3) << r->body;
+  EXPECT_EQ(testing::metric_value(r->body, "fedpod_coordinator_update_bytes_total{direction=\"sent\"}"), update_bytes);
   EXPECT_PROMTOOL_CLEAN(r->body);
 }
 
@@ -164,8 +154,8 @@ TEST_F(CoordinatorMetricsTest, WithoutMetricsListenThereIsNoServerButARegistry) 
   EXPECT_EQ(c.metrics_port(), 0);
   ASSERT_TRUE(c.registry());
   const std::string text = prometheus::TextSerializer().Serialize(c.registry()->Collect());
-  EXPECT_EQ(value(text, "fedpod_coordinator_job_info{job_id=\"metrics-test\",model=\"mlp\"}"), 1) << text;
-  EXPECT_EQ(value(text, "fedpod_coordinator_update_bytes_total{direction=\"sent\"}"), 0) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_job_info{job_id=\"metrics-test\",model=\"mlp\"}"), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_update_bytes_total{direction=\"sent\"}"), 0) << text;
 }
 
 TEST_F(CoordinatorMetricsTest, BadMetricsListenInTheJobIsAConfigError) {
@@ -246,7 +236,7 @@ TEST_F(CoordinatorCliMetricsTest, ServesMetricsWhileTheJobRuns) {
   auto r = get(port, "/metrics");
   ASSERT_TRUE(r) << httplib::to_string(r.error());
   ASSERT_EQ(r->status, 200);
-  EXPECT_EQ(value(r->body, "fedpod_coordinator_job_info{job_id=\"cli-metrics\",model=\"mlp\"}"), 1) << r->body;
+  EXPECT_EQ(testing::metric_value(r->body, "fedpod_coordinator_job_info{job_id=\"cli-metrics\",model=\"mlp\"}"), 1) << r->body;
   EXPECT_PROMTOOL_CLEAN(r->body);
 
   const int status = p->wait(120s);

@@ -43,16 +43,6 @@ constexpr float kHonestDelta = 1.0f;
 constexpr float kLiarDelta = 8.0f;
 constexpr uint64_t kLiarSamples = 160;
 
-// The value of one series (`name{labels}` as serialized) in a text exposition; NaN when absent.
-double value(const std::string& text, const std::string& series) {
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.compare(0, series.size() + 1, series + " ") == 0)
-      return std::stod(line.substr(series.size() + 1));
-  }
-  return std::numeric_limits<double>::quiet_NaN();
-}
 
 // A pod scripted by the test: a CURVE ROUTER (its ZAP domain admits the modeller's
 // key) that answers hello, startJob, train, fetchResult, evaluate and endJob as a
@@ -450,11 +440,11 @@ TEST_F(ExactlyOnceTest, DuplicateLateAndForeignUpdatesAreDiscardedCountedAndNeve
   // The counter, by reason; and no answer was turned into a pod error.
   const std::string text = prometheus::TextSerializer().Serialize(c.registry()->Collect());
   const std::string series = "fedpod_coordinator_discarded_replies_total";
-  EXPECT_EQ(value(text, series + "{reason=\"stale_request\"}"), 1) << text;
-  EXPECT_EQ(value(text, series + "{reason=\"closed_round\"}"), 3) << text;
-  EXPECT_EQ(value(text, series + "{reason=\"duplicate\"}"), 3) << text;
-  EXPECT_EQ(value(text, series + "{reason=\"wrong_job\"}"), 1) << text;
-  EXPECT_EQ(value(text, "fedpod_coordinator_pod_responses_total{outcome=\"timeout\",pod=\"liar\"}"),
+  EXPECT_EQ(testing::metric_value(text, series + "{reason=\"stale_request\"}"), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, series + "{reason=\"closed_round\"}"), 3) << text;
+  EXPECT_EQ(testing::metric_value(text, series + "{reason=\"duplicate\"}"), 3) << text;
+  EXPECT_EQ(testing::metric_value(text, series + "{reason=\"wrong_job\"}"), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_pod_responses_total{outcome=\"timeout\",pod=\"liar\"}"),
             1)
       << text;
   EXPECT_EQ(text.find("outcome=\"error\""), std::string::npos) << text;
@@ -489,7 +479,7 @@ TEST_F(ExactlyOnceTest, HonestPodsDiscardNothing) {
   ASSERT_TRUE(result.ok()) << result.status().to_string();
   const std::string text = prometheus::TextSerializer().Serialize(c.registry()->Collect());
   for (const char* reason : {"stale_request", "closed_round", "duplicate", "wrong_job"}) {
-    EXPECT_EQ(value(text, std::string("fedpod_coordinator_discarded_replies_total{reason=\"") +
+    EXPECT_EQ(testing::metric_value(text, std::string("fedpod_coordinator_discarded_replies_total{reason=\"") +
                               reason + "\"}"),
               0)
         << text;

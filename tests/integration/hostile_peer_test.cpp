@@ -83,19 +83,9 @@ std::string scrape(int port) {
   return r && r->status == 200 ? r->body : std::string();
 }
 
-// The value of one series (`name{labels}` as serialized) in a text exposition; NaN when absent.
-double value(const std::string& text, const std::string& series) {
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.compare(0, series.size() + 1, series + " ") == 0)
-      return std::stod(line.substr(series.size() + 1));
-  }
-  return std::numeric_limits<double>::quiet_NaN();
-}
 
 double bad_messages(const std::string& text, const std::string& reason) {
-  const double v = value(text, "fedpod_worker_bad_messages_total{reason=\"" + reason + "\"}");
+  const double v = testing::metric_value(text, "fedpod_worker_bad_messages_total{reason=\"" + reason + "\"}");
   return std::isnan(v) ? 0 : v;  // a reason never seen is not exported
 }
 
@@ -573,7 +563,7 @@ TEST_F(HostilePeerTest, RawTcpGarbageAndBrokenHandshakesDoNotDisturbThePod) {
   Client client(ctx, pod.endpoint, id_.client_options("pod-a"));
   EXPECT_EQ(client.hello(), W::HELLO_REPLY) << testing::read_file(pod.log);
   const std::string metrics = scrape(metrics_port(pod));
-  EXPECT_EQ(value(metrics, "fedpod_access_denied_total{reason=\"unknown_key\"}"), 1) << metrics;
+  EXPECT_EQ(testing::metric_value(metrics, "fedpod_access_denied_total{reason=\"unknown_key\"}"), 1) << metrics;
   EXPECT_TRUE(pod.process->running());
   testing::record_fault(
       "hostile input",
@@ -705,10 +695,10 @@ TEST_F(HostilePeerTest, FloodOfBadMessagesDoesNotStopTheOthersRounds) {
   EXPECT_EQ(bad_messages(m, "unexpected_kind"), counts.wrong_kind.load()) << m;
   EXPECT_EQ(bad_messages(m, "too_many_frames"), counts.too_many_frames.load()) << m;
   EXPECT_EQ(bad_messages(m, "content"), 0) << m;
-  const double unknown = value(m, "fedpod_access_denied_total{reason=\"unknown_key\"}");
+  const double unknown = testing::metric_value(m, "fedpod_access_denied_total{reason=\"unknown_key\"}");
   EXPECT_GE(unknown, refused.load()) << m;
   EXPECT_LE(unknown, initiates.load()) << m;
-  EXPECT_EQ(value(m, "fedpod_worker_jobs_total{outcome=\"accepted\"}"), 1) << m;
+  EXPECT_EQ(testing::metric_value(m, "fedpod_worker_jobs_total{outcome=\"accepted\"}"), 1) << m;
   // Refusals are counted, not each logged: the log stays small however long the flood.
   const std::string log = testing::read_file(pod_a.log);
   size_t lines = 0;

@@ -25,16 +25,6 @@ using json = nlohmann::json;
 using namespace std::chrono_literals;
 using fedpod::testing::TempDir;
 
-// The value of one series (`name{labels}` exactly as serialized, labels sorted by
-// name) in a text exposition; NaN when absent.
-double value(const std::string& text, const std::string& series) {
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.compare(0, series.size() + 1, series + " ") == 0) return std::stod(line.substr(series.size() + 1));
-  }
-  return std::numeric_limits<double>::quiet_NaN();
-}
 
 std::string requests(const std::string& route, const std::string& method, int status) {
   return "fedpod_hub_http_requests_total{method=\"" + method + "\",route=\"" + route + "\",status=\"" +
@@ -130,37 +120,37 @@ TEST_F(HubMetricsTest, RequestsAreCountedByRoutePatternNeverByRawPath) {
   ASSERT_EQ(raw().Delete("/api/v1/models")->status, 404);
 
   const std::string text = scrape_until([](const std::string& t) {
-    return value(t, requests("/api/v1/models", "DELETE", 404)) == 1 &&
-           value(t, requests("unmatched", "GET", 404)) == 2 && value(t, requests("/healthz", "GET", 200)) >= 3;
+    return testing::metric_value(t, requests("/api/v1/models", "DELETE", 404)) == 1 &&
+           testing::metric_value(t, requests("unmatched", "GET", 404)) == 2 && testing::metric_value(t, requests("/healthz", "GET", 200)) >= 3;
   });
   // RunningHub polled /healthz until it answered: at least once before ours.
-  EXPECT_GE(value(text, requests("/healthz", "GET", 200)), 3);
-  EXPECT_EQ(value(text, requests("/api/v1/users", "POST", 201)), 1) << text;
-  EXPECT_EQ(value(text, requests("/api/v1/models/{user}/{ref}", "GET", 404)), 1) << text;
-  EXPECT_EQ(value(text, requests("/api/v1/models/{user}/{ref}/versions/{version}", "GET", 404)), 1) << text;
-  EXPECT_EQ(value(text, requests("/api/v1/pods/{pod}/policy", "GET", 401)), 1) << text;
-  EXPECT_EQ(value(text, requests("/api/v1/access-requests/{id}/{action}", "POST", 401)), 1) << text;
-  EXPECT_EQ(value(text, requests("unmatched", "GET", 404)), 2) << text;
-  EXPECT_EQ(value(text, requests("/api/v1/models", "DELETE", 404)), 1) << text;
-  EXPECT_EQ(value(text, "fedpod_hub_http_request_duration_seconds_count{route=\"/api/v1/users\"}"), 1) << text;
-  EXPECT_EQ(value(text, "fedpod_hub_http_request_duration_seconds_count{route=\"unmatched\"}"), 2) << text;
-  EXPECT_GE(value(text, "fedpod_hub_http_request_duration_seconds_sum{route=\"/api/v1/users\"}"), 0) << text;
+  EXPECT_GE(testing::metric_value(text, requests("/healthz", "GET", 200)), 3);
+  EXPECT_EQ(testing::metric_value(text, requests("/api/v1/users", "POST", 201)), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, requests("/api/v1/models/{user}/{ref}", "GET", 404)), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, requests("/api/v1/models/{user}/{ref}/versions/{version}", "GET", 404)), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, requests("/api/v1/pods/{pod}/policy", "GET", 401)), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, requests("/api/v1/access-requests/{id}/{action}", "POST", 401)), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, requests("unmatched", "GET", 404)), 2) << text;
+  EXPECT_EQ(testing::metric_value(text, requests("/api/v1/models", "DELETE", 404)), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_hub_http_request_duration_seconds_count{route=\"/api/v1/users\"}"), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_hub_http_request_duration_seconds_count{route=\"unmatched\"}"), 2) << text;
+  EXPECT_GE(testing::metric_value(text, "fedpod_hub_http_request_duration_seconds_sum{route=\"/api/v1/users\"}"), 0) << text;
   // Raw paths never become label values.
   for (const char* raw_part : {"secret-net", "other-net", "pod-zz", "/no/such/path", "frobnicate", "alice"}) {
     EXPECT_EQ(text.find(raw_part), std::string::npos) << raw_part << " leaked into:\n" << text;
   }
   // The registry passed in ServerOptions is the one served.
   const std::string injected = prometheus::TextSerializer().Serialize(registry_->Collect());
-  EXPECT_EQ(value(injected, requests("/api/v1/users", "POST", 201)), 1);
+  EXPECT_EQ(testing::metric_value(injected, requests("/api/v1/users", "POST", 201)), 1);
   EXPECT_PROMTOOL_CLEAN(text);
 }
 
 TEST_F(HubMetricsTest, GaugesCountWhatTheDatabaseHolds) {
   std::string text = scrape();
-  EXPECT_EQ(value(text, "fedpod_hub_models"), 0) << text;
-  EXPECT_EQ(value(text, "fedpod_hub_versions"), 0) << text;
-  EXPECT_EQ(value(text, "fedpod_hub_pods"), 0) << text;
-  EXPECT_EQ(value(text, "fedpod_hub_pending_requests"), 0) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_hub_models"), 0) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_hub_versions"), 0) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_hub_pods"), 0) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_hub_pending_requests"), 0) << text;
 
   const std::string alice = user("alice"), bob = user("bob");
   push(alice, "alice", "net", "v1");
@@ -174,22 +164,22 @@ TEST_F(HubMetricsTest, GaugesCountWhatTheDatabaseHolds) {
   ASSERT_TRUE(req2.ok()) << req2.status().to_string();
 
   text = scrape();
-  EXPECT_EQ(value(text, "fedpod_hub_models"), 2) << text;
-  EXPECT_EQ(value(text, "fedpod_hub_versions"), 3) << text;
-  EXPECT_EQ(value(text, "fedpod_hub_pods"), 1) << text;
-  EXPECT_EQ(value(text, "fedpod_hub_pending_requests"), 2) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_hub_models"), 2) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_hub_versions"), 3) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_hub_pods"), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_hub_pending_requests"), 2) << text;
 
   ASSERT_TRUE(client(bob).approve_access_request(req->id, "ok").ok());
   ASSERT_TRUE(client(bob).reject_access_request(req2->id, "no").ok());
   text = scrape_until([](const std::string& t) {
-    return value(t, requests("/api/v1/models/{user}/{ref}/versions", "POST", 201)) == 3 &&
-           value(t, requests("/api/v1/access-requests/{id}/{action}", "POST", 200)) == 2;
+    return testing::metric_value(t, requests("/api/v1/models/{user}/{ref}/versions", "POST", 201)) == 3 &&
+           testing::metric_value(t, requests("/api/v1/access-requests/{id}/{action}", "POST", 200)) == 2;
   });
-  EXPECT_EQ(value(text, "fedpod_hub_pending_requests"), 0) << text;
-  EXPECT_EQ(value(text, requests("/api/v1/models/{user}/{ref}/versions", "POST", 201)), 3) << text;
-  EXPECT_EQ(value(text, requests("/api/v1/pods", "POST", 201)), 1) << text;
-  EXPECT_EQ(value(text, requests("/api/v1/access-requests", "POST", 201)), 2) << text;
-  EXPECT_EQ(value(text, requests("/api/v1/access-requests/{id}/{action}", "POST", 200)), 2) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_hub_pending_requests"), 0) << text;
+  EXPECT_EQ(testing::metric_value(text, requests("/api/v1/models/{user}/{ref}/versions", "POST", 201)), 3) << text;
+  EXPECT_EQ(testing::metric_value(text, requests("/api/v1/pods", "POST", 201)), 1) << text;
+  EXPECT_EQ(testing::metric_value(text, requests("/api/v1/access-requests", "POST", 201)), 2) << text;
+  EXPECT_EQ(testing::metric_value(text, requests("/api/v1/access-requests/{id}/{action}", "POST", 200)), 2) << text;
   EXPECT_PROMTOOL_CLEAN(text);
 }
 

@@ -42,17 +42,6 @@ namespace {
 using namespace std::chrono_literals;
 using testing::NetNs;
 
-// The value of one series (`name{labels}` as serialized, labels sorted) in a text
-// exposition; NaN when absent.
-double value(const std::string& text, const std::string& series) {
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.compare(0, series.size() + 1, series + " ") == 0)
-      return std::stod(line.substr(series.size() + 1));
-  }
-  return std::numeric_limits<double>::quiet_NaN();
-}
 
 bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
@@ -384,7 +373,7 @@ TEST_F(NetworkFaultTest, LinkCutMidRoundThenRestoredPodTrainsAgainAndJobComplete
   for (const auto& line : late)
     EXPECT_NE(line.find("reason=closed_round"), std::string::npos) << line;
   EXPECT_EQ(h["discarded_replies_by_reason"]["duplicate"], 0) << h["discarded_replies_by_reason"];
-  EXPECT_EQ(value(job.metrics, "fedpod_coordinator_discarded_replies_total{reason=\"duplicate\"}"),
+  EXPECT_EQ(testing::metric_value(job.metrics, "fedpod_coordinator_discarded_replies_total{reason=\"duplicate\"}"),
             0);
   std::cout << "[ result   ] pod-c round 2: " << c[2] << "; trained again in round " << back
             << "; late replies " << late.size() << "; cut " << cut.how << std::endl;
@@ -449,7 +438,7 @@ TEST_F(NetworkFaultTest, SlowLinkStragglerIsExcludedCountedAndItsLateReplyDiscar
   // Counted: the metric agrees with every "timeout" history.json records for pod-c.
   const int timeouts = count_outcome(h, "pod-c", "timeout");
   EXPECT_GE(timeouts, 1);
-  EXPECT_EQ(value(job.metrics,
+  EXPECT_EQ(testing::metric_value(job.metrics,
                   "fedpod_coordinator_pod_responses_total{outcome=\"timeout\",pod=\"pod-c\"}"),
             timeouts)
       << job.metrics;
@@ -466,7 +455,7 @@ TEST_F(NetworkFaultTest, SlowLinkStragglerIsExcludedCountedAndItsLateReplyDiscar
             static_cast<int>(late.size()));
   EXPECT_EQ(h["discarded_replies_by_reason"]["duplicate"], 0);
   EXPECT_GE(
-      value(job.metrics, "fedpod_coordinator_discarded_replies_total{reason=\"closed_round\"}"), 1);
+      testing::metric_value(job.metrics, "fedpod_coordinator_discarded_replies_total{reason=\"closed_round\"}"), 1);
   std::cout << "[ result   ] pod-c by round:";
   for (const auto& [round, outcome] : outcomes(h, "pod-c"))
     std::cout << " " << round << ":" << outcome;
@@ -565,7 +554,7 @@ TEST_F(NetworkFaultTest, SilentPodIsDetectedByHeartbeatsAndRejoinsAfterRestore) 
   if (rejoined) {
     EXPECT_EQ(outcomes(h, "pod-c")[rejoined], "ok") << h["rounds"].dump(2);
   }
-  EXPECT_GE(value(job.metrics, "fedpod_coordinator_pod_rejoins_total{pod=\"pod-c\"}"), 1)
+  EXPECT_GE(testing::metric_value(job.metrics, "fedpod_coordinator_pod_rejoins_total{pod=\"pod-c\"}"), 1)
       << job.metrics;
   for (const auto& line : discarded(job.log, "pod-c", 2)) {
     EXPECT_NE(line.find("reason=closed_round"), std::string::npos) << line;

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 
 #include <cstdlib>
+#include <limits>
 #include <fstream>
 #include <stdexcept>
 
@@ -95,6 +96,15 @@ PromtoolResult promtool_check(const std::string& exposition) {
 }  // namespace fedpod::testing
 
 namespace fedpod::testing {
+
+double metric_value(const std::string& exposition, const std::string& series) {
+  std::istringstream in(exposition);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, series.size() + 1, series + " ") == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return std::numeric_limits<double>::quiet_NaN();
+}
 
 void record_fault(const std::string& area, const std::string& fault, int injected, const std::string& outcome,
                   const std::string& lost) {

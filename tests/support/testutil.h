@@ -46,6 +46,10 @@ using fedpod::Process;
 // Waits for a file's first word (common/process.h).
 using fedpod::wait_for_word;
 
+// The value of one series (`name{labels}` as serialized, labels sorted) in a
+// Prometheus text exposition; NaN when absent.
+double metric_value(const std::string& exposition, const std::string& series);
+
 // Reads a whole file ("" if missing).
 std::string read_file(const std::string& path);
 
