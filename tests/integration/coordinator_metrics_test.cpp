@@ -17,6 +17,7 @@
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/metrics/metrics.h"
 #include "fedpod/model/zoo.h"
+#include "digits_job.h"
 #include "identity.h"
 #include "testutil.h"
 
@@ -37,26 +38,11 @@ class CoordinatorMetricsTest : public ::testing::Test {
  protected:
   // Starts one worker process per name, each with its digits share (as round_test).
   void start_pods(const std::vector<std::string>& names) {
-    for (const auto& name : names) {
-      auto pod = testing::start_digits_pod(dir_, id_, name);
-      ASSERT_FALSE(pod.endpoint.empty()) << "worker " << name << " did not start: " << testing::read_file(pod.log);
-      spec_.pods.push_back({name, pod.endpoint, pod.public_key});
-      procs_.push_back(std::move(pod.process));
-    }
+    testing::start_digits_pods(dir_, id_, names, spec_, procs_);
   }
 
   void SetUp() override {
-    spec_.job_id = "metrics-test";
-    spec_.model.ref = "mlp";
-    spec_.model.hyperparameters = Hyperparameters(nlohmann::json{{"hidden", {32}}, {"lr", 0.1}});
-    spec_.datastructure.target = "label";
-    spec_.datastructure.num_classes = 10;
-    spec_.datastructure.scale = 1.0 / 16;
-    spec_.rounds = 3;
-    spec_.round_timeout = 60s;
-    spec_.connect_timeout = 20s;
-    spec_.output_dir = (dir_.path() / "out").string();
-    spec_.key_file = id_.modeller_key_file;
+    spec_ = testing::digits_job_spec("metrics-test", (dir_.path() / "out").string(), id_.modeller_key_file);
   }
 
   // The parameters of the job's model, as the pods build it.

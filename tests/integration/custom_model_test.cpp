@@ -23,6 +23,7 @@
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/wire_convert.h"
 #include "fedpod/worker/worker.h"
+#include "digits_job.h"
 #include "identity.h"
 #include "running_hub.h"
 #include "testutil.h"
@@ -87,12 +88,7 @@ class CustomModelTest : public ::testing::Test {
   // One worker process per name, each with its digits share; alice has `role` there.
   void start_pods(const std::vector<std::string>& names, const std::string& role = "super-modeller",
                   const std::string& extra_yaml = "") {
-    for (const auto& name : names) {
-      auto pod = testing::start_digits_pod(dir_, id_, name, role, extra_yaml);
-      ASSERT_FALSE(pod.endpoint.empty()) << "worker " << name << " did not start: " << testing::read_file(pod.log);
-      spec_.pods.push_back({name, pod.endpoint, pod.public_key});
-      procs_.push_back(std::move(pod.process));
-    }
+    testing::start_digits_pods(dir_, id_, names, spec_, procs_, role, extra_yaml);
   }
 
   StatusOr<coordinator::RunResult> run(std::ostream& progress) {

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "fedpod/coordinator/coordinator.h"
+#include "digits_job.h"
 #include "identity.h"
 #include "testutil.h"
 
@@ -26,7 +27,7 @@ class DataParallelRoundTest : public ::testing::Test {
       auto pod = testing::start_digits_pod(dir_, id_, name, "general-modeller", "devices: " + devices + "\n",
                                            name + "." + std::to_string(run_) + ".log");
       ASSERT_FALSE(pod.endpoint.empty()) << "worker " << name << " did not start: " << testing::read_file(pod.log);
-      spec_.pods.push_back({name, pod.endpoint, pod.public_key});
+      testing::add_pod(spec_, pod);
       procs_.push_back(std::move(pod.process));
     }
   }
@@ -60,18 +61,8 @@ class DataParallelRoundTest : public ::testing::Test {
     return {*result, nlohmann::json::parse(testing::read_file(spec_.output_dir + "/history.json"))};
   }
 
-  void SetUp() override {
-    spec_.job_id = "data-parallel-round-test";
-    spec_.model.ref = "mlp";
-    spec_.model.hyperparameters = Hyperparameters(nlohmann::json{{"hidden", {32}}, {"lr", 0.1}});
-    spec_.datastructure.target = "label";
-    spec_.datastructure.num_classes = 10;
-    spec_.datastructure.scale = 1.0 / 16;
-    spec_.rounds = 3;
-    spec_.round_timeout = 60s;
-    spec_.connect_timeout = 20s;
-    spec_.key_file = id_.modeller_key_file;
-  }
+  // output_dir is set per run.
+  void SetUp() override { spec_ = testing::digits_job_spec("data-parallel-round-test", "", id_.modeller_key_file); }
 
   void TearDown() override { procs_.clear(); }
 

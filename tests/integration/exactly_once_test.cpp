@@ -27,6 +27,7 @@
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/wire_convert.h"
 #include "fedpod/worker/worker.h"
+#include "digits_job.h"
 #include "identity.h"
 #include "testutil.h"
 
@@ -250,11 +251,9 @@ class ScriptedPod {
 class ExactlyOnceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    spec_.job_id = "exactly-once";
+    spec_ = testing::digits_job_spec("exactly-once", (dir_.path() / "out").string(), id_.modeller_key_file);
     spec_.model.ref = "logreg";
-    spec_.datastructure.target = "label";
-    spec_.datastructure.num_classes = 10;
-    spec_.datastructure.scale = 1.0 / 16;
+    spec_.model.hyperparameters = Hyperparameters();
     spec_.rounds = 5;
     spec_.min_pods = 1;
     spec_.local_steps = 1;
@@ -262,9 +261,6 @@ class ExactlyOnceTest : public ::testing::Test {
     // Short: round 2 waits it out for the scripted pod. The honest pod answers in
     // milliseconds (its "training" is one add).
     spec_.round_timeout = 2s;
-    spec_.connect_timeout = 20s;
-    spec_.output_dir = (dir_.path() / "out").string();
-    spec_.key_file = id_.modeller_key_file;
 
     auto m = model::make_builtin("logreg");
     m->create_model({64}, 10, Hyperparameters());

@@ -40,6 +40,7 @@
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
+#include "digits_job.h"
 #include "identity.h"
 #include "reliability.h"
 #include "testutil.h"
@@ -372,19 +373,12 @@ class HostilePeerTest : public ::testing::Test {
 
   coordinator::JobSpec job(const std::string& job_id,
                            const std::vector<const testing::PodProcess*>& pods) {
-    coordinator::JobSpec spec;
-    spec.job_id = job_id;
-    spec.model.ref = "mlp";
-    spec.model.hyperparameters = Hyperparameters(nlohmann::json{{"hidden", {32}}, {"lr", 0.1}});
-    spec.datastructure.target = "label";
-    spec.datastructure.num_classes = 10;
-    spec.datastructure.scale = 1.0 / 16;
+    coordinator::JobSpec spec =
+        testing::digits_job_spec(job_id, (dir_.path() / job_id).string(), id_.modeller_key_file);
     spec.rounds = 2;
     spec.round_timeout = 120s;
     spec.connect_timeout = 30s;
-    spec.output_dir = (dir_.path() / job_id).string();
-    spec.key_file = id_.modeller_key_file;
-    for (const auto* p : pods) spec.pods.push_back({p->name, p->endpoint, p->public_key});
+    for (const auto* p : pods) testing::add_pod(spec, *p);
     return spec;
   }
 

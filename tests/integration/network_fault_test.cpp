@@ -31,6 +31,7 @@
 
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/model/zoo.h"
+#include "digits_job.h"
 #include "identity.h"
 #include "netns.h"
 #include "reliability.h"
@@ -197,12 +198,8 @@ class NetworkFaultTest : public ::testing::Test {
     const std::string& why = NetNs::unavailable_reason();
     if (!why.empty())
       GTEST_SKIP() << "network namespaces are unavailable here, so no network faults: " << why;
-    spec_.job_id = "network-faults";
-    spec_.model.ref = "mlp";
+    spec_ = testing::digits_job_spec("network-faults", (dir_.path() / "out").string(), id_.modeller_key_file);
     spec_.model.hyperparameters = Hyperparameters(nlohmann::json{{"hidden", {64}}, {"lr", 0.1}});
-    spec_.datastructure.target = "label";
-    spec_.datastructure.num_classes = 10;
-    spec_.datastructure.scale = 1.0 / 16;
     spec_.rounds = 5;
     spec_.min_pods = 2;
     spec_.local_steps = 5;
@@ -211,10 +208,7 @@ class NetworkFaultTest : public ::testing::Test {
     // A healthy round takes well under a second; 3 s leaves room on a loaded machine
     // and keeps the rounds that wait it out short.
     spec_.round_timeout = 3s;
-    spec_.connect_timeout = 20s;
     spec_.eval_every = 0;  // validation after the last round only: rounds are training alone
-    spec_.output_dir = (dir_.path() / "out").string();
-    spec_.key_file = id_.modeller_key_file;
   }
 
   // One namespace and one `fedpod worker` per name (digits shares, CURVE), started
@@ -235,7 +229,7 @@ class NetworkFaultTest : public ::testing::Test {
       std::cout << "[ netns   ] " << pod.name << " in " << nets_[pod.name]->name() << " at "
                 << pod.endpoint << " (root end " << nets_[pod.name]->host_address() << ")"
                 << std::endl;
-      spec_.pods.push_back({pod.name, pod.endpoint, pod.public_key});
+      testing::add_pod(spec_, pod);
     }
   }
 
