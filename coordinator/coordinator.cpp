@@ -1387,7 +1387,8 @@ StatusOr<nlohmann::json> fit(zmq::context_t& ctx, JobSpec job, const ModelRefere
   job.pods.clear();
   for (const auto& id : pod_identifiers) {
     const auto at = id.find('@');
-    job.pods.push_back(at == std::string::npos ? PodAddress{id, ""} : PodAddress{id.substr(0, at), id.substr(at + 1)});
+    job.pods.push_back(at == std::string::npos ? PodAddress{id, "", ""}
+                                              : PodAddress{id.substr(0, at), id.substr(at + 1), ""});
   }
   validate(job, "fit");
   std::ostringstream quiet;

@@ -539,9 +539,10 @@ TEST(HubCrashSafetyTest, SigkillDuringWritesLosesNoAcknowledgedWrite) {
     ASSERT_NE(hub.launch(), 0) << "hub did not restart after kill " << kills << "\n"
                                << tail(hub.log());
     // Regression: temp files of interrupted uploads used to stay in the store forever.
-    if (!left.empty())
+    if (!left.empty()) {
       EXPECT_CONTAINS(tail(hub.log()),
                       "event=removed_temp_files count=" + std::to_string(left.size()));
+    }
     hub.verify(rec, "after kill " + std::to_string(kills));
     if (::testing::Test::HasFatalFailure()) return;
   }
