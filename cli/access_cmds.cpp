@@ -21,6 +21,7 @@
 #include <string>
 
 #include "commands.h"
+#include "fedpod/common/utc.h"
 #include "hub_access.h"
 
 namespace fedpod::cli {
@@ -40,14 +41,6 @@ int64_t parse_id(const std::string& text) {
   } catch (const std::exception&) {
   }
   throw ConfigError("request id must be a positive integer, got '" + text + "'");
-}
-
-std::string format_utc(std::time_t t) {
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 // --expires: a relative "30d" / "12h" / "90m" / "45s" becomes the UTC datetime that

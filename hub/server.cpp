@@ -600,7 +600,7 @@ void Server::routes() {
          fail(400, "invalid_field", "pod: field 'schema' must be a JSON object");
        pod.schema_json = dump(*schema);
        pod.owner = me.username;
-       pod.created_at = detail::now_iso8601();
+       pod.created_at = detail::now_utc();
        Status s = store.create_pod(me, pod);
        if (!s.ok()) fail(s);
        reply(res, 201, pod_json(pod));
@@ -697,7 +697,7 @@ void Server::routes() {
        auto v = store.version(*m, number);
        if (!v)
          fail(404, "not_found", "model " + model + " has no version " + std::to_string(number));
-       const std::string now = detail::now_iso8601();
+       const std::string now = detail::now_utc();
        auto created = store.create_access_request(pod, me, *v, purpose, now);
        if (!created.ok()) fail(created.status());
        reply(res, 201, request_json(*created, now));
@@ -707,7 +707,7 @@ void Server::routes() {
        User me = require_caller(req);
        detail::AccessRequestFilter f;
        f.viewer_id = me.id;
-       f.now = detail::now_iso8601();
+       f.now = detail::now_utc();
        f.status = req.get_param_value("status");
        if (!f.status.empty() && f.status != "pending" && f.status != "approved" &&
            f.status != "expired" && f.status != "rejected" && f.status != "revoked")
@@ -728,7 +728,7 @@ void Server::routes() {
        // Someone else's request is reported exactly like a missing one.
        if (!r || (r->requester_id != me.id && r->pod_owner_id != me.id))
          fail(404, "not_found", "no access request " + std::to_string(id));
-       reply(res, 200, request_json(*r, detail::now_iso8601()));
+       reply(res, 200, request_json(*r, detail::now_utc()));
      }));
 
   on_regex("POST", "/api/v1/access-requests/{id}/{action}",
@@ -749,7 +749,7 @@ void Server::routes() {
              detail::Decision d;
              d.id = id;
              d.by = &me;
-             d.now = detail::now_iso8601();
+             d.now = detail::now_utc();
              d.reason = string_field(body, "reason", action, std::string());
              check_text(d.reason, action + ": reason", /*required=*/false);
              if (action == "approve") {
@@ -811,7 +811,7 @@ void Server::routes() {
        reply(res, 200,
              {{"pod", pod.name},
               {"owner", pod.owner},
-              {"generated_at", detail::now_iso8601()},
+              {"generated_at", detail::now_utc()},
               {"users", users},
               {"roles", roles},
               {"grants", grants}});

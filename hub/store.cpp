@@ -214,14 +214,7 @@ Status Store::open() {
   removed_temp_files_ = 0;
   for (const auto& shard : fs::directory_iterator(artifacts, ec)) {
     std::error_code shard_ec;
-    if (!shard.is_directory(shard_ec)) continue;
-    for (const auto& f : fs::directory_iterator(shard.path(), shard_ec)) {
-      const std::string name = f.path().filename().string();
-      std::error_code rm_ec;
-      if (name.size() > 1 && name[0] == '.' && name.find(".tmp-") != std::string::npos &&
-          fs::remove(f.path(), rm_ec))
-        ++removed_temp_files_;
-    }
+    if (shard.is_directory(shard_ec)) removed_temp_files_ += remove_interrupted_writes(shard.path().string());
   }
   // Directory entries an earlier run made and may not have fsynced before it died
   // (artifacts/ itself, a shard directory created just before a crash): durable now.
@@ -291,7 +284,7 @@ Status Store::migrate() {
       exec(db_, kMigrations[v - 1]);
       Stmt(db_, "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)")
           .bind(1, v)
-          .bind(2, now_iso8601())
+          .bind(2, now_utc())
           .step();
       tx.commit();
     }
@@ -322,7 +315,7 @@ StatusOr<std::string> Store::create_user(const std::string& username,
         .bind(1, username)
         .bind(2, public_key)
         .bind(3, sha256_hex(token))
-        .bind(4, now_iso8601())
+        .bind(4, now_utc())
         .step();
   } catch (const SqlError& e) {
     if (is_unique_violation(e))
@@ -396,7 +389,7 @@ StatusOr<Version> Store::push(const NewVersion& v) {
   out.size = static_cast<int64_t>(bytes.size());
   out.format = v.format;
   out.description = v.description;
-  out.created_at = now_iso8601();
+  out.created_at = now_utc();
   Transaction tx(db_);
   int64_t model_id = 0;
   {
@@ -619,7 +612,7 @@ AccessRequest read_request(Stmt& s) {
 StatusOr<Role> Store::grant_role(const Pod& pod, const User& user, const std::string& role,
                                  const User& by) {
   std::lock_guard<std::mutex> lock(mu_);
-  Role out{pod.name, user.username, role, by.username, now_iso8601()};
+  Role out{pod.name, user.username, role, by.username, now_utc()};
   Stmt(db_,
        "INSERT INTO roles (pod_id, user_id, role, granted_by, granted_at) VALUES (?, ?, ?, ?, ?) "
        "ON CONFLICT (pod_id, user_id) DO UPDATE SET role = excluded.role, "

@@ -1,11 +1,7 @@
 #include "util.h"
 
-#include <fcntl.h>
 #include <sodium.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <stdexcept>
@@ -28,10 +24,6 @@ std::string to_hex(const unsigned char* p, size_t n) {
   return out;
 }
 
-std::string sys_error(const std::string& what, const std::string& path) {
-  return what + " " + path + ": " + std::strerror(errno);
-}
-
 }  // namespace
 
 std::string random_token() {
@@ -39,24 +31,6 @@ std::string random_token() {
   unsigned char buf[32];
   randombytes_buf(buf, sizeof buf);
   return to_hex(buf, sizeof buf);
-}
-
-std::string now_iso8601() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-std::string format_iso8601(int64_t seconds) {
-  std::time_t t = static_cast<std::time_t>(seconds);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 std::string parse_iso8601(const std::string& s, std::string* normalized, int64_t* seconds) {
@@ -92,7 +66,7 @@ std::string parse_iso8601(const std::string& s, std::string* normalized, int64_t
   tm.tm_min = minute;
   tm.tm_sec = second;
   *seconds = static_cast<int64_t>(timegm(&tm));
-  *normalized = format_iso8601(*seconds);
+  *normalized = format_utc(static_cast<std::time_t>(*seconds));
   return "";
 }
 
@@ -131,47 +105,6 @@ std::string check_artifact(const std::string& format, const std::string& bytes) 
     return "";
   }
   return "format must be \"torchscript\" or \"plugin\", got \"" + format + "\"";
-}
-
-std::string fsync_dir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return sys_error("cannot open directory", dir);
-  int rc = ::fsync(fd);
-  ::close(fd);
-  return rc == 0 ? "" : sys_error("cannot fsync directory", dir);
-}
-
-std::string write_file_durably(const std::string& path, const std::string& data) {
-  std::filesystem::path p(path);
-  std::string dir = p.parent_path().string();
-  std::string tmpl = (p.parent_path() / ("." + p.filename().string() + ".tmp-XXXXXX")).string();
-  int fd = ::mkstemp(tmpl.data());
-  if (fd < 0) return sys_error("cannot create", tmpl);
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      std::string err = sys_error("cannot write", tmpl);
-      ::close(fd);
-      ::unlink(tmpl.c_str());
-      return err;
-    }
-    off += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) {
-    std::string err = sys_error("cannot fsync", tmpl);
-    ::close(fd);
-    ::unlink(tmpl.c_str());
-    return err;
-  }
-  ::close(fd);
-  if (::rename(tmpl.c_str(), path.c_str()) != 0) {
-    std::string err = sys_error("cannot rename to", path);
-    ::unlink(tmpl.c_str());
-    return err;
-  }
-  return fsync_dir(dir);
 }
 
 }  // namespace fedpod::hub::detail

@@ -5,7 +5,9 @@
 #include <cstdint>
 #include <string>
 
+#include "fedpod/common/files.h"
 #include "fedpod/common/names.h"
+#include "fedpod/common/utc.h"
 #include "fedpod/common/sha256.h"
 
 namespace fedpod::hub::detail {
@@ -18,10 +20,9 @@ using fedpod::sha256_hex;
 // 32 random bytes as 64 hex characters.
 std::string random_token();
 
-// "2026-11-28T23:50:00Z".
-std::string now_iso8601();
-// `seconds` since the epoch in the same form.
-std::string format_iso8601(int64_t seconds);
+// UTC times in ISO 8601 ("2026-11-28T23:50:00Z") live in common (fedpod/common/utc.h).
+using fedpod::format_utc;
+using fedpod::now_utc;
 // Parses a UTC time given as "YYYY-MM-DD" (00:00:00Z of that day) or
 // "YYYY-MM-DDTHH:MM:SSZ". Returns "" and sets `*normalized` (the second form) and
 // `*seconds` (since the epoch), or returns what is wrong with `s`.
@@ -37,10 +38,10 @@ std::string check_source_name(const std::string& s);  // relative path, no "..",
 // "torchscript": a zip archive; "plugin": an ELF file.
 std::string check_artifact(const std::string& format, const std::string& bytes);
 
-// Writes `data` to `path` atomically and durably: a temp file in the same
-// directory, fsync, rename, fsync of the directory. Returns "" or an error text.
-std::string write_file_durably(const std::string& path, const std::string& data);
-// fsync of a directory; "" or an error text.
-std::string fsync_dir(const std::string& dir);
+// Durable writes live in common (fedpod/common/files.h): the pod's policy cache and
+// audit log use the same code.
+using fedpod::fsync_dir;
+using fedpod::remove_interrupted_writes;
+using fedpod::write_file_durably;
 
 }  // namespace fedpod::hub::detail

@@ -9,8 +9,10 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 
+#include "fedpod/common/files.h"
 #include "fedpod/common/sha256.h"
 
 namespace fedpod::worker {
@@ -148,20 +150,10 @@ StatusOr<std::unique_ptr<AuditLog>> AuditLog::open(const std::string& path, Logg
                   "audit log " + path + ": cannot open: " + std::strerror(errno));
   // The file's name in its directory, durable before any append reports success: a
   // log created just before a power loss could otherwise vanish with its entries.
-  {
-    const auto slash = path.find_last_of('/');
-    const std::string dir = slash == std::string::npos ? "."
-                            : slash == 0               ? "/"
-                                                       : path.substr(0, slash);
-    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || ::fsync(dfd) != 0) {
-      Status err(StatusCode::kUnavailable, "audit log " + path + ": cannot fsync its directory " +
-                                               dir + ": " + std::strerror(errno));
-      if (dfd >= 0) ::close(dfd);
-      ::close(fd);
-      return err;
-    }
-    ::close(dfd);
+  const std::string dir_error = fsync_dir(std::filesystem::path(path).parent_path().string());
+  if (!dir_error.empty()) {
+    ::close(fd);
+    return Status(StatusCode::kUnavailable, "audit log " + path + ": " + dir_error);
   }
   struct stat st {};
   if (::fstat(fd, &st) == 0 && (st.st_mode & 077) != 0) {

@@ -1,60 +1,18 @@
 #include "fedpod/worker/policy_cache.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include "fedpod/common/files.h"
 
 namespace fedpod::worker {
 namespace {
 
 using std::chrono::system_clock;
-
-std::string sys_error(const std::string& what, const std::string& path) {
-  return what + " " + path + ": " + std::strerror(errno);
-}
-
-// Writes `data` to `path` atomically and durably: a temp file (mode 0600) in the same
-// directory, fsync, rename over `path`, fsync of the directory. Returns "" or what
-// went wrong. A crash at any point leaves either the old file or the new one.
-std::string write_file_durably(const std::string& path, const std::string& data) {
-  namespace fs = std::filesystem;
-  fs::path p(path);
-  const std::string dir = p.parent_path().empty() ? "." : p.parent_path().string();
-  std::string tmp = (fs::path(dir) / ("." + p.filename().string() + ".tmp-XXXXXX")).string();
-  int fd = ::mkstemp(tmp.data());
-  if (fd < 0) return sys_error("cannot create", tmp);
-  size_t off = 0;
-  std::string err;
-  while (off < data.size() && err.empty()) {
-    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0)
-      err = sys_error("cannot write", tmp);
-    else
-      off += static_cast<size_t>(n);
-  }
-  if (err.empty() && ::fsync(fd) != 0) err = sys_error("cannot fsync", tmp);
-  ::close(fd);
-  if (err.empty() && ::rename(tmp.c_str(), path.c_str()) != 0)
-    err = sys_error("cannot rename to", path);
-  if (!err.empty()) {
-    ::unlink(tmp.c_str());
-    return err;
-  }
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return sys_error("cannot open directory", dir);
-  int rc = ::fsync(dfd);
-  ::close(dfd);
-  return rc == 0 ? "" : sys_error("cannot fsync directory", dir);
-}
 
 // "26h 3m", "4m 10s", "12s", "250ms".
 std::string format_age(std::chrono::milliseconds age) {
@@ -98,18 +56,10 @@ Status PolicyCache::start() {
       return Status::failed_precondition("access policy: PolicyCache::start() called twice");
   }
   if (hub && !options_.cache_path.empty()) {
-    // Temp files of cache writes a crash interrupted (write_file_durably's names).
-    namespace fs = std::filesystem;
-    const fs::path cache(options_.cache_path);
-    const std::string prefix = "." + cache.filename().string() + ".tmp-";
-    std::error_code ec;
-    int removed = 0;
-    for (const auto& e : fs::directory_iterator(
-             cache.parent_path().empty() ? fs::path(".") : cache.parent_path(), ec)) {
-      std::error_code rm_ec;
-      if (e.path().filename().string().rfind(prefix, 0) == 0 && fs::remove(e.path(), rm_ec))
-        ++removed;
-    }
+    // Temp files of cache writes a crash interrupted.
+    const std::filesystem::path cache(options_.cache_path);
+    const int removed =
+        remove_interrupted_writes(cache.parent_path().string(), cache.filename().string());
     if (removed > 0)
       log_->warn(
           "access policy: removed {} temp files of cache writes interrupted by a crash cache={}",

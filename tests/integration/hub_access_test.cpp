@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "fedpod/common/utc.h"
 #include "fedpod/hub/client.h"
 #include "fedpod/hub/server.h"
 #include "running_hub.h"
@@ -29,14 +30,6 @@ std::string key_for(char last) {
 std::string zip_bytes(const std::string& payload) {
   return std::string("PK\x03\x04", 4) + payload + std::string("PK\x05\x06", 4) +
          std::string(18, '\0');
-}
-
-std::string utc(std::time_t t) {
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 // alice is a modeller with a private model alice/net (two versions); bob owns
@@ -385,7 +378,7 @@ TEST_F(HubAccessTest, BadExpiryIsRefusedAndChangesNothing) {
   auto past = client(bob_).approve_access_request(req.id, "", "2020-01-01");
   EXPECT_EQ(past.status().code(), StatusCode::kInvalidArgument);
   EXPECT_CONTAINS(past.status().message(), "expires_at 2020-01-01T00:00:00Z is not in the future");
-  past = client(bob_).approve_access_request(req.id, "", utc(std::time(nullptr) - 5));
+  past = client(bob_).approve_access_request(req.id, "", format_utc(std::time(nullptr) - 5));
   EXPECT_EQ(past.status().code(), StatusCode::kInvalidArgument);
 
   auto still = client(bob_).get_access_request(req.id);
@@ -520,7 +513,7 @@ TEST_F(HubAccessTest, ListsFilterByPodAndStatusAndHideOthersRequests) {
 
 TEST_F(HubAccessTest, ApprovalExpiresAndIsReportedAsExpired) {
   AccessRequestInfo req = request();
-  const std::string expires = utc(std::time(nullptr) + 3);
+  const std::string expires = format_utc(std::time(nullptr) + 3);
   auto a = client(bob_).approve_access_request(req.id, "short trial", expires);
   ASSERT_TRUE(a.ok()) << a.status().to_string();
   EXPECT_EQ(a->status, "approved");
