@@ -45,14 +45,15 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
   for (size_t i = 0; i < c.strategy_state.size(); ++i) {
     tensors.push_back({"strategy_state/" + std::to_string(i), c.strategy_state[i].contiguous()});
   }
-  std::string payload;
+  // The header holds the payload's sha256, so hash the tensors where they are and
+  // copy each one once, into the file's bytes after the header.
   size_t payload_bytes = 0;
-  for (const auto& n : tensors) payload_bytes += n.t.nbytes();
-  payload.reserve(payload_bytes);
+  Sha256 payload_sha;
   nlohmann::json list = nlohmann::json::array();
   for (const auto& n : tensors) {
     list.push_back({{"name", n.name}, {"dtype", dtype_name(n.t)}, {"numel", n.t.numel()}});
-    payload.append(static_cast<const char*>(n.t.data_ptr()), n.t.nbytes());
+    payload_sha.update(static_cast<const char*>(n.t.data_ptr()), n.t.nbytes());
+    payload_bytes += n.t.nbytes();
   }
   nlohmann::json header = {{"job_id", c.job_id},
                            {"round", c.round},
@@ -60,16 +61,16 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
                            {"strategy", c.strategy},
                            {"fingerprint", c.fingerprint},
                            {"tensors", list},
-                           {"payload_bytes", payload.size()},
-                           {"payload_sha256", sha256_hex(payload)},
+                           {"payload_bytes", payload_bytes},
+                           {"payload_sha256", payload_sha.hex()},
                            {"history", c.history}};
   const std::string h = header.dump();
   std::string out;
-  out.reserve(kMagicBytes + 8 + h.size() + payload.size());
+  out.reserve(kMagicBytes + 8 + h.size() + payload_bytes);
   out.append(kMagic, kMagicBytes);
   append_u64(out, h.size());
   out += h;
-  out += payload;
+  for (const auto& n : tensors) out.append(static_cast<const char*>(n.t.data_ptr()), n.t.nbytes());
   write_file_atomic(path, out);
 }
 

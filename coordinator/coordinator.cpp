@@ -26,6 +26,7 @@
 #include "fedpod/coordinator/history.h"
 #include "fedpod/coordinator/report.h"
 #include "fedpod/common/sha256.h"
+#include "fedpod/common/utc.h"
 #include "fedpod/data/schema.h"
 #include "fedpod/hub/client.h"
 #include "fedpod/metrics/metrics.h"
@@ -59,16 +60,6 @@ struct Pod {
 // nullopt when the pod has more to say (it stays pending).
 using ReplyHandler = std::function<std::optional<PodRound>(Pod&, protocol::Incoming&)>;
 using Kinds = std::vector<wire::Envelope::Body::Which>;
-
-// The current UTC time, e.g. "2026-11-29T03:10:52Z".
-std::string utc_now_iso() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 std::string fmt(double v, int digits = 4) {
   std::ostringstream s;
@@ -651,6 +642,16 @@ struct Coordinator::Impl {
     return out;
   }
 
+  // The active pods that hold the job now: those waiting to rejoin have none to train
+  // or evaluate with.
+  std::vector<size_t> pods_with_job() const {
+    std::vector<size_t> out;
+    for (size_t i : active_pods()) {
+      if (!pods[i].needs_rejoin) out.push_back(i);
+    }
+    return out;
+  }
+
   std::string describe_failures(const std::map<size_t, PodRound>& r) const {
     std::string out;
     for (const auto& [i, p] : r) {
@@ -902,11 +903,7 @@ struct Coordinator::Impl {
     ev.setSplit(split);
     ev.setBatchSize(256);
     out.attach(ev.initTensors(specs.size()), worker::parameter_views(global, model->flat().layout()));
-    std::vector<size_t> targets;
-    for (size_t i : active_pods()) {
-      if (!pods[i].needs_rejoin) targets.push_back(i);  // it has no job to evaluate with
-    }
-    auto replies = exchange(out, rid, targets, {wire::Envelope::Body::EVAL_RESULT},
+    auto replies = exchange(out, rid, pods_with_job(), {wire::Envelope::Body::EVAL_RESULT},
                             Clock::now() + spec.round_timeout, true, [&](Pod&, protocol::Incoming& in) {
                               auto r = in.envelope().getBody().getEvalResult();
                               if (!std::isfinite(r.getLoss()) || r.getAccuracy() < 0 || r.getAccuracy() > 1) {
@@ -1089,7 +1086,7 @@ struct Coordinator::Impl {
       history["status"] = "running";
       history.erase("error");
       history.erase("test");
-      history["resumed"].push_back({{"after_round", resume_from->round}, {"at", utc_now_iso()}});
+      history["resumed"].push_back({{"after_round", resume_from->round}, {"at", now_utc()}});
     }
     set_not_ready("resolving the pods' addresses");
     Status st = resolve_pod_addresses();
@@ -1143,11 +1140,8 @@ struct Coordinator::Impl {
       // Pods that lost the job or the link take it again first; one that cannot sits
       // this round out, with the reason.
       std::map<size_t, PodRound> rejoin = rejoin_pods(round);
-      std::vector<size_t> targets;
+      const std::vector<size_t> targets = pods_with_job();
       std::vector<std::string> rejoined;
-      for (size_t i : active_pods()) {
-        if (!pods[i].needs_rejoin) targets.push_back(i);
-      }
       for (const auto& [i, r] : rejoin) {
         if (r.outcome == "ok") rejoined.push_back(pods[i].addr.name);
       }
