@@ -15,9 +15,9 @@ void Model::create_model(const std::vector<int64_t>& input_shape, int64_t num_cl
   }
   build(input_shape, num_classes, hp);
   try {
-    flat_.adopt(named_parameters());
-  } catch (const std::invalid_argument& e) {
-    throw ConfigError(e.what());  // e.g. a float64 parameter in a custom model
+    flat_.adopt(named_parameters(), named_buffers());
+  } catch (const std::logic_error& e) {
+    throw ConfigError(e.what());  // e.g. a float64 parameter or buffer in a custom model
   }
 }
 
@@ -69,6 +69,14 @@ torch::Tensor ModuleModel::forward(const torch::Tensor& x) { return forward_(x);
 std::vector<std::pair<std::string, torch::Tensor>> ModuleModel::named_parameters() {
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (const auto& item : module_->named_parameters(/*recurse=*/true)) {
+    out.emplace_back(item.key(), item.value());
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> ModuleModel::named_buffers() {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& item : module_->named_buffers(/*recurse=*/true)) {
     out.emplace_back(item.key(), item.value());
   }
   return out;

@@ -39,6 +39,12 @@ class TorchScriptModel : public Model {
     return out;
   }
 
+  std::vector<std::pair<std::string, torch::Tensor>> named_buffers() override {
+    std::vector<std::pair<std::string, torch::Tensor>> out;
+    for (const auto& b : module_.named_buffers(/*recurse=*/true)) out.emplace_back(b.name, b.value);
+    return out;
+  }
+
   void set_training(bool on) override { module_.train(on); }
 
   std::unique_ptr<torch::optim::Optimizer> configure_optimizers(const Hyperparameters& hp) override {

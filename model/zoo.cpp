@@ -6,6 +6,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/pooling.h>
 #include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/batchnorm.h>
 
 namespace fedpod::model {
 namespace {
@@ -39,12 +40,14 @@ class Mlp : public SequentialModel {
   void build(const std::vector<int64_t>& in, int64_t classes, const Hyperparameters& hp) override {
     auto hidden = hp.integers("hidden", {64});
     double dropout = hp.number("dropout", 0.0);
+    const bool batch_norm = hp.boolean("batch_norm", false);
     if (dropout < 0 || dropout >= 1) throw ConfigError("hyperparameter 'dropout' must be in [0, 1)");
     torch::nn::Sequential seq;
     int64_t width = product(in);
     for (int64_t h : hidden) {
       if (h <= 0) throw ConfigError("hyperparameter 'hidden' widths must be positive");
       seq->push_back(torch::nn::Linear(width, h));
+      if (batch_norm) seq->push_back(torch::nn::BatchNorm1d(h));
       seq->push_back(torch::nn::ReLU());
       if (dropout > 0) seq->push_back(torch::nn::Dropout(dropout));
       width = h;
@@ -62,12 +65,14 @@ class SmallCnn : public SequentialModel {
     }
     auto channels = hp.integers("channels", {16, 32});
     int64_t hidden = hp.integer("hidden", 64);
+    const bool batch_norm = hp.boolean("batch_norm", false);
     if (channels.empty() || hidden <= 0) throw ConfigError("cnn: channels and hidden must be positive");
     torch::nn::Sequential seq;
     int64_t c = in[0], h = in[1], w = in[2];
     for (size_t i = 0; i < channels.size(); ++i) {
       if (channels[i] <= 0) throw ConfigError("cnn: channels must be positive");
       seq->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(c, channels[i], 3).padding(1)));
+      if (batch_norm) seq->push_back(torch::nn::BatchNorm2d(channels[i]));
       seq->push_back(torch::nn::ReLU());
       c = channels[i];
     }

@@ -252,6 +252,106 @@ TEST(FlatParametersTest, AdoptRejectsNonFloatAndDuplicates) {
   EXPECT_EQ(b.data_ptr<float>(), flat.tensor().data_ptr<float>() + 6);
 }
 
+// ---- Buffers: batch-norm statistics travel in the flat buffer ---------------------------
+
+TEST(FlatParametersTest, BatchNormBuffersFollowTheParametersInTheLayout) {
+  auto m = create("mlp", {3}, 2, hp(R"({"hidden": [4], "batch_norm": true})"));
+  const auto& layout = m->flat().layout();
+  std::vector<std::string> names;
+  for (const auto& info : layout) names.push_back(info.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias",
+                                             "1.running_mean", "1.running_var", "1.num_batches_tracked"}));
+  EXPECT_EQ(m->flat().param_numel(), 4 * 3 + 4 + 4 + 4 + 2 * 4 + 2);
+  EXPECT_EQ(m->flat().numel(), m->flat().param_numel() + 4 + 4 + 1);
+  EXPECT_EQ(layout[6].kind, EntryKind::kBuffer);
+  EXPECT_EQ(layout[8].kind, EntryKind::kMirroredBuffer);
+  EXPECT_EQ(layout[8].dtype, torch::kInt64);
+  EXPECT_TRUE(m->flat().has_mirrored_buffers());
+  // A fresh BatchNorm: running_var is ones, running_mean zeros.
+  EXPECT_TRUE(torch::equal(m->flat().tensor().narrow(0, layout[7].offset, 4), torch::ones({4})));
+}
+
+TEST(FlatParametersTest, TrainingUpdatesRunningStatisticsInsideTheFlatBuffer) {
+  auto m = create("mlp", {3}, 2, hp(R"({"hidden": [4], "batch_norm": true})"));
+  const auto& layout = m->flat().layout();
+  const ParamInfo& mean = layout[6];
+  const ParamInfo& count = layout[8];
+  m->set_training(true);
+  torch::manual_seed(3);
+  for (int step = 0; step < 3; ++step) m->training_step(torch::randn({8, 3}) * 5 + 2, torch::randint(2, {8}));
+  // running_mean is a view: the flat buffer saw the update without a copy.
+  EXPECT_GT(m->flat().tensor().narrow(0, mean.offset, mean.numel).abs().sum().item<float>(), 0.0f);
+  // num_batches_tracked is an int64 of the model's own: the slot changes on capture.
+  EXPECT_EQ(m->flat().tensor()[count.offset].item<float>(), 0.0f);
+  m->capture_buffers();
+  EXPECT_EQ(m->flat().tensor()[count.offset].item<float>(), 3.0f);
+  // Global values written into the flat buffer reach the model after restore.
+  m->flat().writable()[count.offset] = 41.0f;
+  m->flat().writable().narrow(0, mean.offset, mean.numel).fill_(0.5f);
+  m->restore_buffers();
+  for (const auto& [name, b] : m->named_buffers()) {
+    if (name == "1.num_batches_tracked") EXPECT_EQ(b.item<int64_t>(), 41);
+    if (name == "1.running_mean") EXPECT_TRUE(torch::equal(b, torch::full({4}, 0.5f)));
+  }
+}
+
+// A model that replaces a buffer instead of updating it in place (Python's
+// `self.ema = self.ema * 0.5 + x` in a scripted module) hands a new tensor to the
+// next capture; the flat buffer takes its values in, and it becomes a view again.
+TEST(FlatParametersTest, CaptureTakesInABufferTheModelReplaced) {
+  FlatParameters flat;
+  torch::Tensor w = torch::zeros({2});
+  torch::Tensor ema = torch::zeros({3});
+  torch::Tensor steps = torch::zeros({1}, torch::kInt32);
+  flat.adopt({{"w", w}}, {{"ema", ema}, {"steps", steps}});
+  ASSERT_TRUE(ema.is_alias_of(flat.tensor()));
+  torch::Tensor replaced = torch::tensor({1.5f, -2.0f, 4.0f});  // not a view of anything
+  steps += 7;
+  flat.capture_buffers({{"ema", replaced}, {"steps", steps}});
+  EXPECT_TRUE(torch::equal(flat.tensor(), torch::tensor({0.f, 0.f, 1.5f, -2.f, 4.f, 7.f})));
+  EXPECT_TRUE(replaced.is_alias_of(flat.tensor()));
+  // Training through the new handle writes into the flat buffer again.
+  replaced.mul_(2);
+  EXPECT_EQ(flat.tensor()[2].item<float>(), 3.0f);
+  // A pinned buffer (a send in flight) is never written: capture re-homes first.
+  auto token = flat.pin();
+  const torch::Tensor in_flight = flat.tensor();
+  torch::Tensor again = torch::tensor({9.f, 9.f, 9.f});
+  flat.capture_buffers({{"ema", again}, {"steps", steps}});
+  EXPECT_EQ(in_flight[2].item<float>(), 3.0f);
+  EXPECT_EQ(flat.tensor()[2].item<float>(), 9.0f);
+  EXPECT_TRUE(again.is_alias_of(flat.tensor()));
+  EXPECT_TRUE(w.is_alias_of(flat.tensor()));
+}
+
+TEST(FlatParametersTest, AdoptRefusesBuffersItCannotCarry) {
+  FlatParameters flat;
+  torch::Tensor w = torch::zeros({2});
+  try {
+    flat.adopt({{"w", w}}, {{"stats", torch::zeros({2}, torch::kFloat64)}});
+    FAIL() << "a float64 buffer was adopted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "buffer 'stats' is Double; buffers must be float32, integer or bool");
+  }
+  EXPECT_THROW(flat.adopt({{"w", w}}, {{"w", torch::zeros({1})}}), std::invalid_argument);  // name clash
+  try {
+    flat.adopt({{"w", w}}, {{"big", torch::full({1}, kMaxMirroredMagnitude + 1, torch::kInt64)}});
+    FAIL() << "a value float32 cannot hold exactly was adopted";
+  } catch (const std::out_of_range& e) {
+    EXPECT_STREQ(e.what(), "buffer 'big' holds 16777217, beyond the 16777216 that its float32 slot holds exactly");
+  }
+  // Bool and integer buffers round-trip through their slots.
+  torch::Tensor mask = torch::tensor({true, false, true});
+  torch::Tensor ids = torch::tensor({-3, 0, 7}, torch::kInt32);
+  flat.adopt({{"w", w}}, {{"mask", mask}, {"ids", ids}});
+  EXPECT_TRUE(torch::equal(flat.tensor(), torch::tensor({0.f, 0.f, 1.f, 0.f, 1.f, -3.f, 0.f, 7.f})));
+  flat.writable().narrow(0, 2, 6).copy_(torch::tensor({0.f, 1.f, 1.f, 6.6f, -0.4f, 2.f}));
+  flat.restore_buffers({{"mask", mask}, {"ids", ids}});
+  EXPECT_TRUE(torch::equal(mask, torch::tensor({false, true, true})));
+  EXPECT_TRUE(torch::equal(ids, torch::tensor({7, 0, 2}, torch::kInt32)));
+  EXPECT_THROW(flat.restore_buffers({{"mask", mask}}), std::invalid_argument);  // a buffer went missing
+}
+
 // ---- Training and optimizers ----------------------------------------------------------
 
 TEST(TrainingTest, SgdStepsLowerTheLossOnSeparableData) {

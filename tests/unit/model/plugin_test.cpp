@@ -214,7 +214,7 @@ TEST(PluginErrorsTest, WrongAbiVersion) {
   Status s = load_error(FEDPOD_TEST_PLUGIN_WRONG_ABI);
   EXPECT_EQ(s.code(), StatusCode::kVersionMismatch);
   EXPECT_EQ(s.message(), std::string("model plugin '") + FEDPOD_TEST_PLUGIN_WRONG_ABI +
-                             "': built for model ABI 7, this fedpod speaks 1; rebuild the plugin "
+                             "': built for model ABI 7, this fedpod speaks " + std::to_string(FEDPOD_MODEL_ABI_VERSION) + "; rebuild the plugin "
                              "against this fedpod");
 }
 

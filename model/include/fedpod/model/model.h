@@ -10,8 +10,10 @@
 //   auto opt = m->configure_optimizers(hp);      // "optimizer", "lr", ...
 //   auto out = m->training_step(x, y);           // out.loss.backward(); opt->step()
 //
-// Parameters live in one flat float32 buffer (see FlatParameters), in the order of
-// `named_parameters()`; that order and the shapes are the model's wire layout.
+// Parameters and buffers live in one flat float32 buffer (see FlatParameters), in
+// the order of `named_parameters()` then `named_buffers()`; that order and the
+// shapes are the model's wire layout. Both travel each round and are averaged:
+// batch-norm running statistics are part of the global model.
 //
 // Threading: a Model is used by one thread at a time.
 #pragma once
@@ -31,7 +33,7 @@
 // Version of the binary interface between fedpod and native model plugins (the
 // layout of Model and FlatParameters, and the factory below). A plugin built
 // against a different version is refused at load time.
-#define FEDPOD_MODEL_ABI_VERSION 1
+#define FEDPOD_MODEL_ABI_VERSION 2  // 2: Model::named_buffers
 
 namespace fedpod::model {
 
@@ -70,11 +72,22 @@ class Model {
 
   // The model's parameters, in a stable order with stable names.
   virtual std::vector<std::pair<std::string, torch::Tensor>> named_parameters() = 0;
+  // The model's buffers (state that is not trained by the optimizer: batch-norm
+  // running_mean, running_var, num_batches_tracked), in a stable order with names
+  // distinct from the parameters'. float32, integer or bool; they travel with the
+  // parameters (flat_parameters.h). Default: none.
+  virtual std::vector<std::pair<std::string, torch::Tensor>> named_buffers() { return {}; }
   // Switches dropout / batch-norm style layers between training and evaluation.
   virtual void set_training(bool on) = 0;
 
   FlatParameters& flat() { return flat_; }
   const FlatParameters& flat() const { return flat_; }
+
+  // Copies buffers the flat buffer does not alias (integer ones, or ones the model
+  // replaced) into it: call after training, before the flat buffer is read or sent.
+  void capture_buffers() { flat_.capture_buffers(named_buffers()); }
+  // Copies them back out after the flat buffer was written (global parameters).
+  void restore_buffers() { flat_.restore_buffers(named_buffers()); }
 
  protected:
   // Builds the layers (called by create_model).
@@ -91,6 +104,7 @@ class ModuleModel : public Model {
  public:
   torch::Tensor forward(const torch::Tensor& x) override;
   std::vector<std::pair<std::string, torch::Tensor>> named_parameters() override;
+  std::vector<std::pair<std::string, torch::Tensor>> named_buffers() override;
   void set_training(bool on) override;
 
  protected:

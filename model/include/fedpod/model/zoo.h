@@ -2,9 +2,12 @@
 //
 //   logreg  multinomial logistic regression: one linear layer.
 //   mlp     fully connected network; hyperparameters: hidden (list of widths,
-//           default [64]), dropout (0.0).
+//           default [64]), dropout (0.0), batch_norm (false: true puts a
+//           BatchNorm1d after every hidden linear layer, before its ReLU).
 //   cnn     small convolutional network for image-shaped inputs [C, H, W] such as
-//           1x8x8; hyperparameters: channels (default [16, 32]), hidden (64).
+//           1x8x8; hyperparameters: channels (default [16, 32]), hidden (64),
+//           batch_norm (false: true puts a BatchNorm2d after every convolution).
+// Batch-norm running statistics travel and are averaged with the parameters.
 #pragma once
 
 #include <memory>

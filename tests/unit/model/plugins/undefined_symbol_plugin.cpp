@@ -5,7 +5,7 @@ class Model;
 Model* function_this_fedpod_does_not_have();
 }  // namespace fedpod::model
 
-extern "C" __attribute__((visibility("default"))) int fedpod_model_abi_version() { return 1; }
+extern "C" __attribute__((visibility("default"))) int fedpod_model_abi_version() { return 2; }  // FEDPOD_MODEL_ABI_VERSION
 extern "C" __attribute__((visibility("default"))) fedpod::model::Model* fedpod_create_model() {
   return fedpod::model::function_this_fedpod_does_not_have();
 }
