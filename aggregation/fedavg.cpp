@@ -43,6 +43,9 @@ void FedAvg::begin_round(const torch::Tensor& global) {
     acc_ = torch::empty({n}, torch::kFloat32);
   }
   last_out_ = torch::Tensor();
+  int64_t max_elements = 0;
+  for (const Range& r : max_ranges_) max_elements += r.numel;
+  max_acc_ = max_elements > 0 ? torch::empty({max_elements}, torch::kFloat32) : torch::Tensor();
   total_weight_ = 0;
   folded_ = 0;
 }
@@ -63,6 +66,23 @@ Status FedAvg::fold(const std::vector<Segment>& update, double weight) {
       dst.add_(s.values.view({-1}), weight);
     }
   }
+  // The max ranges: each piece of a segment that falls inside one.
+  int64_t at = 0;
+  for (const Range& r : max_ranges_) {
+    for (const auto& s : update) {
+      const int64_t lo = std::max(r.offset, s.offset);
+      const int64_t hi = std::min(r.offset + r.numel, s.offset + s.values.numel());
+      if (lo >= hi) continue;
+      torch::Tensor src = s.values.view({-1}).narrow(0, lo - s.offset, hi - lo);
+      torch::Tensor dst = max_acc_.narrow(0, at + lo - r.offset, hi - lo);
+      if (folded_ == 0) {
+        dst.copy_(src);
+      } else {
+        torch::maximum_out(dst, dst, src);
+      }
+    }
+    at += r.numel;
+  }
   total_weight_ += weight;
   ++folded_;
   return Status();
@@ -73,6 +93,11 @@ StatusOr<torch::Tensor> FedAvg::finish() {
   // finish() hands the accumulator out: a second call needs a new begin_round.
   if (!acc_.defined()) return Status::failed_precondition("finish called twice in one round");
   torch::Tensor out = acc_.div_(total_weight_);
+  int64_t at = 0;
+  for (const Range& r : max_ranges_) {
+    out.narrow(0, r.offset, r.numel).copy_(max_acc_.narrow(0, at, r.numel));
+    at += r.numel;
+  }
   acc_ = torch::Tensor();
   last_out_ = out;
   return out;

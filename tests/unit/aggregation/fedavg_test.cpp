@@ -106,6 +106,36 @@ TEST_F(FedAvgTest, ResultIsANewTensorAndGlobalIsUntouched) {
   EXPECT_TRUE(torch::equal(global_, torch::zeros({6})));
 }
 
+// Integer buffers (num_batches_tracked) take the maximum; everything else the mean.
+TEST(FedAvgMaxRangesTest, MaxRangesTakeTheLargestValueWhateverTheTiling) {
+  FedAvg f;
+  f.set_max_ranges({{1, 2}, {5, 1}});
+  f.begin_round(vec({0, 0, 0, 0, 0, 0}));
+  // Segments cut across the ranges, in any order.
+  ASSERT_TRUE(f.fold(pieces(vec({1, 10, 3, 2, 2, 7}), {2, 4}, {2, 0, 1}), 1).ok());
+  ASSERT_TRUE(f.fold(pieces(vec({3, 4, 9, 4, 6, 5}), {1, 5}, {1, 2, 0}), 3).ok());
+  auto out = f.finish();
+  ASSERT_TRUE(out.ok());
+  // Weighted means (1*a + 3*b) / 4 outside the ranges; maxima inside.
+  expect_values(*out, {2.5f, 10, 9, 3.5f, 5, 7});
+}
+
+TEST(FedAvgMaxRangesTest, ARejectedUpdateLeavesTheMaximaUntouched) {
+  FedAvg f;
+  f.set_max_ranges({{0, 1}});
+  f.begin_round(vec({0, 0}));
+  ASSERT_TRUE(f.fold(whole(vec({2, 4})), 1).ok());
+  EXPECT_FALSE(f.fold({{0, vec({99})}}, 1).ok());  // does not tile: refused before any change
+  ASSERT_TRUE(f.fold(whole(vec({1, 8})), 1).ok());
+  auto out = f.finish();
+  ASSERT_TRUE(out.ok());
+  expect_values(*out, {2, 6});
+  // The next round starts over.
+  f.begin_round(*out);
+  ASSERT_TRUE(f.fold(whole(vec({-5, 0})), 2).ok());
+  expect_values(*f.finish(), {-5, 0});
+}
+
 TEST(FedAvgRandomTest, MatchesDoublePrecisionReference) {
   torch::manual_seed(301);
   const int64_t P = 1000;

@@ -7,6 +7,9 @@
 // update is folded in with one fused multiply-add pass (read accumulator, read update,
 // write accumulator) as soon as it arrives; the first update is written, not added.
 // Memory is one model, not one per pod.
+//
+// Ranges set with set_max_ranges (integer buffers) take the elementwise maximum of
+// the updates instead, in a small accumulator of their own.
 #pragma once
 
 #include "fedpod/aggregation/strategy.h"
@@ -27,6 +30,7 @@ class FedAvg : public Strategy {
 
  private:
   torch::Tensor acc_;
+  torch::Tensor max_acc_;  // the max ranges, back to back
   // The last result, kept so its buffer can become the next accumulator once the
   // caller drops it (two buffers alternate; nothing else is retained).
   torch::Tensor last_out_;

@@ -26,10 +26,24 @@ struct Segment {
   torch::Tensor values;  // float32, contiguous; numel() elements
 };
 
+// A range of the flat buffer: elements [offset, offset + numel).
+struct Range {
+  int64_t offset = 0;
+  int64_t numel = 0;
+};
+
 class Strategy {
  public:
   virtual ~Strategy() = default;
   virtual std::string name() const = 0;
+
+  // Ranges whose new value is the elementwise maximum over the round's updates
+  // rather than what the strategy computes: a model's integer and bool buffers
+  // (num_batches_tracked, index tables), which a weighted mean would turn into
+  // fractions (model/flat_parameters.h). Set once, before the first round; the
+  // ranges must not overlap. Default: none.
+  virtual void set_max_ranges(std::vector<Range> ranges) { max_ranges_ = std::move(ranges); }
+  const std::vector<Range>& max_ranges() const { return max_ranges_; }
 
   // Starts a round whose global parameters are `global` (flat float32).
   virtual void begin_round(const torch::Tensor& global) = 0;
@@ -55,6 +69,9 @@ class Strategy {
     return Status::invalid("strategy " + name() + " carries no state between rounds, but the checkpoint holds " +
                            std::to_string(saved.size()) + " tensors of it");
   }
+
+ protected:
+  std::vector<Range> max_ranges_;
 };
 
 // Checks that `update` tiles [0, numel) exactly, with float32 contiguous values.
