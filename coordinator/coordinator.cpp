@@ -1127,6 +1127,14 @@ struct Coordinator::Impl {
     log->info("event=job_started job={} model={} parameters={} pods={}", spec.job_id, model_name(),
               global.numel(), active_pods().size());
     auto strategy = aggregation::make_strategy(spec.strategy);
+    {
+      // Integer buffers (num_batches_tracked) take the pods' maximum, not a mean.
+      std::vector<aggregation::Range> max_ranges;
+      for (const auto& info : layout) {
+        if (info.kind == model::EntryKind::kMirroredBuffer) max_ranges.push_back({info.offset, info.numel});
+      }
+      strategy->set_max_ranges(std::move(max_ranges));
+    }
     int first_round = 1;
     if (resume_from) {
       FEDPOD_RETURN_IF_ERROR(restore_checkpoint(global, *strategy));

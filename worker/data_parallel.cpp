@@ -35,8 +35,10 @@ Status move_to_device(model::Model& model, const std::string& device) {
     if (flat.defined() && flat.device() == d) return Status();
     torch::NoGradGuard no_grad;
     auto params = model.named_parameters();
+    auto buffers = model.named_buffers();
     for (auto& [name, p] : params) p.set_data(p.data().to(d));
-    model.flat().adopt(params);
+    for (auto& [name, b] : buffers) b.set_data(b.data().to(d));  // batch-norm statistics move too
+    model.flat().adopt(params, buffers);
   } catch (const c10::Error& e) {
     return Status::internal("cannot move the model to " + device + ": " +
                             e.what_without_backtrace());
@@ -107,9 +109,11 @@ StatusOr<std::unique_ptr<DataParallel>> DataParallel::create(
     // gradients in place, which libtorch refuses for views: no gradient buffer.
     if (k == 1) break;
     try {
-      torch::Tensor grads = torch::zeros({m.flat().numel()}, m.flat().tensor().options());
+      // Gradients for the parameters only: they come first in the layout, buffers after.
+      torch::Tensor grads = torch::zeros({m.flat().param_numel()}, m.flat().tensor().options());
       for (auto& [name, p] : m.named_parameters()) dp->params_[r].push_back(p);
       for (const auto& info : m.flat().layout()) {
+        if (!info.is_parameter()) break;
         dp->grad_views_[r].push_back(grads.narrow(0, info.offset, info.numel).view(info.shape));
       }
       dp->grads_[r] = std::move(grads);
@@ -117,10 +121,10 @@ StatusOr<std::unique_ptr<DataParallel>> DataParallel::create(
       return Status::internal("replica " + std::to_string(r) + " (" + dp->devices_[r] +
                               "): cannot allocate its gradients: " + e.what_without_backtrace());
     }
-    if (dp->params_[r].size() != m.flat().layout().size()) {
+    if (dp->params_[r].size() != dp->grad_views_[r].size()) {
       return Status::invalid(
           "replica " + std::to_string(r) + " lists " + std::to_string(dp->params_[r].size()) +
-          " parameters but its flat buffer holds " + std::to_string(m.flat().layout().size()));
+          " parameters but its flat buffer holds " + std::to_string(dp->grad_views_[r].size()));
     }
     dp->point_grads(r);
   }
@@ -290,10 +294,15 @@ StatusOr<TrainStats> DataParallel::train(const data::Dataset& data, const TrainO
     // Every replica starts from replica 0's parameters: the global ones of this round.
     torch::NoGradGuard no_grad;
     const torch::Tensor& source = primary_.flat().tensor();
-    for (int r = 1; r < size(); ++r) replica(r).flat().writable().copy_(source);
+    for (int r = 1; r < size(); ++r) {
+      replica(r).flat().writable().copy_(source);
+      replica(r).restore_buffers();
+    }
   } catch (const c10::Error& e) {
     return Status::internal(std::string("cannot copy the parameters to the replicas: ") +
                             e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return Status::internal(std::string("cannot copy the parameters to the replicas: ") + e.what());
   }
   const int caller_threads = at::get_num_threads();
   std::vector<ReplicaResult> results(size());
@@ -329,6 +338,7 @@ StatusOr<TrainStats> DataParallel::train(const data::Dataset& data, const TrainO
     collective_.reset();  // aborted for good; the next round makes a new one
     return failed->status;
   }
+  FEDPOD_RETURN_IF_ERROR(agree_on_buffers());
   TrainStats stats;
   stats.steps = results[0].steps;
   double loss_sum = 0;
@@ -343,6 +353,40 @@ StatusOr<TrainStats> DataParallel::train(const data::Dataset& data, const TrainO
     stats.accuracy = static_cast<double>(correct) / stats.samples_seen;
   }
   return stats;
+}
+
+Status DataParallel::agree_on_buffers() {
+  // Each replica's batch-norm statistics saw only its shards; what leaves the pod is
+  // their mean (float32 buffers) and maximum (integer buffers), in replica 0.
+  model::FlatParameters& flat = primary_.flat();
+  const int64_t begin = flat.param_numel(), count = flat.numel() - begin;
+  if (count == 0) return Status();
+  try {
+    torch::NoGradGuard no_grad;
+    for (int r = 0; r < size(); ++r) replica(r).capture_buffers();
+    const torch::Device device = flat.tensor().device();
+    std::vector<torch::Tensor> others;
+    for (int r = 1; r < size(); ++r) others.push_back(replica(r).flat().tensor().narrow(0, begin, count).to(device));
+    for (const auto& info : flat.layout()) {
+      if (info.is_parameter() || info.numel == 0) continue;
+      torch::Tensor dst = flat.writable().narrow(0, info.offset, info.numel);
+      for (const auto& o : others) {
+        torch::Tensor src = o.narrow(0, info.offset - begin, info.numel);
+        if (info.kind == model::EntryKind::kBuffer) {
+          dst.add_(src);
+        } else {
+          torch::maximum_out(dst, dst, src);
+        }
+      }
+      if (info.kind == model::EntryKind::kBuffer) dst.div_(static_cast<double>(size()));
+    }
+    primary_.restore_buffers();
+  } catch (const c10::Error& e) {
+    return Status::internal(std::string("cannot average the replicas' buffers: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return Status::internal(std::string("cannot average the replicas' buffers: ") + e.what());
+  }
+  return Status();
 }
 
 }  // namespace fedpod::worker

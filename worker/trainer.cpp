@@ -61,6 +61,9 @@ StatusOr<TrainStats> train_local(model::Model& model, const data::Dataset& data,
       stats.loss = loss_sum / stats.samples_seen;
       stats.accuracy = static_cast<double>(correct) / stats.samples_seen;
     }
+    // Buffers the flat buffer does not alias (integer ones, replaced ones) go in too:
+    // they leave the pod with the parameters.
+    model.capture_buffers();
   } catch (const ConfigError& e) {
     return Status::invalid(e.what());
   } catch (const c10::Error& e) {

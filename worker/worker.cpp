@@ -778,6 +778,7 @@ struct Worker::Impl {
       flat.narrow(0, layout[i].offset, layout[i].numel).copy_(tensors[i].view({-1}));
     }
     tensors.clear();  // releases the received frames
+    j.model->restore_buffers();  // integer buffers: from their float32 slots
   }
 
   Status train(const zmq::message_t& routing, protocol::Incoming& in, wire::Train::Reader t,

@@ -37,8 +37,10 @@ class CoordinatorResumeTest : public ::testing::Test {
 
   std::string out(const std::string& name) const { return (dir_.path() / name).string(); }
 
-  std::string job_file(const std::string& name, const std::string& extra) {
-    return dir_.write(name + ".yaml", testing::digits_job_yaml(id_, {&pod_a_, &pod_b_}, out(name), extra));
+  std::string job_file(const std::string& name, const std::string& extra, bool batch_norm = false) {
+    std::string yaml = testing::digits_job_yaml(id_, {&pod_a_, &pod_b_}, out(name), extra);
+    if (batch_norm) yaml.replace(yaml.find("momentum: 0.9}"), 14, "momentum: 0.9, batch_norm: true}");
+    return dir_.write(name + ".yaml", yaml);
   }
 
   // Runs the coordinator to the end; returns its exit status.
@@ -56,9 +58,11 @@ constexpr int kRounds = 8;
 // Updates folded in pod order: the same float32 sums on every run.
 const std::string kJob = "rounds: " + std::to_string(kRounds) + "\nround_timeout: 60s\naggregation_order: pod\n";
 
+// With batch norm: the running statistics and num_batches_tracked are part of the
+// checkpoint and of what pods load, so they resume bit for bit too.
 TEST_F(CoordinatorResumeTest, KilledAtRandomPointsAndResumedEndsWithTheUninterruptedParameters) {
   // The reference: the same job, never interrupted.
-  const std::string reference = job_file("reference", kJob);
+  const std::string reference = job_file("reference", kJob, /*batch_norm=*/true);
   ASSERT_EQ(run(reference, false, out("reference.log")), 0) << testing::read_file(out("reference.log"));
   const auto ref_history = testing::read_history(out("reference"));
 
@@ -66,7 +70,7 @@ TEST_F(CoordinatorResumeTest, KilledAtRandomPointsAndResumedEndsWithTheUninterru
   // (0: during start-up) plus a random part of a round, so the kills land during
   // start-up, local training, uploads, aggregation and checkpoint writes; then the
   // job is resumed, until a run finishes on its own. Fixed seed.
-  const std::string job = job_file("interrupted", kJob);
+  const std::string job = job_file("interrupted", kJob, /*batch_norm=*/true);
   const std::string ckpt = out("interrupted") + "/checkpoint.bin";
   double round_seconds = 0;
   for (const auto& r : ref_history["rounds"]) round_seconds += r["seconds"].get<double>() / kRounds;
@@ -111,6 +115,10 @@ TEST_F(CoordinatorResumeTest, KilledAtRandomPointsAndResumedEndsWithTheUninterru
 
   // Bit for bit the same global model, and a history of every round exactly once.
   EXPECT_TRUE(testing::same_parameters(out("reference") + "/model.pt", out("interrupted") + "/model.pt"));
+  const auto final_state = coordinator::load_parameters(out("interrupted") + "/model.pt");
+  ASSERT_TRUE(final_state.count("1.running_var"));
+  ASSERT_TRUE(final_state.count("1.num_batches_tracked"));
+  EXPECT_GT(final_state.at("1.num_batches_tracked").item<int64_t>(), 0);
   const auto history = testing::read_history(out("interrupted"));
   EXPECT_EQ(history["status"], "completed");
   ASSERT_EQ(history["rounds"].size(), static_cast<size_t>(kRounds));

@@ -135,6 +135,45 @@ INSTANTIATE_TEST_SUITE_P(
         Case{4, "sgd", 0, 1, 20, 2}),
     case_name);
 
+// Batch norm: each replica's running statistics see only its shard; what leaves the
+// pod is their mean. After one step on an evenly split batch that is exactly what one
+// model on the whole batch records for running_mean (the mean of the shards' means),
+// and num_batches_tracked counts one step, not one per replica.
+TEST(DataParallelTest, ReplicasAgreeOnBatchNormStatisticsBeforeTheUpdateLeaves) {
+  const Hyperparameters hp(nlohmann::json{{"hidden", {16}}, {"lr", 0.1}, {"batch_norm", true}});
+  const data::Dataset data = synthetic(64);
+  TrainOptions opts;
+  opts.steps = 1;
+  opts.batch_size = 16;
+  opts.seed = 42;
+  auto single = make_model("mlp", hp);
+  ASSERT_TRUE(train_local(*single, data, opts, hp).ok());
+  Replicas reps = make_replicas(2, hp);
+  ASSERT_NE(reps.dp, nullptr);
+  ASSERT_TRUE(reps.dp->train(data, opts, hp).ok());
+
+  const auto& layout = reps.primary->flat().layout();
+  const model::ParamInfo* mean = nullptr;
+  const model::ParamInfo* count = nullptr;
+  for (const auto& info : layout) {
+    if (info.name == "1.running_mean") mean = &info;
+    if (info.name == "1.num_batches_tracked") count = &info;
+  }
+  ASSERT_NE(mean, nullptr);
+  ASSERT_NE(count, nullptr);
+  const torch::Tensor got = reps.primary->flat().tensor().narrow(0, mean->offset, mean->numel);
+  const torch::Tensor want = single->flat().tensor().narrow(0, mean->offset, mean->numel);
+  ASSERT_GT(want.abs().sum().item<double>(), 1e-3) << "the step did not move running_mean";
+  EXPECT_TRUE(torch::allclose(got, want, 1e-5, 1e-6)) << got << "\n" << want;
+  // Replica 1 alone saw half the batch: its statistics differ from the agreed ones.
+  const torch::Tensor other = reps.dp->replica(1).flat().tensor().narrow(0, mean->offset, mean->numel);
+  EXPECT_FALSE(torch::allclose(other, want, 1e-5, 1e-6));
+  EXPECT_EQ(reps.primary->flat().tensor()[count->offset].item<float>(), 1.0f);
+  for (const auto& [name, b] : reps.primary->named_buffers()) {
+    if (name == "1.num_batches_tracked") EXPECT_EQ(b.item<int64_t>(), 1);
+  }
+}
+
 TEST(DataParallelTest, GradientsAreViewsOfOneFlatBuffer) {
   const Hyperparameters hp(nlohmann::json{{"hidden", {16, 8}}});
   Replicas reps = make_replicas(2, hp);

@@ -4,9 +4,10 @@
 // previous complete version, never a torn one. history.json is rewritten after
 // every round, so a running job's progress can be followed.
 //
-// model.pt is a pickled dict {parameter name: tensor}, the layout of a PyTorch
-// state_dict. Load it in Python with `torch.load("model.pt")`, or in C++ with
-// `load_parameters` below.
+// model.pt is a pickled dict {name: tensor} holding every parameter and buffer (batch-
+// norm statistics included, each in the dtype the model keeps it in): a PyTorch
+// state_dict. Load it in Python with `module.load_state_dict(torch.load("model.pt"))`
+// (strict), or in C++ with `load_parameters` below.
 #pragma once
 
 #include <torch/types.h>
@@ -55,7 +56,7 @@ nlohmann::json to_json(const EvalSummary& e);
 // Writes `content` to `path` atomically. Throws std::runtime_error on I/O failure.
 void write_file_atomic(const std::string& path, const std::string& content);
 
-// Saves `flat` under the names and shapes of `layout` as a pickled dict (atomic).
+// Saves `flat` under the names, shapes and dtypes of `layout` as a pickled dict (atomic).
 void save_parameters(const std::string& path, const torch::Tensor& flat,
                      const std::vector<model::ParamInfo>& layout);
 

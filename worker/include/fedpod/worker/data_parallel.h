@@ -45,9 +45,11 @@
 // fresh collective and starts from the parameters it is given, so a failed round
 // leaves nothing behind.
 //
-// Limitation: moving a replica to a GPU moves its parameters (all a built-in model
-// has); buffers of custom models (batch-norm statistics) stay where the model made
-// them. TODO(soon): a Model hook to move buffers.
+// Buffers (batch-norm statistics): moving a replica to a GPU moves its buffers with
+// its parameters. Each replica's statistics see only its shards; after the last
+// step, before the update leaves the pod, replica 0's float32 buffers become the
+// mean over the replicas and its integer buffers the maximum, so the pod sends one
+// agreed state.
 #pragma once
 
 #include <atomic>
@@ -115,6 +117,9 @@ class DataParallel {
                std::vector<std::string> devices, DataParallelOptions options);
   Status make_collective();
   void point_grads(int r);
+  // After a round: replica 0's buffers become the replicas' mean (float32) and
+  // maximum (integer); see above.
+  Status agree_on_buffers();
   ReplicaResult run_replica(int r, const data::Dataset& data, const TrainOptions& options,
                             const Hyperparameters& hp, const std::atomic<bool>* cancel);
 
