@@ -290,8 +290,12 @@ TEST(FlatParametersTest, TrainingUpdatesRunningStatisticsInsideTheFlatBuffer) {
   m->flat().writable().narrow(0, mean.offset, mean.numel).fill_(0.5f);
   m->restore_buffers();
   for (const auto& [name, b] : m->named_buffers()) {
-    if (name == "1.num_batches_tracked") EXPECT_EQ(b.item<int64_t>(), 41);
-    if (name == "1.running_mean") EXPECT_TRUE(torch::equal(b, torch::full({4}, 0.5f)));
+    if (name == "1.num_batches_tracked") {
+      EXPECT_EQ(b.item<int64_t>(), 41);
+    }
+    if (name == "1.running_mean") {
+      EXPECT_TRUE(torch::equal(b, torch::full({4}, 0.5f)));
+    }
   }
 }
 

@@ -170,7 +170,9 @@ TEST(DataParallelTest, ReplicasAgreeOnBatchNormStatisticsBeforeTheUpdateLeaves) 
   EXPECT_FALSE(torch::allclose(other, want, 1e-5, 1e-6));
   EXPECT_EQ(reps.primary->flat().tensor()[count->offset].item<float>(), 1.0f);
   for (const auto& [name, b] : reps.primary->named_buffers()) {
-    if (name == "1.num_batches_tracked") EXPECT_EQ(b.item<int64_t>(), 1);
+    if (name == "1.num_batches_tracked") {
+      EXPECT_EQ(b.item<int64_t>(), 1);
+    }
   }
 }
 
