@@ -526,6 +526,12 @@ TEST_F(NetworkFaultTest, SilentPodIsDetectedByHeartbeatsAndRejoinsAfterRestore) 
       cut.trigger.finish();
       net.restore();
       std::cout << "[ fault    ] restored " << net.name() << std::endl;
+      // The progress line is written on the coordinator's thread, so this holds the
+      // job between rounds 2 and 3. While the cable was out the dealer's reconnect
+      // backoff grew towards its 2 s maximum (protocol/socket.cpp); rounds 3-5 take
+      // ~0.1 s each, so without the wait the job could end before the next
+      // reconnect attempt and pod-c would never get the chance to rejoin.
+      std::this_thread::sleep_for(2500ms);
     }
   });
   cut.trigger.finish();
