@@ -119,9 +119,18 @@ TEST_F(HubMetricsTest, RequestsAreCountedByRoutePatternNeverByRawPath) {
   // A known path with a method it does not serve: its route, that method.
   ASSERT_EQ(raw().Delete("/api/v1/models")->status, 404);
 
+  // Every request asserted below, not only the last ones: each is counted on its own
+  // server thread after its response is written, in no particular order (a run in a
+  // loaded bare-Debian root scraped before the first POST had been counted).
   const std::string text = scrape_until([](const std::string& t) {
     return testing::metric_value(t, requests("/api/v1/models", "DELETE", 404)) == 1 &&
-           testing::metric_value(t, requests("unmatched", "GET", 404)) == 2 && testing::metric_value(t, requests("/healthz", "GET", 200)) >= 3;
+           testing::metric_value(t, requests("unmatched", "GET", 404)) == 2 &&
+           testing::metric_value(t, requests("/healthz", "GET", 200)) >= 3 &&
+           testing::metric_value(t, requests("/api/v1/users", "POST", 201)) == 1 &&
+           testing::metric_value(t, requests("/api/v1/models/{user}/{ref}", "GET", 404)) == 1 &&
+           testing::metric_value(t, requests("/api/v1/models/{user}/{ref}/versions/{version}", "GET", 404)) == 1 &&
+           testing::metric_value(t, requests("/api/v1/pods/{pod}/policy", "GET", 401)) == 1 &&
+           testing::metric_value(t, requests("/api/v1/access-requests/{id}/{action}", "POST", 401)) == 1;
   });
   // RunningHub polled /healthz until it answered: at least once before ours.
   EXPECT_GE(testing::metric_value(text, requests("/healthz", "GET", 200)), 3);
