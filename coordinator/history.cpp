@@ -72,14 +72,9 @@ void save_parameters(const std::string& path, const torch::Tensor& flat,
                      const std::vector<model::ParamInfo>& layout) {
   c10::Dict<std::string, torch::Tensor> dict;
   for (const auto& p : layout) {
-    torch::Tensor t = flat.narrow(0, p.offset, p.numel).view(p.shape).clone();
     // Integer and bool buffers go back to the dtype the model keeps them in, so the
     // dict loads into the module with load_state_dict(strict=True).
-    if (p.dtype == torch::kBool) {
-      t = t.ne(0);
-    } else if (p.dtype != torch::kFloat32) {
-      t = t.round().to(p.dtype);
-    }
+    torch::Tensor t = model::slot_to_dtype(flat.narrow(0, p.offset, p.numel).view(p.shape), p.dtype).clone();
     dict.insert(p.name, t);
   }
   std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));

@@ -116,6 +116,12 @@ void FlatParameters::capture_buffers(const std::vector<std::pair<std::string, to
   });
 }
 
+torch::Tensor slot_to_dtype(const torch::Tensor& slot, torch::ScalarType dtype) {
+  if (dtype == torch::kFloat32) return slot;
+  if (dtype == torch::kBool) return slot.ne(0);
+  return slot.round().to(dtype);
+}
+
 void FlatParameters::restore_buffers(const std::vector<std::pair<std::string, torch::Tensor>>& buffers) {
   torch::NoGradGuard no_grad;
   for_each_buffer(layout_, first_buffer_, buffers, [&](size_t i, const torch::Tensor& t) {
@@ -127,7 +133,7 @@ void FlatParameters::restore_buffers(const std::vector<std::pair<std::string, to
       if (t.data_ptr() != slot.data_ptr()) handles_[i].set_data(slot);
       return;
     }
-    handles_[i].copy_(info.dtype == torch::kBool ? slot.ne(0) : slot.round().to(info.dtype));
+    handles_[i].copy_(slot_to_dtype(slot, info.dtype));
   });
 }
 

@@ -63,6 +63,12 @@ struct ParamInfo {
 // Integer values a float32 slot holds exactly: |v| <= 2^24.
 inline constexpr int64_t kMaxMirroredMagnitude = int64_t{1} << 24;
 
+// A float32 slot's values in the entry's own dtype: bool as "not zero", integers
+// rounded to the nearest (the mean of integer values is not one), float32 as is.
+// A new tensor unless the dtype is float32. Used by restore_buffers and by whatever
+// writes a state_dict (model.pt).
+torch::Tensor slot_to_dtype(const torch::Tensor& slot, torch::ScalarType dtype);
+
 class FlatParameters {
  public:
   FlatParameters() = default;
