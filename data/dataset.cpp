@@ -1,8 +1,66 @@
 #include "fedpod/data/dataset.h"
 
 #include <cmath>
+#include <map>
 
 namespace fedpod::data {
+
+namespace {
+
+// Column `c` of `table` in the job's codes (float64, one value a row). A categorical
+// column with named categories is mapped from this pod's codes (its own category
+// order) to the job's (ds.categories); one that holds integer codes is checked against
+// the job's list. Errors name the column and the first data row, not its value: the
+// message goes to the coordinator, and inferred categories are the pod's data.
+StatusOr<torch::Tensor> job_codes(const Table& table, int c, const Datastructure& ds) {
+  const Column& col = table.schema.columns[c];
+  torch::Tensor values = table.values.select(1, c);
+  const auto agreed = ds.categories.find(col.name);
+  if (col.type == ColumnType::kNumeric) {
+    if (agreed != ds.categories.end()) {
+      return Status(StatusCode::kSchemaMismatch, "column '" + col.name +
+                                                     "' is numeric on this pod, but the job gives categories for it");
+    }
+    return values;
+  }
+  if (col.categories.empty()) {
+    if (agreed == ds.categories.end()) return values;  // integer codes, the same on every pod
+    const auto k = static_cast<double>(agreed->second.size());
+    torch::Tensor bad = values >= k;
+    if (bad.any().item<bool>()) {
+      const int64_t row = bad.nonzero()[0][0].item<int64_t>();
+      return Status::invalid("column '" + col.name + "' in data row " + std::to_string(row + 1) +
+                             " holds a category code beyond the job's " + std::to_string(agreed->second.size()) +
+                             " categories (datastructure.categories." + col.name + ")");
+    }
+    return values;
+  }
+  if (agreed == ds.categories.end()) {
+    return Status(StatusCode::kSchemaMismatch,
+                  "column '" + col.name + "' is categorical: the job must give its categories (datastructure." +
+                      "categories." + col.name + ") so that every pod encodes it alike");
+  }
+  std::map<std::string, int64_t> global;
+  for (size_t i = 0; i < agreed->second.size(); ++i) global.emplace(agreed->second[i], static_cast<int64_t>(i));
+  std::vector<int64_t> lut(col.categories.size(), -1);
+  for (size_t k = 0; k < col.categories.size(); ++k) {
+    auto it = global.find(col.categories[k]);
+    if (it != global.end()) lut[k] = it->second;
+  }
+  torch::Tensor mapped = torch::tensor(lut, torch::kInt64).index_select(0, values.to(torch::kInt64));
+  torch::Tensor bad = mapped < 0;
+  if (bad.any().item<bool>()) {
+    const int64_t row = bad.nonzero()[0][0].item<int64_t>();
+    const int64_t count = bad.sum().item<int64_t>();
+    return Status(StatusCode::kSchemaMismatch,
+                  "column '" + col.name + "': " + std::to_string(count) + " row(s), the first data row " +
+                      std::to_string(row + 1) + ", hold a category that the job's list (datastructure.categories." +
+                      col.name + ", " + std::to_string(agreed->second.size()) + " categories) does not have");
+  }
+  return mapped.to(torch::kFloat64);
+}
+
+}  // namespace
 
 StatusOr<Splits> make_splits(const Table& table, const Datastructure& ds) {
   auto features = resolve_features(table.schema, ds);
@@ -17,9 +75,15 @@ StatusOr<Splits> make_splits(const Table& table, const Datastructure& ds) {
   }
 
   std::vector<int64_t> idx;
-  for (const auto& f : *features) idx.push_back(table.schema.find(f));
+  bool any_categorical = false;
+  for (const auto& f : *features) {
+    idx.push_back(table.schema.find(f));
+    any_categorical |= table.schema.columns[idx.back()].type == ColumnType::kCategorical || ds.categories.count(f) > 0;
+  }
   const int target = table.schema.find(ds.target);
-  torch::Tensor y64 = table.values.select(1, target);
+  auto target_codes = job_codes(table, target, ds);
+  if (!target_codes.ok()) return target_codes.status();
+  torch::Tensor y64 = *target_codes;
   // Labels must be exact integers in [0, num_classes): report the first row that is not.
   auto bad = (y64 < 0) | (y64 >= static_cast<double>(ds.num_classes)) | (y64 != y64.floor());
   if (bad.any().item<bool>()) {
@@ -28,7 +92,18 @@ StatusOr<Splits> make_splits(const Table& table, const Datastructure& ds) {
                            " is " + std::to_string(y64[row].item<double>()) +
                            ", not a class in [0, " + std::to_string(ds.num_classes) + ")");
   }
-  torch::Tensor x = table.values.index_select(1, torch::tensor(idx, torch::kInt64)).to(torch::kFloat32);
+  torch::Tensor x;
+  if (!any_categorical) {
+    x = table.values.index_select(1, torch::tensor(idx, torch::kInt64)).to(torch::kFloat32);
+  } else {
+    std::vector<torch::Tensor> cols;
+    for (int64_t c : idx) {
+      auto col = job_codes(table, static_cast<int>(c), ds);
+      if (!col.ok()) return col.status();
+      cols.push_back(*col);
+    }
+    x = torch::stack(cols, 1).to(torch::kFloat32);
+  }
   if (ds.scale != 1.0) x.mul_(ds.scale);
   torch::Tensor y = y64.to(torch::kInt64);
 

@@ -1,6 +1,7 @@
 #include "fedpod/data/schema.h"
 
 #include <algorithm>
+#include <set>
 
 namespace fedpod::data {
 
@@ -37,11 +38,94 @@ StatusOr<std::vector<std::string>> resolve_features(const Schema& schema, const 
     int idx = schema.find(name);
     if (idx < 0) return mismatch("no column '" + name + "' (a feature)");
     if (name == ds.target) return Status::invalid("column '" + name + "' is both target and feature");
-    if (schema.columns[idx].type != ColumnType::kNumeric) {
-      return mismatch("feature '" + name + "' is categorical; only numeric features are supported");
-    }
   }
   return features;
+}
+
+namespace {
+
+std::string join(const std::vector<std::string>& v, size_t max_items = 8) {
+  std::string out;
+  for (size_t i = 0; i < v.size() && i < max_items; ++i) out += (i ? ", " : "") + v[i];
+  if (v.size() > max_items) out += ", ... (" + std::to_string(v.size()) + " in all)";
+  return out;
+}
+
+}  // namespace
+
+StatusOr<std::map<std::string, std::vector<std::string>>> agree_categories(
+    const std::vector<PodSchema>& pods, const Datastructure& ds, const std::vector<std::string>& columns) {
+  auto mismatch = [](std::string msg) { return Status(StatusCode::kSchemaMismatch, std::move(msg)); };
+  std::map<std::string, std::vector<std::string>> agreed;
+  for (const auto& [name, listed] : ds.categories) {
+    if (std::find(columns.begin(), columns.end(), name) == columns.end()) {
+      return Status::invalid("datastructure.categories: '" + name +
+                             "' is neither the target nor a feature of this job");
+    }
+  }
+  for (const auto& name : columns) {
+    const auto listed = ds.categories.find(name);
+    std::string numeric_pod, named_pod, codes_pod;
+    std::set<std::string> union_of;
+    for (const auto& p : pods) {
+      const int idx = p.schema->find(name);
+      if (idx < 0) continue;  // resolve_features reports missing columns
+      const Column& col = p.schema->columns[idx];
+      if (col.type == ColumnType::kNumeric) {
+        if (listed != ds.categories.end()) {
+          return mismatch("datastructure.categories lists categories for '" + name + "', but pod " + p.pod +
+                          " holds it as numbers; remove the list, or declare the column categorical there");
+        }
+        if (numeric_pod.empty()) numeric_pod = p.pod;
+        continue;
+      }
+      if (col.categories_withheld) {
+        if (listed == ds.categories.end()) {
+          return mismatch("column '" + name + "' is categorical on pod " + p.pod +
+                          ", which infers its categories from its data and does not publish them; list them in "
+                          "the job (datastructure.categories." + name +
+                          ": [...]) or have the pod owner declare them (dataset.schema)");
+        }
+        if (named_pod.empty()) named_pod = p.pod;
+        continue;
+      }
+      if (col.categories.empty()) {
+        if (codes_pod.empty()) codes_pod = p.pod;
+        continue;
+      }
+      if (named_pod.empty()) named_pod = p.pod;
+      if (listed != ds.categories.end()) {
+        std::vector<std::string> outside;
+        for (const auto& c : col.categories) {
+          if (std::find(listed->second.begin(), listed->second.end(), c) == listed->second.end()) {
+            outside.push_back(c);
+          }
+        }
+        if (!outside.empty()) {
+          return mismatch("pod " + p.pod + " declares categories of '" + name +
+                          "' that datastructure.categories." + name + " does not list: " + join(outside));
+        }
+      } else {
+        union_of.insert(col.categories.begin(), col.categories.end());
+      }
+    }
+    const std::string categorical_pod = !named_pod.empty() ? named_pod : codes_pod;
+    if (!numeric_pod.empty() && !categorical_pod.empty()) {
+      return mismatch("column '" + name + "' is numeric on pod " + numeric_pod + " but categorical on pod " +
+                      categorical_pod + "; declare the same type on every pod (dataset.schema)");
+    }
+    if (listed != ds.categories.end()) {
+      agreed[name] = listed->second;
+      continue;
+    }
+    if (!named_pod.empty() && !codes_pod.empty()) {
+      return mismatch("column '" + name + "' has named categories on pod " + named_pod +
+                      " but integer codes on pod " + codes_pod +
+                      "; list its categories in datastructure.categories." + name + " or declare them on every pod");
+    }
+    if (!union_of.empty()) agreed[name].assign(union_of.begin(), union_of.end());
+  }
+  return agreed;
 }
 
 StatusOr<std::vector<int64_t>> resolve_input_shape(const Datastructure& ds, int64_t num_features) {

@@ -69,6 +69,10 @@ struct Column {
   name @0 :Text;
   type @1 :ColumnType;
   categories @2 :List(Text);
+  # A categorical column whose categories the pod inferred from its data and does
+  # not publish (categories is then empty): its codes are the pod's own until the
+  # job's datastructure gives the categories.
+  categoriesWithheld @3 :Bool;
 }
 
 struct Schema {
@@ -90,6 +94,14 @@ struct Datastructure {
   numClasses @4 :UInt32;
   scale @5 :Float64;
   split @6 :SplitSpec;
+  # Agreed before round 1: for each categorical column (target or feature) with named
+  # categories, the list whose i-th value every pod encodes as i.
+  categories @7 :List(ColumnCategories);
+}
+
+struct ColumnCategories {
+  column @0 :Text;
+  values @1 :List(Text);
 }
 
 # A model reference. For a built-in model only modelRef (and hyperparameters) is set.

@@ -11,6 +11,7 @@ void to_wire(const data::Schema& schema, wire::Schema::Builder out) {
                                                          : wire::ColumnType::CATEGORICAL);
     auto cats = cols[i].initCategories(c.categories.size());
     for (size_t k = 0; k < c.categories.size(); ++k) cats.set(k, c.categories[k]);
+    cols[i].setCategoriesWithheld(c.categories_withheld);
   }
   out.setNumRows(static_cast<uint64_t>(schema.num_rows));
 }
@@ -23,6 +24,7 @@ data::Schema from_wire(wire::Schema::Reader in) {
     col.type = c.getType() == wire::ColumnType::NUMERIC ? data::ColumnType::kNumeric
                                                         : data::ColumnType::kCategorical;
     for (auto cat : c.getCategories()) col.categories.emplace_back(cat);
+    col.categories_withheld = c.getCategoriesWithheld();
     s.columns.push_back(std::move(col));
   }
   s.num_rows = static_cast<int64_t>(in.getNumRows());
@@ -47,6 +49,13 @@ void to_wire(const data::Datastructure& ds, wire::Datastructure::Builder out) {
   split.setValidation(ds.split.validation);
   split.setTest(ds.split.test);
   split.setSeed(ds.split.seed);
+  auto cats = out.initCategories(ds.categories.size());
+  size_t i = 0;
+  for (const auto& [column, values] : ds.categories) {
+    cats[i].setColumn(column);
+    set_list(cats[i].initValues(values.size()), values);
+    ++i;
+  }
 }
 
 data::Datastructure from_wire(wire::Datastructure::Reader in) {
@@ -60,6 +69,11 @@ data::Datastructure from_wire(wire::Datastructure::Reader in) {
   ds.split.validation = in.getSplit().getValidation();
   ds.split.test = in.getSplit().getTest();
   ds.split.seed = in.getSplit().getSeed();
+  for (auto c : in.getCategories()) {
+    auto& values = ds.categories[c.getColumn()];
+    values.clear();  // a column listed twice: the last list counts
+    for (auto v : c.getValues()) values.emplace_back(v);
+  }
   return ds;
 }
 

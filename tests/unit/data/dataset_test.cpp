@@ -121,14 +121,102 @@ TEST(ResolveFeaturesTest, MissingExplicitFeature) {
   EXPECT_EQ(f.status().message(), "no column 'height' (a feature)");
 }
 
-TEST(ResolveFeaturesTest, CategoricalFeatureIsRefused) {
+TEST(ResolveFeaturesTest, CategoricalFeatureIsAFeature) {
   Datastructure ds;
   ds.target = "label";  // city is not ignored, so it is a default feature
   auto f = resolve_features(mixed_schema(), ds);
-  ASSERT_FALSE(f.ok());
-  EXPECT_EQ(f.status().code(), StatusCode::kSchemaMismatch);
-  EXPECT_EQ(f.status().message(),
-            "feature 'city' is categorical; only numeric features are supported");
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  EXPECT_EQ(*f, (std::vector<std::string>{"age", "city", "income", "row_id"}));
+}
+
+// ---- agree_categories ------------------------------------------------------------------
+
+Schema labelled(std::vector<std::string> categories, bool withheld = false,
+                ColumnType type = ColumnType::kCategorical) {
+  Schema s;
+  s.columns = {{"x", ColumnType::kNumeric, {}}, {"label", type, std::move(categories)}};
+  s.columns[1].categories_withheld = withheld;
+  return s;
+}
+
+Datastructure label_ds() {
+  Datastructure ds;
+  ds.target = "label";
+  ds.num_classes = 3;
+  return ds;
+}
+
+TEST(AgreeCategoriesTest, UnionOfDeclaredCategoriesIsSorted) {
+  Schema a = labelled({"dog", "cat"}), b = labelled({"bird", "cat"});
+  auto c = agree_categories({{"pod-a", &a}, {"pod-b", &b}}, label_ds(), {"label", "x"});
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  EXPECT_EQ(c->size(), 1u);
+  EXPECT_EQ(c->at("label"), (std::vector<std::string>{"bird", "cat", "dog"}));
+}
+
+TEST(AgreeCategoriesTest, TheJobsListWinsInItsOrder) {
+  Schema a = labelled({"cat"}), b = labelled({}, /*withheld=*/true);
+  Datastructure ds = label_ds();
+  ds.categories["label"] = {"dog", "cat", "bird"};
+  auto c = agree_categories({{"pod-a", &a}, {"pod-b", &b}}, ds, {"label", "x"});
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  EXPECT_EQ(c->at("label"), (std::vector<std::string>{"dog", "cat", "bird"}));
+}
+
+TEST(AgreeCategoriesTest, WithheldCategoriesNeedTheJobsList) {
+  Schema a = labelled({"cat", "dog"}), b = labelled({}, /*withheld=*/true);
+  auto c = agree_categories({{"pod-a", &a}, {"pod-b", &b}}, label_ds(), {"label", "x"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kSchemaMismatch);
+  EXPECT_NE(c.status().message().find("column 'label' is categorical on pod pod-b"), std::string::npos)
+      << c.status().message();
+  EXPECT_NE(c.status().message().find("datastructure.categories.label"), std::string::npos);
+}
+
+TEST(AgreeCategoriesTest, DeclaredCategoryOutsideTheJobsListNamesPodAndValue) {
+  Schema a = labelled({"cat", "dog", "emu"});
+  Datastructure ds = label_ds();
+  ds.categories["label"] = {"cat", "dog", "bird"};
+  auto c = agree_categories({{"pod-a", &a}}, ds, {"label", "x"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().message(),
+            "pod pod-a declares categories of 'label' that datastructure.categories.label does not list: emu");
+}
+
+TEST(AgreeCategoriesTest, NumericOnOnePodCategoricalOnAnother) {
+  Schema a = labelled({}, false, ColumnType::kNumeric), b = labelled({"cat", "dog"});
+  auto c = agree_categories({{"pod-a", &a}, {"pod-b", &b}}, label_ds(), {"label", "x"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().message(),
+            "column 'label' is numeric on pod pod-a but categorical on pod pod-b; declare the same type on every "
+            "pod (dataset.schema)");
+  Datastructure ds = label_ds();
+  ds.categories["label"] = {"cat", "dog", "emu"};
+  c = agree_categories({{"pod-b", &b}, {"pod-a", &a}}, ds, {"label", "x"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("but pod pod-a holds it as numbers"), std::string::npos) << c.status().message();
+}
+
+TEST(AgreeCategoriesTest, CodesEverywhereNeedNoListButCodesAndNamesDoNotMix) {
+  Schema a = labelled({}), b = labelled({});  // declared categorical, values are codes
+  auto c = agree_categories({{"pod-a", &a}, {"pod-b", &b}}, label_ds(), {"label", "x"});
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  EXPECT_TRUE(c->empty());
+  Schema named = labelled({"cat"});
+  c = agree_categories({{"pod-a", &a}, {"pod-c", &named}}, label_ds(), {"label", "x"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("named categories on pod pod-c but integer codes on pod pod-a"),
+            std::string::npos)
+      << c.status().message();
+}
+
+TEST(AgreeCategoriesTest, ListForAColumnTheJobDoesNotUse) {
+  Schema a = labelled({"cat"});
+  Datastructure ds = label_ds();
+  ds.categories["colour"] = {"red"};
+  auto c = agree_categories({{"pod-a", &a}}, ds, {"label", "x"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().message(), "datastructure.categories: 'colour' is neither the target nor a feature of this job");
 }
 
 TEST(ResolveFeaturesTest, TargetAsFeatureAndNothingLeft) {
@@ -368,6 +456,70 @@ TEST(MakeSplitsTest, DigitsPodFile) {
   EXPECT_EQ(s->train.x.sizes().vec(), (std::vector<int64_t>{480, 1, 8, 8}));
   EXPECT_LE(s->train.x.max().item<float>(), 1.0f);
   EXPECT_GE(s->train.x.min().item<float>(), 0.0f);
+}
+
+// Two pods' files with string labels, read with inferred schemas: pod A has all three
+// classes, pod B lacks "bird". Each pod's own sorted codes would give "cat" 1 on A
+// and 0 on B; with the job's list both code it 1.
+TEST(MakeSplitsTest, AgreedCategoriesGiveEveryPodTheSameCodes) {
+  fedpod::testing::TempDir dir;
+  auto a = read_csv(dir.write("a.csv", "x,colour,label\n1,red,bird\n2,blue,cat\n3,red,dog\n4,blue,cat\n"), {});
+  auto b = read_csv(dir.write("b.csv", "x,colour,label\n5,blue,dog\n6,blue,cat\n7,blue,cat\n"), {});
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(b->schema.columns[2].categories, (std::vector<std::string>{"cat", "dog"}));  // local: cat 0, dog 1
+  Datastructure ds;
+  ds.target = "label";
+  ds.num_classes = 3;
+  ds.split = {0, 0, 1};
+  ds.categories["label"] = {"bird", "cat", "dog"};
+  ds.categories["colour"] = {"blue", "green", "red"};
+  // Without the list a categorical column cannot be coded safely: refused.
+  Datastructure no_list = ds;
+  no_list.categories.clear();
+  auto refused = make_splits(*b, no_list);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("column 'label' is categorical: the job must give its categories"),
+            std::string::npos)
+      << refused.status().message();
+
+  for (const auto* table : {&*a, &*b}) {
+    auto s = make_splits(*table, ds);
+    ASSERT_TRUE(s.ok()) << s.status().to_string();
+    EXPECT_EQ(s->features, (std::vector<std::string>{"x", "colour"}));
+    for (int64_t i = 0; i < s->train.size(); ++i) {
+      const int64_t x = static_cast<int64_t>(s->train.x[i][0].item<float>());
+      const int64_t y = s->train.y[i].item<int64_t>();
+      const int64_t colour = static_cast<int64_t>(s->train.x[i][1].item<float>());
+      // x identifies the row: labels by row are bird cat dog cat dog cat cat, colours
+      // red blue red blue blue blue blue.
+      const std::vector<int64_t> want_y = {0, 1, 2, 1, 2, 1, 1}, want_colour = {2, 0, 2, 0, 0, 0, 0};
+      EXPECT_EQ(y, want_y[x - 1]) << "row x=" << x;
+      EXPECT_EQ(colour, want_colour[x - 1]) << "row x=" << x;
+    }
+  }
+}
+
+TEST(MakeSplitsTest, ValueOutsideTheJobsCategoriesIsRefusedWithoutNamingIt) {
+  fedpod::testing::TempDir dir;
+  auto t = read_csv(dir.write("t.csv", "x,label\n1,cat\n2,secret-diagnosis\n3,dog\n4,secret-diagnosis\n"), {});
+  ASSERT_TRUE(t.ok());
+  Datastructure ds;
+  ds.target = "label";
+  ds.num_classes = 2;
+  ds.categories["label"] = {"cat", "dog"};
+  auto s = make_splits(*t, ds);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), StatusCode::kSchemaMismatch);
+  EXPECT_EQ(s.status().message(),
+            "column 'label': 2 row(s), the first data row 2, hold a category that the job's list "
+            "(datastructure.categories.label, 2 categories) does not have");
+  EXPECT_EQ(s.status().message().find("secret"), std::string::npos);
+  // A numeric column for which the job gives categories.
+  ds.categories = {{"x", {"a"}}, {"label", {"cat", "dog", "secret-diagnosis"}}};
+  ds.num_classes = 3;
+  s = make_splits(*t, ds);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().message(), "column 'x' is numeric on this pod, but the job gives categories for it");
 }
 
 TEST(ConcatTest, JoinsNonEmptyParts) {

@@ -24,9 +24,12 @@ struct Splits {
   std::vector<int64_t> input_shape;   // per sample
 };
 
-// Selects features and target from `table` as `ds` says, checks every label is an
-// integer in [0, num_classes) (naming the first bad row otherwise), applies
-// `ds.scale`, shapes inputs to the input shape, and splits with `ds.split`.
+// Selects features and target from `table` as `ds` says, encodes categorical columns
+// with the job's categories (ds.categories: the value categories[c][i] becomes i, on
+// every pod alike; a categorical column with named categories the job does not list
+// is an error), checks every label is an integer in [0, num_classes) (naming the
+// first bad row otherwise), applies `ds.scale` (categorical features are scaled
+// too), shapes inputs to the input shape, and splits with `ds.split`.
 StatusOr<Splits> make_splits(const Table& table, const Datastructure& ds);
 
 // Concatenates datasets (e.g. several pods' train splits for a centralized baseline).
