@@ -47,8 +47,35 @@ class TorchScriptModel : public Model {
 
   void set_training(bool on) override { module_.train(on); }
 
+  // A scripted module reads no hyperparameters itself: the job's reach only the
+  // optimizer (configure_optimizers' defaults, overridden key by key) and the pod's
+  // trainer. So it accepts the common keys and any setting its configure_optimizers
+  // returns, and nothing else.
+  std::optional<HyperparameterSpec> hyperparameters() override {
+    HyperparameterSpec spec = common_hyperparameters();
+    if (!has_configure_) return spec;
+    try {
+      const nlohmann::json settings = scripted_optimizer();  // items() must not outlive it
+      for (const auto& [k, v] : settings.items()) {
+        if (k == "optimizer") continue;
+        spec.push_back({k, HyperparameterType::kNumber, "a setting of the model's configure_optimizers", {}});
+      }
+    } catch (const ConfigError&) {
+      // configure_optimizers is broken: reported when the pod trains.
+    }
+    return spec;
+  }
+
   std::unique_ptr<torch::optim::Optimizer> configure_optimizers(const Hyperparameters& hp) override {
     if (!has_configure_) return Model::configure_optimizers(hp);
+    nlohmann::json merged = scripted_optimizer();
+    for (const auto& [k, v] : hp.json().items()) merged[k] = v;  // the job's choice wins
+    return Model::configure_optimizers(Hyperparameters(merged));
+  }
+
+ private:
+  // configure_optimizers() of the module: {"optimizer": name, setting: value, ...}.
+  nlohmann::json scripted_optimizer() {
     nlohmann::json merged = nlohmann::json::object();
     try {
       auto result = module_.get_method("configure_optimizers")({});
@@ -61,8 +88,7 @@ class TorchScriptModel : public Model {
     } catch (const c10::Error&) {
       throw ConfigError(path_ + ": configure_optimizers must return (name, {setting: float})");
     }
-    for (const auto& [k, v] : hp.json().items()) merged[k] = v;  // the job's choice wins
-    return Model::configure_optimizers(Hyperparameters(merged));
+    return merged;
   }
 
  protected:

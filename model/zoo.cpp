@@ -29,6 +29,9 @@ class SequentialModel : public ModuleModel {
 };
 
 class LogisticRegression : public SequentialModel {
+ public:
+  std::optional<HyperparameterSpec> hyperparameters() override { return common_hyperparameters(); }
+
  protected:
   void build(const std::vector<int64_t>& in, int64_t classes, const Hyperparameters&) override {
     set_sequential(torch::nn::Sequential(torch::nn::Linear(product(in), classes)), true);
@@ -36,6 +39,15 @@ class LogisticRegression : public SequentialModel {
 };
 
 class Mlp : public SequentialModel {
+ public:
+  std::optional<HyperparameterSpec> hyperparameters() override {
+    HyperparameterSpec spec = common_hyperparameters();
+    spec.push_back({"hidden", HyperparameterType::kIntegerList, "hidden layer widths (default [64])", {}});
+    spec.push_back({"dropout", HyperparameterType::kNumber, "dropout after each hidden layer, in [0, 1)", {}});
+    spec.push_back({"batch_norm", HyperparameterType::kBoolean, "BatchNorm1d after each hidden layer", {}});
+    return spec;
+  }
+
  protected:
   void build(const std::vector<int64_t>& in, int64_t classes, const Hyperparameters& hp) override {
     auto hidden = hp.integers("hidden", {64});
@@ -58,6 +70,15 @@ class Mlp : public SequentialModel {
 };
 
 class SmallCnn : public SequentialModel {
+ public:
+  std::optional<HyperparameterSpec> hyperparameters() override {
+    HyperparameterSpec spec = common_hyperparameters();
+    spec.push_back({"channels", HyperparameterType::kIntegerList, "channels of each 3x3 conv (default [16, 32])", {}});
+    spec.push_back({"hidden", HyperparameterType::kInteger, "width of the dense layer (default 64)", {}});
+    spec.push_back({"batch_norm", HyperparameterType::kBoolean, "BatchNorm2d after each conv", {}});
+    return spec;
+  }
+
  protected:
   void build(const std::vector<int64_t>& in, int64_t classes, const Hyperparameters& hp) override {
     if (in.size() != 3) {

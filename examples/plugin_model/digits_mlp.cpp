@@ -7,7 +7,8 @@
 //   dropout          dropout after the hidden layer, in [0, 1) (default 0)
 //   label_smoothing  label smoothing of the training loss, in [0, 1) (default 0);
 //                    validation and test report plain cross-entropy
-// plus the optimizer keys of Model::configure_optimizers.
+// plus the optimizer keys of Model::configure_optimizers. hyperparameters() declares
+// them all, so a job with an unknown or ill-typed one is refused before it starts.
 //
 // It derives from Model directly, to show every method a plugin provides; deriving
 // from ModuleModel saves forward, named_parameters and set_training.
@@ -67,6 +68,17 @@ class DigitsMlp : public fedpod::model::Model {
   }
 
   void set_training(bool on) override { net_->train(on); }
+
+  // Declared, so that a job with `label_smothing: 0.1` or `hidden: wide` stops before
+  // any pod is contacted, naming the key and these.
+  std::optional<fedpod::model::HyperparameterSpec> hyperparameters() override {
+    using fedpod::model::HyperparameterType;
+    fedpod::model::HyperparameterSpec spec = fedpod::model::common_hyperparameters();
+    spec.push_back({"hidden", HyperparameterType::kInteger, "width of the hidden layer (default 32)", {}});
+    spec.push_back({"dropout", HyperparameterType::kNumber, "dropout after the hidden layer, in [0, 1)", {}});
+    spec.push_back({"label_smoothing", HyperparameterType::kNumber, "label smoothing of the training loss", {}});
+    return spec;
+  }
 
  protected:
   void build(const std::vector<int64_t>& input_shape, int64_t num_classes,

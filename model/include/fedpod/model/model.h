@@ -28,12 +28,10 @@
 #include <vector>
 
 #include "fedpod/common/config_util.h"
+#include "fedpod/model/abi_version.h"
 #include "fedpod/model/flat_parameters.h"
+#include "fedpod/model/hyperparameters.h"
 
-// Version of the binary interface between fedpod and native model plugins (the
-// layout of Model and FlatParameters, and the factory below). A plugin built
-// against a different version is refused at load time.
-#define FEDPOD_MODEL_ABI_VERSION 2  // 2: Model::named_buffers
 
 namespace fedpod::model {
 
@@ -56,6 +54,14 @@ class Model {
   // ConfigError for hyperparameters or shapes the model cannot use.
   void create_model(const std::vector<int64_t>& input_shape, int64_t num_classes,
                     const Hyperparameters& hp);
+
+  // The hyperparameters this model accepts (hyperparameters.h). A job whose
+  // model.hyperparameters has a key outside them, or a value of the wrong type, stops
+  // before any pod is contacted (and a pod refuses it). A model that keeps the default
+  // configure_optimizers accepts common_hyperparameters() plus its own. nullopt: not
+  // declared, so not checked (the default, for plugins written before this existed;
+  // the coordinator says so when the job starts). May be called before create_model.
+  virtual std::optional<HyperparameterSpec> hyperparameters() { return std::nullopt; }
 
   // The optimizer for local training. The default reads hyperparameters:
   // optimizer = sgd (default) | adam | adamw, lr (0.01 for sgd, 0.001 otherwise),

@@ -18,6 +18,10 @@
 //
 //   FEDPOD_REGISTER_MODEL(TinyNet)
 //
+// Declare the hyperparameters build() reads by overriding Model::hyperparameters()
+// (common_hyperparameters() plus your own, hyperparameters.h): a job with a key
+// outside them, or a value of the wrong type, is then refused before it starts.
+//
 // and build it with cmake/FedpodModel.cmake:
 //
 //   find_package(Torch REQUIRED)

@@ -1,0 +1,89 @@
+#include "fedpod/model/hyperparameters.h"
+
+#include <algorithm>
+
+namespace fedpod::model {
+
+const char* to_string(HyperparameterType t) {
+  switch (t) {
+    case HyperparameterType::kNumber: return "number";
+    case HyperparameterType::kInteger: return "integer";
+    case HyperparameterType::kString: return "string";
+    case HyperparameterType::kBoolean: return "boolean";
+    case HyperparameterType::kIntegerList: return "list of integers";
+  }
+  return "?";
+}
+
+namespace {
+
+// Levenshtein distance, for "did you mean".
+size_t distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+}  // namespace
+
+Status check_hyperparameters(const Hyperparameters& hp, const HyperparameterSpec& declared,
+                             const std::string& model) {
+  std::vector<std::string> names;
+  for (const auto& d : declared) names.push_back(d.name);
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  std::string accepted;
+  for (const auto& n : names) accepted += (accepted.empty() ? "" : ", ") + n;
+
+  std::vector<std::string> problems;
+  for (const auto& [key, value] : hp.json().items()) {
+    auto it = std::find_if(declared.begin(), declared.end(), [&](const auto& d) { return d.name == key; });
+    if (it == declared.end()) {
+      std::string p = "unknown hyperparameter '" + key + "'";
+      std::string best;
+      size_t best_d = 3;  // suggest only close names: at most two edits
+      for (const auto& n : names) {
+        const size_t d = distance(key, n);
+        if (d < best_d) best_d = d, best = n;
+      }
+      if (!best.empty()) p += " (did you mean '" + best + "'?)";
+      problems.push_back(p);
+      continue;
+    }
+    try {
+      switch (it->type) {
+        case HyperparameterType::kNumber: hp.number(key, 0); break;
+        case HyperparameterType::kInteger: hp.integer(key, 0); break;
+        case HyperparameterType::kBoolean: hp.boolean(key, false); break;
+        case HyperparameterType::kIntegerList: hp.integers(key, {}); break;
+        case HyperparameterType::kString: {
+          const std::string v = hp.string(key, "");
+          if (!it->choices.empty() && std::find(it->choices.begin(), it->choices.end(), v) == it->choices.end()) {
+            std::string choices;
+            for (const auto& c : it->choices) choices += (choices.empty() ? "" : ", ") + c;
+            problems.push_back("hyperparameter '" + key + "' must be one of " + choices + ", got \"" + v + "\"");
+          }
+          break;
+        }
+      }
+    } catch (const ConfigError& e) {
+      problems.push_back(e.what());
+    }
+  }
+  if (problems.empty()) return Status();
+  std::string msg = "model " + model + ": ";
+  for (size_t i = 0; i < problems.size(); ++i) msg += (i ? "; " : "") + problems[i];
+  msg += "; accepted: " + (accepted.empty() ? std::string("none") : accepted);
+  return Status::invalid(msg);
+}
+
+}  // namespace fedpod::model
