@@ -49,7 +49,7 @@ void run_job(const RunArgs& args) {
   }
   if (!result.ok()) {
     std::cerr << "fedpod: job " << spec.job_id << " failed: " << result.status().to_string() << "\n";
-    throw CommandExit{kExitFailed};
+    throw CommandExit{c.job_config_error() ? kExitConfig : kExitFailed};
   }
 }
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <algorithm>
 #include <deque>
 #include <set>
@@ -76,7 +77,14 @@ constexpr const char* kStaleRequest = "stale_request";  // an older request's re
 constexpr const char* kClosedRound = "closed_round";    // an update for a round already closed
 constexpr const char* kDuplicate = "duplicate";         // a second update for a (round, pod) already taken
 constexpr const char* kWrongJob = "wrong_job";          // another job's reply
-constexpr const char* kDiscardReasons[] = {kStaleRequest, kClosedRound, kDuplicate, kWrongJob};
+constexpr const char* kUnfetched = "unfetched";         // a trainResult not asked for (no fetchResult out)
+constexpr const char* kDiscardReasons[] = {kStaleRequest, kClosedRound, kDuplicate, kWrongJob, kUnfetched};
+
+// Messages a pod's socket queues before ZeroMQ stops reading from its connection
+// (ZMQ_RCVHWM). The coordinator expects at most a few replies from a pod at a time
+// (heartbeats, trainDone, trainResult); a pod that floods it meets TCP backpressure
+// instead of growing the coordinator's memory by up to ZeroMQ's default of 1000 messages.
+constexpr int kPodReceiveHwm = 16;
 
 // How long the first rejoin after a pod was lost waits for ZeroMQ to reconnect to it
 // (dealer reconnect_ivl_max is 2 s).
@@ -118,7 +126,11 @@ struct JobMetrics {
         discarded_replies(metrics::counter(r, "fedpod_coordinator_discarded_replies_total",
                                            "Pod replies discarded unread, by reason: stale_request (an older "
                                            "request), closed_round (an update for a round already closed), "
-                                           "duplicate (an update already folded), wrong_job")) {
+                                           "duplicate (an update already folded), wrong_job, unfetched (a "
+                                           "trainResult sent before the coordinator asked for it)")),
+        weight_capped(metrics::counter(r, "fedpod_coordinator_update_weight_capped_total",
+                                       "Updates whose sample count exceeded the training rows the pod reported "
+                                       "when it accepted the job; their weight was capped to those rows")) {
     // Every reason from the start: a discard shows as a rate, not as a series appearing.
     for (const char* reason : kDiscardReasons) discarded_replies.Add({{"reason", reason}});
   }
@@ -136,6 +148,7 @@ struct JobMetrics {
   prometheus::Family<prometheus::Counter>& rejoins;
   prometheus::Histogram& checkpoint_seconds;
   prometheus::Family<prometheus::Counter>& discarded_replies;
+  prometheus::Family<prometheus::Counter>& weight_capped;
   prometheus::Gauge* job_info_child = nullptr;  // the current labels' child
 
   // Replaces the job_info child (the model label changes once a hub model resolves).
@@ -382,6 +395,7 @@ struct Coordinator::Impl {
       // request-level heartbeats leave alone.
       o.heartbeat_interval = spec.heartbeat_interval;
       if (spec.heartbeat_timeout.count() > 0) o.heartbeat_timeout = spec.heartbeat_timeout;
+      o.receive_hwm = kPodReceiveHwm;
       if (keys) {
         // The pod must prove it holds the secret of the key registered for it.
         o.curve_client_public = keys->public_key;
@@ -514,7 +528,15 @@ struct Coordinator::Impl {
       }
       auto frames = out.frames();
       if (!protocol::send_frames(pod.socket, frames)) {
-        result[i] = {"unreachable", "send queue full", 0, 0, {}};
+        // A refused CURVE handshake tears the connection's queue down, so a send after
+        // it fails at once: say why (the model is loaded before hello, which gives the
+        // handshake time to fail first).
+        drain_monitor(pod);
+        if (!pod.handshake_error.empty() && !pod.secured) {
+          result[i] = {"refused", pod.handshake_error, 0, 0, {}};
+        } else {
+          result[i] = {"unreachable", "send queue full", 0, 0, {}};
+        }
         continue;
       }
       sent_at[i] = Clock::now();
@@ -685,6 +707,7 @@ struct Coordinator::Impl {
                             });
     std::optional<std::vector<std::string>> features;
     std::string features_from;
+    std::vector<data::PodSchema> answered;
     progress << "pods:\n";
     for (auto& [i, r] : replies) {
       if (r.outcome != "ok") progress << "  " << pods[i].addr.name << ": " << r.outcome << ": " << r.error << "\n";
@@ -704,6 +727,7 @@ struct Coordinator::Impl {
                                                        features_from + "'s; list datastructure.features explicitly");
       }
       pods[i].active = true;
+      answered.push_back({pods[i].addr.name, &schemas[i]});
     }
     int ok = static_cast<int>(active_pods().size());
     if (ok < spec.min_pods) {
@@ -716,12 +740,48 @@ struct Coordinator::Impl {
     }
     ds = spec.datastructure;
     ds.features = *features;
+    return agree_categories(answered);
+  }
+
+  // One code for every category on every pod, before round 1 (data::agree_categories),
+  // recorded in history.json and in the checkpoint's fingerprint.
+  Status agree_categories(const std::vector<data::PodSchema>& answered) {
+    std::vector<std::string> columns = ds.features;
+    columns.insert(columns.begin(), ds.target);
+    auto agreed = data::agree_categories(answered, spec.datastructure, columns);
+    if (!agreed.ok()) return agreed.status();
+    ds.categories = std::move(*agreed);
+    const auto target = ds.categories.find(ds.target);
+    if (target != ds.categories.end() && static_cast<int64_t>(target->second.size()) != ds.num_classes) {
+      std::string list;
+      for (size_t i = 0; i < target->second.size() && i < 12; ++i) list += (i ? ", " : "") + target->second[i];
+      if (target->second.size() > 12) list += ", ...";
+      return Status(StatusCode::kSchemaMismatch,
+                    "datastructure.num_classes is " + std::to_string(ds.num_classes) + ", but the pods declare " +
+                        std::to_string(target->second.size()) + " categories of the target '" + ds.target +
+                        "' (" + list + "); set num_classes to that, or list the categories in " +
+                        "datastructure.categories." + ds.target);
+    }
+    nlohmann::json cats = nlohmann::json::object();
+    for (const auto& [column, values] : ds.categories) {
+      const bool listed = spec.datastructure.categories.count(column) > 0;
+      cats[column] = {{"values", values}, {"from", listed ? "job" : "pods"}};
+      log->info("event=categories_agreed column={} count={} from={}", column, values.size(), listed ? "job" : "pods");
+      progress << "categories of '" << column << "': " << values.size()
+               << (listed ? " (listed by the job)" : " (the union the pods declare)") << ", coded 0.."
+               << values.size() - 1 << " on every pod\n";
+    }
+    history["datastructure"] = {{"target", ds.target},
+                                {"features", ds.features},
+                                {"num_classes", ds.num_classes},
+                                {"categories", cats}};
     return Status();
   }
 
-  Status create_model() {
-    auto shape = data::resolve_input_shape(ds, static_cast<int64_t>(ds.features.size()));
-    if (!shape.ok()) return shape.status();
+  // Before any pod is contacted: the model object (a custom one resolved through the
+  // hub and loaded), and the job's hyperparameters checked against what it declares.
+  bool config_error = false;  // the job's own settings are wrong (exit 2 in the CLI)
+  Status load_model() {
     if (spec.model.username.empty()) {
       model = make_model(spec.model.ref);
       if (!model) return Status::not_found("model '" + spec.model.ref + "' is not a built-in model");
@@ -730,6 +790,27 @@ struct Coordinator::Impl {
       if (!m.ok()) return m.status();
       model = std::move(*m);
     }
+    std::optional<model::HyperparameterSpec> declared;
+    try {
+      declared = model->hyperparameters();
+    } catch (const std::exception& e) {
+      return Status::invalid("model " + model_name() + ": hyperparameters() failed: " + e.what());
+    }
+    if (!declared) {
+      log->warn("event=hyperparameters_unchecked model=\"{}\"", model_name());
+      progress << "note: model " << model_name()
+               << " does not declare its hyperparameters (Model::hyperparameters), so their names and types are "
+                  "not checked\n";
+      return Status();
+    }
+    Status st = model::check_hyperparameters(spec.model.hyperparameters, *declared, model_name());
+    if (!st.ok()) config_error = true;
+    return st;
+  }
+
+  Status create_model() {
+    auto shape = data::resolve_input_shape(ds, static_cast<int64_t>(ds.features.size()));
+    if (!shape.ok()) return shape.status();
     torch::manual_seed(spec.seed);
     try {
       model->create_model(*shape, ds.num_classes, spec.model.hyperparameters);
@@ -799,7 +880,9 @@ struct Coordinator::Impl {
     return replies;
   }
 
+  bool job_sent = false;  // startJob went out: pods may hold the job
   Status start_job() {
+    job_sent = true;
     std::map<size_t, std::string> decisions;
     auto replies = send_start_job(active_pods(), decisions);
     nlohmann::json pods_json = nlohmann::json::object();
@@ -962,7 +1045,7 @@ struct Coordinator::Impl {
   nlohmann::json fingerprint() const {
     nlohmann::json names = nlohmann::json::array();
     for (const auto& p : spec.pods) names.push_back(p.name);
-    return {{"model",
+    nlohmann::json f = {{"model",
              {{"username", spec.model.username},
               {"ref", spec.model.ref},
               {"version", resolved ? static_cast<int64_t>(resolved->version.version) : int64_t{spec.model.version}},
@@ -981,6 +1064,10 @@ struct Coordinator::Impl {
             {"local_steps", spec.local_steps},
             {"batch_size", spec.batch_size},
             {"pods", names}};
+    // Only when there are any, so that checkpoints of numeric-label jobs written before
+    // categories were agreed still resume.
+    if (!ds.categories.empty()) f["datastructure"]["categories"] = ds.categories;
+    return f;
   }
 
   std::string checkpoint_path;
@@ -1102,7 +1189,7 @@ struct Coordinator::Impl {
       history["status"] = "failed";
       history["error"] = st.to_string();
       log->error("event=job_failed job={} error=\"{}\"", spec.job_id, st.to_string());
-      if (model) end_job("coordinator failed: " + st.message());
+      if (job_sent) end_job("coordinator failed: " + st.message());
       write_history();
       close_pods();
       return st;
@@ -1115,6 +1202,8 @@ struct Coordinator::Impl {
   double aggregation_seconds = 0;  // time spent folding updates, all rounds
 
   Status run_job() {
+    set_not_ready("loading the model");
+    FEDPOD_RETURN_IF_ERROR(load_model());
     set_not_ready("contacting the pods (hello)");
     FEDPOD_RETURN_IF_ERROR(hello_and_check());
     set_not_ready("creating the model");
@@ -1172,6 +1261,7 @@ struct Coordinator::Impl {
       // `max_concurrent_uploads` at a time, so received-but-unfolded updates never
       // hold more than that many models in memory, whatever the number of pods.
       std::map<size_t, PodRound> done;  // trainDone metadata, by pod
+      std::map<size_t, uint64_t> claimed_samples;  // trainDone's numSamples, before the cap
       std::deque<size_t> ready;
       std::set<size_t> fetching;
       protocol::Outgoing fetch(spec.job_id, rid);
@@ -1225,7 +1315,21 @@ struct Coordinator::Impl {
                 return std::nullopt;
               }
               if (d.getNumSamples() == 0) return PodRound{"error", "trained on no samples", 0, 0, {}};
-              PodRound pr{"ok", "", static_cast<int64_t>(d.getNumSamples()), 0, {}};
+              // An update weighs what the pod trained on, and no more than the training
+              // rows it reported when it accepted the job: a pod cannot outvote the
+              // others by claiming more samples than it has.
+              const uint64_t claimed = d.getNumSamples();
+              int64_t weight = static_cast<int64_t>(std::min<uint64_t>(claimed, static_cast<uint64_t>(std::numeric_limits<int64_t>::max())));
+              if (pod.train_samples > 0 && weight > pod.train_samples) {
+                weight = pod.train_samples;
+                job_metrics.weight_capped.Add({{"pod", pod.addr.name}}).Increment();
+                auto& capped = history["update_weight_capped"][pod.addr.name];
+                capped = capped.is_number() ? capped.get<int64_t>() + 1 : 1;
+                log->warn("event=update_weight_capped job={} round={} pod={} claimed_samples={} train_samples={}",
+                          spec.job_id, round, pod.addr.name, claimed, pod.train_samples);
+              }
+              claimed_samples[i] = claimed;
+              PodRound pr{"ok", "", weight, 0, {}};
               for (auto m : d.getMetrics()) pr.metrics[m.getName().cStr()] = m.getValue();
               pr.metrics["train_seconds"] = d.getSeconds();
               done[i] = std::move(pr);
@@ -1239,12 +1343,18 @@ struct Coordinator::Impl {
                                   std::to_string(round),
                               0, 0, {}};
             }
+            // Only a trainResult the coordinator asked for is read: one pushed before its
+            // fetchResult would bypass max_concurrent_uploads, which bounds memory.
+            if (!fetching.count(i)) {
+              discard(pod, kUnfetched, in.envelope(), rid);
+              return std::nullopt;
+            }
             if (!done.count(i)) return PodRound{"error", "trainResult before trainDone", 0, 0, {}};
-            const int64_t n = done[i].num_samples;
-            if (static_cast<int64_t>(r.getNumSamples()) != n) {
+            const int64_t n = done[i].num_samples;  // capped at the pod's training rows
+            if (r.getNumSamples() != claimed_samples[i]) {
               return PodRound{"error",
                               "trainResult has num_samples " + std::to_string(r.getNumSamples()) +
-                                  ", its trainDone said " + std::to_string(n),
+                                  ", its trainDone said " + std::to_string(claimed_samples[i]),
                               0, 0, {}};
             }
             auto tensors = in.take_tensors(r.getTensors(), specs);
@@ -1377,6 +1487,8 @@ Coordinator::~Coordinator() = default;
 StatusOr<RunResult> Coordinator::run() { return impl_->run(); }
 
 std::shared_ptr<prometheus::Registry> Coordinator::registry() const { return impl_->registry; }
+
+bool Coordinator::job_config_error() const { return impl_->config_error; }
 
 int Coordinator::metrics_port() const { return impl_->metrics_server ? impl_->metrics_server->port() : 0; }
 

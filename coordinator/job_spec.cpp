@@ -78,6 +78,13 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
     throw ConfigError(where + ": model.ref: '" + s.model.ref +
                       "' is not a built-in model (logreg, mlp, cnn); give model.username for a hub model");
   }
+  if (s.model.username.empty() && model::is_builtin(s.model.ref)) {
+    auto declared = model::make_builtin(s.model.ref)->hyperparameters();
+    if (declared) {
+      Status st = model::check_hyperparameters(s.model.hyperparameters, *declared, s.model.ref);
+      if (!st.ok()) throw ConfigError(where + ": model.hyperparameters: " + st.message());
+    }
+  }
   if (!s.model.username.empty()) {
     if (s.hub_url.empty()) {
       throw ConfigError(where + ": model.username: the custom model '" + s.model.username + "/" + s.model.ref +
@@ -86,7 +93,23 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
     parse_hub_url(s.hub_url, where + ": hub");
   }
   if (s.datastructure.target.empty()) throw ConfigError(where + ": datastructure.target: required");
-  if (s.datastructure.num_classes < 2) throw ConfigError(where + ": datastructure.num_classes: required, at least 2");
+  {
+    auto& ds = s.datastructure;
+    const auto target_categories = ds.categories.find(ds.target);
+    if (target_categories != ds.categories.end()) {
+      const auto k = static_cast<int64_t>(target_categories->second.size());
+      if (ds.num_classes == 0) ds.num_classes = k;
+      if (ds.num_classes != k) {
+        throw ConfigError(where + ": datastructure.num_classes: " + std::to_string(ds.num_classes) + ", but " +
+                          "datastructure.categories." + ds.target + " lists " + std::to_string(k) +
+                          " categories; they must agree (or leave num_classes out)");
+      }
+    }
+    if (ds.num_classes < 2) {
+      throw ConfigError(where + ": datastructure.num_classes: required, at least 2 (or list the target's "
+                        "categories in datastructure.categories." + ds.target + ")");
+    }
+  }
   if (s.pods.empty()) throw ConfigError(where + ": pods: list at least one pod");
   std::set<std::string> names;
   for (const auto& p : s.pods) {
@@ -184,7 +207,7 @@ JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const f
   }
   auto d = root["datastructure"];
   if (!d) throw ConfigError(w + ": datastructure: required");
-  check_keys(d, {"target", "features", "ignore", "input_shape", "num_classes", "scale", "split"},
+  check_keys(d, {"target", "features", "ignore", "input_shape", "num_classes", "scale", "split", "categories"},
              w + ": datastructure");
   auto& ds = s.datastructure;
   if (d["target"]) ds.target = get<std::string>(d["target"], w + ": datastructure.target");
@@ -193,6 +216,23 @@ JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const f
   if (d["input_shape"]) ds.input_shape = get<std::vector<int64_t>>(d["input_shape"], w + ": datastructure.input_shape");
   if (d["num_classes"]) ds.num_classes = get<int64_t>(d["num_classes"], w + ": datastructure.num_classes");
   if (d["scale"]) ds.scale = get<double>(d["scale"], w + ": datastructure.scale");
+  if (d["categories"]) {
+    const auto c = d["categories"];
+    const std::string cw = w + ": datastructure.categories";
+    if (!c.IsMap()) throw ConfigError(cw + ": must map a column to its categories, e.g. {label: [cat, dog]}");
+    for (const auto& item : c) {
+      const std::string column = get<std::string>(item.first, cw);
+      const std::string iw = cw + "." + column;
+      if (!item.second.IsSequence()) throw ConfigError(iw + ": must be a list of categories, e.g. [cat, dog]");
+      auto values = get<std::vector<std::string>>(item.second, iw);
+      if (values.empty()) throw ConfigError(iw + ": list at least one category");
+      std::set<std::string> seen;
+      for (const auto& v : values) {
+        if (!seen.insert(v).second) throw ConfigError(iw + ": '" + v + "' is listed twice");
+      }
+      ds.categories[column] = std::move(values);
+    }
+  }
   if (auto sp = d["split"]) {
     check_keys(sp, {"validation", "test", "seed"}, w + ": datastructure.split");
     if (sp["validation"]) ds.split.validation = get<double>(sp["validation"], w + ": datastructure.split.validation");

@@ -15,8 +15,11 @@ void apply(zmq::socket_t& s, const SocketOptions& o) {
   if (!o.curve_server_public.empty()) {
     make_curve_client(s, CurveKeyPair{o.curve_client_public, o.curve_client_secret}, o.curve_server_public);
   }
-  // Messages count against the high-water mark, not bytes; memory is bounded by the
-  // protocol (one outstanding request per pod), so keep the default count.
+  // Messages, not bytes, count against the high-water mark. The protocol has one
+  // outstanding request per peer, but a hostile peer need not follow it: a receiver
+  // that expects few messages sets receive_hwm so that a flood queues at most that
+  // many before ZeroMQ stops reading the connection.
+  if (o.receive_hwm > 0) s.set(zmq::sockopt::rcvhwm, o.receive_hwm);
 }
 
 }  // namespace

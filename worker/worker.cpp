@@ -322,7 +322,10 @@ struct Worker::Impl {
   data::Schema advertised_schema() const {
     data::Schema s = table.schema;
     if (!config().schema) {
-      for (auto& c : s.columns) c.categories.clear();
+      for (auto& c : s.columns) {
+        c.categories_withheld = c.type == data::ColumnType::kCategorical && !c.categories.empty();
+        c.categories.clear();
+      }
     }
     return s;
   }
@@ -703,6 +706,11 @@ struct Worker::Impl {
     new_job->decision = d.basis;
     new_job->model_ref = ref;
     new_job->hp = Hyperparameters(hp_json);
+    // The coordinator checked them too; a pod does not rely on that.
+    if (auto declared = replicas.front()->hyperparameters()) {
+      Status hp_ok = model::check_hyperparameters(new_job->hp, *declared, ref);
+      if (!hp_ok.ok()) return Status(hp_ok.code(), "pod " + config().name + ": " + hp_ok.message());
+    }
     new_job->seed = sj.getSeed();
     data::Datastructure ds = from_wire(sj.getDatastructure());
     auto splits = data::make_splits(table, ds);

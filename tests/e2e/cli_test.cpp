@@ -63,6 +63,24 @@ TEST(CliTest, BarePodNameNeedsAHub) {
   EXPECT_NE(r.output.find("pods: 'pod-a' has no address: give one, or set hub:"), std::string::npos) << r.output;
 }
 
+// The three mistakes of the issue that made jobs run with defaults: a misspelled key,
+// an ill-typed value, an optimizer that does not exist. Each is exit 2, naming the key.
+TEST(CliTest, MisspelledOrIllTypedHyperparametersAreConfigErrors) {
+  testing::TempDir dir;
+  for (const auto& [hp, want] : std::vector<std::pair<std::string, std::string>>{
+           {"{optimiser: sgd}", "unknown hyperparameter 'optimiser' (did you mean 'optimizer'?)"},
+           {"{lr: fast}", "hyperparameter 'lr' must be a number, got \"fast\""},
+           {"{optimizer: adagrad}", "hyperparameter 'optimizer' must be one of sgd, adam, adamw, got \"adagrad\""}}) {
+    auto job = dir.write("job.yaml", "model: {ref: mlp, hyperparameters: " + hp +
+                                         "}\ndatastructure: {target: label, num_classes: 10}\n"
+                                         "pods: [{name: a, address: 'tcp://127.0.0.1:5555'}]\n");
+    auto r = fedpod(dir, {"coordinator", "run", job});
+    EXPECT_EQ(r.code, 2) << hp;
+    EXPECT_NE(r.output.find("job.yaml: model.hyperparameters: model mlp: " + want), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("accepted: batch_norm, batch_size, dropout, hidden, lr"), std::string::npos) << r.output;
+  }
+}
+
 TEST(CliTest, BadDurationIsNamed) {
   testing::TempDir dir;
   auto job = dir.write("job.yaml",

@@ -213,6 +213,48 @@ TEST_F(CustomModelTest, CustomModelsTrainOnPodsWithTwoCpuReplicas) {
   EXPECT_CONTAINS(log, "replicas=2 allreduce=\"cpu\"");
 }
 
+// A custom model's hyperparameters are checked like a built-in's, before any pod is
+// contacted: the job's only pod is an address where nothing listens, so an error
+// about anything but the hyperparameters (after connect_timeout) would mean the
+// coordinator went to the pods first.
+TEST_F(CustomModelTest, MisspelledOrIllTypedHyperparametersStopTheJobBeforeAnyPod) {
+  const std::string pt = script_digits_net();
+  push("digits-net", "torchscript", pt, testing::source_dir() + "/examples/torchscript_model/digits_net.py");
+  push("digits-mlp", "plugin", FEDPOD_EXAMPLE_PLUGIN, testing::source_dir() + "/examples/plugin_model/digits_mlp.cpp");
+  spec_.hub_token = token_;
+  spec_.pods = {{"pod-nowhere", "tcp://127.0.0.1:1", id_.pod_public_key("pod-nowhere")}};
+  struct Case {
+    std::string ref;
+    nlohmann::json hp;
+    std::string want;
+  };
+  const std::vector<Case> cases = {
+      // TorchScript: the common keys and what its configure_optimizers returns (lr).
+      {"digits-net", {{"optimiser", "adam"}},
+       "model alice/digits-net (latest): unknown hyperparameter 'optimiser' (did you mean 'optimizer'?); accepted: "
+       "batch_size, lr, momentum, optimizer, weight_decay"},
+      {"digits-net", {{"lr", "fast"}}, "hyperparameter 'lr' must be a number, got \"fast\""},
+      // The example plugin declares hidden, dropout and label_smoothing.
+      {"digits-mlp", {{"label_smothing", 0.1}}, "unknown hyperparameter 'label_smothing' (did you mean 'label_smoothing'?)"},
+      {"digits-mlp", {{"hidden", "wide"}}, "hyperparameter 'hidden' must be an integer, got \"wide\""},
+  };
+  for (const auto& c : cases) {
+    spec_.model.ref = c.ref;
+    spec_.model.hyperparameters = Hyperparameters(c.hp);
+    std::ostringstream progress;
+    coordinator::validate(spec_, "test job");
+    zmq::context_t ctx(1);
+    coordinator::Coordinator coord(ctx, spec_, null_logger(), progress);
+    auto result = coord.run();
+    ASSERT_FALSE(result.ok()) << c.hp.dump();
+    EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument) << result.status().to_string();
+    EXPECT_CONTAINS(result.status().message(), c.want);
+    EXPECT_TRUE(coord.job_config_error()) << c.hp.dump();
+    EXPECT_EQ(progress.str().find("pod-nowhere"), std::string::npos) << "went to the pods first:\n" << progress.str();
+    EXPECT_EQ(history()["status"], "failed");
+  }
+}
+
 TEST_F(CustomModelTest, PodsRefuseWithoutGrantOrWhenCustomModelsAreOff) {
   const std::string pt = script_digits_net();
   push("digits-net", "torchscript", pt,

@@ -59,6 +59,8 @@ class ScriptedPod {
     std::function<void(const std::string& job, uint64_t request, uint32_t round)> train_done;
     std::function<void(const std::string& job, uint64_t request, uint32_t round)> train_result;
     std::function<void(uint64_t request, uint32_t round, wire::Split split)> eval_result;
+    // A trainResult whose parameters are that round's global plus `delta`.
+    std::function<void(const std::string& job, uint64_t request, uint32_t round, float delta)> train_result_delta;
   };
   // Called for train, fetchResult and evaluate, with the request's id and round;
   // returns false to withhold the correct reply (it may send others through `act`).
@@ -105,6 +107,11 @@ class ScriptedPod {
     router_.close();
   }
 
+  // Training rows reported in jobAccepted, and samples claimed in trainDone and
+  // trainResult (a liar claims more than it has). Set before serve().
+  uint64_t accepted_samples = kLiarSamples;
+  uint64_t claimed_samples = kLiarSamples;
+
   // The global parameters each round's train carried (flat, in layout order).
   std::map<uint32_t, torch::Tensor> received;
   int end_jobs = 0;
@@ -128,6 +135,9 @@ class ScriptedPod {
     act.train_result = [&](const std::string& j, uint64_t r, uint32_t round) {
       send_train_result(j, r, round);
     };
+    act.train_result_delta = [&](const std::string& j, uint64_t r, uint32_t round, float delta) {
+      send_train_result(j, r, round, delta);
+    };
     act.eval_result = [&](uint64_t r, uint32_t round, wire::Split split) {
       send_eval_result(job, r, round, split);
     };
@@ -145,7 +155,7 @@ class ScriptedPod {
         for (const auto& p : layout_) numel += p.numel;
         reply(job, rid, [&](wire::Envelope::Builder e) {
           auto a = e.getBody().initJobAccepted();
-          a.setTrainSamples(kLiarSamples);
+          a.setTrainSamples(accepted_samples);
           a.setValidationSamples(20);
           a.setTestSamples(40);
           a.setNumParameters(static_cast<uint64_t>(numel));
@@ -192,14 +202,20 @@ class ScriptedPod {
     fill(out.envelope());
     if (attach) attach(out);
     auto frames = out.frames();
-    ASSERT_TRUE(protocol::send_frames(router_, frames, &routing_));
+    // A full queue on the coordinator's side (a flood) is waited out, as a flooding
+    // pod would.
+    bool sent = false;
+    for (int tries = 0; tries < 2000 && !(sent = protocol::send_frames(router_, frames, &routing_)); ++tries) {
+      std::this_thread::sleep_for(5ms);
+    }
+    ASSERT_TRUE(sent);
   }
 
   void send_train_done(const std::string& job, uint64_t rid, uint32_t round) {
     reply(job, rid, [&](wire::Envelope::Builder e) {
       auto d = e.getBody().initTrainDone();
       d.setRound(round);
-      d.setNumSamples(kLiarSamples);
+      d.setNumSamples(claimed_samples);
       d.setSeconds(0.01);
       auto m = d.initMetrics(1);
       m[0].setName("train_loss");
@@ -208,16 +224,16 @@ class ScriptedPod {
   }
 
   // The parameters "trained" in `round`: what that round's train carried, plus kLiarDelta.
-  void send_train_result(const std::string& job, uint64_t rid, uint32_t round) {
+  void send_train_result(const std::string& job, uint64_t rid, uint32_t round, float delta = kLiarDelta) {
     ASSERT_TRUE(received.count(round)) << "no train for round " << round;
-    const torch::Tensor trained = received[round] + kLiarDelta;
+    const torch::Tensor trained = received[round] + delta;
     wire::TrainResult::Builder r(nullptr);
     reply(
         job, rid,
         [&](wire::Envelope::Builder e) {
           r = e.getBody().initTrainResult();
           r.setRound(round);
-          r.setNumSamples(kLiarSamples);
+          r.setNumSamples(claimed_samples);
           r.setSeconds(0.01);
         },
         [&](protocol::Outgoing& out) {
@@ -298,12 +314,13 @@ class ExactlyOnceTest : public ::testing::Test {
     spec_.pods.push_back({name, honest_->endpoint(), id_.pod_public_key(name)});
   }
 
-  void start_scripted_pod(const std::string& name, ScriptedPod::Script script) {
+  void start_scripted_pod(const std::string& name, ScriptedPod::Script script, uint64_t claimed = kLiarSamples) {
     auto table = data::read_csv(testing::source_dir() + "/examples/digits/pod-a.csv",
                                 data::CsvOptions(), std::nullopt);
     ASSERT_TRUE(table.ok()) << table.status().to_string();
     scripted_ =
         std::make_unique<ScriptedPod>(ctx_, id_, name, layout_, table->schema, std::move(script));
+    scripted_->claimed_samples = claimed;
     threads_.emplace_back([this] { scripted_->serve(stop_); });
     spec_.pods.push_back({name, scripted_->endpoint(), id_.pod_public_key(name)});
   }
@@ -430,8 +447,11 @@ TEST_F(ExactlyOnceTest, DuplicateLateAndForeignUpdatesAreDiscardedCountedAndNeve
     EXPECT_EQ(rec["discarded_replies"], discarded[r]);
   }
   EXPECT_EQ(h["discarded_replies_by_reason"],
-            (nlohmann::json{
-                {"stale_request", 1}, {"closed_round", 3}, {"duplicate", 3}, {"wrong_job", 1}}));
+            (nlohmann::json{{"stale_request", 1},
+                            {"closed_round", 3},
+                            {"duplicate", 3},
+                            {"wrong_job", 1},
+                            {"unfetched", 0}}));
 
   // The counter, by reason; and no answer was turned into a pod error.
   const std::string text = prometheus::TextSerializer().Serialize(c.registry()->Collect());
@@ -462,6 +482,115 @@ TEST_F(ExactlyOnceTest, DuplicateLateAndForeignUpdatesAreDiscardedCountedAndNeve
   EXPECT_EQ(scripted_->end_jobs, 1);
 }
 
+// A pod that lies about its numbers (coordinator.h, "Trusting pods' numbers"):
+//   - it accepts the job with 160 training rows, then claims 100000 samples in every
+//     trainDone and trainResult: its weight is capped at 160, so each round is exactly
+//     (480 * 1 + 160 * 8) / 640 = 2.75, not (480 + 100000 * 8) / 100480 = 7.97;
+//   - in round 2 it pushes a trainResult (global + 1000) with its trainDone, before
+//     the coordinator asked for it: discarded as "unfetched", never folded; the one
+//     it sends when fetched is folded;
+//   - in round 3 it floods the coordinator with 2000 unsolicited trainResults of
+//     another round while the coordinator waits for it: each is read and discarded
+//     (ZMQ_RCVHWM bounds what queues unread), and the round completes.
+TEST_F(ExactlyOnceTest, ALyingPodsWeightIsCappedAndItsUnaskedUpdatesAreDiscarded) {
+  constexpr uint64_t kClaimed = 100000;
+  constexpr int kFlood = 2000;
+  start_honest_pod("honest");
+  auto script = [&](W kind, uint64_t rid, uint32_t round, const ScriptedPod::Actions& act) {
+    if (kind == W::TRAIN && round == 2) {
+      act.train_result_delta(spec_.job_id, rid, 2, 1000.0f);  // then its trainDone, as usual
+    }
+    if (kind == W::TRAIN && round == 3) {
+      for (int k = 0; k < kFlood; ++k) act.train_result_delta(spec_.job_id, rid, 3, 1000.0f);
+    }
+    return true;
+  };
+  start_scripted_pod("liar", script, kClaimed);
+  spec_.rounds = 3;
+  spec_.round_timeout = 60s;
+  coordinator::validate(spec_, "test job");
+  std::ostringstream logs, progress;
+  auto logger = std::make_shared<spdlog::logger>("coordinator", std::make_shared<spdlog::sinks::ostream_sink_mt>(logs));
+  logger->set_level(spdlog::level::info);
+  coordinator::Coordinator c(ctx_, spec_, logger, progress);
+  auto result = c.run();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs.str();
+  stop_ = true;
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+
+  const auto& got = scripted_->received;
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_LT(max_diff(got.at(2), got.at(1) + 2.75), 1e-5) << "round 1: the weight was not capped";
+  EXPECT_LT(max_diff(got.at(3), got.at(2) + 2.75), 1e-5) << "round 2: the unfetched update was folded";
+  EXPECT_LT(max_diff(saved_model(result->model_path), got.at(3) + 2.75), 1e-5) << "round 3";
+
+  auto h = history();
+  EXPECT_EQ(h["update_weight_capped"], (nlohmann::json{{"liar", 3}}));
+  EXPECT_EQ(h["discarded_replies_by_reason"]["unfetched"], 1 + kFlood);
+  for (const auto& rec : h["rounds"]) EXPECT_EQ(rec["pods"]["liar"]["num_samples"], 160) << rec;
+  const std::string text = prometheus::TextSerializer().Serialize(c.registry()->Collect());
+  EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_update_weight_capped_total{pod=\"liar\"}"), 3) << text;
+  EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_discarded_replies_total{reason=\"unfetched\"}"),
+            1 + kFlood);
+  EXPECT_EQ(text.find("update_weight_capped_total{pod=\"honest\"}"), std::string::npos) << text;
+  EXPECT_CONTAINS(logs.str(),
+                  "event=update_weight_capped job=exactly-once round=1 pod=liar claimed_samples=100000 "
+                  "train_samples=160");
+}
+
+// A DEALER made with receive_hwm queues at most about that many unread messages: a
+// peer sending into it without pause meets backpressure (EAGAIN) long before
+// ZeroMQ's default of 1000 messages, so the receiver's memory stays bounded.
+TEST(ReceiveHwmTest, AFloodIntoAnUnreadSocketIsHeldBack) {
+  zmq::context_t ctx(1);
+  auto flood_until_blocked = [&](int receive_hwm) {
+    // The flooding peer queues nothing and the kernel little (loopback buffers may
+    // otherwise grow to tens of megabytes): what piles up is the receiver's queue.
+    // Set before bind: a listener hands its connections the options of bind time.
+    zmq::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    router.set(zmq::sockopt::router_mandatory, 1);
+    router.set(zmq::sockopt::sndhwm, 1);
+    router.set(zmq::sockopt::sndbuf, 128 * 1024);
+    router.bind("tcp://127.0.0.1:*");
+    protocol::SocketOptions client;
+    client.linger = 0ms;
+    client.receive_hwm = receive_hwm;
+    zmq::socket_t dealer = protocol::make_dealer(ctx, "", client);
+    dealer.set(zmq::sockopt::rcvbuf, 128 * 1024);
+    dealer.connect(protocol::bound_endpoint(router));
+    dealer.send(zmq::str_buffer("hi"), zmq::send_flags::none);  // so the router knows its routing id
+    std::vector<zmq::message_t> frames;
+    bool too_many = false;
+    for (int i = 0; i < 200 && !protocol::recv_frames(router, frames, 4, too_many); ++i) {
+      std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_EQ(frames.size(), 2u);
+    const std::string payload(64 * 1024, 'x');
+    int sent = 0;
+    // Never read by the dealer; stop when ZeroMQ pushes back for 500 ms in a row.
+    for (auto last = std::chrono::steady_clock::now(); std::chrono::steady_clock::now() - last < 500ms && sent < 5000;) {
+      zmq::message_t id(frames[0].data(), frames[0].size());
+      if (!router.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+        std::this_thread::sleep_for(5ms);
+        continue;
+      }
+      router.send(zmq::buffer(payload), zmq::send_flags::none);
+      ++sent;
+      last = std::chrono::steady_clock::now();
+    }
+    return sent;
+  };
+  const int bounded = flood_until_blocked(16);
+  const int unbounded = flood_until_blocked(0);
+  std::cout << "[ flood    ] 64 KiB messages accepted before backpressure: receive_hwm 16: " << bounded
+            << ", ZeroMQ default: " << unbounded << std::endl;
+  // Beyond the receiver's queue, the two kernel buffers hold some 256 KiB each.
+  EXPECT_LT(bounded, 16 + 64);
+  EXPECT_GE(unbounded, 1000);
+}
+
 // Without misbehaviour nothing is discarded, and every reason is exported at 0.
 TEST_F(ExactlyOnceTest, HonestPodsDiscardNothing) {
   spec_.rounds = 2;
@@ -474,7 +603,7 @@ TEST_F(ExactlyOnceTest, HonestPodsDiscardNothing) {
   auto result = c.run();
   ASSERT_TRUE(result.ok()) << result.status().to_string();
   const std::string text = prometheus::TextSerializer().Serialize(c.registry()->Collect());
-  for (const char* reason : {"stale_request", "closed_round", "duplicate", "wrong_job"}) {
+  for (const char* reason : {"stale_request", "closed_round", "duplicate", "wrong_job", "unfetched"}) {
     EXPECT_EQ(testing::metric_value(text, std::string("fedpod_coordinator_discarded_replies_total{reason=\"") +
                               reason + "\"}"),
               0)

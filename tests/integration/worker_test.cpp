@@ -206,6 +206,25 @@ TEST_F(WorkerTest, UnknownModelIsRefusedByName) {
   EXPECT_NE(error_of(*r).find("not_found: model 'resnet9000'"), std::string::npos) << error_of(*r);
 }
 
+// A coordinator that skipped the check (an old or a hostile one) gets the same answer
+// from the pod: unknown and ill-typed hyperparameters refuse the job; the pod is free.
+TEST_F(WorkerTest, UndeclaredOrIllTypedHyperparametersAreRefused) {
+  auto r = start_job("job-1", "mlp", R"({"optimiser": "adam", "hidden": "wide"})");
+  ASSERT_NE(r, nullptr);
+  EXPECT_NE(error_of(*r).find("invalid_argument: pod test-pod: model mlp: hyperparameter 'hidden' must be a list of "
+                              "integers, got \"wide\"; unknown hyperparameter 'optimiser' (did you mean "
+                              "'optimizer'?); accepted: batch_norm, batch_size, dropout, hidden, lr, momentum, "
+                              "optimizer, weight_decay"),
+            std::string::npos)
+      << error_of(*r);
+  r = start_job("job-2", "logreg", R"({"optimizer": "adagrad"})");
+  EXPECT_NE(error_of(*r).find("hyperparameter 'optimizer' must be one of sgd, adam, adamw, got \"adagrad\""),
+            std::string::npos)
+      << error_of(*r);
+  EXPECT_EQ(start_job("job-3", "mlp", R"({"hidden": [16], "lr": 0.1})")->envelope().getBody().which(),
+            W::JOB_ACCEPTED);
+}
+
 TEST_F(WorkerTest, StartJobReportsSplitSizes) {
   auto r = start_job("job-1");
   ASSERT_NE(r, nullptr);

@@ -127,15 +127,19 @@ inline void wait_for_endpoint(PodProcess& pod) {
   pod.endpoint = wait_for_word(pod.endpoint_file, std::chrono::seconds(60), pod.process.get());
 }
 
-inline PodProcess start_digits_pod(const TempDir& dir, TestIdentity& id, const std::string& name,
-                                   const std::string& role = "general-modeller", const std::string& extra_yaml = "",
-                                   const std::string& log_name = "", const PodHost& host = {}) {
+// A `fedpod worker` named `name` serving the CSV file `csv`, as start_digits_pod
+// below; `dataset_yaml` is put under `dataset:` (lines indented by two spaces, e.g.
+// "  schema:\n    - {name: label, type: categorical}\n").
+inline PodProcess start_csv_pod(const TempDir& dir, TestIdentity& id, const std::string& name, const std::string& csv,
+                                const std::string& role = "general-modeller", const std::string& extra_yaml = "",
+                                const std::string& log_name = "", const PodHost& host = {},
+                                const std::string& dataset_yaml = "") {
   PodProcess pod;
   pod.name = name;
   pod.public_key = id.pod_public_key(name);
   const std::string config =
       dir.write(name + ".yaml", "name: " + name + "\nlisten: tcp://" + host.listen_host + ":*\ndataset:\n  path: " +
-                                    source_dir() + "/examples/digits/" + name + ".csv\nthreads: 1\n" +
+                                    csv + "\n" + dataset_yaml + "threads: 1\n" +
                                     id.pod_yaml(name, role) + extra_yaml);
   pod.endpoint_file = (dir.path() / (name + ".endpoint")).string();
   std::filesystem::remove(pod.endpoint_file);
@@ -145,6 +149,13 @@ inline PodProcess start_digits_pod(const TempDir& dir, TestIdentity& id, const s
   pod.process = std::make_unique<Process>(argv, pod.log);
   if (host.wait) wait_for_endpoint(pod);
   return pod;
+}
+
+inline PodProcess start_digits_pod(const TempDir& dir, TestIdentity& id, const std::string& name,
+                                   const std::string& role = "general-modeller", const std::string& extra_yaml = "",
+                                   const std::string& log_name = "", const PodHost& host = {}) {
+  return start_csv_pod(dir, id, name, source_dir() + "/examples/digits/" + name + ".csv", role, extra_yaml, log_name,
+                       host);
 }
 
 }  // namespace fedpod::testing

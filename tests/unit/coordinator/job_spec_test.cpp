@@ -48,6 +48,67 @@ TEST_F(JobSpecTest, ParseFromTextMatchesLoadFromFile) {
             0u);
 }
 
+TEST_F(JobSpecTest, CategoriesSetNumClassesAndAreChecked) {
+  auto job = [](const std::string& ds) {
+    return std::string("model: {ref: mlp}\ndatastructure: ") + ds +
+           "\nkey_file: k.key\npods: [{name: pod-a, address: 'tcp://127.0.0.1:5555'}]\n";
+  };
+  JobSpec s = parse_job_spec(job("{target: label, categories: {label: [dog, cat, bird]}}"), "job.yaml", "/");
+  EXPECT_EQ(s.datastructure.num_classes, 3);  // from the list
+  EXPECT_EQ(s.datastructure.categories.at("label"), (std::vector<std::string>{"dog", "cat", "bird"}));
+  EXPECT_EQ(testing::config_error([&] {
+              parse_job_spec(job("{target: label, num_classes: 4, categories: {label: [dog, cat, bird]}}"),
+                             "job.yaml", "/");
+            }),
+            "job.yaml: datastructure.num_classes: 4, but datastructure.categories.label lists 3 categories; they "
+            "must agree (or leave num_classes out)");
+  EXPECT_EQ(testing::config_error([&] {
+              parse_job_spec(job("{target: label, categories: {label: [dog, cat, dog]}}"), "job.yaml", "/");
+            }),
+            "job.yaml: datastructure.categories.label: 'dog' is listed twice");
+  EXPECT_EQ(testing::config_error([&] {
+              parse_job_spec(job("{target: label, num_classes: 2, categories: {city: []}}"), "job.yaml", "/");
+            }),
+            "job.yaml: datastructure.categories.city: list at least one category");
+  EXPECT_EQ(testing::config_error([&] {
+              parse_job_spec(job("{target: label, num_classes: 2, categories: [a, b]}"), "job.yaml", "/");
+            }),
+            "job.yaml: datastructure.categories: must map a column to its categories, e.g. {label: [cat, dog]}");
+  EXPECT_EQ(testing::config_error([&] { parse_job_spec(job("{target: label}"), "job.yaml", "/"); }),
+            "job.yaml: datastructure.num_classes: required, at least 2 (or list the target's categories in "
+            "datastructure.categories.label)");
+}
+
+// A built-in model's hyperparameters are checked when job.yaml is read (exit 2),
+// before anything is contacted.
+TEST_F(JobSpecTest, BuiltinModelHyperparametersAreChecked) {
+  auto job = [](const std::string& model) {
+    return "model: " + model + "\ndatastructure: {target: label, num_classes: 10}\nkey_file: k.key\n" +
+           "pods: [{name: pod-a, address: 'tcp://127.0.0.1:5555'}]\n";
+  };
+  EXPECT_EQ(testing::config_error([&] {
+              parse_job_spec(job("{ref: mlp, hyperparameters: {optimiser: sgd, lr: fast}}"), "job.yaml", "/");
+            }),
+            "job.yaml: model.hyperparameters: model mlp: hyperparameter 'lr' must be a number, got \"fast\"; unknown "
+            "hyperparameter 'optimiser' (did you mean 'optimizer'?); accepted: batch_norm, batch_size, dropout, "
+            "hidden, lr, momentum, optimizer, weight_decay");
+  EXPECT_EQ(testing::config_error([&] {
+              parse_job_spec(job("{ref: cnn, hyperparameters: {optimizer: adagrad}}"), "job.yaml", "/");
+            }),
+            "job.yaml: model.hyperparameters: model cnn: hyperparameter 'optimizer' must be one of sgd, adam, "
+            "adamw, got \"adagrad\"; accepted: batch_norm, batch_size, channels, hidden, lr, momentum, optimizer, "
+            "weight_decay");
+  // logreg has only the common ones; a far-off name gets no suggestion.
+  EXPECT_EQ(testing::config_error([&] {
+              parse_job_spec(job("{ref: logreg, hyperparameters: {hidden: [8]}}"), "job.yaml", "/");
+            }),
+            "job.yaml: model.hyperparameters: model logreg: unknown hyperparameter 'hidden'; accepted: batch_size, "
+            "lr, momentum, optimizer, weight_decay");
+  JobSpec ok = parse_job_spec(job("{ref: mlp, hyperparameters: {hidden: [8, 4], lr: 1, batch_norm: true}}"),
+                              "job.yaml", "/");
+  EXPECT_EQ(ok.model.hyperparameters.integers("hidden", {}), (std::vector<int64_t>{8, 4}));
+}
+
 // hyperparameters-not-utf8.yaml: "hyperparameters: \xDF". Building the "must be a
 // mapping" message called json::dump(), which threw nlohmann's type_error 316.
 TEST_F(JobSpecTest, RegressionHyperparametersThatAreNotUtf8) {

@@ -53,10 +53,21 @@
 // discarded unread, logged at info (event=reply_discarded, with the reason) and
 // counted: stale_request (a reply to an older request), closed_round (an update for
 // a round whose collection ended: a straggler's reply past the deadline, whenever it
-// arrives), duplicate (an update for a (round, pod) already taken), wrong_job.
+// arrives), duplicate (an update for a (round, pod) already taken), wrong_job,
+// unfetched (a trainResult pushed before the coordinator's fetchResult asked for it:
+// reading it would bypass max_concurrent_uploads).
 // history.json counts them per round ("discarded_replies": replies discarded while
 // that round trained or validated) and per reason for the job
 // ("discarded_replies_by_reason").
+//
+// Trusting pods' numbers: a pod's update is weighted by the samples its trainDone
+// reports, capped at the training rows it reported in jobAccepted (logged as
+// event=update_weight_capped, counted per pod in the metric below and in history.json
+// "update_weight_capped"): a pod cannot outvote the others by claiming more data. A
+// trainResult is read only after the coordinator's fetchResult asked for it. Each
+// pod's socket queues at most 16 messages (ZMQ_RCVHWM) before ZeroMQ stops reading
+// its connection, so a pod that floods the coordinator meets TCP backpressure rather
+// than growing the coordinator's memory.
 //
 // Metrics: every Coordinator defines its metrics on its own registry (registry()),
 // whether or not it serves them:
@@ -81,7 +92,10 @@
 //   fedpod_coordinator_checkpoint_seconds                      histogram: writing the checkpoint
 //   fedpod_coordinator_discarded_replies_total{reason}         counter: replies not
 //       used (see "Exactly once" above), reason stale_request|closed_round|duplicate|
-//       wrong_job; every reason is present from the start
+//       wrong_job|unfetched; every reason is present from the start
+//   fedpod_coordinator_update_weight_capped_total{pod}         counter: updates whose
+//       sample count exceeded the training rows the pod reported when it accepted the
+//       job (see "Trusting pods' numbers" above)
 //
 // With spec.metrics_listen set, the constructor starts a metrics::MetricsServer
 // (/metrics, /healthz, /readyz) that lives as long as the Coordinator. /readyz
@@ -150,6 +164,10 @@ class Coordinator {
   std::shared_ptr<prometheus::Registry> registry() const;
   // The port the metrics endpoint listens on (useful with port 0); 0 without one.
   int metrics_port() const;
+  // After run() failed: true when it failed on the job's own settings, before any pod
+  // was contacted (hyperparameters the model does not declare, or of the wrong type).
+  // `fedpod coordinator run` exits 2 then, as for any other error in job.yaml.
+  bool job_config_error() const;
 
  private:
   struct Impl;

@@ -17,9 +17,14 @@
 //     features: [...]                # default: every column but target and ignore
 //     ignore: [...]
 //     input_shape: [1, 8, 8]         # default: [number of features]
-//     num_classes: 10                # required
+//     num_classes: 10                # required, unless categories lists the target
 //     scale: 0.0625                  # multiplies every feature (default 1)
 //     split: {validation: 0.1, test: 0.2, seed: 0}
+//     categories:                    # categorical columns: the i-th value is code i on
+//       label: [cat, dog, bird]      # every pod. Default: the sorted union of the
+//                                    # categories the pods declare; a pod that infers
+//                                    # them from its data publishes none, so then the
+//                                    # job must list them
 //   key_file: ~/.config/fedpod/alice.key  # the modeller's CURVE key pair (fedpod keys
 //                                    # generate); pods admit only keys registered on the
 //                                    # hub. Relative to this file. Default: env FEDPOD_KEY_FILE

@@ -23,6 +23,9 @@ struct SocketOptions {
   // connection is re-established (DEALER) or dropped (ROUTER).
   std::chrono::milliseconds heartbeat_interval{2000};
   std::chrono::milliseconds heartbeat_timeout{10000};
+  // Messages queued for receipt before ZeroMQ stops reading from the connection
+  // (ZMQ_RCVHWM: the peer then meets TCP backpressure). 0: ZeroMQ's default (1000).
+  int receive_hwm = 0;
   // CURVE (fedpod/protocol/curve.h), applied before bind/connect. Server (ROUTER):
   // its secret key and the ZAP domain that authenticates clients. Client (DEALER):
   // its key pair and the server's public key. Empty: no CURVE.
