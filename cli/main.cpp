@@ -6,8 +6,12 @@
 #include "commands.h"
 #include "fedpod/common/config_util.h"
 #include "fedpod/common/process.h"
+#include "fedpod/worker/runner.h"
 
 int main(int argc, char** argv) {
+  // A job runner (worker/runner.h), started by `fedpod worker` for each job; not a
+  // command for people, so not in --help.
+  if (argc > 1 && std::string(argv[1]) == "runner") return fedpod::worker::runner_main(argc - 2, argv + 2);
   fedpod::tune_malloc_for_large_messages();  // before any thread starts
   CLI::App app{"fedpod: federated learning across data pods.\n"
                "Pods keep their data; a coordinator trains a model across them."};

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "fedpod/common/process.h"
 #include "fedpod/common/log.h"
 #include "fedpod/worker/worker.h"
 
@@ -35,7 +36,11 @@ void run_worker(const WorkerArgs& args) {
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   zmq::context_t ctx(1);
-  worker::Worker w(ctx, config, log);
+  // Model code never runs in this process: each job gets a runner, this binary's
+  // hidden `runner` subcommand, confined (worker/runner.h).
+  worker::Runtime runtime;
+  runtime.runner_command = {self_executable(), "runner"};
+  worker::Worker w(ctx, config, log, runtime);
   if (!args.endpoint_file.empty()) {
     // Written after binding: a launcher that waits for this file can connect at once.
     std::string tmp = args.endpoint_file + ".tmp";

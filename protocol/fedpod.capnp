@@ -141,6 +141,8 @@ struct HelloReply {
   devices @2 :List(Text);
   activeJob @3 :Text;          # empty when idle
   maxFrameBytes @4 :UInt64;    # largest frame the pod accepts (bounds a custom model's artifact)
+  sandbox @5 :Text;            # how model code is confined: "namespaces+seccomp+rlimits",
+                               # "seccomp+rlimits", or "in-process" (an embedded worker)
 }
 
 struct StartJob {

@@ -82,13 +82,35 @@ std::vector<std::string> resolve_devices(const std::vector<std::string>& request
 
 namespace {
 
+// "8GiB", "512MiB", "1024KiB" or a number of bytes.
+int64_t parse_bytes(const std::string& text, const std::string& where) {
+  size_t end = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &end);
+  } catch (const std::exception&) {
+    end = 0;
+  }
+  std::string unit = text.substr(end);
+  while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
+  double scale = 0;
+  if (unit.empty() || unit == "B") scale = 1;
+  if (unit == "KiB") scale = 1024.0;
+  if (unit == "MiB") scale = 1024.0 * 1024;
+  if (unit == "GiB") scale = 1024.0 * 1024 * 1024;
+  if (end == 0 || scale == 0 || !(v > 0) || v * scale > 9e18) {
+    throw ConfigError(where + ": expected a size such as 8GiB or 512MiB, got \"" + text + "\"");
+  }
+  return static_cast<int64_t>(v * scale);
+}
+
 // The body of load_pod_config and parse_pod_config: `where` names the source in
 // errors; relative paths in it resolve against `base`.
 PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
                                const fs::path& base) {
   check_keys(root, {"name", "listen", "dataset", "devices", "threads", "job_idle_timeout",
                     "max_frame_bytes", "custom_models", "log_level", "key_file", "policy", "audit_log",
-                    "metrics_listen"},
+                    "metrics_listen", "sandbox"},
              where);
   PodConfig c;
   try {
@@ -177,6 +199,41 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
                           "with CURVE and decide by roles and grants (docs/permissions.md); use policy or refuse");
       } else {
         throw ConfigError(where + ": custom_models: expected policy or refuse, got \"" + v + "\"");
+      }
+    }
+    if (auto sb = root["sandbox"]) {
+      const std::string w = where + ": sandbox";
+      auto level = [&](const std::string& v) {
+        if (v == "required") {
+          c.sandbox.required = true;
+        } else if (v != "auto") {
+          throw ConfigError(w + ": expected auto or required, got \"" + v + "\"");
+        }
+      };
+      if (sb.IsScalar()) {
+        level(sb.as<std::string>());
+      } else if (sb.IsMap()) {
+        check_keys(sb, {"level", "memory", "step_timeout", "load_timeout", "open_files"}, w);
+        if (sb["level"]) level(sb["level"].as<std::string>());
+        if (sb["memory"]) c.sandbox.limits.memory_bytes = parse_bytes(sb["memory"].as<std::string>(), w + ".memory");
+        if (sb["step_timeout"]) {
+          c.sandbox.limits.step_timeout = parse_duration(sb["step_timeout"].as<std::string>(), w + ".step_timeout");
+        }
+        if (sb["load_timeout"]) {
+          c.sandbox.limits.load_timeout = parse_duration(sb["load_timeout"].as<std::string>(), w + ".load_timeout");
+        }
+        if (sb["open_files"]) {
+          c.sandbox.limits.open_files = sb["open_files"].as<int>();
+          if (c.sandbox.limits.open_files < 32) throw ConfigError(w + ".open_files: must be at least 32");
+        }
+        if (c.sandbox.limits.memory_bytes < (int64_t{256} << 20)) {
+          throw ConfigError(w + ".memory: must be at least 256MiB (libtorch alone needs about that)");
+        }
+        if (c.sandbox.limits.step_timeout.count() <= 0 || c.sandbox.limits.load_timeout.count() <= 0) {
+          throw ConfigError(w + ": timeouts must be positive");
+        }
+      } else {
+        throw ConfigError(w + ": expected auto, required, or a map (level, memory, step_timeout, ...)");
       }
     }
     auto resolve_path = [&](const std::string& p) {

@@ -32,6 +32,8 @@
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/data_parallel.h"
+#include "fedpod/worker/engine.h"
+#include "fedpod/worker/runner.h"
 #include "fedpod/worker/trainer.h"
 #include "fedpod/worker/wire_convert.h"
 
@@ -65,11 +67,9 @@ struct Job {
   std::string decision;  // why it was admitted
   std::string model_ref;
   Hyperparameters hp;
-  data::Splits splits;
-  std::unique_ptr<model::Model> model;  // replica 0 on a pod with several devices
-  // A pod with several devices: the replicas around `model` (which it borrows, so it
-  // is declared after it and destroyed first). Null with one device.
-  std::unique_ptr<DataParallel> replicas;
+  // The job's model code: a runner process (runner.h), or in this process when the
+  // Worker was embedded with its own Runtime hooks (engine.h).
+  std::unique_ptr<JobEngine> engine;
   std::vector<protocol::TensorSpec> specs;
   uint64_t seed = 0;
   uint32_t round = 0;
@@ -224,7 +224,27 @@ struct Worker::Impl {
       *registry, "fedpod_worker_bad_messages_total",
       "Messages refused as malformed, by reason: no_envelope, too_many_frames, envelope (unreadable header), "
       "content (wrong tensors, values or fields), unexpected_kind");
+  prometheus::Family<prometheus::Counter>& runner_failures_family = metrics::counter(
+      *registry, "fedpod_worker_runner_failures_total",
+      "Jobs whose runner failed, by reason: crashed (a signal such as SIGSEGV), timeout (past the step or load "
+      "time limit), exited, error (the model's own error)");
+  prometheus::Family<prometheus::Gauge>& sandbox_family = metrics::gauge(
+      *registry, "fedpod_worker_sandbox_info",
+      "How this pod confines model code: always 1, the level in the label (namespaces+seccomp+rlimits, "
+      "seccomp+rlimits, or in-process for an embedded worker)");
   std::unique_ptr<metrics::MetricsServer> metrics_server;
+  // How this pod's runners are confined (probed at start; empty level: in-process).
+  Confinement confinement;
+  void on_runner_failure(const Status& st) {
+    if (runtime.runner_command.empty() || st.code() != StatusCode::kInternal) return;
+    const std::string& m = st.message();
+    const char* reason = m.find("killed by signal") != std::string::npos && m.find("time limit") == std::string::npos
+                             ? "crashed"
+                         : m.find("time limit") != std::string::npos ? "timeout"
+                         : m.find("exited with code") != std::string::npos ? "exited"
+                                                                             : "error";
+    runner_failures_family.Add({{"reason", reason}}).Increment();
+  }
   void on_access_denied(const std::string& reason) { access_denied_family.Add({{"reason", reason}}).Increment(); }
   void on_job(const char* outcome) { jobs_family.Add({{"outcome", outcome}}).Increment(); }
   void on_bad_message(const char* reason) {
@@ -273,10 +293,10 @@ struct Worker::Impl {
     return std::max(1, threads / static_cast<int>(config().devices.size()));
   }
 
-  // Builds the custom model of a startJob from its admitted artifact `bytes` (`got` is
-  // their sha256): private file, loader. `what` names the model reference in messages.
-  StatusOr<std::unique_ptr<model::Model>> load_custom_model(const std::string& format, std::string_view bytes,
-                                                            const std::string& got, const std::string& what) {
+  // Writes an admitted custom-model artifact (`got`: its sha256) to a private file
+  // (directory 0700, file 0600) for an in-process engine; returns its path. A
+  // runner gets the bytes as a sealed in-memory file instead (runner.h).
+  StatusOr<std::string> write_artifact(const std::string& format, std::string_view bytes, const std::string& got) {
     if (artifact_dir.empty()) {
       std::string tmpl = (std::filesystem::temp_directory_path() / "fedpod-pod-XXXXXX").string();
       if (!::mkdtemp(tmpl.data())) return Status::internal(std::string("cannot create a private directory: ") + std::strerror(errno));
@@ -284,37 +304,26 @@ struct Worker::Impl {
     }
     const std::string path = artifact_dir + "/" + got + model::artifact_extension(format);
     const bool is_plugin = format == "plugin";
-    if (!(is_plugin && std::filesystem::exists(path))) {  // a plugin seen before: same bytes, same file
-      const std::string tmp = path + ".part";
-      int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-      if (fd < 0) return Status::internal("cannot write " + tmp + ": " + std::strerror(errno));
-      size_t done = 0;
-      while (done < bytes.size()) {
-        ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-          int err = errno;
-          ::close(fd);
-          ::unlink(tmp.c_str());
-          return Status::internal("cannot write " + tmp + ": " + std::strerror(err));
-        }
-        done += static_cast<size_t>(n);
+    if (is_plugin) plugin_loaded = true;  // loading runs its static constructors; keep the file
+    if (is_plugin && std::filesystem::exists(path)) return path;  // a plugin seen before: same bytes, same file
+    const std::string tmp = path + ".part";
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return Status::internal("cannot write " + tmp + ": " + std::strerror(errno));
+    size_t done = 0;
+    while (done < bytes.size()) {
+      ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        int err = errno;
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        return Status::internal("cannot write " + tmp + ": " + std::strerror(err));
       }
-      ::close(fd);
-      if (::rename(tmp.c_str(), path.c_str()) != 0) return Status::internal("cannot rename " + tmp + ": " + std::strerror(errno));
+      done += static_cast<size_t>(n);
     }
-    auto loaded = runtime.load_custom(path, format);
-    if (is_plugin) {
-      plugin_loaded = true;  // even a failed load ran static constructors; keep the file
-    } else {
-      ::unlink(path.c_str());  // TorchScript is read into memory by the loader
-    }
-    if (!loaded.ok()) {
-      return Status(loaded.status().code(), "custom model " + what + ": " + loaded.status().message());
-    }
-    log->info("event=custom_model_loaded pod={} model={} format={} sha256={} bytes={}",
-              config().name, what, format, got, bytes.size());
-    return std::move(*loaded);
+    ::close(fd);
+    if (::rename(tmp.c_str(), path.c_str()) != 0) return Status::internal("cannot rename " + tmp + ": " + std::strerror(errno));
+    return path;
   }
 
   // The schema told to coordinators. Categories of an inferred categorical column are
@@ -508,6 +517,7 @@ struct Worker::Impl {
           for (size_t i = 0; i < config().devices.size(); ++i) devs.set(i, config().devices[i]);
           r.setActiveJob(job ? job->id : "");
           r.setMaxFrameBytes(static_cast<uint64_t>(config().max_frame_bytes));
+          r.setSandbox(confinement.level.empty() ? "in-process" : confinement.level);
         });
         send(f);
         return Status();
@@ -676,24 +686,7 @@ struct Worker::Impl {
     log->info("event=access_granted pod={} job={} user={} model={} basis=\"{}\"", config().name, job_id, req.user,
               req.model, d.basis);
 
-    // 3. The model itself: one replica per device, each built the same way
-    //    (data_parallel.h); replica 0 is the job's model.
-    const std::vector<std::string>& devices = config().devices;
-    std::vector<std::unique_ptr<model::Model>> replicas;
-    for (size_t r = 0; r < devices.size(); ++r) {
-      std::unique_ptr<model::Model> model;
-      if (!req.custom) {
-        model = runtime.make_model(ref);
-        if (!model) {
-          return Status::not_found("model '" + ref + "' is not a built-in model (built-ins: logreg, mlp, cnn); custom models need the model hub");
-        }
-      } else {
-        auto loaded = load_custom_model(format, artifact, req.sha256, ref);
-        if (!loaded.ok()) return loaded.status();
-        model = std::move(*loaded);
-      }
-      replicas.push_back(std::move(model));
-    }
+    // 3. The model itself, in the job's runner (or, embedded with Runtime hooks, here).
     std::string hp_text = mref.getHyperparameters();
     nlohmann::json hp_json = nlohmann::json::object();
     if (!hp_text.empty()) {
@@ -706,50 +699,56 @@ struct Worker::Impl {
     new_job->decision = d.basis;
     new_job->model_ref = ref;
     new_job->hp = Hyperparameters(hp_json);
-    // The coordinator checked them too; a pod does not rely on that.
-    if (auto declared = replicas.front()->hyperparameters()) {
-      Status hp_ok = model::check_hyperparameters(new_job->hp, *declared, ref);
-      if (!hp_ok.ok()) return Status(hp_ok.code(), "pod " + config().name + ": " + hp_ok.message());
-    }
     new_job->seed = sj.getSeed();
-    data::Datastructure ds = from_wire(sj.getDatastructure());
-    auto splits = data::make_splits(table, ds);
-    if (!splits.ok()) return splits.status();
-    new_job->splits = std::move(*splits);
-    for (auto& replica : replicas) {
-      torch::manual_seed(new_job->seed);  // identical replicas (the global parameters overwrite them anyway)
-      try {
-        replica->create_model(new_job->splits.input_shape, ds.num_classes, new_job->hp);
-      } catch (const ConfigError& e) {
-        return Status::invalid("pod " + config().name + ": model " + ref + ": " + e.what());
-      }
-    }
-    new_job->model = std::move(replicas.front());
-    replicas.erase(replicas.begin());
-    std::string allreduce = "none";
-    if (devices.size() > 1) {
-      DataParallelOptions dpo;
-      dpo.threads_per_replica = threads_per_replica();
-      auto dp = DataParallel::create(*new_job->model, std::move(replicas), devices, dpo);
-      if (!dp.ok()) return Status(dp.status().code(), "pod " + config().name + ": model " + ref + ": " + dp.status().message());
-      new_job->replicas = std::move(*dp);
-      allreduce = new_job->replicas->backend();
+    EngineSpec spec;
+    spec.ref = req.custom ? ref : mref.getModelRef().cStr();
+    spec.format = req.custom ? format : "";
+    spec.hp = new_job->hp;
+    spec.ds = from_wire(sj.getDatastructure());
+    spec.seed = new_job->seed;
+    spec.devices = config().devices;
+    spec.threads_per_replica = threads_per_replica();
+    spec.threads = config().threads;
+    spec.pod = config().name;
+    StatusOr<std::unique_ptr<JobEngine>> engine = Status::internal("no engine");
+    if (!runtime.runner_command.empty()) {
+      RunnerOptions ro;
+      ro.command = runtime.runner_command;
+      ro.confinement = confinement;
+      ro.limits = config().sandbox.limits;
+      engine = start_runner(spec, table, artifact, ro, &cancel);
     } else {
-      Status moved = move_to_device(*new_job->model, devices.front());
-      if (!moved.ok()) return Status(moved.code(), "pod " + config().name + ": model " + ref + ": " + moved.message());
+      if (req.custom) {
+        auto path = write_artifact(format, artifact, req.sha256);
+        if (!path.ok()) return path.status();
+        spec.artifact_path = *path;
+      }
+      engine = make_local_engine(spec, table, runtime);
+      if (engine.ok()) (*engine)->confinement = "none (in-process)";
     }
-    new_job->specs = tensor_specs(new_job->model->flat().layout());
-    const auto& s = new_job->splits;
+    if (!engine.ok()) {
+      log->warn("event=job_start_failed pod={} job={} model={} code={} error=\"{}\"", config().name, job_id, ref,
+                to_string(engine.status().code()), engine.status().message());
+      on_runner_failure(engine.status());
+      return engine.status();
+    }
+    if (req.custom) {
+      log->info("event=custom_model_loaded pod={} model={} format={} sha256={} bytes={} confinement=\"{}\"",
+                config().name, ref, format, req.sha256, artifact.size(), (*engine)->confinement);
+    }
+    new_job->engine = std::move(*engine);
+    const JobEngine& e = *new_job->engine;
+    new_job->specs = tensor_specs(e.layout());
     log->info("event=job_started job={} user={} model={} train={} validation={} test={} parameters={} replicas={} "
-              "allreduce=\"{}\"", job_id, req.user, ref, s.train.size(), s.validation.size(), s.test.size(),
-              new_job->model->flat().numel(), devices.size(), allreduce);
+              "allreduce=\"{}\" confinement=\"{}\"", job_id, req.user, ref, e.train_size, e.validation_size,
+              e.test_size, e.numel(), e.replicas, e.allreduce, e.confinement);
     Frames f = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
       auto a = o.envelope().getBody().initJobAccepted();
-      a.setTrainSamples(s.train.size());
-      a.setValidationSamples(s.validation.size());
-      a.setTestSamples(s.test.size());
+      a.setTrainSamples(e.train_size);
+      a.setValidationSamples(e.validation_size);
+      a.setTestSamples(e.test_size);
       a.setSkippedRows(table.skipped_rows);
-      a.setNumParameters(new_job->model->flat().numel());
+      a.setNumParameters(e.numel());
       a.setDecision(new_job->decision);
     });
     job = std::move(new_job);
@@ -776,17 +775,12 @@ struct Worker::Impl {
     return Status();
   }
 
-  // Copies received parameters into the model's flat buffer (the one receive-side copy).
-  static void load_parameters(Job& j, std::vector<torch::Tensor>& tensors) {
-    torch::NoGradGuard no_grad;
+  // Copies received parameters into the job's model state (the one receive-side copy).
+  static Status load_parameters(Job& j, std::vector<torch::Tensor>& tensors) {
     j.result.reset();  // the model no longer holds the last round's parameters
-    torch::Tensor& flat = j.model->flat().writable();
-    const auto& layout = j.model->flat().layout();
-    for (size_t i = 0; i < layout.size(); ++i) {
-      flat.narrow(0, layout[i].offset, layout[i].numel).copy_(tensors[i].view({-1}));
-    }
+    Status st = j.engine->write_state(tensors);
     tensors.clear();  // releases the received frames
-    j.model->restore_buffers();  // integer buffers: from their float32 slots
+    return st;
   }
 
   Status train(const zmq::message_t& routing, protocol::Incoming& in, wire::Train::Reader t,
@@ -808,19 +802,19 @@ struct Worker::Impl {
     auto routing_copy = std::make_shared<zmq::message_t>(routing.data(), routing.size());
     auto params = std::make_shared<std::vector<torch::Tensor>>(std::move(*tensors));
     executor->submit([this, j, routing_copy, params, opts, round, job_id, request_id]() -> Frames {
-      load_parameters(*j, *params);
-      // torch's generator (dropout, random augmentations) starts each round from the
-      // same state whether or not the job was restarted in between: a resumed job
-      // trains as an uninterrupted one does.
-      torch::manual_seed(opts.seed);
+      Status loaded = load_parameters(*j, *params);
+      if (!loaded.ok()) {
+        return reply(*routing_copy, job_id, request_id,
+                     [&](protocol::Outgoing& o) { protocol::set_error(o.envelope(), loaded); });
+      }
       log->info("event=train_started job={} round={}", job_id, round);
       const auto start = Clock::now();
-      auto stats = j->replicas ? j->replicas->train(j->splits.train, opts, j->hp, &cancel)
-                               : runtime.train(*j->model, j->splits.train, opts, j->hp, &cancel);
+      auto stats = j->engine->train(opts, &cancel);
       const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
       if (!stats.ok()) {
         log->warn("event=train_failed job={} round={} code={} error=\"{}\"", job_id, round,
                   to_string(stats.status().code()), stats.status().message());
+        on_runner_failure(stats.status());
         return reply(*routing_copy, job_id, request_id,
                      [&](protocol::Outgoing& o) { protocol::set_error(o.envelope(), stats.status()); });
       }
@@ -832,7 +826,7 @@ struct Worker::Impl {
       log->info("event=trained job={} round={} steps={} samples={} train_loss={:.4f} train_accuracy={:.4f} seconds={:.3f}",
                 job_id, round, stats->steps, stats->samples_seen, stats->loss, stats->accuracy, seconds);
       // The parameters stay in the model until the coordinator fetches them.
-      j->result = TrainedResult{round, j->splits.train.size(), seconds,
+      j->result = TrainedResult{round, j->engine->train_size, seconds,
                                 {{"train_loss", stats->loss},
                                  {"train_accuracy", stats->accuracy},
                                  {"steps", static_cast<double>(stats->steps)},
@@ -863,16 +857,11 @@ struct Worker::Impl {
       r.setNumSamples(res.num_samples);
       r.setSeconds(res.seconds);
       set_metrics(r.initMetrics(res.metrics.size()), res.metrics);
-      auto& flat = job->model->flat();
-      if (flat.tensor().is_cpu()) {
-        // Zero-copy: the frames point into the model's buffer, pinned until sent.
-        o.attach(r.initTensors(flat.layout().size()), parameter_views(flat.tensor(), flat.layout()), flat.pin());
-      } else {
-        // A model on a GPU: one copy to host memory, which the frames then hold.
-        torch::Tensor host = flat.tensor().to(torch::kCPU);
-        o.attach(r.initTensors(flat.layout().size()), parameter_views(host, flat.layout()),
-                 std::make_shared<torch::Tensor>(host));
-      }
+      // Zero-copy: the frames point into the model state (the runner's shared region,
+      // or the model's own buffer), kept alive until sent.
+      auto [state, keep] = job->engine->read_state();
+      const auto& layout = job->engine->layout();
+      o.attach(r.initTensors(layout.size()), parameter_views(state, layout), keep);
     });
     send(frames);
     return Status();
@@ -892,11 +881,15 @@ struct Worker::Impl {
     auto routing_copy = std::make_shared<zmq::message_t>(routing.data(), routing.size());
     auto params = std::make_shared<std::vector<torch::Tensor>>(std::move(*tensors));
     executor->submit([this, j, routing_copy, params, split, batch, round, job_id, request_id]() -> Frames {
-      load_parameters(*j, *params);
-      const data::Dataset& d = split == wire::Split::TEST         ? j->splits.test
-                               : split == wire::Split::VALIDATION ? j->splits.validation
-                                                                  : j->splits.train;
-      auto stats = evaluate(*j->model, d, batch, split == wire::Split::TEST);
+      Status loaded = load_parameters(*j, *params);
+      StatusOr<EvalStats> stats = loaded;
+      if (loaded.ok()) {
+        const Split which = split == wire::Split::TEST         ? Split::kTest
+                            : split == wire::Split::VALIDATION ? Split::kValidation
+                                                               : Split::kTrain;
+        stats = j->engine->evaluate(which, batch, &cancel);
+        if (!stats.ok()) on_runner_failure(stats.status());
+      }
       return reply(*routing_copy, job_id, request_id, [&](protocol::Outgoing& o) {
         if (!stats.ok()) {
           protocol::set_error(o.envelope(), stats.status());
@@ -1001,6 +994,25 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
   }
   m.log->info("event=identity pod={} public_key={} policy={} audit_log={}", config_.name, m.keys.public_key,
               config_.policy.file.empty() ? config_.policy.hub_url : config_.policy.file, config_.audit_log);
+  // Confinement of model code: probed once, stated plainly (log, /metrics, hello).
+  if (!m.runtime.runner_command.empty()) {
+    m.confinement = probe_confinement(m.runtime.runner_command);
+    if (!m.confinement.namespaces) {
+      if (config_.sandbox.required) {
+        throw ConfigError("pod " + config_.name + ": sandbox: required, but job runners cannot get namespaces: " +
+                          m.confinement.why_not +
+                          " (install bubblewrap and allow unprivileged user namespaces, or set sandbox: auto)");
+      }
+      m.log->warn("event=sandbox pod={} level={} why=\"{}\" consequence=\"model code can read what this pod's user "
+                  "can read; it still has no network, no new processes and the runner's limits\"",
+                  config_.name, m.confinement.level, m.confinement.why_not);
+    } else {
+      m.log->info("event=sandbox pod={} level={}", config_.name, m.confinement.level);
+    }
+  } else if (config_.sandbox.required) {
+    throw ConfigError("pod " + config_.name + ": sandbox: required, but this worker runs model code in-process");
+  }
+  m.sandbox_family.Add({{"level", m.confinement.level.empty() ? "in-process" : m.confinement.level}}).Set(1);
 }
 
 const std::string& Worker::public_key() const { return impl_->keys.public_key; }

@@ -22,6 +22,11 @@
 //                                     # custom model's artifact, sent as one frame)
 //   custom_models: policy             # policy (default) | refuse: refuse every custom model
 //   log_level: info
+//   sandbox: auto                     # job runners (docs/permissions.md): auto (the best
+//                                     # confinement this machine allows) or required
+//                                     # (refuse to start without namespaces); or a map:
+//   # sandbox: {level: required, memory: 8GiB, step_timeout: 30m, load_timeout: 8s,
+//   #           open_files: 256}      # memory: the runner's address space
 //   # Identity and permissions (docs/permissions.md); all paths relative to this file.
 //   key_file: keys/pod-a.key          # required: this pod's CURVE key pair (fedpod keys generate)
 //   policy:                           # required: who may run what here, from one source:
@@ -77,6 +82,26 @@ struct PolicySource {
   std::chrono::milliseconds max_staleness{24LL * 3600 * 1000};
 };
 
+// Limits of a job runner (runner.h).
+struct RunnerLimits {
+  int64_t memory_bytes = int64_t{8} << 30;                 // RLIMIT_AS of the runner (RLIMIT_DATA with GPUs)
+  std::chrono::milliseconds step_timeout{30 * 60 * 1000};  // each train, each evaluate
+  // Starting the runner and building the model. Below the coordinator's default
+  // connect_timeout (10 s), so that a model that hangs while loading is reported as
+  // such rather than as a pod that did not answer.
+  std::chrono::milliseconds load_timeout{8 * 1000};
+  int open_files = 256;                                    // RLIMIT_NOFILE
+  int64_t file_bytes = int64_t{1} << 30;                   // RLIMIT_FSIZE (scratch files)
+};
+
+// How model code is confined (runner.h): `sandbox: auto` (the best this machine
+// allows, stated at start-up) or `sandbox: required` (refuse to start without
+// namespaces), with the runner's limits.
+struct SandboxConfig {
+  bool required = false;
+  RunnerLimits limits;
+};
+
 struct PodConfig {
   std::string name;
   std::string listen;
@@ -93,6 +118,7 @@ struct PodConfig {
   PolicySource policy;
   std::string audit_log;       // absolute
   std::string metrics_listen;  // "" = no metrics endpoint
+  SandboxConfig sandbox;
 };
 
 // Reads and validates `path`. Throws ConfigError naming the file and key.

@@ -36,6 +36,7 @@
 #include "fedpod/model/custom.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/worker/config.h"
+#include "fedpod/worker/engine.h"
 #include "fedpod/worker/trainer.h"
 
 namespace fedpod::worker {
@@ -53,27 +54,7 @@ struct WorkerCounters {
   std::atomic<int64_t> handshakes_refused{0};  // CURVE handshakes with a key of no known user
 };
 
-// What a pod runs for a job: how a model reference becomes a model, and how a round
-// trains it. The defaults are the built-in zoo, the TorchScript/plugin loaders and
-// train_local. Programs embedding a Worker (the benchmarks) may substitute their
-// own; nothing in pod.yaml or in a message can select anything else.
-//
-// A pod with several devices builds one model per device with make_model (or
-// load_custom, once per replica from the same artifact) and trains them with
-// DataParallel (data_parallel.h) instead of `train`, which serves one-device pods.
-//
-// Custom models (startJob with a username) arrive as an artifact frame; the pod
-// hashes it, decides from the authenticated user's role and grants (policy.h), and
-// only then writes it to a private file (directory 0700, file 0600) and calls
-// load_custom(path, format).
-struct Runtime {
-  std::function<std::unique_ptr<model::Model>(const std::string& ref)> make_model = model::make_builtin;
-  std::function<StatusOr<std::unique_ptr<model::Model>>(const std::string& path, const std::string& format)>
-      load_custom = model::load_custom;
-  std::function<StatusOr<TrainStats>(model::Model&, const data::Dataset&, const TrainOptions&,
-                                     const Hyperparameters&, const std::atomic<bool>*)>
-      train = train_local;
-};
+// Runtime (what runs a job's model code, and where) is in engine.h.
 
 class Worker {
  public:

@@ -1,0 +1,267 @@
+// Custom model code runs in a confined job runner (worker/runner.h). A deliberately
+// malicious plugin (hostile_models/hostile_plugin.cpp) is pushed to a hub and run as a
+// Super Modeller's job on a real `fedpod worker` pod that demands full confinement
+// (sandbox: required; 2 GiB of memory, 8 s a step, 5 s to load). Each attack is made from the
+// training step and again from a static constructor at load time, and must fail:
+// the TCP listener the test opens receives nothing, the pod's key and policy files and
+// the worker's /proc/PID/environ cannot be read, nothing is written outside the
+// runner's scratch, fork fails, memory past the limit cannot be had, a spinning or
+// crashing model is killed. Each ends the job with a reason naming what stopped it,
+// and a normal job on the same pod succeeds right after.
+//
+// The coordinator does not run the hostile code here: it still loads a custom model
+// in its own process to learn its layout and initial values (confining that is
+// still to be done), so the test gives it a stand-in with the hostile model's layers
+// and hyperparameters but none of its code.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "fedpod/coordinator/coordinator.h"
+#include "fedpod/hub/client.h"
+#include "fedpod/model/zoo.h"
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
+#include "digits_job.h"
+#include "identity.h"
+#include "running_hub.h"
+#include "testutil.h"
+
+namespace fedpod {
+namespace {
+
+using namespace std::chrono_literals;
+
+// What the coordinator loads in place of the hostile model: the same layers (one
+// Linear, "0.weight" and "0.bias") and hyperparameters, none of its attacks.
+class Stand_in : public model::ModuleModel {
+ public:
+  std::optional<model::HyperparameterSpec> hyperparameters() override {
+    using T = model::HyperparameterType;
+    auto spec = model::common_hyperparameters();
+    spec.push_back({"attack", T::kString, "", {}});
+    spec.push_back({"port", T::kInteger, "", {}});
+    spec.push_back({"path", T::kString, "", {}});
+    spec.push_back({"gib", T::kInteger, "", {}});
+    return spec;
+  }
+
+ protected:
+  void build(const std::vector<int64_t>& in, int64_t classes, const Hyperparameters&) override {
+    int64_t inputs = 1;
+    for (int64_t d : in) inputs *= d;
+    torch::nn::Sequential seq(torch::nn::Linear(inputs, classes));
+    module_ = seq.ptr();
+    forward_ = [seq](const torch::Tensor& x) mutable { return seq->forward(x.flatten(1)); };
+  }
+};
+
+// A TCP listener on loopback that records whether anyone connected or sent bytes.
+class Listener {
+ public:
+  explicit Listener(int port = 0) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ok_ = ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::listen(fd_, 16) == 0;
+    socklen_t len = sizeof a;
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+  }
+  ~Listener() { ::close(fd_); }
+  bool ok() const { return ok_; }
+  int port() const { return port_; }
+  // Connections accepted so far (never blocks).
+  int connections() {
+    int n = 0;
+    for (int c; (c = ::accept(fd_, nullptr, nullptr)) >= 0; ++n) ::close(c);
+    return n;
+  }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+  bool ok_ = false;
+};
+
+class SandboxTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    hub::ServerOptions opt;
+    opt.data_dir = (dir_.path() / "hub").string();
+    hub_ = std::make_unique<testing::RunningHub>(opt);
+    hub::Client c("127.0.0.1", hub_->port());
+    auto token = c.register_user("alice", id_.modeller.public_key);
+    ASSERT_TRUE(token.ok()) << token.status().to_string();
+    token_ = *token;
+    spec_ = testing::digits_job_spec("sandbox", (dir_.path() / "out").string(), id_.modeller_key_file);
+    spec_.model.username = "alice";
+    spec_.hub_url = hub_->url();
+    spec_.hub_token = token_;
+    spec_.rounds = 1;
+    spec_.eval_every = 0;
+    spec_.min_pods = 1;
+    pod_ = testing::start_digits_pod(dir_, id_, "pod-a", "super-modeller",
+                                     "sandbox: {level: required, memory: 2GiB, step_timeout: 8s, load_timeout: 5s}\n");
+    ASSERT_FALSE(pod_.endpoint.empty()) << testing::read_file(pod_.log);
+    testing::add_pod(spec_, pod_);
+  }
+
+  // Pushes `bytes` as alice/`ref`.
+  void push(const std::string& ref, const std::string& bytes) {
+    const std::string path = (dir_.path() / (ref + ".so")).string();
+    std::ofstream(path, std::ios::binary) << bytes;
+    hub::Client c("127.0.0.1", hub_->port(), token_);
+    auto v = c.push_model("alice", ref, "plugin", "hostile", "", path,
+                          {testing::source_dir() + "/tests/integration/hostile_models/hostile_plugin.cpp"});
+    ASSERT_TRUE(v.ok()) << v.status().to_string();
+  }
+
+  // The hostile plugin with its load-time attack set to `attack` ("name" or "name:arg").
+  static std::string patched(const std::string& attack) {
+    std::string bytes = testing::read_file(FEDPOD_HOSTILE_PLUGIN);
+    const std::string marker = "HOSTILE_LOAD_ATTACK=";
+    const size_t at = bytes.find(marker + "none");
+    EXPECT_NE(at, std::string::npos);
+    EXPECT_LT(attack.size(), 200u);
+    std::string field = attack;
+    field.resize(256 - marker.size(), '\0');
+    bytes.replace(at + marker.size(), field.size(), field);
+    return bytes;
+  }
+
+  // Runs a one-round job of alice/`ref` with `hp`; the coordinator gets the stand-in
+  // in place of the custom model (see the top of this file).
+  StatusOr<coordinator::RunResult> run(const std::string& ref, const nlohmann::json& hp) {
+    spec_.job_id = "sandbox-" + std::to_string(++jobs_);
+    spec_.model.ref = ref;
+    spec_.model.hyperparameters = Hyperparameters(hp);
+    spec_.output_dir = (dir_.path() / spec_.job_id).string();
+    coordinator::validate(spec_, "test job");
+    zmq::context_t ctx(1);
+    std::ostringstream progress;
+    coordinator::Coordinator c(ctx, spec_, null_logger(), progress, model::make_builtin,
+                               [](const std::string&, const std::string&) -> StatusOr<std::unique_ptr<model::Model>> {
+                                 return std::unique_ptr<model::Model>(new Stand_in());
+                               });
+    auto r = c.run();
+    last_progress_ = progress.str();
+    return r;
+  }
+
+  // The pod still serves: a normal job of `ref` succeeds.
+  void expect_pod_serves(const std::string& ref, const std::string& after) {
+    auto r = run(ref, nlohmann::json::object());
+    EXPECT_TRUE(r.ok()) << "a normal job after " << after << ": " << r.status().to_string() << "\n" << last_progress_;
+  }
+
+  testing::TempDir dir_;
+  testing::TestIdentity id_{dir_.path(), "alice"};
+  std::unique_ptr<testing::RunningHub> hub_;
+  std::string token_;
+  coordinator::JobSpec spec_;
+  testing::PodProcess pod_;
+  int jobs_ = 0;
+  std::string last_progress_;
+};
+
+struct Attack {
+  std::string name;
+  nlohmann::json hp;   // training-step attack
+  std::string load;    // load-time attack (patched in)
+  std::string reason;  // in the job's error
+};
+
+TEST_F(SandboxTest, TrainingStepAttacksFailAndThePodServesTheNextJob) {
+  ASSERT_NO_FATAL_FAILURE(push("hostile", testing::read_file(FEDPOD_HOSTILE_PLUGIN)));
+  Listener listener;
+  ASSERT_TRUE(listener.ok());
+  const std::string key_file = id_.pod_key_file("pod-a");
+  const std::string policy_file = (dir_.path() / "pod-a.policy.yaml").string();
+  const std::string outside = (dir_.path() / "written-by-the-model").string();
+  const std::vector<Attack> attacks = {
+      {"connect", {{"attack", "connect"}, {"port", listener.port()}}, "", "socket(AF_INET): Permission denied"},
+      {"read key file", {{"attack", "read"}, {"path", key_file}}, "", "open(" + key_file + "): No such file"},
+      {"read policy", {{"attack", "read"}, {"path", policy_file}}, "", "No such file or directory"},
+      {"read the worker's environ",
+       {{"attack", "read"}, {"path", "/proc/" + std::to_string(pod_.process->pid()) + "/environ"}},
+       "",
+       "No such file or directory"},
+      {"write outside", {{"attack", "write"}, {"path", outside}}, "", "open(" + outside + ", O_CREAT)"},
+      {"fork", {{"attack", "fork"}}, "", "fork: Operation not permitted"},
+      {"memory", {{"attack", "memory"}, {"gib", 4}}, "", "memory 2 GiB"},
+      {"spin", {{"attack", "spin"}}, "", "time limit (sandbox.step_timeout 8 s)"},
+      {"segfault", {{"attack", "segfault"}}, "", "killed by signal 11 (SIGSEGV): the model crashed"},
+  };
+  for (const auto& a : attacks) {
+    SCOPED_TRACE(a.name);
+    auto r = run("hostile", a.hp);
+    ASSERT_FALSE(r.ok()) << last_progress_;
+    EXPECT_CONTAINS(r.status().message(), a.reason);
+    EXPECT_CONTAINS(r.status().message(), "confinement namespaces+seccomp+rlimits");
+    expect_pod_serves("hostile", a.name);
+  }
+  EXPECT_EQ(listener.connections(), 0);
+  EXPECT_FALSE(std::filesystem::exists(outside));
+  // Counted by reason on the pod.
+  const std::string log = testing::read_file(pod_.log);
+  EXPECT_CONTAINS(log, "event=sandbox pod=pod-a level=namespaces+seccomp+rlimits");
+}
+
+TEST_F(SandboxTest, LoadTimeAttacksFailAndThePodServesTheNextJob) {
+  ASSERT_NO_FATAL_FAILURE(push("benign", testing::read_file(FEDPOD_HOSTILE_PLUGIN)));
+  // A static constructor knows no port: it tries 39517..39519; listen on one that is free.
+  std::unique_ptr<Listener> listener;
+  for (int port : {39517, 39518, 39519}) {
+    listener = std::make_unique<Listener>(port);
+    if (listener->ok()) break;
+  }
+  ASSERT_TRUE(listener->ok()) << "ports 39517..39519 are all taken";
+  const std::string key_file = id_.pod_key_file("pod-a");
+  const std::string outside = (dir_.path() / "written-at-load").string();
+  const std::vector<Attack> attacks = {
+      {"connect", {}, "connect", "killed by signal 6 (SIGABRT)"},
+      {"read key file", {}, "read:" + key_file, "killed by signal 6 (SIGABRT)"},
+      {"write outside", {}, "write:" + outside, "killed by signal 6 (SIGABRT)"},
+      {"fork", {}, "fork", "killed by signal 6 (SIGABRT)"},
+      {"memory", {}, "memory", "killed by signal 6 (SIGABRT)"},
+      {"spin", {}, "spin", "time limit (sandbox.load_timeout 5 s)"},
+      {"segfault", {}, "segfault", "killed by signal 11 (SIGSEGV)"},
+  };
+  for (const auto& a : attacks) {
+    SCOPED_TRACE(a.name);
+    const std::string ref = "hostile-load-" + std::to_string(&a - attacks.data());
+    ASSERT_NO_FATAL_FAILURE(push(ref, patched(a.load)));
+    auto r = run(ref, nlohmann::json::object());
+    ASSERT_FALSE(r.ok()) << last_progress_;
+    EXPECT_CONTAINS(r.status().message(), a.reason);
+    EXPECT_CONTAINS(r.status().message(), "loading the model");
+    expect_pod_serves("benign", a.name);
+  }
+  EXPECT_EQ(listener->connections(), 0);
+  EXPECT_FALSE(std::filesystem::exists(outside));
+}
+
+// hello says how the pod confines model code, and so does /metrics.
+TEST_F(SandboxTest, TheConfinementLevelIsStated) {
+  const std::string log = testing::read_file(pod_.log);
+  EXPECT_CONTAINS(log, "event=sandbox pod=pod-a level=namespaces+seccomp+rlimits");
+  ASSERT_NO_FATAL_FAILURE(push("hostile", testing::read_file(FEDPOD_HOSTILE_PLUGIN)));
+  expect_pod_serves("hostile", "nothing");
+  EXPECT_CONTAINS(testing::read_file(pod_.log), "confinement=\"namespaces+seccomp+rlimits\"");
+}
+
+}  // namespace
+}  // namespace fedpod
