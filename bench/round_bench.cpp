@@ -37,6 +37,7 @@
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
+#include "fedpod/worker/runner.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -102,7 +103,7 @@ std::vector<std::string> split(const std::string& s) {
 // --- roles -----------------------------------------------------------------------
 
 // A pod with the echo runtime and a two-row dataset.
-void run_worker(const std::string& endpoint_file, const std::string& data) {
+void run_worker(const std::string& endpoint_file, const std::string& data, bool in_process) {
   torch::set_num_threads(1);
   fedpod::worker::PodConfig config;
   config.name = "bench-pod";
@@ -113,7 +114,11 @@ void run_worker(const std::string& endpoint_file, const std::string& data) {
   config.policy.file = keys_dir() + "/policy.yaml";
   config.audit_log = keys_dir() + "/audit-" + std::to_string(getpid()) + ".log";
   zmq::context_t ctx(1);
-  fedpod::worker::Worker w(ctx, config, fedpod::make_logger("bench-worker", "warn"), fedpod::bench::echo_runtime());
+  fedpod::worker::Runtime runtime = fedpod::bench::echo_runtime();
+  // As `fedpod worker` does: the job's model code in a confined runner (this binary's
+  // `runner` subcommand, with the echo trainer), unless --in-process.
+  if (!in_process) runtime.runner_command = {fedpod::self_executable(), "runner"};
+  fedpod::worker::Worker w(ctx, config, fedpod::make_logger("bench-worker", "warn"), runtime);
   write_endpoint(endpoint_file, w.endpoint());
   w.serve(g_stop);
 }
@@ -234,13 +239,15 @@ struct Servers {
   }
 };
 
-Servers start_servers(const std::string& role, int k, const fs::path& dir, const std::string& data) {
+Servers start_servers(const std::string& role, int k, const fs::path& dir, const std::string& data,
+                      bool in_process = false) {
   Servers s;
   for (int i = 0; i < k; ++i) {
     const std::string ep = (dir / (role + std::to_string(i) + ".endpoint")).string();
     fs::remove(ep);
     std::vector<std::string> argv = {fedpod::self_executable(), role, "--endpoint-file", ep};
     if (role == "worker") argv.insert(argv.end(), {"--data", data});
+    if (role == "worker" && in_process) argv.push_back("--in-process");
     s.procs.push_back(std::make_unique<fedpod::Process>(argv, (dir / (role + std::to_string(i) + ".log")).string()));
   }
   for (int i = 0; i < k; ++i) {
@@ -267,7 +274,7 @@ nlohmann::json run_child(const std::vector<std::string>& argv, const fs::path& l
 }
 
 void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int rounds, int window,
-                const std::string& json_out) {
+                const std::string& json_out, bool in_process) {
   const fs::path dir = fs::temp_directory_path() / ("fedpod-round-bench-" + std::to_string(getpid()));
   fs::create_directories(dir);
   const std::string data = (dir / "data.csv").string();
@@ -286,6 +293,23 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
   }
   const std::string self = fedpod::self_executable();
   nlohmann::json results = nlohmann::json::array();
+  if (!in_process) {
+    // What a job's runner costs before its first round: process start, libtorch,
+    // bubblewrap's namespaces and the seccomp filter (no model yet), median of 5.
+    std::vector<double> starts;
+    fedpod::worker::Confinement c;
+    for (int i = 0; i < 5; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      c = fedpod::worker::probe_confinement({self, "runner"});
+      starts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(starts.begin(), starts.end());
+    std::cout << "job runners: " << c.level << (c.namespaces ? "" : " (" + c.why_not + ")")
+              << "; start-up of one runner (probe) " << std::fixed << std::setprecision(3) << starts[2]
+              << " s, paid once per job at startJob\n";
+  } else {
+    std::cout << "job runners: off (--in-process): the echo trainer runs in the worker\n";
+  }
   std::cout << "round benchmark: P=" << params << " float32 (" << params * 4 / 1e6 << " MB) in " << tensors
             << " tensors, " << rounds << " timed rounds, echo trainer, max_concurrent_uploads " << window
             << "\n\n"
@@ -304,7 +328,7 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
       zmq_result = run_child(argv, dir / ("zmq-client-" + std::to_string(k) + ".log"));
     }
     {
-      Servers workers = start_servers("worker", k, dir, data);
+      Servers workers = start_servers("worker", k, dir, data, in_process);
       std::string joined;
       for (const auto& e : workers.endpoints) joined += (joined.empty() ? "" : ",") + e;
       fedpod_result = run_child({self, "coordinator", "--endpoints", joined, "--params", p, "--tensors", t,
@@ -346,6 +370,10 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A pod's job runner, with the echo trainer (worker/runner.h).
+  if (argc > 1 && std::string(argv[1]) == "runner") {
+    return fedpod::worker::runner_main(argc - 2, argv + 2, fedpod::bench::echo_runtime());
+  }
   fedpod::tune_malloc_for_large_messages();
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
@@ -354,6 +382,7 @@ int main(int argc, char** argv) {
   std::string pods = "2,8", endpoint_file, data, endpoints, json_out, out_dir;
   int64_t params = 10'000'000;
   int tensors = 8, rounds = 5, window = 2;
+  bool in_process = false;
 
   auto* round = app.add_subcommand("round", "Benchmark rounds for each K in --pods against plain ZeroMQ");
   round->add_option("--pods", pods, "comma-separated pod counts")->capture_default_str();
@@ -362,10 +391,13 @@ int main(int argc, char** argv) {
   round->add_option("--rounds", rounds, "timed rounds (one more warms up)")->capture_default_str();
   round->add_option("--json", json_out, "also write the results here");
   round->add_option("--window", window, "the job's max_concurrent_uploads")->capture_default_str();
+  round->add_flag("--in-process", in_process,
+                  "run the echo trainer inside the worker processes instead of in a confined job runner per job");
 
   auto* worker = app.add_subcommand("worker", "(internal) a pod with the echo trainer");
   worker->add_option("--endpoint-file", endpoint_file)->required();
   worker->add_option("--data", data)->required();
+  worker->add_flag("--in-process", in_process);
   auto* echo = app.add_subcommand("echo", "(internal) a plain ZeroMQ echo server");
   echo->add_option("--endpoint-file", endpoint_file)->required();
   for (auto* sub : {app.add_subcommand("coordinator", "(internal) the fedpod side of one measurement"),
@@ -382,9 +414,9 @@ int main(int argc, char** argv) {
     if (*round) {
       std::vector<int> ks;
       for (const auto& k : split(pods)) ks.push_back(std::stoi(k));
-      run_driver(ks, params, tensors, rounds, window, json_out);
+      run_driver(ks, params, tensors, rounds, window, json_out, in_process);
     } else if (*worker) {
-      run_worker(endpoint_file, data);
+      run_worker(endpoint_file, data, in_process);
     } else if (*echo) {
       run_echo(endpoint_file);
     } else if (app.got_subcommand("coordinator")) {

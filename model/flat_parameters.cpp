@@ -148,6 +148,24 @@ void FlatParameters::rehome() {
   }
 }
 
+void FlatParameters::rehome_into(const torch::Tensor& dst) {
+  if (!dst.defined() || !dst.is_cpu() || dst.scalar_type() != torch::kFloat32 || !dst.is_contiguous() ||
+      dst.dim() != 1 || dst.numel() != flat_.numel() || !flat_.is_cpu()) {
+    throw std::invalid_argument("rehome_into: needs a contiguous CPU float32 vector of " +
+                                std::to_string(flat_.numel()) + " elements, and a buffer on the CPU");
+  }
+  torch::NoGradGuard no_grad;
+  torch::Tensor target = dst;
+  target.copy_(flat_);
+  pins_ = std::make_shared<std::atomic<int>>(0);
+  flat_ = target;
+  for (size_t i = 0; i < layout_.size(); ++i) {
+    const ParamInfo& info = layout_[i];
+    if (info.kind == EntryKind::kMirroredBuffer) continue;
+    handles_[i].set_data(flat_.narrow(0, info.offset, info.numel).view(info.shape));
+  }
+}
+
 torch::Tensor& FlatParameters::writable() {
   if (pinned()) rehome();
   return flat_;

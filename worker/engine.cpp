@@ -112,6 +112,14 @@ class LocalEngine : public JobEngine {
     return {host, std::make_shared<torch::Tensor>(host)};
   }
 
+  bool share_state(const torch::Tensor& region) override {
+    if (dp_ || !model_->flat().tensor().is_cpu()) return false;
+    model_->flat().rehome_into(region);
+    return true;
+  }
+
+  void state_written() override { model_->restore_buffers(); }
+
   StatusOr<TrainStats> train(const TrainOptions& options, const std::atomic<bool>* cancel) override {
     // torch's generator (dropout, random augmentations) starts each round from the
     // same state whether or not the job was restarted in between: a resumed job

@@ -110,6 +110,13 @@ class FlatParameters {
   // The buffer, for writing; re-homes first if a pin is outstanding.
   torch::Tensor& writable();
 
+  // Moves the buffer into `dst` (a CPU float32 tensor of numel() elements, e.g. a
+  // shared-memory region): copies the values there and re-points every parameter and
+  // float32 buffer at it, so that the model reads and trains in `dst` itself. The
+  // caller keeps `dst`'s memory alive as long as the model. Throws
+  // std::invalid_argument when `dst` does not fit.
+  void rehome_into(const torch::Tensor& dst);
+
   // A token that marks the current buffer as in flight until it is destroyed.
   std::shared_ptr<void> pin();
   bool pinned() const { return pins_->load() > 0; }

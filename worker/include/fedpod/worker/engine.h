@@ -84,6 +84,14 @@ class JobEngine {
   // Scores a split with the current state.
   virtual StatusOr<EvalStats> evaluate(Split split, int64_t batch_size, const std::atomic<bool>* cancel) = 0;
 
+  // In a runner: moves the model state into `region` (the memory shared with the
+  // worker), so that the worker's writes are the model's parameters and training
+  // writes the update in place, with no copy on either side. False when the model
+  // cannot live there (on a GPU, or several replicas): then write_state/read_state
+  // copy. After the worker wrote a shared region, call state_written().
+  virtual bool share_state(const torch::Tensor& region) { return false; }
+  virtual void state_written() {}
+
   const std::vector<model::ParamInfo>& layout() const { return layout_; }
   int64_t numel() const;
   int64_t train_size = 0, validation_size = 0, test_size = 0;
