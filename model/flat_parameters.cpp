@@ -137,10 +137,11 @@ void FlatParameters::restore_buffers(const std::vector<std::pair<std::string, to
   });
 }
 
-void FlatParameters::rehome() {
-  torch::Tensor fresh = flat_.clone();
+void FlatParameters::rehome() { point_at(flat_.clone()); }
+
+void FlatParameters::point_at(torch::Tensor buffer) {
   pins_ = std::make_shared<std::atomic<int>>(0);
-  flat_ = fresh;
+  flat_ = std::move(buffer);
   for (size_t i = 0; i < layout_.size(); ++i) {
     const ParamInfo& info = layout_[i];
     if (info.kind == EntryKind::kMirroredBuffer) continue;
@@ -157,13 +158,7 @@ void FlatParameters::rehome_into(const torch::Tensor& dst) {
   torch::NoGradGuard no_grad;
   torch::Tensor target = dst;
   target.copy_(flat_);
-  pins_ = std::make_shared<std::atomic<int>>(0);
-  flat_ = target;
-  for (size_t i = 0; i < layout_.size(); ++i) {
-    const ParamInfo& info = layout_[i];
-    if (info.kind == EntryKind::kMirroredBuffer) continue;
-    handles_[i].set_data(flat_.narrow(0, info.offset, info.numel).view(info.shape));
-  }
+  point_at(target);
 }
 
 torch::Tensor& FlatParameters::writable() {

@@ -282,8 +282,11 @@ std::string find_on_path(const std::string& name) {
 // bubblewrap's arguments for a runner whose argv is `inner`.
 std::vector<std::string> bwrap_argv(const std::string& bwrap, const std::vector<std::string>& inner, bool gpus) {
   namespace fs = std::filesystem;
-  std::vector<std::string> a = {bwrap, "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
-                                "--ro-bind", "/usr", "/usr"};
+  // bubblewrap mounts in argument order, a later mount over an earlier one: the
+  // scratch tmpfs /tmp first, so that a fedpod binary under /tmp stays visible.
+  std::vector<std::string> a = {bwrap,     "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop",
+                                "ALL",     "--proc",            "/proc",         "--dev",         "/dev",
+                                "--tmpfs", "/tmp",              "--ro-bind",     "/usr",          "/usr"};
   for (const char* d : {"/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin"}) {
     std::error_code ec;
     if (fs::is_symlink(d, ec)) {
@@ -307,8 +310,7 @@ std::vector<std::string> bwrap_argv(const std::string& bwrap, const std::vector<
     }
     a.insert(a.end(), {"--ro-bind-try", "/sys", "/sys", "--ro-bind-try", "/usr/local/cuda", "/usr/local/cuda"});
   }
-  a.insert(a.end(), {"--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp", "--clearenv",
-                     "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--"});
+  a.insert(a.end(), {"--chdir", "/tmp", "--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--"});
   a.push_back(exe.empty() ? inner.front() : exe);
   a.insert(a.end(), inner.begin() + 1, inner.end());
   return a;
@@ -386,25 +388,18 @@ std::string describe_exit(pid_t pid, std::chrono::milliseconds wait) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   if (r != pid) return "the runner stopped answering";
-  if (WIFSIGNALED(status)) {
-    const int sig = WTERMSIG(status);
+  auto killed = [](int sig) {
     const char* name = sigabbrev_np(sig);
-    return std::string("the runner was killed by signal ") + std::to_string(sig) + " (SIG" + (name ? name : "?") + ")" +
-           (sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE || sig == SIGABRT ? ": the model crashed"
-                                                                                                  : "");
-  }
+    const bool crash = sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE || sig == SIGABRT;
+    return std::string("the runner was killed by signal ") + std::to_string(sig) + " (SIG" + (name ? name : "?") +
+           ")" + (crash ? ": the model crashed" : "");
+  };
+  if (WIFSIGNALED(status)) return killed(WTERMSIG(status));
   if (WIFEXITED(status)) {
     // Under bubblewrap the runner is bwrap's child, and bwrap exits with 128 + the
     // signal that ended it; a runner itself exits with 0, 2 or 3.
     const int code = WEXITSTATUS(status);
-    if (code > 128 && code < 128 + 65) {
-      const int sig = code - 128;
-      const char* name = sigabbrev_np(sig);
-      return std::string("the runner was killed by signal ") + std::to_string(sig) + " (SIG" + (name ? name : "?") +
-             ")" + (sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE || sig == SIGABRT
-                        ? ": the model crashed"
-                        : "");
-    }
+    if (code > 128 && code < 128 + 65) return killed(code - 128);
     return "the runner exited with code " + std::to_string(code);
   }
   return "the runner ended";

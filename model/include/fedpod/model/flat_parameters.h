@@ -123,6 +123,9 @@ class FlatParameters {
 
  private:
   void rehome();
+  // Makes `buffer` (same size, holding the values) the flat buffer: re-points the
+  // parameters and float32 buffers at it, with no pins outstanding.
+  void point_at(torch::Tensor buffer);
 
   std::vector<ParamInfo> layout_;
   // The model's tensor of each layout entry: parameters and float32 buffers are
