@@ -45,7 +45,8 @@ Status check_hyperparameters(const Hyperparameters& hp, const HyperparameterSpec
   for (const auto& n : names) accepted += (accepted.empty() ? "" : ", ") + n;
 
   std::vector<std::string> problems;
-  for (const auto& [key, value] : hp.json().items()) {
+  for (const auto& item : hp.json().items()) {
+    const std::string key = item.key();  // a plain variable: lambdas cannot capture bindings in C++17
     auto it = std::find_if(declared.begin(), declared.end(), [&](const auto& d) { return d.name == key; });
     if (it == declared.end()) {
       std::string p = "unknown hyperparameter '" + key + "'";

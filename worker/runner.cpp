@@ -15,6 +15,8 @@
 
 #include <cerrno>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -34,6 +36,22 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
+
+// Sanitizer builds (scripts/sanitize): ASan and TSan reserve terabytes of address
+// space at start, which a memory rlimit forbids, so their runners get none; their
+// options reach the runner through its otherwise cleared environment.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+constexpr const char* kSanitizerVars[] = {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "TSAN_OPTIONS"};
 
 constexpr size_t kMaxMessageBytes = size_t{4} << 20;
 constexpr int kMaxFds = 4;
@@ -310,7 +328,13 @@ std::vector<std::string> bwrap_argv(const std::string& bwrap, const std::vector<
     }
     a.insert(a.end(), {"--ro-bind-try", "/sys", "/sys", "--ro-bind-try", "/usr/local/cuda", "/usr/local/cuda"});
   }
-  a.insert(a.end(), {"--chdir", "/tmp", "--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--"});
+  a.insert(a.end(), {"--chdir", "/tmp", "--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp"});
+  if (kSanitized) {
+    for (const char* v : kSanitizerVars) {
+      if (const char* value = std::getenv(v)) a.insert(a.end(), {"--setenv", v, value});
+    }
+  }
+  a.push_back("--");
   a.push_back(exe.empty() ? inner.front() : exe);
   a.insert(a.end(), inner.begin() + 1, inner.end());
   return a;
@@ -333,7 +357,15 @@ StatusOr<Child> spawn(const std::vector<std::string>& argv, int pass, const Runn
   args.push_back(nullptr);
   std::string home = "HOME=" + (dir.empty() ? std::string("/tmp") : dir);
   std::string tmp = "TMPDIR=" + (dir.empty() ? std::string("/tmp") : dir);
-  std::vector<char*> env = {home.data(), tmp.data(), const_cast<char*>("PATH=/usr/bin:/bin"), nullptr};
+  std::vector<std::string> extra;
+  if (kSanitized) {
+    for (const char* v : kSanitizerVars) {
+      if (const char* value = std::getenv(v)) extra.push_back(std::string(v) + "=" + value);
+    }
+  }
+  std::vector<char*> env = {home.data(), tmp.data(), const_cast<char*>("PATH=/usr/bin:/bin")};
+  for (auto& e : extra) env.push_back(e.data());
+  env.push_back(nullptr);
   int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   int err_pipe[2] = {-1, -1};
   if (capture_stderr && ::pipe2(err_pipe, O_CLOEXEC) != 0) {
@@ -361,7 +393,7 @@ StatusOr<Child> spawn(const std::vector<std::string>& argv, int pass, const Runn
       }
     }
     ::close_range(pass >= 0 ? kRunnerFd + 1 : kRunnerFd, ~0U, 0);
-    ::setrlimit(gpus ? RLIMIT_DATA : RLIMIT_AS, &as);
+    if (!kSanitized) ::setrlimit(gpus ? RLIMIT_DATA : RLIMIT_AS, &as);
     ::setrlimit(RLIMIT_NOFILE, &nofile);
     ::setrlimit(RLIMIT_FSIZE, &fsize);
     ::setrlimit(RLIMIT_CORE, &core);
@@ -628,16 +660,18 @@ class RunnerEngine : public JobEngine {
   }
 
   void stop() {
-    if (sock_ >= 0) {
-      ::close(sock_);
-      sock_ = -1;
-    }
+    // Killed before its socket closes: a runner that saw the socket close would exit
+    // on its own, running exit handlers (a sanitizer's leak check) under its filter.
     if (pid_ > 0) {
       ::kill(pid_, SIGKILL);
       int status;
       while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
       }
       pid_ = -1;
+    }
+    if (sock_ >= 0) {
+      ::close(sock_);
+      sock_ = -1;
     }
     if (!scratch_.empty()) {
       std::error_code ec;
@@ -850,13 +884,20 @@ int runner_main(int argc, char** argv, const Runtime& runtime) {
     if (a == "--fd" && i + 1 < argc) fd = std::atoi(argv[++i]);
   }
   ::signal(SIGPIPE, SIG_IGN);
+  // Ends with _exit: no exit handlers run under the filter (model code's static
+  // destructors, a sanitizer's leak check that would ptrace).
+  auto finish = [](int code) {
+    std::fflush(nullptr);
+    ::_exit(code);
+  };
   Status st = load_seccomp(allow_inet);
   if (!st.ok()) {
     std::fprintf(stderr, "fedpod runner: cannot load its syscall filter: %s\n", st.message().c_str());
-    return 3;
+    finish(3);
   }
-  if (probe) return 0;
-  return RunnerServer(fd, runtime).serve();
+  if (probe) finish(0);
+  finish(RunnerServer(fd, runtime).serve());
+  return 0;  // not reached
 }
 
 }  // namespace fedpod::worker

@@ -74,8 +74,8 @@ StatusOr<std::unique_ptr<JobEngine>> start_runner(const EngineSpec& spec, const 
                                                   const std::atomic<bool>* cancel = nullptr);
 
 // The runner's side: `fedpod runner --fd N [--allow-inet] [--probe]`. Loads the
-// seccomp filter, then serves the worker on socket N until it closes. Returns the
-// process's exit code.
+// seccomp filter, then serves the worker on socket N until it closes, and ends the
+// process with _exit (0; 2 on a broken socket; 3 when the filter cannot load).
 int runner_main(int argc, char** argv, const Runtime& runtime = Runtime());
 
 }  // namespace fedpod::worker
