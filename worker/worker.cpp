@@ -27,11 +27,8 @@
 #include "fedpod/hub/client.h"
 #include "fedpod/metrics/metrics.h"
 #include <prometheus/text_serializer.h>
-#include "fedpod/data/dataset.h"
-#include "fedpod/model/zoo.h"
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/socket.h"
-#include "fedpod/worker/data_parallel.h"
 #include "fedpod/worker/engine.h"
 #include "fedpod/worker/runner.h"
 #include "fedpod/worker/trainer.h"
