@@ -8,6 +8,7 @@
 #include "commands.h"
 #include "fedpod/common/config_util.h"
 #include "fedpod/common/log.h"
+#include "fedpod/common/process.h"
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/metrics/metrics.h"
 
@@ -38,6 +39,9 @@ void run_job(const RunArgs& args) {
   if (!args.metrics_linger.empty()) linger = parse_duration(args.metrics_linger, "--metrics-linger");
   Logger log = make_logger("coordinator", args.log_level);
   zmq::context_t ctx(1);
+  // A custom model's code never runs in this process: it is built in a confined job
+  // runner, this binary's hidden `runner` subcommand (worker/runner.h), as on pods.
+  spec.runner_command = {self_executable(), "runner"};
   coordinator::Coordinator c(ctx, spec, log, std::cout);
   auto result = c.run();
   // A job is over in seconds; Prometheus scrapes every 15-60 s. Lingering keeps the

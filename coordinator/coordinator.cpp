@@ -35,6 +35,7 @@
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
+#include "fedpod/worker/runner.h"
 #include "fedpod/worker/wire_convert.h"
 
 namespace fedpod::coordinator {
@@ -168,7 +169,14 @@ struct Coordinator::Impl {
   std::ostream& progress;
   std::vector<Pod> pods;
   uint64_t next_request = 1;
+  // The model: built in this process (a built-in one, or a custom one without a
+  // runner command), or in a confined job runner (spec.runner_command) that ends once
+  // the layout and initial values are known.
   std::unique_ptr<model::Model> model;
+  std::unique_ptr<worker::ModelRunner> model_runner;
+  std::optional<model::HyperparameterSpec> declared;  // what the model declares
+  std::vector<model::ParamInfo> layout;               // after create_model()
+  torch::Tensor initial;                              // its initial values, float32
   std::vector<protocol::TensorSpec> specs;
   data::Datastructure ds;  // with resolved features
   nlohmann::json history;
@@ -308,8 +316,9 @@ struct Coordinator::Impl {
            (spec.model.version ? " version " + std::to_string(spec.model.version) : std::string(" (latest)"));
   }
 
-  // Resolves the custom model through the hub, downloads and loads its artifact.
-  StatusOr<std::unique_ptr<model::Model>> resolve_custom() {
+  // Resolves the custom model through the hub and downloads its artifact; then loads
+  // it in a runner (with a runner command) or in this process.
+  Status resolve_custom() {
     const auto& m = spec.model;
     const std::string what = "model '" + m.username + "/" + m.ref + "' " +
                              (m.version ? "version " + std::to_string(m.version) : std::string("(latest version)"));
@@ -344,9 +353,7 @@ struct Coordinator::Impl {
       return Status::bad_message(what + ": " + path + " changed after download (sha256 differs from the hub's " +
                                  v->sha256 + ")");
     }
-    auto loaded = load_custom(path, v->format);
-    if (!loaded.ok()) return Status(loaded.status().code(), what + ": " + loaded.status().message());
-    resolved = Resolved{*v, std::move(bytes)};
+    resolved = Resolved{*v, bytes};
     job_metrics.set_job_info(spec.job_id, model_label());
     history["model"]["resolved"] = {{"username", v->username}, {"ref", v->model_ref}, {"version", v->version},
                                     {"sha256", v->sha256},     {"format", v->format},  {"bytes", v->size},
@@ -354,7 +361,53 @@ struct Coordinator::Impl {
     write_history();
     log->info("event=model_resolved model={}/{} version={} format={} sha256={} bytes={}", v->username, v->model_ref,
               v->version, v->format, v->sha256, v->size);
-    return std::move(*loaded);
+    if (!spec.runner_command.empty()) {
+      // Its code runs only in a confined runner, as on the pods.
+      worker::RunnerOptions ro;
+      ro.command = spec.runner_command;
+      ro.limits = spec.sandbox.limits;
+      try {
+        ro.confinement = worker::probe_confinement(spec.runner_command);
+      } catch (const ConfigError& e) {
+        return Status::internal(what + ": " + e.what());
+      }
+      if (!ro.confinement.namespaces) {
+        if (spec.sandbox.required) {
+          config_error = true;
+          return Status::failed_precondition(
+              what + ": sandbox: required, but the job runner cannot get namespaces here: " + ro.confinement.why_not +
+              " (install bubblewrap and allow unprivileged user namespaces, or set sandbox: auto)");
+        }
+        log->warn("event=sandbox level={} why=\"{}\" consequence=\"the model's code can read what this user can "
+                  "read while it is built\"",
+                  ro.confinement.level, ro.confinement.why_not);
+        progress << "warning: the custom model is built with confinement " << ro.confinement.level
+                 << " only: " << ro.confinement.why_not << "\n";
+      }
+      auto r = worker::load_in_runner(v->username + "/" + v->model_ref + ":" + std::to_string(v->version), v->format,
+                                      *bytes, ro, "coordinator");
+      if (!r.ok()) return Status(r.status().code(), what + ": " + r.status().message());
+      model_runner = std::move(*r);
+      declared = model_runner->hyperparameters();
+      log->info("event=custom_model_loaded model={}/{} version={} confinement=\"{}\"", v->username, v->model_ref,
+                v->version, model_runner->confinement());
+      history["model"]["confinement"] = model_runner->confinement();
+      return Status();
+    }
+    auto loaded = load_custom(path, v->format);
+    if (!loaded.ok()) return Status(loaded.status().code(), what + ": " + loaded.status().message());
+    model = std::move(*loaded);
+    history["model"]["confinement"] = "none (in-process)";
+    return hyperparameters_of_model();
+  }
+
+  Status hyperparameters_of_model() {
+    try {
+      declared = model->hyperparameters();
+    } catch (const std::exception& e) {
+      return Status::invalid("model " + model_name() + ": hyperparameters() failed: " + e.what());
+    }
+    return Status();
   }
 
   // Pods named without an address are looked up on the hub (fedpod pod register).
@@ -785,16 +838,9 @@ struct Coordinator::Impl {
     if (spec.model.username.empty()) {
       model = make_model(spec.model.ref);
       if (!model) return Status::not_found("model '" + spec.model.ref + "' is not a built-in model");
+      FEDPOD_RETURN_IF_ERROR(hyperparameters_of_model());
     } else {
-      auto m = resolve_custom();
-      if (!m.ok()) return m.status();
-      model = std::move(*m);
-    }
-    std::optional<model::HyperparameterSpec> declared;
-    try {
-      declared = model->hyperparameters();
-    } catch (const std::exception& e) {
-      return Status::invalid("model " + model_name() + ": hyperparameters() failed: " + e.what());
+      FEDPOD_RETURN_IF_ERROR(resolve_custom());
     }
     if (!declared) {
       log->warn("event=hyperparameters_unchecked model=\"{}\"", model_name());
@@ -811,15 +857,25 @@ struct Coordinator::Impl {
   Status create_model() {
     auto shape = data::resolve_input_shape(ds, static_cast<int64_t>(ds.features.size()));
     if (!shape.ok()) return shape.status();
-    torch::manual_seed(spec.seed);
-    try {
-      model->create_model(*shape, ds.num_classes, spec.model.hyperparameters);
-    } catch (const ConfigError& e) {
-      return Status::invalid("model " + model_name() + ": " + e.what());
-    } catch (const c10::Error& e) {
-      return Status::invalid("model " + model_name() + ": " + e.what_without_backtrace());
+    if (model_runner) {
+      auto built = model_runner->create(*shape, ds.num_classes, spec.model.hyperparameters, spec.seed);
+      model_runner.reset();  // the runner ends: no model code stays alive here
+      if (!built.ok()) return Status(built.status().code(), "model " + model_name() + ": " + built.status().message());
+      layout = std::move(built->layout);
+      initial = std::move(built->state);
+    } else {
+      torch::manual_seed(spec.seed);
+      try {
+        model->create_model(*shape, ds.num_classes, spec.model.hyperparameters);
+      } catch (const ConfigError& e) {
+        return Status::invalid("model " + model_name() + ": " + e.what());
+      } catch (const c10::Error& e) {
+        return Status::invalid("model " + model_name() + ": " + e.what_without_backtrace());
+      }
+      layout = model->flat().layout();
+      initial = model->flat().tensor().clone();
     }
-    specs = worker::tensor_specs(model->flat().layout());
+    specs = worker::tensor_specs(layout);
     return Status();
   }
 
@@ -858,7 +914,7 @@ struct Coordinator::Impl {
     }
     worker::to_wire(ds, sj.initDatastructure());
     sj.setSeed(spec.seed);
-    const uint64_t want_params = static_cast<uint64_t>(model->flat().numel());
+    const uint64_t want_params = static_cast<uint64_t>(initial.numel());
     auto replies = exchange(out, rid, targets, {wire::Envelope::Body::JOB_ACCEPTED},
                             Clock::now() + spec.connect_timeout, false, [&](Pod& pod, protocol::Incoming& in) {
                               auto a = in.envelope().getBody().getJobAccepted();
@@ -985,7 +1041,7 @@ struct Coordinator::Impl {
     ev.setRound(static_cast<uint32_t>(round));
     ev.setSplit(split);
     ev.setBatchSize(256);
-    out.attach(ev.initTensors(specs.size()), worker::parameter_views(global, model->flat().layout()));
+    out.attach(ev.initTensors(specs.size()), worker::parameter_views(global, layout));
     auto replies = exchange(out, rid, pods_with_job(), {wire::Envelope::Body::EVAL_RESULT},
                             Clock::now() + spec.round_timeout, true, [&](Pod&, protocol::Incoming& in) {
                               auto r = in.envelope().getBody().getEvalResult();
@@ -1211,8 +1267,7 @@ struct Coordinator::Impl {
     set_not_ready("starting the job on the pods");
     FEDPOD_RETURN_IF_ERROR(start_job());
     set_not_ready("");
-    const auto& layout = model->flat().layout();
-    torch::Tensor global = model->flat().tensor().clone();
+    torch::Tensor global = initial.clone();
     log->info("event=job_started job={} model={} parameters={} pods={}", spec.job_id, model_name(),
               global.numel(), active_pods().size());
     auto strategy = aggregation::make_strategy(spec.strategy);

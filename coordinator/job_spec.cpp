@@ -166,7 +166,8 @@ namespace {
 JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const fs::path& base) {
   check_keys(root, {"job_id", "model", "datastructure", "pods", "rounds", "local_epochs", "local_steps",
                     "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "strategy", "aggregation_order",
-                    "seed", "output_dir", "hub", "hub_token", "key_file", "metrics_listen"},
+                    "seed", "output_dir", "hub", "hub_token", "key_file", "metrics_listen",
+                    "sandbox"},
              w);
   JobSpec s;
   if (root["job_id"]) s.job_id = get<std::string>(root["job_id"], w + ": job_id");
@@ -289,6 +290,7 @@ JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const f
   if (root["seed"]) s.seed = get<uint64_t>(root["seed"], w + ": seed");
   if (root["output_dir"]) s.output_dir = get<std::string>(root["output_dir"], w + ": output_dir");
   if (root["metrics_listen"]) s.metrics_listen = get<std::string>(root["metrics_listen"], w + ": metrics_listen");
+  if (root["sandbox"]) s.sandbox = worker::parse_sandbox(root["sandbox"], w + ": sandbox");
   validate(s, w);
   return s;
 }

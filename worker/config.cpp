@@ -201,41 +201,7 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
         throw ConfigError(where + ": custom_models: expected policy or refuse, got \"" + v + "\"");
       }
     }
-    if (auto sb = root["sandbox"]) {
-      const std::string w = where + ": sandbox";
-      auto level = [&](const std::string& v) {
-        if (v == "required") {
-          c.sandbox.required = true;
-        } else if (v != "auto") {
-          throw ConfigError(w + ": expected auto or required, got \"" + v + "\"");
-        }
-      };
-      if (sb.IsScalar()) {
-        level(sb.as<std::string>());
-      } else if (sb.IsMap()) {
-        check_keys(sb, {"level", "memory", "step_timeout", "load_timeout", "open_files"}, w);
-        if (sb["level"]) level(sb["level"].as<std::string>());
-        if (sb["memory"]) c.sandbox.limits.memory_bytes = parse_bytes(sb["memory"].as<std::string>(), w + ".memory");
-        if (sb["step_timeout"]) {
-          c.sandbox.limits.step_timeout = parse_duration(sb["step_timeout"].as<std::string>(), w + ".step_timeout");
-        }
-        if (sb["load_timeout"]) {
-          c.sandbox.limits.load_timeout = parse_duration(sb["load_timeout"].as<std::string>(), w + ".load_timeout");
-        }
-        if (sb["open_files"]) {
-          c.sandbox.limits.open_files = sb["open_files"].as<int>();
-          if (c.sandbox.limits.open_files < 32) throw ConfigError(w + ".open_files: must be at least 32");
-        }
-        if (c.sandbox.limits.memory_bytes < (int64_t{256} << 20)) {
-          throw ConfigError(w + ".memory: must be at least 256MiB (libtorch alone needs about that)");
-        }
-        if (c.sandbox.limits.step_timeout.count() <= 0 || c.sandbox.limits.load_timeout.count() <= 0) {
-          throw ConfigError(w + ": timeouts must be positive");
-        }
-      } else {
-        throw ConfigError(w + ": expected auto, required, or a map (level, memory, step_timeout, ...)");
-      }
-    }
+    if (auto sb = root["sandbox"]) c.sandbox = parse_sandbox(sb, where + ": sandbox");
     auto resolve_path = [&](const std::string& p) {
       fs::path f = p;
       if (f.is_relative()) f = base / f;
@@ -315,6 +281,39 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
 }
 
 }  // namespace
+
+SandboxConfig parse_sandbox(const YAML::Node& sb, const std::string& w) {
+  SandboxConfig c;
+  auto level = [&](const std::string& v) {
+    if (v == "required") {
+      c.required = true;
+    } else if (v != "auto") {
+      throw ConfigError(w + ": expected auto or required, got \"" + v + "\"");
+    }
+  };
+  if (sb.IsScalar()) {
+    level(sb.as<std::string>());
+  } else if (sb.IsMap()) {
+    check_keys(sb, {"level", "memory", "step_timeout", "load_timeout", "open_files"}, w);
+    if (sb["level"]) level(sb["level"].as<std::string>());
+    if (sb["memory"]) c.limits.memory_bytes = parse_bytes(sb["memory"].as<std::string>(), w + ".memory");
+    if (sb["step_timeout"]) c.limits.step_timeout = parse_duration(sb["step_timeout"].as<std::string>(), w + ".step_timeout");
+    if (sb["load_timeout"]) c.limits.load_timeout = parse_duration(sb["load_timeout"].as<std::string>(), w + ".load_timeout");
+    if (sb["open_files"]) {
+      c.limits.open_files = sb["open_files"].as<int>();
+      if (c.limits.open_files < 32) throw ConfigError(w + ".open_files: must be at least 32");
+    }
+    if (c.limits.memory_bytes < (int64_t{256} << 20)) {
+      throw ConfigError(w + ".memory: must be at least 256MiB (libtorch alone needs about that)");
+    }
+    if (c.limits.step_timeout.count() <= 0 || c.limits.load_timeout.count() <= 0) {
+      throw ConfigError(w + ": timeouts must be positive");
+    }
+  } else {
+    throw ConfigError(w + ": expected auto, required, or a map (level, memory, step_timeout, ...)");
+  }
+  return c;
+}
 
 PodConfig load_pod_config(const std::string& path) {
   return pod_config_from_yaml(load_yaml_file(path), path, fs::absolute(path).parent_path());

@@ -451,27 +451,119 @@ std::string seconds(std::chrono::milliseconds d) {
 
 // ---- the worker's side ----
 
-class RunnerEngine : public JobEngine {
- public:
-  ~RunnerEngine() override { stop(); }
+// Layout entries as a runner sends them: names, shapes, kinds, dtypes; offsets and
+// sizes are computed here, bounded (a runner's reply is not trusted).
+json layout_json(const std::vector<model::ParamInfo>& layout) {
+  json out = json::array();
+  for (const auto& p : layout) {
+    out.push_back({{"name", p.name}, {"shape", p.shape}, {"kind", static_cast<int>(p.kind)},
+                   {"dtype", static_cast<int>(p.dtype)}});
+  }
+  return out;
+}
 
-  Status start(const EngineSpec& spec, const data::Table& table, std::string_view artifact, const RunnerOptions& o,
-               const std::atomic<bool>* cancel) {
+StatusOr<std::vector<model::ParamInfo>> layout_from(const json& j) {
+  std::vector<model::ParamInfo> layout;
+  try {
+    int64_t offset = 0;
+    for (const auto& e : j) {
+      model::ParamInfo p;
+      p.name = e.at("name").get<std::string>();
+      p.shape = e.at("shape").get<std::vector<int64_t>>();
+      const int kind = e.at("kind").get<int>();
+      if (kind < 0 || kind > static_cast<int>(model::EntryKind::kMirroredBuffer)) {
+        return Status::bad_message("runner: bad layout entry kind");
+      }
+      p.kind = static_cast<model::EntryKind>(kind);
+      const int dtype = e.at("dtype").get<int>();
+      if (dtype < 0 || dtype >= static_cast<int>(torch::ScalarType::NumOptions)) {
+        return Status::bad_message("runner: bad layout entry dtype");
+      }
+      p.dtype = static_cast<torch::ScalarType>(dtype);
+      int64_t n = 1;
+      for (int64_t d : p.shape) {
+        if (d < 0 || (d > 0 && n > (int64_t{1} << 40) / d)) return Status::bad_message("runner: bad layout shape");
+        n *= d;
+      }
+      p.offset = offset;
+      p.numel = n;
+      offset += n;
+      if (offset > (int64_t{1} << 34)) return Status::bad_message("runner: layout too large");
+      layout.push_back(std::move(p));
+    }
+  } catch (const json::exception& e) {
+    return Status::bad_message(std::string("runner: malformed layout: ") + e.what());
+  }
+  return layout;
+}
+
+json hyperparameters_json(const std::optional<model::HyperparameterSpec>& spec) {
+  if (!spec) return nullptr;
+  json out = json::array();
+  for (const auto& h : *spec) {
+    out.push_back({{"name", h.name}, {"type", static_cast<int>(h.type)}, {"help", h.help}, {"choices", h.choices}});
+  }
+  return out;
+}
+
+StatusOr<std::optional<model::HyperparameterSpec>> hyperparameters_from(const json& j) {
+  if (j.is_null()) return std::optional<model::HyperparameterSpec>();
+  model::HyperparameterSpec spec;
+  try {
+    for (const auto& e : j) {
+      model::HyperparameterInfo h;
+      h.name = e.at("name").get<std::string>();
+      const int type = e.at("type").get<int>();
+      if (type < 0 || type > static_cast<int>(model::HyperparameterType::kIntegerList)) {
+        return Status::bad_message("runner: bad hyperparameter type");
+      }
+      h.type = static_cast<model::HyperparameterType>(type);
+      h.help = e.at("help").get<std::string>();
+      h.choices = e.at("choices").get<std::vector<std::string>>();
+      spec.push_back(std::move(h));
+    }
+  } catch (const json::exception& e) {
+    return Status::bad_message(std::string("runner: malformed hyperparameters: ") + e.what());
+  }
+  return std::optional<model::HyperparameterSpec>(std::move(spec));
+}
+
+// A sealed-size shared region of `bytes`, mapped here; its fd is returned to pass on.
+StatusOr<std::pair<int, std::shared_ptr<Mapping>>> shared_region(size_t bytes) {
+  int fd = ::memfd_create("fedpod-state", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return Status::internal(std::string("memfd_create: ") + std::strerror(errno));
+  if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0 ||
+      ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    ::close(fd);
+    return Status::internal(std::string("state region: ") + std::strerror(errno));
+  }
+  auto m = map_fd(fd, bytes, true);
+  if (!m.ok()) {
+    ::close(fd);
+    return m.status();
+  }
+  return std::make_pair(fd, *m);
+}
+
+// A runner process and its socket, from the side that starts it (a pod's worker, a
+// coordinator).
+class RunnerProcess {
+ public:
+  ~RunnerProcess() { stop(); }
+
+ protected:
+  // Starts the runner: under bubblewrap when the confinement has namespaces, else in
+  // a private scratch directory. `who` starts every failure message ("pod a").
+  Status launch(const RunnerOptions& o, const std::string& who, bool gpus, bool allow_inet) {
     options_ = o;
-    pod_ = spec.pod;
-    confinement = o.confinement.level;
+    who_ = who;
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
       return Status::internal(std::string("socketpair: ") + std::strerror(errno));
     }
     sock_ = pair[0];
-    bool gpus = false;
-    for (const auto& d : spec.devices) gpus |= d.rfind("cuda", 0) == 0;
     std::vector<std::string> inner = o.command;
     inner.insert(inner.end(), {"--fd", std::to_string(kRunnerFd)});
-    // NCCL's bootstrap between a pod's GPUs needs an inet socket; the runner is still
-    // in an empty network namespace then.
-    const bool allow_inet = gpus && spec.devices.size() > 1 && o.confinement.namespaces;
     if (allow_inet) inner.push_back("--allow-inet");
     std::vector<std::string> argv = inner;
     if (o.confinement.namespaces) {
@@ -488,6 +580,102 @@ class RunnerEngine : public JobEngine {
     ::close(pair[1]);
     if (!child.ok()) return child.status();
     pid_ = child->pid;
+    return Status();
+  }
+
+  // Waits for the answer to a request just sent (`sent`); a runner that fails, dies
+  // or takes longer than step_timeout (or `timeout`, which is load_timeout) fails the
+  // step, with the reason and limits.
+  Status call(const Status& sent, json& reply, const std::string& doing, const std::atomic<bool>* cancel,
+              std::optional<std::chrono::milliseconds> timeout = std::nullopt) {
+    Fds fds;
+    Status st = sent;
+    const auto limit = timeout.value_or(options_.limits.step_timeout);
+    if (st.ok()) st = recv_msg(sock_, reply, fds, Clock::now() + limit, cancel);
+    if (st.ok()) {
+      if (reply.value("op", "") != "error") return Status();
+      // The model's own error (or the runner's): said as it is, with what confined it.
+      Status e = status_from(reply);
+      std::string m = e.message();
+      if (m.find("bad_alloc") != std::string::npos || m.find("can't allocate memory") != std::string::npos) {
+        m = "out of memory under the runner's limit (sandbox.memory " + gib(options_.limits.memory_bytes) + "): " + m;
+      }
+      return Status(e.code(), m + limits_text());
+    }
+    if (st.code() == StatusCode::kFailedPrecondition) {  // cancelled: the job is ending
+      stop();
+      return st;
+    }
+    std::string why;
+    if (st.code() == StatusCode::kDeadlineExceeded) {
+      ::kill(pid_, SIGKILL);
+      why = std::string("the runner took longer than its time limit (sandbox.") +
+            (timeout ? "load_timeout " : "step_timeout ") + seconds(limit) + ") " + doing + " and was killed";
+      describe_exit(pid_, std::chrono::seconds(5));
+    } else if (st.code() == StatusCode::kUnavailable) {
+      why = describe_exit(pid_, std::chrono::seconds(5)) + " while " + doing;
+    } else {
+      ::kill(pid_, SIGKILL);
+      why = st.message() + " while " + doing + "; the runner was killed";
+      describe_exit(pid_, std::chrono::seconds(5));
+    }
+    pid_ = -1;
+    return Status::internal(who_ + ": " + why + limits_text());
+  }
+
+  // A layout claims no more than the runner could have held (its reply is not trusted).
+  Status within_memory(int64_t numel) const {
+    if (numel * static_cast<int64_t>(sizeof(float)) <= options_.limits.memory_bytes) return Status();
+    return Status::bad_message(who_ + ": the runner reports a model of " + std::to_string(numel) +
+                               " values, more than its memory limit could hold" + limits_text());
+  }
+
+  std::string limits_text() const {
+    return " [runner limits: memory " + gib(options_.limits.memory_bytes) + ", step " +
+           seconds(options_.limits.step_timeout) + ", load " + seconds(options_.limits.load_timeout) +
+           ", open files " + std::to_string(options_.limits.open_files) + "; confinement " +
+           options_.confinement.level + "]";
+  }
+
+  void stop() {
+    // Killed before its socket closes: a runner that saw the socket close would exit
+    // on its own, running exit handlers (a sanitizer's leak check) under its filter.
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      int status;
+      while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+      }
+      pid_ = -1;
+    }
+    if (sock_ >= 0) {
+      ::close(sock_);
+      sock_ = -1;
+    }
+    if (!scratch_.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(scratch_, ec);
+      scratch_.clear();
+    }
+  }
+
+  RunnerOptions options_;
+  std::string who_;
+  int sock_ = -1;
+  pid_t pid_ = -1;
+  std::string scratch_;
+};
+
+class RunnerEngine : public JobEngine, private RunnerProcess {
+ public:
+  Status start(const EngineSpec& spec, const data::Table& table, std::string_view artifact, const RunnerOptions& o,
+               const std::atomic<bool>* cancel) {
+    confinement = o.confinement.level;
+    bool gpus = false;
+    for (const auto& d : spec.devices) gpus |= d.rfind("cuda", 0) == 0;
+    // NCCL's bootstrap between a pod's GPUs needs an inet socket; the runner is still
+    // in an empty network namespace then.
+    const bool allow_inet = gpus && spec.devices.size() > 1 && o.confinement.namespaces;
+    FEDPOD_RETURN_IF_ERROR(launch(o, "pod " + spec.pod, gpus, allow_inet));
 
     // The table, read-only; the artifact, sealed.
     const data::Table& t = table;
@@ -521,25 +709,10 @@ class RunnerEngine : public JobEngine {
     json ready;
     FEDPOD_RETURN_IF_ERROR(call(sent, ready, "loading the model", cancel, o.limits.load_timeout));
     if (ready.value("op", "") != "ready") return Status::bad_message("runner: expected ready");
+    auto layout = layout_from(ready.value("layout", json::array()));
+    if (!layout.ok()) return layout.status();
+    layout_ = std::move(*layout);
     try {
-      int64_t offset = 0;
-      for (const auto& e : ready.at("layout")) {
-        model::ParamInfo p;
-        p.name = e.at("name").get<std::string>();
-        p.shape = e.at("shape").get<std::vector<int64_t>>();
-        p.kind = static_cast<model::EntryKind>(e.at("kind").get<int>());
-        p.dtype = static_cast<torch::ScalarType>(e.at("dtype").get<int>());
-        int64_t n = 1;
-        for (int64_t d : p.shape) {
-          if (d < 0 || (d > 0 && n > (int64_t{1} << 40) / d)) return Status::bad_message("runner: bad layout shape");
-          n *= d;
-        }
-        p.offset = offset;
-        p.numel = n;
-        offset += n;
-        if (offset > (int64_t{1} << 34)) return Status::bad_message("runner: layout too large");
-        layout_.push_back(std::move(p));
-      }
       train_size = ready.at("train").get<int64_t>();
       validation_size = ready.at("validation").get<int64_t>();
       test_size = ready.at("test").get<int64_t>();
@@ -548,24 +721,15 @@ class RunnerEngine : public JobEngine {
     } catch (const json::exception& e) {
       return Status::bad_message(std::string("runner: malformed ready: ") + e.what());
     }
+    FEDPOD_RETURN_IF_ERROR(within_memory(numel()));
     // The state region: made and sealed (size) here, shared with the runner.
     const size_t bytes = static_cast<size_t>(numel()) * sizeof(float);
-    int fd = ::memfd_create("fedpod-state", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0) return Status::internal(std::string("memfd_create: ") + std::strerror(errno));
-    if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0 ||
-        ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
-      ::close(fd);
-      return Status::internal(std::string("state region: ") + std::strerror(errno));
-    }
-    auto m = map_fd(fd, bytes, true);
-    if (!m.ok()) {
-      ::close(fd);
-      return m.status();
-    }
-    map_ = *m;
+    auto region = shared_region(bytes);
+    if (!region.ok()) return region.status();
+    map_ = region->second;
     state_ = bytes ? torch::from_blob(map_->addr, {numel()}, torch::kFloat32) : torch::zeros({0});
-    sent = send_msg(sock_, {{"op", "state"}, {"bytes", bytes}}, {fd});
-    ::close(fd);
+    sent = send_msg(sock_, {{"op", "state"}, {"bytes", bytes}}, {region->first});
+    ::close(region->first);
     json ok;
     return call(sent, ok, "sharing the model state", cancel, o.limits.load_timeout);
   }
@@ -614,79 +778,80 @@ class RunnerEngine : public JobEngine {
   }
 
  private:
-  // Waits for the answer to a request just sent (`sent`); a runner that fails, dies
-  // or takes longer than step_timeout fails the step, with the reason and limits.
-  Status call(const Status& sent, json& reply, const std::string& doing, const std::atomic<bool>* cancel,
-              std::optional<std::chrono::milliseconds> timeout = std::nullopt) {
-    Fds fds;
-    Status st = sent;
-    const auto limit = timeout.value_or(options_.limits.step_timeout);
-    if (st.ok()) st = recv_msg(sock_, reply, fds, Clock::now() + limit, cancel);
-    if (st.ok()) {
-      if (reply.value("op", "") != "error") return Status();
-      // The model's own error (or the runner's): said as it is, with what confined it.
-      Status e = status_from(reply);
-      std::string m = e.message();
-      if (m.find("bad_alloc") != std::string::npos || m.find("can't allocate memory") != std::string::npos) {
-        m = "out of memory under the runner's limit (sandbox.memory " + gib(options_.limits.memory_bytes) + "): " + m;
-      }
-      return Status(e.code(), m + limits_text());
-    }
-    if (st.code() == StatusCode::kFailedPrecondition) {  // cancelled: the job is ending
-      stop();
-      return st;
-    }
-    std::string why;
-    if (st.code() == StatusCode::kDeadlineExceeded) {
-      ::kill(pid_, SIGKILL);
-      why = std::string("the runner took longer than its time limit (sandbox.") +
-            (timeout ? "load_timeout " : "step_timeout ") + seconds(limit) + ") " + doing + " and was killed";
-      describe_exit(pid_, std::chrono::seconds(5));
-    } else if (st.code() == StatusCode::kUnavailable) {
-      why = describe_exit(pid_, std::chrono::seconds(5)) + " while " + doing;
-    } else {
-      ::kill(pid_, SIGKILL);
-      why = st.message() + " while " + doing + "; the runner was killed";
-      describe_exit(pid_, std::chrono::seconds(5));
-    }
-    pid_ = -1;
-    return Status::internal("pod " + pod_ + ": " + why + limits_text());
-  }
-
-  std::string limits_text() const {
-    return " [runner limits: memory " + gib(options_.limits.memory_bytes) + ", step " +
-           seconds(options_.limits.step_timeout) + ", load " + seconds(options_.limits.load_timeout) +
-           ", open files " + std::to_string(options_.limits.open_files) + "; confinement " + confinement + "]";
-  }
-
-  void stop() {
-    // Killed before its socket closes: a runner that saw the socket close would exit
-    // on its own, running exit handlers (a sanitizer's leak check) under its filter.
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      int status;
-      while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-      }
-      pid_ = -1;
-    }
-    if (sock_ >= 0) {
-      ::close(sock_);
-      sock_ = -1;
-    }
-    if (!scratch_.empty()) {
-      std::error_code ec;
-      std::filesystem::remove_all(scratch_, ec);
-      scratch_.clear();
-    }
-  }
-
-  RunnerOptions options_;
-  std::string pod_;
-  int sock_ = -1;
-  pid_t pid_ = -1;
-  std::string scratch_;
   std::shared_ptr<Mapping> map_;
   torch::Tensor state_;
+};
+
+// The coordinator's side (load_in_runner).
+class RunnerModel : public ModelRunner, private RunnerProcess {
+ public:
+  Status load(const std::string& name, const std::string& format, std::string_view artifact, const RunnerOptions& o,
+              const std::string& who) {
+    confinement_ = o.confinement.level;
+    FEDPOD_RETURN_IF_ERROR(launch(o, who, false, false));
+    std::vector<int> fds;
+    if (!format.empty()) {
+      auto art = sealed_memfd("fedpod-artifact", artifact.data(), artifact.size());
+      if (!art.ok()) return art.status();
+      fds.push_back(*art);
+    }
+    Status sent = send_msg(sock_, {{"op", "load"}, {"ref", name}, {"format", format}}, fds);
+    for (int fd : fds) ::close(fd);
+    json reply;
+    FEDPOD_RETURN_IF_ERROR(in_step(call(sent, reply, "loading the model", nullptr, o.limits.load_timeout), "loading"));
+    if (reply.value("op", "") != "loaded") return Status::bad_message("runner: expected loaded");
+    auto hp = hyperparameters_from(reply.value("hyperparameters", json()));
+    if (!hp.ok()) return hp.status();
+    declared_ = std::move(*hp);
+    return Status();
+  }
+
+  const std::optional<model::HyperparameterSpec>& hyperparameters() const override { return declared_; }
+  const std::string& confinement() const override { return confinement_; }
+
+  StatusOr<BuiltModel> create(const std::vector<int64_t>& input_shape, int64_t num_classes, const Hyperparameters& hp,
+                              uint64_t seed) override {
+    json req = {{"op", "create"},
+                {"input_shape", input_shape},
+                {"num_classes", num_classes},
+                {"hyperparameters", hp.json()},
+                {"seed", seed}};
+    json reply;
+    FEDPOD_RETURN_IF_ERROR(in_step(
+        call(send_msg(sock_, req), reply, "creating the model", nullptr, options_.limits.load_timeout), "creating"));
+    if (reply.value("op", "") != "created") return Status::bad_message("runner: expected created");
+    auto layout = layout_from(reply.value("layout", json::array()));
+    if (!layout.ok()) return layout.status();
+    BuiltModel built;
+    built.layout = std::move(*layout);
+    const int64_t numel = built.layout.empty() ? 0 : built.layout.back().offset + built.layout.back().numel;
+    FEDPOD_RETURN_IF_ERROR(within_memory(numel));
+    // The initial values come back through a shared region, then are copied out of
+    // it: the runner could still write to the region until it is gone.
+    auto region = shared_region(static_cast<size_t>(numel) * sizeof(float));
+    if (!region.ok()) return region.status();
+    Status sent = send_msg(sock_, {{"op", "initial"}, {"bytes", numel * 4}}, {region->first});
+    ::close(region->first);
+    FEDPOD_RETURN_IF_ERROR(call(sent, reply, "writing the initial parameters", nullptr, options_.limits.load_timeout));
+    stop();
+    built.state = numel ? torch::from_blob(region->second->addr, {numel}, torch::kFloat32).clone()
+                        : torch::zeros({0}, torch::kFloat32);
+    if (!torch::isfinite(built.state).all().item<bool>()) {
+      return Status::invalid(who_ + ": the model's initial parameters are not all finite");
+    }
+    return built;
+  }
+
+ private:
+  // The model's own errors name the step ("creating the model: ..."); the runner's
+  // fate (crash, limit) already does.
+  Status in_step(const Status& st, const std::string& step) const {
+    if (st.ok() || st.message().rfind(who_ + ": ", 0) == 0) return st;
+    return Status(st.code(), step + " the model: " + st.message());
+  }
+
+  std::optional<model::HyperparameterSpec> declared_;
+  std::string confinement_;
 };
 
 // ---- the runner's side ----
@@ -717,6 +882,8 @@ class RunnerServer {
   json handle(const json& req, Fds& fds) {
     const std::string op = req.value("op", "");
     if (op == "init") return init(req, fds);
+    if (op == "load") return load(req, fds);
+    if (op == "create" || op == "initial") return create(op, req, fds);
     if (!engine_) return error_json(Status::failed_precondition("runner: no job yet"));
     if (op == "state") {
       int fd = fds.take(0);
@@ -769,8 +936,61 @@ class RunnerServer {
     return engine_->write_state(views);
   }
 
+  // For a coordinator: loads the model alone (no data), says what it declares.
+  json load(const json& req, Fds& fds) {
+    if (engine_ || model_) return error_json(Status::failed_precondition("runner: one model per runner"));
+    const std::string ref = req.at("ref").get<std::string>(), format = req.at("format").get<std::string>();
+    if (format.empty()) {
+      model_ = runtime_.make_model(ref);
+      if (!model_) return error_json(Status::not_found("model '" + ref + "' is not a built-in model"));
+    } else {
+      artifact_fd_ = fds.take(0);
+      if (artifact_fd_ < 0) return error_json(Status::bad_message("runner: a custom model without its artifact"));
+      auto m = runtime_.load_custom("/proc/self/fd/" + std::to_string(artifact_fd_), format);
+      if (!m.ok()) return error_json(m.status());
+      model_ = std::move(*m);
+    }
+    std::optional<model::HyperparameterSpec> declared;
+    try {
+      declared = model_->hyperparameters();
+    } catch (const std::exception& e) {
+      return error_json(Status::invalid(std::string("hyperparameters() failed: ") + e.what()));
+    }
+    return {{"op", "loaded"}, {"hyperparameters", hyperparameters_json(declared)}};
+  }
+
+  // create: create_model, seeded; initial: its state into the region passed.
+  json create(const std::string& op, const json& req, Fds& fds) {
+    if (!model_) return error_json(Status::failed_precondition("runner: no model loaded"));
+    if (op == "create") {
+      if (created_) return error_json(Status::failed_precondition("runner: the model exists already"));
+      torch::manual_seed(req.at("seed").get<uint64_t>());
+      try {
+        model_->create_model(req.at("input_shape").get<std::vector<int64_t>>(), req.at("num_classes").get<int64_t>(),
+                             Hyperparameters(req.at("hyperparameters")));
+      } catch (const ConfigError& e) {
+        return error_json(Status::invalid(e.what()));
+      } catch (const c10::Error& e) {
+        return error_json(Status::invalid(e.what_without_backtrace()));
+      }
+      created_ = true;
+      return {{"op", "created"}, {"layout", layout_json(model_->flat().layout())}};
+    }
+    if (!created_) return error_json(Status::failed_precondition("runner: no model created"));
+    int fd = fds.take(0);
+    if (fd < 0) return error_json(Status::bad_message("runner: initial without its region"));
+    torch::Tensor flat = model_->flat().tensor();
+    auto m = map_fd(fd, static_cast<size_t>(flat.numel()) * sizeof(float), true);
+    ::close(fd);
+    if (!m.ok()) return error_json(m.status());
+    if (flat.numel()) {
+      torch::from_blob((*m)->addr, {flat.numel()}, torch::kFloat32).copy_(flat.reshape({-1}).to(torch::kFloat32));
+    }
+    return {{"op", "ok"}};
+  }
+
   json init(const json& req, Fds& fds) {
-    if (engine_) return error_json(Status::failed_precondition("runner: one job per runner"));
+    if (engine_ || model_) return error_json(Status::failed_precondition("runner: one job per runner"));
     const int64_t rows = req.at("rows").get<int64_t>(), cols = req.at("cols").get<int64_t>();
     int table_fd = fds.take(0);
     if (table_fd < 0) return error_json(Status::bad_message("runner: init without the table"));
@@ -800,14 +1020,7 @@ class RunnerServer {
     auto engine = make_local_engine(spec, table_, runtime_);
     if (!engine.ok()) return error_json(engine.status());
     engine_ = std::move(*engine);
-    json layout = json::array();
-    for (const auto& p : engine_->layout()) {
-      layout.push_back({{"name", p.name},
-                        {"shape", p.shape},
-                        {"kind", static_cast<int>(p.kind)},
-                        {"dtype", static_cast<int>(p.dtype)}});
-    }
-    return {{"op", "ready"},          {"layout", layout},
+    return {{"op", "ready"},          {"layout", layout_json(engine_->layout())},
             {"train", engine_->train_size}, {"validation", engine_->validation_size},
             {"test", engine_->test_size},   {"replicas", engine_->replicas},
             {"allreduce", engine_->allreduce}};
@@ -821,6 +1034,8 @@ class RunnerServer {
   bool shared_ = false;  // the model's own buffer is the shared region
   int artifact_fd_ = -1;
   std::unique_ptr<JobEngine> engine_;
+  std::unique_ptr<model::Model> model_;  // load/create (a coordinator's runner)
+  bool created_ = false;
 };
 
 }  // namespace
@@ -872,6 +1087,15 @@ StatusOr<std::unique_ptr<JobEngine>> start_runner(const EngineSpec& spec, const 
   Status st = engine->start(spec, table, artifact, options, cancel);
   if (!st.ok()) return st;
   return std::unique_ptr<JobEngine>(std::move(engine));
+}
+
+StatusOr<std::unique_ptr<ModelRunner>> load_in_runner(const std::string& name, const std::string& format,
+                                                      std::string_view artifact, const RunnerOptions& options,
+                                                      const std::string& who) {
+  auto m = std::make_unique<RunnerModel>();
+  Status st = m->load(name, format, artifact, options, who);
+  if (!st.ok()) return st;
+  return std::unique_ptr<ModelRunner>(std::move(m));
 }
 
 int runner_main(int argc, char** argv, const Runtime& runtime) {

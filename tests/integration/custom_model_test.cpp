@@ -1,7 +1,8 @@
 // Custom models from the model hub, end to end: an in-process hub::Server on
 // loopback, a user who pushes a TorchScript archive or a native plugin, real
 // `fedpod worker` processes, and an in-process Coordinator that resolves the model
-// reference through the hub and ships the artifact to the pods in startJob.
+// reference through the hub, builds it in a confined job runner (as `fedpod
+// coordinator run` does) and ships the artifact to the pods in startJob.
 // Also: a pod where the modeller lacks a grant, custom_models: refuse, a tampered
 // artifact, a missing model. Permissions in depth are in access_test.cpp.
 #include <gtest/gtest.h>
@@ -22,6 +23,7 @@
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/wire_convert.h"
+#include "fedpod/worker/runner.h"
 #include "fedpod/worker/worker.h"
 #include "digits_job.h"
 #include "identity.h"
@@ -63,6 +65,8 @@ class CustomModelTest : public ::testing::Test {
     spec_.hub_url = hub_->url();
     spec_.output_dir = (dir_.path() / "out").string();
     spec_.key_file = id_.modeller_key_file;
+    // As `fedpod coordinator run`: the custom model is built in a runner, not here.
+    spec_.runner_command = {testing::fedpod_bin(), "runner"};
   }
 
   // Scripts examples/torchscript_model/digits_net.py; returns the archive's path.
@@ -137,6 +141,66 @@ TEST_F(CustomModelTest, TorchScriptModelTrainsAcrossThreePods) {
   EXPECT_EQ(r["sha256"], sha256_hex(slurp(pt)));
   for (const auto& pod : {"pod-a", "pod-b", "pod-c"})
     EXPECT_EQ(h["pods"][pod]["outcome"], "ok") << pod;
+  EXPECT_EQ(h["model"]["confinement"], worker::probe_confinement(spec_.runner_command).level);
+}
+
+// The coordinator's runner builds exactly the model the coordinator would build
+// in-process: same names, shapes, kinds, declared hyperparameters and bit-identical
+// initial values, for a TorchScript archive and a plugin. The job then records how
+// the model was confined.
+TEST_F(CustomModelTest, TheCoordinatorsRunnerBuildsTheSameModelAsInProcess) {
+  const std::string pt = script_digits_net();
+  worker::RunnerOptions ro;
+  ro.command = {testing::fedpod_bin(), "runner"};
+  ro.confinement = worker::probe_confinement(ro.command);
+  struct Case {
+    std::string format, path;
+    std::vector<int64_t> shape;
+    nlohmann::json hp;
+  };
+  for (const Case& c : {Case{"torchscript", pt, {1, 8, 8}, nlohmann::json::object()},
+                        Case{"plugin", FEDPOD_EXAMPLE_PLUGIN, {64}, {{"hidden", 48}, {"dropout", 0.1}}}}) {
+    SCOPED_TRACE(c.format);
+    const Hyperparameters hp(c.hp);
+    auto local = model::load_custom(c.path, c.format);
+    ASSERT_TRUE(local.ok()) << local.status().to_string();
+    const auto declared = (*local)->hyperparameters();
+    torch::manual_seed(1234);
+    (*local)->create_model(c.shape, 10, hp);
+
+    auto in_runner = worker::load_in_runner("digits", c.format, slurp(c.path), ro);
+    ASSERT_TRUE(in_runner.ok()) << in_runner.status().to_string();
+    EXPECT_EQ((*in_runner)->confinement(), ro.confinement.level);
+    ASSERT_EQ((*in_runner)->hyperparameters().has_value(), declared.has_value());
+    if (declared) {
+      ASSERT_EQ((*in_runner)->hyperparameters()->size(), declared->size());
+      for (size_t i = 0; i < declared->size(); ++i) {
+        EXPECT_EQ((*(*in_runner)->hyperparameters())[i].name, (*declared)[i].name);
+        EXPECT_EQ((*(*in_runner)->hyperparameters())[i].type, (*declared)[i].type);
+        EXPECT_EQ((*(*in_runner)->hyperparameters())[i].choices, (*declared)[i].choices);
+      }
+    }
+    auto built = (*in_runner)->create(c.shape, 10, hp, 1234);
+    ASSERT_TRUE(built.ok()) << built.status().to_string();
+    const auto& want = (*local)->flat().layout();
+    ASSERT_EQ(built->layout.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_EQ(built->layout[i].name, want[i].name);
+      EXPECT_EQ(built->layout[i].shape, want[i].shape);
+      EXPECT_EQ(built->layout[i].offset, want[i].offset);
+      EXPECT_EQ(built->layout[i].kind, want[i].kind);
+      EXPECT_EQ(built->layout[i].dtype, want[i].dtype);
+    }
+    EXPECT_TRUE(torch::equal(built->state, (*local)->flat().tensor())) << "initial values differ";
+    // A second create is refused: one model per runner, and this one has ended.
+    EXPECT_FALSE((*in_runner)->create(c.shape, 10, hp, 1234).ok());
+  }
+  // An input the model rejects is the model's error, not a crash.
+  auto in_runner = worker::load_in_runner("digits", "torchscript", slurp(pt), ro);
+  ASSERT_TRUE(in_runner.ok()) << in_runner.status().to_string();
+  auto bad = (*in_runner)->create({3}, 10, Hyperparameters(), 1);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_CONTAINS(bad.status().message(), "confinement " + ro.confinement.level);
 }
 
 // The seed's C++ API: fit(ModelReference, pod names). Pods are registered on the

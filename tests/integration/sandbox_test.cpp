@@ -9,10 +9,14 @@
 // crashing model is killed. Each ends the job with a reason naming what stopped it,
 // and a normal job on the same pod succeeds right after.
 //
-// The coordinator does not run the hostile code here: it still loads a custom model
-// in its own process to learn its layout and initial values (confining that is
-// still to be done), so the test gives it a stand-in with the hostile model's layers
-// and hyperparameters but none of its code.
+// The same attacks are made on the coordinator, which builds a custom model in its
+// own confined runner (as `fedpod coordinator run` does) to learn its layout and
+// initial values: from a static constructor and from build() (create_model), with
+// the modeller's own key file and the coordinator's /proc/PID/environ as targets.
+// Such a job ends on the coordinator, before any pod receives it. For the pod-side
+// load-time attacks the coordinator is given a stand-in with the hostile model's
+// layers and hyperparameters but none of its code; otherwise its own runner would
+// stop the attack before the pod sees the job.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -48,6 +52,7 @@ class Stand_in : public model::ModuleModel {
     using T = model::HyperparameterType;
     auto spec = model::common_hyperparameters();
     spec.push_back({"attack", T::kString, "", {}});
+    spec.push_back({"build_attack", T::kString, "", {}});
     spec.push_back({"port", T::kInteger, "", {}});
     spec.push_back({"path", T::kString, "", {}});
     spec.push_back({"gib", T::kInteger, "", {}});
@@ -142,13 +147,22 @@ class SandboxTest : public ::testing::Test {
     return bytes;
   }
 
-  // Runs a one-round job of alice/`ref` with `hp`; the coordinator gets the stand-in
-  // in place of the custom model (see the top of this file).
-  StatusOr<coordinator::RunResult> run(const std::string& ref, const nlohmann::json& hp) {
+  // Runs a one-round job of alice/`ref` with `hp`. With `coordinator_runner` the
+  // coordinator builds the model in its own confined runner (as the CLI does);
+  // without, it gets the stand-in in place of the custom model (see the top).
+  StatusOr<coordinator::RunResult> run(const std::string& ref, const nlohmann::json& hp,
+                                       bool coordinator_runner = false) {
     spec_.job_id = "sandbox-" + std::to_string(++jobs_);
     spec_.model.ref = ref;
     spec_.model.hyperparameters = Hyperparameters(hp);
     spec_.output_dir = (dir_.path() / spec_.job_id).string();
+    spec_.runner_command.clear();
+    if (coordinator_runner) {
+      spec_.runner_command = {testing::fedpod_bin(), "runner"};
+      spec_.sandbox.required = true;
+      spec_.sandbox.limits.memory_bytes = int64_t{2} << 30;
+      spec_.sandbox.limits.load_timeout = 5s;
+    }
     coordinator::validate(spec_, "test job");
     zmq::context_t ctx(1);
     std::ostringstream progress;
@@ -252,6 +266,75 @@ TEST_F(SandboxTest, LoadTimeAttacksFailAndThePodServesTheNextJob) {
   }
   EXPECT_EQ(listener->connections(), 0);
   EXPECT_FALSE(std::filesystem::exists(outside));
+}
+
+// On the coordinator: each attack from a static constructor and from build() ends
+// the job there, naming what stopped it, before any pod is sent the job; nothing
+// gets out. Then the same model, harmless, runs through the coordinator's runner
+// and the pod's.
+TEST_F(SandboxTest, CoordinatorSideAttacksFailBeforeAnyPodGetsTheJob) {
+  ASSERT_NO_FATAL_FAILURE(push("hostile", testing::read_file(FEDPOD_HOSTILE_PLUGIN)));
+  Listener listener;
+  ASSERT_TRUE(listener.ok());
+  std::unique_ptr<Listener> load_listener;  // static constructors try 39517..39519
+  for (int port : {39517, 39518, 39519}) {
+    load_listener = std::make_unique<Listener>(port);
+    if (load_listener->ok()) break;
+  }
+  ASSERT_TRUE(load_listener->ok()) << "ports 39517..39519 are all taken";
+  const std::string key_file = id_.modeller_key_file;  // the modeller's own secret key
+  const std::string environ = "/proc/" + std::to_string(::getpid()) + "/environ";
+  const std::string outside = (dir_.path() / "written-on-the-coordinator").string();
+  const std::vector<Attack> attacks = {
+      {"connect", {{"build_attack", "connect"}, {"port", listener.port()}}, "connect",
+       "socket(AF_INET): Permission denied"},
+      {"read the modeller's key file", {{"build_attack", "read"}, {"path", key_file}}, "read:" + key_file,
+       "open(" + key_file + "): No such file"},
+      {"read the coordinator's environ", {{"build_attack", "read"}, {"path", environ}}, "read:" + environ,
+       "open(" + environ + "): No such file"},
+      {"write outside", {{"build_attack", "write"}, {"path", outside}}, "write:" + outside,
+       "open(" + outside + ", O_CREAT)"},
+      {"fork", {{"build_attack", "fork"}}, "fork", "fork: Operation not permitted"},
+      {"memory", {{"build_attack", "memory"}, {"gib", 4}}, "memory", "out of memory under the runner's limit"},
+      {"spin", {{"build_attack", "spin"}}, "spin", "time limit (sandbox.load_timeout 5 s)"},
+      {"segfault", {{"build_attack", "segfault"}}, "segfault", "killed by signal 11 (SIGSEGV): the model crashed"},
+  };
+  const std::string pod_log_before = testing::read_file(pod_.log);
+  for (const auto& a : attacks) {
+    {
+      SCOPED_TRACE(a.name + " in build()");
+      auto r = run("hostile", a.hp, true);
+      ASSERT_FALSE(r.ok()) << last_progress_;
+      EXPECT_CONTAINS(r.status().message(), a.reason);
+      EXPECT_CONTAINS(r.status().message(), "creating the model" );
+      EXPECT_CONTAINS(r.status().message(), "confinement namespaces+seccomp+rlimits");
+      EXPECT_EQ(last_progress_.find("accepted"), std::string::npos) << last_progress_;
+    }
+    {
+      SCOPED_TRACE(a.name + " in a static constructor");
+      const std::string ref = "coordinator-load-" + std::to_string(&a - attacks.data());
+      ASSERT_NO_FATAL_FAILURE(push(ref, patched(a.load)));
+      auto r = run(ref, nlohmann::json::object(), true);
+      ASSERT_FALSE(r.ok()) << last_progress_;
+      EXPECT_CONTAINS(r.status().message(), a.load == "spin" ? "time limit (sandbox.load_timeout 5 s)"
+                                                             : a.load == "segfault" ? "killed by signal 11 (SIGSEGV)"
+                                                                                    : "killed by signal 6 (SIGABRT)");
+      EXPECT_CONTAINS(r.status().message(), "coordinator: ");
+      EXPECT_CONTAINS(r.status().message(), "loading the model");
+      // Ended before hello: the pods were never contacted.
+      EXPECT_EQ(last_progress_.find("pod-a"), std::string::npos) << last_progress_;
+    }
+  }
+  EXPECT_EQ(listener.connections(), 0);
+  EXPECT_EQ(load_listener->connections(), 0);
+  EXPECT_FALSE(std::filesystem::exists(outside));
+  // No job reached the pod.
+  EXPECT_EQ(testing::read_file(pod_.log).find("event=job_started"), pod_log_before.find("event=job_started"));
+  // The same model, harmless: built by the coordinator's runner, trained by the pod's.
+  auto r = run("hostile", nlohmann::json::object(), true);
+  ASSERT_TRUE(r.ok()) << r.status().to_string() << "\n" << last_progress_;
+  const auto h = nlohmann::json::parse(testing::read_file(r->history_path));
+  EXPECT_EQ(h["model"]["confinement"], "namespaces+seccomp+rlimits");
 }
 
 // hello says how the pod confines model code, and so does /metrics.

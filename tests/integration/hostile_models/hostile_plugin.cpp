@@ -4,7 +4,9 @@
 // it attacks, and when:
 //   - at load time, in a static constructor: the attack named in kLoadAttack, which
 //     the test patches in a copy of this library's bytes ("none" as built);
-//   - otherwise: in training_step, the attack named by the hyperparameter `attack`.
+//   - in build() (create_model: what a coordinator runs), the attack named by the
+//     hyperparameter `build_attack`;
+//   - in training_step, the attack named by the hyperparameter `attack`.
 // Attacks (arguments from hyperparameters at training time; fixed ones at load time):
 //   connect   TCP connect to 127.0.0.1:`port` (load: ports 39517..39519) and send "leak"
 //   read      read the file `path` (load: "read:PATH")
@@ -150,6 +152,7 @@ class HostileModel : public fedpod::model::ModuleModel {
     using T = fedpod::model::HyperparameterType;
     auto spec = fedpod::model::common_hyperparameters();
     spec.push_back({"attack", T::kString, "what to attack in training_step", {}});
+    spec.push_back({"build_attack", T::kString, "what to attack in build (create_model)", {}});
     spec.push_back({"port", T::kInteger, "connect: the port", {}});
     spec.push_back({"path", T::kString, "read, write: the file", {}});
     spec.push_back({"gib", T::kInteger, "memory: how much", {}});
@@ -164,6 +167,7 @@ class HostileModel : public fedpod::model::ModuleModel {
  protected:
   void build(const std::vector<int64_t>& in, int64_t classes, const fedpod::Hyperparameters& hp) override {
     hp_ = hp;
+    attack(hp.string("build_attack", ""), &hp);
     int64_t inputs = 1;
     for (int64_t d : in) inputs *= d;
     torch::nn::Sequential seq(torch::nn::Linear(inputs, classes));

@@ -48,6 +48,31 @@ TEST_F(JobSpecTest, ParseFromTextMatchesLoadFromFile) {
             0u);
 }
 
+// sandbox: how the coordinator's runner confines a custom model while it is built.
+TEST_F(JobSpecTest, SandboxSettingsForTheCoordinatorsRunner) {
+  JobSpec d = parse_job_spec(kMinimalJob, "job.yaml", "/");
+  EXPECT_FALSE(d.sandbox.required);
+  EXPECT_TRUE(d.runner_command.empty());  // set by `fedpod coordinator run`, never by the file
+  JobSpec s = parse_job_spec(std::string(kMinimalJob) + "sandbox: {level: required, memory: 3GiB, load_timeout: 20s}\n",
+                             "job.yaml", "/");
+  EXPECT_TRUE(s.sandbox.required);
+  EXPECT_EQ(s.sandbox.limits.memory_bytes, int64_t{3} << 30);
+  EXPECT_EQ(s.sandbox.limits.load_timeout, std::chrono::seconds(20));
+  EXPECT_TRUE(parse_job_spec(std::string(kMinimalJob) + "sandbox: required\n", "job.yaml", "/").sandbox.required);
+  EXPECT_CONTAINS(testing::config_error([] {
+                    parse_job_spec(std::string(kMinimalJob) + "sandbox: strict\n", "job.yaml", "/");
+                  }),
+                  "job.yaml: sandbox: expected auto or required, got \"strict\"");
+  EXPECT_CONTAINS(testing::config_error([] {
+                    parse_job_spec(std::string(kMinimalJob) + "sandbox: {memory: 10MiB}\n", "job.yaml", "/");
+                  }),
+                  "job.yaml: sandbox.memory: must be at least 256MiB");
+  EXPECT_CONTAINS(testing::config_error([] {
+                    parse_job_spec(std::string(kMinimalJob) + "sandbox: {levle: auto}\n", "job.yaml", "/");
+                  }),
+                  "levle");
+}
+
 TEST_F(JobSpecTest, CategoriesSetNumClassesAndAreChecked) {
   auto job = [](const std::string& ds) {
     return std::string("model: {ref: mlp}\ndatastructure: ") + ds +

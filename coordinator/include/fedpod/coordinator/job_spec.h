@@ -61,6 +61,12 @@
 //                                    # runs (host:port, ":9102" for every interface,
 //                                    # port 0: any free port); default: off. The CLI's
 //                                    # --metrics-listen overrides it.
+//   sandbox: {level: auto, memory: 8GiB, load_timeout: 8s}  # how the coordinator confines
+//                                    # a custom model's code while it learns the model's
+//                                    # layout and initial values (`fedpod coordinator run`
+//                                    # builds it in a job runner, as pods do): auto (the
+//                                    # best this machine allows) or required (refuse without
+//                                    # namespaces); memory and load_timeout limit the runner
 #pragma once
 
 #include <chrono>
@@ -71,6 +77,7 @@
 #include "fedpod/common/config_util.h"
 #include "fedpod/data/schema.h"
 #include "fedpod/model/zoo.h"
+#include "fedpod/worker/config.h"
 
 namespace fedpod::coordinator {
 
@@ -114,6 +121,15 @@ struct JobSpec {
   uint64_t seed = 0;
   std::string output_dir = "out";
   std::string metrics_listen;  // empty: no metrics endpoint (the registry exists anyway)
+  // How a custom model is built for its layout and initial values. With
+  // runner_command (e.g. {"/usr/bin/fedpod", "runner"}; not in job.yaml), in a
+  // confined job runner (worker/runner.h) under `sandbox`: its static constructors,
+  // hyperparameters() and create_model run there, and the runner ends once the layout
+  // and initial values are known. `fedpod coordinator run` always sets it. Without it
+  // (the default for a program embedding the coordinator), the model is loaded into
+  // the calling process.
+  std::vector<std::string> runner_command;
+  worker::SandboxConfig sandbox;
 };
 
 struct HubAddress {

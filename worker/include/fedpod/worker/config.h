@@ -63,6 +63,10 @@
 #include "fedpod/data/csv.h"
 #include "fedpod/data/schema.h"
 
+namespace YAML {
+class Node;
+}
+
 namespace fedpod::worker {
 
 enum class CustomModels {
@@ -101,6 +105,10 @@ struct SandboxConfig {
   bool required = false;
   RunnerLimits limits;
 };
+
+// Parses a `sandbox:` value (pod.yaml, job.yaml): auto | required | {level, memory,
+// step_timeout, load_timeout, open_files}. Throws ConfigError naming `where`.
+SandboxConfig parse_sandbox(const YAML::Node& node, const std::string& where);
 
 struct PodConfig {
   std::string name;

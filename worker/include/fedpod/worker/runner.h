@@ -10,6 +10,10 @@
 // worker creates and seals. The worker keeps the network, identity, policy, audit
 // and metrics; the runner has none of them.
 //
+// A coordinator builds a custom model the same way (load_in_runner below): the
+// runner loads it, says what hyperparameters it declares, runs create_model and
+// returns the layout and initial values, then ends.
+//
 // Confinement (docs/permissions.md, "What a custom model can and cannot do"):
 //   namespaces   bubblewrap (`bwrap`): new user, pid, network, ipc, uts and cgroup
 //                namespaces; a root with /usr, /lib*, /etc/ld.so.cache and the fedpod
@@ -37,12 +41,14 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "fedpod/common/status.h"
 #include "fedpod/worker/config.h"
+#include "fedpod/model/hyperparameters.h"
 #include "fedpod/worker/engine.h"
 
 namespace fedpod::worker {
@@ -72,6 +78,40 @@ struct RunnerOptions {
 StatusOr<std::unique_ptr<JobEngine>> start_runner(const EngineSpec& spec, const data::Table& table,
                                                   std::string_view artifact, const RunnerOptions& options,
                                                   const std::atomic<bool>* cancel = nullptr);
+
+// A model built in a runner for a coordinator, which needs only what the model
+// declares, its layout and its initial values: a modeller running someone else's
+// public model runs none of its code in their own process either.
+//
+//   auto m = load_in_runner("alice/net:3", "plugin", bytes, options);  // static constructors run there
+//   m->hyperparameters();                                              // what it declares, if anything
+//   auto built = m->create({64}, 10, hp, seed);                        // create_model, seeded
+//   built->layout; built->state;                                       // float32, layout order
+//
+// The runner ends when the ModelRunner is destroyed. Errors are the model's own (as
+// kInvalidArgument when create_model rejects its input) or the runner's fate (crash,
+// limit, timeout: kInternal), naming `who`, the limits and the confinement.
+struct BuiltModel {
+  std::vector<model::ParamInfo> layout;
+  torch::Tensor state;  // CPU float32, numel = the layout's total
+};
+
+class ModelRunner {
+ public:
+  virtual ~ModelRunner() = default;
+  virtual const std::optional<model::HyperparameterSpec>& hyperparameters() const = 0;
+  // torch::manual_seed(seed), then create_model(input_shape, num_classes, hp); once.
+  virtual StatusOr<BuiltModel> create(const std::vector<int64_t>& input_shape, int64_t num_classes,
+                                      const Hyperparameters& hp, uint64_t seed) = 0;
+  virtual const std::string& confinement() const = 0;
+};
+
+// `format`: "torchscript" or "plugin" with `artifact` its bytes; "" for a built-in
+// model named `name`. Loading must finish within options.limits.load_timeout, and so
+// must create().
+StatusOr<std::unique_ptr<ModelRunner>> load_in_runner(const std::string& name, const std::string& format,
+                                                      std::string_view artifact, const RunnerOptions& options,
+                                                      const std::string& who = "coordinator");
 
 // The runner's side: `fedpod runner --fd N [--allow-inet] [--probe]`. Loads the
 // seccomp filter, then serves the worker on socket N until it closes, and ends the
