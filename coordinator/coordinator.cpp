@@ -496,8 +496,10 @@ struct Coordinator::Impl {
     if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
       return who + " refused our CURVE key (ZAP status " + std::to_string(value) + "): the key in key_file (" +
              (keys ? keys->public_key : std::string("none")) +
-             ") belongs to no user the pod knows; register it on the hub (fedpod user register) and let the pod "
-             "refresh its policy";
+             ") is not the key of a user with a role on this pod (a pod admits only its owner and its role "
+             "holders): register the key on the hub (fedpod user register) if you have not, ask the pod's owner for "
+             "a role (fedpod access grant-role --pod " + pod.addr.name + " --user <you> --role general-modeller), "
+             "and let the pod refresh its policy";
     }
     if (!keys) {
       return who + " requires CURVE authentication and this job has no key: set key_file in the job (or "

@@ -793,11 +793,17 @@ void Server::routes() {
        User me = require_caller(req);
        auto pod = find_pod(req.matches[1]);
        require_owner(pod, me, "read its policy");
+       // Only the users the pod may admit at its CURVE handshake: its owner and those
+       // with a role on it. Every other hub user stays unknown to the pod.
+       const auto pod_roles = store.roles(pod);
+       std::set<std::string> admitted = {pod.owner};
+       for (const auto& r : pod_roles) admitted.insert(r.username);
        json users = json::array();
-       for (const auto& u : store.list_users())
-         users.push_back({{"username", u.username}, {"public_key", u.public_key}});
+       for (const auto& u : store.list_users()) {
+         if (admitted.count(u.username)) users.push_back({{"username", u.username}, {"public_key", u.public_key}});
+       }
        json roles = json::array();
-       for (const auto& r : store.roles(pod))
+       for (const auto& r : pod_roles)
          roles.push_back({{"username", r.username}, {"role", r.role}});
        json grants = json::array();
        for (const auto& g : store.grants(pod))

@@ -155,6 +155,126 @@ class Executor {
   std::thread thread_;  // last: starts after the members it uses
 };
 
+// Log lines a peer can provoke at will (a refused request, a refused handshake, a
+// reply to a peer that left): at most kLinesPerSecond of each event a second; the
+// rest are counted (fedpod_worker_log_lines_suppressed_total{event}) and the next
+// line of that event says how many were left out (suppressed=N). Thread-safe: the
+// ZAP thread and the socket thread both log.
+class PeerLines {
+ public:
+  static constexpr int kLinesPerSecond = 5;
+
+  explicit PeerLines(prometheus::Family<prometheus::Counter>& suppressed) : suppressed_(suppressed) {}
+
+  // -1: leave this line out; else how many of this event were left out before it.
+  int64_t admit(const std::string& event) {
+    std::lock_guard<std::mutex> lock(mu_);
+    State& s = state_[event];
+    const auto now = Clock::now();
+    if (now - s.second >= std::chrono::seconds(1)) {
+      s.second = now;
+      s.lines = 0;
+    }
+    if (s.lines >= kLinesPerSecond) {
+      ++s.left_out;
+      suppressed_.Add({{"event", event}}).Increment();
+      return -1;
+    }
+    ++s.lines;
+    const int64_t n = s.left_out;
+    s.left_out = 0;
+    return n;
+  }
+
+ private:
+  struct State {
+    Clock::time_point second;
+    int lines = 0;
+    int64_t left_out = 0;
+  };
+  std::mutex mu_;
+  std::map<std::string, State> state_;
+  prometheus::Family<prometheus::Counter>& suppressed_;
+};
+
+// Audit entries a peer can provoke at will (refused handshakes and startJobs) are
+// coalesced: the first refusal of a kind (event, user or key, reason, model) is
+// written at once; repeats within kWindow are counted, and written as one entry
+// {"event": "<event>_repeated", "count": N, "first_at", "last_at", ...} when the
+// window ends (at the next refusal after it, the worker's next tick, or its stop).
+// So the log keeps every kind of refusal and how many there were, while a peer
+// retrying in a loop costs one fsync'd line a minute, not one per attempt.
+class RefusalAudit {
+ public:
+  static constexpr std::chrono::seconds kWindow{60};
+
+  // `write` appends one entry (AuditLog::append).
+  explicit RefusalAudit(std::function<Status(nlohmann::json)> write) : write_(std::move(write)) {}
+
+  // `key` identifies the kind; `entry` is what the first one writes.
+  Status refused(const std::string& key, nlohmann::json entry) {
+    std::vector<nlohmann::json> out;
+    Status st;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const auto now = Clock::now();
+      collect_expired(now, out);
+      auto it = open_.find(key);
+      if (it != open_.end()) {
+        it->second.count++;
+        it->second.last_at = format_utc(std::chrono::system_clock::now());
+      } else {
+        open_[key] = Open{now, entry, 0, ""};
+        out.push_back(std::move(entry));
+      }
+    }
+    for (auto& e : out) {
+      Status w = write_(std::move(e));
+      if (st.ok()) st = w;
+    }
+    return st;
+  }
+
+  // Writes the repeat counts of windows that ended (all of them with `all`).
+  void flush(bool all = false) {
+    std::vector<nlohmann::json> out;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      collect_expired(all ? Clock::time_point::max() : Clock::now(), out);
+    }
+    for (auto& e : out) (void)write_(std::move(e));
+  }
+
+ private:
+  struct Open {
+    Clock::time_point since;
+    nlohmann::json first;
+    int64_t count = 0;  // repeats after the first
+    std::string last_at;
+  };
+
+  void collect_expired(Clock::time_point now, std::vector<nlohmann::json>& out) {
+    for (auto it = open_.begin(); it != open_.end();) {
+      if (now == Clock::time_point::max() || now - it->second.since >= kWindow) {
+        if (it->second.count > 0) {
+          nlohmann::json e = it->second.first;
+          e["event"] = e.value("event", std::string("refused")) + "_repeated";
+          e["count"] = it->second.count;
+          e["last_at"] = it->second.last_at;
+          out.push_back(std::move(e));
+        }
+        it = open_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  std::function<Status(nlohmann::json)> write_;
+  std::mutex mu_;
+  std::map<std::string, Open> open_;
+};
+
 }  // namespace
 
 struct Worker::Impl {
@@ -185,15 +305,7 @@ struct Worker::Impl {
   std::unique_ptr<AuditLog> audit;
   std::shared_ptr<protocol::ZapHandler> zap;
   std::string zap_domain;
-  std::atomic<int64_t> last_handshake_log_ms{0};
-  // Refused requests are logged at most kRefusalLinesPerSecond times a second; the
-  // rest are counted (fedpod_worker_bad_messages_total for malformed ones) and
-  // summed up in the next line, so a peer sending bad messages in a loop cannot
-  // flood the log or the disk (socket thread only).
-  static constexpr int kRefusalLinesPerSecond = 10;
-  Clock::time_point refusal_log_second;
-  int refusal_lines = 0;
-  int64_t refusals_not_logged = 0;
+  std::unique_ptr<RefusalAudit> refusal_audit;  // set with `audit`
   std::atomic<bool> serving{false};  // readiness: serve() is running
   // Metrics: this pod's registry and, with metrics_listen, its HTTP endpoint.
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
@@ -229,6 +341,11 @@ struct Worker::Impl {
       *registry, "fedpod_worker_sandbox_info",
       "How this pod confines model code: always 1, the level in the label (namespaces+seccomp+rlimits, "
       "seccomp+rlimits, or in-process for an embedded worker)");
+  prometheus::Family<prometheus::Counter>& suppressed_family = metrics::counter(
+      *registry, "fedpod_worker_log_lines_suppressed_total",
+      "Log lines a peer provoked beyond the limit (PeerLines::kLinesPerSecond a second of each event) and left "
+      "out, by event");
+  PeerLines peer_lines{suppressed_family};
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   // How this pod's runners are confined (probed at start; empty level: in-process).
   Confinement confinement;
@@ -254,27 +371,40 @@ struct Worker::Impl {
     return n;
   }
 
-  // ZAP: admits a client key that belongs to a user of the current policy.
+  // ZAP: admits a client key only if it is the key of a user who holds a role on this
+  // pod, or of its owner. Any other hub user cannot even complete the handshake: no
+  // schema to read, no job to keep alive, no startJob to make the pod hash.
   std::optional<std::string> authenticate(const std::string& key, const std::string& address) {
     auto p = policy ? policy->snapshot() : nullptr;
     std::optional<std::string> user = p ? p->user_by_key(key) : std::nullopt;
+    const char* reason = nullptr;
     if (!user) {
-      counters().handshakes_refused++;
-      on_access_denied("unknown_key");
-      // One line per second at most: a peer retrying with a bad key must not flood the log.
-      const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                 Clock::now().time_since_epoch()).count();
-      int64_t last = last_handshake_log_ms.load();
-      if (now_ms - last >= 1000 && last_handshake_log_ms.compare_exchange_strong(last, now_ms)) {
-        log->warn("event=handshake_refused pod={} peer={} public_key={} reason=\"key of no user in the pod's policy\" "
-                  "refused_total={}", config().name, address, key, counters().handshakes_refused.load());
-      }
+      reason = "unknown_key";
+    } else if (p->role_of(*user) == Role::kNone && *user != p->owner) {
+      reason = "no_role";
     }
-    return user;
+    if (!reason) return user;
+    counters().handshakes_refused++;
+    on_access_denied(reason);
+    const std::string why = user ? "user " + *user + " holds no role on this pod" : "key of no user in the pod's policy";
+    if (int64_t left_out = peer_lines.admit("handshake_refused"); left_out >= 0) {
+      log->warn("event=handshake_refused pod={} peer={} public_key={} reason={} message=\"{}\" refused_total={} "
+                "suppressed={}", config().name, address, key, reason, why, counters().handshakes_refused.load(),
+                left_out);
+    }
+    if (refusal_audit) {
+      nlohmann::json e = {{"event", "handshake_refused"}, {"pod", config().name}, {"public_key", key},
+                          {"peer", address},              {"reason", reason},     {"message", why}};
+      if (user) e["user"] = *user;
+      // Coalesced per key and reason (the peer's address changes with every connection).
+      (void)refusal_audit->refused(std::string("handshake|") + reason + "|" + key, std::move(e));
+    }
+    return std::nullopt;
   }
 
   ~Impl() {
     if (zap) zap->remove_domain(zap_domain);
+    if (refusal_audit) refusal_audit->flush(true);
     if (!artifact_dir.empty() && !plugin_loaded) {
       std::error_code ec;
       std::filesystem::remove_all(artifact_dir, ec);
@@ -354,31 +484,17 @@ struct Worker::Impl {
     const double bytes = frame_bytes(frames);
     if (protocol::send_frames(router, frames, &routing)) {
       bytes_sent.Increment(bytes);
-    } else {
-      log->warn("event=reply_dropped reason=peer_gone");
+    } else if (int64_t left_out = peer_lines.admit("reply_dropped"); left_out >= 0) {
+      log->warn("event=reply_dropped reason=peer_gone suppressed={}", left_out);
     }
   }
 
   void send_error(const zmq::message_t& routing, const std::string& job_id, uint64_t request_id,
                   const Status& status, const char* bad_reason = "content") {
     if (status.code() == StatusCode::kBadMessage) on_bad_message(bad_reason);
-    const auto now = Clock::now();
-    if (now - refusal_log_second >= std::chrono::seconds(1)) {
-      refusal_log_second = now;
-      refusal_lines = 0;
-    }
-    if (refusal_lines >= kRefusalLinesPerSecond) {
-      ++refusals_not_logged;
-    } else {
-      ++refusal_lines;
-      if (refusals_not_logged > 0) {
-        log->warn("event=request_refused job={} request={} code={} reason=\"{}\" not_logged_before={}", job_id,
-                  request_id, to_string(status.code()), status.message(), refusals_not_logged);
-        refusals_not_logged = 0;
-      } else {
-        log->warn("event=request_refused job={} request={} code={} reason=\"{}\"", job_id, request_id,
-                  to_string(status.code()), status.message());
-      }
+    if (int64_t left_out = peer_lines.admit("request_refused"); left_out >= 0) {
+      log->warn("event=request_refused job={} request={} code={} reason=\"{}\" suppressed={}", job_id, request_id,
+                to_string(status.code()), status.message(), left_out);
     }
     Frames f = reply(routing, job_id, request_id,
                      [&](protocol::Outgoing& o) { protocol::set_error(o.envelope(), status); });
@@ -416,6 +532,7 @@ struct Worker::Impl {
         }
       }
       expire_idle_job();
+      if (refusal_audit) refusal_audit->flush();
     }
     serving = false;
     if (job) {
@@ -449,7 +566,9 @@ struct Worker::Impl {
     bytes_received.Increment(frame_bytes(frames));
     if (frames.size() < 2) {
       on_bad_message("no_envelope");
-      log->warn("event=bad_message reason=\"message without an envelope\"");
+      if (int64_t left_out = peer_lines.admit("bad_message"); left_out >= 0) {
+        log->warn("event=bad_message reason=\"message without an envelope\" suppressed={}", left_out);
+      }
       return;  // no way to answer without a routing id and envelope
     }
     zmq::message_t routing = std::move(frames[0]);
@@ -521,6 +640,8 @@ struct Worker::Impl {
       }
       case W::HEARTBEAT: {
         counters().heartbeats++;
+        // Only the job's owner keeps it alive.
+        FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
         if (job && job->id == job_id) job->last_activity = Clock::now();
         Frames f = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
           auto h = o.envelope().getBody().initHeartbeat();
@@ -584,7 +705,12 @@ struct Worker::Impl {
     } else {
       e["message"] = d.message;
     }
-    Status st = audit->append(std::move(e));
+    // Refusals are coalesced per user, reason and model (RefusalAudit); admissions
+    // are each written.
+    Status st = event == "job_refused" && refusal_audit
+                    ? refusal_audit->refused("job|" + req.user + "|" + d.reason + "|" + req.model + "|" +
+                                                 std::to_string(req.version), std::move(e))
+                    : audit->append(std::move(e));
     if (!st.ok()) log->error("event=audit_write_failed pod={} error=\"{}\"", config().name, st.message());
     return st;
   }
@@ -639,7 +765,8 @@ struct Worker::Impl {
     const std::string username = mref.getUsername();
     std::string ref = mref.getModelRef();
 
-    // 1. What is asked for: a built-in model, or a custom one whose bytes are hashed here.
+    // 1. What is asked for: a built-in model, or a custom one (its bytes are hashed
+    //    only once the user's role and grant allow the version claimed).
     AccessRequest req;
     req.user = peer.user;
     req.custom = !username.empty();
@@ -663,18 +790,27 @@ struct Worker::Impl {
       auto bytes = in.raw_frame(mref.getArtifactFrame(), mref.getArtifactBytes(), "custom model " + ref + ": artifact");
       if (!bytes.ok()) return bytes.status();
       artifact = *bytes;
-      req.sha256 = sha256_hex(artifact);
+      req.sha256 = claimed_sha;  // provisional, until the bytes are hashed below
     }
 
-    // 2. May this user run it here? Decided before any of the model's code is loaded.
+    // 2. May this user run it here? Decided before any of the model's code is loaded,
+    //    and before a byte of it is hashed: a user without a role or grant cannot
+    //    make the pod hash a 2 GiB artifact. Then the bytes received must be the ones
+    //    the grant names (hash_mismatch otherwise).
     Decision d = decide_start(req, claimed_sha);
+    if (d.allowed && req.custom) {
+      req.sha256 = sha256_hex(artifact);
+      d = decide_start(req, claimed_sha);
+    }
     if (!d.allowed) {
       counters().jobs_refused++;
       on_job("refused");
       counters().access_denied++;
       on_access_denied(d.reason);
-      log->warn("event=access_denied pod={} job={} user={} peer={} model={} reason={} message=\"{}\"", config().name,
-                job_id, req.user, peer.address, req.model, d.reason, d.message);
+      if (int64_t left_out = peer_lines.admit("access_denied"); left_out >= 0) {
+        log->warn("event=access_denied pod={} job={} user={} peer={} model={} reason={} message=\"{}\" suppressed={}",
+                  config().name, job_id, req.user, peer.address, req.model, d.reason, d.message, left_out);
+      }
       Status audited = audit_decision("job_refused", job_id, peer, req, claimed_sha, d);
       (void)audited;  // refused either way
       return Status(StatusCode::kPermissionDenied, d.message);
@@ -960,6 +1096,7 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
   auto audit = AuditLog::open(config_.audit_log, m.log);
   if (!audit.ok()) throw ConfigError("pod " + config_.name + ": audit_log: " + audit.status().message());
   m.audit = std::move(*audit);
+  m.refusal_audit = std::make_unique<RefusalAudit>([a = m.audit.get()](nlohmann::json e) { return a->append(std::move(e)); });
   // Transport: a CURVE server whose handshakes the context's ZAP handler routes to
   // this pod's authenticate().
   m.zap = protocol::ZapHandler::for_context(ctx);

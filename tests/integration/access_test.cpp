@@ -245,8 +245,8 @@ TEST_F(AccessTest, DecisionMatrixOverRealSocketsAndHub) {
   const std::vector<Row> rows = {
       {"", "requires CURVE authentication and this job has no key", "requires CURVE authentication", "", ""},
       {"stranger", "refused our CURVE key", "refused our CURVE key", "unknown_key", "unknown_key"},
-      {"norole", "fedpod access grant-role --pod pod-a --user norole --role general-modeller", request_v2,
-       "no_role", "no_role"},
+      // A hub user without a role on the pod is not in its policy: refused at the handshake.
+      {"norole", "refused our CURVE key", "refused our CURVE key", "unknown_key", "unknown_key"},
       {"general", "ok", request_v2, "", "no_grant"},
       {"genv1", "ok", "version 1", "", "grant_other_version"},
       {"genexpired", "ok", "expired", "", "grant_expired"},
@@ -288,7 +288,8 @@ TEST_F(AccessTest, DecisionMatrixOverRealSocketsAndHub) {
   EXPECT_GE(v.entries, 12);
   const std::string log = testing::read_file(audit_path());
   EXPECT_CONTAINS(log, "\"reason\":\"grant_expired\"");
-  EXPECT_CONTAINS(log, "\"user\":\"norole\"");
+  EXPECT_CONTAINS(log, "\"event\":\"handshake_refused\"");
+  EXPECT_CONTAINS(log, keys_["norole"].public_key);
 }
 
 TEST_F(AccessTest, TamperedArtifactIsRefusedAndThePodKeepsServing) {
@@ -357,7 +358,7 @@ TEST_F(AccessTest, OnlyThePodOwnerGrantsAndApproves) {
   // Nothing changed on the pod: still no role.
   Outcome o = run_job("norole", false, "still-refused");
   EXPECT_FALSE(o.ok);
-  EXPECT_CONTAINS(o.message, "has no role on this pod");
+  EXPECT_CONTAINS(o.message, "is not the key of a user with a role on this pod");
 }
 
 TEST_F(AccessTest, RevocationsAreHonouredForTheNextJob) {
@@ -370,9 +371,10 @@ TEST_F(AccessTest, RevocationsAreHonouredForTheNextJob) {
   Outcome o = run_job("granted", true, "after-revoke");
   EXPECT_FALSE(o.ok);
   EXPECT_CONTAINS(o.message, "fedpod access request --model alice/net:2 --pod pod-a");
+  // Without a role, not even the handshake completes.
   Outcome s = run_job("super", false, "super-after");
   EXPECT_FALSE(s.ok);
-  EXPECT_CONTAINS(s.message, "has no role on this pod");
+  EXPECT_CONTAINS(s.message, "refused our CURVE key");
   // The revoked general modeller still runs built-in models.
   EXPECT_TRUE(run_job("granted", false, "granted-builtin").ok);
 }

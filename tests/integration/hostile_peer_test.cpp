@@ -25,7 +25,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -40,6 +42,7 @@
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
+#include "fedpod/worker/audit.h"
 #include "digits_job.h"
 #include "identity.h"
 #include "reliability.h"
@@ -709,6 +712,96 @@ TEST_F(HostilePeerTest, FloodOfBadMessagesDoesNotStopTheOthersRounds) {
       "and unknown-key handshakes at one pod during a 2-pod job",
       static_cast<int>(counts.sent() + initiates + garbage_connections),
       "every round completed with both pods; each bad message answered and counted by reason");
+}
+
+
+size_t count_lines(const std::string& text) { return static_cast<size_t>(std::count(text.begin(), text.end(), '\n')); }
+
+// 100,000 bad messages from an admitted key: each is answered and counted, but the
+// pod's log grows by at most PeerLines' limit (5 lines a second of each event a peer
+// can provoke), whatever the flood's length; the rest are counted in
+// fedpod_worker_log_lines_suppressed_total.
+TEST_F(HostilePeerTest, HundredThousandBadMessagesAddABoundedNumberOfLogLines) {
+  auto pod = start_pod("pod-a");
+  ASSERT_FALSE(pod.endpoint.empty());
+  zmq::context_t ctx(1);
+  Client flooder(ctx, pod.endpoint, id_.client_options("pod-a"));
+  ASSERT_EQ(flooder.hello(), W::HELLO_REPLY);
+  const size_t lines_before = count_lines(testing::read_file(pod.log));
+  std::atomic<bool> stop{false};
+  FloodCounts counts;
+  const auto start = Clock::now();
+  std::thread flood_thread([&] { flood(flooder, stop, counts); });
+  while (counts.sent() < 100000 && Clock::now() - start < 300s) std::this_thread::sleep_for(10ms);
+  stop = true;
+  flood_thread.join();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  ASSERT_GE(counts.sent(), 100000) << "the flood was too slow";
+  EXPECT_EQ(counts.replies.load(), counts.sent());
+  const size_t added = count_lines(testing::read_file(pod.log)) - lines_before;
+  // Events this flood provokes: request_refused (and bad_message, reply_dropped at
+  // most); 5 a second each, over the flood's whole seconds.
+  const double bound = 3 * 5 * (std::ceil(seconds) + 1);
+  EXPECT_LE(static_cast<double>(added), bound) << added << " lines in " << seconds << " s";
+  const std::string m = scrape(metrics_port(pod));
+  EXPECT_GE(testing::metric_value(m, "fedpod_worker_log_lines_suppressed_total{event=\"request_refused\"}") +
+                static_cast<double>(added),
+            static_cast<double>(counts.sent()))
+      << m;
+  EXPECT_TRUE(pod.process->running());
+  testing::record_fault("hostile input", "100,000 bad messages from an admitted key",
+                        static_cast<int>(counts.sent()),
+                        std::to_string(added) + " log lines added in " + std::to_string(seconds) + " s (bound " +
+                            std::to_string(static_cast<int>(bound)) + ")");
+}
+
+// Who may complete the handshake: the policy's users with a role on the pod (and its
+// owner). A user the policy lists without a role, and a key of no user, are refused
+// at the handshake; each kind of refusal is audited once, then its repeats are one
+// entry with their count, written when the window ends or the pod stops.
+TEST_F(HostilePeerTest, HandshakesWithoutARoleAreRefusedAndAuditedOnceWithACount) {
+  // The modeller is in the policy, with no role.
+  auto pod = testing::start_digits_pod(dir_, id_, "pod-a", "", "metrics_listen: 127.0.0.1:0\n");
+  ASSERT_FALSE(pod.endpoint.empty()) << testing::read_file(pod.log);
+  const auto stranger = protocol::generate_curve_keypair();
+  int refused_no_role = 0, refused_unknown = 0;
+  for (int i = 0; i < 20; ++i) {
+    RawPeer a(pod.endpoint);
+    if (curve_handshake(a, id_.modeller, pod.public_key) == Handshake::kRefused) ++refused_no_role;
+    RawPeer b(pod.endpoint);
+    if (curve_handshake(b, stranger, pod.public_key) == Handshake::kRefused) ++refused_unknown;
+  }
+  EXPECT_EQ(refused_no_role, 20);
+  EXPECT_EQ(refused_unknown, 20);
+  const std::string m = scrape(metrics_port(pod));
+  const double no_role = testing::metric_value(m, "fedpod_access_denied_total{reason=\"no_role\"}");
+  const double unknown = testing::metric_value(m, "fedpod_access_denied_total{reason=\"unknown_key\"}");
+  EXPECT_GE(no_role, 20) << m;
+  EXPECT_GE(unknown, 20) << m;
+  // While the window is open, one entry of each kind.
+  std::string audit = testing::read_file(id_.audit_log("pod-a"));
+  EXPECT_EQ(count_lines(audit), 2u) << audit;
+  pod.process->kill(SIGTERM);
+  ASSERT_GE(pod.process->wait(30s), 0);
+  audit = testing::read_file(id_.audit_log("pod-a"));
+  auto v = worker::verify_audit_log(id_.audit_log("pod-a"));
+  EXPECT_TRUE(v.ok) << v.error;
+  int64_t first_no_role = 0, first_unknown = 0, repeats_no_role = 0, repeats_unknown = 0;
+  std::istringstream lines(audit);
+  for (std::string line; std::getline(lines, line);) {
+    const auto e = nlohmann::json::parse(line);
+    const bool is_no_role = e.value("reason", "") == "no_role";
+    if (e["event"] == "handshake_refused") {
+      ++(is_no_role ? first_no_role : first_unknown);
+      if (is_no_role) EXPECT_EQ(e.value("user", ""), id_.user());
+    } else if (e["event"] == "handshake_refused_repeated") {
+      (is_no_role ? repeats_no_role : repeats_unknown) += e["count"].get<int64_t>();
+    }
+  }
+  EXPECT_EQ(first_no_role, 1) << audit;
+  EXPECT_EQ(first_unknown, 1) << audit;
+  EXPECT_EQ(1 + repeats_no_role, static_cast<int64_t>(no_role)) << audit;
+  EXPECT_EQ(1 + repeats_unknown, static_cast<int64_t>(unknown)) << audit;
 }
 
 }  // namespace
