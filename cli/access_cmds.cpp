@@ -408,8 +408,9 @@ void add_role_commands(CLI::App* access) {
   };
   auto p = std::make_shared<PolicyArgs>();
   auto* policy = access->add_subcommand("policy",
-                                        "A pod's policy (users' keys, roles, approved models) as "
-                                        "JSON, e.g. for an air-gapped pod's policy_file");
+                                        "A pod's policy (users' keys, roles, approved models) as the "
+                                        "hub signs it, e.g. for an air-gapped pod's policy.file (which "
+                                        "then pins the hub's key: fedpod hub signing-key)");
   policy->add_option("--pod", p->pod, "a pod you own")->required();
   policy->add_option("-o,--output", p->out,
                      "file to write (mode 0644, replaced atomically); default stdout");
@@ -428,10 +429,15 @@ void add_role_commands(CLI::App* access) {
       std::cerr << "fedpod: access policy: " << err << "\n";
       throw CommandExit{kExitFailed};
     }
-    std::cout << "wrote the policy of " << p->pod << " to " << p->out << " ("
-              << j->value("users", json::array()).size() << " users, "
-              << j->value("roles", json::array()).size() << " roles, "
-              << j->value("grants", json::array()).size() << " grants)\n";
+    // What the hub signed (the pod verifies the signature; this only summarises).
+    json payload = json::parse(j->value("payload", std::string("{}")), nullptr, false);
+    if (!payload.is_object()) payload = json::object();
+    std::cout << "wrote the signed policy of " << p->pod << " to " << p->out << " ("
+              << payload.value("users", json::array()).size() << " users, "
+              << payload.value("roles", json::array()).size() << " roles, "
+              << payload.value("grants", json::array()).size() << " grants; valid until "
+              << payload.value("expires_at", std::string("?")) << "; signed by the hub's key "
+              << j->value("key", std::string("?")) << ")\n";
   });
 }
 

@@ -25,6 +25,7 @@ void add_model(CLI::App& app);
 void add_pod(CLI::App& app);
 void add_keys(CLI::App& app);    // keys_cmd.cpp: fedpod keys generate
 void add_access(CLI::App& app);  // access_cmds.cpp: roles, access requests, pod policy
+void add_policy(CLI::App& app);  // policy_cmd.cpp: fedpod policy sign | verify
 void add_audit(CLI::App& app);   // audit_cmd.cpp: fedpod audit verify
 
 }  // namespace fedpod::cli

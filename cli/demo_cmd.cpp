@@ -13,11 +13,13 @@
 #include "commands.h"
 #include "fedpod/common/log.h"
 #include "fedpod/common/process.h"
+#include "fedpod/common/signing.h"
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/coordinator/history.h"
 #include "fedpod/data/dataset.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/protocol/curve.h"
+#include "fedpod/worker/policy.h"
 #include "fedpod/worker/trainer.h"
 
 namespace fedpod::cli {
@@ -99,6 +101,8 @@ void run_demo(const DemoArgs& args) {
   };
   check(protocol::write_key_files((out / "keys" / "demo").string(), modeller, true));
   std::vector<std::string> pod_keys;
+  const SigningKeyPair owner = generate_signing_keypair();  // the demo pods' owner
+  check(write_signing_key_files((out / "keys" / "owner").string(), owner, true));
 
   Children children;
   std::vector<std::string> endpoints, csvs;
@@ -110,13 +114,25 @@ void run_demo(const DemoArgs& args) {
     const auto pod_key = protocol::generate_curve_keypair();
     check(protocol::write_key_files((out / "keys" / name).string(), pod_key, true));
     pod_keys.push_back(pod_key.public_key);
-    const fs::path policy = out / "pods" / (name + ".policy.yaml");
-    std::ofstream(policy) << "pod: " << name << "\nusers:\n  - {username: demo, public_key: \"" << modeller.public_key
-                          << "\"}\nroles:\n  - {username: demo, role: general-modeller}\ngrants: []\n";
+    // The pods' policies, signed by their owner's key (the pods pin it): a pod
+    // accepts no other (docs/permissions.md).
+    const fs::path policy_yaml = out / "pods" / (name + ".policy.yaml");
+    std::ofstream(policy_yaml) << "pod: " << name << "\nusers:\n  - {username: demo, public_key: \""
+                               << modeller.public_key
+                               << "\"}\nroles:\n  - {username: demo, role: general-modeller}\ngrants: []\n";
+    auto parsed = worker::load_policy_file(policy_yaml.string());
+    check(parsed.status());
+    const auto now = std::chrono::system_clock::now();
+    parsed->issued_at = std::chrono::time_point_cast<std::chrono::seconds>(now);
+    parsed->expires_at = *parsed->issued_at + std::chrono::hours(24);
+    parsed->version = std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count();
+    const fs::path policy = out / "pods" / (name + ".policy.signed.json");
+    std::ofstream(policy) << sign_document(worker::to_json(*parsed), owner);
     const fs::path config = out / "pods" / (name + ".yaml");
     std::ofstream(config) << "name: " << name << "\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " << csv
                           << "\nthreads: 1\nlog_level: info\nkey_file: " << (out / "keys" / (name + ".key")).string()
-                          << "\npolicy: {file: " << policy.string() << "}\naudit_log: "
+                          << "\npolicy: {file: " << policy.string() << ", signing_key: \"" << owner.public_key
+                          << "\"}\naudit_log: "
                           << (out / "pods" / (name + ".audit.log")).string() << "\n";
     const std::string log = (out / "logs" / (name + ".log")).string();
     children.spawn({"fedpod", "worker", "--config", config.string(), "--endpoint-file",

@@ -9,6 +9,8 @@
 #include <thread>
 
 #include "commands.h"
+#include "hub_access.h"
+#include "fedpod/common/signing.h"
 #include "fedpod/common/config_util.h"
 #include "fedpod/common/log.h"
 #include "fedpod/hub/server.h"
@@ -86,6 +88,31 @@ void add_hub(CLI::App& app) {
   cmd->add_option("--log-level", args->log_level, "debug | info | warn | error")
       ->capture_default_str();
   cmd->callback([args] { serve(*args); });
+
+  auto access = std::make_shared<HubAccess>();
+  auto local_dir = std::make_shared<std::string>();
+  auto* sk = hub->add_subcommand(
+      "signing-key",
+      "Print the key the hub signs pod policies with: pin it in each pod.yaml (policy.signing_key). With "
+      "--data-dir it is read from the hub's own files (hub.sign.pub), which is the safer source: over plain "
+      "HTTP a key fetched from the network is only as trustworthy as the network");
+  sk->add_option("--data-dir", *local_dir, "the hub's data directory, read locally instead of asking the hub");
+  add_access_options(sk, *access, /*json=*/false);
+  sk->callback([access, local_dir] {
+    if (!local_dir->empty()) {
+      auto k = read_signing_key_file(*local_dir + "/hub.sign.pub");
+      if (!k.ok()) {
+        std::cerr << "fedpod: hub signing-key: " << k.status().message() << "\n";
+        throw CommandExit{kExitFailed};
+      }
+      std::cout << k->public_key << "\n";
+      return;
+    }
+    auto client = connect(*access);
+    auto key = client->get_signing_key();
+    check(key.status(), "hub signing-key");
+    std::cout << *key << "\n";
+  });
 }
 
 }  // namespace fedpod::cli

@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "fedpod/common/signing.h"
 #include "fedpod/protocol/curve.h"
 
 namespace fedpod::cli {
@@ -28,6 +29,24 @@ void add_keys(CLI::App& app) {
     }
     std::cout << "wrote " << g->out << ".key (secret, mode 0600) and " << g->out << ".pub\n"
               << "public key: " << pair.public_key << "\n";
+  });
+
+  auto sg = std::make_shared<GenArgs>();
+  auto* gen_sign = keys->add_subcommand(
+      "generate-signing",
+      "Write a new Ed25519 signing key pair: OUT.sign.key (secret, mode 0600) and OUT.sign.pub (pin it in a pod's "
+      "policy.signing_key); `fedpod policy sign` signs a pod's policy file with it");
+  gen_sign->add_option("-o,--out", sg->out, "path without extension, e.g. ~/.config/fedpod/bob")->required();
+  gen_sign->add_flag("--force", sg->force, "overwrite existing files (pods pinning the old key refuse new policies)");
+  gen_sign->callback([sg] {
+    auto pair = generate_signing_keypair();
+    Status st = write_signing_key_files(sg->out, pair, sg->force);
+    if (!st.ok()) {
+      std::cerr << "fedpod: " << st.message() << "\n";
+      throw CommandExit{kExitFailed};
+    }
+    std::cout << "wrote " << sg->out << ".sign.key (secret, mode 0600) and " << sg->out << ".sign.pub\n"
+              << "signing key: " << pair.public_key << "\n";
   });
 
   auto path = std::make_shared<std::string>();

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   fedpod::cli::add_pod(app);
   fedpod::cli::add_keys(app);
   fedpod::cli::add_access(app);
+  fedpod::cli::add_policy(app);
   fedpod::cli::add_audit(app);
   try {
     app.parse(argc, argv);

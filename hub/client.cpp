@@ -1,5 +1,7 @@
 #include "fedpod/hub/client.h"
 
+#include "fedpod/common/signing.h"
+
 #include <fcntl.h>
 #include <httplib.h>
 #include <unistd.h>
@@ -408,6 +410,16 @@ StatusOr<AccessRequestInfo> Client::reject_access_request(int64_t id, const std:
 
 StatusOr<AccessRequestInfo> Client::revoke_access_request(int64_t id, const std::string& reason) {
   return decide(*http_, token_, id, "revoke", {{"reason", reason}});
+}
+
+StatusOr<std::string> Client::get_signing_key() {
+  auto j = json_reply(http_->Get("/api/v1/signing-key"), 200, "get the hub's signing key");
+  if (!j.ok()) return j.status();
+  if (!j->contains("public_key") || !(*j)["public_key"].is_string() ||
+      !is_signing_public_key((*j)["public_key"].get<std::string>())) {
+    return Status::bad_message("the hub's signing key reply has no valid public_key");
+  }
+  return (*j)["public_key"].get<std::string>();
 }
 
 StatusOr<nlohmann::json> Client::get_pod_policy(const std::string& pod) {

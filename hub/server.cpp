@@ -4,6 +4,7 @@
 #include <prometheus/text_serializer.h>
 
 #include <chrono>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
@@ -283,6 +284,17 @@ Server::~Server() { stop(); }
 Status Server::start() {
   store_ = std::make_unique<Store>(options_.data_dir);
   FEDPOD_RETURN_IF_ERROR(store_->open());
+  {
+    // The key pod policies are signed with: made once, kept with the data.
+    const std::string base = (std::filesystem::path(options_.data_dir) / "hub").string();
+    if (!std::filesystem::exists(base + ".sign.key")) {
+      FEDPOD_RETURN_IF_ERROR(write_signing_key_files(base, generate_signing_keypair(), false));
+      logger_->info("event=signing_key_created file={}.sign.key", base);
+    }
+    auto k = read_signing_key_file(base + ".sign.key");
+    if (!k.ok()) return Status::invalid("hub: " + k.status().message());
+    signing_ = *k;
+  }
   if (store_->removed_temp_files() > 0)
     logger_->warn(
         "event=removed_temp_files count={} dir={}/artifacts reason=\"artifact writes interrupted "
@@ -313,8 +325,8 @@ Status Server::start() {
   if (port_ == 0)
     return Status::invalid("hub: cannot listen on " + options_.host + ":" +
                            std::to_string(options_.port));
-  logger_->info("event=listening host={} port={} data_dir={} metrics=/metrics", options_.host,
-                port_, options_.data_dir);
+  logger_->info("event=listening host={} port={} data_dir={} metrics=/metrics policy_signing_key={}", options_.host,
+                port_, options_.data_dir, signing_.public_key);
   return Status();
 }
 
@@ -456,6 +468,11 @@ void Server::routes() {
        metrics_->pending_requests.Set(static_cast<double>(c.pending_requests));
        res.set_content(prometheus::TextSerializer().Serialize(options_.registry->Collect()),
                        "text/plain; version=0.0.4; charset=utf-8");
+     }));
+
+  // The key pods pin to verify the policies this hub signs. Public, like the key.
+  on("GET", "/api/v1/signing-key", wrap([this](Req, Res res) {
+       reply(res, 200, {{"algorithm", "ed25519"}, {"public_key", signing_.public_key}});
      }));
 
   on("POST", "/api/v1/users", wrap([&store, &opt](Req req, Res res) {
@@ -789,15 +806,18 @@ void Server::routes() {
   // run on a cached policy and checks expiry against its own clock. ---
 
   on("GET", "/api/v1/pods/{pod}/policy",
-     wrap([&store, require_caller, find_pod, require_owner](Req req, Res res) {
+     wrap([this, &store, require_caller, find_pod, require_owner](Req req, Res res) {
        User me = require_caller(req);
        auto pod = find_pod(req.matches[1]);
        require_owner(pod, me, "read its policy");
        // Only the users the pod may admit at its CURVE handshake: its owner and those
-       // with a role on it. Every other hub user stays unknown to the pod.
+       // with a role on it (and holders of a grant, which the pod honours only with a
+       // role). Every other hub user stays unknown to the pod.
        const auto pod_roles = store.roles(pod);
+       const auto pod_grants = store.grants(pod);
        std::set<std::string> admitted = {pod.owner};
        for (const auto& r : pod_roles) admitted.insert(r.username);
+       for (const auto& g : pod_grants) admitted.insert(g.requester);
        json users = json::array();
        for (const auto& u : store.list_users()) {
          if (admitted.count(u.username)) users.push_back({{"username", u.username}, {"public_key", u.public_key}});
@@ -806,7 +826,7 @@ void Server::routes() {
        for (const auto& r : pod_roles)
          roles.push_back({{"username", r.username}, {"role", r.role}});
        json grants = json::array();
-       for (const auto& g : store.grants(pod))
+       for (const auto& g : pod_grants)
          grants.push_back({{"id", g.id},
                            {"username", g.requester},
                            {"model", g.model_user + "/" + g.model_ref},
@@ -814,13 +834,22 @@ void Server::routes() {
                            {"sha256", g.sha256},
                            {"format", g.format},
                            {"expires_at", nullable(g.expires_at)}});
-       reply(res, 200,
-             {{"pod", pod.name},
-              {"owner", pod.owner},
-              {"generated_at", detail::now_utc()},
-              {"users", users},
-              {"roles", roles},
-              {"grants", grants}});
+       // Signed (common/signing.h): the pod verifies it with the key it pins, so a
+       // policy rewritten on the way is refused. version: the issue time in
+       // microseconds, so it only grows; the pod refuses one older than it holds.
+       const auto now = std::chrono::system_clock::now();
+       const int64_t version =
+           std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count();
+       const json payload = {{"pod", pod.name},
+                             {"owner", pod.owner},
+                             {"generated_at", detail::now_utc()},
+                             {"issued_at", format_utc(std::chrono::system_clock::to_time_t(now))},
+                             {"expires_at", format_utc(std::chrono::system_clock::to_time_t(now + options_.policy_ttl))},
+                             {"version", version},
+                             {"users", users},
+                             {"roles", roles},
+                             {"grants", grants}};
+       reply(res, 200, json::parse(sign_document(payload, signing_)));
      }));
 
   // Backstops: httplib's own errors (unknown route, payload over the transport

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "fedpod/common/config_util.h"
+#include "fedpod/common/signing.h"
 
 namespace fedpod::worker {
 namespace fs = std::filesystem;
@@ -214,10 +215,30 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
     c.key_file = resolve_path(root["key_file"].as<std::string>());
     auto pol = root["policy"];
     if (!pol || !pol.IsMap()) {
-      throw ConfigError(where + ": policy: required: `policy: {hub: http://HUB:PORT, token_file: FILE}` or, "
-                        "for an air-gapped pod, `policy: {file: policy.yaml}`");
+      throw ConfigError(where + ": policy: required: `policy: {hub: http://HUB:PORT, token_file: FILE, signing_key: "
+                        "KEY}` or, for an air-gapped pod, `policy: {file: policy.signed.json, signing_key: KEY}`");
     }
-    check_keys(pol, {"hub", "token_file", "refresh", "max_staleness", "cache", "file"}, where + ": policy");
+    check_keys(pol, {"hub", "token_file", "refresh", "max_staleness", "cache", "file", "signing_key", "signing_key_file"},
+               where + ": policy");
+    if (pol["signing_key"] && pol["signing_key_file"]) {
+      throw ConfigError(where + ": policy: give signing_key or signing_key_file, not both");
+    }
+    if (pol["signing_key"]) {
+      c.policy.signing_key = pol["signing_key"].as<std::string>();
+    } else if (pol["signing_key_file"]) {
+      const std::string kf = resolve_path(pol["signing_key_file"].as<std::string>());
+      auto k = read_signing_key_file(kf);
+      if (!k.ok()) throw ConfigError(where + ": policy.signing_key_file: " + k.status().message());
+      c.policy.signing_key = k->public_key;
+    } else {
+      throw ConfigError(where + ": policy.signing_key: required: the Ed25519 public key the pod's policy must be "
+                        "signed with (the hub's: `fedpod hub signing-key`; or, for a policy file, its owner's "
+                        ".sign.pub: `fedpod keys generate-signing`), so that a policy altered on the way is refused");
+    }
+    if (!is_signing_public_key(c.policy.signing_key)) {
+      throw ConfigError(where + ": policy.signing_key: '" + c.policy.signing_key +
+                        "' is not a base64 Ed25519 public key (44 characters, as in a .sign.pub file)");
+    }
     if (pol["hub"] && pol["file"]) throw ConfigError(where + ": policy: give hub or file, not both");
     if (!pol["hub"] && !pol["file"]) throw ConfigError(where + ": policy: needs hub (with token_file) or file");
     if (pol["file"]) {

@@ -1,5 +1,7 @@
 #include "fedpod/worker/policy.h"
 
+#include "fedpod/common/signing.h"
+
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -150,7 +152,8 @@ std::optional<Role> parse_role(const std::string& s) {
 }
 
 Policy parse_or_throw(const json& j) {
-  check_object_keys(j, {"pod", "owner", "generated_at", "users", "roles", "grants"}, "");
+  check_object_keys(j, {"pod", "owner", "generated_at", "issued_at", "expires_at", "version", "users", "roles", "grants"},
+                    "");
   Policy p;
   p.pod = get_string(j, "pod", true, "");
   std::string err = check_username(p.pod);
@@ -159,6 +162,14 @@ Policy parse_or_throw(const json& j) {
   if (!p.owner.empty() && !(err = check_username(p.owner)).empty())
     fail("owner", "'" + p.owner + "' " + err);
   p.generated_at = get_string(j, "generated_at", false, "");
+  p.version = get_int(j, "version", false, 0, "");
+  for (const char* key : {"issued_at", "expires_at"}) {
+    const std::string text = get_string(j, key, false, "");
+    if (text.empty()) continue;
+    auto t = parse_utc(text);
+    if (!t) fail(key, "'" + text + "' is not a UTC time like 2027-01-01T00:00:00Z");
+    (std::string(key) == "issued_at" ? p.issued_at : p.expires_at) = *t;
+  }
 
   const json& users = get_list(j, "users", "");
   for (size_t i = 0; i < users.size(); ++i) {
@@ -428,6 +439,9 @@ nlohmann::json to_json(const Policy& policy) {
             {"grants", json::array()}};
   if (!policy.owner.empty()) j["owner"] = policy.owner;
   if (!policy.generated_at.empty()) j["generated_at"] = policy.generated_at;
+  if (policy.version > 0) j["version"] = policy.version;
+  if (policy.issued_at) j["issued_at"] = format_utc(*policy.issued_at);
+  if (policy.expires_at) j["expires_at"] = format_utc(*policy.expires_at);
   for (const auto& [name, key] : policy.users)
     j["users"].push_back({{"username", name}, {"public_key", key}});
   for (const auto& [name, role] : policy.roles) {
@@ -465,6 +479,36 @@ StatusOr<Policy> load_policy_file(const std::string& path) {
     return Status::invalid(path + ": " + e.what());
   }
   return parse_policy(j, path);
+}
+
+StatusOr<Policy> verify_signed_policy(const nlohmann::json& document, const std::string& signing_key,
+                                      const std::string& pod, const std::string& where) {
+  auto payload = verify_document(document, signing_key, where);
+  if (!payload.ok()) return payload.status();
+  auto p = parse_policy(*payload, where);
+  if (!p.ok()) return p.status();
+  if (!pod.empty() && p->pod != pod) {
+    return Status::invalid(where + ": the policy is for pod '" + p->pod + "', not '" + pod + "'");
+  }
+  if (!p->issued_at || !p->expires_at || p->version <= 0) {
+    return Status::invalid(where + ": a signed policy must carry issued_at, expires_at and version");
+  }
+  if (*p->expires_at <= *p->issued_at) return Status::invalid(where + ": expires_at is not after issued_at");
+  return p;
+}
+
+StatusOr<Policy> load_signed_policy_file(const std::string& path, const std::string& signing_key,
+                                         const std::string& pod) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::not_found(path + ": cannot read the policy file: " + std::strerror(errno));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded() || !is_signed_document(doc)) {
+    return Status::invalid(path + ": not signed: a pod accepts only signed policies; sign this file with `fedpod "
+                           "policy sign --key OWNER.sign.key " + path + " -o POLICY.signed.json` and pin OWNER.sign.pub's "
+                           "key in pod.yaml (policy.signing_key)");
+  }
+  return verify_signed_policy(doc, signing_key, pod, path);
 }
 
 std::string format_utc(system_clock::time_point t) {

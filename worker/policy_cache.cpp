@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "fedpod/common/files.h"
+#include "fedpod/common/signing.h"
 
 namespace fedpod::worker {
 namespace {
@@ -55,6 +56,14 @@ Status PolicyCache::start() {
     if (started_)
       return Status::failed_precondition("access policy: PolicyCache::start() called twice");
   }
+  if (options_.signing_key.empty()) {
+    return Status::invalid("access policy: no signing key is pinned (pod.yaml policy.signing_key): a pod accepts "
+                           "only policies signed by the key it pins");
+  }
+  if (!is_signing_public_key(options_.signing_key)) {
+    return Status::invalid("access policy: the pinned signing key '" + options_.signing_key +
+                           "' is not a base64 Ed25519 public key (44 characters)");
+  }
   if (hub && !options_.cache_path.empty()) {
     // Temp files of cache writes a crash interrupted.
     const std::filesystem::path cache(options_.cache_path);
@@ -78,9 +87,14 @@ Status PolicyCache::start() {
     }
     install(std::move(policy).value(), system_clock::now());
   } else {
+    // The persisted copy first: its version is the floor a fetched policy must reach
+    // (a rolled-back or replayed policy is refused across restarts too).
+    Status fallback = load_persisted();
+    if (!fallback.ok() && fallback.code() != StatusCode::kNotFound) {
+      log_->warn("access policy: the persisted copy is not used: {}", fallback.message());
+    }
     Status fetched = fetch_once();
     if (!fetched.ok()) {
-      Status fallback = load_persisted();
       if (!fallback.ok()) {
         return Status(StatusCode::kUnavailable, "access policy: fetching it from the hub failed (" +
                                                     fetched.message() + "), and " +
@@ -114,7 +128,9 @@ StatusOr<std::shared_ptr<const Policy>> PolicyCache::current() {
     const FileStamp stamp = stamp_file();
     {
       std::lock_guard<std::mutex> lk(mu_);
-      if (stamp == file_stamp_) return policy_;
+      if (stamp == file_stamp_ && !(policy_->expires_at && *policy_->expires_at <= system_clock::now())) {
+        return policy_;
+      }
       file_stamp_ = stamp;  // looked at, good or bad: a bad file is reported once
     }
     auto policy = read_file();
@@ -128,9 +144,20 @@ StatusOr<std::shared_ptr<const Policy>> PolicyCache::current() {
           format_utc(loaded_at()), policy.status().message());
     }
     std::lock_guard<std::mutex> lk(mu_);
+    if (policy_->expires_at && *policy_->expires_at <= system_clock::now()) {
+      return Status(StatusCode::kUnavailable, "pod " + policy_->pod + ": its signed access policy " + options_.file +
+                                                  " expired at " + format_utc(*policy_->expires_at) +
+                                                  ": refusing new jobs until the owner signs a new one");
+    }
     return policy_;
   }
   std::lock_guard<std::mutex> lk(mu_);
+  if (policy_->expires_at && *policy_->expires_at <= system_clock::now()) {
+    return Status(StatusCode::kUnavailable,
+                  "pod " + (options_.pod_name.empty() ? policy_->pod : options_.pod_name) +
+                      ": its signed access policy (version " + std::to_string(policy_->version) + ") expired at " +
+                      format_utc(*policy_->expires_at) + ": refusing new jobs until a newer one arrives");
+  }
   const auto age = since(loaded_at_);
   if (age > options_.max_staleness) {
     return Status(StatusCode::kUnavailable,
@@ -184,10 +211,25 @@ PolicyCache::FileStamp PolicyCache::stamp_file() const {
 }
 
 StatusOr<Policy> PolicyCache::read_file() {
-  auto policy = load_policy_file(options_.file);
+  auto policy = load_signed_policy_file(options_.file, options_.signing_key, "");
   if (!policy.ok()) return policy.status();
   FEDPOD_RETURN_IF_ERROR(check_pod(*policy, options_.file));
+  FEDPOD_RETURN_IF_ERROR(check_fresh(*policy, options_.file));
   return policy;
+}
+
+Status PolicyCache::check_fresh(const Policy& p, const std::string& where) const {
+  if (p.expires_at && *p.expires_at <= system_clock::now()) {
+    return Status::invalid(where + ": the policy expired at " + format_utc(*p.expires_at) + " (version " +
+                           std::to_string(p.version) + ")");
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  if (policy_ && p.version < policy_->version) {
+    return Status::invalid(where + ": the policy's version " + std::to_string(p.version) + " is older than version " +
+                           std::to_string(policy_->version) +
+                           ", which this pod already accepted: a replayed or rolled-back policy");
+  }
+  return Status();
 }
 
 Status PolicyCache::check_pod(const Policy& p, const std::string& where) const {
@@ -227,14 +269,17 @@ Status PolicyCache::fetch_once() {
         Status(StatusCode::kUnavailable, std::string("fetching the policy threw: ") + e.what());
   }
   if (!fetched.ok()) return note_failure(fetched.status(), false);
-  auto policy = parse_policy(*fetched, "policy from the hub");
+  auto policy = verify_signed_policy(*fetched, options_.signing_key, "", "policy from the hub");
   if (!policy.ok()) return note_failure(policy.status(), true);
   Status pod = check_pod(*policy, "policy from the hub");
   if (!pod.ok()) return note_failure(pod, true);
+  Status fresh = check_fresh(*policy, "policy from the hub");
+  if (!fresh.ok()) return note_failure(fresh, true);
 
   const auto now = system_clock::now();
   if (!options_.cache_path.empty()) {
-    nlohmann::json persisted = {{"fetched_at", format_utc(now)}, {"policy", to_json(*policy)}};
+    // The signed document itself: verified again when it is read back.
+    nlohmann::json persisted = {{"fetched_at", format_utc(now)}, {"policy", *fetched}};
     std::string err = write_file_durably(options_.cache_path, persisted.dump(2) + "\n");
     if (!err.empty())
       log_->warn("access policy: cannot persist the fetched policy cache={}: {}",
@@ -269,10 +314,11 @@ Status PolicyCache::load_persisted() {
   }
   auto fetched_at = parse_utc(j["fetched_at"].get<std::string>());
   if (!fetched_at) return Status::invalid("the persisted copy " + path + " has a bad fetched_at");
-  auto policy = parse_policy(j["policy"], path);
+  auto policy = verify_signed_policy(j["policy"], options_.signing_key, "", path);
   if (!policy.ok())
     return Status::invalid("the persisted copy is not usable: " + policy.status().message());
   FEDPOD_RETURN_IF_ERROR(check_pod(*policy, path));
+  FEDPOD_RETURN_IF_ERROR(check_fresh(*policy, path));
   install(std::move(policy).value(), *fetched_at);
   return Status();
 }

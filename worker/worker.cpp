@@ -1068,6 +1068,7 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
   PolicyCacheOptions popts;
   popts.pod_name = config_.name;
   popts.file = config_.policy.file;
+  popts.signing_key = config_.policy.signing_key;
   popts.cache_path = config_.policy.cache_path;
   popts.refresh = config_.policy.refresh;
   popts.max_staleness = config_.policy.max_staleness;

@@ -172,12 +172,23 @@ TEST_F(AccessCliTest, RequestShowApproveListPolicy) {
   const std::string file = (dir_.path() / "policy.json").string();
   auto policy = as(bob_, {"access", "policy", "--pod", "pod-a", "-o", file});
   ASSERT_EQ(policy.code, 0) << policy.err;
-  EXPECT_CONTAINS(policy.out,
-                  "wrote the policy of pod-a to " + file + " (2 users, 0 roles, 1 grants)");
+  EXPECT_CONTAINS(policy.out, "wrote the signed policy of pod-a to " + file + " (2 users, 0 roles, 1 grants; valid until ");
   struct stat st {};
   ASSERT_EQ(::stat(file.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0644u);
-  json p = json::parse(testing::read_file(file));
+  // Signed by the hub, whose key `fedpod hub signing-key` prints; `fedpod policy verify`
+  // checks it as a pod would.
+  auto key = as(bob_, {"hub", "signing-key"});
+  ASSERT_EQ(key.code, 0) << key.err;
+  const std::string hub_key = key.out.substr(0, key.out.find('\n'));
+  EXPECT_CONTAINS(policy.out, "signed by the hub's key " + hub_key);
+  auto verified = fedpod({"policy", "verify", "--signing-key", hub_key, "--pod", "pod-a", file});
+  EXPECT_EQ(verified.code, 0) << verified.err;
+  EXPECT_CONTAINS(verified.out, "pod pod-a, version ");
+  auto wrong_pod = fedpod({"policy", "verify", "--signing-key", hub_key, "--pod", "pod-b", file});
+  EXPECT_EQ(wrong_pod.code, 1);
+  EXPECT_CONTAINS(wrong_pod.err, "the policy is for pod 'pod-a', not 'pod-b'");
+  json p = json::parse(json::parse(testing::read_file(file))["payload"].get<std::string>());
   EXPECT_EQ(p["pod"], "pod-a");
   EXPECT_EQ(p["owner"], "bob");
   ASSERT_EQ(p["grants"].size(), 1u);
@@ -190,7 +201,7 @@ TEST_F(AccessCliTest, RequestShowApproveListPolicy) {
   EXPECT_EQ(p["users"][0], (json{{"username", "alice"}, {"public_key", kAliceKey}}));
   auto to_stdout = as(bob_, {"access", "policy", "--pod", "pod-a"});
   ASSERT_EQ(to_stdout.code, 0) << to_stdout.err;
-  EXPECT_EQ(json::parse(to_stdout.out)["grants"], p["grants"]);
+  EXPECT_EQ(json::parse(json::parse(to_stdout.out)["payload"].get<std::string>())["grants"], p["grants"]);
   // Rewriting replaces the file whole and leaves no temp files behind.
   ASSERT_EQ(as(bob_, {"access", "policy", "--pod", "pod-a", "-o", file}).code, 0);
   int entries = 0;
@@ -211,7 +222,7 @@ TEST_F(AccessCliTest, RequestShowApproveListPolicy) {
   EXPECT_EQ(again.code, 1);
   EXPECT_CONTAINS(again.err, "request 1 is revoked, not approved");
   auto after_revoke = as(bob_, {"access", "policy", "--pod", "pod-a"});
-  EXPECT_EQ(json::parse(after_revoke.out)["grants"], json::array());
+  EXPECT_EQ(json::parse(json::parse(after_revoke.out)["payload"].get<std::string>())["grants"], json::array());
 }
 
 TEST_F(AccessCliTest, RejectWithReasonAndBadExpiry) {

@@ -73,6 +73,7 @@ class AccessTest : public ::testing::Test {
     opt.data_dir = (work_.path() / "hub").string();
     hub_ = std::make_unique<testing::RunningHub>(opt);
     hub_port_ = hub_->port();
+    hub_signing_key_ = hub_->signing_key();
     // bob owns pod-a; alice owns the model; the others are modellers.
     for (const char* u : {"bob", "alice", "norole", "general", "genv1", "genexpired", "granted", "super"}) user(u);
     stranger_keys_ = protocol::generate_curve_keypair();  // never registered
@@ -130,6 +131,7 @@ class AccessTest : public ::testing::Test {
     c.policy.hub_host = "127.0.0.1";
     c.policy.hub_port = hub_port_;
     c.policy.token = tokens_["bob"];
+    c.policy.signing_key = hub_signing_key_;
     c.policy.refresh = 100ms;
     c.policy.cache_path = (work_.path() / "state" / "pod-a.policy.json").string();
     c.audit_log = audit_path();
@@ -227,6 +229,7 @@ class AccessTest : public ::testing::Test {
   testing::TempDir work_;
   std::unique_ptr<testing::RunningHub> hub_;
   int hub_port_ = 0;
+  std::string hub_signing_key_;  // what the pod pins
   std::map<std::string, std::string> tokens_;
   std::map<std::string, protocol::CurveKeyPair> keys_;
   std::map<std::string, std::unique_ptr<hub::Client>> clients_;

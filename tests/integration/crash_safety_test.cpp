@@ -46,6 +46,7 @@
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/audit.h"
+#include "fedpod/worker/policy.h"
 #include "fedpod/worker/wire_convert.h"
 #include "reliability.h"
 #include "running_hub.h"
@@ -589,7 +590,7 @@ struct PodDriveStats {
 };
 
 // An in-process hub that holds the pod's policy (bob owns pod-a; `granted` is a
-// General Modeller there; `norole` is registered without a role), and the pod-a
+// General Modeller there, with no grant for any custom model), and the pod-a
 // worker process, restarted with the same pod.yaml each time.
 class PodCrash {
  public:
@@ -616,12 +617,14 @@ class PodCrash {
         "name: pod-a\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " + testing::source_dir() +
             "/examples/digits/pod-a.csv\nthreads: 1\nkey_file: " +
             (dir_.path() / "pod-a.key").string() + "\npolicy:\n  hub: " + hub_->url() +
-            "\n  token_file: " + token_file + "\n  refresh: 50ms\n  cache: " + cache() +
+            "\n  token_file: " + token_file + "\n  signing_key: \"" + hub_->signing_key() +
+            "\"\n  refresh: 50ms\n  cache: " + cache() +
             "\naudit_log: " + audit_log() + "\n");
   }
 
   std::string audit_log() const { return (dir_.path() / "state" / "pod-a.audit.log").string(); }
   std::string cache() const { return (dir_.path() / "state" / "pod-a.policy.json").string(); }
+  const std::string& hub_signing_key() const { return hub_->signing_key(); }
   const std::string& log() const { return log_; }
   const std::string& endpoint() const { return endpoint_; }
 
@@ -658,12 +661,13 @@ class PodCrash {
     return {status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1, testing::read_file(out)};
   }
 
-  // startJob (built-in logreg) as `granted` or `norole` until `stop`; an accepted job
-  // is ended again with endJob. Every reply is recorded in `acked`.
+  // startJob as `granted` until `stop`: the built-in logreg (accepted, then ended
+  // again with endJob) or a custom model it has no grant for (refused). Every reply
+  // is recorded in `acked`.
   void drive(std::mt19937_64& rng, const std::atomic<bool>& stop, int round,
              std::vector<PodDecision>& acked, PodDriveStats& st) {
     std::map<std::string, zmq::socket_t> sockets;
-    for (const char* u : {"granted", "norole"}) {
+    for (const char* u : {"granted"}) {
       protocol::SocketOptions o;
       o.curve_client_public = keys_[u].public_key;
       o.curve_client_secret = keys_[u].secret_key;
@@ -674,10 +678,10 @@ class PodCrash {
     uint64_t rid = 0;
     // Sends one request and waits for its reply; nullptr when the pod died (stop).
     auto call = [&](zmq::socket_t& s, const std::string& job,
-                    const std::function<void(wire::Envelope::Builder)>& fill)
+                    const std::function<void(protocol::Outgoing&)>& fill)
         -> std::unique_ptr<protocol::Incoming> {
       protocol::Outgoing out(job, ++rid);
-      fill(out.envelope());
+      fill(out);
       auto frames = out.frames();
       if (!protocol::send_frames(s, frames)) return nullptr;
       const auto deadline = std::chrono::steady_clock::now() + 30s;
@@ -701,13 +705,23 @@ class PodCrash {
       return std::move(*in);
     };
     for (int n = 1; !stop; ++n) {
-      const std::string user = rng() % 100 < 60 ? "granted" : "norole";
+      const bool custom = rng() % 100 >= 60;
+      const std::string user = "granted";
       const std::string job = "r" + std::to_string(round) + "-" + std::to_string(n);
-      auto in = call(sockets.at(user), job, [](wire::Envelope::Builder e) {
-        auto sj = e.getBody().initStartJob();
+      auto in = call(sockets.at(user), job, [&](protocol::Outgoing& o) {
+        auto sj = o.envelope().getBody().initStartJob();
         auto m = sj.initModel();
-        m.setModelRef("logreg");
+        m.setModelRef(custom ? "net" : "logreg");
         m.setHyperparameters("{}");
+        if (custom) {
+          auto bytes = std::make_shared<const std::string>("not reviewed");
+          m.setUsername("granted");
+          m.setModelVersion(1);
+          m.setSha256(sha256_hex(*bytes));
+          m.setFormat("torchscript");
+          m.setArtifactBytes(bytes->size());
+          m.setArtifactFrame(o.attach_bytes(bytes));
+        }
         data::Datastructure ds;
         ds.target = "label";
         ds.num_classes = 10;
@@ -720,16 +734,16 @@ class PodCrash {
         break;
       }
       auto body = in->envelope().getBody();
-      if (body.which() == W::JOB_ACCEPTED && user == "granted") {
+      if (body.which() == W::JOB_ACCEPTED && !custom) {
         acked.push_back({job, user, "job_accepted"});
-        auto ended = call(sockets.at(user), job, [](wire::Envelope::Builder e) {
-          e.getBody().initEndJob().setReason("crash safety test");
+        auto ended = call(sockets.at(user), job, [](protocol::Outgoing& o) {
+          o.envelope().getBody().initEndJob().setReason("crash safety test");
         });
         if (!ended) break;
         if (ended->envelope().getBody().which() != W::JOB_ENDED)
           st.errors.push_back(job + ": endJob not answered with jobEnded");
-      } else if (body.which() == W::ERROR && user == "norole" &&
-                 std::string(body.getError().getMessage().cStr()).find("has no role") !=
+      } else if (body.which() == W::ERROR && custom &&
+                 std::string(body.getError().getMessage().cStr()).find("fedpod access request") !=
                      std::string::npos) {
         acked.push_back({job, user, "job_refused"});
       } else {
@@ -802,7 +816,9 @@ TEST(PodCrashSafetyTest, SigkillDuringDecisionsLosesNoAuditEntry) {
     ASSERT_TRUE(cached.is_object() && cached.contains("fetched_at") && cached.contains("policy"))
         << "policy cache is not whole after kill " << kills << ": "
         << testing::read_file(pod.cache());
-    EXPECT_EQ(cached["policy"].value("pod", ""), "pod-a");
+    // The signed document the hub sent, still verifying.
+    auto cached_policy = worker::verify_signed_policy(cached["policy"], pod.hub_signing_key(), "pod-a", pod.cache());
+    EXPECT_TRUE(cached_policy.ok()) << cached_policy.status().to_string();
     const auto left = pod.temp_files();
     temp_left += static_cast<int>(left.size());
     std::cout << "round " << round << ": killed after " << delay.count() << " ms; "
@@ -818,14 +834,29 @@ TEST(PodCrashSafetyTest, SigkillDuringDecisionsLosesNoAuditEntry) {
     // runs once at the end: each start of the binary costs a second or more here).
     auto verified = worker::verify_audit_log(pod.audit_log());
     EXPECT_TRUE(verified.ok) << "after kill " << kills << ": " << verified.error;
-    // Every decision whose reply the client received is in the log.
+    // Every admission whose reply the client received is in the log. Refusals are
+    // coalesced (a peer can provoke them at will): the first of a kind after each
+    // start is written before its reply, its repeats counted, so each round's first
+    // answered refusal is in the log.
     std::map<std::string, json> entries;
     std::istringstream lines(testing::read_file(pod.audit_log()));
     for (std::string line; std::getline(lines, line);) {
       json e = json::parse(line, nullptr, false);
       if (e.is_object()) entries[e.value("job", "")] = e;
     }
+    bool first_refusal = true;
+    for (size_t i = before; i < acked.size(); ++i) {
+      if (acked[i].event != "job_refused") continue;
+      if (first_refusal) {
+        auto it = entries.find(acked[i].job);
+        ASSERT_NE(it, entries.end()) << "the first answered refusal of round " << round << " (job " << acked[i].job
+                                     << ") is missing from the audit log";
+        EXPECT_EQ(it->second.value("reason", ""), "no_grant");
+      }
+      first_refusal = false;
+    }
     for (const auto& d : acked) {
+      if (d.event == "job_refused") continue;
       auto it = entries.find(d.job);
       ASSERT_NE(it, entries.end()) << "answered decision for job " << d.job << " (" << d.event
                                    << ") is missing from the audit log after kill " << kills;

@@ -377,7 +377,7 @@ TEST_F(CustomModelTest, ArtifactOverThePodsFrameLimitIsNotSent) {
 }
 
 TEST_F(CustomModelTest, PodConfigCustomModelsSetting) {
-  const std::string base = "name: p\nlisten: tcp://127.0.0.1:*\ndataset: {path: x.csv}\n" + id_.pod_yaml("p");
+  const std::string base = "name: pod-p\nlisten: tcp://127.0.0.1:*\ndataset: {path: x.csv}\n" + id_.pod_yaml("pod-p");
   EXPECT_EQ(worker::load_pod_config(dir_.write("a.yaml", base)).custom_models, worker::CustomModels::kPolicy);
   EXPECT_EQ(worker::load_pod_config(dir_.write("b.yaml", base + "custom_models: refuse\n")).custom_models,
             worker::CustomModels::kRefuse);

@@ -8,7 +8,9 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "fedpod/common/signing.h"
 #include "fedpod/common/utc.h"
+#include "fedpod/worker/policy.h"
 #include "fedpod/hub/client.h"
 #include "fedpod/hub/server.h"
 #include "running_hub.h"
@@ -64,6 +66,13 @@ class HubAccessTest : public ::testing::Test {
   }
 
   Client client(const std::string& token = "") { return Client("127.0.0.1", hub_->port(), token); }
+  // A pod's policy as the pod sees it: the hub's signed document, verified with the
+  // hub's key, and its payload returned.
+  StatusOr<json> policy_of(const std::string& token, const std::string& pod) {
+    auto doc = client(token).get_pod_policy(pod);
+    if (!doc.ok()) return doc.status();
+    return verify_document(*doc, hub_->signing_key(), "policy of " + pod);
+  }
   httplib::Client raw() { return httplib::Client("127.0.0.1", hub_->port()); }
   static httplib::Headers bearer(const std::string& token) {
     return {{"Authorization", "Bearer " + token}};
@@ -203,7 +212,7 @@ TEST_F(HubAccessTest, RequestApproveWithExpiryAppearsInPolicy) {
   EXPECT_FALSE(req.decided_by);
 
   // Pending requests are not grants.
-  auto policy = client(bob_).get_pod_policy("pod-a");
+  auto policy = policy_of(bob_, "pod-a");
   ASSERT_TRUE(policy.ok()) << policy.status().to_string();
   EXPECT_EQ((*policy)["grants"].size(), 0u);
 
@@ -222,7 +231,7 @@ TEST_F(HubAccessTest, RequestApproveWithExpiryAppearsInPolicy) {
   EXPECT_EQ(v1.sha256, net_sha_[0]);
   ASSERT_TRUE(client(bob_).approve_access_request(v1.id, "").ok());
 
-  policy = client(bob_).get_pod_policy("pod-a");
+  policy = policy_of(bob_, "pod-a");
   ASSERT_TRUE(policy.ok());
   const json& p = *policy;
   EXPECT_EQ(p["pod"], "pod-a");
@@ -240,7 +249,7 @@ TEST_F(HubAccessTest, RequestApproveWithExpiryAppearsInPolicy) {
   EXPECT_EQ(p["grants"][1]["sha256"], net_sha_[0]);
   EXPECT_TRUE(p["grants"][1]["expires_at"].is_null());
   // pod-b's policy has none of pod-a's grants.
-  EXPECT_EQ((*client(carol_).get_pod_policy("pod-b"))["grants"].size(), 0u);
+  EXPECT_EQ((*policy_of(carol_, "pod-b"))["grants"].size(), 0u);
 
   // The datetime form is accepted and normalized as is.
   AccessRequestInfo third = request("pod-b");
@@ -301,7 +310,7 @@ TEST_F(HubAccessTest, RejectionReasonReachesTheRequester) {
   auto v = client(bob_).revoke_access_request(req.id, "");
   EXPECT_EQ(v.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_CONTAINS(v.status().message(), "is rejected, not approved");
-  EXPECT_EQ((*client(bob_).get_pod_policy("pod-a"))["grants"].size(), 0u);
+  EXPECT_EQ((*policy_of(bob_, "pod-a"))["grants"].size(), 0u);
 
   // The requester may ask again once the first is no longer pending.
   AccessRequestInfo again = request();
@@ -314,13 +323,13 @@ TEST_F(HubAccessTest, RevokeRemovesTheGrantFromThePolicy) {
   AccessRequestInfo drop = request("pod-a", 2);
   ASSERT_TRUE(client(bob_).approve_access_request(keep.id, "").ok());
   ASSERT_TRUE(client(bob_).approve_access_request(drop.id, "").ok());
-  EXPECT_EQ((*client(bob_).get_pod_policy("pod-a"))["grants"].size(), 2u);
+  EXPECT_EQ((*policy_of(bob_, "pod-a"))["grants"].size(), 2u);
 
   auto revoked = client(bob_).revoke_access_request(drop.id, "found a leak in net.py");
   ASSERT_TRUE(revoked.ok()) << revoked.status().to_string();
   EXPECT_EQ(revoked->status, "revoked");
   EXPECT_EQ(revoked->reason, "found a leak in net.py");
-  auto grants = (*client(bob_).get_pod_policy("pod-a"))["grants"];
+  auto grants = (*policy_of(bob_, "pod-a"))["grants"];
   ASSERT_EQ(grants.size(), 1u);
   EXPECT_EQ(grants[0]["id"], keep.id);
   EXPECT_EQ(client(alice_).get_access_request(drop.id)->status, "revoked");
@@ -440,22 +449,36 @@ TEST_F(HubAccessTest, PolicyIsTheOwnersAndListsEveryUsersKey) {
   ASSERT_TRUE(client(bob_).grant_role("pod-a", "alice", "general-modeller").ok());
   ASSERT_TRUE(client(bob_).grant_role("pod-a", "dave", "super-modeller").ok());
   for (const std::string& token : {alice_, carol_, dave_}) {
-    auto p = client(token).get_pod_policy("pod-a");
+    auto p = policy_of(token, "pod-a");
     EXPECT_EQ(p.status().code(), StatusCode::kPermissionDenied);
     EXPECT_CONTAINS(p.status().message(),
                     "only the owner of pod 'pod-a' (bob) may read its policy");
   }
   EXPECT_EQ(raw().Get("/api/v1/pods/pod-a/policy")->status, 401);
-  auto missing = client(bob_).get_pod_policy("pod-z");
+  auto missing = policy_of(bob_, "pod-z");
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
 
-  auto p = client(bob_).get_pod_policy("pod-a");
+  auto doc = client(bob_).get_pod_policy("pod-a");
+  ASSERT_TRUE(doc.ok()) << doc.status().to_string();
+  // Signed by the hub's key, which the hub publishes.
+  auto key = client(bob_).get_signing_key();
+  ASSERT_TRUE(key.ok()) << key.status().to_string();
+  EXPECT_EQ(*key, hub_->signing_key());
+  auto p = verify_document(*doc, *key, "policy");
   ASSERT_TRUE(p.ok()) << p.status().to_string();
+  EXPECT_FALSE(verify_document(*doc, generate_signing_keypair().public_key, "policy").ok());
   // Exactly the documented keys.
   std::vector<std::string> keys;
   for (auto it = p->begin(); it != p->end(); ++it) keys.push_back(it.key());
-  EXPECT_EQ(keys,
-            (std::vector<std::string>{"generated_at", "grants", "owner", "pod", "roles", "users"}));
+  EXPECT_EQ(keys, (std::vector<std::string>{"expires_at", "generated_at", "grants", "issued_at", "owner", "pod",
+                                            "roles", "users", "version"}));
+  auto parsed = worker::verify_signed_policy(*doc, *key, "pod-a", "policy");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
+  EXPECT_GT(*parsed->expires_at, std::chrono::system_clock::now() + std::chrono::hours(23));
+  // A later policy has a higher version.
+  auto doc2 = client(bob_).get_pod_policy("pod-a");
+  ASSERT_TRUE(doc2.ok());
+  EXPECT_GT(worker::verify_signed_policy(*doc2, *key, "pod-a", "policy")->version, parsed->version);
   // The owner and the role holders only: carol, a hub user without a role here, is
   // unknown to the pod and cannot complete its CURVE handshake.
   EXPECT_EQ((*p)["users"], (json::array({{{"username", "alice"}, {"public_key", key_for('a')}},
@@ -530,7 +553,7 @@ TEST_F(HubAccessTest, ApprovalExpiresAndIsReportedAsExpired) {
   EXPECT_EQ((*expired)[0].status, "expired");
   EXPECT_EQ(client(bob_).list_access_requests("pod-a", "approved")->size(), 0u);
   // Still a grant in the policy: the pod checks expiry itself.
-  auto grants = (*client(bob_).get_pod_policy("pod-a"))["grants"];
+  auto grants = (*policy_of(bob_, "pod-a"))["grants"];
   ASSERT_EQ(grants.size(), 1u);
   EXPECT_EQ(grants[0]["expires_at"], expires);
   // It cannot be approved again, but it can be revoked.
@@ -538,7 +561,7 @@ TEST_F(HubAccessTest, ApprovalExpiresAndIsReportedAsExpired) {
   EXPECT_EQ(again.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_CONTAINS(again.status().message(), "is expired, not pending");
   ASSERT_TRUE(client(bob_).revoke_access_request(req.id, "").ok());
-  EXPECT_EQ((*client(bob_).get_pod_policy("pod-a"))["grants"].size(), 0u);
+  EXPECT_EQ((*policy_of(bob_, "pod-a"))["grants"].size(), 0u);
 }
 
 TEST_F(HubAccessTest, RequestValidation) {
@@ -657,7 +680,7 @@ TEST_F(HubAccessTest, KeepsServingAfterBadInput) {
 
   EXPECT_EQ(raw().Get("/healthz")->status, 200);
   EXPECT_TRUE(client(bob_).grant_role("pod-a", "alice", "general-modeller").ok());
-  EXPECT_EQ((*client(bob_).get_pod_policy("pod-a"))["grants"].size(), 1u);
+  EXPECT_EQ((*policy_of(bob_, "pod-a"))["grants"].size(), 1u);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-// Identities for tests: CURVE key pairs for one modeller and any number of pods,
-// and air-gapped policy files (worker/policy.h format) that give the modeller a role.
+// Identities for tests: CURVE key pairs for one modeller and any number of pods, an
+// owner's Ed25519 signing key, and air-gapped policy files (worker/policy.h format,
+// signed with that key) that give the modeller a role.
 //
 //   testing::TestIdentity id(dir_.path());          // modeller "tester"
 //   worker::PodConfig c = ...; id.secure(c);         // pod key, policy file, audit log
@@ -7,17 +8,21 @@
 //   spec.key_file = id.modeller_key_file;            // the coordinator's side
 //   spec.pods.push_back({"pod-a", endpoint, id.pod_public_key("pod-a")});
 //
-// Header-only: tests that use it link fedpod::protocol (and fedpod::worker for secure()).
+// Header-only: tests that use it link fedpod::worker (policies are parsed and signed).
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <stdexcept>
 #include <string>
 
+#include "fedpod/common/signing.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
+#include "fedpod/worker/policy.h"
 #include "testutil.h"
 
 namespace fedpod::testing {
@@ -28,6 +33,7 @@ class TestIdentity {
       : dir_(std::move(dir)), user_(std::move(user)) {
     std::filesystem::create_directories(dir_ / "keys");
     modeller = protocol::generate_curve_keypair();
+    owner_signing = generate_signing_keypair();
     modeller_key_file = (dir_ / "keys" / (user_ + ".key")).string();
     check(protocol::write_key_files((dir_ / "keys" / user_).string(), modeller, true));
   }
@@ -49,9 +55,12 @@ class TestIdentity {
     return (dir_ / "keys" / (pod + ".key")).string();
   }
 
-  // Writes the pod's policy file: the modeller with `role` ("" = registered, no role),
-  // plus `extra` YAML appended verbatim (e.g. a grants: list). Returns its path.
-  std::string write_policy(const std::string& pod, const std::string& role, const std::string& extra = "") {
+  // Writes the pod's policy: the modeller with `role` ("" = registered, no role), plus
+  // `extra` YAML appended verbatim (e.g. a grants: list), as <pod>.policy.yaml and
+  // signed with owner_signing as <pod>.policy.signed.json (valid for `ttl`). Returns
+  // the signed file's path.
+  std::string write_policy(const std::string& pod, const std::string& role, const std::string& extra = "",
+                           std::chrono::seconds ttl = std::chrono::hours(24)) {
     std::string y = "pod: " + pod + "\nusers:\n  - {username: " + user_ + ", public_key: \"" + modeller.public_key +
                     "\"}\nroles:\n";
     if (!role.empty()) y += "  - {username: " + user_ + ", role: " + role + "}\n";
@@ -59,13 +68,29 @@ class TestIdentity {
     y += extra.empty() ? "grants: []\n" : extra;
     const std::string path = (dir_ / (pod + ".policy.yaml")).string();
     std::ofstream(path) << y;
-    return path;
+    return sign_policy_file(path, ttl);
+  }
+
+  // Signs a policy file (YAML or JSON) as `fedpod policy sign` does, with a version
+  // above every earlier one; returns the signed file's path (<base>.signed.json).
+  std::string sign_policy_file(const std::string& path, std::chrono::seconds ttl = std::chrono::hours(24)) {
+    auto p = worker::load_policy_file(path);
+    if (!p.ok()) throw std::runtime_error(p.status().to_string());
+    const auto now = std::chrono::system_clock::now();
+    p->issued_at = std::chrono::time_point_cast<std::chrono::seconds>(now);
+    p->expires_at = *p->issued_at + ttl;
+    p->version = std::max(last_version_ + 1,
+                          std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count());
+    last_version_ = p->version;
+    const std::string out = path.substr(0, path.rfind('.')) + ".signed.json";
+    std::ofstream(out) << sign_document(worker::to_json(*p), owner_signing);
+    return out;
   }
 
   // pod.yaml lines: key_file, an air-gapped policy giving the modeller `role`, audit log.
   std::string pod_yaml(const std::string& pod, const std::string& role = "super-modeller") {
     return "key_file: " + pod_key_file(pod) + "\npolicy: {file: " + write_policy(pod, role) +
-           "}\naudit_log: " + audit_log(pod) + "\n";
+           ", signing_key: \"" + owner_signing.public_key + "\"}\naudit_log: " + audit_log(pod) + "\n";
   }
   std::string audit_log(const std::string& pod) const { return (dir_ / (pod + ".audit.log")).string(); }
 
@@ -74,6 +99,7 @@ class TestIdentity {
   void secure(PodConfig& c, const std::string& role = "super-modeller") {
     c.key_file = pod_key_file(c.name);
     c.policy.file = write_policy(c.name, role);
+    c.policy.signing_key = owner_signing.public_key;
     c.audit_log = audit_log(c.name);
   }
 
@@ -88,6 +114,7 @@ class TestIdentity {
 
   protocol::CurveKeyPair modeller;
   std::string modeller_key_file;
+  SigningKeyPair owner_signing;  // the pods' owner: signs their policy files
 
  private:
   static void check(const Status& st) {
@@ -97,6 +124,7 @@ class TestIdentity {
   std::filesystem::path dir_;
   std::string user_;
   std::map<std::string, protocol::CurveKeyPair> pods_;
+  int64_t last_version_ = 0;
 };
 
 // A `fedpod worker` process serving one of the digits shares (examples/digits/NAME.csv)

@@ -38,6 +38,8 @@ class RunningHub {
 
   int port() const { return server_.port(); }
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port()); }
+  // The key the hub signs pod policies with (pods pin it: policy.signing_key).
+  const std::string& signing_key() const { return server_.signing_key(); }
 
  private:
   hub::Server server_;

@@ -5,6 +5,8 @@
 // `devices` setting (config.h).
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
+
+#include "fedpod/common/signing.h"
 #include <torch/torch.h>
 
 #include <atomic>
@@ -443,7 +445,8 @@ TEST(DevicesConfigTest, PodYamlDevices) {
   auto pod = [&](const std::string& devices) {
     return dir.write("pod.yaml",
                      "name: pod-a\nlisten: tcp://127.0.0.1:*\ndataset: {path: data.csv}\n" +
-                         devices + "key_file: keys/pod-a.key\npolicy: {file: policy.yaml}\n");
+                         devices + "key_file: keys/pod-a.key\npolicy: {file: policy.signed.json, signing_key: "
+                         "\"" + generate_signing_keypair().public_key + "\"}\n");
   };
   EXPECT_EQ(load_pod_config(pod("devices: [cpu, cpu]\n")).devices,
             (std::vector<std::string>{"cpu", "cpu"}));

@@ -1,6 +1,8 @@
-// Tests for fedpod/worker/policy_cache.h with an in-memory hub (a fetch function over
-// a JSON value, no network) and real files: revocations, the persisted fallback,
-// staleness, bad policies, file mode and the wrong pod's policy.
+// Tests for fedpod/worker/policy_cache.h with an in-memory hub (a fetch function that
+// signs a JSON value as the hub does, no network) and real files: revocations, the
+// persisted fallback, staleness, bad policies, file mode, the wrong pod's policy, and
+// every way a policy can be forged: unsigned, altered, signed by another key,
+// expired, replayed (an older version), before and after a restart.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -10,6 +12,7 @@
 #include <mutex>
 #include <thread>
 
+#include "fedpod/common/signing.h"
 #include "fedpod/worker/policy_cache.h"
 #include "testutil.h"
 
@@ -41,12 +44,41 @@ json revoked_alice() {
   return j;
 }
 
+// The hub's signing key, and another one.
+const SigningKeyPair& signer() {
+  static const SigningKeyPair k = generate_signing_keypair();
+  return k;
+}
+const SigningKeyPair& other_signer() {
+  static const SigningKeyPair k = generate_signing_keypair();
+  return k;
+}
+
+// `policy` signed as the hub signs it: issued now, valid for `ttl`, with a version
+// above every earlier one (or `version` when given).
+std::atomic<int64_t> g_version{1000};
+json signed_doc(json policy, std::chrono::seconds ttl = 1h, const SigningKeyPair& key = signer(),
+                int64_t version = 0) {
+  const auto now = system_clock::now();
+  policy["issued_at"] = format_utc(now - 1s);
+  policy["expires_at"] = format_utc(now + ttl);
+  policy["version"] = version ? version : ++g_version;
+  return json::parse(sign_document(policy, key));
+}
+
 // The hub's policy endpoint, in memory. Thread-safe: the refresh thread calls fetch().
 class FakeHub {
  public:
+  // What the hub serves: `j` signed afresh at each fetch.
   void set(json j) {
     std::lock_guard<std::mutex> lk(mu_);
     policy_ = std::move(j);
+    raw_ = json();
+  }
+  // Or exactly this document, served as it is (forgeries, replays).
+  void set_raw(json doc) {
+    std::lock_guard<std::mutex> lk(mu_);
+    raw_ = std::move(doc);
   }
   void set_down(bool down) {
     std::lock_guard<std::mutex> lk(mu_);
@@ -58,13 +90,14 @@ class FakeHub {
       ++fetches_;
       std::lock_guard<std::mutex> lk(mu_);
       if (down_) return Status(StatusCode::kUnavailable, "hub 127.0.0.1:1: connection refused");
-      return policy_;
+      return raw_.is_null() ? signed_doc(policy_) : raw_;
     };
   }
 
  private:
   mutable std::mutex mu_;
   json policy_ = policy_json();
+  json raw_;
   bool down_ = false;
   std::atomic<int> fetches_{0};
 };
@@ -75,6 +108,7 @@ PolicyCacheOptions hub_options(FakeHub& hub, const std::string& cache_path = "")
   o.cache_path = cache_path;
   o.refresh = 1h;  // tests that want the thread set their own
   o.pod_name = "pod-a";
+  o.signing_key = signer().public_key;
   return o;
 }
 
@@ -192,7 +226,7 @@ TEST(PolicyCacheTest, PersistedCopyOlderThanMaxStalenessIsRefused) {
   testing::TempDir dir;
   const std::string cache_path = dir.write(
       "policy-cache.json",
-      json{{"fetched_at", format_utc(system_clock::now() - 48h)}, {"policy", policy_json()}}
+      json{{"fetched_at", format_utc(system_clock::now() - 48h)}, {"policy", signed_doc(policy_json(), 72h)}}
           .dump());
   FakeHub hub;
   hub.set_down(true);
@@ -234,7 +268,7 @@ TEST(PolicyCacheTest, BadFetchedPolicyKeepsTheOldOne) {
   const auto loaded = cache.loaded_at();
   json bad = revoked_alice();
   bad["roles"][0]["role"] = "admin";
-  hub.set(bad);
+  hub.set_raw(signed_doc(bad));
   Status st = cache.refresh_now();
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_CONTAINS(st.message(), "policy from the hub: roles[0]: role 'admin'");
@@ -258,15 +292,16 @@ TEST(PolicyCacheTest, WrongPodsPolicyAtStartIsAnError) {
 
   testing::TempDir dir;
   PolicyCacheOptions o;
-  o.file = dir.write("policy.json", policy_json("pod-b").dump());
+  o.file = dir.write("policy.json", signed_doc(policy_json("pod-b")).dump());
   o.pod_name = "pod-a";
+  o.signing_key = signer().public_key;
   PolicyCache file_cache(o, nullptr);
   st = file_cache.start();
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_CONTAINS(st.message(), o.file + ": the policy is for pod 'pod-b'");
 }
 
-TEST(PolicyCacheTest, NeedsExactlyOneSource) {
+TEST(PolicyCacheTest, NeedsExactlyOneSourceAndAPinnedKey) {
   PolicyCache neither(PolicyCacheOptions{}, nullptr);
   EXPECT_CONTAINS(neither.start().message(), "not neither");
   FakeHub hub;
@@ -274,6 +309,13 @@ TEST(PolicyCacheTest, NeedsExactlyOneSource) {
   o.file = "policy.yaml";
   PolicyCache both(o, nullptr);
   EXPECT_CONTAINS(both.start().message(), "not both");
+  auto unpinned = hub_options(hub);
+  unpinned.signing_key.clear();
+  PolicyCache no_key(unpinned, nullptr);
+  EXPECT_CONTAINS(no_key.start().message(), "no signing key is pinned (pod.yaml policy.signing_key)");
+  unpinned.signing_key = "not-a-key";
+  PolicyCache bad_key(unpinned, nullptr);
+  EXPECT_CONTAINS(bad_key.start().message(), "is not a base64 Ed25519 public key");
 }
 
 // ---- File mode -----------------------------------------------------------------------
@@ -281,6 +323,14 @@ TEST(PolicyCacheTest, NeedsExactlyOneSource) {
 std::string yaml_policy(const std::string& alice_role) {
   return "pod: pod-a\nusers:\n  - {username: alice, public_key: " + key('a') +
          "}\nroles:\n  - {username: alice, role: " + alice_role + "}\ngrants: []\n";
+}
+
+// The YAML policy, converted and signed as `fedpod policy sign` writes it.
+std::string signed_yaml_policy(const std::string& alice_role) {
+  testing::TempDir tmp;
+  auto p = load_policy_file(tmp.write("p.yaml", yaml_policy(alice_role)));
+  if (!p.ok()) return yaml_policy(alice_role);  // unparseable: written as it is (a broken edit)
+  return signed_doc(to_json(*p)).dump();
 }
 
 // Rewrites `path` and moves its mtime on, so the change is seen even on file systems
@@ -294,43 +344,147 @@ void rewrite(const std::string& path, const std::string& content) {
 TEST(PolicyCacheTest, FileModeRereadsAChangedFile) {
   testing::TempDir dir;
   PolicyCacheOptions o;
-  o.file = dir.write("policy.yaml", yaml_policy("general-modeller"));
+  o.file = dir.write("policy.json", signed_yaml_policy("general-modeller"));
   o.pod_name = "pod-a";
+  o.signing_key = signer().public_key;
   PolicyCache cache(o, nullptr);
   ASSERT_TRUE(cache.start().ok());
   EXPECT_EQ(role(cache, "alice"), Role::kGeneralModeller);
   auto first = current(cache);
   EXPECT_EQ(current(cache), first);  // unchanged file: the same policy object
 
-  rewrite(o.file, yaml_policy("super-modeller"));
+  rewrite(o.file, signed_yaml_policy("super-modeller"));
   EXPECT_EQ(role(cache, "alice"), Role::kSuperModeller);
 
-  // A broken edit keeps the last good policy.
+  // A broken edit keeps the last good policy; so does an unsigned one.
   rewrite(o.file, yaml_policy("admin"));
   EXPECT_EQ(role(cache, "alice"), Role::kSuperModeller);
   EXPECT_EQ(cache.refresh_now().code(), StatusCode::kInvalidArgument);
+  rewrite(o.file, yaml_policy("general-modeller"));
+  EXPECT_CONTAINS(cache.refresh_now().message(), "not signed");
+  EXPECT_EQ(role(cache, "alice"), Role::kSuperModeller);
   std::filesystem::remove(o.file);
   EXPECT_EQ(role(cache, "alice"), Role::kSuperModeller);
 
   // Fixed: picked up again.
-  std::ofstream(o.file) << yaml_policy("general-modeller");
+  std::ofstream(o.file) << signed_yaml_policy("general-modeller");
   EXPECT_EQ(role(cache, "alice"), Role::kGeneralModeller);
 }
 
 TEST(PolicyCacheTest, FileModeBadFileAtStartIsAnError) {
   testing::TempDir dir;
   PolicyCacheOptions o;
-  o.file = dir.write("policy.yaml", yaml_policy("admin"));
+  json admin = policy_json();
+  admin["roles"][0]["role"] = "admin";
+  o.file = dir.write("policy.json", signed_doc(admin).dump());
+  o.signing_key = signer().public_key;
   PolicyCache cache(o, nullptr);
   Status st = cache.start();
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_CONTAINS(st.message(),
                   o.file + ": roles[0]: role 'admin' is not general-modeller or super-modeller");
 
+  // A hand-written policy file that nobody signed.
+  PolicyCacheOptions unsigned_file;
+  unsigned_file.file = dir.write("policy.yaml", yaml_policy("general-modeller"));
+  unsigned_file.signing_key = signer().public_key;
+  PolicyCache cache3(unsigned_file, nullptr);
+  st = cache3.start();
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_CONTAINS(st.message(), unsigned_file.file + ": not signed");
+  EXPECT_CONTAINS(st.message(), "fedpod policy sign");
+
   PolicyCacheOptions missing;
+  missing.signing_key = signer().public_key;
   missing.file = (dir.path() / "none.yaml").string();
   PolicyCache cache2(missing, nullptr);
   EXPECT_EQ(cache2.start().code(), StatusCode::kNotFound);
+}
+
+// ---- Forged policies -----------------------------------------------------------------
+
+// Each forgery the hub's channel could carry is refused, naming why, and the policy in
+// force stays: alice keeps general-modeller, nobody gains super-modeller.
+TEST(PolicyCacheTest, ForgedPoliciesFromTheHubAreRefusedNamingWhy) {
+  FakeHub hub;
+  PolicyCache cache(hub_options(hub), nullptr);
+  ASSERT_TRUE(cache.start().ok());
+  json promoted = policy_json();
+  promoted["roles"][0]["role"] = "super-modeller";  // what an attacker on the path wants
+
+  // Unsigned (the old format).
+  hub.set_raw(promoted);
+  EXPECT_CONTAINS(cache.refresh_now().message(), "policy from the hub: not signed");
+  // Signed, then the payload rewritten in transit.
+  json altered = signed_doc(policy_json());
+  std::string payload = altered["payload"];
+  payload.replace(payload.find("general-modeller"), 16, "super-modeller\",\"x\":\"");
+  altered["payload"] = payload;
+  hub.set_raw(altered);
+  EXPECT_CONTAINS(cache.refresh_now().message(), "the signature does not verify with the pinned key");
+  // Signed by another key (the attacker's own), even naming the real key.
+  json forged = signed_doc(promoted, 1h, other_signer());
+  forged["key"] = signer().public_key;
+  hub.set_raw(forged);
+  EXPECT_CONTAINS(cache.refresh_now().message(), "the document was altered, or signed by another key");
+  // Genuinely signed, but for another pod.
+  hub.set_raw(signed_doc(policy_json("pod-b")));
+  EXPECT_CONTAINS(cache.refresh_now().message(), "the policy is for pod 'pod-b'");
+  // Genuinely signed, but expired.
+  json expired = policy_json();
+  expired["issued_at"] = format_utc(system_clock::now() - 48h);
+  expired["expires_at"] = format_utc(system_clock::now() - 24h);
+  expired["version"] = ++g_version;
+  hub.set_raw(json::parse(sign_document(expired, signer())));
+  EXPECT_CONTAINS(cache.refresh_now().message(), "the policy expired at");
+  // A signed policy without the fields that bound its use.
+  hub.set_raw(json::parse(sign_document(policy_json(), signer())));
+  EXPECT_CONTAINS(cache.refresh_now().message(), "must carry issued_at, expires_at and version");
+
+  EXPECT_EQ(role(cache, "alice"), Role::kGeneralModeller);
+  EXPECT_EQ(role(cache, "sam"), Role::kSuperModeller);
+}
+
+// A replayed policy: genuinely signed and unexpired, but older than the one in force
+// (it still holds a role since revoked). Refused, also after a restart, through the
+// persisted copy's version.
+TEST(PolicyCacheTest, AReplayedOlderPolicyIsRefusedAlsoAfterARestart) {
+  testing::TempDir dir;
+  const std::string cache_path = (dir.path() / "policy-cache.json").string();
+  FakeHub hub;
+  const json old_with_alice = signed_doc(policy_json());  // captured by an attacker
+  hub.set(revoked_alice());
+  {
+    PolicyCache cache(hub_options(hub, cache_path), nullptr);
+    ASSERT_TRUE(cache.start().ok());
+    EXPECT_EQ(role(cache, "alice"), Role::kNone);
+    hub.set_raw(old_with_alice);
+    Status st = cache.refresh_now();
+    EXPECT_CONTAINS(st.message(), "is older than version");
+    EXPECT_CONTAINS(st.message(), "a replayed or rolled-back policy");
+    EXPECT_EQ(role(cache, "alice"), Role::kNone);
+  }
+  // Restarted while the attacker answers for the hub.
+  PolicyCache restarted(hub_options(hub, cache_path), nullptr);
+  ASSERT_TRUE(restarted.start().ok());  // the persisted (newer) copy
+  EXPECT_EQ(role(restarted, "alice"), Role::kNone);
+}
+
+// A policy in force that expires refuses new jobs until a newer one arrives.
+TEST(PolicyCacheTest, AnExpiredPolicyInForceRefusesNewJobs) {
+  FakeHub hub;
+  hub.set_raw(signed_doc(policy_json(), 1s));
+  PolicyCache cache(hub_options(hub), nullptr);
+  ASSERT_TRUE(cache.start().ok());
+  EXPECT_TRUE(cache.current().ok());
+  std::this_thread::sleep_for(1500ms);
+  auto p = cache.current();
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), StatusCode::kUnavailable);
+  EXPECT_CONTAINS(p.status().message(), "expired at");
+  hub.set(policy_json());
+  ASSERT_TRUE(cache.refresh_now().ok());
+  EXPECT_TRUE(cache.current().ok());
 }
 
 }  // namespace

@@ -345,7 +345,7 @@ TEST(ParsePolicyTest, RejectsEachKindOfBadPolicyNamingTheEntry) {
       {"not an object", [](json& j) { j = json::array(); },
        "policy.json: expected a mapping, got a list"},
       {"unknown top-level key", [](json& j) { j["grant"] = json::array(); },
-       "policy.json: unknown key 'grant' (allowed: pod, owner, generated_at, users, roles, "
+       "policy.json: unknown key 'grant' (allowed: pod, owner, generated_at, issued_at, expires_at, version, users, roles, "
        "grants)"},
       {"missing pod", [](json& j) { j.erase("pod"); }, "policy.json: missing key 'pod'"},
       {"pod of the wrong type", [](json& j) { j["pod"] = 5; },

@@ -167,7 +167,11 @@ class Client {
   // The pod's policy as the hub sends it (the owner's only): {"pod", "owner",
   // "generated_at", "users": [{username, public_key}], "roles": [{username, role}],
   // "grants": [{id, username, model, version, sha256, format, expires_at}]}.
+  // The pod's policy as the hub signs it: a signed document (common/signing.h) whose
+  // payload is the policy (worker/policy.h), valid for the hub's policy_ttl.
   StatusOr<nlohmann::json> get_pod_policy(const std::string& pod);
+  // The Ed25519 public key the hub signs policies with (GET /api/v1/signing-key).
+  StatusOr<std::string> get_signing_key();
 
  private:
   std::unique_ptr<httplib::Client> http_;

@@ -54,6 +54,7 @@
 #include <prometheus/registry.h>
 
 #include "fedpod/common/log.h"
+#include "fedpod/common/signing.h"
 #include "fedpod/common/status.h"
 
 namespace httplib {
@@ -87,6 +88,10 @@ struct ServerOptions {
   // server makes its own (Server::registry() gives it). Shared because the server's
   // threads read it while the program that built it may hold it too.
   std::shared_ptr<prometheus::Registry> registry;
+  // How long a signed pod policy is valid after the hub issues it (its expires_at).
+  // Pods fetch theirs every `refresh` (30 s by default), so this only needs to
+  // outlast a hub outage; a pod refuses new jobs once its policy has expired.
+  std::chrono::seconds policy_ttl{std::chrono::hours(24)};
 };
 
 class Server {
@@ -108,6 +113,11 @@ class Server {
   // Makes serve() return; safe from any thread and idempotent.
   void stop();
 
+  // The Ed25519 public key (base64) the hub signs pod policies with; pods pin it
+  // (pod.yaml policy.signing_key). Kept in <data_dir>/hub.sign.key, made on the first
+  // start. Empty before start().
+  const std::string& signing_key() const { return signing_.public_key; }
+
   // The registry /metrics serves (never null).
   const std::shared_ptr<prometheus::Registry>& registry() const { return options_.registry; }
 
@@ -120,6 +130,7 @@ class Server {
   std::unique_ptr<detail::Store> store_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<httplib::Server> http_;
+  SigningKeyPair signing_;
   int port_ = 0;
 };
 

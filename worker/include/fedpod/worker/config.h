@@ -39,8 +39,11 @@
 //                                     #   after that every job is refused
 //     cache: state/pod-a.policy.json  #   last fetched policy, read at start when the hub
 //                                     #   is down (default: state/<name>.policy.json)
-//     # file: policy.yaml             #   air-gapped: a local policy file instead of the hub
-//                                     #   (re-read when it changes)
+//     # file: policy.signed.json      #   air-gapped: a local signed policy file instead of
+//                                     #   the hub (fedpod policy sign; re-read when it changes)
+//     signing_key: "<44 base64 chars>" #  required: the Ed25519 key every policy must be
+//                                     #   signed with: the hub's (fedpod hub signing-key) or,
+//                                     #   for a file, its owner's (or signing_key_file: X.sign.pub)
 //   audit_log: state/pod-a.audit.log  # hash-chained decisions (default: state/<name>.audit.log)
 //   metrics_listen: 127.0.0.1:9101    # /metrics, /healthz, /readyz (default: off)
 //
@@ -81,6 +84,7 @@ struct PolicySource {
   int hub_port = 80;
   std::string token;  // read from token_file (or FEDPOD_TOKEN) at load time
   std::string file;
+  std::string signing_key;  // base64 Ed25519 public key policies must be signed with
   std::string cache_path;
   std::chrono::milliseconds refresh{30'000};
   std::chrono::milliseconds max_staleness{24LL * 3600 * 1000};

@@ -63,6 +63,11 @@ struct Policy {
   std::string pod;                           // the pod this policy is for
   std::string owner;                         // the pod owner's username ("" when a file gives none)
   std::string generated_at;                  // when the hub generated it, as the hub wrote it
+  // Signed policies (verify_signed_policy) carry these three; a pod refuses one that
+  // has expired, or whose version is older than one it already accepted. The version
+  // grows with every issue (the issuer's clock in microseconds).
+  int64_t version = 0;
+  std::optional<std::chrono::system_clock::time_point> issued_at, expires_at;
   std::map<std::string, std::string> users;  // username -> Z85 CURVE public key
   std::map<std::string, Role> roles;         // a user missing here has Role::kNone
   std::vector<Grant> grants;
@@ -102,6 +107,26 @@ StatusOr<Policy> parse_policy(const nlohmann::json& j, const std::string& where)
 
 // The hub's JSON form of `policy`; parse_policy(to_json(p)) gives back p.
 nlohmann::json to_json(const Policy& policy);
+
+// ---- Signed policies ---------------------------------------------------------------
+//
+// What a pod accepts: a signed document (common/signing.h) whose payload is a policy
+// with issued_at, expires_at and version, signed by the key the pod pins in pod.yaml
+// (policy.signing_key: the hub's key for a hub-served policy, or the owner's for an
+// air-gapped file made with `fedpod policy sign`).
+
+// Checks `document` against `signing_key` and returns its policy. Refused, naming the
+// reason after `where`: not signed; a signature that does not verify (altered, or
+// another key); a payload that is not a valid policy; a policy for another pod than
+// `pod`; no issued_at, expires_at or version. Expiry and version order depend on the
+// time and on what the pod accepted before: PolicyCache checks them.
+StatusOr<Policy> verify_signed_policy(const nlohmann::json& document, const std::string& signing_key,
+                                      const std::string& pod, const std::string& where);
+
+// Reads a signed policy file (JSON, as `fedpod policy sign` writes it) and verifies it.
+// An unsigned policy file (a hand-written YAML) is refused, with how to sign it.
+StatusOr<Policy> load_signed_policy_file(const std::string& path, const std::string& signing_key,
+                                         const std::string& pod);
 
 // Reads a policy file (YAML; JSON is valid YAML) and parses it, naming `path` in
 // errors. kNotFound when the file cannot be read, kInvalidArgument when it is not

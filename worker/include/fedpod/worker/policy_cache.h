@@ -17,8 +17,9 @@
 //     after that current() refuses with kUnavailable, so new jobs are refused until
 //     the hub answers again. Failing closed is deliberate: an old policy may still
 //     hold a revoked grant.
-//   - A fetched or re-read policy that does not parse, or that is for another pod,
-//     is logged and ignored: the previous good policy stays in force.
+//   - A fetched or re-read policy that is not signed by the pinned key, does not
+//     parse, is for another pod, has expired or is older than the one in force is
+//     logged and ignored: the previous good policy stays in force.
 //
 // Thread safety: every method may be called from any thread. The policy handed out
 // is immutable (shared_ptr<const Policy>): a caller keeps a consistent policy for a
@@ -54,7 +55,7 @@ struct PolicyCacheOptions {
   std::string file;
   // Hub mode: where the last good fetched policy is kept (written atomically: temp
   // file, fsync, rename, fsync of the directory; mode 0600). Empty: not persisted.
-  // Its content is {"fetched_at": "<UTC time>", "policy": <the hub's JSON>}. A crash
+  // Its content is {"fetched_at": "<UTC time>", "policy": <the hub's signed document>}. A crash
   // mid-write leaves the old file whole plus a hidden temp file
   // (".<name>.tmp-XXXXXX"), which start() removes: one pod per cache path.
   std::string cache_path;
@@ -68,6 +69,13 @@ struct PolicyCacheOptions {
   // The policy's "pod" must equal this (a policy for another pod is an error); "" skips
   // the check.
   std::string pod_name;
+  // The Ed25519 public key (base64) every policy must be signed with (policy.h,
+  // verify_signed_policy); required. A policy that is unsigned, signed by another
+  // key, altered, for another pod, expired, or older than the one in force is
+  // refused (logged, the previous one stays); an expired policy in force refuses
+  // new jobs (current() is kUnavailable). The persisted copy is the signed document,
+  // verified again when read back, and its version is the floor after a restart.
+  std::string signing_key;
 };
 
 class PolicyCache {
@@ -118,6 +126,7 @@ class PolicyCache {
   Status fetch_once();           // hub mode: fetch, parse, check, persist, install
   Status load_persisted();       // hub mode: the fallback at start()
   Status check_pod(const Policy& p, const std::string& where) const;
+  Status check_fresh(const Policy& p, const std::string& where) const;  // expiry, version floor
   void install(Policy p, std::chrono::system_clock::time_point at);
   void run();  // the refresh thread
 
