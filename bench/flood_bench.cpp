@@ -39,6 +39,7 @@
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
+#include "fedpod/worker/policy.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -144,13 +145,18 @@ Pod start_pod(const std::string& fedpod_bin, const fs::path& dir, const std::str
   std::ofstream(dir / (name + ".policy.yaml"))
       << "pod: " << name << "\nusers:\n  - {username: bench, public_key: \"" << modeller.public_key
       << "\"}\nroles:\n  - {username: bench, role: general-modeller}\ngrants: []\n";
+  // Signed by a bench owner's key, which the pod pins (docs/permissions.md).
+  const auto owner = fedpod::generate_signing_keypair();
+  auto parsed = fedpod::worker::load_policy_file((dir / (name + ".policy.yaml")).string());
+  if (!parsed.ok()) throw std::runtime_error(parsed.status().to_string());
+  std::ofstream(dir / (name + ".policy.signed.json")) << fedpod::worker::sign_policy(*parsed, owner, std::chrono::hours(24));
   const fs::path config = dir / (name + ".yaml");
   std::ofstream(config) << "name: " << name
                         << "\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " << FEDPOD_SOURCE_DIR
                         << "/examples/digits/" << name
                         << ".csv\nthreads: 1\nkey_file: " << (dir / name).string()
-                        << ".key\npolicy: {file: " << (dir / (name + ".policy.yaml")).string()
-                        << "}\naudit_log: " << (dir / (name + ".audit.log")).string() << "\n";
+                        << ".key\npolicy: {file: " << (dir / (name + ".policy.signed.json")).string()
+                        << ", signing_key: \"" << owner.public_key << "\"}\naudit_log: " << (dir / (name + ".audit.log")).string() << "\n";
   const std::string endpoint_file = (dir / (name + ".endpoint")).string();
   pod.process = std::make_unique<fedpod::Process>(
       std::vector<std::string>{fedpod_bin, "worker", "--config", config.string(), "--endpoint-file",

@@ -37,6 +37,8 @@
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
+#include "fedpod/common/signing.h"
+#include "fedpod/worker/policy.h"
 #include "fedpod/worker/runner.h"
 
 namespace fs = std::filesystem;
@@ -111,7 +113,8 @@ void run_worker(const std::string& endpoint_file, const std::string& data, bool 
   config.dataset_path = data;
   config.devices = {"cpu"};
   config.key_file = keys_dir() + "/pod.key";
-  config.policy.file = keys_dir() + "/policy.yaml";
+  config.policy.file = keys_dir() + "/policy.signed.json";
+  config.policy.signing_key = fedpod::read_signing_key_file(keys_dir() + "/owner.sign.pub")->public_key;
   config.audit_log = keys_dir() + "/audit-" + std::to_string(getpid()) + ".log";
   zmq::context_t ctx(1);
   fedpod::worker::Runtime runtime = fedpod::bench::echo_runtime();
@@ -289,6 +292,14 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
     std::ofstream(dir / "policy.yaml") << "pod: bench-pod\nusers:\n  - {username: bench, public_key: \""
                                        << modeller.public_key
                                        << "\"}\nroles:\n  - {username: bench, role: super-modeller}\ngrants: []\n";
+    // Signed by a bench owner's key, which the pod pins (docs/permissions.md).
+    const auto owner = fedpod::generate_signing_keypair();
+    if (!fedpod::write_signing_key_files((dir / "owner").string(), owner, true).ok()) {
+      throw std::runtime_error("cannot write the bench's signing key");
+    }
+    auto parsed = fedpod::worker::load_policy_file((dir / "policy.yaml").string());
+    if (!parsed.ok()) throw std::runtime_error(parsed.status().to_string());
+    std::ofstream(dir / "policy.signed.json") << fedpod::worker::sign_policy(*parsed, owner, std::chrono::hours(24));
     ::setenv("FEDPOD_BENCH_KEYS", dir.c_str(), 1);
   }
   const std::string self = fedpod::self_executable();

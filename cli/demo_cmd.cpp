@@ -122,12 +122,8 @@ void run_demo(const DemoArgs& args) {
                                << "\"}\nroles:\n  - {username: demo, role: general-modeller}\ngrants: []\n";
     auto parsed = worker::load_policy_file(policy_yaml.string());
     check(parsed.status());
-    const auto now = std::chrono::system_clock::now();
-    parsed->issued_at = std::chrono::time_point_cast<std::chrono::seconds>(now);
-    parsed->expires_at = *parsed->issued_at + std::chrono::hours(24);
-    parsed->version = std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count();
     const fs::path policy = out / "pods" / (name + ".policy.signed.json");
-    std::ofstream(policy) << sign_document(worker::to_json(*parsed), owner);
+    std::ofstream(policy) << worker::sign_policy(*parsed, owner, std::chrono::hours(24));
     const fs::path config = out / "pods" / (name + ".yaml");
     std::ofstream(config) << "name: " << name << "\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " << csv
                           << "\nthreads: 1\nlog_level: info\nkey_file: " << (out / "keys" / (name + ".key")).string()

@@ -62,15 +62,15 @@ void add_policy(CLI::App& app) {
       fail("policy sign", e.what(), kExitConfig);
     }
     if (ttl.count() <= 0) fail("policy sign", "--expires must be positive", kExitConfig);
-    const auto now = std::chrono::system_clock::now();
-    p->issued_at = std::chrono::time_point_cast<std::chrono::seconds>(now);
-    p->expires_at = *p->issued_at + ttl;
-    p->generated_at = worker::format_utc(*p->issued_at);
-    p->version = std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count();
-    const std::string err = write_file_durably(s->out, sign_document(worker::to_json(*p), *keys) + "\n");
+    const std::string text =
+        worker::sign_policy(*p, *keys, std::chrono::duration_cast<std::chrono::seconds>(ttl));
+    const std::string err = write_file_durably(s->out, text + "\n");
     if (!err.empty()) fail("policy sign", err);
-    std::cout << "wrote " << s->out << ": the policy of pod " << p->pod << ", version " << p->version
-              << ", valid until " << worker::format_utc(*p->expires_at) << ", signed by " << keys->public_key << "\n";
+    auto signed_policy = worker::verify_signed_policy(nlohmann::json::parse(text), keys->public_key, "", s->out);
+    if (!signed_policy.ok()) fail("policy sign", signed_policy.status().message());
+    std::cout << "wrote " << s->out << ": the policy of pod " << signed_policy->pod << ", version "
+              << signed_policy->version << ", valid until " << worker::format_utc(*signed_policy->expires_at)
+              << ", signed by " << keys->public_key << "\n";
   });
 
   struct VerifyArgs {

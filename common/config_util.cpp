@@ -22,11 +22,13 @@ std::chrono::milliseconds parse_duration(const std::string& text, const std::str
     scale_ms = 60'000;
   } else if (unit == "h") {
     scale_ms = 3'600'000;
+  } else if (unit == "d") {
+    scale_ms = 86'400'000;
   }
   // The bound keeps llround defined: int64 milliseconds span about 292 million years.
   if (end == begin || scale_ms == 0 || !std::isfinite(value) || value < 0 ||
       value * scale_ms >= 9.2e18) {
-    throw ConfigError(what + ": expected a duration such as 30s, 500ms or 2m, got \"" + text +
+    throw ConfigError(what + ": expected a duration such as 30s, 500ms, 2m, 12h or 30d, got \"" + text +
                       "\"");
   }
   return std::chrono::milliseconds(static_cast<int64_t>(std::llround(value * scale_ms)));

@@ -497,6 +497,16 @@ StatusOr<Policy> verify_signed_policy(const nlohmann::json& document, const std:
   return p;
 }
 
+std::string sign_policy(Policy policy, const SigningKeyPair& key, std::chrono::seconds ttl, int64_t min_version) {
+  const auto now = system_clock::now();
+  policy.issued_at = std::chrono::time_point_cast<std::chrono::seconds>(now);
+  policy.expires_at = *policy.issued_at + ttl;
+  policy.generated_at = format_utc(*policy.issued_at);
+  policy.version =
+      std::max(min_version, std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count());
+  return sign_document(to_json(policy), key);
+}
+
 StatusOr<Policy> load_signed_policy_file(const std::string& path, const std::string& signing_key,
                                          const std::string& pod) {
   std::ifstream in(path, std::ios::binary);

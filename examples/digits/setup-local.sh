@@ -4,9 +4,13 @@
 #   keys/modeller.key|.pub       the modeller's CURVE key pair (job.yaml key_file)
 #   keys/pod-X.key|.pub          each pod's key pair (pod-X.yaml key_file; job.yaml
 #                                public_key_file)
+#   keys/owner.sign.key|.pub     the pods' owner's Ed25519 signing key pair: the pods
+#                                pin owner.sign.pub (policy.signing_key_file)
 #   pod-X.policy.yaml            each pod's air-gapped policy: the modeller, as user
 #                                "modeller", holds the general-modeller role, which
 #                                runs the built-in models (docs/permissions.md)
+#   pod-X.policy.signed.json     the same, signed by the owner: what the pod reads
+#                                (a pod accepts only a policy signed by the key it pins)
 # Existing keys are kept, so pods and jobs keep working across runs.
 #
 # Usage: examples/digits/setup-local.sh [path/to/fedpod]   (default build/cli/fedpod)
@@ -18,6 +22,7 @@ mkdir -p "$here/local/keys" "$here/local/state"
 for who in modeller pod-a pod-b pod-c; do
   [ -f "$here/local/keys/$who.key" ] || "$fedpod" keys generate --out "$here/local/keys/$who" > /dev/null
 done
+[ -f "$here/local/keys/owner.sign.key" ] || "$fedpod" keys generate-signing --out "$here/local/keys/owner" > /dev/null
 modeller_key="$("$fedpod" keys show "$here/local/keys/modeller.pub")"
 for pod in pod-a pod-b pod-c; do
   cat > "$here/local/$pod.policy.yaml" <<POLICY
@@ -30,5 +35,7 @@ roles:
   - {username: modeller, role: general-modeller}
 grants: []
 POLICY
+  "$fedpod" policy sign --key "$here/local/keys/owner.sign.key" --expires 365d \
+    "$here/local/$pod.policy.yaml" -o "$here/local/$pod.policy.signed.json" > /dev/null
 done
 echo "setup-local: identities and policies in $here/local/"

@@ -76,14 +76,10 @@ class TestIdentity {
   std::string sign_policy_file(const std::string& path, std::chrono::seconds ttl = std::chrono::hours(24)) {
     auto p = worker::load_policy_file(path);
     if (!p.ok()) throw std::runtime_error(p.status().to_string());
-    const auto now = std::chrono::system_clock::now();
-    p->issued_at = std::chrono::time_point_cast<std::chrono::seconds>(now);
-    p->expires_at = *p->issued_at + ttl;
-    p->version = std::max(last_version_ + 1,
-                          std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count());
-    last_version_ = p->version;
+    const std::string text = worker::sign_policy(*p, owner_signing, ttl, last_version_ + 1);
+    last_version_ = nlohmann::json::parse(nlohmann::json::parse(text)["payload"].get<std::string>())["version"];
     const std::string out = path.substr(0, path.rfind('.')) + ".signed.json";
-    std::ofstream(out) << sign_document(worker::to_json(*p), owner_signing);
+    std::ofstream(out) << text;
     return out;
   }
 

@@ -23,7 +23,7 @@ class ConfigError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Parses "30s", "500ms", "2m", "1h" or a plain number of seconds ("1.5").
+// Parses "30s", "500ms", "2m", "1h", "30d" or a plain number of seconds ("1.5").
 // Throws ConfigError naming `what` for anything else, or a negative value.
 std::chrono::milliseconds parse_duration(const std::string& text, const std::string& what);
 

@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "fedpod/common/signing.h"
 #include "fedpod/common/status.h"
 
 namespace fedpod::worker {
@@ -122,6 +123,11 @@ nlohmann::json to_json(const Policy& policy);
 // time and on what the pod accepted before: PolicyCache checks them.
 StatusOr<Policy> verify_signed_policy(const nlohmann::json& document, const std::string& signing_key,
                                       const std::string& pod, const std::string& where);
+
+// Stamps `policy` (issued now, expiring after `ttl`, version: now in microseconds,
+// at least `min_version`) and signs it: the text `fedpod policy sign` writes.
+std::string sign_policy(Policy policy, const SigningKeyPair& key, std::chrono::seconds ttl,
+                        int64_t min_version = 0);
 
 // Reads a signed policy file (JSON, as `fedpod policy sign` writes it) and verifies it.
 // An unsigned policy file (a hand-written YAML) is refused, with how to sign it.
