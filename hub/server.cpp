@@ -313,6 +313,12 @@ Status Server::start() {
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
   http_->set_read_timeout(60, 0);
+  // One request per connection. httplib decides whether to keep a connection open
+  // from the request alone, so after a request refused on its headers (below, in
+  // the pre-routing handler) it would read the unread body as the next request,
+  // buffering it whole. Hub traffic is a few requests a minute; a new connection per
+  // request costs nothing that matters.
+  http_->set_keep_alive_max_count(1);
   http_->set_write_timeout(60, 0);
   metrics_->routes.clear();
   routes();
@@ -867,9 +873,48 @@ void Server::routes() {
   http_->set_exception_handler([](Req, Res res, std::exception_ptr) {
     reply_error(res, 500, "internal", "internal error");
   });
-  http_->set_pre_routing_handler([](Req, Res) {
+  // Before a byte of a body is read: the body must fit its endpoint (Content-Length
+  // against that endpoint's limit; a body of unknown length only where a large one
+  // is legal), and the one endpoint that takes a large body, a model push, needs a
+  // valid token first. So nobody without a token can make the hub buffer more than
+  // max_json_bytes, and an oversized request costs it nothing. The connection is
+  // closed after such a refusal: the unread body must not be parsed as a request.
+  static const std::regex upload_path("^/api/v1/models/[^/]+/[^/]+/versions$");
+  http_->set_pre_routing_handler([this, &store](Req req, Res res) {
     t_request_start = std::chrono::steady_clock::now();
-    return httplib::Server::HandlerResponse::Unhandled;
+    using H = httplib::Server::HandlerResponse;
+    if (req.method != "POST" && req.method != "PUT" && req.method != "PATCH") return H::Unhandled;
+    const bool upload = req.method == "POST" && std::regex_match(req.path, upload_path);
+    const size_t limit = upload ? options_.max_artifact_bytes + options_.max_source_bytes + options_.max_json_bytes +
+                                      (1u << 20)
+                                : options_.max_json_bytes + (64u << 10);
+    auto refuse = [&](int status, const std::string& code, const std::string& message) {
+      reply_error(res, status, code, message);
+      res.set_header("Connection", "close");
+      return H::Handled;
+    };
+    if (req.has_header("Content-Length")) {
+      const std::string text = req.get_header_value("Content-Length");
+      const bool digits = !text.empty() && text.size() <= 19 && text.find_first_not_of("0123456789") == std::string::npos;
+      if (!digits) return refuse(400, "bad_request", "Content-Length '" + text + "' is not a number");
+      const uint64_t length = std::stoull(text);
+      if (length > limit) {
+        return refuse(413, "too_large", "request body of " + std::to_string(length) + " bytes is over this endpoint's "
+                                        "limit of " + std::to_string(limit) + " bytes");
+      }
+    } else if (!upload && req.has_header("Transfer-Encoding")) {
+      return refuse(411, "length_required", "this endpoint takes a body with a Content-Length");
+    }
+    if (upload) {
+      const std::string h = req.get_header_value("Authorization");
+      const std::string prefix = "Bearer ";
+      if (h.compare(0, prefix.size(), prefix) != 0) {
+        return refuse(401, "unauthenticated", "a push needs 'Authorization: Bearer <token>', checked before the "
+                                              "upload is read");
+      }
+      if (!store.user_by_token(h.substr(prefix.size()))) return refuse(401, "unauthenticated", "invalid token");
+    }
+    return H::Unhandled;
   });
   http_->set_logger([this](Req req, const httplib::Response& res) {
     const auto start = t_request_start;

@@ -2,8 +2,13 @@
 // binary, for crash safety), spoken to with fedpod::hub::Client and raw httplib.
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -11,6 +16,7 @@
 #include "fedpod/hub/client.h"
 #include "fedpod/hub/server.h"
 #include "running_hub.h"
+#include "reliability.h"
 #include "testutil.h"
 
 namespace fedpod::hub {
@@ -265,6 +271,94 @@ TEST_F(HubTest, SizeLimits) {
   }
   EXPECT_EQ(client().get_model("alice", "big").status().code(), StatusCode::kNotFound);
   EXPECT_EQ(raw().Get("/healthz")->status, 200);
+}
+
+// Peak resident memory of this process (the hub runs in it), in bytes.
+int64_t peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return -1;
+}
+
+// Sends `head` (request line and headers) and then up to `body_bytes` of body, and
+// returns what the server answered (the status line first), "" if nothing.
+std::string raw_exchange(int port, const std::string& head, size_t body_bytes) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return "";
+  }
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  (void)!::send(fd, head.data(), head.size(), MSG_NOSIGNAL);
+  // The answer comes before the body is read; read it first (until the JSON body ends).
+  std::string reply;
+  char buf[4096];
+  while (reply.find("\r\n\r\n") == std::string::npos || reply.back() != '}') {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    reply.append(buf, static_cast<size_t>(n));
+  }
+  const std::string chunk(1 << 20, 'x');
+  for (size_t sent = 0; sent < body_bytes;) {
+    ssize_t m = ::send(fd, chunk.data(), std::min(chunk.size(), body_bytes - sent), MSG_NOSIGNAL);
+    if (m <= 0) break;  // the hub closed the connection: it will not read the body
+    sent += static_cast<size_t>(m);
+  }
+  ::close(fd);
+  return reply;
+}
+
+// Before a body is read, the hub checks the token of a push and every body's
+// Content-Length against its endpoint: 20 unauthenticated 400 MiB pushes, and
+// oversized bodies elsewhere, are refused on their headers, and the hub's memory
+// does not grow by what they announce.
+TEST(HubLimitsTest, UnauthenticatedAndOversizedBodiesAreRefusedBeforeTheyAreRead) {
+  testing::TempDir dir;
+  ServerOptions opt;
+  opt.data_dir = (dir.path() / "data").string();  // default limits: 512 MiB artifacts
+  RunningHub hub(opt);
+  const int64_t before = peak_rss_bytes();
+  const std::string push_head =
+      "POST /api/v1/models/alice/net/versions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+      "boundary=b\r\nContent-Length: " + std::to_string(size_t{400} << 20) + "\r\n";
+  int refused = 0;
+  for (int i = 0; i < 20; ++i) {
+    const std::string head = push_head + (i % 2 ? "Authorization: Bearer not-a-token\r\n" : "") + "\r\n";
+    const std::string reply = raw_exchange(hub.port(), head, size_t{16} << 20);
+    EXPECT_EQ(reply.rfind("HTTP/1.1 401", 0), 0u) << reply.substr(0, 200);
+    if (reply.find("checked before the upload is read") != std::string::npos ||
+        reply.find("invalid token") != std::string::npos) {
+      ++refused;
+    }
+  }
+  EXPECT_EQ(refused, 20);
+  // Small JSON endpoints: a body over max_json_bytes is refused on its length; one of
+  // unknown length is refused too.
+  std::string reply = raw_exchange(
+      hub.port(), "POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n", 4 << 20);
+  EXPECT_EQ(reply.rfind("HTTP/1.1 413", 0), 0u) << reply;
+  EXPECT_CONTAINS(reply, "over this endpoint's limit");
+  reply = raw_exchange(hub.port(),
+                       "POST /api/v1/users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 0);
+  EXPECT_EQ(reply.rfind("HTTP/1.1 411", 0), 0u) << reply;
+  reply = raw_exchange(hub.port(), "POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 12x\r\n\r\n", 0);
+  EXPECT_EQ(reply.rfind("HTTP/1.1 400", 0), 0u) << reply;
+  const int64_t growth = peak_rss_bytes() - before;
+  EXPECT_LT(growth, int64_t{64} << 20) << "the hub buffered refused bodies";
+  // And it still serves.
+  httplib::Client c("127.0.0.1", hub.port());
+  EXPECT_EQ(c.Get("/healthz")->status, 200);
+  testing::record_fault("hub", "20 unauthenticated pushes announcing 400 MiB each, and oversized JSON bodies", 23,
+                        "refused on their headers (401, 413, 411); peak RSS grew by " +
+                            std::to_string(growth >> 20) + " MiB");
 }
 
 TEST_F(HubTest, MalformedPushes) {
