@@ -91,7 +91,8 @@ Status write_signing_key_files(const std::string& base, const SigningKeyPair& ke
 StatusOr<SigningKeyPair> read_signing_key_file(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return Status::invalid("signing key file " + path + ": " + std::strerror(errno));
-  if (S_ISDIR(st.st_mode)) return Status::invalid("signing key file " + path + ": is a directory");
+  if (!S_ISREG(st.st_mode)) return Status::invalid("signing key file " + path + ": not a regular file");
+  if (st.st_size > (64 << 10)) return Status::invalid("signing key file " + path + ": too large to be a key file");
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);

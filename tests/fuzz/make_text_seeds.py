@@ -129,6 +129,7 @@ key_file: local/keys/pod-a.key
 policy:
   hub: http://hub:8470
   token_file: owner.token
+  signing_key: "MPXM1w3FJqgqy81yL17f3fL92Gku9Mhw78OMtsSKNHg="
   refresh: 10s
   max_staleness: 1h
   cache: state/pod-h.policy.json
@@ -136,10 +137,11 @@ audit_log: /var/lib/fedpod/audit.log
 metrics_listen: 127.0.0.1:9101
 """)
     write("pod_config", "minimal-file-policy.yaml",
-          "name: p\nlisten: tcp://*:5555\ndataset: {path: d.csv}\nkey_file: k.key\npolicy: {file: policy.yaml}\n")
+          "name: p\nlisten: tcp://*:5555\ndataset: {path: d.csv}\nkey_file: k.key\n"
+          "policy: {file: policy.signed.json, signing_key: \"MPXM1w3FJqgqy81yL17f3fL92Gku9Mhw78OMtsSKNHg=\"}\n")
     write("pod_config", "bad-devices.yaml",
           "name: p\nlisten: tcp://*:5555\ndataset: {path: d.csv}\ndevices: [cpu, cuda:0, cuda:00]\n"
-          "key_file: k.key\npolicy: {file: policy.yaml}\n")
+          "key_file: k.key\npolicy: {file: policy.signed.json, signing_key: \"MPXM1w3FJqgqy81yL17f3fL92Gku9Mhw78OMtsSKNHg=\"}\n")
 
 
 if __name__ == "__main__":
