@@ -14,6 +14,7 @@
 
 #include "commands.h"
 #include "hub_access.h"
+#include "fedpod/protocol/curve.h"
 
 namespace fedpod::cli {
 namespace {
@@ -41,18 +42,34 @@ void add_user(CLI::App& app) {
   user->require_subcommand(1);
   struct Args {
     HubAccess access;
-    std::string name, key;
+    std::string name, key, key_file;
     bool save = false;
   };
   auto a = std::make_shared<Args>();
-  auto* reg = user->add_subcommand("register", "Register a username with its CURVE public key; prints the API token");
+  auto* reg = user->add_subcommand(
+      "register",
+      "Register a username with its CURVE key pair, proving you hold the secret key (it never leaves this "
+      "machine); prints the API token");
   reg->add_option("username", a->name, "lowercase name, e.g. alice")->required();
-  reg->add_option("--public-key", a->key, "the user's CURVE public key (40 Z85 characters)")->required();
+  reg->add_option("--key-file", a->key_file, "your key pair (NAME.key from `fedpod keys generate`)");
+  reg->add_option("--public-key", a->key, "no longer enough: registration proves possession of the secret key")
+      ->group("");
   reg->add_flag("--save", a->save, "write the hub URL and token to ~/.config/fedpod/config.yaml (mode 0600)");
   add_access_options(reg, a->access);
   reg->callback([a] {
+    if (a->key_file.empty()) {
+      throw ConfigError(std::string(a->key.empty() ? "" : "--public-key is not enough: ") +
+                        "registration proves you hold the secret key: give --key-file NAME.key (from `fedpod keys "
+                        "generate --out NAME`)");
+    }
+    auto keys = protocol::read_key_file(a->key_file);
+    if (!keys.ok()) throw ConfigError("--key-file: " + keys.status().message());
+    if (keys->secret_key.empty()) {
+      throw ConfigError("--key-file: " + a->key_file + " holds only a public key; give the .key file (the secret "
+                        "key is used here to answer the hub's challenge and is never sent)");
+    }
     auto client = connect(a->access);
-    auto token = client->register_user(a->name, a->key);
+    auto token = client->register_user(a->name, keys->public_key, keys->secret_key);
     check(token.status(), "user register");
     if (a->save) {
       const fs::path cfg = config_path();

@@ -146,6 +146,23 @@ std::string sign_document(const nlohmann::json& payload, const SigningKeyPair& k
       .dump();
 }
 
+std::string base64_encode(std::string_view bytes) {
+  init_sodium();
+  return to_base64(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+}
+
+bool base64_decode(const std::string& text, std::string& out) {
+  init_sodium();
+  out.assign(text.size() * 3 / 4 + 3, '\0');
+  size_t got = 0;
+  if (sodium_base642bin(reinterpret_cast<unsigned char*>(out.data()), out.size(), text.data(), text.size(), nullptr,
+                        &got, nullptr, sodium_base64_VARIANT_ORIGINAL) != 0) {
+    return false;
+  }
+  out.resize(got);
+  return true;
+}
+
 bool is_signed_document(const nlohmann::json& j) {
   return j.is_object() && j.contains("fedpod_signed") && j.contains("payload") && j.contains("signature");
 }

@@ -2,6 +2,9 @@
 
 #include "fedpod/common/signing.h"
 
+#include <sodium.h>
+#include <zmq.h>
+
 #include <fcntl.h>
 #include <httplib.h>
 #include <unistd.h>
@@ -169,9 +172,50 @@ httplib::Headers auth(const std::string& token) {
 }
 }  // namespace
 
-StatusOr<std::string> Client::register_user(const std::string& username,
-                                            const std::string& public_key) {
-  json body = {{"username", username}, {"public_key", public_key}};
+StatusOr<std::string> Client::register_user(const std::string& username, const std::string& public_key,
+                                            const std::string& secret_key) {
+  unsigned char sk[crypto_box_SECRETKEYBYTES], pk[crypto_box_PUBLICKEYBYTES];
+  if (secret_key.size() != 40 || !zmq_z85_decode(sk, secret_key.c_str())) {
+    return Status::invalid("register user " + username + ": the secret key is not 40 Z85 characters");
+  }
+  if (sodium_init() < 0) return Status::internal("libsodium cannot initialise");
+  crypto_scalarmult_base(pk, sk);
+  char z85[41];
+  if (!zmq_z85_encode(z85, pk, sizeof pk) || public_key != z85) {
+    sodium_memzero(sk, sizeof sk);
+    return Status::invalid("register user " + username + ": the public and secret keys do not belong together");
+  }
+  json ask = {{"username", username}, {"public_key", public_key}};
+  auto c = json_reply(http_->Post("/api/v1/users/challenge", ask.dump(), "application/json"), 200,
+                      "register user " + username + " (challenge)");
+  if (!c.ok()) {
+    sodium_memzero(sk, sizeof sk);
+    return c.status();
+  }
+  std::string server_key, nonce, box, answer;
+  const bool decoded = c->contains("server_key") && (*c)["server_key"].is_string() && c->contains("nonce") &&
+                       (*c)["nonce"].is_string() && c->contains("box") && (*c)["box"].is_string() &&
+                       c->contains("expires") && (*c)["expires"].is_number_integer() &&
+                       base64_decode((*c)["server_key"].get<std::string>(), server_key) &&
+                       base64_decode((*c)["nonce"].get<std::string>(), nonce) &&
+                       base64_decode((*c)["box"].get<std::string>(), box) &&
+                       server_key.size() == crypto_box_PUBLICKEYBYTES && nonce.size() == crypto_box_NONCEBYTES &&
+                       box.size() > crypto_box_MACBYTES && box.size() < 1024;
+  if (decoded) {
+    answer.resize(box.size() - crypto_box_MACBYTES);
+    if (crypto_box_open_easy(reinterpret_cast<unsigned char*>(answer.data()),
+                             reinterpret_cast<const unsigned char*>(box.data()), box.size(),
+                             reinterpret_cast<const unsigned char*>(nonce.data()),
+                             reinterpret_cast<const unsigned char*>(server_key.data()), sk) != 0) {
+      answer.clear();
+    }
+  }
+  sodium_memzero(sk, sizeof sk);
+  if (answer.empty()) return Status::bad_message("register user " + username + ": the hub's challenge does not open");
+  json body = {{"username", username},
+               {"public_key", public_key},
+               {"expires", (*c)["expires"]},
+               {"answer", base64_encode(answer)}};
   auto j = json_reply(http_->Post("/api/v1/users", body.dump(), "application/json"), 201,
                       "register user " + username);
   if (!j.ok()) return j.status();

@@ -11,6 +11,11 @@
 
 #include "fedpod/metrics/metrics.h"
 #include "store.h"
+
+#include <sodium.h>
+#include <zmq.h>
+
+#include <ctime>
 #include "util.h"
 
 namespace fedpod::hub {
@@ -295,6 +300,8 @@ Status Server::start() {
     if (!k.ok()) return Status::invalid("hub: " + k.status().message());
     signing_ = *k;
   }
+  challenge_key_.assign(crypto_auth_hmacsha256_KEYBYTES, '\0');
+  randombytes_buf(challenge_key_.data(), challenge_key_.size());
   if (store_->removed_temp_files() > 0)
     logger_->warn(
         "event=removed_temp_files count={} dir={}/artifacts reason=\"artifact writes interrupted "
@@ -481,12 +488,74 @@ void Server::routes() {
        reply(res, 200, {{"algorithm", "ed25519"}, {"public_key", signing_.public_key}});
      }));
 
-  on("POST", "/api/v1/users", wrap([&store, &opt](Req req, Res res) {
+  // Registration proves possession of the key's secret: the caller first asks for a
+  // challenge, a value only the hub can compute (an HMAC over the username, key and
+  // an expiry), encrypted to the key with crypto_box from a one-time key of the hub;
+  // then registers with the value decrypted. Stateless: nothing is stored per
+  // challenge, and a challenge expires after 5 minutes.
+  auto challenge_answer = [this](const std::string& username, const std::string& key, int64_t expires) {
+    const std::string msg = "fedpod-register-v1\n" + username + "\n" + key + "\n" + std::to_string(expires);
+    std::string mac(crypto_auth_hmacsha256_BYTES, '\0');
+    crypto_auth_hmacsha256(reinterpret_cast<unsigned char*>(mac.data()),
+                           reinterpret_cast<const unsigned char*>(msg.data()), msg.size(),
+                           reinterpret_cast<const unsigned char*>(challenge_key_.data()));
+    return mac;
+  };
+  on("POST", "/api/v1/users/challenge", wrap([&store, &opt, challenge_answer](Req req, Res res) {
        json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
        std::string username = string_field(body, "username", "user");
        std::string key = string_field(body, "public_key", "user");
        check(detail::check_username(username), "username '" + username + "'");
        check(detail::check_public_key(key), "public_key");
+       unsigned char user_pk[crypto_box_PUBLICKEYBYTES];
+       if (!zmq_z85_decode(user_pk, key.c_str())) fail(400, "bad_request", "public_key: not Z85");
+       const int64_t expires = static_cast<int64_t>(std::time(nullptr)) + 300;
+       const std::string answer = challenge_answer(username, key, expires);
+       unsigned char eph_pk[crypto_box_PUBLICKEYBYTES], eph_sk[crypto_box_SECRETKEYBYTES];
+       crypto_box_keypair(eph_pk, eph_sk);
+       unsigned char nonce[crypto_box_NONCEBYTES];
+       randombytes_buf(nonce, sizeof nonce);
+       std::string boxed(answer.size() + crypto_box_MACBYTES, '\0');
+       crypto_box_easy(reinterpret_cast<unsigned char*>(boxed.data()),
+                       reinterpret_cast<const unsigned char*>(answer.data()), answer.size(), nonce, user_pk, eph_sk);
+       sodium_memzero(eph_sk, sizeof eph_sk);
+       reply(res, 200,
+             {{"username", username},
+              {"public_key", key},
+              {"expires", expires},
+              {"server_key", base64_encode({reinterpret_cast<const char*>(eph_pk), sizeof eph_pk})},
+              {"nonce", base64_encode({reinterpret_cast<const char*>(nonce), sizeof nonce})},
+              {"box", base64_encode(boxed)}});
+     }));
+
+  on("POST", "/api/v1/users", wrap([&store, &opt, challenge_answer](Req req, Res res) {
+       json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
+       std::string username = string_field(body, "username", "user");
+       std::string key = string_field(body, "public_key", "user");
+       check(detail::check_username(username), "username '" + username + "'");
+       check(detail::check_public_key(key), "public_key");
+       if (!body.contains("answer") || !body.contains("expires")) {
+         fail(400, "bad_request",
+              "registration proves you hold the secret key of public_key: POST /api/v1/users/challenge first, "
+              "decrypt its box with your secret key, and send the value as answer with its expires (`fedpod user "
+              "register --key-file NAME.key` does both)");
+       }
+       if (!body["expires"].is_number_integer()) fail(400, "bad_request", "expires: expected an integer");
+       const int64_t expires = body["expires"].get<int64_t>();
+       if (expires < static_cast<int64_t>(std::time(nullptr))) {
+         fail(400, "bad_request", "the registration challenge expired; ask for a new one");
+       }
+       std::string answer;
+       if (!body["answer"].is_string() || !base64_decode(body["answer"].get<std::string>(), answer) ||
+           answer.size() != crypto_auth_hmacsha256_BYTES) {
+         fail(400, "bad_request", "answer: expected the challenge's decrypted value in base64");
+       }
+       const std::string want = challenge_answer(username, key, expires);
+       if (sodium_memcmp(answer.data(), want.data(), want.size()) != 0) {
+         fail(403, "forbidden",
+              "the answer does not match the challenge for this username and public_key: registering a key needs "
+              "its secret key");
+       }
        auto token = store.create_user(username, key);
        if (!token.ok()) fail(token.status());
        reply(res, 201, {{"username", username}, {"token", *token}});

@@ -599,8 +599,8 @@ Decision decide(const Policy& policy, const std::string& pod_name, const AccessR
         ": the connection is not authenticated as a user of this pod (its CURVE public key is not "
         "in the pod's policy), and a pod runs nothing for anonymous peers. Connect with the key "
         "pair "
-        "you registered on the hub (fedpod keys generate; fedpod user register NAME --public-key "
-        "KEY), "
+        "you registered on the hub (fedpod keys generate; fedpod user register NAME --key-file "
+        "NAME.key), "
         "then get a role: ";
     msg += req.custom ? "request access with: " + advice.request() + " (" + advice.owner() +
                             " reviews it and gives you the general-modeller role)"

@@ -10,6 +10,7 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 
+#include "fedpod/protocol/curve.h"
 #include "testutil.h"
 
 namespace fedpod {
@@ -18,8 +19,6 @@ namespace {
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
-constexpr const char* kAliceKey = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID";
-constexpr const char* kBobKey = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hIE";
 constexpr const char* kPodKey = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hIF";
 
 struct CliRun {
@@ -53,8 +52,8 @@ class AccessCliTest : public ::testing::Test {
     unsetenv("FEDPOD_HUB");
     unsetenv("FEDPOD_TOKEN");
 
-    alice_ = register_user("alice", kAliceKey);
-    bob_ = register_user("bob", kBobKey);
+    alice_ = register_user("alice");
+    bob_ = register_user("bob");
     const std::string artifact =
         dir_.write("net.pt", std::string("PK\x03\x04", 4) + std::string(64, 'x') +
                                  std::string("PK\x05\x06", 4) + std::string(18, '\0'));
@@ -89,13 +88,18 @@ class AccessCliTest : public ::testing::Test {
     return fedpod(args);
   }
 
-  std::string register_user(const std::string& name, const char* key) {
-    auto r = fedpod({"user", "register", name, "--public-key", key, "--hub", url_, "--json"});
+  // Registers `name` with a fresh key pair (NAME.key under the test's folder).
+  std::string register_user(const std::string& name) {
+    const std::string base = (dir_.path() / ("keys-" + name)).string();
+    keys_[name] = protocol::generate_curve_keypair();
+    EXPECT_TRUE(protocol::write_key_files(base, keys_[name], true).ok());
+    auto r = fedpod({"user", "register", name, "--key-file", base + ".key", "--hub", url_, "--json"});
     EXPECT_EQ(r.code, 0) << r.err;
     return json::parse(r.out, nullptr, false).value("token", "");
   }
 
   testing::TempDir dir_;
+  std::map<std::string, protocol::CurveKeyPair> keys_;
   std::unique_ptr<testing::Process> hub_;
   std::string url_, alice_, bob_, sha256_;
 };
@@ -198,7 +202,7 @@ TEST_F(AccessCliTest, RequestShowApproveListPolicy) {
   EXPECT_EQ(p["grants"][0]["sha256"], sha256_);
   EXPECT_EQ(p["grants"][0]["expires_at"], requests[0]["expires_at"]);
   ASSERT_EQ(p["users"].size(), 2u);
-  EXPECT_EQ(p["users"][0], (json{{"username", "alice"}, {"public_key", kAliceKey}}));
+  EXPECT_EQ(p["users"][0], (json{{"username", "alice"}, {"public_key", keys_["alice"].public_key}}));
   auto to_stdout = as(bob_, {"access", "policy", "--pod", "pod-a"});
   ASSERT_EQ(to_stdout.code, 0) << to_stdout.err;
   EXPECT_EQ(json::parse(json::parse(to_stdout.out)["payload"].get<std::string>())["grants"], p["grants"]);

@@ -1,10 +1,13 @@
 // The hub's client commands as a modeller runs them, against a real `fedpod hub serve`.
 #include <gtest/gtest.h>
+
+#include <filesystem>
 #include <sys/wait.h>
 
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
+#include "fedpod/protocol/curve.h"
 #include "testutil.h"
 
 namespace fedpod {
@@ -13,7 +16,6 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr const char* kKey = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID";  // a CURVE public key (Z85)
-constexpr const char* kCarolKey = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hIC";
 
 struct CliRun {
   int code;
@@ -49,8 +51,17 @@ class HubCliTest : public ::testing::Test {
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, testing::read_file(log)};
   }
 
+  // NAME.key under the test's folder, made on first use: registration proves its secret.
+  std::string key_file(const std::string& name) {
+    const std::string base = (dir_.path() / ("keys-" + name)).string();
+    if (!std::filesystem::exists(base + ".key")) {
+      EXPECT_TRUE(protocol::write_key_files(base, protocol::generate_curve_keypair(), true).ok());
+    }
+    return base + ".key";
+  }
+
   std::string register_alice() {
-    auto r = fedpod({"user", "register", "alice", "--public-key", kKey, "--hub", url_, "--json"});
+    auto r = fedpod({"user", "register", "alice", "--key-file", key_file("alice"), "--hub", url_, "--json"});
     EXPECT_EQ(r.code, 0) << r.output;
     return nlohmann::json::parse(r.output)["token"];
   }
@@ -116,13 +127,17 @@ TEST_F(HubCliTest, ErrorsNameTheProblem) {
   EXPECT_EQ(bad_name.code, 2);
   EXPECT_CONTAINS(bad_name.output, "expected USER/REF[:VERSION]");
 
-  auto dup = fedpod({"user", "register", "alice", "--public-key", kKey, "--hub", url_});
+  auto dup = fedpod({"user", "register", "alice", "--key-file", key_file("alice"), "--hub", url_});
   EXPECT_EQ(dup.code, 1);
   EXPECT_CONTAINS(dup.output, "user register");
+  // A public key alone registers nobody: the CLI asks for the key pair.
+  auto public_only = fedpod({"user", "register", "dave", "--public-key", kKey, "--hub", url_});
+  EXPECT_EQ(public_only.code, 2);
+  EXPECT_CONTAINS(public_only.output, "registration proves you hold the secret key: give --key-file");
 }
 
 TEST_F(HubCliTest, SavedConfigAndEnvironment) {
-  auto r = fedpod({"user", "register", "carol", "--public-key", kCarolKey, "--hub", url_, "--save"});
+  auto r = fedpod({"user", "register", "carol", "--key-file", key_file("carol"), "--hub", url_, "--save"});
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string cfg = (dir_.path() / ".config" / "fedpod" / "config.yaml").string();
   EXPECT_CONTAINS(testing::read_file(cfg), "hub: " + url_);

@@ -153,7 +153,7 @@ class AccessTest : public ::testing::Test {
     auto keys = protocol::generate_curve_keypair();
     ASSERT_TRUE(protocol::write_key_files((work_.path() / name).string(), keys, true).ok());
     hub::Client c("127.0.0.1", hub_->port());
-    auto token = c.register_user(name, keys.public_key);
+    auto token = c.register_user(name, keys.public_key, keys.secret_key);
     ASSERT_TRUE(token.ok()) << token.status().to_string();
     tokens_[name] = *token;
     keys_[name] = keys;

@@ -126,13 +126,6 @@ class ReadOnlyDb {
 // --- Hub ---
 
 // A valid-looking CURVE public key (40 Z85 characters) from `rng`.
-std::string random_key(std::mt19937_64& rng) {
-  static const std::string z85 =
-      "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
-  std::string k;
-  for (int i = 0; i < 40; ++i) k += z85[rng() % z85.size()];
-  return k;
-}
 
 // `n` random bytes shaped as a zip (what the hub checks for "torchscript").
 std::string zip_bytes(std::mt19937_64& rng, size_t n) {
@@ -150,6 +143,7 @@ std::string zip_bytes(std::mt19937_64& rng, size_t n) {
 struct HubRecord {
   struct User {
     std::string name, key, token;
+    std::string secret;  // the key's secret half (registration proves it)
   };
   struct Version {
     std::string user, ref;
@@ -184,6 +178,16 @@ struct HubRecord {
 };
 
 // Written by the client thread; the counters are read by the main thread meanwhile.
+// A user with a fresh CURVE key pair.
+HubRecord::User new_user(const std::string& name) {
+  const auto k = protocol::generate_curve_keypair();
+  HubRecord::User u;
+  u.name = name;
+  u.key = k.public_key;
+  u.secret = k.secret_key;
+  return u;
+}
+
 struct DriveStats {
   std::atomic<int> acked{0};       // writes answered with success
   std::atomic<int> unanswered{0};  // the write in flight when the hub died
@@ -382,8 +386,8 @@ class HubCrash {
       hub::Client c("127.0.0.1", port_);
       c.set_timeouts(5, 60);
       if (pick < 12) {  // a user
-        HubRecord::User u{"u" + std::to_string(next_user_++), random_key(rng), ""};
-        auto t = c.register_user(u.name, u.key);
+        HubRecord::User u = new_user("u" + std::to_string(next_user_++));
+        auto t = c.register_user(u.name, u.key, u.secret);
         if (!outcome(t.status(), "register " + u.name)) return;
         u.token = *t;
         rec.users.push_back(u);
@@ -423,7 +427,8 @@ class HubCrash {
       } else if (pick < 67) {  // a pod
         const auto& u = rec.users[rng() % rec.users.size()];
         HubRecord::Pod p{"p" + std::to_string(next_pod_++), u.name,
-                         "tcp://10.0.0.1:" + std::to_string(5000 + next_pod_), random_key(rng)};
+                         "tcp://10.0.0.1:" + std::to_string(5000 + next_pod_),
+                         protocol::generate_curve_keypair().public_key};
         c.set_token(u.token);
         Status s = c.register_pod(p.name, p.address, p.key, json{{"rows", op}});
         if (!outcome(s, "register pod " + p.name)) return;
@@ -489,8 +494,8 @@ TEST(HubCrashSafetyTest, SigkillDuringWritesLosesNoAcknowledgedWrite) {
 
   // A few users to start from, unkilled.
   for (int i = 0; i < 3; ++i) {
-    HubRecord::User u{"first" + std::to_string(i), random_key(rng), ""};
-    auto t = hub::Client("127.0.0.1", hub.port()).register_user(u.name, u.key);
+    HubRecord::User u = new_user("first" + std::to_string(i));
+    auto t = hub::Client("127.0.0.1", hub.port()).register_user(u.name, u.key, u.secret);
     ASSERT_TRUE(t.ok()) << t.status().to_string();
     u.token = *t;
     rec.users.push_back(u);
@@ -600,7 +605,7 @@ class PodCrash {
     hub_ = std::make_unique<testing::RunningHub>(opt);
     for (const char* u : {"bob", "granted", "norole"}) {
       keys_[u] = protocol::generate_curve_keypair();
-      auto t = hub::Client("127.0.0.1", hub_->port()).register_user(u, keys_[u].public_key);
+      auto t = hub::Client("127.0.0.1", hub_->port()).register_user(u, keys_[u].public_key, keys_[u].secret_key);
       if (!t.ok()) throw std::runtime_error(t.status().to_string());
       tokens_[u] = *t;
     }

@@ -12,6 +12,7 @@
 #include "fedpod/common/utc.h"
 #include "fedpod/worker/policy.h"
 #include "fedpod/hub/client.h"
+#include "fedpod/protocol/curve.h"
 #include "fedpod/hub/server.h"
 #include "running_hub.h"
 #include "testutil.h"
@@ -24,10 +25,15 @@ using namespace std::chrono_literals;
 using fedpod::testing::RunningHub;
 using fedpod::testing::TempDir;
 
-// Valid Z85 CURVE keys, one per user, so the policy's keys can be told apart.
-std::string key_for(char last) {
-  return std::string("rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf") + last;
+// A CURVE key pair per letter, made on first use: users register with theirs
+// (proving the secret key), pods are registered with theirs.
+const protocol::CurveKeyPair& keys_for(char c) {
+  static std::map<char, protocol::CurveKeyPair> keys;
+  auto it = keys.find(c);
+  if (it == keys.end()) it = keys.emplace(c, protocol::generate_curve_keypair()).first;
+  return it->second;
 }
+std::string key_for(char c) { return keys_for(c).public_key; }
 
 std::string zip_bytes(const std::string& payload) {
   return std::string("PK\x03\x04", 4) + payload + std::string("PK\x05\x06", 4) +
@@ -79,7 +85,7 @@ class HubAccessTest : public ::testing::Test {
   }
 
   std::string user(const std::string& name, char key) {
-    auto t = client().register_user(name, key_for(key));
+    auto t = client().register_user(name, keys_for(key).public_key, keys_for(key).secret_key);
     EXPECT_TRUE(t.ok()) << t.status().to_string();
     return t.ok() ? *t : "";
   }

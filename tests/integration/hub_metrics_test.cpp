@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "fedpod/hub/client.h"
+#include "fedpod/protocol/curve.h"
 #include "fedpod/hub/server.h"
 #include "running_hub.h"
 #include "testutil.h"
@@ -68,16 +69,17 @@ class HubMetricsTest : public ::testing::Test {
     return text;
   }
 
-  // A distinct valid Z85 key per name.
-  static std::string key_of(const std::string& name) {
-    static const char* kAlphabet = "0123456789abcdefghijklmnopqrstuvwxyz";
-    const std::string base = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
-    const size_t h = std::hash<std::string>()(name);
-    return base.substr(0, 38) + kAlphabet[h % 36] + kAlphabet[(h / 36) % 36];
+  // A key pair per name, made on first use (registration proves the secret key).
+  static const protocol::CurveKeyPair& keys_of(const std::string& name) {
+    static std::map<std::string, protocol::CurveKeyPair> keys;
+    auto it = keys.find(name);
+    if (it == keys.end()) it = keys.emplace(name, protocol::generate_curve_keypair()).first;
+    return it->second;
   }
+  static std::string key_of(const std::string& name) { return keys_of(name).public_key; }
 
   std::string user(const std::string& name) {
-    auto t = client().register_user(name, key_of(name));
+    auto t = client().register_user(name, keys_of(name).public_key, keys_of(name).secret_key);
     EXPECT_TRUE(t.ok()) << t.status().to_string();
     return t.ok() ? *t : "";
   }
@@ -105,10 +107,7 @@ TEST_F(HubMetricsTest, ReadyzAnswersOnceTheDatabaseIsOpen) {
 
 TEST_F(HubMetricsTest, RequestsAreCountedByRoutePatternNeverByRawPath) {
   for (int i = 0; i < 2; ++i) ASSERT_EQ(raw().Get("/healthz")->status, 200);
-  ASSERT_EQ(raw().Post("/api/v1/users", json{{"username", "alice"}, {"public_key", key_of("alice")}}.dump(),
-                       "application/json")
-                ->status,
-            201);
+  ASSERT_TRUE(client().register_user("alice", keys_of("alice").public_key, keys_of("alice").secret_key).ok());
   ASSERT_EQ(raw().Get("/api/v1/models/alice/secret-net")->status, 404);
   ASSERT_EQ(raw().Get("/api/v1/models/bob/other-net/versions/7")->status, 404);
   ASSERT_EQ(raw().Get("/api/v1/pods/pod-zz/policy")->status, 401);

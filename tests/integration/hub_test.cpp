@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <arpa/inet.h>
+#include <sodium.h>
+#include <zmq.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -13,7 +15,9 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "fedpod/common/signing.h"
 #include "fedpod/hub/client.h"
+#include "fedpod/protocol/curve.h"
 #include "fedpod/hub/server.h"
 #include "running_hub.h"
 #include "reliability.h"
@@ -63,15 +67,16 @@ class HubTest : public ::testing::Test {
   Client client(const std::string& token = "") { return Client("127.0.0.1", hub_->port(), token); }
   httplib::Client raw() { return httplib::Client("127.0.0.1", hub_->port()); }
 
-  // A distinct valid key per user: the hub refuses a key that is already registered.
-  std::string key_of(const std::string& name) {
-    static const char* kAlphabet = "0123456789abcdefghijklmnopqrstuvwxyz";
-    const size_t h = std::hash<std::string>()(name);
-    return kKey.substr(0, 38) + kAlphabet[h % 36] + kAlphabet[(h / 36) % 36];
+  // A key pair per user, made on first use: registration proves its secret key.
+  const protocol::CurveKeyPair& keys(const std::string& name) {
+    auto it = keys_.find(name);
+    if (it == keys_.end()) it = keys_.emplace(name, protocol::generate_curve_keypair()).first;
+    return it->second;
   }
+  std::string key_of(const std::string& name) { return keys(name).public_key; }
 
   std::string user(const std::string& name) {
-    auto t = client().register_user(name, key_of(name));
+    auto t = client().register_user(name, keys(name).public_key, keys(name).secret_key);
     EXPECT_TRUE(t.ok()) << t.status().to_string();
     return t.ok() ? *t : "";
   }
@@ -105,6 +110,7 @@ class HubTest : public ::testing::Test {
   }
 
   TempDir dir_;
+  std::map<std::string, protocol::CurveKeyPair> keys_;
   std::unique_ptr<RunningHub> hub_;
 };
 
@@ -116,21 +122,20 @@ TEST_F(HubTest, Healthz) {
 }
 
 TEST_F(HubTest, RegisterUser) {
-  auto r = raw().Post("/api/v1/users", json{{"username", "alice"}, {"public_key", kKey}}.dump(),
-                      "application/json");
-  ASSERT_TRUE(r);
-  ASSERT_EQ(r->status, 201) << r->body;
-  EXPECT_EQ(body(r)["username"], "alice");
-  std::string token = body(r)["token"];
+  auto t = client().register_user("alice", keys("alice").public_key, keys("alice").secret_key);
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  std::string token = *t;
   EXPECT_EQ(token.size(), 64u);
   EXPECT_EQ(token.find_first_not_of("0123456789abcdef"), std::string::npos);
+  EXPECT_EQ(client(token).get_pod("none").status().code(), StatusCode::kNotFound);  // the token works
 
   auto post = [&](const std::string& b) {
     return raw().Post("/api/v1/users", b, "application/json");
   };
-  r = post(json{{"username", "alice"}, {"public_key", kKey}}.dump());
-  EXPECT_EQ(r->status, 409);
-  EXPECT_CONTAINS(message(r), "already exists");
+  // A public key alone registers nobody.
+  auto r = post(json{{"username", "bob"}, {"public_key", key_of("bob")}}.dump());
+  EXPECT_EQ(r->status, 400);
+  EXPECT_CONTAINS(message(r), "registration proves you hold the secret key of public_key");
   r = post(json{{"username", "Alice"}, {"public_key", kKey}}.dump());
   EXPECT_EQ(r->status, 400);
   EXPECT_CONTAINS(message(r), "username 'Alice'");
@@ -158,15 +163,76 @@ TEST_F(HubTest, RegisterUser) {
   EXPECT_EQ(r->status, 413);
 
   // Through the client: the server's message comes back in the Status.
-  auto dup = client().register_user("alice", kKey);
+  auto dup = client().register_user("alice", keys("alice").public_key, keys("alice").secret_key);
   EXPECT_EQ(dup.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_CONTAINS(dup.status().message(), "already exists");
-  // One key, one user: a second user cannot claim alice's key.
-  auto squat = client().register_user("mallory", kKey);
+  // One key, one user: not even its holder opens a second account with it.
+  auto squat = client().register_user("mallory", keys("alice").public_key, keys("alice").secret_key);
   EXPECT_EQ(squat.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_CONTAINS(squat.status().message(), "this public key is already registered to another user");
   // The server is still fine.
   EXPECT_EQ(raw().Get("/healthz")->status, 200);
+}
+
+// Registering a key needs its secret key: whoever only knows a published public key
+// (bob's) cannot claim it, whatever they answer, and an answer does not carry over
+// to another username, another key, or past its expiry.
+TEST_F(HubTest, AKeyWhoseSecretTheCallerDoesNotHoldCannotBeRegistered) {
+  auto challenge = [&](const std::string& username, const std::string& key) {
+    auto r = raw().Post("/api/v1/users/challenge", json{{"username", username}, {"public_key", key}}.dump(),
+                        "application/json");
+    EXPECT_EQ(r->status, 200) << r->body;
+    return body(r);
+  };
+  auto answer_with = [&](const json& c, const protocol::CurveKeyPair& k) {
+    std::string server_key, nonce, box, out;
+    EXPECT_TRUE(base64_decode(c["server_key"].get<std::string>(), server_key));
+    EXPECT_TRUE(base64_decode(c["nonce"].get<std::string>(), nonce));
+    EXPECT_TRUE(base64_decode(c["box"].get<std::string>(), box));
+    unsigned char sk[32];
+    zmq_z85_decode(sk, k.secret_key.c_str());
+    out.resize(box.size() - crypto_box_MACBYTES);
+    const int rc = crypto_box_open_easy(reinterpret_cast<unsigned char*>(out.data()),
+                                        reinterpret_cast<const unsigned char*>(box.data()), box.size(),
+                                        reinterpret_cast<const unsigned char*>(nonce.data()),
+                                        reinterpret_cast<const unsigned char*>(server_key.data()), sk);
+    return rc == 0 ? base64_encode(out) : std::string();
+  };
+  auto post = [&](const std::string& username, const std::string& key, const json& expires, const std::string& a) {
+    return raw().Post("/api/v1/users",
+                      json{{"username", username}, {"public_key", key}, {"expires", expires}, {"answer", a}}.dump(),
+                      "application/json");
+  };
+  const auto& bob = keys("bob");        // bob's public key is published
+  const auto& mallory = keys("mallory");  // mallory holds only her own secret
+  // mallory asks for a challenge to bob's key: her secret does not open it.
+  json c = challenge("mallory", bob.public_key);
+  EXPECT_EQ(answer_with(c, mallory), "");
+  // Guessing: a random answer, and an answer of the right size from elsewhere.
+  auto r = post("mallory", bob.public_key, c["expires"], base64_encode(std::string(32, '\x11')));
+  EXPECT_EQ(r->status, 403);
+  EXPECT_CONTAINS(message(r), "registering a key needs its secret key");
+  // An answer mallory could get, for her own key, does not register bob's.
+  json own = challenge("mallory", mallory.public_key);
+  const std::string own_answer = answer_with(own, mallory);
+  ASSERT_FALSE(own_answer.empty());
+  EXPECT_EQ(post("mallory", bob.public_key, own["expires"], own_answer)->status, 403);
+  // Nor under another name, nor with another expiry.
+  EXPECT_EQ(post("eve", mallory.public_key, own["expires"], own_answer)->status, 403);
+  EXPECT_EQ(post("mallory", mallory.public_key, own["expires"].get<int64_t>() + 3600, own_answer)->status, 403);
+  // An expired challenge is refused as such.
+  r = post("mallory", mallory.public_key, 1000, own_answer);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_CONTAINS(message(r), "expired");
+  // Bob's key is still free for bob, who holds its secret.
+  auto t = client().register_user("bob", bob.public_key, bob.secret_key);
+  EXPECT_TRUE(t.ok()) << t.status().to_string();
+  // And mallory's own answer registers mallory.
+  EXPECT_EQ(post("mallory", mallory.public_key, own["expires"], own_answer)->status, 201);
+  // The client refuses keys that do not belong together before asking the hub.
+  auto mixed = client().register_user("carol", keys("carol").public_key, mallory.secret_key);
+  EXPECT_EQ(mixed.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_CONTAINS(mixed.status().message(), "do not belong together");
 }
 
 TEST_F(HubTest, AuthFailures) {
@@ -497,7 +563,8 @@ TEST_F(HubTest, DataSurvivesRestart) {
   ASSERT_TRUE(v2.ok()) << v2.status().to_string();
   EXPECT_EQ(v2->version, 2);
   EXPECT_TRUE(c.get_pod("pod-a").ok());
-  EXPECT_EQ(client().register_user("alice", kKey).status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(client().register_user("alice", keys("alice").public_key, keys("alice").secret_key).status().code(),
+            StatusCode::kFailedPrecondition);
 }
 
 TEST_F(HubTest, Pods) {
@@ -557,7 +624,8 @@ TEST(HubCrashTest, KillDuringUploadLeavesWholeVersionOrNone) {
   };
   std::unique_ptr<Process> proc;
   int port = launch(proc);
-  auto token = Client("127.0.0.1", port).register_user("alice", kKey);
+  const auto alice_keys = protocol::generate_curve_keypair();
+  auto token = Client("127.0.0.1", port).register_user("alice", alice_keys.public_key, alice_keys.secret_key);
   ASSERT_TRUE(token.ok()) << token.status().to_string();
   std::vector<std::chrono::milliseconds> delays;
 

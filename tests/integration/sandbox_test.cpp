@@ -108,7 +108,7 @@ class SandboxTest : public ::testing::Test {
     opt.data_dir = (dir_.path() / "hub").string();
     hub_ = std::make_unique<testing::RunningHub>(opt);
     hub::Client c("127.0.0.1", hub_->port());
-    auto token = c.register_user("alice", id_.modeller.public_key);
+    auto token = c.register_user("alice", id_.modeller.public_key, id_.modeller.secret_key);
     ASSERT_TRUE(token.ok()) << token.status().to_string();
     token_ = *token;
     spec_ = testing::digits_job_spec("sandbox", (dir_.path() / "out").string(), id_.modeller_key_file);

@@ -57,4 +57,9 @@ StatusOr<nlohmann::json> verify_document(const nlohmann::json& document, const s
 // from "signed but wrong").
 bool is_signed_document(const nlohmann::json& j);
 
+// Standard base64 (padded), as keys and signatures are written.
+std::string base64_encode(std::string_view bytes);
+// False for anything but well-formed base64.
+bool base64_decode(const std::string& text, std::string& out);
+
 }  // namespace fedpod

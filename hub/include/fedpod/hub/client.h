@@ -104,8 +104,12 @@ class Client {
   // 300 s, the latter sized for artifact uploads and downloads).
   void set_timeouts(int connect_seconds, int io_seconds);
 
-  // Creates a user; returns the bearer token, which the hub shows only this once.
-  StatusOr<std::string> register_user(const std::string& username, const std::string& public_key);
+  // Creates a user with a CURVE key pair (Z85), proving that the caller holds the
+  // secret key: the hub sends a challenge encrypted to the public key, which only the
+  // secret key opens, and the answer registers the user. Returns the bearer token,
+  // which the hub shows only this once. The secret key never leaves this process.
+  StatusOr<std::string> register_user(const std::string& username, const std::string& public_key,
+                                      const std::string& secret_key);
 
   // Uploads a new version of `user/ref` from files on disk. `visibility` "" keeps
   // the model's current one (private for a new model).

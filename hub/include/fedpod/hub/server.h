@@ -131,6 +131,10 @@ class Server {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<httplib::Server> http_;
   SigningKeyPair signing_;
+  // Registration challenges: an answer is HMAC-SHA256(challenge_key_, username,
+  // public key, expiry), sent encrypted to the public key, so only the holder of its
+  // secret key can return it. Made at start(): challenges do not outlive the process.
+  std::string challenge_key_;
   int port_ = 0;
 };
 
