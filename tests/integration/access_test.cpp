@@ -348,6 +348,71 @@ TEST_F(AccessTest, TamperedArtifactIsRefusedAndThePodKeepsServing) {
   EXPECT_TRUE(o.ok) << o.message;
 }
 
+// A job belongs to the user who started it: another admitted user (here `granted`,
+// a General Modeller of the same pod) cannot keep it alive with heartbeats, read its
+// result or end it; the owner still can.
+TEST_F(AccessTest, AJobsMessagesAreAcceptedOnlyFromItsOwner) {
+  auto dealer = [&](const std::string& user) {
+    protocol::SocketOptions o;
+    o.curve_client_public = keys_[user].public_key;
+    o.curve_client_secret = keys_[user].secret_key;
+    o.curve_server_public = pod_keys_.public_key;
+    return protocol::make_dealer(ctx_, worker_->endpoint(), o);
+  };
+  auto call = [](zmq::socket_t& s, const std::string& job, const std::function<void(wire::Envelope::Builder)>& fill)
+      -> std::pair<W, std::string> {
+    protocol::Outgoing out(job, 1);
+    fill(out.envelope());
+    auto frames = out.frames();
+    if (!protocol::send_frames(s, frames)) return {W::ERROR, "not sent"};
+    zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, 20s) == 0) return {W::ERROR, "no reply"};
+    std::vector<zmq::message_t> reply;
+    bool too_many;
+    protocol::recv_frames(s, reply, 100, too_many);
+    auto in = protocol::Incoming::parse(std::move(reply));
+    if (!in.ok()) return {W::ERROR, in.status().to_string()};
+    auto body = (*in)->envelope().getBody();
+    return {body.which(), body.which() == W::ERROR ? body.getError().getMessage().cStr() : ""};
+  };
+  zmq::socket_t owner = dealer("super"), other = dealer("granted");
+  auto start = call(owner, "owned-job", [](wire::Envelope::Builder e) {
+    auto sj = e.getBody().initStartJob();
+    auto m = sj.initModel();
+    m.setModelRef("logreg");
+    m.setHyperparameters("{}");
+    data::Datastructure ds;
+    ds.target = "label";
+    ds.num_classes = 10;
+    ds.scale = 1.0 / 16;
+    worker::to_wire(ds, sj.initDatastructure());
+  });
+  ASSERT_EQ(start.first, W::JOB_ACCEPTED) << start.second;
+  const std::string not_yours = "job 'owned-job' on pod pod-a belongs to user 'super', not 'granted'";
+  auto hb = call(other, "owned-job", [](wire::Envelope::Builder e) { e.getBody().initHeartbeat(); });
+  EXPECT_EQ(hb.first, W::ERROR);
+  EXPECT_CONTAINS(hb.second, not_yours);
+  auto fetch = call(other, "owned-job", [](wire::Envelope::Builder e) { e.getBody().initFetchResult().setRound(1); });
+  EXPECT_EQ(fetch.first, W::ERROR);
+  EXPECT_CONTAINS(fetch.second, not_yours);
+  auto end = call(other, "owned-job", [](wire::Envelope::Builder e) { e.getBody().initEndJob().setReason("hijack"); });
+  EXPECT_EQ(end.first, W::ERROR);
+  EXPECT_CONTAINS(end.second, not_yours);
+  // A second startJob under the same id is not a way in either.
+  auto restart = call(other, "owned-job", [](wire::Envelope::Builder e) {
+    auto sj = e.getBody().initStartJob();
+    sj.initModel().setModelRef("logreg");
+  });
+  EXPECT_EQ(restart.first, W::ERROR);
+  EXPECT_CONTAINS(restart.second, not_yours);
+  // The owner's messages work.
+  EXPECT_EQ(call(owner, "owned-job", [](wire::Envelope::Builder e) { e.getBody().initHeartbeat(); }).first,
+            W::HEARTBEAT);
+  EXPECT_EQ(call(owner, "owned-job", [](wire::Envelope::Builder e) { e.getBody().initEndJob().setReason("done"); })
+                .first,
+            W::JOB_ENDED);
+}
+
 TEST_F(AccessTest, OnlyThePodOwnerGrantsAndApproves) {
   auto& mallory = client("norole");
   auto g = mallory.grant_role("pod-a", "norole", "super-modeller");
