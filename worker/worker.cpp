@@ -346,6 +346,33 @@ struct Worker::Impl {
       "Log lines a peer provoked beyond the limit (PeerLines::kLinesPerSecond a second of each event) and left "
       "out, by event");
   PeerLines peer_lines{suppressed_family};
+  prometheus::Family<prometheus::Counter>& handshake_failures_family = metrics::counter(
+      *registry, "fedpod_worker_handshake_failures_total",
+      "Connections whose ZeroMQ handshake failed, by reason: protocol (not ZMTP, a wrong version or mechanism, "
+      "a malformed or undecryptable CurveZMQ command), auth (the key refused: see fedpod_access_denied_total), "
+      "other (the peer went away mid-handshake)");
+  // The ROUTER's handshake failures (ZMQ socket monitor), read in serve().
+  std::string monitor_endpoint;
+  void on_handshake_event(uint16_t event, uint32_t value, const std::string& peer) {
+    const char* reason = event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH       ? "auth"
+                         : event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ? "protocol"
+                                                                        : "other";
+    handshake_failures_family.Add({{"reason", reason}}).Increment();
+    if (event != ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) return;  // auth: audited by authenticate()
+    if (int64_t left_out = peer_lines.admit("handshake_failed"); left_out >= 0) {
+      log->warn("event=handshake_failed pod={} peer={} reason=protocol zmq_protocol_error=0x{:x} suppressed={}",
+                config().name, peer, value, left_out);
+    }
+    if (refusal_audit) {
+      (void)refusal_audit->refused("handshake_failed|protocol",
+                                   {{"event", "handshake_failed"},
+                                    {"pod", config().name},
+                                    {"peer", peer},
+                                    {"reason", "protocol"},
+                                    {"message", "not a CurveZMQ client of this pod (wrong protocol, version or "
+                                                "mechanism, or a malformed handshake)"}});
+    }
+  }
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   // How this pod's runners are confined (probed at start; empty level: in-process).
   Confinement confinement;
@@ -513,11 +540,26 @@ struct Worker::Impl {
     log->info("event=serving pod={} endpoint={} rows={} columns={} devices={}", config().name,
               owner.endpoint_, table.schema.num_rows, table.schema.columns.size(), devices);
 
+    zmq::socket_t monitor(ctx, zmq::socket_type::pair);
+    monitor.set(zmq::sockopt::linger, 0);
+    monitor.connect(monitor_endpoint);
     Frames frames;
     while (!stop.load()) {
-      zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}, {results.handle(), 0, ZMQ_POLLIN, 0}};
-      protocol::poll(items, 2, std::chrono::milliseconds(100));
+      zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0},
+                                 {results.handle(), 0, ZMQ_POLLIN, 0},
+                                 {monitor.handle(), 0, ZMQ_POLLIN, 0}};
+      protocol::poll(items, 3, std::chrono::milliseconds(100));
       bool too_many = false;
+      if (items[2].revents & ZMQ_POLLIN) {
+        while (protocol::recv_frames(monitor, frames, 4, too_many)) {
+          if (frames.size() < 2 || frames[0].size() < 6) continue;
+          uint16_t event;
+          uint32_t value;
+          std::memcpy(&event, frames[0].data(), 2);
+          std::memcpy(&value, static_cast<const char*>(frames[0].data()) + 2, 4);
+          on_handshake_event(event, value, frames[1].to_string());
+        }
+      }
       if (items[1].revents & ZMQ_POLLIN) {
         while (protocol::recv_frames(results, frames, SIZE_MAX, too_many)) {
           busy = false;
@@ -1115,6 +1157,13 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
     throw ConfigError("pod " + config_.name + ": cannot listen on " + config_.listen + ": " + e.what());
   }
   endpoint_ = protocol::bound_endpoint(impl_->router);
+  // Handshake failures, counted and audited (serve() reads the monitor).
+  m.monitor_endpoint = "inproc://fedpod-worker-monitor-" + std::to_string(reinterpret_cast<uintptr_t>(impl_.get()));
+  if (zmq_socket_monitor(impl_->router.handle(), m.monitor_endpoint.c_str(),
+                         ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0) {
+    throw ConfigError("pod " + config_.name + ": cannot monitor its socket: " + zmq_strerror(zmq_errno()));
+  }
   if (!config_.metrics_listen.empty()) {
     metrics::MetricsServerOptions mo;
     Status ms = metrics::parse_listen_address(config_.metrics_listen, mo.host, mo.port);

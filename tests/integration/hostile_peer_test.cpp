@@ -561,12 +561,19 @@ TEST_F(HostilePeerTest, RawTcpGarbageAndBrokenHandshakesDoNotDisturbThePod) {
   EXPECT_EQ(client.hello(), W::HELLO_REPLY) << testing::read_file(pod.log);
   const std::string metrics = scrape(metrics_port(pod));
   EXPECT_EQ(testing::metric_value(metrics, "fedpod_access_denied_total{reason=\"unknown_key\"}"), 1) << metrics;
+  // Handshake failures are counted by reason, and the protocol ones audited (coalesced).
+  EXPECT_EQ(testing::metric_value(metrics, "fedpod_worker_handshake_failures_total{reason=\"auth\"}"), 1) << metrics;
+  EXPECT_GE(testing::metric_value(metrics, "fedpod_worker_handshake_failures_total{reason=\"protocol\"}"), 3)
+      << metrics;
+  EXPECT_CONTAINS(testing::read_file(id_.audit_log("pod-a")), "\"event\":\"handshake_failed\"");
   EXPECT_TRUE(pod.process->running());
   testing::record_fault(
       "hostile input",
       "unauthenticated raw TCP: garbage, broken ZMTP greetings and CurveZMQ handshakes, "
       "abandoned connections",
-      injected, "each connection closed by the pod; unknown key counted; pod kept serving");
+      injected,
+      "each connection closed by the pod; unknown key counted; handshake failures counted by reason and "
+      "audited; pod kept serving");
 }
 
 // What one flooding peer sent and got back.
