@@ -800,7 +800,9 @@ TEST_F(HostilePeerTest, HandshakesWithoutARoleAreRefusedAndAuditedOnceWithACount
     const bool is_no_role = e.value("reason", "") == "no_role";
     if (e["event"] == "handshake_refused") {
       ++(is_no_role ? first_no_role : first_unknown);
-      if (is_no_role) EXPECT_EQ(e.value("user", ""), id_.user());
+      if (is_no_role) {
+        EXPECT_EQ(e.value("user", ""), id_.user());
+      }
     } else if (e["event"] == "handshake_refused_repeated") {
       (is_no_role ? repeats_no_role : repeats_unknown) += e["count"].get<int64_t>();
     }
