@@ -516,9 +516,11 @@ void Server::routes() {
        unsigned char nonce[crypto_box_NONCEBYTES];
        randombytes_buf(nonce, sizeof nonce);
        std::string boxed(answer.size() + crypto_box_MACBYTES, '\0');
-       crypto_box_easy(reinterpret_cast<unsigned char*>(boxed.data()),
-                       reinterpret_cast<const unsigned char*>(answer.data()), answer.size(), nonce, user_pk, eph_sk);
+       const int boxed_rc =
+           crypto_box_easy(reinterpret_cast<unsigned char*>(boxed.data()),
+                           reinterpret_cast<const unsigned char*>(answer.data()), answer.size(), nonce, user_pk, eph_sk);
        sodium_memzero(eph_sk, sizeof eph_sk);
+       if (boxed_rc != 0) fail(400, "bad_request", "public_key: not a usable Curve25519 public key");
        reply(res, 200,
              {{"username", username},
               {"public_key", key},

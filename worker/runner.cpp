@@ -999,7 +999,7 @@ class RunnerServer {
     if (!m.ok()) return error_json(m.status());
     table_map_ = *m;
     table_.schema = schema_from(req.at("schema"));
-    table_.values = rows * cols ? torch::from_blob(table_map_->addr, {rows, cols}, torch::kFloat64)
+    table_.values = rows * cols != 0 ? torch::from_blob(table_map_->addr, {rows, cols}, torch::kFloat64)
                                 : torch::zeros({rows, cols}, torch::kFloat64);
     EngineSpec spec;
     spec.ref = req.at("ref").get<std::string>();
