@@ -501,12 +501,22 @@ void Server::routes() {
                            reinterpret_cast<const unsigned char*>(challenge_key_.data()));
     return mac;
   };
-  on("POST", "/api/v1/users/challenge", wrap([&store, &opt, challenge_answer](Req req, Res res) {
-       json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
-       std::string username = string_field(body, "username", "user");
-       std::string key = string_field(body, "public_key", "user");
-       check(detail::check_username(username), "username '" + username + "'");
-       check(detail::check_public_key(key), "public_key");
+  // Both steps' body: {username, public_key, ...}, each checked.
+  struct Registration {
+    json body;
+    std::string username, key;
+  };
+  auto registration = [&opt](Req req) {
+    Registration r;
+    r.body = parse_json_object(req.body, opt.max_json_bytes, "request body");
+    r.username = string_field(r.body, "username", "user");
+    r.key = string_field(r.body, "public_key", "user");
+    check(detail::check_username(r.username), "username '" + r.username + "'");
+    check(detail::check_public_key(r.key), "public_key");
+    return r;
+  };
+  on("POST", "/api/v1/users/challenge", wrap([registration, challenge_answer](Req req, Res res) {
+       const auto [body, username, key] = registration(req);
        unsigned char user_pk[crypto_box_PUBLICKEYBYTES];
        if (!zmq_z85_decode(user_pk, key.c_str())) fail(400, "bad_request", "public_key: not Z85");
        const int64_t expires = static_cast<int64_t>(std::time(nullptr)) + 300;
@@ -530,12 +540,8 @@ void Server::routes() {
               {"box", base64_encode(boxed)}});
      }));
 
-  on("POST", "/api/v1/users", wrap([&store, &opt, challenge_answer](Req req, Res res) {
-       json body = parse_json_object(req.body, opt.max_json_bytes, "request body");
-       std::string username = string_field(body, "username", "user");
-       std::string key = string_field(body, "public_key", "user");
-       check(detail::check_username(username), "username '" + username + "'");
-       check(detail::check_public_key(key), "public_key");
+  on("POST", "/api/v1/users", wrap([&store, registration, challenge_answer](Req req, Res res) {
+       const auto [body, username, key] = registration(req);
        if (!body.contains("answer") || !body.contains("expires")) {
          fail(400, "bad_request",
               "registration proves you hold the secret key of public_key: POST /api/v1/users/challenge first, "
