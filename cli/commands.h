@@ -20,6 +20,7 @@ void add_worker(CLI::App& app);
 void add_coordinator(CLI::App& app);
 void add_demo(CLI::App& app);
 void add_hub(CLI::App& app);
+void add_tls(CLI::App& app);
 void add_user(CLI::App& app);
 void add_model(CLI::App& app);
 void add_pod(CLI::App& app);

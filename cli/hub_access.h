@@ -20,6 +20,7 @@
 
 #include "commands.h"
 #include "fedpod/common/config_util.h"
+#include "fedpod/common/hub_url.h"
 #include "fedpod/coordinator/job_spec.h"
 #include "fedpod/hub/client.h"
 
@@ -27,6 +28,7 @@ namespace fedpod::cli {
 
 struct HubAccess {
   std::string hub;
+  std::string hub_ca;
   std::string token;
   bool json = false;
 };
@@ -43,24 +45,27 @@ inline std::filesystem::path config_path() {
 inline void resolve(HubAccess& a) {
   if (a.hub.empty() && std::getenv("FEDPOD_HUB")) a.hub = std::getenv("FEDPOD_HUB");
   if (a.token.empty() && std::getenv("FEDPOD_TOKEN")) a.token = std::getenv("FEDPOD_TOKEN");
+  if (a.hub_ca.empty() && std::getenv("FEDPOD_HUB_CA")) a.hub_ca = std::getenv("FEDPOD_HUB_CA");
   const std::filesystem::path cfg = config_path();
-  if ((a.hub.empty() || a.token.empty()) && std::filesystem::exists(cfg)) {
+  if ((a.hub.empty() || a.token.empty() || a.hub_ca.empty()) && std::filesystem::exists(cfg)) {
     YAML::Node root = load_yaml_file(cfg.string());
-    check_keys(root, {"hub", "token"}, cfg.string());
+    check_keys(root, {"hub", "token", "hub_ca"}, cfg.string());
     if (a.hub.empty() && root["hub"]) a.hub = root["hub"].as<std::string>();
     if (a.token.empty() && root["token"]) a.token = root["token"].as<std::string>();
+    if (a.hub_ca.empty() && root["hub_ca"]) a.hub_ca = root["hub_ca"].as<std::string>();
   }
   if (a.hub.empty()) {
     throw ConfigError(
-        "no hub given: use --hub http://HOST:PORT, set FEDPOD_HUB, or run `fedpod user register "
+        "no hub given: use --hub https://HOST:PORT, set FEDPOD_HUB, or run `fedpod user register "
         "--save`");
   }
 }
 
 inline std::unique_ptr<hub::Client> connect(HubAccess& a) {
   resolve(a);
-  coordinator::HubAddress addr = coordinator::parse_hub_url(a.hub, "hub");
-  return std::make_unique<hub::Client>(addr.host, addr.port, a.token);
+  HubUrl url = parse_hub_url(a.hub, "hub");
+  url.ca_file = a.hub_ca;
+  return std::make_unique<hub::Client>(url, a.token);
 }
 
 inline void require_token(const HubAccess& a) {
@@ -109,7 +114,10 @@ inline ModelName parse_model(const std::string& text) {
 }
 
 inline void add_access_options(CLI::App* cmd, HubAccess& a, bool json = true) {
-  cmd->add_option("--hub", a.hub, "hub URL, http://HOST:PORT (env FEDPOD_HUB)");
+  cmd->add_option("--hub", a.hub, "hub URL, https://HOST:PORT (env FEDPOD_HUB); http:// only on loopback");
+  cmd->add_option("--hub-ca", a.hub_ca,
+                  "PEM CA file the hub's certificate is verified against (env FEDPOD_HUB_CA; default: the system "
+                  "store)");
   cmd->add_option("--token", a.token, "API token (env FEDPOD_TOKEN)");
   if (json) cmd->add_flag("--json", a.json, "print JSON instead of a table");
 }

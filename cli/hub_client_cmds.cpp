@@ -4,9 +4,14 @@
 // Where the hub is and who you are: see hub_access.h (--hub / --token, else
 // FEDPOD_HUB / FEDPOD_TOKEN, else ~/.config/fedpod/config.yaml). Output is a table
 // for people, JSON with --json.
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -78,6 +83,7 @@ void add_user(CLI::App& app) {
       {
         std::ofstream out(tmp);
         out << "hub: " << a->access.hub << "\ntoken: " << *token << "\n";
+        if (!a->access.hub_ca.empty()) out << "hub_ca: " << fs::absolute(a->access.hub_ca).string() << "\n";
       }
       ::chmod(tmp.c_str(), 0600);
       fs::rename(tmp, cfg);
@@ -239,6 +245,40 @@ void add_pod(CLI::App& app) {
     std::cout << (r->access.json ? nlohmann::json{{"name", r->name}, {"address", r->address}}.dump(2)
                                  : "registered pod " + r->name + " at " + r->address)
               << "\n";
+  });
+
+  struct TokenArgs {
+    HubAccess access;
+    std::string name, out;
+  };
+  auto t = std::make_shared<TokenArgs>();
+  auto* tok = pod->add_subcommand(
+      "token",
+      "Create (or rotate) the pod's own read-only token: it reads this pod's policy and nothing else. Put it in "
+      "pod.yaml's policy.token_file; your own token never goes on the pod. Running this again revokes the old one");
+  tok->add_option("name", t->name, "pod name")->required();
+  tok->add_option("-o,--out", t->out, "write the token to this file (mode 0600) instead of printing it");
+  add_access_options(tok, t->access, /*json=*/false);
+  tok->callback([t] {
+    auto client = connect(t->access);
+    require_token(t->access);
+    auto token = client->create_pod_token(t->name);
+    check(token.status(), "pod token");
+    if (t->out.empty()) {
+      std::cout << *token << "\n";
+      return;
+    }
+    const std::string tmp = t->out + ".tmp";
+    ::unlink(tmp.c_str());
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 || ::write(fd, token->data(), token->size()) != static_cast<ssize_t>(token->size()) || ::fsync(fd) != 0 ||
+        ::close(fd) != 0 || std::rename(tmp.c_str(), t->out.c_str()) != 0) {
+      if (fd >= 0) ::unlink(tmp.c_str());
+      throw ConfigError("pod token: cannot write " + t->out + ": " + std::strerror(errno) +
+                        " (the old token is revoked; run again to get a new one)");
+    }
+    std::cout << "wrote the token of pod " << t->name << " to " << t->out
+              << " (pod.yaml: policy.token_file; any earlier token of this pod no longer works)\n";
   });
 
   auto la = std::make_shared<HubAccess>();

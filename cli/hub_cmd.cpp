@@ -12,6 +12,8 @@
 #include "hub_access.h"
 #include "fedpod/common/signing.h"
 #include "fedpod/common/config_util.h"
+#include "fedpod/common/hub_url.h"
+#include "fedpod/hub/tls.h"
 #include "fedpod/common/log.h"
 #include "fedpod/hub/server.h"
 
@@ -26,6 +28,8 @@ struct HubArgs {
   std::string listen = "127.0.0.1:8470";
   std::string port_file;
   std::string log_level = "info";
+  std::string tls_cert, tls_key;
+  bool insecure_plaintext = false;
 };
 
 void serve(const HubArgs& args) {
@@ -42,6 +46,20 @@ void serve(const HubArgs& args) {
       throw std::out_of_range("");
   } catch (const std::exception&) {
     throw ConfigError("--listen: bad port in '" + args.listen + "'");
+  }
+  opt.tls_cert_file = args.tls_cert;
+  opt.tls_key_file = args.tls_key;
+  if (args.tls_cert.empty() != args.tls_key.empty()) throw ConfigError("--tls-cert and --tls-key go together");
+  const bool plain = args.tls_cert.empty();
+  if (plain && !is_loopback_host(opt.host)) {
+    if (!args.insecure_plaintext) {
+      throw ConfigError("--listen " + args.listen + ": serving plain HTTP beyond loopback would send every bearer "
+                        "token and policy readable and rewritable over the network. Give --tls-cert and --tls-key "
+                        "(`fedpod tls dev-ca --out tls --name HOST` makes a development pair), or add "
+                        "--insecure-plaintext to accept the risk (behind a TLS-terminating proxy, say)");
+    }
+    std::cerr << "fedpod hub: WARNING: --insecure-plaintext: serving plain HTTP on " << args.listen
+              << "; tokens and policies cross the network in clear\n";
   }
   // SIGINT/SIGTERM set a flag that a watcher thread turns into server.stop()
   // (stop() is not async-signal-safe, so the handler cannot call it).
@@ -85,6 +103,10 @@ void add_hub(CLI::App& app) {
   cmd->add_option("--listen", args->listen, "HOST:PORT to listen on (port 0 picks a free one)")
       ->capture_default_str();
   cmd->add_option("--port-file", args->port_file, "write the bound port here once listening");
+  cmd->add_option("--tls-cert", args->tls_cert, "PEM certificate (chain) to serve HTTPS with (`fedpod tls dev-ca`)");
+  cmd->add_option("--tls-key", args->tls_key, "PEM private key of --tls-cert");
+  cmd->add_flag("--insecure-plaintext", args->insecure_plaintext,
+                "serve plain HTTP on a non-loopback address (tokens cross the network in clear)");
   cmd->add_option("--log-level", args->log_level, "debug | info | warn | error")
       ->capture_default_str();
   cmd->callback([args] { serve(*args); });
@@ -112,6 +134,38 @@ void add_hub(CLI::App& app) {
     auto key = client->get_signing_key();
     check(key.status(), "hub signing-key");
     std::cout << *key << "\n";
+  });
+}
+
+void add_tls(CLI::App& app) {
+  auto* tls = app.add_subcommand("tls", "TLS for the hub: a development CA and certificate");
+  tls->require_subcommand(1);
+  struct Args {
+    std::string out = "tls";
+    std::vector<std::string> names;
+    int days = 365;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = tls->add_subcommand(
+      "dev-ca",
+      "Make a local CA (DIR/ca.crt, ca.key; reused when present) and a hub certificate from it (DIR/hub.crt, "
+      "hub.key) for the given names. Serve with `fedpod hub serve --tls-cert DIR/hub.crt --tls-key DIR/hub.key`; "
+      "give clients DIR/ca.crt (--hub-ca, FEDPOD_HUB_CA, job.yaml hub_ca:, pod.yaml policy.hub_ca:)");
+  cmd->add_option("--out", args->out, "directory for the four files")->capture_default_str();
+  cmd->add_option("--name", args->names,
+                  "a DNS name or IP address clients reach the hub by (repeatable; default: localhost, 127.0.0.1, ::1)");
+  cmd->add_option("--days", args->days, "validity of the hub certificate, days")->capture_default_str();
+  cmd->callback([args] {
+    std::vector<std::string> names = args->names;
+    if (names.empty()) names = {"localhost", "127.0.0.1", "::1"};
+    auto r = hub::make_dev_ca(args->out, names, args->days);
+    if (!r.ok()) throw ConfigError(r.status().message());
+    std::cout << (r->created_ca ? "created CA " : "reused CA ") << r->ca_cert << " (key " << r->ca_key
+              << ", keep it private)\n"
+              << "issued " << r->cert << " and " << r->key << " for";
+    for (const auto& n : names) std::cout << " " << n;
+    std::cout << "\n\n  fedpod hub serve --tls-cert " << r->cert << " --tls-key " << r->key << " ...\n"
+              << "  export FEDPOD_HUB_CA=" << r->ca_cert << "   # for the CLI, coordinator and pods\n";
   });
 }
 

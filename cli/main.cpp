@@ -1,6 +1,7 @@
 // fedpod: one binary, every subcommand. Parsing and wiring only.
 #include <CLI/CLI.hpp>
 
+#include <csignal>
 #include <iostream>
 
 #include "commands.h"
@@ -13,6 +14,9 @@ int main(int argc, char** argv) {
   // command for people, so not in --help.
   if (argc > 1 && std::string(argv[1]) == "runner") return fedpod::worker::runner_main(argc - 2, argv + 2);
   fedpod::tune_malloc_for_large_messages();  // before any thread starts
+  // A peer that closes a TLS connection mid-write (OpenSSL writes with write(2)) must
+  // fail that one exchange, not kill the hub, a pod or a CLI call with SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"fedpod: federated learning across data pods.\n"
                "Pods keep their data; a coordinator trains a model across them."};
   app.require_subcommand(1);
@@ -23,6 +27,7 @@ int main(int argc, char** argv) {
   fedpod::cli::add_coordinator(app);
   fedpod::cli::add_demo(app);
   fedpod::cli::add_hub(app);
+  fedpod::cli::add_tls(app);
   fedpod::cli::add_user(app);
   fedpod::cli::add_model(app);
   fedpod::cli::add_pod(app);

@@ -322,13 +322,14 @@ struct Coordinator::Impl {
     const auto& m = spec.model;
     const std::string what = "model '" + m.username + "/" + m.ref + "' " +
                              (m.version ? "version " + std::to_string(m.version) : std::string("(latest version)"));
-    HubAddress addr;
+    HubUrl addr;
     try {
       addr = parse_hub_url(spec.hub_url, "hub");
     } catch (const ConfigError& e) {
       return Status::invalid(e.what());
     }
-    hub::Client client(addr.host, addr.port, spec.hub_token);
+    addr.ca_file = spec.hub_ca;
+    hub::Client client(addr, spec.hub_token);
     auto v = client.resolve(m.username, m.ref, m.version);
     if (!v.ok()) {
       return Status(v.status().code(), what + " cannot be resolved on the hub " + spec.hub_url + ": " +
@@ -421,8 +422,14 @@ struct Coordinator::Impl {
                                "file) or set hub: so it is looked up");
       }
       if (!client) {
-        HubAddress addr = parse_hub_url(spec.hub_url, "hub");
-        client = std::make_unique<hub::Client>(addr.host, addr.port, spec.hub_token);
+        HubUrl addr;
+        try {
+          addr = parse_hub_url(spec.hub_url, "hub");
+        } catch (const ConfigError& e) {
+          return Status::invalid(e.what());
+        }
+        addr.ca_file = spec.hub_ca;
+        client = std::make_unique<hub::Client>(addr, spec.hub_token);
       }
       auto info = client->get_pod(p.name);
       if (!info.ok()) {

@@ -39,30 +39,6 @@ T get(const YAML::Node& n, const std::string& where) {
 
 }  // namespace
 
-HubAddress parse_hub_url(const std::string& url, const std::string& where) {
-  std::string rest = url;
-  if (rest.rfind("https://", 0) == 0) throw ConfigError(where + ": '" + url + "': https is not supported yet, use http://");
-  if (rest.rfind("http://", 0) == 0) rest = rest.substr(7);
-  while (!rest.empty() && rest.back() == '/') rest.pop_back();
-  if (rest.empty() || rest.find('/') != std::string::npos) {
-    throw ConfigError(where + ": '" + url + "' is not a hub address (http://host:port)");
-  }
-  HubAddress a;
-  auto colon = rest.rfind(':');
-  if (colon == std::string::npos) {
-    a.host = rest;
-    return a;
-  }
-  a.host = rest.substr(0, colon);
-  const std::string port = rest.substr(colon + 1);
-  if (a.host.empty() || port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-      std::stoi(port) < 1 || std::stoi(port) > 65535) {
-    throw ConfigError(where + ": '" + url + "' is not a hub address (http://host:port)");
-  }
-  a.port = std::stoi(port);
-  return a;
-}
-
 void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const std::string&)) {
   if (s.job_id.empty()) {
     s.job_id = generated_job_id();
@@ -88,10 +64,10 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
   if (!s.model.username.empty()) {
     if (s.hub_url.empty()) {
       throw ConfigError(where + ": model.username: the custom model '" + s.model.username + "/" + s.model.ref +
-                        "' is resolved through the model hub: set hub: http://host:port in the job (or FEDPOD_HUB)");
+                        "' is resolved through the model hub: set hub: https://host:port in the job (or FEDPOD_HUB)");
     }
-    parse_hub_url(s.hub_url, where + ": hub");
   }
+  if (!s.hub_url.empty()) parse_hub_url(s.hub_url, where + ": hub");
   if (s.datastructure.target.empty()) throw ConfigError(where + ": datastructure.target: required");
   {
     auto& ds = s.datastructure;
@@ -119,7 +95,6 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
                         "' has no address: give one, or set hub: so pod names resolve through the hub");
     }
     if (!names.insert(p.name).second) throw ConfigError(where + ": pods: '" + p.name + "' is listed twice");
-    if (p.address.empty()) parse_hub_url(s.hub_url, where + ": hub");
     if (!p.public_key.empty() && !protocol::is_z85_key(p.public_key)) {
       throw ConfigError(where + ": pods: '" + p.name + "': public_key must be 40 Z85 characters (the pod's .pub file)");
     }
@@ -164,7 +139,7 @@ namespace {
 // The body of load_job_spec and parse_job_spec: `w` names the source in errors;
 // relative key_file and public_key_file paths resolve against `base`.
 JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const fs::path& base) {
-  check_keys(root, {"job_id", "model", "datastructure", "pods", "rounds", "local_epochs", "local_steps",
+  check_keys(root, {"job_id", "model", "datastructure", "pods", "hub_ca", "rounds", "local_epochs", "local_steps",
                     "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "strategy", "aggregation_order",
                     "seed", "output_dir", "hub", "hub_token", "key_file", "metrics_listen",
                     "sandbox"},
@@ -185,6 +160,13 @@ JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const f
     s.hub_url = get<std::string>(root["hub"], w + ": hub");
   } else if (const char* env = std::getenv("FEDPOD_HUB")) {
     s.hub_url = env;
+  }
+  if (root["hub_ca"]) {
+    fs::path ca = get<std::string>(root["hub_ca"], w + ": hub_ca");
+    if (ca.is_relative()) ca = base / ca;
+    s.hub_ca = ca.lexically_normal().string();
+  } else if (const char* env = std::getenv("FEDPOD_HUB_CA"); env && *env) {
+    s.hub_ca = env;
   }
   if (root["hub_token"]) {
     s.hub_token = get<std::string>(root["hub_token"], w + ": hub_token");

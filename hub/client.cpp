@@ -7,6 +7,9 @@
 
 #include <fcntl.h>
 #include <httplib.h>
+#include <signal.h>
+
+#include <csignal>
 #include <unistd.h>
 
 #include <cstdio>
@@ -40,6 +43,25 @@ StatusCode code_for_http(int status) {
 
 // The Status of a failed exchange: a transport error, or the server's error body.
 Status error_of(const httplib::Result& r, const std::string& what) {
+  if (!r && r.error() == httplib::Error::SSLServerVerification) {
+    return {StatusCode::kUnavailable,
+            what + ": the hub's TLS certificate is not trusted (not signed by a CA in the system store or the "
+                   "configured CA file, expired, or not naming this host); give the CA with --hub-ca, hub_ca: or "
+                   "FEDPOD_HUB_CA"};
+  }
+  if (!r && r.error() == httplib::Error::SSLConnection) {
+    return {StatusCode::kUnavailable,
+            what + ": TLS handshake with the hub failed (is it serving https? an http:// hub needs an http:// URL; "
+                   "a CA file that cannot be read fails here too)"};
+  }
+  if (!r && r.error() == httplib::Error::Write)
+    return {StatusCode::kUnavailable,
+            what + ": the hub closed the connection while the request was being sent (it refuses a large upload "
+                   "without a valid token, or over its size limit, before reading it: check the token)"};
+  if (!r && r.error() == httplib::Error::Read)
+    return {StatusCode::kUnavailable,
+            what + ": hub unreachable (Read: the connection closed without a reply; a hub that serves https "
+                   "needs an https:// URL)"};
   if (!r)
     return {StatusCode::kUnavailable,
             what + ": hub unreachable (" + httplib::to_string(r.error()) + ")"};
@@ -152,6 +174,23 @@ bool read_whole(const std::string& path, std::string& out) {
 
 Client::Client(const std::string& host, int port, std::string token)
     : http_(std::make_unique<httplib::Client>(host, port)), token_(std::move(token)) {
+  http_->set_connection_timeout(10, 0);
+  http_->set_read_timeout(300, 0);
+  http_->set_write_timeout(300, 0);
+}
+
+Client::Client(const HubUrl& url, std::string token)
+    : http_(std::make_unique<httplib::Client>(url.to_string())), token_(std::move(token)) {
+  if (url.tls) {
+    // OpenSSL writes to the socket with write(2): a hub that closes the connection
+    // mid-request (refusing an upload before reading it) would kill the process with
+    // SIGPIPE instead of failing the call. Ignore it unless the program chose a handler.
+    struct sigaction old {};
+    if (::sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) std::signal(SIGPIPE, SIG_IGN);
+    // Verification is httplib's default; said here so that no later edit loses it.
+    http_->enable_server_certificate_verification(true);
+    if (!url.ca_file.empty()) http_->set_ca_cert_path(url.ca_file);
+  }
   http_->set_connection_timeout(10, 0);
   http_->set_read_timeout(300, 0);
   http_->set_write_timeout(300, 0);
@@ -469,6 +508,16 @@ StatusOr<std::string> Client::get_signing_key() {
 StatusOr<nlohmann::json> Client::get_pod_policy(const std::string& pod) {
   return json_reply(http_->Get(("/api/v1/pods/" + pod + "/policy").c_str(), auth(token_)), 200,
                     "get the policy of pod " + pod);
+}
+
+StatusOr<std::string> Client::create_pod_token(const std::string& pod) {
+  auto j = json_reply(http_->Post(("/api/v1/pods/" + pod + "/token").c_str(), auth(token_), "", "application/json"),
+                      201, "create a token for pod " + pod);
+  if (!j.ok()) return j.status();
+  if (!j->contains("token") || !(*j)["token"].is_string()) {
+    return Status::internal("create a token for pod " + pod + ": the hub's reply has no token");
+  }
+  return (*j)["token"].get<std::string>();
 }
 
 }  // namespace fedpod::hub

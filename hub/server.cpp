@@ -3,7 +3,13 @@
 #include <httplib.h>
 #include <prometheus/text_serializer.h>
 
+#include <signal.h>
+
+#include <cerrno>
+#include <csignal>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -307,7 +313,32 @@ Status Server::start() {
         "event=removed_temp_files count={} dir={}/artifacts reason=\"artifact writes interrupted "
         "by a crash\"",
         store_->removed_temp_files(), options_.data_dir);
-  http_ = std::make_unique<httplib::Server>();
+  if (options_.tls_cert_file.empty() != options_.tls_key_file.empty()) {
+    return Status::invalid("hub: TLS needs both a certificate and a private key file");
+  }
+  if (!options_.tls_cert_file.empty()) {
+    for (const std::string& f : {options_.tls_cert_file, options_.tls_key_file}) {
+      if (std::FILE* fp = std::fopen(f.c_str(), "rb")) {
+        std::fclose(fp);
+      } else {
+        return Status::invalid("hub: cannot read TLS file " + f + ": " + std::strerror(errno));
+      }
+    }
+    auto tls = std::make_unique<httplib::SSLServer>(options_.tls_cert_file.c_str(), options_.tls_key_file.c_str());
+    if (!tls->is_valid()) {
+      return Status::invalid("hub: the TLS certificate " + options_.tls_cert_file + " and key " +
+                             options_.tls_key_file +
+                             " cannot be used (not PEM, or the key does not match the certificate)");
+    }
+    SSL_CTX_set_min_proto_version(tls->ssl_context(), TLS1_2_VERSION);
+    // OpenSSL writes with write(2): a client that hangs up mid-reply would raise
+    // SIGPIPE and end the process. Ignored unless the program installed a handler.
+    struct sigaction old {};
+    if (::sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) std::signal(SIGPIPE, SIG_IGN);
+    http_ = std::move(tls);
+  } else {
+    http_ = std::make_unique<httplib::Server>();
+  }
   // The largest legal push plus room for multipart framing; anything larger is cut
   // off by httplib with a bare 413 before a handler runs.
   http_->set_payload_max_length(options_.max_artifact_bytes + options_.max_source_bytes +
@@ -338,8 +369,9 @@ Status Server::start() {
   if (port_ == 0)
     return Status::invalid("hub: cannot listen on " + options_.host + ":" +
                            std::to_string(options_.port));
-  logger_->info("event=listening host={} port={} data_dir={} metrics=/metrics policy_signing_key={}", options_.host,
-                port_, options_.data_dir, signing_.public_key);
+  logger_->info("event=listening host={} port={} scheme={} data_dir={} metrics=/metrics policy_signing_key={}",
+                options_.host, port_, options_.tls_cert_file.empty() ? "http" : "https", options_.data_dir,
+                signing_.public_key);
   return Status();
 }
 
@@ -382,7 +414,12 @@ void Server::routes() {
     const std::string prefix = "Bearer ";
     if (h.compare(0, prefix.size(), prefix) != 0)
       fail(401, "unauthenticated", "Authorization must be 'Bearer <token>'");
-    auto user = store.user_by_token(h.substr(prefix.size()));
+    const std::string token = h.substr(prefix.size());
+    if (token.rfind(detail::kPodTokenPrefix, 0) == 0) {
+      if (!store.pod_by_token(token)) fail(401, "unauthenticated", "invalid token");
+      fail(403, "forbidden", "a pod token may only read its own pod's policy (GET /api/v1/pods/NAME/policy)");
+    }
+    auto user = store.user_by_token(token);
     if (!user) fail(401, "unauthenticated", "invalid token");
     return user;
   };
@@ -883,6 +920,17 @@ void Server::routes() {
              reply(res, 200, request_json(*out, d.now));
            }));
 
+  // --- A pod's token: read-only, scoped to the pod, for the pod to fetch its policy
+  // with. Creating one replaces the last (rotation); only the owner may. ---
+
+  on("POST", "/api/v1/pods/{pod}/token", wrap([&store, require_caller, find_pod, require_owner](Req req, Res res) {
+       User me = require_caller(req);
+       auto pod = find_pod(req.matches[1]);
+       require_owner(pod, me, "create its token");
+       const std::string token = store.rotate_pod_token(pod);
+       reply(res, 201, {{"pod", pod.name}, {"token", token}, {"scope", "read this pod's policy"}});
+     }));
+
   // --- A pod's policy: what its owner decided, for the pod to enforce. The pod
   // fetches it with its owner's token (or reads it from a file on an air-gapped
   // host), so it is the owner's only. Grants include expired approvals: a pod may
@@ -890,9 +938,24 @@ void Server::routes() {
 
   on("GET", "/api/v1/pods/{pod}/policy",
      wrap([this, &store, require_caller, find_pod, require_owner](Req req, Res res) {
-       User me = require_caller(req);
+       // The pod's own read-only token (what a pod holds), or its owner's.
+       const std::string h = req.get_header_value("Authorization");
+       const std::string bearer = "Bearer ";
+       std::optional<std::string> token_pod;
+       if (h.rfind(bearer + detail::kPodTokenPrefix, 0) == 0) {
+         token_pod = store.pod_by_token(h.substr(bearer.size()));
+         if (!token_pod) fail(401, "unauthenticated", "invalid token (a rotated pod token stops working at once)");
+       }
+       std::optional<User> me;
+       if (!token_pod) me = require_caller(req);  // 401 before anything about the pod is told
        auto pod = find_pod(req.matches[1]);
-       require_owner(pod, me, "read its policy");
+       if (token_pod) {
+         if (*token_pod != pod.name) {
+           fail(403, "forbidden", "this token belongs to pod '" + *token_pod + "' and reads only that pod's policy");
+         }
+       } else {
+         require_owner(pod, *me, "read its policy");
+       }
        // Only the users the pod may admit at its CURVE handshake: its owner and those
        // with a role on it (and holders of a grant, which the pod honours only with a
        // role). Every other hub user stays unknown to the pod.
@@ -982,7 +1045,12 @@ void Server::routes() {
     } else if (!upload && req.has_header("Transfer-Encoding")) {
       return refuse(411, "length_required", "this endpoint takes a body with a Content-Length");
     }
-    if (upload) {
+    // A small push (the whole request under 64 KiB) is read and refused by its handler
+    // like any call, so the client gets the 401 in reply: a client still sending
+    // when the connection closes (TLS above all) would only see a broken pipe.
+    const bool small = req.has_header("Content-Length") &&
+                       std::stoull(req.get_header_value("Content-Length")) <= (64u << 10);
+    if (upload && !small) {
       const std::string h = req.get_header_value("Authorization");
       const std::string prefix = "Bearer ";
       if (h.compare(0, prefix.size(), prefix) != 0) {

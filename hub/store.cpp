@@ -87,6 +87,14 @@ const char* const kMigrations[] = {
     CREATE UNIQUE INDEX access_requests_one_pending
       ON access_requests (user_id, pod_id, version_id) WHERE status = 'pending';
     )sql",
+    // 4: pod tokens: a read-only token per pod, for the pod itself to fetch its
+    //    policy with (its owner's token never sits on the pod). Only the hash is kept.
+    R"sql(
+    CREATE TABLE pod_tokens (
+      pod_id INTEGER PRIMARY KEY REFERENCES pods(id),
+      token_sha256 TEXT NOT NULL UNIQUE,
+      created_at TEXT NOT NULL);
+    )sql",
 };
 
 class SqlError : public std::runtime_error {
@@ -554,6 +562,27 @@ std::vector<Pod> Store::list_pods() {
   std::vector<Pod> out;
   while (s.step()) out.push_back(read_pod(s));
   return out;
+}
+
+std::string Store::rotate_pod_token(const Pod& pod) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string token = std::string(kPodTokenPrefix) + random_token();
+  Stmt(db_,
+       "INSERT INTO pod_tokens (pod_id, token_sha256, created_at) VALUES (?, ?, ?) "
+       "ON CONFLICT (pod_id) DO UPDATE SET token_sha256 = excluded.token_sha256, created_at = excluded.created_at")
+      .bind(1, pod.id)
+      .bind(2, sha256_hex(token))
+      .bind(3, now_utc())
+      .step();
+  return token;
+}
+
+std::optional<std::string> Store::pod_by_token(const std::string& token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt s(db_, "SELECT p.name FROM pod_tokens t JOIN pods p ON p.id = t.pod_id WHERE t.token_sha256 = ?");
+  s.bind(1, sha256_hex(token));
+  if (!s.step()) return std::nullopt;
+  return s.str(0);
 }
 
 std::optional<Pod> Store::find_pod(const std::string& name) {

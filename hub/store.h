@@ -70,6 +70,9 @@ struct Model {
   std::optional<Version> latest;
 };
 
+// Pod tokens start with this; user tokens are 64 hex digits, so the two never mix.
+inline constexpr const char* kPodTokenPrefix = "pod_";
+
 struct Pod {
   std::string name;
   std::string owner;
@@ -197,6 +200,11 @@ class Store {
   Status create_pod(const User& owner, const Pod& pod);
   std::vector<Pod> list_pods();
   std::optional<Pod> find_pod(const std::string& name);
+  // A new read-only token for `pod` (kPodTokenPrefix + 64 hex), replacing the one it
+  // had: the old one stops working at once. Only its sha256 is stored.
+  std::string rotate_pod_token(const Pod& pod);
+  // The name of the pod whose token this is.
+  std::optional<std::string> pod_by_token(const std::string& token);
 
   // Roles. grant_role replaces a user's existing role on the pod. revoke_role
   // returns kNotFound when the user had none.

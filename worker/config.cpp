@@ -215,10 +215,10 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
     c.key_file = resolve_path(root["key_file"].as<std::string>());
     auto pol = root["policy"];
     if (!pol || !pol.IsMap()) {
-      throw ConfigError(where + ": policy: required: `policy: {hub: http://HUB:PORT, token_file: FILE, signing_key: "
+      throw ConfigError(where + ": policy: required: `policy: {hub: https://HUB:PORT, token_file: FILE, signing_key: "
                         "KEY}` or, for an air-gapped pod, `policy: {file: policy.signed.json, signing_key: KEY}`");
     }
-    check_keys(pol, {"hub", "token_file", "refresh", "max_staleness", "cache", "file", "signing_key", "signing_key_file"},
+    check_keys(pol, {"hub", "hub_ca", "token_file", "refresh", "max_staleness", "cache", "file", "signing_key", "signing_key_file"},
                where + ": policy");
     if (pol["signing_key"] && pol["signing_key_file"]) {
       throw ConfigError(where + ": policy: give signing_key or signing_key_file, not both");
@@ -242,32 +242,15 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
     if (pol["hub"] && pol["file"]) throw ConfigError(where + ": policy: give hub or file, not both");
     if (!pol["hub"] && !pol["file"]) throw ConfigError(where + ": policy: needs hub (with token_file) or file");
     if (pol["file"]) {
-      for (const char* k : {"token_file", "refresh", "max_staleness", "cache"}) {
+      for (const char* k : {"token_file", "hub_ca", "refresh", "max_staleness", "cache"}) {
         if (pol[k]) throw ConfigError(where + ": policy." + k + ": only for a policy from the hub");
       }
       c.policy.file = resolve_path(pol["file"].as<std::string>());
     } else {
       c.policy.hub_url = pol["hub"].as<std::string>();
-      {
-        // http://host:port, http://host (port 80) or host:port.
-        std::string rest = c.policy.hub_url;
-        if (rest.rfind("https://", 0) == 0) throw ConfigError(where + ": policy.hub: https is not supported yet");
-        if (rest.rfind("http://", 0) == 0) rest = rest.substr(7);
-        while (!rest.empty() && rest.back() == '/') rest.pop_back();
-        const auto colon = rest.rfind(':');
-        c.policy.hub_host = colon == std::string::npos ? rest : rest.substr(0, colon);
-        if (colon != std::string::npos) {
-          const std::string port = rest.substr(colon + 1);
-          if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-              std::stoi(port) < 1 || std::stoi(port) > 65535) {
-            throw ConfigError(where + ": policy.hub: bad port in '" + c.policy.hub_url + "'");
-          }
-          c.policy.hub_port = std::stoi(port);
-        }
-        if (c.policy.hub_host.empty() || c.policy.hub_host.find('/') != std::string::npos) {
-          throw ConfigError(where + ": policy.hub: expected http://HOST:PORT, got '" + c.policy.hub_url + "'");
-        }
-      }
+      c.policy.hub = parse_hub_url(c.policy.hub_url, where + ": policy.hub");
+      if (pol["hub_ca"]) c.policy.hub.ca_file = resolve_path(pol["hub_ca"].as<std::string>());
+      else if (const char* env = std::getenv("FEDPOD_HUB_CA"); env && *env) c.policy.hub.ca_file = env;
       if (pol["token_file"]) {
         const std::string tf = resolve_path(pol["token_file"].as<std::string>());
         std::ifstream in(tf);
@@ -279,9 +262,10 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
       } else if (const char* env = std::getenv("FEDPOD_TOKEN"); env && *env) {
         c.policy.token = env;
       } else {
-        throw ConfigError(where + ": policy.token_file: required with policy.hub (the pod owner's hub token; or "
-                          "set FEDPOD_TOKEN)");
+        throw ConfigError(where + ": policy.token_file: required with policy.hub (the pod's own token: `fedpod "
+                          "pod token " + c.name + " --out " + c.name + ".token`; or set FEDPOD_TOKEN)");
       }
+      check_pod_token(c.policy.token, c.name, where + ": policy.token_file");
       if (pol["refresh"]) c.policy.refresh = parse_duration(pol["refresh"].as<std::string>(), where + ": policy.refresh");
       if (pol["max_staleness"]) {
         c.policy.max_staleness = parse_duration(pol["max_staleness"].as<std::string>(), where + ": policy.max_staleness");
@@ -302,6 +286,14 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
 }
 
 }  // namespace
+
+void check_pod_token(const std::string& token, const std::string& pod, const std::string& where) {
+  if (token.rfind("pod_", 0) == 0) return;
+  throw ConfigError(where + ": this is not a pod token: a pod reads its policy with its own read-only token, so that "
+                    "whoever reads the pod's files cannot act as its owner on the hub. Make one with `fedpod pod token " +
+                    pod + " --out " + pod + ".token` (as the owner) and use that file; then the owner's token can "
+                    "leave this machine");
+}
 
 SandboxConfig parse_sandbox(const YAML::Node& sb, const std::string& w) {
   SandboxConfig c;

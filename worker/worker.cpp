@@ -1115,9 +1115,10 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
   popts.refresh = config_.policy.refresh;
   popts.max_staleness = config_.policy.max_staleness;
   if (popts.file.empty()) {
-    popts.fetch = [host = config_.policy.hub_host, port = config_.policy.hub_port, token = config_.policy.token,
+    check_pod_token(config_.policy.token, config_.name, "pod " + config_.name + ": policy token");
+    popts.fetch = [hub = config_.policy.hub, token = config_.policy.token,
                    name = config_.name]() -> StatusOr<nlohmann::json> {
-      hub::Client client(host, port, token);
+      hub::Client client(hub, token);
       client.set_timeouts(5, 5);  // a hung hub delays a refresh by 10 s at most (docs/permissions.md)
       return client.get_pod_policy(name);
     };

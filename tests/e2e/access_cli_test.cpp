@@ -39,14 +39,16 @@ class AccessCliTest : public ::testing::Test {
  protected:
   void SetUp() override {
     const std::string port_file = (dir_.path() / "port").string();
+    tls_ = testing::make_hub_tls((dir_.path() / "tls").string());
     hub_ = std::make_unique<testing::Process>(
         std::vector<std::string>{testing::fedpod_bin(), "hub", "serve", "--data-dir",
                                  (dir_.path() / "hub").string(), "--listen", "127.0.0.1:0",
-                                 "--port-file", port_file},
+                                 "--port-file", port_file, "--tls-cert", tls_.cert, "--tls-key", tls_.key},
         (dir_.path() / "hub.log").string());
     const std::string port = testing::wait_for_word(port_file, 60s);
     ASSERT_FALSE(port.empty()) << testing::read_file((dir_.path() / "hub.log").string());
-    url_ = "http://127.0.0.1:" + port;
+    url_ = "https://127.0.0.1:" + port;
+    setenv("FEDPOD_HUB_CA", tls_.ca.c_str(), 1);  // every CLI call verifies the hub's certificate
     setenv("HOME", dir_.path().c_str(), 1);  // no config file from the machine running the test
     unsetenv("XDG_CONFIG_HOME");
     unsetenv("FEDPOD_HUB");
@@ -99,6 +101,7 @@ class AccessCliTest : public ::testing::Test {
   }
 
   testing::TempDir dir_;
+  testing::HubTls tls_;
   std::map<std::string, protocol::CurveKeyPair> keys_;
   std::unique_ptr<testing::Process> hub_;
   std::string url_, alice_, bob_, sha256_;

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <sys/wait.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
@@ -26,13 +27,15 @@ class HubCliTest : public ::testing::Test {
  protected:
   void SetUp() override {
     const std::string port_file = (dir_.path() / "port").string();
+    tls_ = testing::make_hub_tls((dir_.path() / "tls").string());
     hub_ = std::make_unique<testing::Process>(
         std::vector<std::string>{testing::fedpod_bin(), "hub", "serve", "--data-dir", (dir_.path() / "hub").string(),
-                                 "--listen", "127.0.0.1:0", "--port-file", port_file},
+                                 "--listen", "127.0.0.1:0", "--port-file", port_file, "--tls-cert", tls_.cert, "--tls-key", tls_.key},
         (dir_.path() / "hub.log").string());
     const std::string port = testing::wait_for_word(port_file, 60s);
     ASSERT_FALSE(port.empty()) << testing::read_file((dir_.path() / "hub.log").string());
-    url_ = "http://127.0.0.1:" + port;
+    url_ = "https://127.0.0.1:" + port;
+    setenv("FEDPOD_HUB_CA", tls_.ca.c_str(), 1);  // every CLI call verifies the hub's certificate
     // A TorchScript archive is a zip; the hub checks only that shape.
     artifact_ = dir_.write("net.pt", std::string("PK\x03\x04", 4) + std::string(64, 'x') +
                                          std::string("PK\x05\x06", 4) + std::string(18, '\0'));
@@ -67,6 +70,7 @@ class HubCliTest : public ::testing::Test {
   }
 
   testing::TempDir dir_;
+  testing::HubTls tls_;
   std::unique_ptr<testing::Process> hub_;
   std::string url_, artifact_, source_;
 };
@@ -137,10 +141,13 @@ TEST_F(HubCliTest, ErrorsNameTheProblem) {
 }
 
 TEST_F(HubCliTest, SavedConfigAndEnvironment) {
-  auto r = fedpod({"user", "register", "carol", "--key-file", key_file("carol"), "--hub", url_, "--save"});
+  unsetenv("FEDPOD_HUB_CA");  // the CA comes from --hub-ca, then from the saved config
+  auto r = fedpod({"user", "register", "carol", "--key-file", key_file("carol"), "--hub", url_, "--hub-ca", tls_.ca,
+                   "--save"});
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string cfg = (dir_.path() / ".config" / "fedpod" / "config.yaml").string();
   EXPECT_CONTAINS(testing::read_file(cfg), "hub: " + url_);
+  EXPECT_CONTAINS(testing::read_file(cfg), "hub_ca: " + tls_.ca);
   // No --hub, no --token: both come from the saved config.
   auto push = fedpod({"model", "push", "carol/m", "--format", "torchscript", "--artifact", artifact_});
   ASSERT_EQ(push.code, 0) << push.output;
@@ -156,6 +163,84 @@ TEST_F(HubCliTest, SavedConfigAndEnvironment) {
   auto env = fedpod({"pod", "list"});
   EXPECT_EQ(env.code, 1);
   EXPECT_CONTAINS(env.output, "pod list: unavailable");
+}
+
+// A hub on the network is spoken to over TLS, and only a hub whose certificate the
+// client's CA vouches for, for the name the client dialled, is believed: a
+// man in the middle with a certificate of its own (another CA, or the right CA's
+// certificate for another name) gets no request, and so no token.
+TEST_F(HubCliTest, TlsBelievesOnlyTheHubsCertificate) {
+  const std::string token = register_alice();
+  auto ok = fedpod({"model", "list", "--hub", url_, "--token", token});
+  EXPECT_EQ(ok.code, 0) << ok.output;
+
+  // No CA given: the system store does not know the development CA.
+  unsetenv("FEDPOD_HUB_CA");
+  auto no_ca = fedpod({"model", "list", "--hub", url_, "--token", token});
+  EXPECT_EQ(no_ca.code, 1);
+  EXPECT_CONTAINS(no_ca.output, "the hub's TLS certificate is not trusted");
+
+  // An attacker's CA, and an attacker's hub certificate from it for the same names.
+  const auto evil = testing::make_hub_tls((dir_.path() / "evil").string());
+  auto other_ca = fedpod({"model", "list", "--hub", url_, "--token", token, "--hub-ca", evil.ca});
+  EXPECT_EQ(other_ca.code, 1);
+  EXPECT_CONTAINS(other_ca.output, "not trusted");
+  {
+    const std::string port_file = (dir_.path() / "evil-port").string();
+    testing::Process mitm({testing::fedpod_bin(), "hub", "serve", "--data-dir", (dir_.path() / "evil-hub").string(),
+                           "--listen", "127.0.0.1:0", "--port-file", port_file, "--tls-cert", evil.cert, "--tls-key",
+                           evil.key},
+                          (dir_.path() / "evil-hub.log").string());
+    const std::string port = testing::wait_for_word(port_file, 60s);
+    ASSERT_FALSE(port.empty());
+    auto fooled = fedpod({"model", "list", "--hub", "https://127.0.0.1:" + port, "--token", token, "--hub-ca", tls_.ca});
+    EXPECT_EQ(fooled.code, 1);
+    EXPECT_CONTAINS(fooled.output, "not trusted");
+    mitm.kill(SIGTERM);
+    mitm.wait(30s);
+  }
+
+  // The right CA, a certificate for another name: refused for 127.0.0.1.
+  {
+    const std::string other_dir = (dir_.path() / "other-name").string();
+    std::filesystem::create_directories(other_dir);
+    std::filesystem::copy_file(tls_.ca, other_dir + "/ca.crt");
+    std::filesystem::copy_file(dir_.path() / "tls" / "ca.key", other_dir + "/ca.key");
+    auto issued = fedpod({"tls", "dev-ca", "--out", other_dir, "--name", "hub.example.org"});
+    ASSERT_EQ(issued.code, 0) << issued.output;
+    EXPECT_CONTAINS(issued.output, "reused CA");
+    const std::string port_file = (dir_.path() / "named-port").string();
+    testing::Process named({testing::fedpod_bin(), "hub", "serve", "--data-dir", (dir_.path() / "named").string(),
+                            "--listen", "127.0.0.1:0", "--port-file", port_file, "--tls-cert",
+                            other_dir + "/hub.crt", "--tls-key", other_dir + "/hub.key"},
+                           (dir_.path() / "named.log").string());
+    const std::string port = testing::wait_for_word(port_file, 60s);
+    ASSERT_FALSE(port.empty());
+    auto wrong_name = fedpod({"model", "list", "--hub", "https://127.0.0.1:" + port, "--hub-ca", tls_.ca});
+    EXPECT_EQ(wrong_name.code, 1);
+    EXPECT_CONTAINS(wrong_name.output, "not trusted");
+    named.kill(SIGTERM);
+    named.wait(30s);
+  }
+
+  // Plain HTTP: to the TLS hub it gets nowhere; to a hub beyond loopback it is not
+  // even tried without the loudly named override.
+  auto plain = fedpod({"model", "list", "--hub", "http://127.0.0.1:" + url_.substr(url_.rfind(':') + 1)});
+  EXPECT_EQ(plain.code, 1);
+  EXPECT_CONTAINS(plain.output, "needs an https:// URL");
+  auto remote = fedpod({"model", "list", "--hub", "http://192.0.2.1:8470", "--token", token});
+  EXPECT_EQ(remote.code, 2);
+  EXPECT_CONTAINS(remote.output, "plain http:// is refused for a hub that is not on loopback");
+  EXPECT_CONTAINS(remote.output, "FEDPOD_INSECURE_PLAINTEXT_HUB=1");
+
+  // The hub itself refuses to serve plain HTTP beyond loopback unless told loudly.
+  auto serve = fedpod({"hub", "serve", "--data-dir", (dir_.path() / "plain").string(), "--listen", "0.0.0.0:0"});
+  EXPECT_EQ(serve.code, 2);
+  EXPECT_CONTAINS(serve.output, "--insecure-plaintext");
+  auto bad_key = fedpod({"hub", "serve", "--data-dir", (dir_.path() / "plain").string(), "--listen", "127.0.0.1:0",
+                         "--tls-cert", tls_.cert, "--tls-key", evil.key});
+  EXPECT_EQ(bad_key.code, 2);
+  EXPECT_CONTAINS(bad_key.output, "the key does not match the certificate");
 }
 
 }  // namespace

@@ -71,8 +71,9 @@ class AccessTest : public ::testing::Test {
   void SetUp() override {
     hub::ServerOptions opt;
     opt.data_dir = (work_.path() / "hub").string();
-    hub_ = std::make_unique<testing::RunningHub>(opt);
+    hub_ = std::make_unique<testing::RunningHub>(opt, testing::RunningHub::Tls::kOn);
     hub_port_ = hub_->port();
+    hub_ca_ = hub_->ca_file();
     hub_signing_key_ = hub_->signing_key();
     // bob owns pod-a; alice owns the model; the others are modellers.
     for (const char* u : {"bob", "alice", "norole", "general", "genv1", "genexpired", "granted", "super"}) user(u);
@@ -90,6 +91,10 @@ class AccessTest : public ::testing::Test {
     pod_keys_ = protocol::generate_curve_keypair();
     ASSERT_TRUE(protocol::write_key_files((work_.path() / "pod-a").string(), pod_keys_, true).ok());
     ASSERT_TRUE(client("bob").register_pod("pod-a", "tcp://127.0.0.1:1", pod_keys_.public_key, nlohmann::json::object()).ok());
+    // The pod reads its policy with its own read-only token, never bob's.
+    auto pod_token = client("bob").create_pod_token("pod-a");
+    ASSERT_TRUE(pod_token.ok()) << pod_token.status().to_string();
+    pod_token_ = *pod_token;
 
     auto& bob = client("bob");
     for (const char* u : {"general", "genv1", "genexpired", "granted"}) {
@@ -127,10 +132,12 @@ class AccessTest : public ::testing::Test {
     c.devices = {"cpu"};
     c.threads = 1;
     c.key_file = (work_.path() / "pod-a.key").string();
-    c.policy.hub_url = "http://127.0.0.1:" + std::to_string(hub_port_);  // the hub may be down by now
-    c.policy.hub_host = "127.0.0.1";
-    c.policy.hub_port = hub_port_;
-    c.policy.token = tokens_["bob"];
+    // The pod reads its policy over TLS, verifying the hub against its CA. The hub may
+    // be down by now, so the address is the one it had.
+    c.policy.hub_url = "https://127.0.0.1:" + std::to_string(hub_port_);
+    c.policy.hub = parse_hub_url(c.policy.hub_url, "test");
+    c.policy.hub.ca_file = hub_ca_;
+    c.policy.token = pod_token_;
     c.policy.signing_key = hub_signing_key_;
     c.policy.refresh = 100ms;
     c.policy.cache_path = (work_.path() / "state" / "pod-a.policy.json").string();
@@ -152,7 +159,7 @@ class AccessTest : public ::testing::Test {
   void user(const std::string& name) {
     auto keys = protocol::generate_curve_keypair();
     ASSERT_TRUE(protocol::write_key_files((work_.path() / name).string(), keys, true).ok());
-    hub::Client c("127.0.0.1", hub_->port());
+    hub::Client c(hub_->hub_url());
     auto token = c.register_user(name, keys.public_key, keys.secret_key);
     ASSERT_TRUE(token.ok()) << token.status().to_string();
     tokens_[name] = *token;
@@ -160,7 +167,7 @@ class AccessTest : public ::testing::Test {
   }
   hub::Client& client(const std::string& name) {
     auto& c = clients_[name];
-    if (!c) c = std::make_unique<hub::Client>("127.0.0.1", hub_->port(), tokens_[name]);
+    if (!c) c = std::make_unique<hub::Client>(hub_->hub_url(), tokens_[name]);
     return *c;
   }
   // `who` requests alice/net:`version` on pod-a and bob approves; returns the request id.
@@ -191,6 +198,7 @@ class AccessTest : public ::testing::Test {
       spec.model.ref = "logreg";
     }
     spec.hub_url = hub_->url();
+    spec.hub_ca = hub_->ca_file();
     if (!who.empty()) {
       spec.key_file = (work_.path() / (who + ".key")).string();
       spec.hub_token = tokens_.count(who) ? tokens_[who] : "";
@@ -229,6 +237,8 @@ class AccessTest : public ::testing::Test {
   testing::TempDir work_;
   std::unique_ptr<testing::RunningHub> hub_;
   int hub_port_ = 0;
+  std::string hub_ca_;
+  std::string pod_token_;
   std::string hub_signing_key_;  // what the pod pins
   std::map<std::string, std::string> tokens_;
   std::map<std::string, protocol::CurveKeyPair> keys_;

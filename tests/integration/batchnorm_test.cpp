@@ -38,8 +38,8 @@ class BatchNormTest : public ::testing::Test {
   void SetUp() override {
     hub::ServerOptions opt;
     opt.data_dir = (dir_.path() / "hub").string();
-    hub_ = std::make_unique<testing::RunningHub>(opt);
-    hub::Client c("127.0.0.1", hub_->port());
+    hub_ = std::make_unique<testing::RunningHub>(opt, testing::RunningHub::Tls::kOn);
+    hub::Client c(hub_->hub_url());
     auto token = c.register_user("alice", id_.modeller.public_key, id_.modeller.secret_key);
     ASSERT_TRUE(token.ok()) << token.status().to_string();
     token_ = *token;
@@ -91,7 +91,7 @@ class BatchNormTest : public ::testing::Test {
 TEST_F(BatchNormTest, TorchScriptModelMatchesPyTorchFedAvgAndModelPtLoadsStrictly) {
   const std::string pt = (dir_.path() / "bn_net.pt").string();
   ASSERT_EQ(std::system(("/usr/bin/python3 " + script_ + " script --seed 0 --out " + pt).c_str()), 0);
-  hub::Client c("127.0.0.1", hub_->port(), token_);
+  hub::Client c(hub_->hub_url(), token_);
   auto v = c.push_model("alice", "bn-net", "torchscript", "batch-norm digits net", "", pt, {script_});
   ASSERT_TRUE(v.ok()) << v.status().to_string();
   ASSERT_NO_FATAL_FAILURE(testing::start_digits_pods(dir_, id_, {"pod-a", "pod-b", "pod-c"}, spec_, procs_,
@@ -101,6 +101,7 @@ TEST_F(BatchNormTest, TorchScriptModelMatchesPyTorchFedAvgAndModelPtLoadsStrictl
   spec_.model.hyperparameters = Hyperparameters(nlohmann::json{{"optimizer", "sgd"}, {"lr", 0.1}});
   spec_.hub_token = token_;
   spec_.hub_url = hub_->url();
+    spec_.hub_ca = hub_->ca_file();
   std::ostringstream progress;
   auto result = run(progress);
   ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << progress.str();

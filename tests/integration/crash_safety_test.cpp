@@ -615,7 +615,9 @@ class PodCrash {
     check(bob.register_pod("pod-a", "tcp://127.0.0.1:1", pod_keys_.public_key, json::object()));
     auto g = bob.grant_role("pod-a", "granted", "general-modeller");
     if (!g.ok()) throw std::runtime_error(g.status().to_string());
-    const std::string token_file = dir_.write("bob.token", tokens_["bob"] + "\n");
+    auto pod_token = bob.create_pod_token("pod-a");  // the pod's own, not bob's
+    if (!pod_token.ok()) throw std::runtime_error(pod_token.status().to_string());
+    const std::string token_file = dir_.write("pod-a.token", *pod_token + "\n");
     // The policy is fetched every 50 ms, so kills also land in its cache writes.
     config_ = dir_.write(
         "pod-a.yaml",

@@ -49,8 +49,8 @@ class CustomModelTest : public ::testing::Test {
   void SetUp() override {
     hub::ServerOptions opt;
     opt.data_dir = (dir_.path() / "hub").string();
-    hub_ = std::make_unique<RunningHub>(opt);
-    hub::Client c("127.0.0.1", hub_->port());
+    hub_ = std::make_unique<RunningHub>(opt, RunningHub::Tls::kOn);
+    hub::Client c(hub_->hub_url());
     auto token = c.register_user("alice", id_.modeller.public_key, id_.modeller.secret_key);
     ASSERT_TRUE(token.ok()) << token.status().to_string();
     token_ = *token;
@@ -63,6 +63,7 @@ class CustomModelTest : public ::testing::Test {
     spec_.round_timeout = 60s;
     spec_.connect_timeout = 20s;
     spec_.hub_url = hub_->url();
+    spec_.hub_ca = hub_->ca_file();
     spec_.output_dir = (dir_.path() / "out").string();
     spec_.key_file = id_.modeller_key_file;
     // As `fedpod coordinator run`: the custom model is built in a runner, not here.
@@ -83,7 +84,7 @@ class CustomModelTest : public ::testing::Test {
   hub::VersionInfo push(const std::string& ref, const std::string& format,
                         const std::string& artifact, const std::string& source,
                         const std::string& visibility = "") {
-    hub::Client c("127.0.0.1", hub_->port(), token_);
+    hub::Client c(hub_->hub_url(), token_);
     auto v = c.push_model("alice", ref, format, "test model", visibility, artifact, {source});
     EXPECT_TRUE(v.ok()) << v.status().to_string();
     return v.ok() ? *v : hub::VersionInfo{};
@@ -209,7 +210,7 @@ TEST_F(CustomModelTest, FitResolvesModelAndPodNamesThroughTheHub) {
   const std::string pt = script_digits_net();
   push("digits-net", "torchscript", pt, testing::source_dir() + "/examples/torchscript_model/digits_net.py");
   start_pods({"pod-a", "pod-b"});
-  hub::Client c("127.0.0.1", hub_->port(), token_);
+  hub::Client c(hub_->hub_url(), token_);
   for (const auto& p : spec_.pods) {
     ASSERT_TRUE(c.register_pod(p.name, p.address, id_.pod_public_key(p.name), nlohmann::json::object()).ok());
   }

@@ -495,6 +495,52 @@ TEST_F(HubAccessTest, PolicyIsTheOwnersAndListsEveryUsersKey) {
   EXPECT_EQ((*p)["grants"], json::array());
 }
 
+// A pod holds a token that reads its own policy and does nothing else: whoever steals
+// it from the pod's disk cannot grant roles, approve requests, push models, read
+// another pod's policy or mint tokens; rotating it cuts the stolen copy off.
+TEST_F(HubAccessTest, PodTokenReadsOnlyItsOwnPolicy) {
+  // Only the owner makes one.
+  for (const std::string& token : {alice_, carol_}) {
+    auto t = client(token).create_pod_token("pod-a");
+    EXPECT_EQ(t.status().code(), StatusCode::kPermissionDenied);
+    EXPECT_CONTAINS(t.status().message(), "only the owner of pod 'pod-a' (bob) may create its token");
+  }
+  auto made = client(bob_).create_pod_token("pod-a");
+  ASSERT_TRUE(made.ok()) << made.status().to_string();
+  const std::string pod_token = *made;
+  EXPECT_EQ(pod_token.rfind("pod_", 0), 0u);
+  EXPECT_NE(pod_token, bob_);
+
+  auto doc = client(pod_token).get_pod_policy("pod-a");
+  ASSERT_TRUE(doc.ok()) << doc.status().to_string();
+  EXPECT_TRUE(worker::verify_signed_policy(*doc, hub_->signing_key(), "pod-a", "policy").ok());
+
+  // Everything else is refused.
+  auto other = client(pod_token).get_pod_policy("pod-b");
+  EXPECT_EQ(other.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_CONTAINS(other.status().message(), "this token belongs to pod 'pod-a'");
+  auto role = client(pod_token).grant_role("pod-a", "dave", "super-modeller");
+  EXPECT_EQ(role.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_CONTAINS(role.status().message(), "a pod token may only read its own pod's policy");
+  EXPECT_EQ(client(pod_token).create_pod_token("pod-a").status().code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(client(pod_token).list_access_requests("", "").status().code(), StatusCode::kPermissionDenied);
+  std::string art = dir_.write("push/evil.pt", zip_bytes("evil"));
+  EXPECT_EQ(client(pod_token).push_model("bob", "evil", "torchscript", "", "", art, {}).status().code(),
+            StatusCode::kPermissionDenied);  // 401 before the body is read: not a user's token
+  EXPECT_TRUE(client(bob_).list_roles("pod-a")->empty());
+
+  // Rotation: the old token stops at once, the new one works.
+  auto rotated = client(bob_).create_pod_token("pod-a");
+  ASSERT_TRUE(rotated.ok());
+  EXPECT_NE(*rotated, pod_token);
+  auto stale = client(pod_token).get_pod_policy("pod-a");
+  EXPECT_EQ(stale.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_CONTAINS(stale.status().message(), "invalid token");
+  EXPECT_TRUE(client(*rotated).get_pod_policy("pod-a").ok());
+  // Nor does a forged one in the pod-token shape.
+  EXPECT_CONTAINS(client("pod_" + std::string(64, 'a')).get_pod_policy("pod-a").status().message(), "invalid token");
+}
+
 TEST_F(HubAccessTest, ListsFilterByPodAndStatusAndHideOthersRequests) {
   AccessRequestInfo a1 = request("pod-a", 1);
   AccessRequestInfo a2 = request("pod-a", 2);

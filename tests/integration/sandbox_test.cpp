@@ -106,14 +106,15 @@ class SandboxTest : public ::testing::Test {
   void SetUp() override {
     hub::ServerOptions opt;
     opt.data_dir = (dir_.path() / "hub").string();
-    hub_ = std::make_unique<testing::RunningHub>(opt);
-    hub::Client c("127.0.0.1", hub_->port());
+    hub_ = std::make_unique<testing::RunningHub>(opt, testing::RunningHub::Tls::kOn);
+    hub::Client c(hub_->hub_url());
     auto token = c.register_user("alice", id_.modeller.public_key, id_.modeller.secret_key);
     ASSERT_TRUE(token.ok()) << token.status().to_string();
     token_ = *token;
     spec_ = testing::digits_job_spec("sandbox", (dir_.path() / "out").string(), id_.modeller_key_file);
     spec_.model.username = "alice";
     spec_.hub_url = hub_->url();
+    spec_.hub_ca = hub_->ca_file();
     spec_.hub_token = token_;
     spec_.rounds = 1;
     spec_.eval_every = 0;
@@ -128,7 +129,7 @@ class SandboxTest : public ::testing::Test {
   void push(const std::string& ref, const std::string& bytes) {
     const std::string path = (dir_.path() / (ref + ".so")).string();
     std::ofstream(path, std::ios::binary) << bytes;
-    hub::Client c("127.0.0.1", hub_->port(), token_);
+    hub::Client c(hub_->hub_url(), token_);
     auto v = c.push_model("alice", ref, "plugin", "hostile", "", path,
                           {testing::source_dir() + "/tests/integration/hostile_models/hostile_plugin.cpp"});
     ASSERT_TRUE(v.ok()) << v.status().to_string();

@@ -53,6 +53,14 @@ std::string fedpod_bin() {
   return b;
 }
 
+HubTls make_hub_tls(const std::string& dir) {
+  const std::string log = dir + ".dev-ca.log";
+  Process p({fedpod_bin(), "tls", "dev-ca", "--out", dir}, log);
+  const int status = p.wait(std::chrono::seconds(60));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << read_file(log);
+  return {dir + "/ca.crt", dir + "/hub.crt", dir + "/hub.key"};
+}
+
 std::string config_error(const std::function<void()>& f) {
   try {
     f();

@@ -40,6 +40,14 @@ namespace fedpod::testing {
 // The fedpod binary under test (FEDPOD_BIN, set by ctest).
 std::string fedpod_bin();
 
+// `fedpod tls dev-ca --out DIR` for localhost, 127.0.0.1 and ::1: DIR/ca.crt (what
+// clients verify with), DIR/hub.crt and DIR/hub.key (what `hub serve` presents).
+// Fails the current test when the command fails.
+struct HubTls {
+  std::string ca, cert, key;
+};
+HubTls make_hub_tls(const std::string& dir);
+
 // Child processes: fedpod::Process (common/process.h).
 using fedpod::Process;
 

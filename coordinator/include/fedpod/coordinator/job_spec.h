@@ -10,7 +10,11 @@
 //   #   model_ref: digits-net        # (or ref:)
 //   #   model_version: 3             # (or version:) default 0: the latest
 //   #   hyperparameters: {lr: 0.01}
-//   hub: http://127.0.0.1:8080       # needed for a custom model; default: env FEDPOD_HUB
+//   hub: https://hub.example:8470    # needed for a custom model; default: env FEDPOD_HUB.
+//                                    # http:// only on loopback (fedpod/common/hub_url.h)
+//   hub_ca: ca.crt                   # PEM CA bundle the hub's certificate is checked
+//                                    # against; default: env FEDPOD_HUB_CA, else the
+//                                    # system store. Relative to this file
 //   hub_token: ...                   # optional (private models); default: env FEDPOD_TOKEN
 //   datastructure:
 //     target: label
@@ -75,6 +79,7 @@
 #include <vector>
 
 #include "fedpod/common/config_util.h"
+#include "fedpod/common/hub_url.h"
 #include "fedpod/data/schema.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/worker/config.h"
@@ -98,7 +103,8 @@ struct JobSpec {
   std::string job_id;
   bool job_id_generated = false;  // job_id was not given; a resumed job takes the checkpoint's
   ModelSpec model;
-  std::string hub_url;    // "http://host:port"; required when model.username is set
+  std::string hub_url;    // "https://host:port"; required when model.username is set
+  std::string hub_ca;     // CA file for the hub's certificate; empty: the system store
   std::string hub_token;  // bearer token for the hub; may be empty
   std::string key_file;   // the modeller's CURVE key pair; empty: connect without CURVE
   data::Datastructure datastructure;
@@ -131,15 +137,6 @@ struct JobSpec {
   std::vector<std::string> runner_command;
   worker::SandboxConfig sandbox;
 };
-
-struct HubAddress {
-  std::string host;
-  int port = 80;
-};
-
-// Parses "http://host:port", "http://host" (port 80) or "host:port". Throws
-// ConfigError naming `where` for anything else (https is not supported yet).
-HubAddress parse_hub_url(const std::string& url, const std::string& where);
 
 // Reads and validates a job file. Throws ConfigError naming the file and key.
 JobSpec load_job_spec(const std::string& path);

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "fedpod/common/hub_url.h"
 #include "fedpod/common/status.h"
 
 namespace httplib {
@@ -94,7 +95,15 @@ class Client {
  public:
   // `host` and `port` of the hub; `token` authenticates mutating calls (and lets
   // reads see the caller's private models); empty for anonymous.
+  //
+  // This form speaks plain HTTP: for a hub on loopback (tests, one machine).
   Client(const std::string& host, int port, std::string token = "");
+  // A hub by URL (fedpod/common/hub_url.h): over TLS when url.tls, verifying the
+  // hub's certificate and host name against url.ca_file or the system store; a
+  // certificate that does not verify fails every call with kUnavailable saying so.
+  // With TLS it sets SIGPIPE to ignored when the program left it at its default
+  // (OpenSSL writes with write(2); a closed connection must fail a call, not kill).
+  explicit Client(const HubUrl& url, std::string token = "");
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
@@ -173,7 +182,12 @@ class Client {
   // "grants": [{id, username, model, version, sha256, format, expires_at}]}.
   // The pod's policy as the hub signs it: a signed document (common/signing.h) whose
   // payload is the policy (worker/policy.h), valid for the hub's policy_ttl.
+  // Works with the owner's token or the pod's own (create_pod_token).
   StatusOr<nlohmann::json> get_pod_policy(const std::string& pod);
+  // A new read-only token for `pod` (its owner only), for the pod to fetch its
+  // policy with; it replaces the pod's previous token, which stops working at once.
+  // It starts with "pod_" and can do nothing else on the hub.
+  StatusOr<std::string> create_pod_token(const std::string& pod);
   // The Ed25519 public key the hub signs policies with (GET /api/v1/signing-key).
   StatusOr<std::string> get_signing_key();
 

@@ -71,6 +71,11 @@ struct ServerOptions {
   // Where to listen. Port 0 picks a free port; port() tells which after start().
   std::string host = "127.0.0.1";
   int port = 0;
+  // TLS: PEM certificate (chain) and private key files. Both set: the hub serves
+  // HTTPS only (TLS 1.2 or newer); both empty: plain HTTP, which `fedpod hub serve`
+  // allows only on a loopback address or with --insecure-plaintext.
+  std::string tls_cert_file;
+  std::string tls_key_file;
   // Holds hub.db and artifacts/; created when missing.
   std::string data_dir;
   // Total bytes of a version's source files. Sources are kept for humans to review

@@ -30,7 +30,9 @@
 //   # Identity and permissions (docs/permissions.md); all paths relative to this file.
 //   key_file: keys/pod-a.key          # required: this pod's CURVE key pair (fedpod keys generate)
 //   policy:                           # required: who may run what here, from one source:
-//     hub: http://hub:8470            #   the model hub, read with the pod owner's token
+//     hub: https://hub:8470           #   the model hub (http:// only on loopback)
+//     hub_ca: tls/ca.crt              #   CA of the hub's certificate (default: env
+//                                     #   FEDPOD_HUB_CA, else the system store)
 //     token_file: owner.token         #   (or env FEDPOD_TOKEN)
 //     refresh: 30s                    #   how often the hub is asked: revocations reach
 //                                     #   the pod within this (plus a 10 s fetch timeout)
@@ -63,6 +65,7 @@
 #include <string>
 #include <vector>
 
+#include "fedpod/common/hub_url.h"
 #include "fedpod/data/csv.h"
 #include "fedpod/data/schema.h"
 
@@ -80,8 +83,7 @@ enum class CustomModels {
 // Where the pod's access policy comes from: the hub (hub_url + token) or a file.
 struct PolicySource {
   std::string hub_url;
-  std::string hub_host;  // parsed from hub_url
-  int hub_port = 80;
+  HubUrl hub;           // parsed from hub_url; hub.ca_file from policy.hub_ca
   std::string token;  // read from token_file (or FEDPOD_TOKEN) at load time
   std::string file;
   std::string signing_key;  // base64 Ed25519 public key policies must be signed with
@@ -132,6 +134,10 @@ struct PodConfig {
   std::string metrics_listen;  // "" = no metrics endpoint
   SandboxConfig sandbox;
 };
+
+// Throws ConfigError naming `where` unless `token` is a pod token ("pod_...", made by
+// `fedpod pod token`): the owner's own hub token never goes on a pod.
+void check_pod_token(const std::string& token, const std::string& pod, const std::string& where);
 
 // Reads and validates `path`. Throws ConfigError naming the file and key.
 PodConfig load_pod_config(const std::string& path);
