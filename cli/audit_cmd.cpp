@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "commands.h"
+#include "hub_access.h"
+#include "fedpod/common/signing.h"
+#include "fedpod/worker/audit_anchor.h"
 
 namespace fedpod::cli {
 namespace {
@@ -86,17 +89,67 @@ void add_audit(CLI::App& app) {
   auto* audit = app.add_subcommand("audit", "A pod's hash-chained audit log of access decisions");
   audit->require_subcommand(1);
 
-  auto path = std::make_shared<std::string>();
+  struct VerifyArgs {
+    std::string file, pod;
+    HubAccess access;
+  };
+  auto va = std::make_shared<VerifyArgs>();
   auto* verify = audit->add_subcommand(
-      "verify", "Check the log's hash chain; exit 1 naming the first bad line");
-  verify->add_option("file", *path, "the audit log (JSON lines)")->required();
-  verify->callback([path] {
-    worker::AuditVerifyResult r = worker::verify_audit_log(*path);
+      "verify",
+      "Check the log's hash chain; with --pod, also against every head the pod published to the hub, which "
+      "shows a log cut at its end, replaced or restarted. Exit 1 naming what is wrong");
+  verify->add_option("file", va->file, "the audit log (JSON lines)")->required();
+  verify->add_option("--pod", va->pod, "the pod whose published heads the log must agree with (its owner's token)");
+  add_access_options(verify, va->access, /*json=*/false);
+  verify->callback([va] {
+    const std::string& path = va->file;
+    worker::AuditVerifyResult r = worker::verify_audit_log(path);
     if (!r.ok) {
-      std::cout << *path << ": " << r.error << "\n";
+      std::cout << path << ": " << r.error << "\n";
       throw CommandExit{kExitFailed};
     }
-    std::cout << *path << ": ok, " << r.entries << " entries, last hash " << r.last_hash << "\n";
+    std::cout << path << ": ok, " << r.entries << " entries, last hash " << r.last_hash << "\n";
+    if (va->pod.empty()) {
+      std::cout << "(not checked against the hub: give --pod NAME to detect a log cut at its end or replaced)\n";
+      return;
+    }
+    auto client = connect(va->access);
+    auto heads = client->get_audit_heads(va->pod);
+    check(heads.status(), "audit verify");
+    // Every head must carry a valid signature by the key it names, and heads between
+    // resets must share one key.
+    std::string key;
+    int resets = 0;
+    for (const auto& h : *heads) {
+      const std::string k = h.value("signing_key", "");
+      auto payload = verify_document(h.value("document", nlohmann::json()), k, "head");
+      if (!payload.ok() || (*payload).value("entries", int64_t{-1}) != h.value("entries", int64_t{-2}) ||
+          (*payload).value("head", "") != h.value("head", "") || (*payload).value("pod", "") != va->pod) {
+        std::cout << va->pod << ": the hub's head at entry " << h.value("entries", int64_t{0}) << " ("
+                  << h.value("published_at", "") << ") does not carry a valid signature of its own\n";
+        throw CommandExit{kExitFailed};
+      }
+      if (h.value("reset", false) == true) {
+        ++resets;
+        key = k;
+        std::cout << va->pod << ": the audit log was reset on " << h.value("published_at", "")
+                  << " (the new log's first entry says why)\n";
+      } else if (!key.empty() && k != key) {
+        std::cout << va->pod << ": heads signed by two keys without a reset\n";
+        throw CommandExit{kExitFailed};
+      }
+      if (key.empty()) key = k;
+    }
+    const std::string problem = worker::check_log_against_heads(path, *heads);
+    if (!problem.empty()) {
+      std::cout << path << ": " << problem << "\n";
+      throw CommandExit{kExitFailed};
+    }
+    int64_t published = 0;
+    if (!heads->empty()) published = heads->back().value("entries", int64_t{0});
+    std::cout << path << ": agrees with the " << heads->size() << " head(s) pod " << va->pod
+              << " published to the hub (latest at entry " << published << "; " << (r.entries - published)
+              << " later entries not published yet)\n";
   });
 
   struct ShowArgs {

@@ -18,6 +18,7 @@ std::atomic<bool> g_stop{false};
 void on_signal(int) { g_stop = true; }
 
 struct WorkerArgs {
+  std::string reset_audit_log;
   std::string config;
   std::string endpoint_file;
   std::string log_level;
@@ -26,6 +27,7 @@ struct WorkerArgs {
 void run_worker(const WorkerArgs& args) {
   worker::PodConfig config = worker::load_pod_config(args.config);
   if (!args.log_level.empty()) config.log_level = args.log_level;
+  config.audit_reset_reason = args.reset_audit_log;
   Logger log = make_logger("worker", config.log_level);
   if (config.threads > 0) {
     torch::set_num_threads(config.threads);
@@ -59,6 +61,9 @@ void add_worker(CLI::App& app) {
   cmd->add_option("--endpoint-file", args->endpoint_file,
                   "write the bound endpoint here once listening (useful with port *)");
   cmd->add_option("--log-level", args->log_level, "debug | info | warn | error (overrides the config)");
+  cmd->add_option("--reset-audit-log", args->reset_audit_log,
+                  "start a new audit log on purpose when the old one is missing, cut or replaced (it is moved "
+                  "aside; the new log's first entry and the hub record the reset with this REASON)");
   cmd->callback([args] { run_worker(*args); });
 }
 

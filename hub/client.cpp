@@ -510,6 +510,25 @@ StatusOr<nlohmann::json> Client::get_pod_policy(const std::string& pod) {
                     "get the policy of pod " + pod);
 }
 
+StatusOr<bool> Client::publish_audit_head(const std::string& pod, const nlohmann::json& signed_head) {
+  auto r = http_->Post(("/api/v1/pods/" + pod + "/audit-heads").c_str(), auth(token_), signed_head.dump(),
+                       "application/json");
+  if (r && r->status == 200) return false;
+  auto j = json_reply(r, 201, "publish the audit head of pod " + pod);
+  if (!j.ok()) return j.status();
+  return true;
+}
+
+StatusOr<nlohmann::json> Client::get_audit_heads(const std::string& pod) {
+  auto j = json_reply(http_->Get(("/api/v1/pods/" + pod + "/audit-heads").c_str(), auth(token_)), 200,
+                      "get the audit heads of pod " + pod);
+  if (!j.ok()) return j.status();
+  if (!j->contains("heads") || !(*j)["heads"].is_array()) {
+    return Status::internal("get the audit heads of pod " + pod + ": the hub's reply has no heads list");
+  }
+  return (*j)["heads"];
+}
+
 StatusOr<std::string> Client::create_pod_token(const std::string& pod) {
   auto j = json_reply(http_->Post(("/api/v1/pods/" + pod + "/token").c_str(), auth(token_), "", "application/json"),
                       201, "create a token for pod " + pod);

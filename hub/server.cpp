@@ -936,26 +936,81 @@ void Server::routes() {
   // host), so it is the owner's only. Grants include expired approvals: a pod may
   // run on a cached policy and checks expiry against its own clock. ---
 
+  // The pod's own read-only token (what a pod holds), or its owner's: the pod named
+  // in the path, or a 401/403/404.
+  auto pod_or_owner = [&store, require_caller, find_pod, require_owner](Req req, const std::string& action) {
+    const std::string h = req.get_header_value("Authorization");
+    const std::string bearer = "Bearer ";
+    std::optional<std::string> token_pod;
+    if (h.rfind(bearer + detail::kPodTokenPrefix, 0) == 0) {
+      token_pod = store.pod_by_token(h.substr(bearer.size()));
+      if (!token_pod) fail(401, "unauthenticated", "invalid token (a rotated pod token stops working at once)");
+    }
+    std::optional<User> me;
+    if (!token_pod) me = require_caller(req);  // 401 before anything about the pod is told
+    auto pod = find_pod(req.matches[1]);
+    if (token_pod) {
+      if (*token_pod != pod.name) {
+        fail(403, "forbidden", "this token belongs to pod '" + *token_pod + "' and may only " + action + " of that pod");
+      }
+    } else {
+      require_owner(pod, *me, action);
+    }
+    return pod;
+  };
+
+  // --- Audit heads: the pod signs its audit chain's head (entries, last hash) and
+  // publishes it here; the hub keeps every head, so a log later cut, replaced or
+  // deleted on the pod contradicts what it published (fedpod audit verify --pod). ---
+
+  on("POST", "/api/v1/pods/{pod}/audit-heads", wrap([&store, &opt, pod_or_owner](Req req, Res res) {
+       auto pod = pod_or_owner(req, "publish the audit head");
+       json doc = parse_json_object(req.body, opt.max_json_bytes, "request body");
+       if (!is_signed_document(doc) || !doc["key"].is_string()) {
+         fail(400, "invalid_argument", "an audit head is a signed document (fedpod_signed, payload, signature, key)");
+       }
+       const std::string key = doc["key"].get<std::string>();
+       auto payload = verify_document(doc, key, "audit head");
+       if (!payload.ok()) fail(400, "invalid_argument", payload.status().message());
+       const json& p = *payload;
+       if (!p.contains("pod") || p["pod"] != pod.name) {
+         fail(400, "invalid_argument", "the audit head names another pod than '" + pod.name + "'");
+       }
+       detail::AuditHead h;
+       if (!p.contains("entries") || !p["entries"].is_number_integer() || p["entries"].get<int64_t>() < 0) {
+         fail(400, "invalid_argument", "audit head: entries must be a non-negative integer");
+       }
+       h.entries = p["entries"].get<int64_t>();
+       if (!p.contains("head") || !p["head"].is_string() || p["head"].get<std::string>().size() != 64 ||
+           p["head"].get<std::string>().find_first_not_of("0123456789abcdef") != std::string::npos) {
+         fail(400, "invalid_argument", "audit head: head must be 64 lowercase hex digits");
+       }
+       h.head = p["head"].get<std::string>();
+       h.reset = p.value("reset", false) == true;
+       h.signing_key = key;
+       h.document = doc.dump();
+       auto added = store.add_audit_head(pod, h);
+       if (!added.ok()) fail(added.status());
+       reply(res, *added ? 201 : 200, {{"pod", pod.name}, {"entries", h.entries}, {"head", h.head}, {"recorded", *added}});
+     }));
+
+  on("GET", "/api/v1/pods/{pod}/audit-heads", wrap([&store, pod_or_owner](Req req, Res res) {
+       auto pod = pod_or_owner(req, "read the audit heads");
+       json heads = json::array();
+       for (const auto& h : store.audit_heads(pod)) {
+         heads.push_back({{"entries", h.entries},
+                          {"head", h.head},
+                          {"reset", h.reset},
+                          {"signing_key", h.signing_key},
+                          {"published_at", h.published_at},
+                          {"document", json::parse(h.document, nullptr, false)}});
+       }
+       reply(res, 200, {{"pod", pod.name}, {"heads", heads}});
+     }));
+
   on("GET", "/api/v1/pods/{pod}/policy",
-     wrap([this, &store, require_caller, find_pod, require_owner](Req req, Res res) {
-       // The pod's own read-only token (what a pod holds), or its owner's.
-       const std::string h = req.get_header_value("Authorization");
-       const std::string bearer = "Bearer ";
-       std::optional<std::string> token_pod;
-       if (h.rfind(bearer + detail::kPodTokenPrefix, 0) == 0) {
-         token_pod = store.pod_by_token(h.substr(bearer.size()));
-         if (!token_pod) fail(401, "unauthenticated", "invalid token (a rotated pod token stops working at once)");
-       }
-       std::optional<User> me;
-       if (!token_pod) me = require_caller(req);  // 401 before anything about the pod is told
-       auto pod = find_pod(req.matches[1]);
-       if (token_pod) {
-         if (*token_pod != pod.name) {
-           fail(403, "forbidden", "this token belongs to pod '" + *token_pod + "' and reads only that pod's policy");
-         }
-       } else {
-         require_owner(pod, *me, "read its policy");
-       }
+     wrap([this, &store, pod_or_owner](Req req, Res res) {
+       auto pod = pod_or_owner(req, "read its policy");
        // Only the users the pod may admit at its CURVE handshake: its owner and those
        // with a role on it (and holders of a grant, which the pod honours only with a
        // role). Every other hub user stays unknown to the pod.

@@ -95,6 +95,21 @@ const char* const kMigrations[] = {
       token_sha256 TEXT NOT NULL UNIQUE,
       created_at TEXT NOT NULL);
     )sql",
+    // 5: audit heads: each pod's signed audit chain heads, append-only, so that a log
+    //    cut at its end, replaced or deleted on the pod no longer matches what the pod
+    //    published before. `reset` marks a head the pod's owner started anew.
+    R"sql(
+    CREATE TABLE audit_heads (
+      id INTEGER PRIMARY KEY,
+      pod_id INTEGER NOT NULL REFERENCES pods(id),
+      entries INTEGER NOT NULL,
+      head TEXT NOT NULL,
+      reset INTEGER NOT NULL,
+      signing_key TEXT NOT NULL,
+      document TEXT NOT NULL,
+      published_at TEXT NOT NULL);
+    CREATE INDEX audit_heads_pod ON audit_heads (pod_id, id);
+    )sql",
 };
 
 class SqlError : public std::runtime_error {
@@ -583,6 +598,57 @@ std::optional<std::string> Store::pod_by_token(const std::string& token) {
   s.bind(1, sha256_hex(token));
   if (!s.step()) return std::nullopt;
   return s.str(0);
+}
+
+StatusOr<bool> Store::add_audit_head(const Pod& pod, const AuditHead& h) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt last(db_,
+            "SELECT entries, head, signing_key FROM audit_heads WHERE pod_id = ? ORDER BY id DESC LIMIT 1");
+  last.bind(1, pod.id);
+  if (last.step() && !h.reset) {
+    const int64_t entries = last.i64(0);
+    const std::string head = last.str(1), key = last.str(2);
+    if (key != h.signing_key) {
+      return Status::failed_precondition(
+          "this head is signed with another key than pod '" + pod.name +
+          "' published its earlier heads with; a new key comes only with a reset of the audit log (fedpod worker "
+          "--reset-audit-log REASON)");
+    }
+    if (h.entries < entries) {
+      return Status::failed_precondition("pod '" + pod.name + "' published a head at entry " +
+                                         std::to_string(entries) + " before; a head at entry " +
+                                         std::to_string(h.entries) +
+                                         " means its audit log shrank (cut, or replaced)");
+    }
+    if (h.entries == entries) {
+      if (h.head == head) return false;  // already recorded
+      return Status::failed_precondition("pod '" + pod.name + "' published another hash for entry " +
+                                         std::to_string(entries) + " before: its audit log was replaced");
+    }
+  }
+  Stmt(db_,
+       "INSERT INTO audit_heads (pod_id, entries, head, reset, signing_key, document, published_at) "
+       "VALUES (?, ?, ?, ?, ?, ?, ?)")
+      .bind(1, pod.id)
+      .bind(2, h.entries)
+      .bind(3, h.head)
+      .bind(4, int64_t{h.reset ? 1 : 0})
+      .bind(5, h.signing_key)
+      .bind(6, h.document)
+      .bind(7, now_utc())
+      .step();
+  return true;
+}
+
+std::vector<AuditHead> Store::audit_heads(const Pod& pod) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt s(db_,
+         "SELECT entries, head, reset, signing_key, document, published_at FROM audit_heads WHERE pod_id = ? "
+         "ORDER BY id");
+  s.bind(1, pod.id);
+  std::vector<AuditHead> out;
+  while (s.step()) out.push_back({s.i64(0), s.str(1), s.i64(2) != 0, s.str(3), s.str(4), s.str(5)});
+  return out;
 }
 
 std::optional<Pod> Store::find_pod(const std::string& name) {

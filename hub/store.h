@@ -84,6 +84,17 @@ struct Pod {
   int64_t owner_id = 0;  // filled when read from the database
 };
 
+// One audit chain head a pod published (signed by the pod; `document` is the signed
+// text, kept so anyone can check the signature later).
+struct AuditHead {
+  int64_t entries = 0;
+  std::string head;
+  bool reset = false;
+  std::string signing_key;
+  std::string document;
+  std::string published_at;
+};
+
 // A pod's role for one user. `role` is "general-modeller" or "super-modeller".
 struct Role {
   std::string pod;
@@ -205,6 +216,11 @@ class Store {
   std::string rotate_pod_token(const Pod& pod);
   // The name of the pod whose token this is.
   std::optional<std::string> pod_by_token(const std::string& token);
+  // Records a head the pod published: true when added, false when the same head was
+  // already the latest. Without `reset`, kFailedPrecondition when it contradicts the
+  // latest one (fewer entries, another hash at the same entry, another signing key).
+  StatusOr<bool> add_audit_head(const Pod& pod, const AuditHead& head);
+  std::vector<AuditHead> audit_heads(const Pod& pod);  // oldest first
 
   // Roles. grant_role replaces a user's existing role on the pod. revoke_role
   // returns kNotFound when the user had none.

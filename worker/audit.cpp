@@ -252,6 +252,11 @@ std::string AuditLog::last_hash() const {
   return last_hash_;
 }
 
+std::pair<int64_t, std::string> AuditLog::head() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return {entries_, last_hash_};
+}
+
 AuditVerifyResult verify_audit_log(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -271,6 +276,18 @@ AuditVerifyResult verify_audit_log(const std::string& path) {
         " entries before it verify; the worker cuts it off when it next opens the log)";
   }
   return s.result;
+}
+
+std::vector<std::string> audit_log_hashes(const std::string& path) {
+  std::vector<std::string> out;
+  std::ifstream in(path, std::ios::binary);
+  std::string line;
+  while (std::getline(in, line)) {
+    nlohmann::json e = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (e.is_discarded() || !e.is_object() || !e.contains("hash") || !e["hash"].is_string()) break;
+    out.push_back(e["hash"].get<std::string>());
+  }
+  return out;
 }
 
 }  // namespace fedpod::worker

@@ -111,7 +111,7 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
                                const fs::path& base) {
   check_keys(root, {"name", "listen", "dataset", "devices", "threads", "job_idle_timeout",
                     "max_frame_bytes", "custom_models", "log_level", "key_file", "policy", "audit_log",
-                    "metrics_listen", "sandbox"},
+                    "metrics_listen", "sandbox", "audit_publish"},
              where);
   PodConfig c;
   try {
@@ -181,6 +181,10 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
     if (root["threads"]) {
       c.threads = root["threads"].as<int>();
       if (c.threads < 0) throw ConfigError(where + ": threads: must be >= 0");
+    }
+    if (root["audit_publish"]) {
+      c.audit_publish = parse_duration(root["audit_publish"].as<std::string>(), where + ": audit_publish");
+      if (c.audit_publish.count() < 1000) throw ConfigError(where + ": audit_publish: at least 1s");
     }
     if (root["job_idle_timeout"]) {
       c.job_idle_timeout = parse_duration(root["job_idle_timeout"].as<std::string>(), where + ": job_idle_timeout");

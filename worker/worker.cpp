@@ -22,6 +22,7 @@
 #include "fedpod/common/sha256.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/worker/audit.h"
+#include "fedpod/worker/audit_anchor.h"
 #include "fedpod/worker/policy.h"
 #include "fedpod/worker/policy_cache.h"
 #include "fedpod/hub/client.h"
@@ -306,6 +307,9 @@ struct Worker::Impl {
   std::shared_ptr<protocol::ZapHandler> zap;
   std::string zap_domain;
   std::unique_ptr<RefusalAudit> refusal_audit;  // set with `audit`
+  // Publishes the audit head to the hub (policy from the hub only). Its callback
+  // holds the registry, so it may outlive the members declared after it.
+  std::unique_ptr<AuditAnchor> anchor;
   std::atomic<bool> serving{false};  // readiness: serve() is running
   // Metrics: this pod's registry and, with metrics_listen, its HTTP endpoint.
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
@@ -346,6 +350,10 @@ struct Worker::Impl {
       "Log lines a peer provoked beyond the limit (PeerLines::kLinesPerSecond a second of each event) and left "
       "out, by event");
   PeerLines peer_lines{suppressed_family};
+  prometheus::Family<prometheus::Counter>& audit_heads_family = metrics::counter(
+      *registry, "fedpod_worker_audit_heads_published_total",
+      "Attempts to publish the audit log's signed head to the hub, by result: ok, refused (the hub holds a head "
+      "this log contradicts: it was cut or replaced; see the log), unavailable (retried)");
   prometheus::Family<prometheus::Counter>& handshake_failures_family = metrics::counter(
       *registry, "fedpod_worker_handshake_failures_total",
       "Connections whose ZeroMQ handshake failed, by reason: protocol (not ZMTP, a wrong version or mechanism, "
@@ -602,6 +610,7 @@ struct Worker::Impl {
     }
     log->info("event=job_ended job={} round={} reason=\"{}\"", job->id, job->round, reason);
     job.reset();
+    if (anchor) anchor->notify();  // the job's decisions, anchored on the hub now
   }
 
   void handle(Frames& frames, bool too_many) {
@@ -1137,9 +1146,57 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
   m.policy = std::make_unique<PolicyCache>(std::move(popts), m.log);
   Status st = m.policy->start();
   if (!st.ok()) throw ConfigError("pod " + config_.name + ": policy: " + st.message());
+  // The audit log: checked against what this pod published before (audit_anchor.h)
+  // before it is opened; a missing, cut or replaced log stops the pod unless the
+  // owner resets it on purpose.
+  std::function<std::unique_ptr<hub::Client>()> hub_client;
+  if (config_.policy.file.empty()) {
+    hub_client = [hub = config_.policy.hub, token = config_.policy.token]() {
+      auto client = std::make_unique<hub::Client>(hub, token);
+      client->set_timeouts(5, 5);
+      return client;
+    };
+  }
+  nlohmann::json heads = nullptr;
+  if (hub_client) {
+    auto h = hub_client()->get_audit_heads(config_.name);
+    if (h.ok()) {
+      heads = *h;
+    } else {
+      m.log->warn("event=audit_heads_unchecked pod={} error=\"{}\" consequence=\"the log is checked against the "
+                  "hub when its head is next published\"",
+                  config_.name, h.status().message());
+    }
+  }
+  auto prepared = prepare_audit_log(config_.audit_log, heads, config_.audit_reset_reason);
+  if (!prepared.ok()) throw ConfigError("pod " + config_.name + ": " + prepared.status().message());
   auto audit = AuditLog::open(config_.audit_log, m.log);
   if (!audit.ok()) throw ConfigError("pod " + config_.name + ": audit_log: " + audit.status().message());
   m.audit = std::move(*audit);
+  if (m.audit->entries() == 0 && !prepared->reset_entry.is_object()) {
+    // A new log starts with an entry, so that an emptied file never passes for a
+    // pod that has decided nothing yet.
+    Status st = m.audit->append({{"event", "audit_log_started"}, {"pod", config_.name}});
+    if (!st.ok()) throw ConfigError("pod " + config_.name + ": audit_log: " + st.message());
+  }
+  if (prepared->reset_entry.is_object()) {
+    Status st = m.audit->append(prepared->reset_entry);
+    if (!st.ok()) throw ConfigError("pod " + config_.name + ": audit_log: " + st.message());
+    m.log->warn("event=audit_log_reset pod={} reason=\"{}\" problem=\"{}\"", config_.name,
+                config_.audit_reset_reason, prepared->reset_entry.value("problem", ""));
+  }
+  if (hub_client) {
+    AuditAnchorOptions ao;
+    ao.pod_name = config_.name;
+    ao.interval = config_.audit_publish;
+    ao.publish = [hub_client, name = config_.name](const nlohmann::json& doc) {
+      return hub_client()->publish_audit_head(name, doc);
+    };
+    ao.on_result = [registry = m.registry, &family = m.audit_heads_family](const std::string& result) {
+      family.Add({{"result", result}}).Increment();
+    };
+    m.anchor = std::make_unique<AuditAnchor>(std::move(ao), prepared->startup, m.audit.get(), m.log);
+  }
   m.refusal_audit = std::make_unique<RefusalAudit>([a = m.audit.get()](nlohmann::json e) { return a->append(std::move(e)); });
   // Transport: a CURVE server whose handshakes the context's ZAP handler routes to
   // this pod's authenticate().

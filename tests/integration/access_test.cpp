@@ -142,6 +142,8 @@ class AccessTest : public ::testing::Test {
     c.policy.refresh = 100ms;
     c.policy.cache_path = (work_.path() / "state" / "pod-a.policy.json").string();
     c.audit_log = audit_path();
+    c.audit_publish = 200ms;
+    c.audit_reset_reason = reset_reason_;
     c.metrics_listen = "127.0.0.1:0";
     stop_ = false;
     worker_ = std::make_unique<worker::Worker>(ctx_, c, null_logger());
@@ -239,6 +241,7 @@ class AccessTest : public ::testing::Test {
   int hub_port_ = 0;
   std::string hub_ca_;
   std::string pod_token_;
+  std::string reset_reason_;  // the next start_pod's --reset-audit-log
   std::string hub_signing_key_;  // what the pod pins
   std::map<std::string, std::string> tokens_;
   std::map<std::string, protocol::CurveKeyPair> keys_;
@@ -508,6 +511,99 @@ TEST_F(AccessTest, AuditVerifyDetectsAnEditedEntry) {
   const int status = p.wait(30s);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
   EXPECT_CONTAINS(testing::read_file((work_.path() / "verify.log").string()), line);
+}
+
+// The pod signs its audit chain head and publishes it; what it published makes a log
+// cut at its end, replaced by a consistent chain, or deleted show up: in `fedpod
+// audit verify --pod`, and at the pod's next start, which refuses such a log unless
+// the owner resets it on purpose (and the reset is recorded, in the log and on the hub).
+TEST_F(AccessTest, AnAuditLogCutReplacedOrDeletedIsDetected) {
+  run_job("norole", false, "anchored-1");
+  run_job("general", true, "anchored-2");
+  // Published within audit_publish (200 ms) of the last entry.
+  int64_t published = 0;
+  const int64_t local = [&] {
+    for (int i = 0; i < 100; ++i) {
+      auto heads = client("bob").get_audit_heads("pod-a");
+      if (heads.ok() && !heads->empty()) published = heads->back()["entries"].get<int64_t>();
+      const auto v = worker::verify_audit_log(audit_path());
+      if (published > 0 && published == v.entries) return v.entries;
+      std::this_thread::sleep_for(100ms);
+    }
+    return int64_t{-1};
+  }();
+  ASSERT_GT(local, 1) << "published " << published;
+  stop_pod();
+  const std::string original = testing::read_file(audit_path());
+  auto verify = [&](const std::string& what) {
+    const std::string log = (work_.path() / ("verify-" + what + ".log")).string();
+    testing::Process p({testing::fedpod_bin(), "audit", "verify", audit_path(), "--pod", "pod-a", "--hub", hub_->url(),
+                        "--hub-ca", hub_ca_, "--token", tokens_["bob"]},
+                       log);
+    const int status = p.wait(30s);
+    return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, testing::read_file(log));
+  };
+  auto ok = verify("intact");
+  EXPECT_EQ(ok.first, 0) << ok.second;
+  EXPECT_CONTAINS(ok.second, "agrees with the");
+
+  // 1. Cut at its end: the chain alone still verifies; the hub's head does not.
+  std::string cut = original.substr(0, original.rfind('\n', original.size() - 2) + 1);
+  std::ofstream(audit_path(), std::ios::trunc) << cut;
+  ASSERT_TRUE(worker::verify_audit_log(audit_path()).ok);
+  auto truncated = verify("cut");
+  EXPECT_EQ(truncated.first, 1);
+  EXPECT_CONTAINS(truncated.second, "truncated: the pod published a head at entry " + std::to_string(local));
+  const std::string refused = testing::config_error([&] { start_pod(); });
+  EXPECT_CONTAINS(refused, "audit_log: truncated");
+  EXPECT_CONTAINS(refused, "--reset-audit-log");
+
+  // 2. Replaced by a consistent chain of the same length (entries rewritten, every
+  //    hash recomputed): the published hash of the last entry differs.
+  {
+    std::ofstream(audit_path(), std::ios::trunc) << "";
+    std::filesystem::remove(audit_path());
+    auto forged = worker::AuditLog::open(audit_path(), null_logger());
+    ASSERT_TRUE(forged.ok());
+    for (int64_t i = 0; i < local; ++i) ASSERT_TRUE((*forged)->append({{"event", "job_accepted"}}).ok());
+  }
+  ASSERT_TRUE(worker::verify_audit_log(audit_path()).ok);
+  auto replaced = verify("replaced");
+  EXPECT_EQ(replaced.first, 1);
+  EXPECT_CONTAINS(replaced.second, "replaced: entry ");
+  EXPECT_CONTAINS(testing::config_error([&] { start_pod(); }), "audit_log: replaced");
+
+  // 3. Deleted: the pod kept a log before (its signing key is there), and the hub
+  //    holds its heads.
+  std::filesystem::remove(audit_path());
+  EXPECT_CONTAINS(testing::config_error([&] { start_pod(); }), "audit_log: missing");
+
+  // The owner restores the log: the pod starts and goes on publishing.
+  std::ofstream(audit_path(), std::ios::trunc) << original;
+  start_pod();
+  stop_pod();
+
+  // Or starts a new log on purpose: recorded in the new log and on the hub.
+  std::filesystem::remove(audit_path());
+  reset_reason_ = "disk replaced after a failure";
+  start_pod();
+  reset_reason_.clear();
+  for (int i = 0; i < 100; ++i) {
+    auto heads = client("bob").get_audit_heads("pod-a");
+    if (heads.ok() && heads->back().value("reset", false)) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  stop_pod();
+  const std::string fresh = testing::read_file(audit_path());
+  EXPECT_CONTAINS(fresh, "\"event\":\"audit_log_reset\"");
+  EXPECT_CONTAINS(fresh, "disk replaced after a failure");
+  auto after_reset = verify("after-reset");
+  EXPECT_EQ(after_reset.first, 0) << after_reset.second;
+  EXPECT_CONTAINS(after_reset.second, "the audit log was reset on");
+  // A reset with nothing to reset is refused, not silently taken.
+  reset_reason_ = "just because";
+  EXPECT_CONTAINS(testing::config_error([&] { start_pod(); }), "there is nothing to reset");
+  reset_reason_.clear();
 }
 
 }  // namespace

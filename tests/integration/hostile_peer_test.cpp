@@ -785,9 +785,11 @@ TEST_F(HostilePeerTest, HandshakesWithoutARoleAreRefusedAndAuditedOnceWithACount
   const double unknown = testing::metric_value(m, "fedpod_access_denied_total{reason=\"unknown_key\"}");
   EXPECT_GE(no_role, 20) << m;
   EXPECT_GE(unknown, 20) << m;
-  // While the window is open, one entry of each kind.
+  // While the window is open, one entry of each kind (after the log's first entry,
+  // audit_log_started).
   std::string audit = testing::read_file(id_.audit_log("pod-a"));
-  EXPECT_EQ(count_lines(audit), 2u) << audit;
+  EXPECT_EQ(count_lines(audit), 3u) << audit;
+  EXPECT_EQ(nlohmann::json::parse(audit.substr(0, audit.find('\n')))["event"], "audit_log_started");
   pod.process->kill(SIGTERM);
   ASSERT_GE(pod.process->wait(30s), 0);
   audit = testing::read_file(id_.audit_log("pod-a"));

@@ -541,6 +541,52 @@ TEST_F(HubAccessTest, PodTokenReadsOnlyItsOwnPolicy) {
   EXPECT_CONTAINS(client("pod_" + std::string(64, 'a')).get_pod_policy("pod-a").status().message(), "invalid token");
 }
 
+// The hub keeps every audit head a pod publishes and refuses one that contradicts the
+// last: fewer entries (a log cut), another hash at the same entry (a log replaced),
+// another key (a forger with a key of their own); only a reset starts anew.
+TEST_F(HubAccessTest, AuditHeadsOnlyGrowExceptThroughAReset) {
+  const std::string pod_token = *client(bob_).create_pod_token("pod-a");
+  const SigningKeyPair key = generate_signing_keypair();
+  auto head = [&](int64_t entries, char h, bool reset = false, const SigningKeyPair* k = nullptr,
+                  const std::string& pod = "pod-a") {
+    return json::parse(sign_document(
+        {{"pod", pod}, {"entries", entries}, {"head", std::string(64, h)}, {"reset", reset}, {"time", "t"}},
+        k ? *k : key));
+  };
+  auto publish = [&](const json& doc, const std::string& token) { return client(token).publish_audit_head("pod-a", doc); };
+  EXPECT_TRUE(*publish(head(3, 'a'), pod_token));
+  EXPECT_FALSE(*publish(head(3, 'a'), pod_token));  // the same head again: nothing new
+  EXPECT_TRUE(*publish(head(5, 'b'), pod_token));
+  auto cut = publish(head(4, 'c'), pod_token);
+  EXPECT_EQ(cut.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_CONTAINS(cut.status().message(), "its audit log shrank");
+  auto replaced = publish(head(5, 'd'), pod_token);
+  EXPECT_CONTAINS(replaced.status().message(), "its audit log was replaced");
+  const SigningKeyPair other = generate_signing_keypair();
+  EXPECT_CONTAINS(publish(head(9, 'e', false, &other), pod_token).status().message(), "signed with another key");
+  // Forged or misdirected documents.
+  json altered = head(6, 'f');
+  altered["payload"] = head(60, 'f')["payload"];
+  EXPECT_EQ(publish(altered, pod_token).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_CONTAINS(publish(head(7, 'a', false, nullptr, "pod-b"), pod_token).status().message(), "another pod");
+  EXPECT_EQ(publish(json{{"entries", 7}}, pod_token).status().code(), StatusCode::kInvalidArgument);
+  // Who may publish: the pod (its token) or its owner; nobody else.
+  EXPECT_EQ(publish(head(8, 'a'), carol_).status().code(), StatusCode::kPermissionDenied);
+  const std::string other_pod = *client(carol_).create_pod_token("pod-b");
+  EXPECT_CONTAINS(publish(head(8, 'a'), other_pod).status().message(), "belongs to pod 'pod-b'");
+  // A reset is recorded as one, with any key, and the heads after it are checked anew.
+  EXPECT_TRUE(*publish(head(1, '0', true, &other), pod_token));
+  EXPECT_TRUE(*publish(head(2, '1', false, &other), pod_token));
+  auto heads = client(bob_).get_audit_heads("pod-a");
+  ASSERT_TRUE(heads.ok()) << heads.status().to_string();
+  ASSERT_EQ(heads->size(), 4u);
+  EXPECT_EQ((*heads)[1]["entries"], 5);
+  EXPECT_EQ((*heads)[2]["reset"], true);
+  EXPECT_EQ((*heads)[3]["signing_key"], other.public_key);
+  EXPECT_TRUE(verify_document((*heads)[3]["document"], other.public_key, "head").ok());
+  EXPECT_EQ(client(alice_).get_audit_heads("pod-a").status().code(), StatusCode::kPermissionDenied);
+}
+
 TEST_F(HubAccessTest, ListsFilterByPodAndStatusAndHideOthersRequests) {
   AccessRequestInfo a1 = request("pod-a", 1);
   AccessRequestInfo a2 = request("pod-a", 2);

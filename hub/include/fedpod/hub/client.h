@@ -188,6 +188,13 @@ class Client {
   // policy with; it replaces the pod's previous token, which stops working at once.
   // It starts with "pod_" and can do nothing else on the hub.
   StatusOr<std::string> create_pod_token(const std::string& pod);
+
+  // Audit heads (pod token or owner): publish one signed head (worker/audit_anchor.h);
+  // true when recorded, false when it was already the latest; kFailedPrecondition
+  // when it contradicts an earlier head (the log shrank or was replaced). The list:
+  // [{entries, head, reset, signing_key, published_at, document}], oldest first.
+  StatusOr<bool> publish_audit_head(const std::string& pod, const nlohmann::json& signed_head);
+  StatusOr<nlohmann::json> get_audit_heads(const std::string& pod);
   // The Ed25519 public key the hub signs policies with (GET /api/v1/signing-key).
   StatusOr<std::string> get_signing_key();
 

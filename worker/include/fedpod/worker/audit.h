@@ -33,6 +33,8 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "fedpod/common/log.h"
 #include "fedpod/common/status.h"
@@ -63,6 +65,9 @@ class AuditLog {
   int64_t entries() const;
   // The last entry's hash (64 zeros for an empty log).
   std::string last_hash() const;
+  // Both at once (an append between two calls would pair one entry's count with
+  // another's hash).
+  std::pair<int64_t, std::string> head() const;
   const std::string& path() const { return path_; }
 
  private:
@@ -89,6 +94,10 @@ struct AuditVerifyResult {
 
 // Reads and checks the whole chain at `path` without changing the file.
 AuditVerifyResult verify_audit_log(const std::string& path);
+
+// The `hash` of each entry of the log at `path` in order (hashes[i] is entry i+1's),
+// as far as the lines parse; for comparing a log with published heads. Reads the file.
+std::vector<std::string> audit_log_hashes(const std::string& path);
 
 // "0000...0000": the `prev` of the first entry.
 extern const char* const kAuditGenesisHash;

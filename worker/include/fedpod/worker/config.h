@@ -47,6 +47,8 @@
 //                                     #   signed with: the hub's (fedpod hub signing-key) or,
 //                                     #   for a file, its owner's (or signing_key_file: X.sign.pub)
 //   audit_log: state/pod-a.audit.log  # hash-chained decisions (default: state/<name>.audit.log)
+//   audit_publish: 60s                # with a hub: how often the log's signed head is published
+//                                     # (and at every job end), so a cut log is detected
 //   metrics_listen: 127.0.0.1:9101    # /metrics, /healthz, /readyz (default: off)
 //
 // With several devices the pod trains data-parallel (worker/data_parallel.h): every
@@ -131,6 +133,12 @@ struct PodConfig {
   std::string key_file;  // absolute
   PolicySource policy;
   std::string audit_log;       // absolute
+  // How often the audit chain head is signed and published to the hub (and at every
+  // job end); only with a policy from the hub (worker/audit_anchor.h).
+  std::chrono::milliseconds audit_publish{60'000};
+  // `fedpod worker --reset-audit-log REASON`: start a new audit log on purpose when
+  // the old one is missing or contradicts the hub (not a pod.yaml key).
+  std::string audit_reset_reason;
   std::string metrics_listen;  // "" = no metrics endpoint
   SandboxConfig sandbox;
 };
