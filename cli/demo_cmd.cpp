@@ -1,6 +1,10 @@
 // fedpod demo: three pods with label-skewed shares of the digits data, a coordinator,
 // and a centralized baseline on the pooled data, all on this machine.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -13,7 +17,10 @@
 #include "commands.h"
 #include "fedpod/common/log.h"
 #include "fedpod/common/process.h"
+#include "fedpod/common/hub_url.h"
 #include "fedpod/common/signing.h"
+#include "fedpod/hub/client.h"
+#include "fedpod/hub/tls.h"
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/coordinator/history.h"
 #include "fedpod/data/dataset.h"
@@ -51,6 +58,24 @@ class Children {
  private:
   std::vector<std::unique_ptr<Process>> procs_;
 };
+
+// A free TCP port on loopback for a pod to listen on (registered on the hub before
+// the pod starts). Another program could take it in between; the pod then fails to
+// start and the demo names its log.
+int free_tcp_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    throw std::runtime_error("demo: cannot find a free port on 127.0.0.1");
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
 
 const char* kHyperparameters = "{hidden: [64], optimizer: sgd, lr: 0.05, momentum: 0.9}";
 
@@ -90,22 +115,41 @@ void run_demo(const DemoArgs& args) {
   for (const auto& f : {"pods/pod-a.endpoint", "pods/pod-b.endpoint", "pods/pod-c.endpoint"}) fs::remove(out / f);
   torch::set_num_threads(1);
 
-  // Identities, as a real deployment has them: a key pair for the modeller and one
-  // per pod, and each pod's policy (air-gapped here: a file instead of the hub)
-  // admitting the modeller's key with the general-modeller role, which runs built-in
-  // models. Fresh keys every run.
-  fs::create_directories(out / "keys");
-  const auto modeller = protocol::generate_curve_keypair();
+  // A hub, as a real deployment has one: over TLS with a development CA, fresh every
+  // run. Users and pods register on it, the pods' owner grants the modeller the
+  // general-modeller role (which runs built-in models), and each pod reads its signed
+  // policy from it with its own pod token and anchors its audit log there.
   auto check = [](const Status& st) {
     if (!st.ok()) throw std::runtime_error(st.to_string());
   };
-  check(protocol::write_key_files((out / "keys" / "demo").string(), modeller, true));
-  std::vector<std::string> pod_keys;
-  const SigningKeyPair owner = generate_signing_keypair();  // the demo pods' owner
-  check(write_signing_key_files((out / "keys" / "owner").string(), owner, true));
-
+  auto value = [](auto r) {
+    if (!r.ok()) throw std::runtime_error(r.status().to_string());
+    return *std::move(r);
+  };
+  const auto tls = value(hub::make_dev_ca((out / "tls").string(), {"127.0.0.1", "localhost"}, 30));
+  fs::remove_all(out / "hub");
+  for (const auto& e : fs::directory_iterator(out / "pods")) fs::remove_all(e.path());
   Children children;
-  std::vector<std::string> endpoints, csvs;
+  const std::string hub_port_file = (out / "hub.port").string();
+  fs::remove(hub_port_file);
+  children.spawn({"fedpod", "hub", "serve", "--data-dir", (out / "hub").string(), "--listen", "127.0.0.1:0",
+                  "--port-file", hub_port_file, "--tls-cert", tls.cert, "--tls-key", tls.key, "--log-level", "warn"},
+                 (out / "logs" / "hub.log").string());
+  const std::string hub_port = wait_for_word(hub_port_file, std::chrono::seconds(60), &children[0]);
+  if (hub_port.empty()) throw std::runtime_error("the demo hub did not start; see " + (out / "logs" / "hub.log").string());
+  HubUrl hub_url = parse_hub_url("https://127.0.0.1:" + hub_port, "demo hub");
+  hub_url.ca_file = tls.ca_cert;
+
+  fs::create_directories(out / "keys");
+  const auto modeller = protocol::generate_curve_keypair();
+  const auto owner = protocol::generate_curve_keypair();
+  check(protocol::write_key_files((out / "keys" / "demo").string(), modeller, true));
+  check(protocol::write_key_files((out / "keys" / "owner").string(), owner, true));
+  const std::string demo_token = value(hub::Client(hub_url).register_user("demo", modeller.public_key, modeller.secret_key));
+  hub::Client owner_hub(hub_url, value(hub::Client(hub_url).register_user("owner", owner.public_key, owner.secret_key)));
+  const std::string hub_signing_key = value(owner_hub.get_signing_key());  // read over verified TLS
+
+  std::vector<std::string> csvs;
   for (size_t i = 0; i < 3; ++i) {
     const std::string name = kPods[i];
     const std::string csv = fs::absolute(fs::path(args.data_dir) / (name + ".csv")).string();
@@ -113,23 +157,22 @@ void run_demo(const DemoArgs& args) {
     csvs.push_back(csv);
     const auto pod_key = protocol::generate_curve_keypair();
     check(protocol::write_key_files((out / "keys" / name).string(), pod_key, true));
-    pod_keys.push_back(pod_key.public_key);
-    // The pods' policies, signed by their owner's key (the pods pin it): a pod
-    // accepts no other (docs/permissions.md).
-    const fs::path policy_yaml = out / "pods" / (name + ".policy.yaml");
-    std::ofstream(policy_yaml) << "pod: " << name << "\nusers:\n  - {username: demo, public_key: \""
-                               << modeller.public_key
-                               << "\"}\nroles:\n  - {username: demo, role: general-modeller}\ngrants: []\n";
-    auto parsed = worker::load_policy_file(policy_yaml.string());
-    check(parsed.status());
-    const fs::path policy = out / "pods" / (name + ".policy.signed.json");
-    std::ofstream(policy) << worker::sign_policy(*parsed, owner, std::chrono::hours(24));
+    const std::string address = "tcp://127.0.0.1:" + std::to_string(free_tcp_port());
+    check(owner_hub.register_pod(name, address, pod_key.public_key, nlohmann::json::object()));
+    check(owner_hub.grant_role(name, "demo", "general-modeller").status());
+    const std::string token_file = (out / "keys" / (name + ".token")).string();
+    {
+      std::ofstream t(token_file);
+      t << value(owner_hub.create_pod_token(name)) << "\n";
+    }
+    fs::permissions(token_file, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
     const fs::path config = out / "pods" / (name + ".yaml");
-    std::ofstream(config) << "name: " << name << "\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " << csv
+    std::ofstream(config) << "name: " << name << "\nlisten: " << address << "\ndataset:\n  path: " << csv
                           << "\nthreads: 1\nlog_level: info\nkey_file: " << (out / "keys" / (name + ".key")).string()
-                          << "\npolicy: {file: " << policy.string() << ", signing_key: \"" << owner.public_key
-                          << "\"}\naudit_log: "
-                          << (out / "pods" / (name + ".audit.log")).string() << "\n";
+                          << "\npolicy:\n  hub: " << hub_url.to_string() << "\n  hub_ca: " << tls.ca_cert
+                          << "\n  token_file: " << token_file << "\n  signing_key: \"" << hub_signing_key
+                          << "\"\n  cache: " << (out / "pods" / (name + ".policy.json")).string()
+                          << "\naudit_log: " << (out / "pods" / (name + ".audit.log")).string() << "\n";
     const std::string log = (out / "logs" / (name + ".log")).string();
     children.spawn({"fedpod", "worker", "--config", config.string(), "--endpoint-file",
                     (out / "pods" / (name + ".endpoint")).string()},
@@ -138,9 +181,8 @@ void run_demo(const DemoArgs& args) {
   for (size_t i = 0; i < 3; ++i) {
     const std::string log = (out / "logs" / (std::string(kPods[i]) + ".log")).string();
     std::string endpoint = wait_for_word((out / "pods" / (std::string(kPods[i]) + ".endpoint")).string(),
-                                         std::chrono::seconds(60), &children[i]);
+                                         std::chrono::seconds(60), &children[i + 1]);
     if (endpoint.empty()) throw std::runtime_error("a demo worker did not start; see " + log);
-    endpoints.push_back(endpoint);
   }
 
   const fs::path job_file = out / "job.yaml";
@@ -150,17 +192,16 @@ void run_demo(const DemoArgs& args) {
         << "model:\n  ref: mlp\n  hyperparameters: " << kHyperparameters << "\n"
         << "datastructure:\n  target: label\n  num_classes: 10\n  scale: 0.0625\n"
         << "  split: {validation: 0.1, test: 0.2, seed: 7}\n"
-        << "pods:\n";
-    for (size_t i = 0; i < 3; ++i) {
-      job << "  - {name: " << kPods[i] << ", address: \"" << endpoints[i] << "\", public_key: \"" << pod_keys[i]
-          << "\"}\n";
-    }
+        << "hub: " << hub_url.to_string() << "\nhub_ca: " << tls.ca_cert << "\nhub_token: " << demo_token
+        << "\npods: [pod-a, pod-b, pod-c]   # addresses and keys from the hub\n";
     job << "key_file: " << (out / "keys" / "demo.key").string() << "\n";
     job << "rounds: " << args.rounds << "\nlocal_epochs: 1\nbatch_size: 32\nmin_pods: 2\n"
         << "round_timeout: 60s\neval_every: 1\nseed: 1\noutput_dir: " << out.string() << "\n";
   }
   std::cout << "demo: 3 pods (label-skewed digits shares) on loopback, " << args.rounds
-            << " rounds of FedAvg on an MLP\n";
+            << " rounds of FedAvg on an MLP\n"
+            << "      hub " << hub_url.to_string() << " over TLS (development CA " << tls.ca_cert
+            << "); pods read their signed policies with their own tokens\n";
   coordinator::JobSpec spec = coordinator::load_job_spec(job_file.string());
   zmq::context_t ctx(1);
   coordinator::Coordinator coord(ctx, spec, make_logger("coordinator", args.log_level), std::cout);
