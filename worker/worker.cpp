@@ -336,7 +336,8 @@ struct Worker::Impl {
   prometheus::Family<prometheus::Counter>& bad_family = metrics::counter(
       *registry, "fedpod_worker_bad_messages_total",
       "Messages refused as malformed, by reason: no_envelope, too_many_frames, envelope (unreadable header), "
-      "content (wrong tensors, values or fields), unexpected_kind");
+      "content (wrong tensors, values or fields), unexpected_kind, protocol_version (another protocol version; "
+      "audited once a minute per user)");
   prometheus::Family<prometheus::Counter>& runner_failures_family = metrics::counter(
       *registry, "fedpod_worker_runner_failures_total",
       "Jobs whose runner failed, by reason: crashed (a signal such as SIGSEGV), timeout (past the step or load "
@@ -637,6 +638,20 @@ struct Worker::Impl {
     }
     auto parsed = protocol::Incoming::parse(std::move(frames), limits);
     if (!parsed.ok()) {
+      if (parsed.status().code() == StatusCode::kVersionMismatch) {
+        // An admitted peer speaking another protocol version: counted, and audited
+        // once per user and minute (coalesced), as a handshake failure is.
+        on_bad_message("protocol_version");
+        if (refusal_audit) {
+          (void)refusal_audit->refused("protocol_version|" + user,
+                                       {{"event", "protocol_version_mismatch"},
+                                        {"pod", config().name},
+                                        {"user", user},
+                                        {"peer", peer},
+                                        {"reason", "protocol_version"},
+                                        {"message", parsed.status().message()}});
+        }
+      }
       send_error(routing, "", 0, parsed.status(), "envelope");
       return;
     }

@@ -762,6 +762,46 @@ TEST_F(HostilePeerTest, HundredThousandBadMessagesAddABoundedNumberOfLogLines) {
                             std::to_string(static_cast<int>(bound)) + ")");
 }
 
+// An admitted peer speaking another protocol version: every message is answered with
+// version_mismatch, counted in /metrics, and audited once per user and minute.
+TEST_F(HostilePeerTest, AnotherProtocolVersionIsRefusedCountedAndAudited) {
+  auto pod = start_pod("pod-a");
+  ASSERT_FALSE(pod.endpoint.empty());
+  zmq::context_t ctx(1);
+  Client peer(ctx, pod.endpoint, id_.client_options("pod-a"));
+  ASSERT_EQ(peer.hello(), W::HELLO_REPLY);
+  int mismatches = 0;
+  for (int i = 0; i < 50; ++i) {
+    protocol::Outgoing out("", 100 + i);
+    out.envelope().setProtocolVersion(99);
+    out.envelope().getBody().initHello();
+    ASSERT_TRUE(peer.try_send(out.frames()));
+    auto r = peer.recv(20s);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->envelope().getBody().which(), W::ERROR);
+    if (protocol::from_wire(r->envelope().getBody().getError().getCode()) == StatusCode::kVersionMismatch) ++mismatches;
+  }
+  EXPECT_EQ(mismatches, 50);
+  const std::string m = scrape(metrics_port(pod));
+  EXPECT_EQ(testing::metric_value(m, "fedpod_worker_bad_messages_total{reason=\"protocol_version\"}"), 50) << m;
+  pod.process->kill(SIGTERM);
+  ASSERT_GE(pod.process->wait(30s), 0);
+  const std::string audit = testing::read_file(id_.audit_log("pod-a"));
+  int64_t first = 0, repeats = 0;
+  std::istringstream lines(audit);
+  for (std::string line; std::getline(lines, line);) {
+    const auto e = nlohmann::json::parse(line);
+    if (e["event"] == "protocol_version_mismatch") {
+      ++first;
+      EXPECT_CONTAINS(e.value("message", ""), "protocol version 99");
+      EXPECT_EQ(e.value("user", ""), id_.user());
+    }
+    if (e["event"] == "protocol_version_mismatch_repeated") repeats += e["count"].get<int64_t>();
+  }
+  EXPECT_EQ(first, 1) << audit;
+  EXPECT_EQ(first + repeats, 50) << audit;
+}
+
 // Who may complete the handshake: the policy's users with a role on the pod (and its
 // owner). A user the policy lists without a role, and a key of no user, are refused
 // at the handshake; each kind of refusal is audited once, then its repeats are one
