@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fedpod/protocol/curve.h"
+#include "reliability.h"
 #include "testutil.h"
 
 namespace fedpod {
@@ -241,6 +242,9 @@ TEST_F(HubCliTest, TlsBelievesOnlyTheHubsCertificate) {
                          "--tls-cert", tls_.cert, "--tls-key", evil.key});
   EXPECT_EQ(bad_key.code, 2);
   EXPECT_CONTAINS(bad_key.output, "the key does not match the certificate");
+  testing::record_fault("hub", "a client reaches an impostor or unverifiable hub (no CA, another CA, an impostor "
+                        "hub with its own certificate, the right CA for another name)", 4,
+                        "every call refused before a request was sent: the certificate is not trusted");
 }
 
 }  // namespace

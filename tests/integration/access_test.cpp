@@ -28,6 +28,7 @@
 #include "fedpod/worker/audit.h"
 #include "fedpod/worker/wire_convert.h"
 #include "fedpod/worker/worker.h"
+#include "reliability.h"
 #include "running_hub.h"
 #include "testutil.h"
 
@@ -604,6 +605,9 @@ TEST_F(AccessTest, AnAuditLogCutReplacedOrDeletedIsDetected) {
   reset_reason_ = "just because";
   EXPECT_CONTAINS(testing::config_error([&] { start_pod(); }), "there is nothing to reset");
   reset_reason_.clear();
+  testing::record_fault("pods", "audit log cut at its end, replaced by a recomputed chain, or deleted", 3,
+                        "each detected by `audit verify --pod` against the heads on the hub, and the pod refused "
+                        "to start on it; an explicit reset was recorded in the new log and on the hub");
 }
 
 }  // namespace

@@ -800,6 +800,9 @@ TEST_F(HostilePeerTest, AnotherProtocolVersionIsRefusedCountedAndAudited) {
   }
   EXPECT_EQ(first, 1) << audit;
   EXPECT_EQ(first + repeats, 50) << audit;
+  testing::record_fault("hostile input", "messages of another protocol version from an admitted key", 50,
+                        "each refused with version_mismatch and counted; 2 audit entries (the first, then one "
+                        "with the count)");
 }
 
 // Who may complete the handshake: the policy's users with a role on the pod (and its
