@@ -316,12 +316,8 @@ struct Coordinator::Impl {
            (spec.model.version ? " version " + std::to_string(spec.model.version) : std::string(" (latest)"));
   }
 
-  // Resolves the custom model through the hub and downloads its artifact; then loads
-  // it in a runner (with a runner command) or in this process.
-  Status resolve_custom() {
-    const auto& m = spec.model;
-    const std::string what = "model '" + m.username + "/" + m.ref + "' " +
-                             (m.version ? "version " + std::to_string(m.version) : std::string("(latest version)"));
+  // A client of the job's hub (TLS verified with hub_ca or the system store).
+  StatusOr<std::unique_ptr<hub::Client>> hub_client() const {
     HubUrl addr;
     try {
       addr = parse_hub_url(spec.hub_url, "hub");
@@ -329,7 +325,18 @@ struct Coordinator::Impl {
       return Status::invalid(e.what());
     }
     addr.ca_file = spec.hub_ca;
-    hub::Client client(addr, spec.hub_token);
+    return std::make_unique<hub::Client>(addr, spec.hub_token);
+  }
+
+  // Resolves the custom model through the hub and downloads its artifact; then loads
+  // it in a runner (with a runner command) or in this process.
+  Status resolve_custom() {
+    const auto& m = spec.model;
+    const std::string what = "model '" + m.username + "/" + m.ref + "' " +
+                             (m.version ? "version " + std::to_string(m.version) : std::string("(latest version)"));
+    auto made = hub_client();
+    if (!made.ok()) return made.status();
+    hub::Client& client = **made;
     auto v = client.resolve(m.username, m.ref, m.version);
     if (!v.ok()) {
       return Status(v.status().code(), what + " cannot be resolved on the hub " + spec.hub_url + ": " +
@@ -422,14 +429,9 @@ struct Coordinator::Impl {
                                "file) or set hub: so it is looked up");
       }
       if (!client) {
-        HubUrl addr;
-        try {
-          addr = parse_hub_url(spec.hub_url, "hub");
-        } catch (const ConfigError& e) {
-          return Status::invalid(e.what());
-        }
-        addr.ca_file = spec.hub_ca;
-        client = std::make_unique<hub::Client>(addr, spec.hub_token);
+        auto made = hub_client();
+        if (!made.ok()) return made.status();
+        client = std::move(*made);
       }
       auto info = client->get_pod(p.name);
       if (!info.ok()) {
