@@ -4,7 +4,9 @@
 #include <prometheus/text_serializer.h>
 
 #include <signal.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <chrono>
@@ -15,6 +17,7 @@
 #include <regex>
 #include <set>
 
+#include "fedpod/common/sha256.h"
 #include "fedpod/metrics/metrics.h"
 #include "store.h"
 
@@ -390,20 +393,20 @@ void Server::routes() {
 
   // Every handler runs inside this wrapper: an ApiError becomes its JSON reply, any
   // other exception a 500, so no input can take the server down.
-  auto wrap = [this](Fn fn) {
-    return [this, fn](Req req, Res res) {
-      try {
-        fn(req, res);
-      } catch (const ApiError& e) {
-        reply_error(res, e.status, e.code, e.message);
-      } catch (const std::exception& e) {
-        logger_->error("event=handler_exception method={} path={} what=\"{}\"", req.method,
-                       req.path, e.what());
-        reply_error(res, 500, "internal", std::string("internal error: ") + e.what());
-      } catch (...) {
-        reply_error(res, 500, "internal", "internal error");
-      }
-    };
+  auto guard = [this](Req req, Res res, const std::function<void()>& body) {
+    try {
+      body();
+    } catch (const ApiError& e) {
+      reply_error(res, e.status, e.code, e.message);
+    } catch (const std::exception& e) {
+      logger_->error("event=handler_exception method={} path={} what=\"{}\"", req.method, req.path, e.what());
+      reply_error(res, 500, "internal", std::string("internal error: ") + e.what());
+    } catch (...) {
+      reply_error(res, 500, "internal", "internal error");
+    }
+  };
+  auto wrap = [guard](Fn fn) {
+    return [guard, fn](Req req, Res res) { guard(req, res, [&] { fn(req, res); }); };
   };
 
   // The caller's identity: nullopt when no Authorization header is sent; 401 when
@@ -606,69 +609,141 @@ void Server::routes() {
        reply(res, 201, {{"username", username}, {"token", *token}});
      }));
 
-  on("POST", "/api/v1/models/{user}/{ref}/versions",
-     wrap([&store, &opt, require_caller](Req req, Res res) {
-       User me = require_caller(req);
-       std::string user = req.matches[1], ref = req.matches[2];
-       if (user != me.username)
-         fail(403, "forbidden",
-              "user '" + me.username + "' may only push to models under '" + me.username +
-                  "/', not '" + user + "/'");
-       check(detail::check_model_ref(ref), "model ref '" + ref + "'");
-       if (!req.is_multipart_form_data())
-         fail(400, "invalid_argument",
-              "a push must be multipart/form-data with parts 'meta' and 'artifact'");
-       if (!req.has_file("meta")) fail(400, "missing_part", "missing part 'meta' (JSON)");
-       if (!req.has_file("artifact")) fail(400, "missing_part", "missing part 'artifact'");
-       json meta =
-           parse_json_object(req.get_file_value("meta").content, opt.max_json_bytes, "part 'meta'");
-       detail::NewVersion v;
-       v.owner = &me;
-       v.model_ref = ref;
-       v.format = string_field(meta, "format", "meta");
-       v.description = string_field(meta, "description", "meta", std::string());
-       v.visibility = string_field(meta, "visibility", "meta", std::string());
-       if (v.format != "torchscript" && v.format != "plugin")
-         fail(400, "invalid_argument",
-              "meta: format must be \"torchscript\" or \"plugin\", got \"" + v.format + "\"");
-       if (!v.visibility.empty() && v.visibility != "private" && v.visibility != "public")
-         fail(400, "invalid_argument",
-              "meta: visibility must be \"private\" or \"public\", got \"" + v.visibility + "\"");
-       const std::string& artifact = req.get_file_value("artifact").content;
-       if (artifact.size() > opt.max_artifact_bytes)
-         fail(413, "too_large",
-              "artifact is " + std::to_string(artifact.size()) + " bytes, over the limit of " +
-                  std::to_string(opt.max_artifact_bytes) + " bytes (max_artifact_bytes)");
-       check(detail::check_artifact(v.format, artifact), "artifact:");
-       size_t source_bytes = 0;
-       std::set<std::string> names;
-       auto range = req.files.equal_range("source");
-       for (auto it = range.first; it != range.second; ++it) {
-         const auto& part = it->second;
-         check(detail::check_source_name(part.filename),
-               "source file name '" + part.filename + "'");
-         if (!names.insert(part.filename).second)
-           fail(400, "invalid_argument", "source file '" + part.filename + "' is given twice");
-         source_bytes += part.content.size();
-         if (source_bytes > opt.max_source_bytes)
-           fail(413, "too_large",
-                "source files total more than the limit of " +
-                    std::to_string(opt.max_source_bytes) + " bytes (max_source_bytes)");
-         if (!valid_utf8(part.content))
-           fail(400, "invalid_argument", "source file '" + part.filename + "' is not UTF-8 text");
-         v.sources.emplace_back(part.filename, part.content);
-       }
-       for (const auto& [name, part] : req.files)
-         if (name != "meta" && name != "artifact" && name != "source")
-           fail(400, "invalid_argument",
-                "unknown part '" + name + "' (expected meta, artifact, source)");
-       v.artifact = &artifact;
-       auto out = store.push(v);
-       if (!out.ok()) fail(out.status());
-       json j = version_json(*out);
-       j.erase("description");
-       reply(res, 201, j);
-     }));
+  // A push streams its artifact to a file under artifacts/uploads/ as it arrives
+  // (hashed on the way), so a 512 MiB model costs the hub no more memory than a small
+  // one: only 'meta' and the sources (bounded by max_json_bytes, max_source_bytes) are
+  // held. The token and the model name are checked before a byte of the body is read.
+  {
+    const std::string label = "/api/v1/models/{user}/{ref}/versions";
+    const std::string regex = label_regex(label);
+    metrics_->routes.push_back({"POST", std::regex(regex), label});
+    http_->Post(regex, [guard, &store, &opt, require_caller](Req req, Res res, const httplib::ContentReader& reader) {
+      struct Upload {
+        int fd = -1;
+        std::string path;
+        ~Upload() {
+          if (fd >= 0) ::close(fd);
+          if (!path.empty()) ::unlink(path.c_str());  // moved into place: the name is gone already
+        }
+      } upload;
+      guard(req, res, [&] {
+        User me = require_caller(req);
+        std::string user = req.matches[1], ref = req.matches[2];
+        if (user != me.username)
+          fail(403, "forbidden",
+               "user '" + me.username + "' may only push to models under '" + me.username + "/', not '" + user + "/'");
+        check(detail::check_model_ref(ref), "model ref '" + ref + "'");
+        if (!req.is_multipart_form_data())
+          fail(400, "invalid_argument", "a push must be multipart/form-data with parts 'meta' and 'artifact'");
+        // The parts as they arrive: 'artifact' to its file, the rest in memory.
+        std::string meta, part, problem;
+        bool have_meta = false, have_artifact = false;
+        std::vector<std::pair<std::string, std::string>> sources;  // (file name, content)
+        size_t source_bytes = 0;
+        Sha256 sha;
+        int64_t size = 0;
+        std::string head, tail;  // first 4 bytes; the last 22 + 65535 (check_artifact's window)
+        const size_t kTail = 22 + 65535;
+        auto stop = [&](int status, const std::string& code, const std::string& message) {
+          problem = std::to_string(status) + "\n" + code + "\n" + message;
+          return false;
+        };
+        const bool read = reader(
+            [&](const httplib::MultipartFormData& f) {
+              part = f.name;
+              if (part == "meta") {
+                if (have_meta) return stop(400, "invalid_argument", "part 'meta' is given twice");
+                have_meta = true;
+              } else if (part == "artifact") {
+                if (have_artifact) return stop(400, "invalid_argument", "part 'artifact' is given twice");
+                have_artifact = true;
+                auto p = store.begin_upload(&upload.fd);
+                if (!p.ok()) return stop(500, "internal", p.status().message());
+                upload.path = *p;
+              } else if (part == "source") {
+                const std::string bad_name = detail::check_source_name(f.filename);
+                if (!bad_name.empty())
+                  return stop(400, "invalid_argument", "source file name '" + f.filename + "' " + bad_name);
+                for (const auto& [name, content] : sources) {
+                  if (name == f.filename)
+                    return stop(400, "invalid_argument", "source file '" + f.filename + "' is given twice");
+                }
+                sources.emplace_back(f.filename, std::string());
+              } else {
+                return stop(400, "invalid_argument", "unknown part '" + part + "' (expected meta, artifact, source)");
+              }
+              return true;
+            },
+            [&](const char* data, size_t n) {
+              if (part == "meta") {
+                if (meta.size() + n > opt.max_json_bytes)
+                  return stop(413, "too_large", "part 'meta' is over " + std::to_string(opt.max_json_bytes) + " bytes");
+                meta.append(data, n);
+              } else if (part == "artifact") {
+                size += static_cast<int64_t>(n);
+                if (static_cast<size_t>(size) > opt.max_artifact_bytes)
+                  return stop(413, "too_large",
+                              "artifact is over the limit of " + std::to_string(opt.max_artifact_bytes) +
+                                  " bytes (max_artifact_bytes)");
+                sha.update(data, n);
+                if (head.size() < 4) head.append(data, std::min<size_t>(n, 4 - head.size()));
+                tail.append(data, n);
+                if (tail.size() > 2 * kTail) tail.erase(0, tail.size() - kTail);
+                for (size_t done = 0; done < n;) {
+                  const ssize_t w = ::write(upload.fd, data + done, n - done);
+                  if (w < 0 && errno == EINTR) continue;
+                  if (w <= 0) return stop(500, "internal", std::string("hub: cannot write the upload: ") + std::strerror(errno));
+                  done += static_cast<size_t>(w);
+                }
+              } else if (part == "source") {
+                source_bytes += n;
+                if (source_bytes > opt.max_source_bytes)
+                  return stop(413, "too_large",
+                              "source files total more than the limit of " + std::to_string(opt.max_source_bytes) +
+                                  " bytes (max_source_bytes)");
+                sources.back().second.append(data, n);
+              }
+              return true;
+            });
+        if (!problem.empty()) {
+          const auto a = problem.find('\n'), b = problem.find('\n', a + 1);
+          fail(std::stoi(problem.substr(0, a)), problem.substr(a + 1, b - a - 1), problem.substr(b + 1));
+        }
+        if (!read) fail(400, "bad_request", "the multipart body could not be read");
+        if (!have_meta) fail(400, "missing_part", "missing part 'meta' (JSON)");
+        if (!have_artifact) fail(400, "missing_part", "missing part 'artifact'");
+        json meta_json = parse_json_object(meta, opt.max_json_bytes, "part 'meta'");
+        detail::NewVersion v;
+        v.owner = &me;
+        v.model_ref = ref;
+        v.format = string_field(meta_json, "format", "meta");
+        v.description = string_field(meta_json, "description", "meta", std::string());
+        v.visibility = string_field(meta_json, "visibility", "meta", std::string());
+        if (v.format != "torchscript" && v.format != "plugin")
+          fail(400, "invalid_argument", "meta: format must be \"torchscript\" or \"plugin\", got \"" + v.format + "\"");
+        if (!v.visibility.empty() && v.visibility != "private" && v.visibility != "public")
+          fail(400, "invalid_argument",
+               "meta: visibility must be \"private\" or \"public\", got \"" + v.visibility + "\"");
+        // check_artifact looks at the first bytes and the last kTail: give it those.
+        if (tail.size() > kTail) tail.erase(0, tail.size() - kTail);
+        const std::string sample = static_cast<size_t>(size) > tail.size() ? head + tail : tail;
+        check(detail::check_artifact(v.format, sample), "artifact:");
+        for (auto& [name, content] : sources) {
+          if (!valid_utf8(content)) fail(400, "invalid_argument", "source file '" + name + "' is not UTF-8 text");
+          v.sources.emplace_back(name, std::move(content));
+        }
+        if (::fsync(upload.fd) != 0) fail(500, "internal", std::string("hub: cannot fsync the upload: ") + std::strerror(errno));
+        v.artifact_file = upload.path;
+        v.artifact_sha256 = sha.hex();
+        v.artifact_size = size;
+        auto out = store.push(v);
+        if (!out.ok()) fail(out.status());
+        json j = version_json(*out);
+        j.erase("description");
+        reply(res, 201, j);
+      });
+    });
+  }
 
   on("GET", "/api/v1/models", wrap([&store, caller](Req req, Res res) {
        auto me = caller(req);

@@ -2,6 +2,12 @@
 
 #include <sqlite3.h>
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <stdexcept>
 
@@ -376,9 +382,21 @@ std::string Store::artifact_path(const std::string& sha256) const {
   return (fs::path(data_dir_) / "artifacts" / sha256.substr(0, 2) / sha256).string();
 }
 
+StatusOr<std::string> Store::begin_upload(int* fd) {
+  const fs::path dir = fs::path(data_dir_) / "artifacts" / "uploads";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Status::internal("hub: cannot create " + dir.string() + ": " + ec.message());
+  std::string path = (dir / ".upload.tmp-XXXXXX").string();
+  *fd = ::mkstemp(path.data());
+  if (*fd < 0) return Status::internal("hub: cannot create a file in " + dir.string() + ": " + std::strerror(errno));
+  return path;
+}
+
 StatusOr<Version> Store::push(const NewVersion& v) {
-  const std::string& bytes = *v.artifact;
-  std::string sha = sha256_hex(bytes);
+  const bool streamed = v.artifact == nullptr;
+  const std::string sha = streamed ? v.artifact_sha256 : sha256_hex(*v.artifact);
+  const int64_t size = streamed ? v.artifact_size : static_cast<int64_t>(v.artifact->size());
   std::lock_guard<std::mutex> lock(mu_);
 
   // 1. The artifact, durably. Same bytes, same path: an existing file was renamed
@@ -394,9 +412,19 @@ StatusOr<Version> Store::push(const NewVersion& v) {
       std::string err = fsync_dir(dir.parent_path().string());
       if (!err.empty()) return Status::internal("hub: " + err);
     }
-    std::string err = write_file_durably(path, bytes);
-    if (!err.empty()) return Status::internal("hub: " + err);
+    if (streamed) {
+      // Fsynced by the uploader; the rename and the directory's fsync make it durable.
+      if (std::rename(v.artifact_file.c_str(), path.c_str()) != 0) {
+        return Status::internal("hub: cannot move the upload to " + path + ": " + std::strerror(errno));
+      }
+      std::string err = fsync_dir(dir.string());
+      if (!err.empty()) return Status::internal("hub: " + err);
+    } else {
+      std::string err = write_file_durably(path, *v.artifact);
+      if (!err.empty()) return Status::internal("hub: " + err);
+    }
   } else {
+    if (streamed) fs::remove(v.artifact_file, ec);  // the same bytes are stored already
     // Whole (renamed into place only after its fsync), but a run that died between
     // the rename and the directory's fsync left its entry not yet durable.
     std::string err = fsync_dir(dir.string());
@@ -409,7 +437,7 @@ StatusOr<Version> Store::push(const NewVersion& v) {
   out.username = v.owner->username;
   out.model_ref = v.model_ref;
   out.sha256 = sha;
-  out.size = static_cast<int64_t>(bytes.size());
+  out.size = size;
   out.format = v.format;
   out.description = v.description;
   out.created_at = now_utc();

@@ -165,7 +165,12 @@ struct NewVersion {
   std::string format;
   std::string description;
   std::string visibility;  // "" keeps the model's (private for a new model)
+  // The artifact: its bytes in memory, or a file streamed by begin_upload() (fsynced,
+  // with its sha256 and size), which push() renames into place or removes.
   const std::string* artifact = nullptr;
+  std::string artifact_file;
+  std::string artifact_sha256;
+  int64_t artifact_size = 0;
   Files sources;
 };
 
@@ -195,6 +200,10 @@ class Store {
   // Every registered user, by name (the pods' policy lists their public keys).
   std::vector<User> list_users();
 
+  // A new file for streaming an upload into (artifacts/uploads/, named like an
+  // interrupted write so that open() removes one a crash left): its path, opened for
+  // writing with mode 0600 as `*fd`.
+  StatusOr<std::string> begin_upload(int* fd);
   // Stores the artifact durably, then records the next version of the model.
   StatusOr<Version> push(const NewVersion& v);
 

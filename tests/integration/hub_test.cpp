@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "fedpod/common/signing.h"
+#include "fedpod/common/sha256.h"
 #include "fedpod/hub/client.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/hub/server.h"
@@ -425,6 +426,78 @@ TEST(HubLimitsTest, UnauthenticatedAndOversizedBodiesAreRefusedBeforeTheyAreRead
   testing::record_fault("hub", "20 unauthenticated pushes announcing 400 MiB each, and oversized JSON bodies", 23,
                         "refused on their headers (401, 413, 411); peak RSS grew by " +
                             std::to_string(growth >> 20) + " MiB");
+}
+
+// A valid push streams its artifact to disk: a 300 MiB model, sent in 1 MiB pieces
+// from one reused buffer, does not grow the hub's memory by what it carries, and is
+// stored whole (its sha256 computed as it arrived).
+TEST(HubLimitsTest, AnAuthenticatedPushIsStreamedToDiskNotHeldInMemory) {
+  testing::TempDir dir;
+  ServerOptions opt;
+  opt.data_dir = (dir.path() / "data").string();
+  RunningHub hub(opt);
+  const auto keys = protocol::generate_curve_keypair();
+  auto token = Client("127.0.0.1", hub.port()).register_user("alice", keys.public_key, keys.secret_key);
+  ASSERT_TRUE(token.ok()) << token.status().to_string();
+  // A zip-shaped artifact: local header, 300 MiB of filler, end-of-central-directory.
+  const size_t filler = size_t{300} << 20;
+  const std::string first = std::string("PK\x03\x04", 4), last = std::string("PK\x05\x06", 4) + std::string(18, '\0');
+  const std::string meta = R"({"format":"torchscript","description":"big"})";
+  const std::string pre = "--b\r\nContent-Disposition: form-data; name=\"meta\"\r\n\r\n" + meta +
+                          "\r\n--b\r\nContent-Disposition: form-data; name=\"artifact\"; filename=\"m.pt\"\r\n"
+                          "Content-Type: application/octet-stream\r\n\r\n" + first;
+  const std::string post = last + "\r\n--b--\r\n";
+  const size_t length = pre.size() + filler + post.size();
+  std::ofstream("/proc/self/clear_refs") << "5";  // the peak so far: now (Linux >= 4.0)
+  const int64_t before = peak_rss_bytes();
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(hub.port()));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  const std::string head = "POST /api/v1/models/alice/big/versions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                           *token + "\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: " +
+                           std::to_string(length) + "\r\n\r\n";
+  Sha256 sha;
+  sha.update(first.data(), first.size());
+  auto send_all = [&](const char* p, size_t n) {
+    for (size_t done = 0; done < n;) {
+      const ssize_t m = ::send(fd, p + done, n - done, MSG_NOSIGNAL);
+      if (m <= 0) return false;
+      done += static_cast<size_t>(m);
+    }
+    return true;
+  };
+  ASSERT_TRUE(send_all(head.data(), head.size()));
+  ASSERT_TRUE(send_all(pre.data(), pre.size()));
+  const std::string chunk(size_t{1} << 20, 'w');
+  for (size_t sent = 0; sent < filler; sent += chunk.size()) {
+    ASSERT_TRUE(send_all(chunk.data(), chunk.size()));
+    sha.update(chunk.data(), chunk.size());
+  }
+  ASSERT_TRUE(send_all(post.data(), post.size()));
+  sha.update(last.data(), last.size());
+  std::string reply;
+  char buf[4096];
+  while (reply.find("\r\n\r\n") == std::string::npos || reply.back() != '}') {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    reply.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  ASSERT_EQ(reply.rfind("HTTP/1.1 201", 0), 0u) << reply;
+  const int64_t growth = peak_rss_bytes() - before;
+  EXPECT_LT(growth, int64_t{64} << 20) << "the hub held the upload in memory";
+  const json stored = json::parse(reply.substr(reply.find("\r\n\r\n") + 4));
+  const std::string sha_hex = sha.hex();
+  EXPECT_EQ(stored["sha256"], sha_hex);
+  EXPECT_EQ(stored["size"], static_cast<int64_t>(first.size() + filler + last.size()));
+  EXPECT_EQ(std::filesystem::file_size(dir.path() / "data" / "artifacts" / sha_hex.substr(0, 2) / sha_hex),
+            first.size() + filler + last.size());
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path() / "data" / "artifacts" / "uploads"));
+  testing::record_fault("hub", "an authenticated 300 MiB push", 1,
+                        "streamed to disk, stored whole; peak RSS grew by " + std::to_string(growth >> 20) + " MiB");
 }
 
 TEST_F(HubTest, MalformedPushes) {

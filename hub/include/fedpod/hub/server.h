@@ -82,9 +82,10 @@ struct ServerOptions {
   // and are stored inside the database, so they are kept small: a model's code, not
   // its data. 3 MiB is generous for a few C++ or Python files.
   size_t max_source_bytes = 3u << 20;
-  // Bytes of one artifact. httplib holds a request body in memory while it is being
-  // handled, so this bounds the memory one upload can take. 512 MiB fits models with
-  // ~100M float parameters.
+  // Bytes of one artifact. A push streams its artifact to a file under
+  // DATA_DIR/artifacts/uploads/ as it arrives, so this bounds disk, not memory (a push
+  // holds at most its meta, its sources and 64 KiB of the artifact's tail in memory).
+  // 512 MiB fits models with ~100M float parameters.
   size_t max_artifact_bytes = 512u << 20;
   // Bytes of a JSON request body (users, pods, a push's meta part). Nothing the API
   // takes as JSON needs more; the limit keeps a parser from chewing on garbage.
