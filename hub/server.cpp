@@ -738,6 +738,7 @@ void Server::routes() {
         v.artifact_size = size;
         auto out = store.push(v);
         if (!out.ok()) fail(out.status());
+        upload.path.clear();  // renamed into place, or removed as a duplicate, by push()
         json j = version_json(*out);
         j.erase("description");
         reply(res, 201, j);
