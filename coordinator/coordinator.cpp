@@ -652,7 +652,19 @@ struct Coordinator::Impl {
             result[i] = {"refused", pod.handshake_error, 0, 0, {}};
             done = true;
           } else if (require_connected || pod.secured) {
-            result[i] = {"disconnected", "pod disconnected while the request was pending", 0, 0, {}};
+            // ZeroMQ's own heartbeats (same heartbeat_timeout) drop a connection that
+            // carried nothing for that long, which can come a moment before the check
+            // below: a pod quiet for the whole timeout was silent, whichever noticed.
+            const auto quiet = Clock::now() - last_heard[i];
+            if (detect_silence && !(exempt && exempt(i)) && quiet >= spec.heartbeat_timeout) {
+              result[i] = {"silent",
+                           "no answer, not even to heartbeats, for " +
+                               fmt(std::chrono::duration<double>(quiet).count(), 1) +
+                               " s (heartbeat_timeout); the connection was dropped",
+                           0, std::chrono::duration<double>(Clock::now() - sent_at[i]).count(), {}};
+            } else {
+              result[i] = {"disconnected", "pod disconnected while the request was pending", 0, 0, {}};
+            }
             done = true;
           }
           // Otherwise (hello, startJob): not yet connected; ZeroMQ keeps retrying until the deadline.
