@@ -7,12 +7,18 @@
 #include "commands.h"
 #include "fedpod/common/config_util.h"
 #include "fedpod/common/process.h"
+#include "fedpod/worker/gate.h"
 #include "fedpod/worker/runner.h"
 
 int main(int argc, char** argv) {
   // A job runner (worker/runner.h), started by `fedpod worker` for each job; not a
   // command for people, so not in --help.
   if (argc > 1 && std::string(argv[1]) == "runner") return fedpod::worker::runner_main(argc - 2, argv + 2);
+  // The pod's receiving process (worker/gate.h), started by `fedpod worker`.
+  if (argc > 1 && std::string(argv[1]) == "gate") {
+    fedpod::tune_malloc_for_large_messages();
+    return fedpod::worker::gate_main(argc - 2, argv + 2);
+  }
   fedpod::tune_malloc_for_large_messages();  // before any thread starts
   // A peer that closes a TLS connection mid-write (OpenSSL writes with write(2)) must
   // fail that one exchange, not kill the hub, a pod or a CLI call with SIGPIPE.

@@ -42,6 +42,15 @@ void run_worker(const WorkerArgs& args) {
   // hidden `runner` subcommand, confined (worker/runner.h).
   worker::Runtime runtime;
   runtime.runner_command = {self_executable(), "runner"};
+  // The public socket lives in a receiving process under a memory limit
+  // (worker/gate.h), so no peer's message can grow this process without bound.
+  if (config.receiving_process) {
+    runtime.gate_command = {self_executable(), "gate"};
+  } else {
+    log->warn("event=transport pod={} receiving_process=off consequence=\"the public socket is in this process: "
+              "an admitted peer's message is bounded per frame (max_frame_bytes), not per message\"",
+              config.name);
+  }
   worker::Worker w(ctx, config, log, runtime);
   if (!args.endpoint_file.empty()) {
     // Written after binding: a launcher that waits for this file can connect at once.

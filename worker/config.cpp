@@ -105,13 +105,21 @@ int64_t parse_bytes(const std::string& text, const std::string& where) {
   return static_cast<int64_t>(v * scale);
 }
 
+// true or false (YAML's spellings: yes/no, on/off too); errors name `where`.
+bool parse_bool(const YAML::Node& n, const std::string& where) {
+  bool b = false;
+  if (n.IsScalar() && YAML::convert<bool>::decode(n, b)) return b;
+  throw ConfigError(where + ": expected true or false, got \"" + (n.IsScalar() ? n.Scalar() : "a " + std::string(n.IsMap() ? "mapping" : "list")) + "\"");
+}
+
 // The body of load_pod_config and parse_pod_config: `where` names the source in
 // errors; relative paths in it resolve against `base`.
 PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
                                const fs::path& base) {
   check_keys(root, {"name", "listen", "dataset", "devices", "threads", "job_idle_timeout",
                     "max_frame_bytes", "custom_models", "log_level", "key_file", "policy", "audit_log",
-                    "metrics_listen", "sandbox", "audit_publish"},
+                    "metrics_listen", "sandbox", "audit_publish", "max_message_bytes", "transport_memory",
+                    "receiving_process"},
              where);
   PodConfig c;
   try {
@@ -192,6 +200,20 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
     if (root["max_frame_bytes"]) {
       c.max_frame_bytes = root["max_frame_bytes"].as<int64_t>();
       if (c.max_frame_bytes <= 0) throw ConfigError(where + ": max_frame_bytes: must be positive");
+    }
+    c.max_message_bytes = c.max_frame_bytes;
+    if (root["max_message_bytes"]) {
+      c.max_message_bytes = parse_bytes(root["max_message_bytes"].as<std::string>(), where + ": max_message_bytes");
+    }
+    if (root["receiving_process"]) c.receiving_process = parse_bool(root["receiving_process"], where + ": receiving_process");
+    c.transport_memory = 2 * c.max_message_bytes + (int64_t{256} << 20);
+    if (root["transport_memory"]) {
+      c.transport_memory = parse_bytes(root["transport_memory"].as<std::string>(), where + ": transport_memory");
+      if (c.transport_memory < c.max_message_bytes + (int64_t{64} << 20)) {
+        throw ConfigError(where + ": transport_memory: must be at least max_message_bytes + 64MiB (" +
+                          std::to_string(c.max_message_bytes + (int64_t{64} << 20)) +
+                          " bytes): the receiving process holds one whole message");
+      }
     }
     if (root["custom_models"]) {
       auto v = root["custom_models"].as<std::string>();

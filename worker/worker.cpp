@@ -23,6 +23,7 @@
 #include "fedpod/protocol/curve.h"
 #include "fedpod/worker/audit.h"
 #include "fedpod/worker/audit_anchor.h"
+#include "fedpod/worker/gate.h"
 #include "fedpod/worker/policy.h"
 #include "fedpod/worker/policy_cache.h"
 #include "fedpod/hub/client.h"
@@ -336,7 +337,7 @@ struct Worker::Impl {
   prometheus::Family<prometheus::Counter>& bad_family = metrics::counter(
       *registry, "fedpod_worker_bad_messages_total",
       "Messages refused as malformed, by reason: no_envelope, too_many_frames, envelope (unreadable header), "
-      "content (wrong tensors, values or fields), unexpected_kind, protocol_version (another protocol version; "
+      "too_large (beyond max_message_bytes), content (wrong tensors, values or fields), unexpected_kind, protocol_version (another protocol version; "
       "audited once a minute per user)");
   prometheus::Family<prometheus::Counter>& runner_failures_family = metrics::counter(
       *registry, "fedpod_worker_runner_failures_total",
@@ -360,7 +361,13 @@ struct Worker::Impl {
       "Connections whose ZeroMQ handshake failed, by reason: protocol (not ZMTP, a wrong version or mechanism, "
       "a malformed or undecryptable CurveZMQ command), auth (the key refused: see fedpod_access_denied_total), "
       "other (the peer went away mid-handshake)");
-  // The ROUTER's handshake failures (ZMQ socket monitor), read in serve().
+  prometheus::Family<prometheus::Counter>& transport_restarts_family = metrics::counter(
+      *registry, "fedpod_worker_transport_restarts_total",
+      "Times the pod's receiving process (`fedpod worker` only: it owns the public socket under a memory "
+      "limit) ended and was restarted, by reason: memory (SIGABRT or SIGKILL: most likely a peer's message "
+      "beyond the limit), crashed (another signal), exited, restart (an earlier restart failed; retried)");
+  // The ROUTER's handshake failures (ZMQ socket monitor), read in serve(); empty
+  // with a gate, which passes them on as messages.
   std::string monitor_endpoint;
   void on_handshake_event(uint16_t event, uint32_t value, const std::string& peer) {
     const char* reason = event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH       ? "auth"
@@ -502,6 +509,9 @@ struct Worker::Impl {
     return s;
   }
   WorkerCounters& counters() { return owner.counters_; }
+  // Where peers' messages arrive and replies go: the receiving process (`fedpod
+  // worker`) or this process's own ROUTER (an embedded Worker).
+  zmq::socket_t& transport() { return gate ? gate->socket() : router; }
 
   // Builds a reply echoing the request's ids; `fill` sets the body.
   Frames reply(const zmq::message_t& routing, const std::string& job_id, uint64_t request_id,
@@ -518,7 +528,7 @@ struct Worker::Impl {
     zmq::message_t routing = std::move(frames[0]);
     frames.erase(frames.begin());
     const double bytes = frame_bytes(frames);
-    if (protocol::send_frames(router, frames, &routing)) {
+    if (protocol::send_frames(transport(), frames, &routing)) {
       bytes_sent.Increment(bytes);
     } else if (int64_t left_out = peer_lines.admit("reply_dropped"); left_out >= 0) {
       log->warn("event=reply_dropped reason=peer_gone suppressed={}", left_out);
@@ -551,10 +561,13 @@ struct Worker::Impl {
 
     zmq::socket_t monitor(ctx, zmq::socket_type::pair);
     monitor.set(zmq::sockopt::linger, 0);
-    monitor.connect(monitor_endpoint);
+    if (!gate) monitor.connect(monitor_endpoint);
     Frames frames;
     while (!stop.load()) {
-      zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0},
+      if (gate) {
+        if (auto ended = gate->check()) on_gate_ended(*ended);
+      }
+      zmq::pollitem_t items[] = {{transport().handle(), 0, ZMQ_POLLIN, 0},
                                  {results.handle(), 0, ZMQ_POLLIN, 0},
                                  {monitor.handle(), 0, ZMQ_POLLIN, 0}};
       protocol::poll(items, 3, std::chrono::milliseconds(100));
@@ -578,8 +591,15 @@ struct Worker::Impl {
       }
       if (items[0].revents & ZMQ_POLLIN) {
         // Drain what is waiting, one message at a time.
-        for (int i = 0; i < 64 && protocol::recv_frames(router, frames, limits.max_frames + 1, too_many); ++i) {
-          handle(frames, too_many);
+        if (gate) {
+          // The gate sends only whole, checked messages (and notes); no limit here.
+          for (int i = 0; i < 64 && protocol::recv_frames(transport(), frames, SIZE_MAX, too_many); ++i) {
+            handle_from_gate(frames);
+          }
+        } else {
+          for (int i = 0; i < 64 && protocol::recv_frames(router, frames, limits.max_frames + 1, too_many); ++i) {
+            handle(frames, too_many);
+          }
         }
       }
       expire_idle_job();
@@ -614,6 +634,7 @@ struct Worker::Impl {
     if (anchor) anchor->notify();  // the job's decisions, anchored on the hub now
   }
 
+  // A message from this process's own ROUTER: [routing id, frames...].
   void handle(Frames& frames, bool too_many) {
     bytes_received.Increment(frame_bytes(frames));
     if (frames.size() < 2) {
@@ -636,6 +657,58 @@ struct Worker::Impl {
                  "too_many_frames");
       return;
     }
+    const double bytes = frame_bytes(frames);
+    if (bytes > static_cast<double>(config().max_message_bytes)) {
+      send_error(routing, "", 0,
+                 Status::bad_message("message of " + std::to_string(static_cast<uint64_t>(bytes)) +
+                                     " bytes; this pod accepts at most " +
+                                     std::to_string(config().max_message_bytes) + " (pod.yaml max_message_bytes)"),
+                 "too_large");
+      return;
+    }
+    handle_message(routing, user, peer, frames);
+  }
+
+  // What the receiving process passes on (gate.h): a peer's message, a message it
+  // refused, or a failed handshake.
+  void handle_from_gate(Frames& frames) {
+    if (frames.empty() || frames[0].size() != 1) return;
+    const char kind = *static_cast<const char*>(frames[0].data());
+    if (kind == kGateHandshake) {
+      if (frames.size() < 3 || frames[1].size() < 6) return;
+      uint16_t event;
+      uint32_t value;
+      std::memcpy(&event, frames[1].data(), 2);
+      std::memcpy(&value, static_cast<const char*>(frames[1].data()) + 2, 4);
+      on_handshake_event(event, value, frames[2].to_string());
+      return;
+    }
+    if (frames.size() < 4) return;
+    zmq::message_t routing = std::move(frames[1]);
+    const std::string user = frames[2].to_string();
+    const std::string peer = frames[3].to_string();
+    if (kind == kGateRefused) {
+      if (frames.size() < 6) return;
+      const std::string reason = frames[4].to_string();
+      send_error(routing, "", 0, Status::bad_message(frames[5].to_string()),
+                 reason == "too_many_frames" ? "too_many_frames" : "too_large");
+      return;
+    }
+    if (kind != kGateMessage) return;
+    frames.erase(frames.begin(), frames.begin() + 4);
+    bytes_received.Increment(frame_bytes(frames));
+    if (frames.empty()) {
+      on_bad_message("no_envelope");
+      if (int64_t left_out = peer_lines.admit("bad_message"); left_out >= 0) {
+        log->warn("event=bad_message reason=\"message without an envelope\" suppressed={}", left_out);
+      }
+      return;
+    }
+    handle_message(routing, user, peer, frames);
+  }
+
+  void handle_message(const zmq::message_t& routing, const std::string& user, const std::string& peer,
+                      Frames& frames) {
     auto parsed = protocol::Incoming::parse(std::move(frames), limits);
     if (!parsed.ok()) {
       if (parsed.status().code() == StatusCode::kVersionMismatch) {
@@ -1105,6 +1178,31 @@ struct Worker::Impl {
     }, failure_reply(routing_copy, job_id, request_id));
     return Status();
   }
+
+  // The receiving process (gated `fedpod worker`), declared last so that it, and
+  // its thread that calls authenticate(), end before everything that uses.
+  std::unique_ptr<Gate> gate;
+  void on_gate_ended(const GateEnded& e) {
+    transport_restarts_family.Add({{"reason", e.reason}}).Increment();
+    if (e.restarted.ok()) {
+      log->warn("event=transport_restarted pod={} reason={} how=\"the receiving process {}\" endpoint={} pid={} "
+                "consequence=\"every connection to the pod was dropped; coordinators reconnect\"",
+                config().name, e.reason, e.detail, gate->endpoint(), gate->pid());
+    } else {
+      log->error("event=transport_down pod={} reason={} how=\"the receiving process {}\" error=\"{}\" "
+                 "consequence=\"the pod cannot be reached; retried every second\"",
+                 config().name, e.reason, e.detail, e.restarted.message());
+    }
+    if (refusal_audit) {
+      (void)refusal_audit->refused("transport_restarted|" + e.reason,
+                                   {{"event", "transport_restarted"},
+                                    {"pod", config().name},
+                                    {"reason", e.reason},
+                                    {"message", "the receiving process " + e.detail +
+                                                    (e.restarted.ok() ? "; restarted" : "; not restarted: " +
+                                                                                            e.restarted.message())}});
+    }
+  }
 };
 
 Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtime)
@@ -1220,22 +1318,46 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
   m.zap->add_domain(m.zap_domain, [impl = impl_.get()](const std::string& key, const std::string& address) {
     return impl->authenticate(key, address);
   });
-  protocol::SocketOptions opts;
-  opts.max_frame_bytes = config_.max_frame_bytes;
-  opts.curve_server_secret = m.keys.secret_key;
-  opts.zap_domain = m.zap_domain;
-  try {
-    impl_->router = protocol::make_router(ctx, config_.listen, opts);
-  } catch (const zmq::error_t& e) {
-    throw ConfigError("pod " + config_.name + ": cannot listen on " + config_.listen + ": " + e.what());
-  }
-  endpoint_ = protocol::bound_endpoint(impl_->router);
-  // Handshake failures, counted and audited (serve() reads the monitor).
-  m.monitor_endpoint = "inproc://fedpod-worker-monitor-" + std::to_string(reinterpret_cast<uintptr_t>(impl_.get()));
-  if (zmq_socket_monitor(impl_->router.handle(), m.monitor_endpoint.c_str(),
-                         ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                             ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0) {
-    throw ConfigError("pod " + config_.name + ": cannot monitor its socket: " + zmq_strerror(zmq_errno()));
+  if (!m.runtime.gate_command.empty()) {
+    // The public socket lives in the receiving process, under its memory limit
+    // (gate.h); handshakes still come here to be decided.
+    GateOptions go;
+    go.command = m.runtime.gate_command;
+    go.pod_name = config_.name;
+    go.listen = config_.listen;
+    go.secret_key = m.keys.secret_key;
+    go.max_frame_bytes = config_.max_frame_bytes;
+    go.max_message_bytes = config_.max_message_bytes;
+    go.max_frames = m.limits.max_frames;
+    go.memory_bytes = config_.transport_memory;
+    go.authenticate = [impl = impl_.get()](const std::string& key, const std::string& address) {
+      return impl->authenticate(key, address);
+    };
+    auto gate = Gate::start(ctx, std::move(go));
+    if (!gate.ok()) throw ConfigError("pod " + config_.name + ": " + gate.status().message());
+    m.gate = std::move(*gate);
+    endpoint_ = m.gate->endpoint();
+    m.log->info("event=transport pod={} receiving_process={} memory_limit_bytes={} max_message_bytes={}",
+                config_.name, m.gate->pid(), m.gate->memory_limit(), config_.max_message_bytes);
+  } else {
+    protocol::SocketOptions opts;
+    opts.max_frame_bytes = config_.max_frame_bytes;
+    opts.curve_server_secret = m.keys.secret_key;
+    opts.zap_domain = m.zap_domain;
+    try {
+      impl_->router = protocol::make_router(ctx, config_.listen, opts);
+    } catch (const zmq::error_t& e) {
+      throw ConfigError("pod " + config_.name + ": cannot listen on " + config_.listen + ": " + e.what());
+    }
+    endpoint_ = protocol::bound_endpoint(impl_->router);
+    // Handshake failures, counted and audited (serve() reads the monitor).
+    m.monitor_endpoint =
+        "inproc://fedpod-worker-monitor-" + std::to_string(reinterpret_cast<uintptr_t>(impl_.get()));
+    if (zmq_socket_monitor(impl_->router.handle(), m.monitor_endpoint.c_str(),
+                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0) {
+      throw ConfigError("pod " + config_.name + ": cannot monitor its socket: " + zmq_strerror(zmq_errno()));
+    }
   }
   if (!config_.metrics_listen.empty()) {
     metrics::MetricsServerOptions mo;

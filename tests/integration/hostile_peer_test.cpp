@@ -1,5 +1,9 @@
 // Hostile peers against real `fedpod worker` processes:
 //
+//  - the pod's public socket lives in its receiving process (worker/gate.h): one
+//    message of 6 x 256 MiB frames, each under max_frame_bytes, cannot grow it past
+//    its kernel memory limit nor reach the worker; a message over max_message_bytes
+//    is refused with that reason;
 //  - an authenticated CURVE client sends one frame far above the pod's
 //    max_frame_bytes, once through libzmq (a real 256 MiB message) and once by hand
 //    (a frame header announcing 4 GiB, then a stream of bytes): the pod hangs up
@@ -28,6 +32,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -66,6 +71,54 @@ int64_t peak_rss(pid_t pid) {
   while (std::getline(in, line)) {
     if (line.rfind("VmHWM:", 0) == 0)
       return std::stoll(line.substr(6)) * 1024;  // "VmHWM:  1234 kB"
+  }
+  return -1;
+}
+
+// The pod's receiving process (worker/gate.h), which owns its public socket: its pid
+// and memory limit from the log ("event=transport ... receiving_process=PID
+// memory_limit_bytes=N"; after a restart "event=transport_restarted ... pid=PID").
+pid_t gate_pid(const testing::PodProcess& pod) {
+  const std::string log = testing::read_file(pod.log);
+  const std::regex started(R"(event=transport pod=\S+ receiving_process=(\d+))");
+  const std::regex restarted(R"(event=transport_restarted .* pid=(\d+))");
+  pid_t pid = -1;
+  for (const auto* re : {&started, &restarted}) {
+    for (auto it = std::sregex_iterator(log.begin(), log.end(), *re); it != std::sregex_iterator(); ++it) {
+      pid = static_cast<pid_t>(std::stol((*it)[1]));
+    }
+  }
+  return pid;
+}
+
+int64_t gate_limit(const testing::PodProcess& pod) {
+  const std::regex re(R"(event=transport pod=\S+ receiving_process=\d+ memory_limit_bytes=(\d+))");
+  std::smatch m;
+  const std::string log = testing::read_file(pod.log);
+  return std::regex_search(log, m, re) ? std::stoll(m[1]) : -1;
+}
+
+// The kernel's data-size limit (RLIMIT_DATA) of process `pid`, from
+// /proc/PID/limits ("Max data size  <soft>  <hard>  bytes"); 0 when unlimited.
+int64_t data_limit(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/limits");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Max data size", 0) != 0) continue;
+    std::istringstream words(line.substr(13));
+    std::string soft;
+    words >> soft;
+    return soft == "unlimited" ? 0 : std::stoll(soft);
+  }
+  return -1;
+}
+
+// Current resident set size (VmRSS) of process `pid`, in bytes; -1 when unreadable.
+int64_t rss(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
   }
   return -1;
 }
@@ -413,6 +466,10 @@ TEST_F(HostilePeerTest, OversizedFrameIsRefusedWithoutAllocatingIt) {
   ASSERT_EQ(attacker.hello(), W::HELLO_REPLY) << testing::read_file(pod.log);
   const int64_t rss_before = peak_rss(pod.process->pid());
   ASSERT_GT(rss_before, 0);
+  // The receiving process owns the socket: it reads the frame's header.
+  const pid_t gate = gate_pid(pod);
+  const int64_t gate_before = peak_rss(gate);
+  ASSERT_GT(gate_before, 0) << testing::read_file(pod.log);
 
   ASSERT_EQ(zmq_socket_monitor(attacker.socket().handle(), "inproc://hostile-monitor",
                                ZMQ_EVENT_DISCONNECTED),
@@ -443,6 +500,9 @@ TEST_F(HostilePeerTest, OversizedFrameIsRefusedWithoutAllocatingIt) {
   const int64_t rss_after = peak_rss(pod.process->pid());
   EXPECT_LT(rss_after - rss_before, 16 * kMiB)
       << "peak RSS " << rss_before << " -> " << rss_after << " bytes";
+  const int64_t gate_after = peak_rss(gate);
+  EXPECT_LT(gate_after - gate_before, 16 * kMiB)
+      << "receiving process peak RSS " << gate_before << " -> " << gate_after << " bytes";
 
   // Still serving: another client, this one again (libzmq reconnected it), a job.
   Client other(ctx, pod.endpoint, id_.client_options("pod-a"));
@@ -456,9 +516,10 @@ TEST_F(HostilePeerTest, OversizedFrameIsRefusedWithoutAllocatingIt) {
   EXPECT_TRUE(pod.process->running());
   testing::record_fault("hostile input",
                         "one 256 MiB frame from an authenticated peer (max_frame_bytes 1 MiB)", 1,
-                        "connection dropped on the frame header; pod peak RSS grew by " +
-                            std::to_string((rss_after - rss_before) / 1024) +
-                            " KiB; pod kept serving and trained a job");
+                        "connection dropped on the frame header; peak RSS grew by " +
+                            std::to_string((rss_after - rss_before) / 1024) + " KiB (worker), " +
+                            std::to_string((gate_after - gate_before) / 1024) +
+                            " KiB (receiving process); pod kept serving and trained a job");
 }
 
 // The same by hand after a real CurveZMQ handshake: a frame header announcing 4 GiB,
@@ -471,6 +532,9 @@ TEST_F(HostilePeerTest, AnnouncedHugeFrameIsRefusedOnItsHeader) {
   Client client(ctx, pod.endpoint, id_.client_options("pod-a"));
   ASSERT_EQ(client.hello(), W::HELLO_REPLY);
   const int64_t rss_before = peak_rss(pod.process->pid());
+  const pid_t gate = gate_pid(pod);
+  const int64_t gate_before = peak_rss(gate);
+  ASSERT_GT(gate_before, 0) << testing::read_file(pod.log);
 
   RawPeer raw(pod.endpoint);
   ASSERT_TRUE(raw.connected());
@@ -492,13 +556,188 @@ TEST_F(HostilePeerTest, AnnouncedHugeFrameIsRefusedOnItsHeader) {
   const int64_t rss_after = peak_rss(pod.process->pid());
   EXPECT_LT(rss_after - rss_before, 16 * kMiB)
       << "peak RSS " << rss_before << " -> " << rss_after << " bytes";
+  const int64_t gate_after = peak_rss(gate);
+  EXPECT_LT(gate_after - gate_before, 16 * kMiB)
+      << "receiving process peak RSS " << gate_before << " -> " << gate_after << " bytes";
   EXPECT_EQ(client.hello(), W::HELLO_REPLY);
   EXPECT_TRUE(pod.process->running());
   testing::record_fault(
       "hostile input", "a CurveZMQ frame header announcing 4 GiB, then a byte stream", 1,
       "connection reset after " + std::to_string(accepted / 1024) +
-          " KiB (socket buffers); pod peak RSS grew by " +
-          std::to_string((rss_after - rss_before) / 1024) + " KiB; pod kept serving");
+          " KiB (socket buffers); peak RSS grew by " + std::to_string((rss_after - rss_before) / 1024) +
+          " KiB (worker), " + std::to_string((gate_after - gate_before) / 1024) +
+          " KiB (receiving process); pod kept serving");
+}
+
+// A message of frames each under max_frame_bytes, which libzmq holds whole until its
+// last frame: one of 6 x 256 MiB (1.5 GiB) from an admitted key. The pod's public
+// socket lives in its receiving process, whose data size the kernel limits to its
+// start-up size plus transport_memory; the message cannot be held there, so the
+// attacker's connection is dropped or the receiving process ends and is restarted.
+// The worker process never sees a byte of it, and the pod keeps serving.
+TEST_F(HostilePeerTest, OneMessageOfSixLargeFramesStaysUnderTheDocumentedBound) {
+  const int64_t transport_memory = 576 * kMiB;
+  auto pod = start_pod("pod-a",
+                       "max_frame_bytes: 314572800\nmax_message_bytes: 256MiB\ntransport_memory: 576MiB\n");
+  ASSERT_FALSE(pod.endpoint.empty());
+  zmq::context_t ctx(1);
+  Client attacker(ctx, pod.endpoint, id_.client_options("pod-a"));
+  ASSERT_EQ(attacker.hello(), W::HELLO_REPLY) << testing::read_file(pod.log);
+  const pid_t gate = gate_pid(pod);
+  ASSERT_GT(gate, 0) << "no receiving process in the log: " << testing::read_file(pod.log);
+  const int64_t limit = gate_limit(pod);
+  ASSERT_GE(limit, 0);
+  // The limit the log states is the one the kernel enforces (0: a sanitizer build,
+  // whose shadow memory an rlimit forbids; the message is then refused as too large).
+  EXPECT_EQ(data_limit(gate), limit);
+  const int64_t worker_before = peak_rss(pod.process->pid());
+  const int64_t gate_before = rss(gate);
+  ASSERT_GT(worker_before, 0);
+  ASSERT_GT(gate_before, 0);
+
+  ASSERT_EQ(zmq_socket_monitor(attacker.socket().handle(), "inproc://six-frames-monitor", ZMQ_EVENT_DISCONNECTED),
+            0);
+  zmq::socket_t monitor(ctx, zmq::socket_type::pair);
+  monitor.set(zmq::sockopt::linger, 0);
+  monitor.connect("inproc://six-frames-monitor");
+
+  // The receiving process's resident size, sampled while the message arrives.
+  std::atomic<bool> sampling{true};
+  std::atomic<int64_t> gate_seen{gate_before};
+  std::thread sampler([&] {
+    while (sampling.load()) {
+      const int64_t v = rss(gate);
+      if (v < 0) break;  // it ended
+      if (v > gate_seen.load()) gate_seen = v;
+      std::this_thread::sleep_for(1ms);
+    }
+  });
+  const size_t frame_bytes = 256 * kMiB;
+  std::unique_ptr<char[]> frame(new char[frame_bytes]);  // one buffer, sent six times
+  {
+    protocol::Outgoing out("", 9);
+    out.envelope().getBody().initHello();
+    std::vector<zmq::message_t> frames = out.frames();
+    for (int i = 0; i < 6; ++i) frames.emplace_back(frame.get(), frame_bytes, nullptr, nullptr);
+    ASSERT_TRUE(attacker.try_send(std::move(frames)));
+  }
+  // The outcome: the connection dropped (libzmq could not allocate a frame, or the
+  // receiving process ended), or, without a limit, a refusal naming the size.
+  std::string outcome;
+  const auto until = Clock::now() + 180s;
+  while (outcome.empty() && Clock::now() < until) {
+    if (wait_for_event(monitor, ZMQ_EVENT_DISCONNECTED, 200ms)) outcome = "connection dropped";
+    if (auto r = attacker.recv(0ms)) {
+      auto body = r->envelope().getBody();
+      outcome = body.which() == W::ERROR ? "refused: " + std::string(body.getError().getMessage().cStr())
+                                         : "answered";
+    }
+  }
+  sampling = false;
+  sampler.join();
+  zmq_socket_monitor(attacker.socket().handle(), nullptr, 0);
+  ASSERT_FALSE(outcome.empty()) << "no outcome within 180 s";
+  if (limit > 0) {
+    EXPECT_EQ(outcome, "connection dropped");
+  } else {
+    EXPECT_NE(outcome.find("max_message_bytes"), std::string::npos) << outcome;
+  }
+  EXPECT_LT(gate_seen.load() - gate_before, transport_memory + 64 * kMiB)
+      << "receiving process RSS " << gate_before << " -> " << gate_seen.load();
+
+  // The worker process never held the message.
+  const int64_t worker_after = peak_rss(pod.process->pid());
+  EXPECT_LT(worker_after - worker_before, 16 * kMiB)
+      << "worker peak RSS " << worker_before << " -> " << worker_after << " bytes";
+  // Still serving (through a restarted receiving process, if it ended), and training.
+  Client other(ctx, pod.endpoint, id_.client_options("pod-a"));
+  EXPECT_EQ(other.hello(), W::HELLO_REPLY) << testing::read_file(pod.log);
+  auto spec = job("after-six-frames", {&pod});
+  spec.rounds = 1;
+  auto h = run_job(spec);
+  ASSERT_FALSE(h.empty());
+  EXPECT_EQ(h["rounds"][0]["pods"]["pod-a"]["outcome"], "ok");
+  EXPECT_TRUE(pod.process->running());
+  const std::string metrics = scrape(metrics_port(pod));
+  const double restarts = testing::metric_value(metrics, "fedpod_worker_transport_restarts_total{reason=\"memory\"}");
+  const bool restarted = !std::isnan(restarts) && restarts >= 1;
+  if (restarted) {
+    EXPECT_NE(gate_pid(pod), gate);
+    EXPECT_CONTAINS(testing::read_file(id_.audit_log("pod-a")), "\"event\":\"transport_restarted\"");
+    EXPECT_TRUE(worker::verify_audit_log(id_.audit_log("pod-a")).ok);
+  }
+  testing::record_fault(
+      "hostile input", "one message of 6 x 256 MiB frames from an admitted key (max_message_bytes 256 MiB)", 1,
+      outcome + (restarted ? " (the receiving process ended on its limit and was restarted)" : "") +
+          "; receiving process RSS grew by at most " + std::to_string((gate_seen.load() - gate_before) / kMiB) +
+          " MiB (kernel limit: start-up size + transport_memory 576 MiB); worker peak RSS grew by " +
+          std::to_string((worker_after - worker_before) / 1024) + " KiB; pod kept serving and trained a job");
+}
+
+// Within the receiving process's memory: a message over max_message_bytes is refused
+// with a reason naming the limit and counted, and the worker never holds it; one just
+// under the limit reaches the worker (and is answered).
+TEST_F(HostilePeerTest, MessageOverMaxMessageBytesIsRefusedByTheReceivingProcess) {
+  auto pod = start_pod("pod-a", "max_message_bytes: 64MiB\n");
+  ASSERT_FALSE(pod.endpoint.empty());
+  zmq::context_t ctx(1);
+  Client client(ctx, pod.endpoint, id_.client_options("pod-a"));
+  ASSERT_EQ(client.hello(), W::HELLO_REPLY);
+  const int64_t worker_before = peak_rss(pod.process->pid());
+  std::unique_ptr<char[]> frame(new char[32 * kMiB]);
+  auto send = [&](int frames_of_32_mib) -> std::string {
+    protocol::Outgoing out("", 10);
+    out.envelope().getBody().initHello();
+    std::vector<zmq::message_t> frames = out.frames();
+    for (int i = 0; i < frames_of_32_mib; ++i) frames.emplace_back(frame.get(), 32 * kMiB, nullptr, nullptr);
+    if (!client.try_send(std::move(frames))) return "not sent";
+    auto r = client.recv(60s);
+    if (!r) return "no answer";
+    auto body = r->envelope().getBody();
+    return body.which() == W::ERROR ? std::string(body.getError().getMessage().cStr()) : "answered";
+  };
+  const std::string over = send(3);  // 96 MiB
+  EXPECT_NE(over.find("max_message_bytes"), std::string::npos) << over;
+  const int64_t worker_after = peak_rss(pod.process->pid());
+  EXPECT_LT(worker_after - worker_before, 16 * kMiB) << worker_before << " -> " << worker_after;
+  const std::string under = send(1);  // 32 MiB: passed on whole, the worker decides
+  EXPECT_EQ(under.find("max_message_bytes"), std::string::npos) << under;
+  const std::string metrics = scrape(metrics_port(pod));
+  EXPECT_EQ(bad_messages(metrics, "too_large"), 1) << metrics;
+  EXPECT_EQ(client.hello(), W::HELLO_REPLY);
+}
+
+// The receiving process ended from outside (SIGKILL, as the kernel's OOM killer
+// would): the worker starts a new one on the same endpoint, counts and audits it,
+// and coordinators' connections come back by themselves.
+TEST_F(HostilePeerTest, ReceivingProcessThatEndsIsRestartedOnTheSameEndpoint) {
+  auto pod = start_pod("pod-a");
+  ASSERT_FALSE(pod.endpoint.empty());
+  zmq::context_t ctx(1);
+  Client client(ctx, pod.endpoint, id_.client_options("pod-a"));
+  ASSERT_EQ(client.hello(), W::HELLO_REPLY);
+  const pid_t first = gate_pid(pod);
+  ASSERT_GT(first, 0) << testing::read_file(pod.log);
+  ASSERT_EQ(::kill(first, SIGKILL), 0);
+  pid_t second = -1;
+  const auto until = Clock::now() + 60s;
+  while ((second = gate_pid(pod)) == first && Clock::now() < until) std::this_thread::sleep_for(20ms);
+  ASSERT_NE(second, first) << "not restarted: " << testing::read_file(pod.log);
+  EXPECT_CONTAINS(testing::read_file(pod.log), "event=transport_restarted pod=pod-a reason=memory");
+  // The same client, reconnected by libzmq to the same endpoint.
+  EXPECT_EQ(client.hello(), W::HELLO_REPLY);
+  const std::string metrics = scrape(metrics_port(pod));
+  EXPECT_EQ(testing::metric_value(metrics, "fedpod_worker_transport_restarts_total{reason=\"memory\"}"), 1)
+      << metrics;
+  EXPECT_CONTAINS(testing::read_file(id_.audit_log("pod-a")), "\"event\":\"transport_restarted\"");
+  auto spec = job("after-restart", {&pod});
+  spec.rounds = 1;
+  auto h = run_job(spec);
+  ASSERT_FALSE(h.empty());
+  EXPECT_EQ(h["rounds"][0]["pods"]["pod-a"]["outcome"], "ok");
+  testing::record_fault("process fault", "the pod's receiving process killed (SIGKILL)", 1,
+                        "restarted on the same endpoint, counted and audited; the client reconnected by "
+                        "itself; a job ran");
 }
 
 // Unauthenticated raw TCP: garbage, broken greetings, broken and refused CurveZMQ

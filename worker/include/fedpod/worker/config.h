@@ -20,6 +20,13 @@
 //   job_idle_timeout: 10m             # a job with no message for this long is ended
 //   max_frame_bytes: 2147483648       # largest accepted ZeroMQ frame (also bounds a
 //                                     # custom model's artifact, sent as one frame)
+//   max_message_bytes: 2147483648     # largest accepted message, all frames together
+//                                     # (default: max_frame_bytes)
+//   transport_memory: 4.25GiB         # memory limit of the pod's receiving process, which
+//                                     # owns the public socket (default: 2 x
+//                                     # max_message_bytes + 256MiB; docs/permissions.md)
+//   receiving_process: true           # false: the worker holds the socket itself (faster,
+//                                     # but a peer's message is bounded only per frame)
 //   custom_models: policy             # policy (default) | refuse: refuse every custom model
 //   log_level: info
 //   sandbox: auto                     # job runners (docs/permissions.md): auto (the best
@@ -128,6 +135,14 @@ struct PodConfig {
   int threads = 0;                   // 0: every core; split between replicas
   std::chrono::milliseconds job_idle_timeout{10 * 60 * 1000};
   int64_t max_frame_bytes = int64_t{2} << 30;
+  // Largest accepted message, all frames together (default: max_frame_bytes).
+  int64_t max_message_bytes = int64_t{2} << 30;
+  // The receiving process's memory limit above its start-up size (gate.h); default
+  // 2 × max_message_bytes + 256 MiB: one message arriving while a reply leaves.
+  int64_t transport_memory = (int64_t{4} << 30) + (int64_t{256} << 20);
+  // `fedpod worker` holds the public socket in the receiving process (gate.h);
+  // false keeps it in the worker: one copy less per message, no memory bound.
+  bool receiving_process = true;
   CustomModels custom_models = CustomModels::kPolicy;
   std::string log_level = "info";
   std::string key_file;  // absolute

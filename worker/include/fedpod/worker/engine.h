@@ -52,6 +52,10 @@ struct Runtime {
                                      const Hyperparameters&, const std::atomic<bool>*)>
       train = train_local;
   std::vector<std::string> runner_command;
+  // How the pod's public socket is held: empty (an embedded Worker), in this
+  // process; else the argv of the receiving process that owns it under a memory
+  // limit (gate.h; `fedpod worker` uses {fedpod, "gate"}).
+  std::vector<std::string> gate_command;
 };
 
 enum class Split { kTrain = 0, kValidation = 1, kTest = 2 };

@@ -1,0 +1,59 @@
+// pod.yaml's transport settings: max_message_bytes, transport_memory and
+// receiving_process (worker/gate.h), their defaults and their errors.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "fedpod/common/signing.h"
+#include "fedpod/worker/config.h"
+#include "testutil.h"
+
+namespace fedpod::worker {
+namespace {
+
+constexpr int64_t kMiB = int64_t{1} << 20;
+
+class PodConfigTest : public ::testing::Test {
+ protected:
+  PodConfig parse(const std::string& extra) {
+    return parse_pod_config(base() + extra, "pod.yaml", dir_.path().string());
+  }
+  std::string error(const std::string& extra) {
+    return testing::config_error([&] { parse(extra); });
+  }
+  std::string base() const {
+    return "name: pod-a\nlisten: tcp://127.0.0.1:0\ndataset: {path: pod.csv}\nkey_file: pod.key\n"
+           "policy: {file: policy.signed.json, signing_key: \"" +
+           signing_.public_key + "\"}\n";
+  }
+  testing::TempDir dir_;
+  SigningKeyPair signing_ = generate_signing_keypair();
+};
+
+TEST_F(PodConfigTest, MessageBoundsDefaultToTheFrameLimitAndTwoMessagesOfMemory) {
+  const PodConfig d = parse("");
+  EXPECT_EQ(d.max_message_bytes, d.max_frame_bytes);
+  EXPECT_EQ(d.transport_memory, 2 * d.max_message_bytes + 256 * kMiB);
+  EXPECT_TRUE(d.receiving_process);
+
+  const PodConfig small = parse("max_frame_bytes: 1048576\n");
+  EXPECT_EQ(small.max_message_bytes, 1048576);
+  EXPECT_EQ(small.transport_memory, 2 * 1048576 + 256 * kMiB);
+
+  const PodConfig set = parse("max_message_bytes: 64MiB\ntransport_memory: 1GiB\nreceiving_process: false\n");
+  EXPECT_EQ(set.max_message_bytes, 64 * kMiB);
+  EXPECT_EQ(set.transport_memory, 1024 * kMiB);
+  EXPECT_FALSE(set.receiving_process);
+}
+
+TEST_F(PodConfigTest, BadMessageBoundsNameTheKey) {
+  EXPECT_EQ(error("max_message_bytes: lots\n"),
+            "pod.yaml: max_message_bytes: expected a size such as 8GiB or 512MiB, got \"lots\"");
+  EXPECT_EQ(error("max_message_bytes: 64MiB\ntransport_memory: 100MiB\n"),
+            "pod.yaml: transport_memory: must be at least max_message_bytes + 64MiB (134217728 bytes): the "
+            "receiving process holds one whole message");
+  EXPECT_EQ(error("receiving_process: maybe\n"), "pod.yaml: receiving_process: expected true or false, got \"maybe\"");
+}
+
+}  // namespace
+}  // namespace fedpod::worker
