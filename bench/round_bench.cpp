@@ -39,6 +39,7 @@
 #include "fedpod/protocol/socket.h"
 #include "fedpod/common/signing.h"
 #include "fedpod/worker/policy.h"
+#include "fedpod/worker/gate.h"
 #include "fedpod/worker/runner.h"
 
 namespace fs = std::filesystem;
@@ -105,7 +106,7 @@ std::vector<std::string> split(const std::string& s) {
 // --- roles -----------------------------------------------------------------------
 
 // A pod with the echo runtime and a two-row dataset.
-void run_worker(const std::string& endpoint_file, const std::string& data, bool in_process) {
+void run_worker(const std::string& endpoint_file, const std::string& data, bool in_process, bool no_gate) {
   torch::set_num_threads(1);
   fedpod::worker::PodConfig config;
   config.name = "bench-pod";
@@ -119,8 +120,12 @@ void run_worker(const std::string& endpoint_file, const std::string& data, bool 
   zmq::context_t ctx(1);
   fedpod::worker::Runtime runtime = fedpod::bench::echo_runtime();
   // As `fedpod worker` does: the job's model code in a confined runner (this binary's
-  // `runner` subcommand, with the echo trainer), unless --in-process.
-  if (!in_process) runtime.runner_command = {fedpod::self_executable(), "runner"};
+  // `runner` subcommand, with the echo trainer), and the public socket in a
+  // receiving process under a memory limit (`gate`), unless --in-process.
+  if (!in_process) {
+    runtime.runner_command = {fedpod::self_executable(), "runner"};
+    if (!no_gate) runtime.gate_command = {fedpod::self_executable(), "gate"};
+  }
   fedpod::worker::Worker w(ctx, config, fedpod::make_logger("bench-worker", "warn"), runtime);
   write_endpoint(endpoint_file, w.endpoint());
   w.serve(g_stop);
@@ -243,7 +248,7 @@ struct Servers {
 };
 
 Servers start_servers(const std::string& role, int k, const fs::path& dir, const std::string& data,
-                      bool in_process = false) {
+                      bool in_process = false, bool no_gate = false) {
   Servers s;
   for (int i = 0; i < k; ++i) {
     const std::string ep = (dir / (role + std::to_string(i) + ".endpoint")).string();
@@ -251,6 +256,7 @@ Servers start_servers(const std::string& role, int k, const fs::path& dir, const
     std::vector<std::string> argv = {fedpod::self_executable(), role, "--endpoint-file", ep};
     if (role == "worker") argv.insert(argv.end(), {"--data", data});
     if (role == "worker" && in_process) argv.push_back("--in-process");
+    if (role == "worker" && no_gate) argv.push_back("--no-receiving-process");
     s.procs.push_back(std::make_unique<fedpod::Process>(argv, (dir / (role + std::to_string(i) + ".log")).string()));
   }
   for (int i = 0; i < k; ++i) {
@@ -277,7 +283,7 @@ nlohmann::json run_child(const std::vector<std::string>& argv, const fs::path& l
 }
 
 void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int rounds, int window,
-                const std::string& json_out, bool in_process) {
+                const std::string& json_out, bool in_process, bool no_gate) {
   const fs::path dir = fs::temp_directory_path() / ("fedpod-round-bench-" + std::to_string(getpid()));
   fs::create_directories(dir);
   const std::string data = (dir / "data.csv").string();
@@ -318,8 +324,11 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
     std::cout << "job runners: " << c.level << (c.namespaces ? "" : " (" + c.why_not + ")")
               << "; start-up of one runner (probe) " << std::fixed << std::setprecision(3) << starts[2]
               << " s, paid once per job at startJob\n";
+    std::cout << (no_gate ? "pods' public sockets: in the worker processes (--no-receiving-process)\n"
+                          : "pods' public sockets: in receiving processes under a memory limit (as `fedpod worker`)\n");
   } else {
-    std::cout << "job runners: off (--in-process): the echo trainer runs in the worker\n";
+    std::cout << "job runners: off (--in-process): the echo trainer runs in the worker, which also holds "
+                 "its public socket (no receiving process)\n";
   }
   std::cout << "round benchmark: P=" << params << " float32 (" << params * 4 / 1e6 << " MB) in " << tensors
             << " tensors, " << rounds << " timed rounds, echo trainer, max_concurrent_uploads " << window
@@ -339,7 +348,7 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
       zmq_result = run_child(argv, dir / ("zmq-client-" + std::to_string(k) + ".log"));
     }
     {
-      Servers workers = start_servers("worker", k, dir, data, in_process);
+      Servers workers = start_servers("worker", k, dir, data, in_process, no_gate);
       std::string joined;
       for (const auto& e : workers.endpoints) joined += (joined.empty() ? "" : ",") + e;
       fedpod_result = run_child({self, "coordinator", "--endpoints", joined, "--params", p, "--tensors", t,
@@ -385,6 +394,11 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "runner") {
     return fedpod::worker::runner_main(argc - 2, argv + 2, fedpod::bench::echo_runtime());
   }
+  // A pod's receiving process (worker/gate.h).
+  if (argc > 1 && std::string(argv[1]) == "gate") {
+    fedpod::tune_malloc_for_large_messages();
+    return fedpod::worker::gate_main(argc - 2, argv + 2);
+  }
   fedpod::tune_malloc_for_large_messages();
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
@@ -393,7 +407,7 @@ int main(int argc, char** argv) {
   std::string pods = "2,8", endpoint_file, data, endpoints, json_out, out_dir;
   int64_t params = 10'000'000;
   int tensors = 8, rounds = 5, window = 2;
-  bool in_process = false;
+  bool in_process = false, no_gate = false;
 
   auto* round = app.add_subcommand("round", "Benchmark rounds for each K in --pods against plain ZeroMQ");
   round->add_option("--pods", pods, "comma-separated pod counts")->capture_default_str();
@@ -403,12 +417,16 @@ int main(int argc, char** argv) {
   round->add_option("--json", json_out, "also write the results here");
   round->add_option("--window", window, "the job's max_concurrent_uploads")->capture_default_str();
   round->add_flag("--in-process", in_process,
-                  "run the echo trainer inside the worker processes instead of in a confined job runner per job");
+                  "run the echo trainer inside the worker processes instead of in a confined job runner per job, "
+                  "and hold the pod's socket there instead of in a receiving process");
+  round->add_flag("--no-receiving-process", no_gate,
+                  "hold each pod's public socket in its worker process (pod.yaml receiving_process: false)");
 
   auto* worker = app.add_subcommand("worker", "(internal) a pod with the echo trainer");
   worker->add_option("--endpoint-file", endpoint_file)->required();
   worker->add_option("--data", data)->required();
   worker->add_flag("--in-process", in_process);
+  worker->add_flag("--no-receiving-process", no_gate);
   auto* echo = app.add_subcommand("echo", "(internal) a plain ZeroMQ echo server");
   echo->add_option("--endpoint-file", endpoint_file)->required();
   for (auto* sub : {app.add_subcommand("coordinator", "(internal) the fedpod side of one measurement"),
@@ -425,9 +443,9 @@ int main(int argc, char** argv) {
     if (*round) {
       std::vector<int> ks;
       for (const auto& k : split(pods)) ks.push_back(std::stoi(k));
-      run_driver(ks, params, tensors, rounds, window, json_out, in_process);
+      run_driver(ks, params, tensors, rounds, window, json_out, in_process, no_gate);
     } else if (*worker) {
-      run_worker(endpoint_file, data, in_process);
+      run_worker(endpoint_file, data, in_process, no_gate);
     } else if (*echo) {
       run_echo(endpoint_file);
     } else if (app.got_subcommand("coordinator")) {
