@@ -22,6 +22,7 @@
 #include <sstream>
 #include <thread>
 
+#include "fedpod/common/sanitized.h"
 #include "fedpod/protocol/socket.h"
 
 namespace fedpod::worker {
@@ -31,20 +32,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 using Frames = std::vector<zmq::message_t>;
-
-// Sanitizer builds reserve terabytes of shadow memory, which a data-size limit
-// forbids: their gates run without one (scripts/sanitize).
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
 
 constexpr const char* kZapDomain = "fedpod-gate";
 

@@ -25,6 +25,8 @@
 #include <optional>
 #include <thread>
 
+#include "fedpod/common/sanitized.h"
+
 #define FEDPOD_RETURN_IF_ERROR_JSON(expr) \
   do {                                    \
     ::fedpod::Status st_ = (expr);        \
@@ -37,20 +39,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
-// Sanitizer builds (scripts/sanitize): ASan and TSan reserve terabytes of address
-// space at start, which a memory rlimit forbids, so their runners get none; their
-// options reach the runner through its otherwise cleared environment.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
+// Sanitizer builds (kSanitized, common/sanitized.h): their runners get no memory
+// rlimit, and their options reach the runner through its otherwise cleared
+// environment.
 constexpr const char* kSanitizerVars[] = {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "TSAN_OPTIONS"};
 
 constexpr size_t kMaxMessageBytes = size_t{4} << 20;
