@@ -639,11 +639,13 @@ TEST_F(HostilePeerTest, OneMessageOfSixLargeFramesStaysUnderTheDocumentedBound) 
   ASSERT_FALSE(outcome.empty()) << "no outcome within 180 s";
   if (limit > 0) {
     EXPECT_EQ(outcome, "connection dropped");
+    EXPECT_LT(gate_seen.load() - gate_before, transport_memory + 64 * kMiB)
+        << "receiving process RSS " << gate_before << " -> " << gate_seen.load();
   } else {
+    // No limit (a sanitizer build): the receiving process holds the message whole,
+    // refuses it by size, and still never hands it to the worker.
     EXPECT_NE(outcome.find("max_message_bytes"), std::string::npos) << outcome;
   }
-  EXPECT_LT(gate_seen.load() - gate_before, transport_memory + 64 * kMiB)
-      << "receiving process RSS " << gate_before << " -> " << gate_seen.load();
 
   // The worker process never held the message.
   const int64_t worker_after = peak_rss(pod.process->pid());
@@ -670,7 +672,9 @@ TEST_F(HostilePeerTest, OneMessageOfSixLargeFramesStaysUnderTheDocumentedBound) 
       "hostile input", "one message of 6 x 256 MiB frames from an admitted key (max_message_bytes 256 MiB)", 1,
       outcome + (restarted ? " (the receiving process ended on its limit and was restarted)" : "") +
           "; receiving process RSS grew by at most " + std::to_string((gate_seen.load() - gate_before) / kMiB) +
-          " MiB (kernel limit: start-up size + transport_memory 576 MiB); worker peak RSS grew by " +
+          (limit > 0 ? " MiB (kernel limit: start-up size + transport_memory 576 MiB)"
+                                : " MiB (no kernel limit: a sanitizer build)") +
+          "; worker peak RSS grew by " +
           std::to_string((worker_after - worker_before) / 1024) + " KiB; pod kept serving and trained a job");
 }
 
