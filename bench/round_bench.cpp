@@ -6,14 +6,17 @@
 //
 //   fedpod_round_bench round --pods 2,8,32 --params 10000000 --rounds 5 --json out.json
 //
-// Both sides run CURVE, as fedpod always does: pods are CURVE servers with a pod key
-// (fedpod's behind a ZAP allow-list from an air-gapped policy file), and clients
-// connect with a modeller key; the driver writes the keys to its temporary folder
-// and hands it to its children in FEDPOD_BENCH_KEYS.
+// fedpod runs with its full security: pods are CURVE servers with a pod key behind a
+// ZAP allow-list from a signed policy file, clients connect with a modeller key (the
+// driver writes the keys to its temporary folder and hands it to its children in
+// FEDPOD_BENCH_KEYS). The baseline is measured twice: plain ZeroMQ without
+// encryption (the transport limit; the ratio is against it) and plain ZeroMQ with
+// CURVE (what encryption alone costs).
 //
-// For each K it prints seconds per round (median), effective bytes per second
-// (2 * K * P * 4 bytes moved per round: parameters down and back up), the ratio to
-// the plain-ZeroMQ limit, and each side's peak RSS. The other subcommands are the
+// For each K it prints seconds per round (median; fedpod's is wall time from one
+// round's console line to the next, so checkpoint and history writes count),
+// effective bytes per second (2 * K * P * 4 bytes moved per round: parameters down
+// and back up), the ratios, and each side's peak RSS. The other subcommands are the
 // roles it launches itself.
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -133,10 +136,11 @@ void run_worker(const std::string& endpoint_file, const std::string& data, bool 
 
 // Plain ZeroMQ: a ROUTER that sends every message straight back (zero-copy: the
 // received frames are the ones sent).
-void run_echo(const std::string& endpoint_file) {
+void run_echo(const std::string& endpoint_file, bool plain) {
   zmq::context_t ctx(1);
   fedpod::protocol::SocketOptions opts;
-  opts.curve_server_secret = read_keys("pod").secret_key;  // encryption only: no ZAP allow-list here
+  // CURVE for encryption only (no ZAP allow-list here), or none at all.
+  if (!plain) opts.curve_server_secret = read_keys("pod").secret_key;
   zmq::socket_t router = fedpod::protocol::make_router(ctx, "tcp://127.0.0.1:*", opts);
   write_endpoint(endpoint_file, fedpod::protocol::bound_endpoint(router));
   std::vector<zmq::message_t> frames;
@@ -154,10 +158,13 @@ void run_echo(const std::string& endpoint_file) {
 
 // Plain ZeroMQ client: each round sends the same P floats in `tensors` zero-copy
 // frames to every peer and waits for all echoes.
-void run_zmq_client(const std::vector<std::string>& endpoints, int64_t params, int tensors, int rounds) {
+void run_zmq_client(const std::vector<std::string>& endpoints, int64_t params, int tensors, int rounds,
+                    bool plain) {
   zmq::context_t ctx(1);
   std::vector<zmq::socket_t> peers;
-  for (const auto& e : endpoints) peers.push_back(fedpod::protocol::make_dealer(ctx, e, client_options()));
+  for (const auto& e : endpoints) {
+    peers.push_back(fedpod::protocol::make_dealer(ctx, e, plain ? fedpod::protocol::SocketOptions{} : client_options()));
+  }
   torch::Tensor buffer = torch::randn({params});
   std::vector<double> seconds;
   for (int r = 0; r < rounds + 1; ++r) {  // round 0 warms the connections up
@@ -194,6 +201,27 @@ void run_zmq_client(const std::vector<std::string>& endpoints, int64_t params, i
   std::cout << out.dump() << std::endl;
 }
 
+// Notes when each "round N/M ..." console line of the coordinator is complete: the
+// time between two such lines is a whole round as a user sees it, files included.
+class RoundLineClock : public std::streambuf {
+ public:
+  std::vector<Clock::time_point> ends;
+
+ protected:
+  int overflow(int c) override {
+    if (c == '\n') {
+      if (line_.rfind("round ", 0) == 0) ends.push_back(Clock::now());
+      line_.clear();
+    } else if (c != EOF) {
+      line_ += static_cast<char>(c);
+    }
+    return c;
+  }
+
+ private:
+  std::string line_;
+};
+
 // A fedpod coordinator job over `endpoints` with the bench model.
 void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, int tensors, int rounds,
                      int window, const std::string& out_dir) {
@@ -216,7 +244,8 @@ void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, 
   spec.output_dir = out_dir;
   fedpod::coordinator::validate(spec, "round bench", [](const std::string& ref) { return ref == "bench-params"; });
   zmq::context_t ctx(1);
-  std::ostringstream progress;
+  RoundLineClock clock;
+  std::ostream progress(&clock);
   fedpod::coordinator::Coordinator c(ctx, spec, fedpod::make_logger("coordinator", "warn"), progress,
                                      fedpod::bench::make_bench_model);
   auto result = c.run();
@@ -226,11 +255,23 @@ void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, 
   }
   std::ifstream in(result->history_path);
   auto history = nlohmann::json::parse(in);
-  std::vector<double> seconds;
-  for (const auto& r : history["rounds"]) {
-    if (r["round"].get<int>() > 1) seconds.push_back(r["train_seconds"].get<double>());
+  // Round 1 warms up; rounds 2.. are timed line to line.
+  std::vector<double> seconds, train;
+  for (size_t i = 1; i < clock.ends.size(); ++i) {
+    seconds.push_back(std::chrono::duration<double>(clock.ends[i] - clock.ends[i - 1]).count());
   }
-  nlohmann::json out = {{"seconds_per_round", median(seconds)}, {"rounds", seconds}, {"peak_rss_mb", peak_rss_mb()}};
+  for (const auto& r : history["rounds"]) {
+    if (r["round"].get<int>() > 1) train.push_back(r["train_seconds"].get<double>());
+  }
+  if (seconds.size() != train.size()) {
+    std::cerr << "round bench: saw " << clock.ends.size() << " round lines for " << history["rounds"].size()
+              << " rounds\n";
+    std::exit(1);
+  }
+  nlohmann::json out = {{"seconds_per_round", median(seconds)},
+                        {"rounds", seconds},
+                        {"train_seconds", train},
+                        {"peak_rss_mb", peak_rss_mb()}};
   std::cout << out.dump() << std::endl;
 }
 
@@ -248,7 +289,7 @@ struct Servers {
 };
 
 Servers start_servers(const std::string& role, int k, const fs::path& dir, const std::string& data,
-                      bool in_process = false, bool no_gate = false) {
+                      bool in_process = false, bool no_gate = false, bool plain = false) {
   Servers s;
   for (int i = 0; i < k; ++i) {
     const std::string ep = (dir / (role + std::to_string(i) + ".endpoint")).string();
@@ -257,6 +298,7 @@ Servers start_servers(const std::string& role, int k, const fs::path& dir, const
     if (role == "worker") argv.insert(argv.end(), {"--data", data});
     if (role == "worker" && in_process) argv.push_back("--in-process");
     if (role == "worker" && no_gate) argv.push_back("--no-receiving-process");
+    if (role == "echo" && plain) argv.push_back("--plain");
     s.procs.push_back(std::make_unique<fedpod::Process>(argv, (dir / (role + std::to_string(i) + ".log")).string()));
   }
   for (int i = 0; i < k; ++i) {
@@ -332,20 +374,25 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
   }
   std::cout << "round benchmark: P=" << params << " float32 (" << params * 4 / 1e6 << " MB) in " << tensors
             << " tensors, " << rounds << " timed rounds, echo trainer, max_concurrent_uploads " << window
-            << "\n\n"
-            << std::left << std::setw(5) << "K" << std::setw(14) << "zmq s/round" << std::setw(14) << "zmq MB/s"
-            << std::setw(16) << "fedpod s/round" << std::setw(14) << "fedpod MB/s" << std::setw(8) << "ratio"
-            << std::setw(18) << "coord RSS MB" << "zmq client RSS MB\n";
+            << "\n"
+            << "zmq: plain ZeroMQ, no encryption; zmq+CURVE: the same with CURVE; fedpod: CURVE, ZAP allow-list, "
+               "signed policy\nratio: zmq s/round / fedpod s/round (1 = the unencrypted transport's speed)\n\n"
+            << std::left << std::setw(5) << "K" << std::setw(13) << "zmq s/round" << std::setw(11) << "zmq MB/s"
+            << std::setw(15) << "zmq+CURVE s" << std::setw(16) << "fedpod s/round" << std::setw(13) << "fedpod MB/s"
+            << std::setw(8) << "ratio" << std::setw(14) << "ratio CURVE" << std::setw(14) << "coord RSS MB"
+            << "zmq client RSS MB\n";
   for (int k : pods) {
     const std::string p = std::to_string(params), t = std::to_string(tensors), r = std::to_string(rounds);
-    nlohmann::json zmq_result, fedpod_result;
-    {
-      Servers echo = start_servers("echo", k, dir, data);
+    nlohmann::json zmq_result, curve_result, fedpod_result;
+    for (bool plain : {true, false}) {
+      Servers echo = start_servers("echo", k, dir, data, false, false, plain);
       std::vector<std::string> argv = {self, "zmq-client", "--endpoints"};
       std::string joined;
       for (const auto& e : echo.endpoints) joined += (joined.empty() ? "" : ",") + e;
       argv.insert(argv.end(), {joined, "--params", p, "--tensors", t, "--rounds", r});
-      zmq_result = run_child(argv, dir / ("zmq-client-" + std::to_string(k) + ".log"));
+      if (plain) argv.push_back("--plain");
+      (plain ? zmq_result : curve_result) =
+          run_child(argv, dir / ("zmq-client-" + std::to_string(k) + (plain ? "-plain" : "-curve") + ".log"));
     }
     {
       Servers workers = start_servers("worker", k, dir, data, in_process, no_gate);
@@ -357,7 +404,8 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
                                 dir / ("coordinator-" + std::to_string(k) + ".log"));
     }
     const double bytes = 2.0 * k * params * 4;
-    const double zs = zmq_result["seconds_per_round"], fs_ = fedpod_result["seconds_per_round"];
+    const double zs = zmq_result["seconds_per_round"], cs = curve_result["seconds_per_round"],
+                 fs_ = fedpod_result["seconds_per_round"];
     nlohmann::json row = {{"pods", k},
                           {"params", params},
                           {"tensors", tensors},
@@ -365,15 +413,18 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
                           {"max_concurrent_uploads", window},
                           {"bytes_per_round", bytes},
                           {"zmq", zmq_result},
+                          {"zmq_curve", curve_result},
                           {"fedpod", fedpod_result},
                           {"zmq_bytes_per_second", bytes / zs},
                           {"fedpod_bytes_per_second", bytes / fs_},
-                          {"ratio_to_zmq", zs / fs_}};
+                          {"ratio_to_zmq", zs / fs_},
+                          {"ratio_to_zmq_curve", cs / fs_}};
     results.push_back(row);
-    std::cout << std::left << std::fixed << std::setprecision(3) << std::setw(5) << k << std::setw(14) << zs
-              << std::setw(14) << std::setprecision(0) << bytes / zs / 1e6 << std::setw(16) << std::setprecision(3)
-              << fs_ << std::setw(14) << std::setprecision(0) << bytes / fs_ / 1e6 << std::setw(8)
-              << std::setprecision(2) << zs / fs_ << std::setw(18) << std::setprecision(1)
+    std::cout << std::left << std::fixed << std::setprecision(3) << std::setw(5) << k << std::setw(13) << zs
+              << std::setw(11) << std::setprecision(0) << bytes / zs / 1e6 << std::setw(15) << std::setprecision(3)
+              << cs << std::setw(16) << fs_ << std::setw(13) << std::setprecision(0) << bytes / fs_ / 1e6
+              << std::setw(8) << std::setprecision(2) << zs / fs_ << std::setw(14) << cs / fs_ << std::setw(14)
+              << std::setprecision(1)
               << fedpod_result["peak_rss_mb"].get<double>() << zmq_result["peak_rss_mb"].get<double>() << "\n"
               << std::flush;
   }
@@ -429,6 +480,8 @@ int main(int argc, char** argv) {
   worker->add_flag("--no-receiving-process", no_gate);
   auto* echo = app.add_subcommand("echo", "(internal) a plain ZeroMQ echo server");
   echo->add_option("--endpoint-file", endpoint_file)->required();
+  bool plain = false;
+  echo->add_flag("--plain", plain, "no CURVE");
   for (auto* sub : {app.add_subcommand("coordinator", "(internal) the fedpod side of one measurement"),
                     app.add_subcommand("zmq-client", "(internal) the plain ZeroMQ side of one measurement")}) {
     sub->add_option("--endpoints", endpoints)->required();
@@ -438,6 +491,7 @@ int main(int argc, char** argv) {
     sub->add_option("--out", out_dir);
     sub->add_option("--window", window);
   }
+  app.get_subcommand("zmq-client")->add_flag("--plain", plain, "no CURVE");
   CLI11_PARSE(app, argc, argv);
   try {
     if (*round) {
@@ -447,11 +501,11 @@ int main(int argc, char** argv) {
     } else if (*worker) {
       run_worker(endpoint_file, data, in_process, no_gate);
     } else if (*echo) {
-      run_echo(endpoint_file);
+      run_echo(endpoint_file, plain);
     } else if (app.got_subcommand("coordinator")) {
       run_coordinator(split(endpoints), params, tensors, rounds, window, out_dir);
     } else {
-      run_zmq_client(split(endpoints), params, tensors, rounds);
+      run_zmq_client(split(endpoints), params, tensors, rounds, plain);
     }
   } catch (const std::exception& e) {
     std::cerr << "round bench: " << e.what() << "\n";
