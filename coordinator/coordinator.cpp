@@ -13,6 +13,7 @@
 #include <deque>
 #include <set>
 #include <functional>
+#include <future>
 #include <iomanip>
 #include <mutex>
 #include <ostream>
@@ -1102,10 +1103,57 @@ struct Coordinator::Impl {
              [](Pod&, protocol::Incoming&) { return PodRound{"ok", "", 0, 0, {}}; });
   }
 
-  // history.json and the report drawn from it, both rewritten after every round.
+  // history.json and the report drawn from it, rewritten at every change of the
+  // job's state: here at once (after any round's files still being written), and
+  // after each round by write_round_files, off the round's path.
   void write_history() {
+    (void)finish_round_files();
     write_file_atomic(history_path, history.dump(2) + "\n");
     write_file_atomic(report_path, render_report(history));
+  }
+
+  // A completed round's files (its checkpoint, then history.json and report.html)
+  // are written on another thread while the next round runs; one write at a time, in
+  // order: this first waits for the previous round's. So the files on disk lag the
+  // console by at most one round, and a checkpoint is never torn (checkpoint.h).
+  // Returns the error of an earlier round's write, if one failed.
+  Status write_round_files(int round, const torch::Tensor& global, const aggregation::Strategy& strategy) {
+    Status before = finish_round_files();
+    if (!before.ok()) return before;
+    std::optional<Checkpoint> c;
+    if (spec.checkpoint) c = make_checkpoint(round, global, strategy);
+    round_files = std::async(std::launch::async, [this, round, c = std::move(c), h = history]() -> Status {
+      try {
+        if (c) {
+          const auto start = Clock::now();
+          write_checkpoint(checkpoint_path, *c);
+          job_metrics.checkpoint_seconds.Observe(std::chrono::duration<double>(Clock::now() - start).count());
+        }
+      } catch (const std::exception& e) {
+        return Status::internal("round " + std::to_string(round) + ": cannot write the checkpoint: " + e.what());
+      }
+      try {
+        write_file_atomic(history_path, h.dump(2) + "\n");
+        write_file_atomic(report_path, render_report(h));
+      } catch (const std::exception& e) {
+        return Status::internal("round " + std::to_string(round) + ": cannot write " + history_path + ": " +
+                                e.what());
+      }
+      return Status();
+    });
+    return Status();
+  }
+
+  // Waits for the round files being written; the first error any of them had.
+  Status finish_round_files() {
+    if (round_files.valid()) {
+      Status st = round_files.get();
+      if (!st.ok() && round_files_error.ok()) {
+        log->error("event=round_files_failed job={} error=\"{}\"", spec.job_id, st.message());
+        round_files_error = st;
+      }
+    }
+    return round_files_error;
   }
 
   // torch's default CPU generator: saved in the checkpoint, restored on resume.
@@ -1202,8 +1250,11 @@ struct Coordinator::Impl {
     return Status();
   }
 
-  void write_checkpoint_after(int round, const torch::Tensor& global, const aggregation::Strategy& strategy) {
-    const auto start = Clock::now();
+  // What the checkpoint after `round` holds. Tensors the next round may change in
+  // place are copied: the strategy's state. The global parameters are not: each
+  // round's aggregate is a tensor of its own (a strategy reuses a buffer only once
+  // nobody else holds it).
+  Checkpoint make_checkpoint(int round, const torch::Tensor& global, const aggregation::Strategy& strategy) {
     Checkpoint c;
     c.job_id = spec.job_id;
     c.round = round;
@@ -1213,9 +1264,8 @@ struct Coordinator::Impl {
     c.history = history;
     c.parameters = global;
     c.rng_state = rng_state();
-    c.strategy_state = strategy.state();
-    write_checkpoint(checkpoint_path, c);
-    job_metrics.checkpoint_seconds.Observe(std::chrono::duration<double>(Clock::now() - start).count());
+    for (const auto& t : strategy.state()) c.strategy_state.push_back(t.clone());
+    return c;
   }
 
   StatusOr<RunResult> run() {
@@ -1506,17 +1556,11 @@ struct Coordinator::Impl {
       // Replies discarded while this round was open, its validation included.
       history["rounds"].back()["discarded_replies"] = round_discarded;
       if (!rejoined.empty()) history["rounds"].back()["rejoined"] = rejoined;
-      if (spec.checkpoint) {
-        // First the checkpoint, then history.json: a crash between the two leaves a
-        // history one round behind, which the resumed run rewrites from the checkpoint.
-        history["checkpoint"] = {{"path", checkpoint_path}, {"round", round}};
-        try {
-          write_checkpoint_after(round, global, *strategy);
-        } catch (const std::exception& e) {
-          return Status::internal("round " + std::to_string(round) + ": cannot write the checkpoint: " + e.what());
-        }
-      }
-      write_history();
+      // First the checkpoint, then history.json: a crash between the two leaves a
+      // history one round behind, which the resumed run rewrites from the checkpoint.
+      if (spec.checkpoint) history["checkpoint"] = {{"path", checkpoint_path}, {"round", round}};
+      Status files = write_round_files(round, global, *strategy);
+      if (!files.ok()) return files;
       progress << "round " << round << "/" << spec.rounds << "  pods " << rec.pods_answered << "/" << rec.pods_asked
                << "  train_loss " << fmt(rec.train_loss);
       if (rec.eval) progress << "  val_loss " << fmt(rec.eval->loss) << "  val_acc " << fmt(rec.eval->accuracy);
@@ -1550,9 +1594,16 @@ struct Coordinator::Impl {
     history["status"] = "completed";
     history["mean_round_seconds"] = result.mean_round_seconds;
     write_history();
+    if (!round_files_error.ok()) return round_files_error;
     progress << "wrote " << history_path << ", " << model_path << " and " << report_path << std::endl;
     return Status();
   }
+
+  // The last round's files being written (write_round_files), and the first error of
+  // such a write. Declared last: destroying the future waits for the write, which
+  // uses the members above.
+  std::future<Status> round_files;
+  Status round_files_error;
 };
 
 Coordinator::Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ostream& progress,

@@ -19,6 +19,15 @@
 // and sha256: a truncated or altered file is refused with the reason, never half
 // read. The file is replaced atomically (temp file, fsync, rename, fsync of the
 // directory), so a crash at any point leaves the previous checkpoint or the new one.
+//
+// When. Round r's checkpoint (then history.json and report.html) is written on
+// another thread while round r+1 runs, so disk waits are off the round's path; one
+// write at a time, in order: round r+1's starts only once round r's is complete, and
+// the job returns only once the last is. The resume guarantee, precisely: after the
+// coordinator dies while round r+1 runs (its console already showing round r), the
+// checkpoint on disk is round r's, or round r-1's when round r's was still being
+// written; the resumed job redoes the rounds after it and ends with the parameters
+// an uninterrupted run has. A failed write fails the job at the next round's end.
 #pragma once
 
 #include <torch/types.h>
