@@ -120,6 +120,9 @@ void run_worker(const std::string& endpoint_file, const std::string& data, bool 
   config.policy.file = keys_dir() + "/policy.signed.json";
   config.policy.signing_key = fedpod::read_signing_key_file(keys_dir() + "/owner.sign.pub")->public_key;
   config.audit_log = keys_dir() + "/audit-" + std::to_string(getpid()) + ".log";
+  // Up to 32 pods start their runners at once on this one machine: give each more
+  // than the default 8 s to load (not on the timed path).
+  config.sandbox.limits.load_timeout = std::chrono::minutes(2);
   zmq::context_t ctx(1);
   fedpod::worker::Runtime runtime = fedpod::bench::echo_runtime();
   // As `fedpod worker` does: the job's model code in a confined runner (this binary's
