@@ -33,6 +33,7 @@
 #include <sstream>
 #include <thread>
 
+#include "bench_pod.h"
 #include "fedpod/common/log.h"
 #include "fedpod/common/process.h"
 #include "fedpod/coordinator/coordinator.h"
@@ -128,44 +129,15 @@ int run_flood(const FloodArgs& args) {
 
 // --- the driver ------------------------------------------------------------------
 
-struct Pod {
-  std::string name, endpoint, public_key;
-  std::unique_ptr<fedpod::Process> process;
-};
+using Pod = fedpod::bench::BenchPod;
 
 // A `fedpod worker` on examples/digits/NAME.csv that gives `modeller` the
 // general-modeller role.
 Pod start_pod(const std::string& fedpod_bin, const fs::path& dir, const std::string& name,
               const fedpod::protocol::CurveKeyPair& modeller, const std::string& log_level) {
-  Pod pod;
-  pod.name = name;
-  const auto keys = fedpod::protocol::generate_curve_keypair();
-  pod.public_key = keys.public_key;
-  check(fedpod::protocol::write_key_files((dir / name).string(), keys, true));
-  std::ofstream(dir / (name + ".policy.yaml"))
-      << "pod: " << name << "\nusers:\n  - {username: bench, public_key: \"" << modeller.public_key
-      << "\"}\nroles:\n  - {username: bench, role: general-modeller}\ngrants: []\n";
-  // Signed by a bench owner's key, which the pod pins (docs/permissions.md).
-  const auto owner = fedpod::generate_signing_keypair();
-  auto parsed = fedpod::worker::load_policy_file((dir / (name + ".policy.yaml")).string());
-  if (!parsed.ok()) throw std::runtime_error(parsed.status().to_string());
-  std::ofstream(dir / (name + ".policy.signed.json")) << fedpod::worker::sign_policy(*parsed, owner, std::chrono::hours(24));
-  const fs::path config = dir / (name + ".yaml");
-  std::ofstream(config) << "name: " << name
-                        << "\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " << FEDPOD_SOURCE_DIR
-                        << "/examples/digits/" << name
-                        << ".csv\nthreads: 1\nkey_file: " << (dir / name).string()
-                        << ".key\npolicy: {file: " << (dir / (name + ".policy.signed.json")).string()
-                        << ", signing_key: \"" << owner.public_key << "\"}\naudit_log: " << (dir / (name + ".audit.log")).string() << "\n";
-  const std::string endpoint_file = (dir / (name + ".endpoint")).string();
-  pod.process = std::make_unique<fedpod::Process>(
-      std::vector<std::string>{fedpod_bin, "worker", "--config", config.string(), "--endpoint-file",
-                               endpoint_file, "--log-level", log_level},
-      (dir / (name + ".log")).string());
-  pod.endpoint = fedpod::wait_for_word(endpoint_file, 60s, pod.process.get());
-  if (pod.endpoint.empty())
-    throw std::runtime_error(name + " did not start; see " + (dir / (name + ".log")).string());
-  return pod;
+  return fedpod::bench::start_bench_pod(fedpod_bin, dir, name,
+                                        std::string(FEDPOD_SOURCE_DIR) + "/examples/digits/" + name + ".csv", 1,
+                                        modeller, log_level);
 }
 
 struct Args {

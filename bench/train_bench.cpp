@@ -29,6 +29,7 @@
 #include <sstream>
 #include <thread>
 
+#include "bench_pod.h"
 #include "fedpod/common/log.h"
 #include "fedpod/common/process.h"
 #include "fedpod/common/signing.h"
@@ -167,43 +168,7 @@ double train_local_rate(const Workload& w, int repeats, bool on_thread) {
   });
 }
 
-// A `fedpod worker` on digits.csv with `threads`, giving the bench modeller the role.
-struct Pod {
-  std::string endpoint, public_key;
-  std::unique_ptr<fedpod::Process> process;
-};
-
-Pod start_pod(const std::string& fedpod_bin, const fs::path& dir, const std::string& source_dir, int threads,
-              const fedpod::protocol::CurveKeyPair& modeller) {
-  const std::string name = "pod-t" + std::to_string(threads);
-  Pod pod;
-  const auto keys = fedpod::protocol::generate_curve_keypair();
-  pod.public_key = keys.public_key;
-  check(fedpod::protocol::write_key_files((dir / name).string(), keys, true));
-  std::ofstream(dir / (name + ".policy.yaml"))
-      << "pod: " << name << "\nusers:\n  - {username: bench, public_key: \"" << modeller.public_key
-      << "\"}\nroles:\n  - {username: bench, role: general-modeller}\ngrants: []\n";
-  const auto owner = fedpod::generate_signing_keypair();
-  auto parsed = fedpod::worker::load_policy_file((dir / (name + ".policy.yaml")).string());
-  if (!parsed.ok()) throw std::runtime_error(parsed.status().to_string());
-  std::ofstream(dir / (name + ".policy.signed.json"))
-      << fedpod::worker::sign_policy(*parsed, owner, std::chrono::hours(24));
-  const fs::path config = dir / (name + ".yaml");
-  std::ofstream(config) << "name: " << name << "\nlisten: tcp://127.0.0.1:*\ndataset:\n  path: " << source_dir
-                        << "/examples/digits/digits.csv\nthreads: " << threads
-                        << "\nkey_file: " << (dir / name).string() << ".key\npolicy: {file: "
-                        << (dir / (name + ".policy.signed.json")).string() << ", signing_key: \""
-                        << owner.public_key << "\"}\naudit_log: " << (dir / (name + ".audit.log")).string()
-                        << "\n";
-  const std::string endpoint_file = (dir / (name + ".endpoint")).string();
-  pod.process = std::make_unique<fedpod::Process>(
-      std::vector<std::string>{fedpod_bin, "worker", "--config", config.string(), "--endpoint-file", endpoint_file,
-                               "--log-level", "warn"},
-      (dir / (name + ".log")).string());
-  pod.endpoint = fedpod::wait_for_word(endpoint_file, 60s, pod.process.get());
-  if (pod.endpoint.empty()) throw std::runtime_error(name + " did not start; see " + (dir / (name + ".log")).string());
-  return pod;
-}
+using Pod = fedpod::bench::BenchPod;
 
 double worker_rate(const Workload& w, int repeats, const Pod& pod, int threads, const fs::path& dir) {
   return rate(repeats, [&](int i) {
@@ -266,7 +231,8 @@ int main(int argc, char** argv) {
               << std::setw(8) << "train" << std::setw(8) << "thread" << std::setw(8) << "worker\n";
     nlohmann::json results = nlohmann::json::array();
     for (int t : threads) {
-      Pod pod = start_pod(fedpod_bin, dir, source_dir, t, modeller);
+      Pod pod = fedpod::bench::start_bench_pod(fedpod_bin, dir, "pod-t" + std::to_string(t),
+                                               source_dir + "/examples/digits/digits.csv", t, modeller, "warn");
       for (const auto& name : models) {
         const Workload w = digits(source_dir, name, epochs);
         torch::set_num_threads(t);
