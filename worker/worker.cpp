@@ -369,6 +369,22 @@ struct Worker::Impl {
   // The ROUTER's handshake failures (ZMQ socket monitor), read in serve(); empty
   // with a gate, which passes them on as messages.
   std::string monitor_endpoint;
+  // A socket monitor's event frame (uint16 event, uint32 value), from this process's
+  // monitor or passed on by the receiving process.
+  void on_monitor_event(const zmq::message_t& event_frame, const std::string& peer) {
+    if (event_frame.size() < 6) return;
+    uint16_t event;
+    uint32_t value;
+    std::memcpy(&event, event_frame.data(), 2);
+    std::memcpy(&value, static_cast<const char*>(event_frame.data()) + 2, 4);
+    on_handshake_event(event, value, peer);
+  }
+  void on_no_envelope() {
+    on_bad_message("no_envelope");
+    if (int64_t left_out = peer_lines.admit("bad_message"); left_out >= 0) {
+      log->warn("event=bad_message reason=\"message without an envelope\" suppressed={}", left_out);
+    }
+  }
   void on_handshake_event(uint16_t event, uint32_t value, const std::string& peer) {
     const char* reason = event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH       ? "auth"
                          : event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ? "protocol"
@@ -574,12 +590,7 @@ struct Worker::Impl {
       bool too_many = false;
       if (items[2].revents & ZMQ_POLLIN) {
         while (protocol::recv_frames(monitor, frames, 4, too_many)) {
-          if (frames.size() < 2 || frames[0].size() < 6) continue;
-          uint16_t event;
-          uint32_t value;
-          std::memcpy(&event, frames[0].data(), 2);
-          std::memcpy(&value, static_cast<const char*>(frames[0].data()) + 2, 4);
-          on_handshake_event(event, value, frames[1].to_string());
+          if (frames.size() >= 2) on_monitor_event(frames[0], frames[1].to_string());
         }
       }
       if (items[1].revents & ZMQ_POLLIN) {
@@ -638,10 +649,7 @@ struct Worker::Impl {
   void handle(Frames& frames, bool too_many) {
     bytes_received.Increment(frame_bytes(frames));
     if (frames.size() < 2) {
-      on_bad_message("no_envelope");
-      if (int64_t left_out = peer_lines.admit("bad_message"); left_out >= 0) {
-        log->warn("event=bad_message reason=\"message without an envelope\" suppressed={}", left_out);
-      }
+      on_no_envelope();
       return;  // no way to answer without a routing id and envelope
     }
     zmq::message_t routing = std::move(frames[0]);
@@ -675,12 +683,7 @@ struct Worker::Impl {
     if (frames.empty() || frames[0].size() != 1) return;
     const char kind = *static_cast<const char*>(frames[0].data());
     if (kind == kGateHandshake) {
-      if (frames.size() < 3 || frames[1].size() < 6) return;
-      uint16_t event;
-      uint32_t value;
-      std::memcpy(&event, frames[1].data(), 2);
-      std::memcpy(&value, static_cast<const char*>(frames[1].data()) + 2, 4);
-      on_handshake_event(event, value, frames[2].to_string());
+      if (frames.size() >= 3) on_monitor_event(frames[1], frames[2].to_string());
       return;
     }
     if (frames.size() < 4) return;
@@ -698,10 +701,7 @@ struct Worker::Impl {
     frames.erase(frames.begin(), frames.begin() + 4);
     bytes_received.Increment(frame_bytes(frames));
     if (frames.empty()) {
-      on_bad_message("no_envelope");
-      if (int64_t left_out = peer_lines.admit("bad_message"); left_out >= 0) {
-        log->warn("event=bad_message reason=\"message without an envelope\" suppressed={}", left_out);
-      }
+      on_no_envelope();
       return;
     }
     handle_message(routing, user, peer, frames);
