@@ -365,4 +365,26 @@ const char* body_name(wire::Envelope::Body::Which which) {
   return "unknown";
 }
 
+uint32_t round_of(const zmq::message_t& envelope_frame) {
+  std::vector<zmq::message_t> one;
+  one.emplace_back(envelope_frame.data(), envelope_frame.size());
+  auto in = Incoming::parse(std::move(one));
+  if (!in.ok()) return 0;
+  try {
+    auto body = (*in)->envelope().getBody();
+    using W = wire::Envelope::Body::Which;
+    switch (body.which()) {
+      case W::TRAIN: return body.getTrain().getRound();
+      case W::TRAIN_DONE: return body.getTrainDone().getRound();
+      case W::FETCH_RESULT: return body.getFetchResult().getRound();
+      case W::TRAIN_RESULT: return body.getTrainResult().getRound();
+      case W::EVALUATE: return body.getEvaluate().getRound();
+      case W::EVAL_RESULT: return body.getEvalResult().getRound();
+      default: return 0;
+    }
+  } catch (const kj::Exception&) {
+    return 0;
+  }
+}
+
 }  // namespace fedpod::protocol

@@ -4,6 +4,11 @@
 # tensor bytes, each described by a TensorInfo in the envelope's body. Tensors never
 # travel inside Cap'n Proto (blobs there are capped at 2^29 bytes and cost a copy).
 #
+# Once a pod accepted a job with a tensor channel (startJob.tensorKey,
+# jobAccepted.tensorKey/tensorPort), the coordinator sends train, fetchResult and
+# evaluate sealed (AES-256-GCM, protocol/bulk.h) to the pod's tensor endpoint, and
+# the pod answers each request on the channel it came in on.
+#
 # Requests and replies (coordinator -> pod, pod -> coordinator):
 #   hello         -> helloReply
 #   startJob      -> jobAccepted | error
@@ -149,6 +154,9 @@ struct StartJob {
   model @0 :ModelReference;
   datastructure @1 :Datastructure;
   seed @2 :UInt64;
+  # The coordinator's fresh X25519 public key (32 bytes) for this job's tensor
+  # channel (protocol/bulk.h, docs/tensor-encryption.md); empty: tensors over CURVE.
+  tensorKey @3 :Data;
 }
 
 struct JobAccepted {
@@ -159,6 +167,11 @@ struct JobAccepted {
   numParameters @4 :UInt64;
   decision @5 :Text;           # why the pod accepted: "general-modeller", "super-modeller",
                                # "general-modeller with grant 7 (no expiry)"
+  # The pod's half of the tensor channel's key agreement and the port of its tensor
+  # endpoint (same host as the CURVE endpoint). Empty key / port 0: the pod offers
+  # no tensor channel and the job's tensors travel over CURVE.
+  tensorKey @6 :Data;
+  tensorPort @7 :UInt16;
 }
 
 struct Train {

@@ -96,4 +96,21 @@ bool send_frames(zmq::socket_ref socket, std::vector<zmq::message_t>& frames,
   return true;
 }
 
+int endpoint_port(const std::string& endpoint) {
+  if (endpoint.rfind("tcp://", 0) != 0) return 0;
+  const size_t colon = endpoint.rfind(':');
+  if (colon == std::string::npos || colon <= 6) return 0;
+  const std::string port = endpoint.substr(colon + 1);
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) return 0;
+  const int p = std::stoi(port);
+  return p <= 65535 ? p : 0;
+}
+
+std::string with_port(const std::string& endpoint, int port) {
+  if (endpoint.rfind("tcp://", 0) != 0) return "";
+  const size_t colon = endpoint.rfind(':');
+  if (colon == std::string::npos || colon <= 6 || port <= 0 || port > 65535) return "";
+  return endpoint.substr(0, colon + 1) + std::to_string(port);
+}
+
 }  // namespace fedpod::protocol

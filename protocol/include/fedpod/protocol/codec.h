@@ -138,6 +138,11 @@ StatusCode from_wire(wire::ErrorCode code);
 // Fills `envelope` with an Error body carrying `status`.
 void set_error(wire::Envelope::Builder envelope, const Status& status);
 
+// The round a serialized envelope (frame 0 of a message) names: that of train,
+// trainDone, fetchResult, trainResult, evaluate or evalResult; 0 for other kinds
+// and for a frame that does not parse.
+uint32_t round_of(const zmq::message_t& envelope_frame);
+
 // The name of the envelope's body kind ("train", "helloReply", ...).
 const char* body_name(wire::Envelope::Body::Which which);
 

@@ -45,6 +45,13 @@ zmq::socket_t make_dealer(zmq::context_t& ctx, const std::string& endpoint, cons
 // The endpoint a socket is bound to, with the real port for "*" binds.
 std::string bound_endpoint(zmq::socket_t& socket);
 
+// The port of a "tcp://host:port" endpoint; 0 when it has none or is not tcp.
+int endpoint_port(const std::string& endpoint);
+
+// `endpoint` ("tcp://host:port") with its port replaced by `port`; "" when it is not
+// a tcp endpoint with a port.
+std::string with_port(const std::string& endpoint, int port);
+
 // Receives every part of one message without blocking. Returns false when none is
 // waiting. Keeps at most `max_frames` parts; the rest are received and dropped so
 // the next message starts clean, and `too_many` is set.
