@@ -119,7 +119,7 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
   check_keys(root, {"name", "listen", "dataset", "devices", "threads", "job_idle_timeout",
                     "max_frame_bytes", "custom_models", "log_level", "key_file", "policy", "audit_log",
                     "metrics_listen", "sandbox", "audit_publish", "max_message_bytes", "transport_memory",
-                    "receiving_process"},
+                    "receiving_process", "tensor_listen"},
              where);
   PodConfig c;
   try {
@@ -127,6 +127,17 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
     c.name = root["name"].as<std::string>();
     if (!root["listen"]) throw ConfigError(where + ": listen: required (e.g. tcp://0.0.0.0:5555)");
     c.listen = root["listen"].as<std::string>();
+    c.tensor_listen = default_tensor_listen(c.listen);
+    if (root["tensor_listen"]) {
+      const std::string t = root["tensor_listen"].as<std::string>();
+      if (t == "off") {
+        c.tensor_listen.clear();
+      } else if (t.rfind("tcp://", 0) != 0 || t.rfind(':') <= 6) {
+        throw ConfigError(where + ": tensor_listen: '" + t + "' is not tcp://HOST:PORT or off");
+      } else {
+        c.tensor_listen = t;
+      }
+    }
     auto ds = root["dataset"];
     if (!ds) throw ConfigError(where + ": dataset: required");
     check_keys(ds, {"path", "header", "delimiter", "on_bad_row", "schema"}, where + ": dataset");
@@ -312,6 +323,18 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
 }
 
 }  // namespace
+
+std::string default_tensor_listen(const std::string& listen) {
+  if (listen.rfind("tcp://", 0) != 0) return "";
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon <= 6) return "";
+  const std::string port = listen.substr(colon + 1);
+  if (port == "*" || port == "0") return listen;
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) return "";
+  const int p = std::stoi(port);
+  if (p < 1 || p >= 65535) return "";
+  return listen.substr(0, colon + 1) + std::to_string(p + 1);
+}
 
 void check_pod_token(const std::string& token, const std::string& pod, const std::string& where) {
   if (token.rfind("pod_", 0) == 0) return;

@@ -126,6 +126,22 @@ int gate_serve(const json& o) {
     return 2;
   }
   const std::string endpoint = protocol::bound_endpoint(router);
+  // The tensor channel: no CURVE (its messages are sealed, protocol/bulk.h), the
+  // same frame bound, and the same whole-message checks below.
+  const std::string tensor_listen = o.value("tensor_listen", std::string());
+  zmq::socket_t tensors;
+  std::string tensor_endpoint = "-";
+  if (!tensor_listen.empty()) {
+    protocol::SocketOptions to;
+    to.max_frame_bytes = so.max_frame_bytes;
+    try {
+      tensors = protocol::make_router(ctx, tensor_listen, to);
+    } catch (const zmq::error_t& e) {
+      std::cout << "error cannot listen on " << tensor_listen << " (tensor_listen): " << e.what() << std::endl;
+      return 2;
+    }
+    tensor_endpoint = protocol::bound_endpoint(tensors);
+  }
   const std::string monitor_endpoint = "inproc://fedpod-gate-monitor";
   if (zmq_socket_monitor(router.handle(), monitor_endpoint.c_str(),
                          ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
@@ -159,7 +175,7 @@ int gate_serve(const json& o) {
       return 2;
     }
   }
-  std::cout << "listening " << endpoint << " " << limit << std::endl;
+  std::cout << "listening " << endpoint << " " << limit << " " << tensor_endpoint << std::endl;
   const pid_t parent = ::getppid();
 
   // For the worker, in order, once its socket takes them: at most one peer message
@@ -178,12 +194,14 @@ int gate_serve(const json& o) {
     }
   };
   Frames frames;
+  bool tensor_first = false;
   while (!g_gate_stop.load() && ::getppid() == parent) {
     zmq::pollitem_t items[] = {
         {router.handle(), 0, static_cast<short>(message_waiting ? 0 : ZMQ_POLLIN), 0},
         {worker.handle(), 0, static_cast<short>(ZMQ_POLLIN | (outbox.empty() ? 0 : ZMQ_POLLOUT)), 0},
-        {monitor.handle(), 0, ZMQ_POLLIN, 0}};
-    protocol::poll(items, 3, std::chrono::milliseconds(200));
+        {monitor.handle(), 0, ZMQ_POLLIN, 0},
+        {tensors ? tensors.handle() : nullptr, 0, static_cast<short>(message_waiting || !tensors ? 0 : ZMQ_POLLIN), 0}};
+    protocol::poll(items, tensors ? 4 : 3, std::chrono::milliseconds(200));
     bool too_many = false;
     if (items[1].revents & ZMQ_POLLIN) {
       // Replies: [routing id, frames...] to that peer; a peer gone is a reply lost.
@@ -191,6 +209,12 @@ int gate_serve(const json& o) {
         if (frames.size() < 2) continue;
         zmq::message_t routing = std::move(frames[0]);
         frames.erase(frames.begin());
+        if (routing.size() > 1 && *static_cast<const char*>(routing.data()) == kTensorRoute) {
+          if (!tensors) continue;
+          zmq::message_t id(static_cast<const char*>(routing.data()) + 1, routing.size() - 1);
+          (void)protocol::send_frames(tensors, frames, &id);
+          continue;
+        }
         (void)protocol::send_frames(router, frames, &routing);
       }
     }
@@ -204,43 +228,61 @@ int gate_serve(const json& o) {
         outbox.push_back(std::move(e));
       }
     }
-    if (!message_waiting && (items[0].revents & ZMQ_POLLIN)) {
-      // One message from a peer: [routing id, frames...].
-      if (protocol::recv_frames(router, frames, max_frames + 1, too_many) && !frames.empty()) {
-        const std::string user = frames.size() > 1 ? protocol::user_id(frames[1]) : "";
-        const char* peer_prop = frames.size() > 1 ? zmq_msg_gets(frames[1].handle(), "Peer-Address") : nullptr;
-        const std::string peer = peer_prop ? peer_prop : "";
-        size_t bytes = 0;
-        for (size_t i = 1; i < frames.size(); ++i) bytes += frames[i].size();
-        Out out{true, {}};
-        std::string reason, detail;
-        if (too_many) {
-          reason = "too_many_frames";
-          detail = "message has more than " + std::to_string(max_frames) + " frames";
-        } else if (bytes > static_cast<size_t>(max_message)) {
-          reason = "too_large";
-          detail = "message of " + std::to_string(bytes) + " bytes; this pod accepts at most " +
-                   std::to_string(max_message) + " (pod.yaml max_message_bytes)";
-        }
-        out.frames.push_back(text_frame(std::string(1, reason.empty() ? kGateMessage : kGateRefused)));
-        out.frames.push_back(std::move(frames[0]));
-        out.frames.push_back(text_frame(user));
-        out.frames.push_back(text_frame(peer));
-        if (reason.empty()) {
-          for (size_t i = 1; i < frames.size(); ++i) out.frames.push_back(std::move(frames[i]));
-        } else {
-          out.frames.push_back(text_frame(reason));
-          out.frames.push_back(text_frame(detail));
-        }
-        frames.clear();
-        outbox.push_back(std::move(out));
-        message_waiting = true;
+    // One whole message from `from` (the CURVE socket or the tensor socket), checked.
+    auto take = [&](zmq::socket_t& from, bool tensor) {
+      if (!protocol::recv_frames(from, frames, max_frames + 1, too_many) || frames.empty()) return;
+      const std::string user = !tensor && frames.size() > 1 ? protocol::user_id(frames[1]) : "";
+      const char* peer_prop = frames.size() > 1 ? zmq_msg_gets(frames[1].handle(), "Peer-Address") : nullptr;
+      const std::string peer = peer_prop ? peer_prop : "";
+      size_t bytes = 0;
+      for (size_t i = 1; i < frames.size(); ++i) bytes += frames[i].size();
+      Out out{true, {}};
+      std::string reason, detail;
+      if (too_many) {
+        reason = "too_many_frames";
+        detail = "message has more than " + std::to_string(max_frames) + " frames";
+      } else if (bytes > static_cast<size_t>(max_message)) {
+        reason = "too_large";
+        detail = "message of " + std::to_string(bytes) + " bytes; this pod accepts at most " +
+                 std::to_string(max_message) + " (pod.yaml max_message_bytes)";
       }
-    }
+      if (tensor && !reason.empty()) {
+        // Nobody authenticated to answer: the worker counts it.
+        out.message = false;
+        out.frames.push_back(text_frame(std::string(1, kGateTensorRefused)));
+        out.frames.push_back(text_frame(reason));
+        frames.clear();
+        if (outbox.size() < kMaxNotes) outbox.push_back(std::move(out));
+        return;
+      }
+      const char kind = tensor ? kGateTensor : reason.empty() ? kGateMessage : kGateRefused;
+      out.frames.push_back(text_frame(std::string(1, kind)));
+      out.frames.push_back(std::move(frames[0]));
+      out.frames.push_back(text_frame(user));
+      out.frames.push_back(text_frame(peer));
+      if (reason.empty()) {
+        for (size_t i = 1; i < frames.size(); ++i) out.frames.push_back(std::move(frames[i]));
+      } else {
+        out.frames.push_back(text_frame(reason));
+        out.frames.push_back(text_frame(detail));
+      }
+      frames.clear();
+      outbox.push_back(std::move(out));
+      message_waiting = true;
+    };
+    // Passed on one at a time: the next is read once the worker took this one.
+    // The two sockets take turns first, so neither can starve the other.
+    tensor_first = !tensor_first;
+    const bool curve_ready = items[0].revents & ZMQ_POLLIN;
+    const bool tensor_ready = tensors && (items[3].revents & ZMQ_POLLIN);
+    if (tensor_first && tensor_ready && !message_waiting) take(tensors, true);
+    if (curve_ready && !message_waiting) take(router, false);
+    if (!tensor_first && tensor_ready && !message_waiting) take(tensors, true);
     flush();
   }
   zmq_socket_monitor(router.handle(), nullptr, 0);
   zap->remove_domain(kZapDomain);
+  (void)tensor_endpoint;
   return 0;
 }
 
@@ -323,6 +365,7 @@ struct Gate::Impl {
   GateOptions opts;
   std::string dir;       // private 0700 directory of the ipc sockets
   std::string endpoint;  // the bound public endpoint
+  std::string tensor_endpoint;  // the bound tensor endpoint ("" = none)
   zmq::socket_t socket;  // PAIR: the gate's messages
   int generation = 0;
   pid_t pid = -1;
@@ -356,7 +399,7 @@ struct Gate::Impl {
   }
 
   // Starts a gate process listening on `listen`; sets pid, endpoint, socket.
-  Status launch(const std::string& listen) {
+  Status launch(const std::string& listen, const std::string& tensor_listen) {
     ++generation;
     const std::string data = "ipc://" + dir + "/data-" + std::to_string(generation);
     zmq::socket_t s(ctx, zmq::socket_type::pair);
@@ -366,6 +409,7 @@ struct Gate::Impl {
     auto child = spawn(opts.command);
     if (!child.ok()) return child.status();
     json cfg = {{"listen", listen},
+                {"tensor_listen", tensor_listen},
                 {"secret_key", opts.secret_key},
                 {"max_frame_bytes", opts.max_frame_bytes},
                 {"max_message_bytes", opts.max_message_bytes},
@@ -382,9 +426,11 @@ struct Gate::Impl {
     std::string word, bound;
     int64_t lim = 0;
     words >> word;
-    if (word == "listening" && (words >> bound >> lim)) {
+    std::string tensor_bound;
+    if (word == "listening" && (words >> bound >> lim >> tensor_bound)) {
       pid = child->pid;
       endpoint = bound;
+      tensor_endpoint = tensor_bound == "-" ? "" : tensor_bound;
       limit = lim;
       socket = std::move(s);
       return Status();
@@ -443,7 +489,7 @@ StatusOr<std::unique_ptr<Gate>> Gate::start(zmq::context_t& ctx, GateOptions opt
   Impl* raw = impl.get();
   impl->answering = std::thread([raw, a = std::move(auth)]() mutable { raw->answer_loop(std::move(a)); });
   std::unique_ptr<Gate> gate(new Gate(std::move(impl)));
-  Status st = gate->impl_->launch(gate->impl_->opts.listen);
+  Status st = gate->impl_->launch(gate->impl_->opts.listen, gate->impl_->opts.tensor_listen);
   if (!st.ok()) return st;  // ~Gate stops the thread and removes the directory
   return gate;
 }
@@ -459,6 +505,7 @@ Gate::~Gate() {
 
 zmq::socket_t& Gate::socket() { return impl_->socket; }
 const std::string& Gate::endpoint() const { return impl_->endpoint; }
+const std::string& Gate::tensor_endpoint() const { return impl_->tensor_endpoint; }
 pid_t Gate::pid() const { return impl_->pid; }
 int64_t Gate::memory_limit() const { return impl_->limit; }
 
@@ -480,7 +527,7 @@ std::optional<GateEnded> Gate::check() {
     ended.detail = "still down";
   }
   m.socket.close();
-  ended.restarted = m.launch(m.endpoint);
+  ended.restarted = m.launch(m.endpoint, m.tensor_endpoint);
   if (!ended.restarted.ok()) m.next_try = Clock::now() + std::chrono::seconds(1);
   return ended;
 }

@@ -29,6 +29,7 @@
 #include "fedpod/hub/client.h"
 #include "fedpod/metrics/metrics.h"
 #include <prometheus/text_serializer.h>
+#include "fedpod/protocol/bulk.h"
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/engine.h"
@@ -74,6 +75,10 @@ struct Job {
   uint32_t round = 0;
   std::optional<TrainedResult> result;  // set by the executor, read once it is idle
   Clock::time_point last_activity = Clock::now();
+  // The tensor channel's keys, agreed in this job's startJob (protocol/bulk.h);
+  // without keys when the coordinator or this pod did not ask for one.
+  protocol::BulkSession tensors;
+  bool sealed = false;
 };
 
 // Runs tasks one at a time on its own thread; each task returns the frames of its
@@ -288,6 +293,10 @@ struct Worker::Impl {
   Logger log;
   Runtime runtime;
   zmq::socket_t router;
+  // The tensor channel's ROUTER (an embedded Worker; with a gate the gate holds it)
+  // and its bound endpoint ("" = no tensor channel).
+  zmq::socket_t tensor_router;
+  std::string tensor_endpoint;
   data::Table table;
   protocol::Limits limits;
   std::unique_ptr<Job> job;
@@ -339,6 +348,11 @@ struct Worker::Impl {
       "Messages refused as malformed, by reason: no_envelope, too_many_frames, envelope (unreadable header), "
       "too_large (beyond max_message_bytes), content (wrong tensors, values or fields), unexpected_kind, protocol_version (another protocol version; "
       "audited once a minute per user)");
+  prometheus::Family<prometheus::Counter>& tensor_refused_family = metrics::counter(
+      *registry, "fedpod_worker_tensor_messages_refused_total",
+      "Messages on the tensor channel dropped unread, by reason: malformed, unknown_session (no job holds that "
+      "session: answered with a notice), replay (a sequence number already used), tampered (an authentication "
+      "tag failed: altered, moved, or sealed with other keys), round_mismatch, too_large, too_many_frames");
   prometheus::Family<prometheus::Counter>& runner_failures_family = metrics::counter(
       *registry, "fedpod_worker_runner_failures_total",
       "Jobs whose runner failed, by reason: crashed (a signal such as SIGSEGV), timeout (past the step or load "
@@ -539,12 +553,38 @@ struct Worker::Impl {
     return frames;
   }
 
+  static bool is_tensor_route(const zmq::message_t& routing) {
+    return routing.size() > 1 && *static_cast<const char*>(routing.data()) == kTensorRoute;
+  }
+
   void send(Frames& frames) {
     // frames[0] is the routing id.
     zmq::message_t routing = std::move(frames[0]);
     frames.erase(frames.begin());
+    if (is_tensor_route(routing)) {
+      // A reply to a sealed request is sealed for the job's coordinator, or dropped
+      // when the job (and its keys) ended meanwhile.
+      if (!job || !job->sealed || frames.empty()) return;
+      const uint32_t round = protocol::round_of(frames[0]);
+      frames = job->tensors.seal(std::move(frames), round);
+    }
+    send_raw(routing, frames);
+  }
+
+  // Sends `frames` to `routing` as they are: to the CURVE socket, or (a tensor route)
+  // to the tensor endpoint.
+  void send_raw(zmq::message_t& routing, Frames& frames) {
     const double bytes = frame_bytes(frames);
-    if (protocol::send_frames(transport(), frames, &routing)) {
+    bool sent = false;
+    if (gate) {
+      sent = protocol::send_frames(gate->socket(), frames, &routing);
+    } else if (is_tensor_route(routing)) {
+      zmq::message_t id(static_cast<const char*>(routing.data()) + 1, routing.size() - 1);
+      sent = tensor_router && protocol::send_frames(tensor_router, frames, &id);
+    } else {
+      sent = protocol::send_frames(router, frames, &routing);
+    }
+    if (sent) {
       bytes_sent.Increment(bytes);
     } else if (int64_t left_out = peer_lines.admit("reply_dropped"); left_out >= 0) {
       log->warn("event=reply_dropped reason=peer_gone suppressed={}", left_out);
@@ -583,10 +623,12 @@ struct Worker::Impl {
       if (gate) {
         if (auto ended = gate->check()) on_gate_ended(*ended);
       }
+      const bool own_tensors = !gate && tensor_router;
       zmq::pollitem_t items[] = {{transport().handle(), 0, ZMQ_POLLIN, 0},
                                  {results.handle(), 0, ZMQ_POLLIN, 0},
-                                 {monitor.handle(), 0, ZMQ_POLLIN, 0}};
-      protocol::poll(items, 3, std::chrono::milliseconds(100));
+                                 {monitor.handle(), 0, ZMQ_POLLIN, 0},
+                                 {own_tensors ? tensor_router.handle() : nullptr, 0, ZMQ_POLLIN, 0}};
+      protocol::poll(items, own_tensors ? 4 : 3, std::chrono::milliseconds(100));
       bool too_many = false;
       if (items[2].revents & ZMQ_POLLIN) {
         while (protocol::recv_frames(monitor, frames, 4, too_many)) {
@@ -611,6 +653,23 @@ struct Worker::Impl {
           for (int i = 0; i < 64 && protocol::recv_frames(router, frames, limits.max_frames + 1, too_many); ++i) {
             handle(frames, too_many);
           }
+        }
+      }
+      if (own_tensors && (items[3].revents & ZMQ_POLLIN)) {
+        for (int i = 0; i < 64 && protocol::recv_frames(tensor_router, frames, limits.max_frames + 2, too_many); ++i) {
+          if (frames.size() < 2) continue;
+          zmq::message_t routing = std::move(frames[0]);
+          frames.erase(frames.begin());
+          const char* peer_prop = zmq_msg_gets(frames[0].handle(), "Peer-Address");
+          if (too_many) {
+            on_tensor_refused("too_many_frames");
+            continue;
+          }
+          if (frame_bytes(frames) > static_cast<double>(config().max_message_bytes)) {
+            on_tensor_refused("too_large");
+            continue;
+          }
+          handle_tensor(routing, peer_prop ? peer_prop : "", frames);
         }
       }
       expire_idle_job();
@@ -686,10 +745,19 @@ struct Worker::Impl {
       if (frames.size() >= 3) on_monitor_event(frames[1], frames[2].to_string());
       return;
     }
+    if (kind == kGateTensorRefused) {
+      if (frames.size() >= 2) on_tensor_refused(frames[1].to_string() == "too_many_frames" ? "too_many_frames" : "too_large");
+      return;
+    }
     if (frames.size() < 4) return;
     zmq::message_t routing = std::move(frames[1]);
     const std::string user = frames[2].to_string();
     const std::string peer = frames[3].to_string();
+    if (kind == kGateTensor) {
+      frames.erase(frames.begin(), frames.begin() + 4);
+      handle_tensor(routing, peer, frames);
+      return;
+    }
     if (kind == kGateRefused) {
       if (frames.size() < 6) return;
       const std::string reason = frames[4].to_string();
@@ -707,8 +775,54 @@ struct Worker::Impl {
     handle_message(routing, user, peer, frames);
   }
 
+  void on_tensor_refused(const char* reason, const std::string& detail = "") {
+    tensor_refused_family.Add({{"reason", reason}}).Increment();
+    if (int64_t left_out = peer_lines.admit("tensor_refused"); left_out >= 0) {
+      log->warn("event=tensor_message_refused pod={} reason={} message=\"{}\" suppressed={}", config().name, reason,
+                detail, left_out);
+    }
+  }
+
+  // A message from the tensor channel: [header, sealed frames...] (protocol/bulk.h).
+  // Only the job's own session opens it; what opens is handled as a message from
+  // the job's user, and its reply goes back sealed on the same channel.
+  void handle_tensor(const zmq::message_t& routing, const std::string& peer, Frames& frames) {
+    bytes_received.Increment(frame_bytes(frames));
+    if (frames.empty()) return;
+    auto header = protocol::parse_bulk_header(frames[0]);
+    if (!header.ok()) {
+      on_tensor_refused("malformed", header.status().message());
+      return;
+    }
+    zmq::message_t reply_to(routing.size() + 1);
+    static_cast<char*>(reply_to.data())[0] = kTensorRoute;
+    std::memcpy(static_cast<char*>(reply_to.data()) + 1, routing.data(), routing.size());
+    if (!job || !job->sealed || header->session != job->tensors.id()) {
+      // A coordinator whose pod restarted learns it at once (the notice is not
+      // authenticated; it only makes the coordinator start the job again over CURVE).
+      on_tensor_refused("unknown_session", "no job holds this session");
+      if (header->kind == 1) {
+        Frames notice = protocol::bulk_notice(header->session, header->sequence);
+        send_raw(reply_to, notice);
+      }
+      return;
+    }
+    uint32_t round = 0;
+    protocol::BulkRefusal why = protocol::BulkRefusal::kNone;
+    auto opened = job->tensors.open(std::move(frames), &round, &why);
+    if (!opened.ok()) {
+      on_tensor_refused(protocol::to_string(why), opened.status().message() + " (peer " + peer + ")");
+      return;
+    }
+    if (opened->empty() || protocol::round_of((*opened)[0]) != round) {
+      on_tensor_refused("round_mismatch", "the sealed header's round is not the message's");
+      return;
+    }
+    handle_message(reply_to, job->user, peer, *opened, /*sealed=*/true);
+  }
+
   void handle_message(const zmq::message_t& routing, const std::string& user, const std::string& peer,
-                      Frames& frames) {
+                      Frames& frames, bool sealed = false) {
     auto parsed = protocol::Incoming::parse(std::move(frames), limits);
     if (!parsed.ok()) {
       if (parsed.status().code() == StatusCode::kVersionMismatch) {
@@ -735,7 +849,7 @@ struct Worker::Impl {
     try {
       job_id = env.getJobId();
       request_id = env.getRequestId();
-      Status st = dispatch(routing, in, job_id, request_id, Peer{user, peer});
+      Status st = dispatch(routing, in, job_id, request_id, Peer{user, peer, sealed});
       if (!st.ok()) {
         const bool wrong_kind = st.message().rfind("a pod does not accept", 0) == 0;
         send_error(routing, job_id, request_id, st, wrong_kind ? "unexpected_kind" : "content");
@@ -756,12 +870,20 @@ struct Worker::Impl {
   struct Peer {
     std::string user;
     std::string address;
+    bool sealed = false;  // came over the tensor channel (the job's session)
   };
 
   Status dispatch(const zmq::message_t& routing, protocol::Incoming& in, const std::string& job_id,
                   uint64_t request_id, const Peer& peer) {
     auto body = in.envelope().getBody();
     using W = wire::Envelope::Body::Which;
+    if (peer.sealed && body.which() != W::TRAIN && body.which() != W::FETCH_RESULT && body.which() != W::EVALUATE) {
+      return Status::bad_message(std::string("a pod does not accept '") + protocol::body_name(body.which()) +
+                                 "' messages on the tensor channel");
+    }
+    if (peer.sealed && job_id != job->id) {
+      return Status::bad_message("a sealed message for job '" + job_id + "' in job '" + job->id + "''s session");
+    }
     switch (body.which()) {
       case W::HELLO: {
         Frames f = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
@@ -1014,8 +1136,27 @@ struct Worker::Impl {
     log->info("event=job_started job={} user={} model={} train={} validation={} test={} parameters={} replicas={} "
               "allreduce=\"{}\" confinement=\"{}\"", job_id, req.user, ref, e.train_size, e.validation_size,
               e.test_size, e.numel(), e.replicas, e.allreduce, e.confinement);
+    // The tensor channel: this pod's half of a fresh key agreement, bound to the job,
+    // this pod and the user CURVE authenticated (protocol/bulk.h).
+    std::string tensor_key;
+    auto coordinator_key = sj.getTensorKey();
+    if (coordinator_key.size() > 0 && !tensor_endpoint.empty()) {
+      protocol::BulkKeyPair mine;
+      auto session = protocol::BulkSession::derive(
+          protocol::BulkRole::kPod, mine,
+          std::string_view(reinterpret_cast<const char*>(coordinator_key.begin()), coordinator_key.size()),
+          {job_id, keys.public_key});
+      if (!session.ok()) return session.status();
+      new_job->tensors = std::move(*session);
+      new_job->sealed = true;
+      tensor_key = mine.public_key();
+    }
     Frames f = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
       auto a = o.envelope().getBody().initJobAccepted();
+      if (!tensor_key.empty()) {
+        a.setTensorKey(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(tensor_key.data()), tensor_key.size()));
+        a.setTensorPort(static_cast<uint16_t>(protocol::endpoint_port(tensor_endpoint)));
+      }
       a.setTrainSamples(e.train_size);
       a.setValidationSamples(e.validation_size);
       a.setTestSamples(e.test_size);
@@ -1325,6 +1466,7 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
     go.command = m.runtime.gate_command;
     go.pod_name = config_.name;
     go.listen = config_.listen;
+    go.tensor_listen = config_.tensor_listen;
     go.secret_key = m.keys.secret_key;
     go.max_frame_bytes = config_.max_frame_bytes;
     go.max_message_bytes = config_.max_message_bytes;
@@ -1337,6 +1479,7 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
     if (!gate.ok()) throw ConfigError("pod " + config_.name + ": " + gate.status().message());
     m.gate = std::move(*gate);
     endpoint_ = m.gate->endpoint();
+    m.tensor_endpoint = m.gate->tensor_endpoint();
     m.log->info("event=transport pod={} receiving_process={} memory_limit_bytes={} max_message_bytes={}",
                 config_.name, m.gate->pid(), m.gate->memory_limit(), config_.max_message_bytes);
   } else {
@@ -1350,6 +1493,17 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
       throw ConfigError("pod " + config_.name + ": cannot listen on " + config_.listen + ": " + e.what());
     }
     endpoint_ = protocol::bound_endpoint(impl_->router);
+    if (!config_.tensor_listen.empty()) {
+      protocol::SocketOptions to;
+      to.max_frame_bytes = config_.max_frame_bytes;
+      try {
+        m.tensor_router = protocol::make_router(ctx, config_.tensor_listen, to);
+      } catch (const zmq::error_t& e) {
+        throw ConfigError("pod " + config_.name + ": cannot listen on " + config_.tensor_listen +
+                          " (tensor_listen): " + e.what());
+      }
+      m.tensor_endpoint = protocol::bound_endpoint(m.tensor_router);
+    }
     // Handshake failures, counted and audited (serve() reads the monitor).
     m.monitor_endpoint =
         "inproc://fedpod-worker-monitor-" + std::to_string(reinterpret_cast<uintptr_t>(impl_.get()));
@@ -1395,6 +1549,7 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
 }
 
 const std::string& Worker::public_key() const { return impl_->keys.public_key; }
+const std::string& Worker::tensor_endpoint() const { return impl_->tensor_endpoint; }
 
 std::string Worker::metrics_text() const {
   return prometheus::TextSerializer().Serialize(impl_->registry->Collect());

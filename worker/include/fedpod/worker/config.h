@@ -27,6 +27,11 @@
 //                                     # max_message_bytes + 256MiB; docs/permissions.md)
 //   receiving_process: true           # false: the worker holds the socket itself (faster,
 //                                     # but a peer's message is bounded only per frame)
+//   tensor_listen: tcp://0.0.0.0:5556 # the job's tensor channel: parameters sealed with
+//                                     # AES-256-GCM, keys agreed over CURVE at startJob
+//                                     # (docs/tensor-encryption.md). Default: listen's
+//                                     # address with port + 1 (a "*" or 0 port stays so);
+//                                     # off: parameters travel over CURVE (slower)
 //   custom_models: policy             # policy (default) | refuse: refuse every custom model
 //   log_level: info
 //   sandbox: auto                     # job runners (docs/permissions.md): auto (the best
@@ -143,6 +148,8 @@ struct PodConfig {
   // `fedpod worker` holds the public socket in the receiving process (gate.h);
   // false keeps it in the worker: one copy less per message, no memory bound.
   bool receiving_process = true;
+  // Endpoint of the tensor channel (protocol/bulk.h); "" = off.
+  std::string tensor_listen;
   CustomModels custom_models = CustomModels::kPolicy;
   std::string log_level = "info";
   std::string key_file;  // absolute
@@ -157,6 +164,10 @@ struct PodConfig {
   std::string metrics_listen;  // "" = no metrics endpoint
   SandboxConfig sandbox;
 };
+
+// The default tensor_listen for `listen`: the same address with port + 1 ("*" and
+// 0 stay as they are); "" (off) for an endpoint that is not tcp://host:port.
+std::string default_tensor_listen(const std::string& listen);
 
 // Throws ConfigError naming `where` unless `token` is a pod token ("pod_...", made by
 // `fedpod pod token`): the owner's own hub token never goes on a pod.

@@ -23,7 +23,14 @@
 //                   [kGateRefused, routing id, user, peer address, reason, detail]
 //                   [kGateHandshake, event (uint16 + uint32, as a socket monitor
 //                    sends), peer address]
-//   worker -> gate: [routing id, frames...], sent on to that peer.
+//                   [kGateTensor, routing id, "", peer address, frames...] from the
+//                    tensor endpoint (unauthenticated: the worker opens the sealed
+//                    frames, protocol/bulk.h)
+//                   [kGateTensorRefused, reason] a tensor-channel message refused
+//                    for its size or frame count (dropped: nobody to answer)
+//   worker -> gate: [routing id, frames...], sent on to that peer; a routing id that
+//                   starts with kTensorRoute goes, without that byte, to the tensor
+//                   endpoint.
 // ZAP questions travel on a second ipc socket: [id, key, address] -> [id, "1" user |
 // "0"].
 //
@@ -49,11 +56,17 @@ namespace fedpod::worker {
 inline constexpr char kGateMessage = 'M';
 inline constexpr char kGateRefused = 'R';
 inline constexpr char kGateHandshake = 'E';
+inline constexpr char kGateTensor = 'T';
+inline constexpr char kGateTensorRefused = 't';
+// First byte of a reply address on the tensor channel. libzmq's generated ROUTER
+// routing ids start with a zero byte, so the two never meet.
+inline constexpr char kTensorRoute = 'T';
 
 struct GateOptions {
   std::vector<std::string> command;  // argv of the gate program, e.g. {fedpod, "gate"}
   std::string pod_name;
   std::string listen;      // the pod's public endpoint ("tcp://*:0" style allowed)
+  std::string tensor_listen;  // the tensor channel's endpoint; "" = none
   std::string secret_key;  // the pod's CURVE secret key (Z85); sent on the gate's stdin
   int64_t max_frame_bytes = int64_t{2} << 30;
   int64_t max_message_bytes = int64_t{2} << 30;
@@ -86,6 +99,8 @@ class Gate {
   zmq::socket_t& socket();
   // The bound public endpoint, with the real port.
   const std::string& endpoint() const;
+  // The bound tensor endpoint, with the real port; "" when there is none.
+  const std::string& tensor_endpoint() const;
   pid_t pid() const;
   // The gate's data-size limit in bytes as it set it (0: none), for logs and tests.
   int64_t memory_limit() const;
@@ -100,7 +115,8 @@ class Gate {
 };
 
 // `fedpod gate`: the gate process (not a command for people). Reads its options as
-// JSON from stdin, answers "listening ENDPOINT LIMIT" or "error MESSAGE" on stdout,
+// JSON from stdin, answers "listening ENDPOINT LIMIT TENSOR_ENDPOINT" (TENSOR_ENDPOINT
+// "-" for none) or "error MESSAGE" on stdout,
 // then serves until SIGTERM or its parent goes away. Returns the exit code.
 int gate_main(int argc, char** argv);
 

@@ -68,6 +68,8 @@ class Worker {
 
   // The bound endpoint, with the real port when the config said "*".
   const std::string& endpoint() const { return endpoint_; }
+  // The tensor channel's bound endpoint (pod.yaml tensor_listen); "" when off.
+  const std::string& tensor_endpoint() const;
   const PodConfig& config() const { return config_; }
   const WorkerCounters& counters() const { return counters_; }
   // This pod's CURVE public key (coordinators use it as the server key).
