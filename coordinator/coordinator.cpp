@@ -33,6 +33,7 @@
 #include "fedpod/hub/client.h"
 #include "fedpod/metrics/metrics.h"
 #include "fedpod/model/zoo.h"
+#include "fedpod/protocol/bulk.h"
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
@@ -57,6 +58,12 @@ struct Pod {
   int rejoin_attempts = 0;    // since it was last flagged
   int64_t train_samples = 0;
   uint64_t max_frame_bytes = 0;  // from helloReply; 0: not advertised
+  // The tensor channel (protocol/bulk.h): a DEALER to the pod's tensor endpoint (no
+  // CURVE: what travels there is sealed) and the keys agreed at the last startJob.
+  zmq::socket_t tensor;
+  std::string tensor_address;  // where `tensor` is connected; "" = not yet
+  protocol::BulkSession tensors;
+  bool sealed = false;  // train, fetchResult and evaluate go sealed over `tensor`
 };
 
 // Called with each valid reply of an expected kind; returns the pod's outcome, or
@@ -130,6 +137,10 @@ struct JobMetrics {
                                            "request), closed_round (an update for a round already closed), "
                                            "duplicate (an update already folded), wrong_job, unfetched (a "
                                            "trainResult sent before the coordinator asked for it)")),
+        tensor_refused(metrics::counter(r, "fedpod_coordinator_tensor_messages_refused_total",
+                                        "Messages on a pod's tensor channel dropped unread, by reason: malformed, "
+                                        "unknown_session, replay, tampered (an authentication tag failed), "
+                                        "round_mismatch")),
         weight_capped(metrics::counter(r, "fedpod_coordinator_update_weight_capped_total",
                                        "Updates whose sample count exceeded the training rows the pod reported "
                                        "when it accepted the job; their weight was capped to those rows")) {
@@ -150,6 +161,7 @@ struct JobMetrics {
   prometheus::Family<prometheus::Counter>& rejoins;
   prometheus::Histogram& checkpoint_seconds;
   prometheus::Family<prometheus::Counter>& discarded_replies;
+  prometheus::Family<prometheus::Counter>& tensor_refused;
   prometheus::Family<prometheus::Counter>& weight_capped;
   prometheus::Gauge* job_info_child = nullptr;  // the current labels' child
 
@@ -459,6 +471,7 @@ struct Coordinator::Impl {
       o.heartbeat_interval = spec.heartbeat_interval;
       if (spec.heartbeat_timeout.count() > 0) o.heartbeat_timeout = spec.heartbeat_timeout;
       o.receive_hwm = kPodReceiveHwm;
+      tensor_options = o;  // the same, without CURVE
       if (keys) {
         // The pod must prove it holds the secret of the key registered for it.
         o.curve_client_public = keys->public_key;
@@ -497,7 +510,81 @@ struct Coordinator::Impl {
       zmq_socket_monitor(p.socket.handle(), nullptr, 0);
       p.monitor.close();
       p.socket.close();
+      p.tensor.close();
     }
+  }
+
+  protocol::SocketOptions tensor_options;
+
+  // Sets up the tensor channel with `pod` from its jobAccepted: the keys (bound to
+  // the job and the pod's CURVE key) and a connection to its tensor port. A pod
+  // that offers none, or an address without a port, keeps everything on CURVE.
+  Status open_tensor_channel(Pod& pod, const protocol::BulkKeyPair& mine, wire::JobAccepted::Reader a) {
+    pod.sealed = false;
+    auto key = a.getTensorKey();
+    if (key.size() == 0 || a.getTensorPort() == 0 || !keys) return Status();
+    const std::string address = protocol::with_port(pod.addr.address, a.getTensorPort());
+    if (address.empty()) return Status();
+    auto session = protocol::BulkSession::derive(
+        protocol::BulkRole::kCoordinator, mine,
+        std::string_view(reinterpret_cast<const char*>(key.begin()), key.size()), {spec.job_id, pod.addr.public_key});
+    if (!session.ok()) return Status::bad_message("tensor channel: " + session.status().message());
+    if (address != pod.tensor_address) {
+      pod.tensor.close();
+      try {
+        pod.tensor = protocol::make_dealer(ctx, address, tensor_options);
+      } catch (const zmq::error_t& e) {
+        pod.tensor_address.clear();
+        return Status(StatusCode::kUnavailable, "tensor channel: cannot connect to " + address + ": " + e.what());
+      }
+      pod.tensor_address = address;
+    }
+    pod.tensors = std::move(*session);
+    pod.sealed = true;
+    return Status();
+  }
+
+  static bool carries_tensors(wire::Envelope::Body::Which w) {
+    return w == wire::Envelope::Body::TRAIN || w == wire::Envelope::Body::FETCH_RESULT ||
+           w == wire::Envelope::Body::EVALUATE;
+  }
+
+  // Sends `out` to `pod`: sealed over the tensor channel when the pod has one and
+  // `out` is train, fetchResult or evaluate; over CURVE otherwise.
+  bool send_to(Pod& pod, protocol::Outgoing& out) {
+    auto frames = out.frames();
+    if (pod.sealed && carries_tensors(out.envelope().getBody().which())) {
+      const uint32_t round = protocol::round_of(frames[0]);
+      auto sealed = pod.tensors.seal(std::move(frames), round);
+      return protocol::send_frames(pod.tensor, sealed);
+    }
+    return protocol::send_frames(pod.socket, frames);
+  }
+
+  enum class TensorIn { kOpened, kNotice, kDropped };
+  // A message from `pod`'s tensor channel: opened in place into `frames`, a notice
+  // that the pod holds no such session (it restarted), or dropped and counted.
+  TensorIn open_tensor(Pod& pod, std::vector<zmq::message_t>& frames, bool too_many) {
+    auto refused = [&](const char* reason, const std::string& why) {
+      job_metrics.tensor_refused.Add({{"reason", reason}}).Increment();
+      log->warn("event=tensor_message_refused job={} pod={} reason={} message=\"{}\"", spec.job_id, pod.addr.name,
+                reason, why);
+      return TensorIn::kDropped;
+    };
+    if (too_many || frames.empty()) return refused("malformed", "too many frames");
+    auto header = protocol::parse_bulk_header(frames[0]);
+    if (!header.ok()) return refused("malformed", header.status().message());
+    if (!pod.sealed || header->session != pod.tensors.id()) return refused("unknown_session", "not this job's session");
+    if (header->kind == 2) return TensorIn::kNotice;
+    uint32_t round = 0;
+    protocol::BulkRefusal why = protocol::BulkRefusal::kNone;
+    auto opened = pod.tensors.open(std::move(frames), &round, &why);
+    if (!opened.ok()) return refused(protocol::to_string(why), opened.status().message());
+    if (opened->empty() || protocol::round_of((*opened)[0]) != round) {
+      return refused("round_mismatch", "the sealed header's round is not the message's");
+    }
+    frames = std::move(*opened);
+    return TensorIn::kOpened;
   }
 
   // Why a handshake with `pod` failed, in words that say what to fix.
@@ -591,8 +678,7 @@ struct Coordinator::Impl {
         result[i] = {"unreachable", "not connected", 0, 0, {}};
         continue;
       }
-      auto frames = out.frames();
-      if (!protocol::send_frames(pod.socket, frames)) {
+      if (!send_to(pod, out)) {
         // A refused CURVE handshake tears the connection's queue down, so a send after
         // it fails at once: say why (the model is loaded before hello, which gives the
         // handshake time to fail first).
@@ -623,9 +709,12 @@ struct Coordinator::Impl {
         next_beat = now + spec.heartbeat_interval;
       }
       std::vector<zmq::pollitem_t> items;
+      std::vector<size_t> base;  // each waiting pod's first item: socket, monitor, tensor channel
       for (size_t i : waiting) {
+        base.push_back(items.size());
         items.push_back({pods[i].socket.handle(), 0, ZMQ_POLLIN, 0});
         items.push_back({pods[i].monitor.handle(), 0, ZMQ_POLLIN, 0});
+        if (pods[i].tensor) items.push_back({pods[i].tensor.handle(), 0, ZMQ_POLLIN, 0});
       }
       auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(std::min(deadline, next_beat) - now) +
                   std::chrono::milliseconds(1);
@@ -635,7 +724,30 @@ struct Coordinator::Impl {
         size_t i = waiting[k];
         Pod& pod = pods[i];
         bool done = false;
-        if (items[2 * k].revents & ZMQ_POLLIN) {
+        if (pod.tensor && (items[base[k] + 2].revents & ZMQ_POLLIN)) {
+          bool too_many = false;
+          while (!done && protocol::recv_frames(pod.tensor, frames, protocol::Limits().max_frames + 2, too_many)) {
+            last_heard[i] = Clock::now();
+            const TensorIn got = open_tensor(pod, frames, too_many);
+            if (got == TensorIn::kDropped) continue;
+            if (got == TensorIn::kNotice) {
+              // The pod holds no session for this job: it restarted or ended the job.
+              pod.sealed = false;
+              result[i] = {"error", "the pod no longer holds this job (tensor channel: unknown session)", 0,
+                           std::chrono::duration<double>(Clock::now() - sent_at[i]).count(), {},
+                           to_string(StatusCode::kFailedPrecondition)};
+              done = true;
+              break;
+            }
+            auto r = receive(pod, frames, false, request_id, want, on_reply);
+            if (r) {
+              r->seconds = std::chrono::duration<double>(Clock::now() - sent_at[i]).count();
+              result[i] = std::move(*r);
+              done = true;
+            }
+          }
+        }
+        if (!done && (items[base[k]].revents & ZMQ_POLLIN)) {
           bool too_many = false;
           while (!done && protocol::recv_frames(pod.socket, frames, protocol::Limits().max_frames + 1, too_many)) {
             pod.connected = true;  // a reply proves the connection
@@ -648,7 +760,7 @@ struct Coordinator::Impl {
             }
           }
         }
-        if (!done && (items[2 * k + 1].revents & ZMQ_POLLIN) && drain_monitor(pod)) {
+        if (!done && (items[base[k] + 1].revents & ZMQ_POLLIN) && drain_monitor(pod)) {
           if (!pod.handshake_error.empty() && !pod.secured) {
             result[i] = {"refused", pod.handshake_error, 0, 0, {}};
             done = true;
@@ -938,6 +1050,13 @@ struct Coordinator::Impl {
     }
     worker::to_wire(ds, sj.initDatastructure());
     sj.setSeed(spec.seed);
+    // This startJob's half of the tensor channel's key agreement (one key pair for
+    // all its pods; each pod answers with its own, so each pair of keys differs).
+    protocol::BulkKeyPair tensor_keys;
+    if (keys) {
+      const std::string pk = tensor_keys.public_key();
+      sj.setTensorKey(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(pk.data()), pk.size()));
+    }
     const uint64_t want_params = static_cast<uint64_t>(initial.numel());
     auto replies = exchange(out, rid, targets, {wire::Envelope::Body::JOB_ACCEPTED},
                             Clock::now() + spec.connect_timeout, false, [&](Pod& pod, protocol::Incoming& in) {
@@ -947,6 +1066,9 @@ struct Coordinator::Impl {
                                                 "pod built a model with " + std::to_string(a.getNumParameters()) +
                                                     " parameters, expected " + std::to_string(want_params),
                                                 0, 0, {}};
+                              }
+                              if (Status t = open_tensor_channel(pod, tensor_keys, a); !t.ok()) {
+                                return PodRound{"error", t.message(), 0, 0, {}};
                               }
                               pod.train_samples = static_cast<int64_t>(a.getTrainSamples());
                               decisions[&pod - pods.data()] = a.getDecision();
@@ -976,9 +1098,11 @@ struct Coordinator::Impl {
       } else {
         progress << "  " << pods[i].addr.name << ": accepted"
                  << (decisions[i].empty() ? std::string() : " (" + decisions[i] + ")") << ", " << r.num_samples
-                 << " training rows\n";
+                 << " training rows, parameters " << (pods[i].sealed ? "sealed with AES-256-GCM" : "over CURVE")
+                 << "\n";
       }
       pods_json[pods[i].addr.name] = {{"outcome", r.outcome}, {"train_samples", r.num_samples}};
+      if (r.outcome == "ok") pods_json[pods[i].addr.name]["tensor_channel"] = pods[i].sealed ? "aes-256-gcm" : "curve";
       if (!decisions[i].empty()) pods_json[pods[i].addr.name]["decision"] = decisions[i];
       if (!r.error.empty()) pods_json[pods[i].addr.name]["error"] = r.error;
       for (const auto& [k, v] : r.metrics) pods_json[pods[i].addr.name][k] = v;
@@ -1407,16 +1531,14 @@ struct Coordinator::Impl {
           for (size_t i : targets) {
             if (std::find(pending.begin(), pending.end(), i) == pending.end()) continue;  // folded, or out
             if (!done.count(i)) return;
-            auto frames = fetch.frames();
-            if (protocol::send_frames(pods[i].socket, frames)) fetching.insert(i);
+            if (send_to(pods[i], fetch)) fetching.insert(i);
             return;
           }
           return;
         }
         while (static_cast<int>(fetching.size()) < spec.max_concurrent_uploads && !ready.empty()) {
-          auto frames = fetch.frames();
           // A failed send leaves the pod pending: the monitor or the deadline settles it.
-          if (protocol::send_frames(pods[ready.front()].socket, frames)) fetching.insert(ready.front());
+          if (send_to(pods[ready.front()], fetch)) fetching.insert(ready.front());
           ready.pop_front();
         }
       };
