@@ -1,0 +1,353 @@
+// The tensor channel (docs/tensor-encryption.md) against real `fedpod worker`
+// processes, attacked as a peer on the network would: a captured message replayed,
+// messages reordered, bytes altered, a message for one pod sent to another (as it is
+// and with its session id rewritten), garbage from an unauthenticated peer. Each is
+// dropped unread and counted by reason, the pod answers none of them, and it goes on
+// serving the job's real messages. A whole job through `fedpod coordinator run` then
+// runs with every pod's parameters sealed, and a pod that lost the job (and its keys)
+// is started again at once on the notice it sends for the session it no longer holds.
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cmath>
+#include <regex>
+#include <thread>
+
+#include "fedpod/coordinator/coordinator.h"
+#include "fedpod/model/zoo.h"
+#include "fedpod/protocol/bulk.h"
+#include "fedpod/protocol/codec.h"
+#include "fedpod/protocol/socket.h"
+#include "fedpod/worker/wire_convert.h"
+#include "digits_job.h"
+#include "fault_jobs.h"
+#include "identity.h"
+#include "testutil.h"
+
+namespace fedpod {
+namespace {
+
+using namespace std::chrono_literals;
+using W = wire::Envelope::Body::Which;
+using Frames = std::vector<zmq::message_t>;
+
+Frames copy(const Frames& f) {
+  Frames out;
+  for (const auto& m : f) out.emplace_back(m.data(), m.size());
+  return out;
+}
+
+int metrics_port(const testing::PodProcess& pod) {
+  const std::regex listening("event=metrics_listening pod=" + pod.name + R"( address=127\.0\.0\.1:(\d+))");
+  std::smatch m;
+  const std::string log = testing::read_file(pod.log);
+  return std::regex_search(log, m, listening) ? std::stoi(m[1]) : 0;
+}
+
+double refused(const testing::PodProcess& pod, const std::string& reason) {
+  httplib::Client c("127.0.0.1", metrics_port(pod));
+  c.set_read_timeout(5, 0);
+  auto r = c.Get("/metrics");
+  if (!r || r->status != 200) return -1;
+  const double v =
+      testing::metric_value(r->body, "fedpod_worker_tensor_messages_refused_total{reason=\"" + reason + "\"}");
+  return std::isnan(v) ? 0 : v;
+}
+
+// Waits until `pod` has counted `n` refusals of `reason` (the gate passes messages on
+// asynchronously); returns the last count seen.
+double wait_refused(const testing::PodProcess& pod, const std::string& reason, double n) {
+  double v = 0;
+  for (auto until = std::chrono::steady_clock::now() + 10s; std::chrono::steady_clock::now() < until;) {
+    v = refused(pod, reason);
+    if (v >= n) return v;
+    std::this_thread::sleep_for(50ms);
+  }
+  return v;
+}
+
+// The next message on `socket` within `timeout`; empty when none came.
+Frames next(zmq::socket_t& socket, std::chrono::milliseconds timeout) {
+  zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
+  Frames frames;
+  if (protocol::poll(&item, 1, timeout) == 0) return frames;
+  bool too_many = false;
+  protocol::recv_frames(socket, frames, 20000, too_many);
+  return frames;
+}
+
+// A job's two channels with one pod, as a coordinator holds them.
+struct SealedJob {
+  std::string job_id;
+  zmq::socket_t curve;   // DEALER, CURVE
+  zmq::socket_t tensor;  // DEALER, the pod's tensor endpoint
+  protocol::BulkSession session;
+  std::vector<model::ParamInfo> layout;
+  uint64_t next_request = 1;
+
+  // A train, fetchResult or evaluate message for round `round`, sealed.
+  Frames sealed(W kind, uint32_t round) {
+    protocol::Outgoing out(job_id, next_request++);
+    auto body = out.envelope().getBody();
+    std::vector<torch::Tensor> keep;
+    if (kind == W::TRAIN) {
+      auto t = body.initTrain();
+      t.setRound(round);
+      t.setLocalSteps(2);
+      t.setBatchSize(16);
+      attach_zeros(out, t.initTensors(layout.size()));
+    } else if (kind == W::FETCH_RESULT) {
+      body.initFetchResult().setRound(round);
+    } else {
+      auto e = body.initEvaluate();
+      e.setRound(round);
+      e.setSplit(wire::Split::VALIDATION);
+      e.setBatchSize(64);
+      attach_zeros(out, e.initTensors(layout.size()));
+    }
+    return session.seal(out.frames(), round);
+  }
+
+  void attach_zeros(protocol::Outgoing& out, capnp::List<wire::TensorInfo>::Builder infos) {
+    std::vector<protocol::NamedTensor> t;
+    for (const auto& p : layout) t.push_back({p.name, torch::full(p.shape, 0.01f)});
+    out.attach(infos, std::move(t));
+  }
+
+  bool send(Frames frames) { return protocol::send_frames(tensor, frames); }
+
+  // The next sealed reply on the tensor channel, opened; nullptr when none came.
+  std::unique_ptr<protocol::Incoming> reply(std::chrono::milliseconds timeout = 30s) {
+    Frames f = next(tensor, timeout);
+    if (f.empty()) return nullptr;
+    auto opened = session.open(std::move(f), nullptr, nullptr);
+    if (!opened.ok()) {
+      ADD_FAILURE() << "the pod's reply did not open: " << opened.status().message();
+      return nullptr;
+    }
+    auto in = protocol::Incoming::parse(std::move(*opened));
+    return in.ok() ? std::move(*in) : nullptr;
+  }
+};
+
+// Starts job `job_id` on `pod` over CURVE with a tensor key; the pod must answer
+// jobAccepted with its own key and port.
+SealedJob start_sealed_job(zmq::context_t& ctx, testing::TestIdentity& id, const testing::PodProcess& pod,
+                           const std::string& job_id) {
+  SealedJob j;
+  j.job_id = job_id;
+  j.curve = protocol::make_dealer(ctx, pod.endpoint, id.client_options(pod.name));
+  auto m = model::make_builtin("mlp");
+  const Hyperparameters hp(nlohmann::json{{"hidden", {16}}});
+  m->create_model({64}, 10, hp);
+  j.layout = m->flat().layout();
+  protocol::BulkKeyPair mine;
+  protocol::Outgoing out(job_id, j.next_request++);
+  auto sj = out.envelope().getBody().initStartJob();
+  sj.initModel().setModelRef("mlp");
+  sj.getModel().setHyperparameters(hp.json().dump());
+  data::Datastructure ds;
+  ds.target = "label";
+  ds.num_classes = 10;
+  ds.scale = 1.0 / 16;
+  worker::to_wire(ds, sj.initDatastructure());
+  const std::string pk = mine.public_key();
+  sj.setTensorKey(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(pk.data()), pk.size()));
+  Frames f = out.frames();
+  EXPECT_TRUE(protocol::send_frames(j.curve, f));
+  Frames r = next(j.curve, 60s);
+  auto in = protocol::Incoming::parse(std::move(r));
+  if (!in.ok()) {
+    ADD_FAILURE() << "no jobAccepted from " << pod.name << ": " << in.status().message();
+    return j;
+  }
+  auto body = (*in)->envelope().getBody();
+  if (body.which() != W::JOB_ACCEPTED) {
+    ADD_FAILURE() << pod.name << " answered " << protocol::body_name(body.which());
+    return j;
+  }
+  auto a = body.getJobAccepted();
+  EXPECT_EQ(a.getTensorKey().size(), 32u);
+  EXPECT_NE(a.getTensorPort(), 0);
+  auto key = a.getTensorKey();
+  auto s = protocol::BulkSession::derive(protocol::BulkRole::kCoordinator, mine,
+                                         std::string_view(reinterpret_cast<const char*>(key.begin()), key.size()),
+                                         {job_id, pod.public_key});
+  EXPECT_TRUE(s.ok());
+  j.session = std::move(*s);
+  j.tensor = protocol::make_dealer(ctx, protocol::with_port(pod.endpoint, a.getTensorPort()), {});
+  return j;
+}
+
+TEST(TensorChannel, ForgedReplayedReorderedAndMovedMessagesAreDroppedAndCounted) {
+  testing::TempDir dir;
+  testing::TestIdentity id(dir.path());
+  auto a = testing::start_digits_pod(dir, id, "pod-a", "general-modeller", "metrics_listen: 127.0.0.1:0\n");
+  auto b = testing::start_digits_pod(dir, id, "pod-b", "general-modeller", "metrics_listen: 127.0.0.1:0\n");
+  ASSERT_FALSE(a.endpoint.empty()) << testing::read_file(a.log);
+  ASSERT_FALSE(b.endpoint.empty()) << testing::read_file(b.log);
+  zmq::context_t ctx(1);
+  SealedJob ja = start_sealed_job(ctx, id, a, "job-a");
+  SealedJob jb = start_sealed_job(ctx, id, b, "job-b");
+  ASSERT_FALSE(HasFailure());
+
+  // The real thing works: train round 1, answered sealed.
+  Frames train = ja.sealed(W::TRAIN, 1);
+  const Frames captured = copy(train);
+  ASSERT_TRUE(ja.send(std::move(train)));
+  auto done = ja.reply();
+  ASSERT_TRUE(done);
+  ASSERT_EQ(done->envelope().getBody().which(), W::TRAIN_DONE);
+  EXPECT_EQ(done->envelope().getBody().getTrainDone().getRound(), 1u);
+
+  // 1. The captured train replayed: dropped, counted, unanswered.
+  ASSERT_TRUE(ja.send(copy(captured)));
+  EXPECT_EQ(wait_refused(a, "replay", 1), 1);
+  EXPECT_TRUE(next(ja.tensor, 500ms).empty());
+
+  // 2. A fetchResult with one ciphertext byte altered: dropped as tampered; the
+  //    untouched original (same sequence number) still opens afterwards.
+  Frames fetch = ja.sealed(W::FETCH_RESULT, 1);
+  Frames altered = copy(fetch);
+  static_cast<uint8_t*>(altered[1].data())[3] ^= 0x40;
+  ASSERT_TRUE(ja.send(std::move(altered)));
+  EXPECT_EQ(wait_refused(a, "tampered", 1), 1);
+  EXPECT_TRUE(next(ja.tensor, 500ms).empty());
+  ASSERT_TRUE(ja.send(std::move(fetch)));
+  auto result = ja.reply();
+  ASSERT_TRUE(result);
+  ASSERT_EQ(result->envelope().getBody().which(), W::TRAIN_RESULT);
+  std::vector<protocol::TensorSpec> specs = worker::tensor_specs(ja.layout);
+  auto tensors = result->take_tensors(result->envelope().getBody().getTrainResult().getTensors(), specs);
+  ASSERT_TRUE(tensors.ok()) << tensors.status().message();
+  EXPECT_EQ(tensors->size(), ja.layout.size());
+
+  // 3. Reordered: the later of two evaluations arrives first; the earlier is then stale.
+  Frames first = ja.sealed(W::EVALUATE, 1);
+  Frames second = ja.sealed(W::EVALUATE, 1);
+  ASSERT_TRUE(ja.send(std::move(second)));
+  auto eval = ja.reply();
+  ASSERT_TRUE(eval);
+  EXPECT_EQ(eval->envelope().getBody().which(), W::EVAL_RESULT);
+  ASSERT_TRUE(ja.send(std::move(first)));
+  EXPECT_EQ(wait_refused(a, "replay", 2), 2);
+  EXPECT_TRUE(next(ja.tensor, 500ms).empty());
+
+  // 4. A message for pod A sent to pod B: B holds no such session and says so (a
+  //    notice naming the session, nothing else); with the session id rewritten to
+  //    B's own, its tag fails.
+  Frames for_a = ja.sealed(W::EVALUATE, 1);
+  zmq::socket_t to_b = protocol::make_dealer(ctx, jb.tensor.get(zmq::sockopt::last_endpoint), {});
+  Frames moved = copy(for_a);
+  ASSERT_TRUE(protocol::send_frames(to_b, moved));
+  Frames notice = next(to_b, 10s);
+  ASSERT_EQ(notice.size(), 1u);
+  auto header = protocol::parse_bulk_header(notice[0]);
+  ASSERT_TRUE(header.ok());
+  EXPECT_EQ(header->kind, 2);
+  EXPECT_EQ(header->session, ja.session.id());
+  EXPECT_EQ(wait_refused(b, "unknown_session", 1), 1);
+  Frames rewritten = copy(for_a);
+  std::memcpy(static_cast<uint8_t*>(rewritten[0].data()) + 8, jb.session.id().data(), 16);
+  ASSERT_TRUE(protocol::send_frames(to_b, rewritten));
+  EXPECT_EQ(wait_refused(b, "tampered", 1), 1);
+  EXPECT_TRUE(next(to_b, 500ms).empty());
+
+  // 5. Garbage from a peer that holds no keys: malformed headers, a sealed-looking
+  //    message of another session; none is answered but the notice.
+  zmq::socket_t stranger = protocol::make_dealer(ctx, ja.tensor.get(zmq::sockopt::last_endpoint), {});
+  Frames junk;
+  junk.emplace_back("GET / HTTP/1.0\r\n\r\n", 18);
+  junk.emplace_back(std::string(4096, 'x').data(), 4096);
+  ASSERT_TRUE(protocol::send_frames(stranger, junk));
+  EXPECT_EQ(wait_refused(a, "malformed", 1), 1);
+
+  // Through all of it pod A lost nothing: its job's next round trains and answers.
+  ASSERT_TRUE(ja.send(ja.sealed(W::TRAIN, 2)));
+  auto done2 = ja.reply();
+  ASSERT_TRUE(done2);
+  ASSERT_EQ(done2->envelope().getBody().which(), W::TRAIN_DONE);
+  EXPECT_EQ(done2->envelope().getBody().getTrainDone().getRound(), 2u);
+  // And pod B's own job is untouched.
+  ASSERT_TRUE(jb.send(jb.sealed(W::TRAIN, 1)));
+  auto done_b = jb.reply();
+  ASSERT_TRUE(done_b);
+  EXPECT_EQ(done_b->envelope().getBody().which(), W::TRAIN_DONE);
+  // A plaintext train on the tensor port, as a peer without keys would send it, is
+  // not a sealed message: dropped as malformed, never trained on.
+  protocol::Outgoing plain("job-a", 999);
+  auto t = plain.envelope().getBody().initTrain();
+  t.setRound(3);
+  t.setLocalSteps(1);
+  t.setBatchSize(16);
+  ja.attach_zeros(plain, t.initTensors(ja.layout.size()));
+  Frames pf = plain.frames();
+  ASSERT_TRUE(protocol::send_frames(stranger, pf));
+  EXPECT_EQ(wait_refused(a, "malformed", 2), 2);
+  EXPECT_TRUE(next(stranger, 500ms).empty());
+  EXPECT_TRUE(next(ja.tensor, 200ms).empty());
+}
+
+TEST(TensorChannel, AJobRunsSealedAndAPodThatLostItsSessionIsStartedAgainOnItsNotice) {
+  testing::TempDir dir;
+  testing::TestIdentity id(dir.path());
+  std::vector<testing::PodProcess> pods;
+  // pod-b ends a job idle for 1 s, and with it the job's keys.
+  pods.push_back(testing::start_digits_pod(dir, id, "pod-a"));
+  pods.push_back(testing::start_digits_pod(dir, id, "pod-b", "general-modeller", "job_idle_timeout: 1s\n"));
+  for (const auto& p : pods) ASSERT_FALSE(p.endpoint.empty()) << testing::read_file(p.log);
+  std::vector<const testing::PodProcess*> refs = {&pods[0], &pods[1]};
+  const std::string out = (dir.path() / "out").string();
+  const std::string log = (dir.path() / "coordinator.log").string();
+  const std::string job = dir.write("job.yaml", testing::digits_job_yaml(id, refs, out, "rounds: 5\nmin_pods: 1\n"));
+  testing::Process c(testing::coordinator_argv(job), log);
+  // Once round 2 is done, the coordinator sleeps (SIGSTOP) long enough for pod-b to
+  // end the job: its next sealed message to pod-b meets no session.
+  bool paused = false;
+  for (auto by = std::chrono::steady_clock::now() + 120s; std::chrono::steady_clock::now() < by && c.running();) {
+    if (testing::read_file(log).find("round 2/5") != std::string::npos) {
+      ::kill(c.pid(), SIGSTOP);
+      paused = true;
+      break;
+    }
+    std::this_thread::sleep_for(2ms);
+  }
+  ASSERT_TRUE(paused) << testing::read_file(log);
+  for (auto by = std::chrono::steady_clock::now() + 30s;
+       std::chrono::steady_clock::now() < by &&
+       testing::read_file(pods[1].log).find("event=job_expired") == std::string::npos;) {
+    std::this_thread::sleep_for(50ms);
+  }
+  ::kill(c.pid(), SIGCONT);
+  const int status = c.wait(240s);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << testing::read_file(log);
+  ASSERT_NE(testing::read_file(pods[1].log).find("event=job_expired"), std::string::npos);
+
+  const auto history = testing::read_history(out);
+  EXPECT_EQ(history["status"], "completed");
+  for (const auto& p : pods) {
+    EXPECT_EQ(history["pods"][p.name]["tensor_channel"], "aes-256-gcm") << history["pods"].dump();
+  }
+  for (const auto& o : testing::outcomes(history, "pod-a")) EXPECT_EQ(o, "ok");
+  // pod-b answered its next sealed message with a notice: the coordinator learnt at
+  // once that the job was gone there (no deadline passed), started it again, and
+  // pod-b trained the last round.
+  EXPECT_NE(testing::read_file(pods[1].log).find("reason=unknown_session"), std::string::npos)
+      << testing::read_file(pods[1].log);
+  EXPECT_NE(testing::read_file(log).find("tensor channel: unknown session"), std::string::npos)
+      << testing::read_file(log);
+  EXPECT_NE(testing::read_file(log).find("pod-b rejoined"), std::string::npos) << testing::read_file(log);
+  const auto b = testing::outcomes(history, "pod-b");
+  ASSERT_EQ(b.size(), 5u);
+  EXPECT_EQ(b[0], "ok");
+  EXPECT_EQ(b[4], "ok");
+  for (const auto& r : history["rounds"]) {
+    if (!r["pods"].contains("pod-b") || r["pods"]["pod-b"]["outcome"] == "ok") continue;
+    EXPECT_EQ(r["pods"]["pod-b"]["outcome"], "error") << r.dump();  // the notice, not a timeout
+  }
+}
+
+}  // namespace
+}  // namespace fedpod
