@@ -6,12 +6,16 @@
 //   BM_DecodeChecked    the same plus the finite-value check, one read of the payload.
 //   BM_ReceiveIntoModel the worker's receive path: checked decode, then the one copy
 //                       into the model's flat parameter buffer.
+//   BM_Seal/threads:T   the tensor channel's AES-256-GCM sealing of the encoded
+//                       message (protocol/bulk.h) on T threads (0: all cores).
+//   BM_Open/threads:T   opening it again (in place), tags checked.
 //   BM_Memcpy           memcpy of the P * 4 payload bytes: the baseline.
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
 #include <cstring>
 
+#include "fedpod/protocol/bulk.h"
 #include "fedpod/protocol/codec.h"
 
 namespace {
@@ -96,6 +100,54 @@ void BM_MemcpyPayload(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * state.range(0) * 4);
 }
 
+struct SealedPair {
+  fedpod::protocol::BulkSession coordinator, pod;
+};
+
+SealedPair sealed_pair() {
+  using namespace fedpod::protocol;
+  BulkKeyPair c, p;
+  auto cs = BulkSession::derive(BulkRole::kCoordinator, c, p.public_key(), {"bench", "pod-key"});
+  auto ps = BulkSession::derive(BulkRole::kPod, p, c.public_key(), {"bench", "pod-key"});
+  return {std::move(*cs), std::move(*ps)};
+}
+
+void BM_Seal(benchmark::State& state) {
+  Message m = make_message(state.range(0));
+  auto s = sealed_pair();
+  fedpod::protocol::BulkSession::set_max_threads(static_cast<unsigned>(state.range(1)));
+  for (auto _ : state) {
+    auto sealed = s.coordinator.seal(encode(m), 1);
+    benchmark::DoNotOptimize(sealed.data());
+  }
+  fedpod::protocol::BulkSession::set_max_threads(0);
+  state.SetBytesProcessed(state.iterations() * state.range(0) * 4);
+}
+
+void BM_Open(benchmark::State& state) {
+  Message m = make_message(state.range(0));
+  auto s = sealed_pair();
+  fedpod::protocol::BulkSession::set_max_threads(static_cast<unsigned>(state.range(1)));
+  for (auto _ : state) {
+    state.PauseTiming();
+    auto sealed = s.pod.seal(encode(m), 1);
+    state.ResumeTiming();
+    auto opened = s.coordinator.open(std::move(sealed), nullptr, nullptr);
+    if (!opened.ok()) state.SkipWithError(opened.status().message().c_str());
+    benchmark::DoNotOptimize(opened->data());
+  }
+  fedpod::protocol::BulkSession::set_max_threads(0);
+  state.SetBytesProcessed(state.iterations() * state.range(0) * 4);
+}
+
+void SealSizes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"P", "threads"});
+  for (int64_t p : {1'000'000, 10'000'000}) {
+    for (int64_t t : {1, 0}) b->Args({p, t});
+  }
+  b->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+
 void Sizes(benchmark::internal::Benchmark* b) {
   b->Arg(1'000'000)->Arg(10'000'000)->Unit(benchmark::kMicrosecond)->UseRealTime();
 }
@@ -105,4 +157,6 @@ void Sizes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_EncodeDecode)->Apply(Sizes);
 BENCHMARK(BM_DecodeChecked)->Apply(Sizes);
 BENCHMARK(BM_ReceiveIntoModel)->Apply(Sizes);
+BENCHMARK(BM_Seal)->Apply(SealSizes);
+BENCHMARK(BM_Open)->Apply(SealSizes);
 BENCHMARK(BM_MemcpyPayload)->Name("BM_Memcpy")->Apply(Sizes);

@@ -109,11 +109,14 @@ std::vector<std::string> split(const std::string& s) {
 // --- roles -----------------------------------------------------------------------
 
 // A pod with the echo runtime and a two-row dataset.
-void run_worker(const std::string& endpoint_file, const std::string& data, bool in_process, bool no_gate) {
+void run_worker(const std::string& endpoint_file, const std::string& data, bool in_process, bool no_gate,
+                bool curve_only) {
   torch::set_num_threads(1);
   fedpod::worker::PodConfig config;
   config.name = "bench-pod";
   config.listen = "tcp://127.0.0.1:*";
+  // As pod.yaml's default: parameters sealed on the tensor channel, unless --curve-only.
+  if (!curve_only) config.tensor_listen = fedpod::worker::default_tensor_listen(config.listen);
   config.dataset_path = data;
   config.devices = {"cpu"};
   config.key_file = keys_dir() + "/pod.key";
@@ -292,7 +295,7 @@ struct Servers {
 };
 
 Servers start_servers(const std::string& role, int k, const fs::path& dir, const std::string& data,
-                      bool in_process = false, bool no_gate = false, bool plain = false) {
+                      bool in_process = false, bool no_gate = false, bool plain = false, bool curve_only = false) {
   Servers s;
   for (int i = 0; i < k; ++i) {
     const std::string ep = (dir / (role + std::to_string(i) + ".endpoint")).string();
@@ -301,6 +304,7 @@ Servers start_servers(const std::string& role, int k, const fs::path& dir, const
     if (role == "worker") argv.insert(argv.end(), {"--data", data});
     if (role == "worker" && in_process) argv.push_back("--in-process");
     if (role == "worker" && no_gate) argv.push_back("--no-receiving-process");
+    if (role == "worker" && curve_only) argv.push_back("--curve-only");
     if (role == "echo" && plain) argv.push_back("--plain");
     s.procs.push_back(std::make_unique<fedpod::Process>(argv, (dir / (role + std::to_string(i) + ".log")).string()));
   }
@@ -328,7 +332,7 @@ nlohmann::json run_child(const std::vector<std::string>& argv, const fs::path& l
 }
 
 void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int rounds, int window,
-                const std::string& json_out, bool in_process, bool no_gate) {
+                const std::string& json_out, bool in_process, bool no_gate, bool curve_only) {
   const fs::path dir = fs::temp_directory_path() / ("fedpod-round-bench-" + std::to_string(getpid()));
   fs::create_directories(dir);
   const std::string data = (dir / "data.csv").string();
@@ -379,7 +383,10 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
             << " tensors, " << rounds << " timed rounds, echo trainer, max_concurrent_uploads " << window
             << "\n"
             << "zmq: plain ZeroMQ, no encryption; zmq+CURVE: the same with CURVE; fedpod: CURVE, ZAP allow-list, "
-               "signed policy\nratio: zmq s/round / fedpod s/round (1 = the unencrypted transport's speed)\n\n"
+               "signed policy, "
+            << (curve_only ? "parameters over CURVE (--curve-only)"
+                           : "parameters sealed with AES-256-GCM on the tensor channel")
+            << "\nratio: zmq s/round / fedpod s/round (1 = the unencrypted transport's speed)\n\n"
             << std::left << std::setw(5) << "K" << std::setw(13) << "zmq s/round" << std::setw(11) << "zmq MB/s"
             << std::setw(15) << "zmq+CURVE s" << std::setw(16) << "fedpod s/round" << std::setw(13) << "fedpod MB/s"
             << std::setw(8) << "ratio" << std::setw(14) << "ratio CURVE" << std::setw(14) << "coord RSS MB"
@@ -398,7 +405,7 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
           run_child(argv, dir / ("zmq-client-" + std::to_string(k) + (plain ? "-plain" : "-curve") + ".log"));
     }
     {
-      Servers workers = start_servers("worker", k, dir, data, in_process, no_gate);
+      Servers workers = start_servers("worker", k, dir, data, in_process, no_gate, false, curve_only);
       std::string joined;
       for (const auto& e : workers.endpoints) joined += (joined.empty() ? "" : ",") + e;
       fedpod_result = run_child({self, "coordinator", "--endpoints", joined, "--params", p, "--tensors", t,
@@ -421,7 +428,8 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
                           {"zmq_bytes_per_second", bytes / zs},
                           {"fedpod_bytes_per_second", bytes / fs_},
                           {"ratio_to_zmq", zs / fs_},
-                          {"ratio_to_zmq_curve", cs / fs_}};
+                          {"ratio_to_zmq_curve", cs / fs_},
+                          {"fedpod_parameters", curve_only ? "curve" : "aes-256-gcm"}};
     results.push_back(row);
     std::cout << std::left << std::fixed << std::setprecision(3) << std::setw(5) << k << std::setw(13) << zs
               << std::setw(11) << std::setprecision(0) << bytes / zs / 1e6 << std::setw(15) << std::setprecision(3)
@@ -461,7 +469,7 @@ int main(int argc, char** argv) {
   std::string pods = "2,8", endpoint_file, data, endpoints, json_out, out_dir;
   int64_t params = 10'000'000;
   int tensors = 8, rounds = 5, window = 2;
-  bool in_process = false, no_gate = false;
+  bool in_process = false, no_gate = false, curve_only = false;
 
   auto* round = app.add_subcommand("round", "Benchmark rounds for each K in --pods against plain ZeroMQ");
   round->add_option("--pods", pods, "comma-separated pod counts")->capture_default_str();
@@ -475,12 +483,15 @@ int main(int argc, char** argv) {
                   "and hold the pod's socket there instead of in a receiving process");
   round->add_flag("--no-receiving-process", no_gate,
                   "hold each pod's public socket in its worker process (pod.yaml receiving_process: false)");
+  round->add_flag("--curve-only", curve_only,
+                  "no tensor channel: parameters travel over CURVE too (pod.yaml tensor_listen: off)");
 
   auto* worker = app.add_subcommand("worker", "(internal) a pod with the echo trainer");
   worker->add_option("--endpoint-file", endpoint_file)->required();
   worker->add_option("--data", data)->required();
   worker->add_flag("--in-process", in_process);
   worker->add_flag("--no-receiving-process", no_gate);
+  worker->add_flag("--curve-only", curve_only);
   auto* echo = app.add_subcommand("echo", "(internal) a plain ZeroMQ echo server");
   echo->add_option("--endpoint-file", endpoint_file)->required();
   bool plain = false;
@@ -500,9 +511,9 @@ int main(int argc, char** argv) {
     if (*round) {
       std::vector<int> ks;
       for (const auto& k : split(pods)) ks.push_back(std::stoi(k));
-      run_driver(ks, params, tensors, rounds, window, json_out, in_process, no_gate);
+      run_driver(ks, params, tensors, rounds, window, json_out, in_process, no_gate, curve_only);
     } else if (*worker) {
-      run_worker(endpoint_file, data, in_process, no_gate);
+      run_worker(endpoint_file, data, in_process, no_gate, curve_only);
     } else if (*echo) {
       run_echo(endpoint_file, plain);
     } else if (app.got_subcommand("coordinator")) {

@@ -46,7 +46,10 @@ std::string wait_for_word(const std::string& path, std::chrono::milliseconds tim
 // without it the coordinator's peak RSS grew by ~60 MB from 2 to 32 pods; with it
 // by ~20 MB, and rounds ran faster (no fresh pages to fault in). Serving large
 // buffers with mmap instead bounded memory too, but cost ~30% of round throughput
-// in page faults. Call once, first thing in main, before any thread starts.
+// in page faults. Buffers up to 32 MiB also stay in the heap once freed (up to 512
+// MiB free at its top is kept): at 10M parameters x 8 pods this took the round from
+// 0.97 to 0.78-0.84 s and plain ZeroMQ from 0.23 to 0.13-0.15 s (2 cores). Call
+// once, first thing in main, before any thread starts.
 void tune_malloc_for_large_messages();
 
 // The path of the running executable (for re-launching it in another mode).
