@@ -230,10 +230,11 @@ class RoundLineClock : public std::streambuf {
 
 // A fedpod coordinator job over `endpoints` with the bench model.
 void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, int tensors, int rounds,
-                     int window, const std::string& out_dir) {
+                     int window, const std::string& out_dir, const std::string& update_precision) {
   torch::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
   fedpod::coordinator::JobSpec spec;
   spec.job_id = "round-bench";
+  spec.update_precision = update_precision;
   spec.model.ref = "bench-params";
   spec.model.hyperparameters = fedpod::Hyperparameters(nlohmann::json{{"params", params}, {"tensors", tensors}});
   spec.datastructure.target = "label";
@@ -332,7 +333,8 @@ nlohmann::json run_child(const std::vector<std::string>& argv, const fs::path& l
 }
 
 void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int rounds, int window,
-                const std::string& json_out, bool in_process, bool no_gate, bool curve_only) {
+                const std::string& json_out, bool in_process, bool no_gate, bool curve_only,
+                const std::string& update_precision) {
   const fs::path dir = fs::temp_directory_path() / ("fedpod-round-bench-" + std::to_string(getpid()));
   fs::create_directories(dir);
   const std::string data = (dir / "data.csv").string();
@@ -386,6 +388,7 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
                "signed policy, "
             << (curve_only ? "parameters over CURVE (--curve-only)"
                            : "parameters sealed with AES-256-GCM on the tensor channel")
+            << ", updates " << update_precision
             << "\nratio: zmq s/round / fedpod s/round (1 = the unencrypted transport's speed)\n\n"
             << std::left << std::setw(5) << "K" << std::setw(13) << "zmq s/round" << std::setw(11) << "zmq MB/s"
             << std::setw(15) << "zmq+CURVE s" << std::setw(16) << "fedpod s/round" << std::setw(13) << "fedpod MB/s"
@@ -409,7 +412,8 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
       std::string joined;
       for (const auto& e : workers.endpoints) joined += (joined.empty() ? "" : ",") + e;
       fedpod_result = run_child({self, "coordinator", "--endpoints", joined, "--params", p, "--tensors", t,
-                                 "--rounds", r, "--window", std::to_string(window), "--out",
+                                 "--rounds", r, "--window", std::to_string(window), "--update-precision",
+                                 update_precision, "--out",
                                  (dir / ("job-" + std::to_string(k))).string()},
                                 dir / ("coordinator-" + std::to_string(k) + ".log"));
     }
@@ -429,7 +433,8 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
                           {"fedpod_bytes_per_second", bytes / fs_},
                           {"ratio_to_zmq", zs / fs_},
                           {"ratio_to_zmq_curve", cs / fs_},
-                          {"fedpod_parameters", curve_only ? "curve" : "aes-256-gcm"}};
+                          {"fedpod_parameters", curve_only ? "curve" : "aes-256-gcm"},
+                          {"update_precision", update_precision}};
     results.push_back(row);
     std::cout << std::left << std::fixed << std::setprecision(3) << std::setw(5) << k << std::setw(13) << zs
               << std::setw(11) << std::setprecision(0) << bytes / zs / 1e6 << std::setw(15) << std::setprecision(3)
@@ -470,6 +475,7 @@ int main(int argc, char** argv) {
   int64_t params = 10'000'000;
   int tensors = 8, rounds = 5, window = 2;
   bool in_process = false, no_gate = false, curve_only = false;
+  std::string update_precision = "float32";
 
   auto* round = app.add_subcommand("round", "Benchmark rounds for each K in --pods against plain ZeroMQ");
   round->add_option("--pods", pods, "comma-separated pod counts")->capture_default_str();
@@ -483,6 +489,10 @@ int main(int argc, char** argv) {
                   "and hold the pod's socket there instead of in a receiving process");
   round->add_flag("--no-receiving-process", no_gate,
                   "hold each pod's public socket in its worker process (pod.yaml receiving_process: false)");
+  round->add_option("--update-precision", update_precision,
+                    "how pods send updates: float32, or bfloat16 (their change, half the bytes)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
   round->add_flag("--curve-only", curve_only,
                   "no tensor channel: parameters travel over CURVE too (pod.yaml tensor_listen: off)");
 
@@ -505,19 +515,20 @@ int main(int argc, char** argv) {
     sub->add_option("--out", out_dir);
     sub->add_option("--window", window);
   }
+  app.get_subcommand("coordinator")->add_option("--update-precision", update_precision);
   app.get_subcommand("zmq-client")->add_flag("--plain", plain, "no CURVE");
   CLI11_PARSE(app, argc, argv);
   try {
     if (*round) {
       std::vector<int> ks;
       for (const auto& k : split(pods)) ks.push_back(std::stoi(k));
-      run_driver(ks, params, tensors, rounds, window, json_out, in_process, no_gate, curve_only);
+      run_driver(ks, params, tensors, rounds, window, json_out, in_process, no_gate, curve_only, update_precision);
     } else if (*worker) {
       run_worker(endpoint_file, data, in_process, no_gate, curve_only);
     } else if (*echo) {
       run_echo(endpoint_file, plain);
     } else if (app.got_subcommand("coordinator")) {
-      run_coordinator(split(endpoints), params, tensors, rounds, window, out_dir);
+      run_coordinator(split(endpoints), params, tensors, rounds, window, out_dir, update_precision);
     } else {
       run_zmq_client(split(endpoints), params, tensors, rounds, plain);
     }

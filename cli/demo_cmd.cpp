@@ -37,6 +37,7 @@ struct DemoArgs {
   std::string data_dir = FEDPOD_DEFAULT_DATA_DIR;
   std::string out_dir = "out/demo";
   int rounds = 10;
+  std::string update_precision = "float32";
   std::string log_level = "warn";
 };
 
@@ -196,7 +197,8 @@ void run_demo(const DemoArgs& args) {
         << "\npods: [pod-a, pod-b, pod-c]   # addresses and keys from the hub\n";
     job << "key_file: " << (out / "keys" / "demo.key").string() << "\n";
     job << "rounds: " << args.rounds << "\nlocal_epochs: 1\nbatch_size: 32\nmin_pods: 2\n"
-        << "round_timeout: 60s\neval_every: 1\nseed: 1\noutput_dir: " << out.string() << "\n";
+        << "round_timeout: 60s\neval_every: 1\nseed: 1\noutput_dir: " << out.string() << "\n"
+        << "update_precision: " << args.update_precision << "\n";
   }
   std::cout << "demo: 3 pods (label-skewed digits shares) on loopback, " << args.rounds
             << " rounds of FedAvg on an MLP\n"
@@ -220,6 +222,7 @@ void run_demo(const DemoArgs& args) {
                             {"centralized_test_accuracy", central},
                             {"test_samples", result->test_samples},
                             {"rounds", result->rounds_completed},
+                            {"update_precision", args.update_precision},
                             {"mean_round_seconds", result->mean_round_seconds}};
   coordinator::write_file_atomic((out / "demo.json").string(), summary.dump(2) + "\n");
 }
@@ -234,6 +237,10 @@ void add_demo(CLI::App& app) {
   cmd->add_option("-o,--out", args->out_dir, "output folder")->capture_default_str();
   cmd->add_option("--rounds", args->rounds, "federated rounds")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--log-level", args->log_level, "coordinator log level")->capture_default_str();
+  cmd->add_option("--update-precision", args->update_precision,
+                  "how pods send updates: float32, or bfloat16 (half the bytes; job.yaml update_precision)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
   cmd->callback([args] { run_demo(*args); });
 }
 

@@ -1416,6 +1416,7 @@ struct Coordinator::Impl {
                {"model", {{"username", spec.model.username}, {"ref", spec.model.ref}, {"version", spec.model.version},
                           {"hyperparameters", spec.model.hyperparameters.json()}}},
                {"strategy", spec.strategy},
+               {"update_precision", spec.update_precision},
                {"status", "running"},
                {"rounds", nlohmann::json::array()},
                {"discarded_replies_by_reason", nlohmann::json::object()}};
@@ -1503,6 +1504,8 @@ struct Coordinator::Impl {
       t.setLocalEpochs(static_cast<uint32_t>(spec.local_steps > 0 ? 0 : spec.local_epochs));
       t.setLocalSteps(static_cast<uint32_t>(spec.local_steps));
       t.setBatchSize(static_cast<uint32_t>(spec.batch_size));
+      const bool bf16_updates = spec.update_precision == "bfloat16";
+      t.setUpdateDtype(bf16_updates ? wire::DType::BFLOAT16 : wire::DType::FLOAT32);
       // One buffer for every pod: each frame references `global`, none copies it.
       out.attach(t.initTensors(specs.size()), worker::parameter_views(global, layout));
       strategy->begin_round(global);
@@ -1607,12 +1610,23 @@ struct Coordinator::Impl {
                                   ", its trainDone said " + std::to_string(claimed_samples[i]),
                               0, 0, {}};
             }
-            auto tensors = in.take_tensors(r.getTensors(), specs);
+            // A bfloat16 update is the pod's change to this round's parameters; it is
+            // added back to them in float32 before it is folded.
+            if (r.getDelta() != bf16_updates) {
+              return PodRound{"error",
+                              std::string("trainResult ") + (r.getDelta() ? "is" : "is not") +
+                                  " a bfloat16 change, the job asked for update_precision " + spec.update_precision,
+                              0, 0, {}};
+            }
+            auto tensors = in.take_tensors(r.getTensors(), specs, true,
+                                           bf16_updates ? wire::DType::BFLOAT16 : wire::DType::FLOAT32);
             if (!tensors.ok()) return PodRound{"error", tensors.status().message(), 0, 0, {}};
             for (const auto& t : *tensors) job_metrics.bytes_received.Increment(static_cast<double>(t.nbytes()));
             std::vector<aggregation::Segment> segments;
             for (size_t k = 0; k < layout.size(); ++k) {
-              segments.push_back({layout[k].offset, (*tensors)[k].view({-1})});
+              torch::Tensor v = (*tensors)[k].view({-1});
+              if (bf16_updates) v = protocol::add_bf16_delta(global.narrow(0, layout[k].offset, layout[k].numel), v);
+              segments.push_back({layout[k].offset, v});
             }
             const auto fold_start = Clock::now();
             Status folded = strategy->fold(segments, static_cast<double>(n));

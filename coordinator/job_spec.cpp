@@ -120,6 +120,9 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
   if (s.aggregation_order != "arrival" && s.aggregation_order != "pod") {
     throw ConfigError(where + ": aggregation_order: '" + s.aggregation_order + "' is not arrival or pod");
   }
+  if (s.update_precision != "float32" && s.update_precision != "bfloat16") {
+    throw ConfigError(where + ": update_precision: '" + s.update_precision + "' is not float32 or bfloat16");
+  }
   if (!aggregation::make_strategy(s.strategy)) throw ConfigError(where + ": strategy: unknown '" + s.strategy + "' (fedavg)");
   const auto& sp = s.datastructure.split;
   if (sp.validation < 0 || sp.test < 0 || sp.validation + sp.test >= 1) {
@@ -140,7 +143,7 @@ namespace {
 // relative key_file and public_key_file paths resolve against `base`.
 JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const fs::path& base) {
   check_keys(root, {"job_id", "model", "datastructure", "pods", "hub_ca", "rounds", "local_epochs", "local_steps",
-                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "strategy", "aggregation_order",
+                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "strategy", "aggregation_order", "update_precision",
                     "seed", "output_dir", "hub", "hub_token", "key_file", "metrics_listen",
                     "sandbox"},
              w);
@@ -268,6 +271,9 @@ JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const f
   if (root["strategy"]) s.strategy = get<std::string>(root["strategy"], w + ": strategy");
   if (root["aggregation_order"]) {
     s.aggregation_order = get<std::string>(root["aggregation_order"], w + ": aggregation_order");
+  }
+  if (root["update_precision"]) {
+    s.update_precision = get<std::string>(root["update_precision"], w + ": update_precision");
   }
   if (root["seed"]) s.seed = get<uint64_t>(root["seed"], w + ": seed");
   if (root["output_dir"]) s.output_dir = get<std::string>(root["output_dir"], w + ": output_dir");

@@ -25,6 +25,7 @@ std::optional<wire::DType> to_wire_dtype(torch::ScalarType t) {
     case torch::kFloat64: return wire::DType::FLOAT64;
     case torch::kInt64: return wire::DType::INT64;
     case torch::kInt32: return wire::DType::INT32;
+    case torch::kBFloat16: return wire::DType::BFLOAT16;
     default: return std::nullopt;
   }
 }
@@ -35,6 +36,7 @@ const char* dtype_name(wire::DType d) {
     case wire::DType::FLOAT64: return "float64";
     case wire::DType::INT64: return "int64";
     case wire::DType::INT32: return "int32";
+    case wire::DType::BFLOAT16: return "bfloat16";
   }
   return "unknown";
 }
@@ -185,7 +187,12 @@ StatusOr<std::string_view> Incoming::raw_frame(uint32_t index, uint64_t expected
 
 StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::TensorInfo>::Reader infos,
                                                             const std::vector<TensorSpec>& expected,
-                                                            bool check_finite) {
+                                                            bool check_finite, wire::DType dtype) {
+  if (dtype != wire::DType::FLOAT32 && dtype != wire::DType::BFLOAT16) {
+    return Status::invalid(std::string("take_tensors: dtype ") + dtype_name(dtype) + " is not float32 or bfloat16");
+  }
+  const bool bf16 = dtype == wire::DType::BFLOAT16;
+  const size_t elem = bf16 ? 2 : sizeof(float);
   const size_t n = infos.size();
   if (n != expected.size()) {
     return Status::bad_message("message describes " + std::to_string(n) + " tensors, the model has " +
@@ -205,9 +212,9 @@ StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::Te
       return Status::bad_message("tensor " + std::to_string(i) + " is '" + name + "', expected '" +
                                  want.name + "'");
     }
-    if (info.getDtype() != wire::DType::FLOAT32) {
-      return Status::bad_message("tensor '" + name + "' has dtype " + dtype_name(info.getDtype()) +
-                                 ", expected float32");
+    if (info.getDtype() != dtype) {
+      return Status::bad_message("tensor '" + name + "' has dtype " + dtype_name(info.getDtype()) + ", expected " +
+                                 dtype_name(dtype));
     }
     if (info.getEncoding() != wire::Encoding::RAW) {
       return Status::bad_message("tensor '" + name + "' has an unknown encoding");
@@ -220,7 +227,7 @@ StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::Te
     }
     int64_t numel = 1;
     for (int64_t d : want.shape) numel *= d;
-    const uint64_t want_bytes = static_cast<uint64_t>(numel) * sizeof(float);
+    const uint64_t want_bytes = static_cast<uint64_t>(numel) * elem;
     if (info.getBytes() != want_bytes) {
       return Status::bad_message("tensor '" + name + "' declares " + std::to_string(info.getBytes()) +
                                  " bytes, its shape needs " + std::to_string(want_bytes));
@@ -243,7 +250,16 @@ StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::Te
       // Finite check on the raw bytes works for any alignment (memcpy-free loads below
       // are done through an aligned copy only when needed).
       bool finite;
-      if (reinterpret_cast<uintptr_t>(fr.data()) % alignof(float) == 0) {
+      if (bf16) {
+        std::vector<uint16_t> tmp;
+        const uint16_t* p = static_cast<const uint16_t*>(fr.data());
+        if (reinterpret_cast<uintptr_t>(fr.data()) % alignof(uint16_t) != 0) {
+          tmp.resize(fr.size() / 2);
+          std::memcpy(tmp.data(), fr.data(), fr.size());
+          p = tmp.data();
+        }
+        finite = all_finite_bf16(p, fr.size() / 2);
+      } else if (reinterpret_cast<uintptr_t>(fr.data()) % alignof(float) == 0) {
         finite = all_finite(static_cast<const float*>(fr.data()), fr.size() / sizeof(float));
       } else {
         std::vector<float> tmp(fr.size() / sizeof(float));
@@ -260,12 +276,13 @@ StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::Te
   out.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     auto* frame = new zmq::message_t(std::move(frames_[frame_of[i]]));
-    if (reinterpret_cast<uintptr_t>(frame->data()) % alignof(float) == 0) {
+    const auto scalar = bf16 ? torch::kBFloat16 : torch::kFloat32;
+    if (reinterpret_cast<uintptr_t>(frame->data()) % elem == 0) {
       out.push_back(torch::from_blob(
           frame->data(), expected[i].shape, [frame](void*) { delete frame; },
-          torch::TensorOptions().dtype(torch::kFloat32)));
+          torch::TensorOptions().dtype(scalar)));
     } else {
-      torch::Tensor t = torch::empty(expected[i].shape, torch::kFloat32);
+      torch::Tensor t = torch::empty(expected[i].shape, scalar);
       std::memcpy(t.data_ptr(), frame->data(), frame->size());
       delete frame;
       out.push_back(t);
@@ -286,6 +303,57 @@ bool chunk_finite(const float* data, size_t n) {
   return (acc & 0x80000000u) == 0;
 }
 }  // namespace
+
+namespace {
+inline uint16_t to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN stays NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+inline float from_bf16(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+}  // namespace
+
+torch::Tensor bf16_delta(const torch::Tensor& trained, const torch::Tensor& base) {
+  TORCH_CHECK(trained.scalar_type() == torch::kFloat32 && base.scalar_type() == torch::kFloat32 &&
+                  trained.is_contiguous() && base.is_contiguous() && trained.numel() == base.numel(),
+              "bf16_delta: two contiguous float32 tensors of equal size");
+  torch::Tensor out = torch::empty(base.sizes(), torch::kBFloat16);
+  const float* a = trained.data_ptr<float>();
+  const float* b = base.data_ptr<float>();
+  auto* o = reinterpret_cast<uint16_t*>(out.data_ptr());
+  at::parallel_for(0, base.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) o[i] = to_bf16(a[i] - b[i]);
+  });
+  return out;
+}
+
+torch::Tensor add_bf16_delta(const torch::Tensor& base, const torch::Tensor& delta) {
+  TORCH_CHECK(base.scalar_type() == torch::kFloat32 && delta.scalar_type() == torch::kBFloat16 &&
+                  base.is_contiguous() && delta.is_contiguous() && base.numel() == delta.numel(),
+              "add_bf16_delta: a contiguous float32 and a bfloat16 tensor of equal size");
+  torch::Tensor out = torch::empty(base.sizes(), torch::kFloat32);
+  const float* b = base.data_ptr<float>();
+  const auto* d = reinterpret_cast<const uint16_t*>(delta.data_ptr());
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, base.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) o[i] = b[i] + from_bf16(d[i]);
+  });
+  return out;
+}
+
+bool all_finite_bf16(const uint16_t* data, size_t n) {
+  // bfloat16 is float32's upper half: the same test on 16 bits.
+  uint32_t acc = 0;
+  for (size_t i = 0; i < n; ++i) acc |= static_cast<uint32_t>((data[i] & 0x7f80u) + 0x0080u);
+  return (acc & 0x8000u) == 0;
+}
 
 bool all_finite(const float* data, size_t n) {
   // A float is finite unless its exponent bits are all ones. With the exponent masked,

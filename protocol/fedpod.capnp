@@ -45,6 +45,7 @@ enum DType {
   float64 @1;
   int64 @2;
   int32 @3;
+  bfloat16 @4;
 }
 
 enum Encoding {
@@ -180,6 +181,10 @@ struct Train {
   localSteps @2 :UInt32;       # 0 when localEpochs is used
   batchSize @3 :UInt32;
   tensors @4 :List(TensorInfo);
+  # How the pod returns its update: float32 (the trained parameters) or bfloat16
+  # (the trained parameters minus this message's, rounded to bfloat16: half the
+  # bytes; the coordinator adds them back to its float32 parameters).
+  updateDtype @5 :DType;
 }
 
 # Training finished; the parameters wait on the pod for fetchResult. Pulling them
@@ -202,6 +207,9 @@ struct TrainResult {
   metrics @2 :List(Metric);
   tensors @3 :List(TensorInfo);
   seconds @4 :Float64;
+  # The tensors are the trained parameters minus the round's train message's
+  # (Train.updateDtype bfloat16), not the parameters themselves.
+  delta @5 :Bool;
 }
 
 struct Evaluate {

@@ -49,6 +49,9 @@ struct TrainedResult {
   int64_t num_samples = 0;
   double seconds = 0;
   std::vector<std::pair<std::string, double>> metrics;
+  // Train.updateDtype bfloat16: the update is sent as the change to `base`, the
+  // round's parameters as received (views of the received frames, kept until then).
+  std::vector<torch::Tensor> base;
 };
 
 template <typename List>
@@ -1212,9 +1215,15 @@ struct Worker::Impl {
     job->last_activity = Clock::now();
     busy = true;
     Job* j = job.get();
+    if (t.getUpdateDtype() != wire::DType::FLOAT32 && t.getUpdateDtype() != wire::DType::BFLOAT16) {
+      return Status::bad_message("train asks for updates of a dtype that is not float32 or bfloat16");
+    }
+    const bool bf16_update = t.getUpdateDtype() == wire::DType::BFLOAT16;
     auto routing_copy = std::make_shared<zmq::message_t>(routing.data(), routing.size());
     auto params = std::make_shared<std::vector<torch::Tensor>>(std::move(*tensors));
-    executor->submit([this, j, routing_copy, params, opts, round, job_id, request_id]() -> Frames {
+    executor->submit([this, j, routing_copy, params, opts, round, job_id, request_id, bf16_update]() -> Frames {
+      std::vector<torch::Tensor> base;
+      if (bf16_update) base = *params;  // the same storage: the received frames stay until the fetch
       Status loaded = load_parameters(*j, *params);
       if (!loaded.ok()) {
         return reply(*routing_copy, job_id, request_id,
@@ -1243,7 +1252,8 @@ struct Worker::Impl {
                                 {{"train_loss", stats->loss},
                                  {"train_accuracy", stats->accuracy},
                                  {"steps", static_cast<double>(stats->steps)},
-                                 {"samples_seen", static_cast<double>(stats->samples_seen)}}};
+                                 {"samples_seen", static_cast<double>(stats->samples_seen)}},
+                                std::move(base)};
       return reply(*routing_copy, job_id, request_id, [&](protocol::Outgoing& o) {
         auto r = o.envelope().getBody().initTrainDone();
         r.setRound(round);
@@ -1270,10 +1280,20 @@ struct Worker::Impl {
       r.setNumSamples(res.num_samples);
       r.setSeconds(res.seconds);
       set_metrics(r.initMetrics(res.metrics.size()), res.metrics);
-      // Zero-copy: the frames point into the model state (the runner's shared region,
-      // or the model's own buffer), kept alive until sent.
       auto [state, keep] = job->engine->read_state();
       const auto& layout = job->engine->layout();
+      if (!res.base.empty()) {
+        // bfloat16: the change to the round's parameters, rounded (half the bytes).
+        std::vector<protocol::NamedTensor> delta = parameter_views(state, layout);
+        for (size_t k = 0; k < delta.size(); ++k) {
+          delta[k].tensor = protocol::bf16_delta(delta[k].tensor, res.base[k].contiguous());
+        }
+        r.setDelta(true);
+        o.attach(r.initTensors(layout.size()), std::move(delta));
+        return;
+      }
+      // Zero-copy: the frames point into the model state (the runner's shared region,
+      // or the model's own buffer), kept alive until sent.
       o.attach(r.initTensors(layout.size()), parameter_views(state, layout), keep);
     });
     send(frames);

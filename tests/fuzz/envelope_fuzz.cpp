@@ -119,9 +119,13 @@ void start_job(const Receiver& rx, protocol::Incoming& in, wire::StartJob::Reade
 
 // The tensors of train / evaluate (pod) and trainResult (coordinator).
 void take(const Receiver& rx, protocol::Incoming& in, capnp::List<wire::TensorInfo>::Reader infos,
-          double fold_weight) {
-  auto tensors = in.take_tensors(infos, rx.specs);
+          double fold_weight, bool bf16_delta = false) {
+  auto tensors = in.take_tensors(infos, rx.specs, true, bf16_delta ? wire::DType::BFLOAT16 : wire::DType::FLOAT32);
   if (!tensors.ok()) return;
+  if (bf16_delta) {
+    // coordinator.cpp: a bfloat16 change, added back to the round's parameters.
+    for (auto& t : *tensors) t = protocol::add_bf16_delta(torch::ones(t.sizes(), torch::kFloat32), t);
+  }
   if (fold_weight <= 0) {
     load_parameters(rx, *tensors);
     return;
@@ -219,7 +223,7 @@ void walk(const Receiver& rx, protocol::Incoming& in) {
       // The coordinator refuses num_samples 0 (trainDone) before fetching; FedAvg
       // weights by it.
       const uint64_t n = r.getNumSamples();
-      take(rx, in, r.getTensors(), n == 0 ? 1.0 : static_cast<double>(n));
+      take(rx, in, r.getTensors(), n == 0 ? 1.0 : static_cast<double>(n), r.getDelta());
       break;
     }
     case W::EVAL_RESULT: {

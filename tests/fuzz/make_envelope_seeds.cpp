@@ -169,6 +169,16 @@ std::map<std::string, std::string> seeds() {
         static_cast<unsigned>(tensors.size()));  // first: argument order is unspecified
     o.attach(infos, std::move(tensors));
   });
+  s["train-result-bfloat16"] = message([](protocol::Outgoing& o) {
+    auto r = o.envelope().getBody().initTrainResult();
+    r.setRound(2);
+    r.setNumSamples(6);
+    r.setDelta(true);
+    auto tensors = parameters();
+    for (auto& t : tensors) t.tensor = t.tensor.to(torch::kBFloat16);
+    auto infos = r.initTensors(static_cast<unsigned>(tensors.size()));
+    o.attach(infos, std::move(tensors));
+  });
   s["evaluate"] = message([](protocol::Outgoing& o) {
     auto e = o.envelope().getBody().initEvaluate();
     e.setRound(2);

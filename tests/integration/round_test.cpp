@@ -12,6 +12,7 @@
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/coordinator/history.h"
 #include "fedpod/model/zoo.h"
+#include <prometheus/text_serializer.h>
 #include "digits_job.h"
 #include "identity.h"
 #include "testutil.h"
@@ -82,6 +83,42 @@ TEST_F(RoundTest, ThreePodsThreeRoundsWriteHistoryAndModel) {
     ASSERT_TRUE(params.count(p.name)) << p.name;
     EXPECT_EQ(params[p.name].sizes().vec(), p.shape);
   }
+}
+
+// update_precision: bfloat16: pods send their change to the round's parameters in
+// bfloat16 (half the bytes), the coordinator adds it back in float32. The same job
+// in float32 and in bfloat16 (pods folded in a fixed order) ends with parameters
+// within bfloat16's rounding of each other and the same test accuracy to a point.
+TEST_F(RoundTest, BFloat16UpdatesHalveTheBytesAndTrainAsFloat32Does) {
+  start_pods({"pod-a", "pod-b"});
+  spec_.aggregation_order = "pod";
+  std::map<std::string, std::map<std::string, torch::Tensor>> params;
+  std::map<std::string, double> accuracy, received;
+  for (const std::string precision : {"float32", "bfloat16"}) {
+    spec_.update_precision = precision;
+    spec_.job_id = "round-test-" + precision;
+    spec_.output_dir = (dir_.path() / ("out-" + precision)).string();
+    coordinator::validate(spec_, "test job");
+    zmq::context_t ctx(1);
+    std::ostringstream progress;
+    coordinator::Coordinator c(ctx, spec_, null_logger(), progress);
+    auto result = c.run();
+    ASSERT_TRUE(result.ok()) << precision << ": " << result.status().to_string() << progress.str();
+    EXPECT_EQ(history()["update_precision"], precision);
+    params[precision] = coordinator::load_parameters(result->model_path);
+    accuracy[precision] = result->test_accuracy;
+    received[precision] = testing::metric_value(prometheus::TextSerializer().Serialize(c.registry()->Collect()),
+                                                "fedpod_coordinator_update_bytes_total{direction=\"received\"}");
+  }
+  EXPECT_DOUBLE_EQ(received["bfloat16"] * 2, received["float32"]);
+  EXPECT_NEAR(accuracy["bfloat16"], accuracy["float32"], 0.01);
+  double worst = 0;
+  for (const auto& [name, t] : params["float32"]) {
+    const auto& b = params["bfloat16"].at(name);
+    worst = std::max(worst, (t - b).abs().max().item<double>());
+  }
+  EXPECT_GT(worst, 0.0);   // the updates really were rounded
+  EXPECT_LT(worst, 0.02);  // ... by bfloat16's step on changes of this size, not more
 }
 
 TEST_F(RoundTest, SchemaMismatchNamesPodAndColumn) {

@@ -48,6 +48,16 @@ TEST_F(JobSpecTest, ParseFromTextMatchesLoadFromFile) {
             0u);
 }
 
+// update_precision: float32 by default; bfloat16 on request; anything else named.
+TEST_F(JobSpecTest, UpdatePrecision) {
+  EXPECT_EQ(parse_job_spec(kMinimalJob, "job.yaml", "/").update_precision, "float32");
+  EXPECT_EQ(parse_job_spec(std::string(kMinimalJob) + "update_precision: bfloat16\n", "job.yaml", "/").update_precision,
+            "bfloat16");
+  const std::string e = testing::config_error(
+      [] { parse_job_spec(std::string(kMinimalJob) + "update_precision: float16\n", "job.yaml", "/"); });
+  EXPECT_NE(e.find("update_precision: 'float16' is not float32 or bfloat16"), std::string::npos) << e;
+}
+
 // sandbox: how the coordinator's runner confines a custom model while it is built.
 TEST_F(JobSpecTest, SandboxSettingsForTheCoordinatorsRunner) {
   JobSpec d = parse_job_spec(kMinimalJob, "job.yaml", "/");

@@ -729,5 +729,59 @@ TEST_F(SocketTest, RouterRefusesUnknownPeer) {
   EXPECT_FALSE(send_frames(router_, frames, &nobody));
 }
 
+
+TEST(CodecBFloat16, DeltaRoundsToNearestEvenAndAddsBack) {
+  // 1 + 2^-8 lies halfway between two bfloat16 values (1 and 1 + 2^-7): to even, 1.
+  // 1 + 3 * 2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: to even, 1 + 2^-6.
+  torch::Tensor base = torch::tensor({0.5f, 2.5f, 1.0f, 0.0f, 0.0f, 10.0f});
+  torch::Tensor trained = torch::tensor({1.0f, 2.5f, -3.0f, 1.00390625f, 1.01171875f, 10.0f + 0.3f});
+  torch::Tensor d = bf16_delta(trained, base);
+  ASSERT_EQ(d.scalar_type(), torch::kBFloat16);
+  const std::vector<float> want = {0.5f, 0.0f, -4.0f, 1.0f, 1.015625f, 0.30078125f};
+  torch::Tensor df = d.to(torch::kFloat32);
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(df[i].item<float>(), want[i]) << i;
+  // torch's own rounding agrees.
+  EXPECT_TRUE(torch::equal(d, (trained - base).to(torch::kBFloat16)));
+  torch::Tensor back = add_bf16_delta(base, d);
+  const std::vector<float> sum = {1.0f, 2.5f, -3.0f, 1.0f, 1.015625f, 10.0f + 0.30078125f};
+  for (size_t i = 0; i < sum.size(); ++i) EXPECT_EQ(back[i].item<float>(), sum[i]) << i;
+}
+
+TEST(CodecBFloat16, TakeTensorsChecksDtypeSizeAndFiniteness) {
+  auto send = [](torch::Tensor t) {
+    Outgoing out("job", 1);
+    auto r = out.envelope().getBody().initTrainResult();
+    out.attach(r.initTensors(1), {{"w", t}});
+    auto in = Incoming::parse(out.frames());
+    EXPECT_TRUE(in.ok());
+    return std::move(*in);
+  };
+  const std::vector<TensorSpec> spec = {{"w", {4}}};
+  {
+    auto in = send(torch::tensor({1.0f, -2.0f, 0.5f, 0.0f}).to(torch::kBFloat16));
+    auto t = in->take_tensors(in->envelope().getBody().getTrainResult().getTensors(), spec, true, wire::DType::BFLOAT16);
+    ASSERT_TRUE(t.ok()) << t.status().message();
+    EXPECT_EQ((*t)[0].scalar_type(), torch::kBFloat16);
+    EXPECT_EQ((*t)[0][1].item<float>(), -2.0f);
+  }
+  {  // float32 where bfloat16 was asked for, and the other way round
+    auto in = send(torch::tensor({1.0f, -2.0f, 0.5f, 0.0f}));
+    auto t = in->take_tensors(in->envelope().getBody().getTrainResult().getTensors(), spec, true, wire::DType::BFLOAT16);
+    ASSERT_FALSE(t.ok());
+    EXPECT_NE(t.status().message().find("has dtype float32, expected bfloat16"), std::string::npos)
+        << t.status().message();
+    auto in2 = send(torch::tensor({1.0f, -2.0f, 0.5f, 0.0f}).to(torch::kBFloat16));
+    auto t2 = in2->take_tensors(in2->envelope().getBody().getTrainResult().getTensors(), spec);
+    ASSERT_FALSE(t2.ok());
+    EXPECT_NE(t2.status().message().find("expected float32"), std::string::npos);
+  }
+  for (float bad : {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
+    auto in = send(torch::tensor({1.0f, bad, 0.5f, 0.0f}).to(torch::kBFloat16));
+    auto t = in->take_tensors(in->envelope().getBody().getTrainResult().getTensors(), spec, true, wire::DType::BFLOAT16);
+    ASSERT_FALSE(t.ok());
+    EXPECT_NE(t.status().message().find("NaN or infinity"), std::string::npos);
+  }
+}
+
 }  // namespace
 }  // namespace fedpod::protocol

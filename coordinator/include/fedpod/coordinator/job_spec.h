@@ -59,6 +59,9 @@
 //                                    # order of `pods`, one upload at a time, so the float32
 //                                    # sums and hence the parameters are the same bits on every
 //                                    # run (reproducible runs, resumed ones included)
+//   update_precision: float32        # how pods send their updates: float32, or bfloat16
+//                                    # (each pod's change to the round's parameters, rounded
+//                                    # to bfloat16: half the bytes; aggregated in float32)
 //   seed: 0                          # initial parameters
 //   output_dir: out                  # relative to the current directory
 //   metrics_listen: 0.0.0.0:9102     # serve /metrics, /healthz, /readyz while the job
@@ -124,6 +127,7 @@ struct JobSpec {
   int max_concurrent_uploads = 2;
   std::string strategy = "fedavg";
   std::string aggregation_order = "arrival";  // arrival | pod
+  std::string update_precision = "float32";   // float32 | bfloat16
   uint64_t seed = 0;
   std::string output_dir = "out";
   std::string metrics_listen;  // empty: no metrics endpoint (the registry exists anyway)

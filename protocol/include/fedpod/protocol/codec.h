@@ -117,9 +117,11 @@ class Incoming {
   // this Incoming. Returns kBadMessage naming what was wrong; `what` names the frame.
   StatusOr<std::string_view> raw_frame(uint32_t index, uint64_t expected_bytes, const std::string& what) const;
 
+  // `dtype` is the one dtype every tensor must have: float32 (default) or bfloat16.
   StatusOr<std::vector<torch::Tensor>> take_tensors(capnp::List<wire::TensorInfo>::Reader infos,
                                                     const std::vector<TensorSpec>& expected,
-                                                    bool check_finite = true);
+                                                    bool check_finite = true,
+                                                    wire::DType dtype = wire::DType::FLOAT32);
 
  private:
   Incoming() = default;
@@ -131,6 +133,15 @@ class Incoming {
 
 // True when all `n` floats are finite (no NaN, no infinity). Branch-free, vectorizable.
 bool all_finite(const float* data, size_t n);
+// The same for `n` bfloat16 values (raw 16-bit patterns).
+bool all_finite_bf16(const uint16_t* data, size_t n);
+
+// bfloat16 updates (Train.updateDtype): `trained - base`, rounded to bfloat16 (to
+// nearest, ties to even, as torch rounds), in one pass; and `base + delta` back in
+// float32. Both take contiguous float32 tensors of equal numel (`delta`: bfloat16)
+// and return new contiguous tensors shaped as `base`.
+torch::Tensor bf16_delta(const torch::Tensor& trained, const torch::Tensor& base);
+torch::Tensor add_bf16_delta(const torch::Tensor& base, const torch::Tensor& delta);
 
 wire::ErrorCode to_wire(StatusCode code);
 StatusCode from_wire(wire::ErrorCode code);
