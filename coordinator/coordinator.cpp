@@ -5,6 +5,7 @@
 #include <zmq.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -132,6 +133,11 @@ struct JobMetrics {
         checkpoint_seconds(metrics::histogram(r, "fedpod_coordinator_checkpoint_seconds",
                                               "Time to write the checkpoint after each completed round")
                                .Add({}, metrics::seconds_buckets())),
+        checkpoints_skipped(metrics::counter(r, "fedpod_coordinator_checkpoints_skipped_total",
+                                             "Rounds whose checkpoint and history were not written because a later "
+                                             "round's replaced them while the previous write was still going (the "
+                                             "disk is slower than the rounds); the last round's are always written")
+                                .Add({})),
         discarded_replies(metrics::counter(r, "fedpod_coordinator_discarded_replies_total",
                                            "Pod replies discarded unread, by reason: stale_request (an older "
                                            "request), closed_round (an update for a round already closed), "
@@ -160,6 +166,7 @@ struct JobMetrics {
   prometheus::Family<prometheus::Gauge>& job_info;
   prometheus::Family<prometheus::Counter>& rejoins;
   prometheus::Histogram& checkpoint_seconds;
+  prometheus::Counter& checkpoints_skipped;
   prometheus::Family<prometheus::Counter>& discarded_replies;
   prometheus::Family<prometheus::Counter>& tensor_refused;
   prometheus::Family<prometheus::Counter>& weight_capped;
@@ -248,9 +255,11 @@ struct Coordinator::Impl {
     }
   }
 
-  // The server's threads read the registry and not_ready: stop them first.
+  // The server's threads read the registry and not_ready: stop them first. The round
+  // files' writer writes what waits (the latest state is what a resume needs).
   ~Impl() {
     if (metrics_server) metrics_server->stop();
+    stop_round_files();
   }
 
   // The model as job_info names it: "mlp", "alice/net:2", "alice/net:latest".
@@ -1237,47 +1246,88 @@ struct Coordinator::Impl {
   }
 
   // A completed round's files (its checkpoint, then history.json and report.html)
-  // are written on another thread while the next round runs; one write at a time, in
-  // order: this first waits for the previous round's. So the files on disk lag the
-  // console by at most one round, and a checkpoint is never torn (checkpoint.h).
-  // Returns the error of an earlier round's write, if one failed.
+  // are written on their own thread while the next rounds run, one write at a time
+  // and never torn (checkpoint.h, "When"). When a write is still going as another
+  // round ends, that round's files wait; a later round's replace them (latest wins),
+  // so a disk slower than the rounds costs skipped checkpoints, never round time.
+  // Returns the error of an earlier write, if one failed.
+  struct RoundFiles {
+    int round = 0;
+    std::optional<Checkpoint> checkpoint;
+    nlohmann::json history;
+  };
+
   Status write_round_files(int round, const torch::Tensor& global, const aggregation::Strategy& strategy) {
-    Status before = finish_round_files();
-    if (!before.ok()) return before;
-    std::optional<Checkpoint> c;
-    if (spec.checkpoint) c = make_checkpoint(round, global, strategy);
-    round_files = std::async(std::launch::async, [this, round, c = std::move(c), h = history]() -> Status {
-      try {
-        if (c) {
-          const auto start = Clock::now();
-          write_checkpoint(checkpoint_path, *c);
-          job_metrics.checkpoint_seconds.Observe(std::chrono::duration<double>(Clock::now() - start).count());
-        }
-      } catch (const std::exception& e) {
-        return Status::internal("round " + std::to_string(round) + ": cannot write the checkpoint: " + e.what());
+    RoundFiles f;
+    f.round = round;
+    if (spec.checkpoint) f.checkpoint = make_checkpoint(round, global, strategy);
+    f.history = history;
+    std::lock_guard<std::mutex> lock(files_mu);
+    if (files_pending) {
+      job_metrics.checkpoints_skipped.Increment();
+      log->info("event=round_files_skipped job={} round={} replaced_by={} reason=\"the previous write is still going\"",
+                spec.job_id, files_pending->round, round);
+    }
+    files_pending = std::move(f);
+    if (!files_thread.joinable()) files_thread = std::thread([this] { write_files_loop(); });
+    files_cv.notify_all();
+    return files_error;
+  }
+
+  void write_files_loop() {
+    std::unique_lock<std::mutex> lock(files_mu);
+    for (;;) {
+      files_cv.wait(lock, [&] { return files_pending.has_value() || files_stop; });
+      if (!files_pending) return;  // stopping, nothing left to write
+      RoundFiles f = std::move(*files_pending);
+      files_pending.reset();
+      files_busy = true;
+      lock.unlock();
+      Status st = write_files(f);
+      lock.lock();
+      files_busy = false;
+      if (!st.ok() && files_error.ok()) {
+        log->error("event=round_files_failed job={} error=\"{}\"", spec.job_id, st.message());
+        files_error = st;
       }
-      try {
-        write_file_atomic(history_path, h.dump(2) + "\n");
-        write_file_atomic(report_path, render_report(h));
-      } catch (const std::exception& e) {
-        return Status::internal("round " + std::to_string(round) + ": cannot write " + history_path + ": " +
-                                e.what());
+      files_cv.notify_all();
+    }
+  }
+
+  Status write_files(const RoundFiles& f) {
+    try {
+      if (f.checkpoint) {
+        const auto start = Clock::now();
+        write_checkpoint(checkpoint_path, *f.checkpoint);
+        job_metrics.checkpoint_seconds.Observe(std::chrono::duration<double>(Clock::now() - start).count());
       }
-      return Status();
-    });
+    } catch (const std::exception& e) {
+      return Status::internal("round " + std::to_string(f.round) + ": cannot write the checkpoint: " + e.what());
+    }
+    try {
+      write_file_atomic(history_path, f.history.dump(2) + "\n");
+      write_file_atomic(report_path, render_report(f.history));
+    } catch (const std::exception& e) {
+      return Status::internal("round " + std::to_string(f.round) + ": cannot write " + history_path + ": " + e.what());
+    }
     return Status();
   }
 
-  // Waits for the round files being written; the first error any of them had.
+  // Waits until every round's files handed over are written (the latest included);
+  // the first error any write had.
   Status finish_round_files() {
-    if (round_files.valid()) {
-      Status st = round_files.get();
-      if (!st.ok() && round_files_error.ok()) {
-        log->error("event=round_files_failed job={} error=\"{}\"", spec.job_id, st.message());
-        round_files_error = st;
-      }
+    std::unique_lock<std::mutex> lock(files_mu);
+    files_cv.wait(lock, [&] { return !files_pending && !files_busy; });
+    return files_error;
+  }
+
+  void stop_round_files() {
+    {
+      std::lock_guard<std::mutex> lock(files_mu);
+      files_stop = true;
+      files_cv.notify_all();
     }
-    return round_files_error;
+    if (files_thread.joinable()) files_thread.join();
   }
 
   // torch's default CPU generator: saved in the checkpoint, restored on resume.
@@ -1730,16 +1780,21 @@ struct Coordinator::Impl {
     history["status"] = "completed";
     history["mean_round_seconds"] = result.mean_round_seconds;
     write_history();
-    if (!round_files_error.ok()) return round_files_error;
+    if (Status st = finish_round_files(); !st.ok()) return st;
     progress << "wrote " << history_path << ", " << model_path << " and " << report_path << std::endl;
     return Status();
   }
 
-  // The last round's files being written (write_round_files), and the first error of
-  // such a write. Declared last: destroying the future waits for the write, which
-  // uses the members above.
-  std::future<Status> round_files;
-  Status round_files_error;
+  // The round files' writer (write_round_files): what waits to be written, whether
+  // a write is going, the first error. Its thread is stopped in ~Impl, after writing
+  // what waits (the latest state is what a resume needs).
+  std::mutex files_mu;
+  std::condition_variable files_cv;
+  std::optional<RoundFiles> files_pending;
+  bool files_busy = false;
+  bool files_stop = false;
+  Status files_error;
+  std::thread files_thread;
 };
 
 Coordinator::Coordinator(zmq::context_t& ctx, JobSpec spec, Logger log, std::ostream& progress,
