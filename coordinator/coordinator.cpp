@@ -100,6 +100,10 @@ constexpr int kPodReceiveHwm = 16;
 // (dealer reconnect_ivl_max is 2 s).
 constexpr std::chrono::milliseconds kRejoinGrace{2500};
 
+// How long a broadcast waits for earlier sealed copies to leave before it sends the
+// next pod's anyway (exchange()).
+constexpr std::chrono::milliseconds kSealedStall{500};
+
 // The job's metrics (listed in coordinator.h), defined on `registry`.
 struct JobMetrics {
   explicit JobMetrics(prometheus::Registry& r)
@@ -680,32 +684,52 @@ struct Coordinator::Impl {
       next_beat = Clock::now() + spec.heartbeat_interval;
     }
     std::vector<size_t> waiting;
-    for (size_t i : targets) {
-      Pod& pod = pods[i];
-      drain_monitor(pod);
-      if (require_connected && !pod.connected) {
-        result[i] = {"unreachable", "not connected", 0, 0, {}};
-        continue;
-      }
-      if (!send_to(pod, out)) {
-        // A refused CURVE handshake tears the connection's queue down, so a send after
-        // it fails at once: say why (the model is loaded before hello, which gives the
-        // handshake time to fail first).
-        drain_monitor(pod);
-        if (!pod.handshake_error.empty() && !pod.secured) {
-          result[i] = {"refused", pod.handshake_error, 0, 0, {}};
-        } else {
-          result[i] = {"unreachable", "send queue full", 0, 0, {}};
+    // A message sealed for each pod is a copy per pod (CURVE encrypts as it sends):
+    // at most four copies' worth waits in ZeroMQ at once, so the coordinator's memory
+    // does not grow with the number of pods. A pod that does not read cannot hold the
+    // others back for long: after kSealedStall the next copy goes anyway.
+    std::deque<size_t> unsent(targets.begin(), targets.end());
+    const bool sealed_copies = carries_tensors(out.envelope().getBody().which());
+    const size_t sealed_budget = std::max<size_t>(size_t{64} << 20, 4 * out.payload_bytes());
+    auto last_send = Clock::now();
+    size_t sent_ok = 0;
+    auto pump = [&] {
+      while (!unsent.empty()) {
+        const size_t i = unsent.front();
+        Pod& pod = pods[i];
+        if (sealed_copies && pod.sealed && sent_ok > 0 &&
+            protocol::BulkSession::sealed_bytes_in_flight() > sealed_budget && Clock::now() - last_send < kSealedStall) {
+          return;
         }
-        continue;
+        unsent.pop_front();
+        drain_monitor(pod);
+        if (require_connected && !pod.connected) {
+          result[i] = {"unreachable", "not connected", 0, 0, {}};
+          continue;
+        }
+        if (!send_to(pod, out)) {
+          // A refused CURVE handshake tears the connection's queue down, so a send after
+          // it fails at once: say why (the model is loaded before hello, which gives the
+          // handshake time to fail first).
+          drain_monitor(pod);
+          if (!pod.handshake_error.empty() && !pod.secured) {
+            result[i] = {"refused", pod.handshake_error, 0, 0, {}};
+          } else {
+            result[i] = {"unreachable", "send queue full", 0, 0, {}};
+          }
+          continue;
+        }
+        sent_at[i] = Clock::now();
+        last_heard[i] = sent_at[i];
+        last_send = sent_at[i];
+        ++sent_ok;
+        waiting.push_back(i);
       }
-      sent_at[i] = Clock::now();
-      last_heard[i] = sent_at[i];
-      waiting.push_back(i);
-    }
-    if (sent_count) *sent_count = waiting.size();
+    };
+    pump();
     std::vector<zmq::message_t> frames;
-    while (!waiting.empty()) {
+    while (!waiting.empty() || !unsent.empty()) {
+      pump();
       if (on_tick) on_tick(waiting);
       auto now = Clock::now();
       if (now >= deadline) break;
@@ -727,6 +751,7 @@ struct Coordinator::Impl {
       }
       auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(std::min(deadline, next_beat) - now) +
                   std::chrono::milliseconds(1);
+      if (!unsent.empty()) wait = std::min(wait, std::chrono::milliseconds(2));  // copies still to send
       protocol::poll(items.data(), items.size(), wait);
       std::vector<size_t> still;
       for (size_t k = 0; k < waiting.size(); ++k) {
@@ -805,6 +830,11 @@ struct Coordinator::Impl {
         if (!done) still.push_back(i);
       }
       waiting.swap(still);
+    }
+    if (sent_count) *sent_count = sent_ok;
+    for (size_t i : unsent) {
+      result[i] = {"timeout", "the round's deadline passed before its parameters could be sent (other pods were "
+                              "not reading theirs)", 0, 0, {}};
     }
     for (size_t i : waiting) {
       if (!pods[i].handshake_error.empty() && !pods[i].secured) {

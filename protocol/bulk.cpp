@@ -204,6 +204,7 @@ class BufferPool {
         bytes_ -= it->first;
         free_.erase(it);
         sizes_[p] = n;
+        outstanding_ += n;
         return p;
       }
     }
@@ -211,6 +212,7 @@ class BufferPool {
     if (p) {
       std::lock_guard<std::mutex> lock(mu_);
       sizes_[p] = n;
+      outstanding_ += n;
     }
     return p;
   }
@@ -220,6 +222,7 @@ class BufferPool {
     auto it = sizes_.find(p);
     const size_t n = it == sizes_.end() ? 0 : it->second;
     if (it != sizes_.end()) sizes_.erase(it);
+    outstanding_ -= n;
     if (n < kMinPooled || bytes_ + n > cap_.load()) {
       std::free(p);
       return;
@@ -227,6 +230,7 @@ class BufferPool {
     free_.emplace(n, p);
     bytes_ += n;
   }
+  size_t outstanding() const { return outstanding_.load(); }
   void set_cap(size_t cap) {
     cap_ = cap;
     std::lock_guard<std::mutex> lock(mu_);
@@ -244,6 +248,7 @@ class BufferPool {
   std::multimap<size_t, uint8_t*> free_;
   std::unordered_map<uint8_t*, size_t> sizes_;  // buffers out, by address
   size_t bytes_ = 0;
+  std::atomic<size_t> outstanding_{0};  // sealed and not yet released by ZeroMQ
   std::atomic<size_t> cap_{size_t{512} << 20};
 };
 
@@ -394,6 +399,7 @@ std::string BulkSession::id_hex() const { return hex(id_.data(), id_.size()); }
 
 void BulkSession::set_max_threads(unsigned n) { g_max_threads = n; }
 void BulkSession::set_buffer_pool_bytes(size_t n) { pool().set_cap(n); }
+size_t BulkSession::sealed_bytes_in_flight() { return pool().outstanding(); }
 
 std::vector<zmq::message_t> BulkSession::seal(std::vector<zmq::message_t> frames, uint32_t round,
                                               uint32_t segment_bytes) {

@@ -132,6 +132,9 @@ class BulkSession {
   // Sealed frames' buffers are kept for reuse once sent, up to this many bytes per
   // process (default 512 MiB; 0 frees each at once).
   static void set_buffer_pool_bytes(size_t n);
+  // Bytes of sealed frames (from all sessions of this process) that ZeroMQ has not
+  // released yet: what a sender bounds to keep a broadcast's copies from piling up.
+  static size_t sealed_bytes_in_flight();
 
  private:
   bool valid_ = false;
