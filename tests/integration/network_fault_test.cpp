@@ -389,6 +389,11 @@ TEST_F(NetworkFaultTest, LinkCutMidRoundThenRestoredPodTrainsAgainAndJobComplete
 TEST_F(NetworkFaultTest, SlowLinkStragglerIsExcludedCountedAndItsLateReplyDiscarded) {
   start_pods({"pod-a", "pod-b", "pod-c"});
   if (HasFatalFailure()) return;
+  // The straggler's late round-2 model can arrive (TCP retransmits after the link is
+  // restored) together with round 3's, which it then refuses as busy; the rounds after
+  // that last milliseconds each. Enough of them for it to finish round 2 and train
+  // again, however loaded the machine.
+  spec_.rounds = 10;
   NetNs& net = *nets_["pod-c"];
   const uint64_t bytes = model_bytes();
   std::string mechanism;
@@ -419,9 +424,9 @@ TEST_F(NetworkFaultTest, SlowLinkStragglerIsExcludedCountedAndItsLateReplyDiscar
   });
   ASSERT_TRUE(job.status.ok()) << job.status.to_string() << "\n" << job.log;
   const auto& h = job.history;
-  EXPECT_EQ(job.rounds_completed, 5);
+  EXPECT_EQ(job.rounds_completed, 10);
   EXPECT_EQ(h["status"], "completed");
-  ASSERT_EQ(h["rounds"].size(), 5u) << h.dump(2);
+  ASSERT_EQ(h["rounds"].size(), 10u) << h.dump(2);
 
   const auto& r2 = h["rounds"][1];
   EXPECT_EQ(r2["pods_answered"], 2) << r2.dump(2);
