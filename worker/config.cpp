@@ -328,12 +328,9 @@ std::string default_tensor_listen(const std::string& listen) {
   if (listen.rfind("tcp://", 0) != 0) return "";
   const size_t colon = listen.rfind(':');
   if (colon == std::string::npos || colon <= 6) return "";
-  const std::string port = listen.substr(colon + 1);
-  if (port == "*" || port == "0") return listen;
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) return "";
-  const int p = std::stoi(port);
-  if (p < 1 || p >= 65535) return "";
-  return listen.substr(0, colon + 1) + std::to_string(p + 1);
+  // Any free port: the pod names it in jobAccepted. A fixed port+1 would collide
+  // with the next pod's `listen` when several pods use consecutive ports.
+  return listen.substr(0, colon + 1) + "*";
 }
 
 void check_pod_token(const std::string& token, const std::string& pod, const std::string& where) {

@@ -57,3 +57,18 @@ TEST_F(PodConfigTest, BadMessageBoundsNameTheKey) {
 
 }  // namespace
 }  // namespace fedpod::worker
+
+namespace fedpod::worker {
+namespace {
+
+// tensor_listen's default: listen's address on any free port (never a fixed port+1,
+// which would be the next pod's listen port); off for a non-tcp endpoint.
+TEST(TensorListenDefault, SameAddressAnyFreePort) {
+  EXPECT_EQ(default_tensor_listen("tcp://0.0.0.0:5555"), "tcp://0.0.0.0:*");
+  EXPECT_EQ(default_tensor_listen("tcp://127.0.0.1:*"), "tcp://127.0.0.1:*");
+  EXPECT_EQ(default_tensor_listen("ipc:///tmp/pod"), "");
+  EXPECT_EQ(default_tensor_listen("tcp://nohost"), "");
+}
+
+}  // namespace
+}  // namespace fedpod::worker

@@ -30,8 +30,9 @@
 //   tensor_listen: tcp://0.0.0.0:5556 # the job's tensor channel: parameters sealed with
 //                                     # AES-256-GCM, keys agreed over CURVE at startJob
 //                                     # (docs/tensor-encryption.md). Default: listen's
-//                                     # address with port + 1 (a "*" or 0 port stays so);
-//                                     # off: parameters travel over CURVE (slower)
+//                                     # address, any free port (named to coordinators in
+//                                     # jobAccepted); set a port where a firewall or a
+//                                     # Service must know it; off: parameters over CURVE
 //   custom_models: policy             # policy (default) | refuse: refuse every custom model
 //   log_level: info
 //   sandbox: auto                     # job runners (docs/permissions.md): auto (the best
@@ -165,8 +166,8 @@ struct PodConfig {
   SandboxConfig sandbox;
 };
 
-// The default tensor_listen for `listen`: the same address with port + 1 ("*" and
-// 0 stay as they are); "" (off) for an endpoint that is not tcp://host:port.
+// The default tensor_listen for `listen`: the same address with any free port
+// ("tcp://HOST:*"); "" (off) for an endpoint that is not tcp://host:port.
 std::string default_tensor_listen(const std::string& listen);
 
 // Throws ConfigError naming `where` unless `token` is a pod token ("pod_...", made by
