@@ -32,6 +32,7 @@ FROM debian:12-slim
 #   prometheus-cpp-dev    -> libprometheus-cpp-core1.0  (the pull/push libraries are not linked)
 #   libcpp-httplib-dev    -> libcpp-httplib0.11
 #   libseccomp-dev        -> libseccomp2; and bubblewrap, which confines job runners
+#   libgfshare-dev        -> libgfshare2                (Shamir shares of secure aggregation)
 #   libssl-dev            -> libssl3; and ca-certificates, the system store clients
 #                            verify a hub's certificate against
 # libstdc++6, libgcc-s1 and libc6 are in debian:12-slim already. Header-only
@@ -42,7 +43,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libtorch1.13 libzmq5 libcapnp-0.9.2 libyaml-cpp0.7 libspdlog1.10 libfmt9 \
       libsqlite3-0 libsodium23 libprometheus-cpp-core1.0 libcpp-httplib0.11 \
-      libseccomp2 bubblewrap libssl3 ca-certificates \
+      libseccomp2 bubblewrap libgfshare2 libssl3 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/fedpod /usr/local/bin/fedpod
 RUN if ldd /usr/local/bin/fedpod | grep 'not found'; then \
