@@ -12,6 +12,7 @@
 #include <limits>
 #include <algorithm>
 #include <deque>
+#include <random>
 #include <set>
 #include <functional>
 #include <future>
@@ -37,6 +38,8 @@
 #include "fedpod/protocol/bulk.h"
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/curve.h"
+#include "fedpod/protocol/secagg.h"
+#include "fedpod/protocol/secagg_wire.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/runner.h"
 #include "fedpod/worker/wire_convert.h"
@@ -668,6 +671,20 @@ struct Coordinator::Impl {
                                       const std::function<void(const std::vector<size_t>&)>& on_tick = nullptr,
                                       size_t* sent_count = nullptr, bool heartbeats = false,
                                       const std::function<bool(size_t)>& exempt = nullptr) {
+    return exchange_each([&](size_t) -> protocol::Outgoing& { return out; }, request_id, targets, want, deadline,
+                         require_connected, on_reply, on_tick, sent_count, heartbeats, exempt);
+  }
+
+  // exchange() with a message of its own for each pod (`message_for(i)`), all of one
+  // kind and request id.
+  using MessageFor = std::function<protocol::Outgoing&(size_t)>;
+  std::map<size_t, PodRound> exchange_each(const MessageFor& message_for, uint64_t request_id,
+                                           const std::vector<size_t>& targets, const Kinds& want,
+                                           Clock::time_point deadline, bool require_connected,
+                                           const ReplyHandler& on_reply,
+                                           const std::function<void(const std::vector<size_t>&)>& on_tick = nullptr,
+                                           size_t* sent_count = nullptr, bool heartbeats = false,
+                                           const std::function<bool(size_t)>& exempt = nullptr) {
     std::map<size_t, PodRound> result;
     std::map<size_t, Clock::time_point> sent_at;
     // Heartbeats: every heartbeat_interval each pending pod is pinged; one that has
@@ -689,8 +706,10 @@ struct Coordinator::Impl {
     // does not grow with the number of pods. A pod that does not read cannot hold the
     // others back for long: after kSealedStall the next copy goes anyway.
     std::deque<size_t> unsent(targets.begin(), targets.end());
-    const bool sealed_copies = carries_tensors(out.envelope().getBody().which());
-    const size_t sealed_budget = std::max<size_t>(size_t{64} << 20, 4 * out.payload_bytes());
+    const bool sealed_copies =
+        !targets.empty() && carries_tensors(message_for(targets.front()).envelope().getBody().which());
+    const size_t sealed_budget =
+        std::max<size_t>(size_t{64} << 20, targets.empty() ? 0 : 4 * message_for(targets.front()).payload_bytes());
     auto last_send = Clock::now();
     size_t sent_ok = 0;
     auto pump = [&] {
@@ -707,7 +726,7 @@ struct Coordinator::Impl {
           result[i] = {"unreachable", "not connected", 0, 0, {}};
           continue;
         }
-        if (!send_to(pod, out)) {
+        if (!send_to(pod, message_for(i))) {
           // A refused CURVE handshake tears the connection's queue down, so a send after
           // it fails at once: say why (the model is loaded before hello, which gives the
           // handshake time to fail first).
@@ -956,6 +975,7 @@ struct Coordinator::Impl {
       }
       pods[i].active = true;
       answered.push_back({pods[i].addr.name, &schemas[i]});
+      max_rows = std::max<int64_t>(max_rows, r.num_samples);
     }
     int ok = static_cast<int>(active_pods().size());
     if (ok < spec.min_pods) {
@@ -1058,21 +1078,8 @@ struct Coordinator::Impl {
   // collects the answers; `decisions` receives each accepting pod's basis.
   std::map<size_t, PodRound> send_start_job(std::vector<size_t> targets, std::map<size_t, std::string>& decisions) {
     const uint64_t rid = next_request++;
-    protocol::Outgoing out(spec.job_id, rid);
-    auto sj = out.envelope().getBody().initStartJob();
-    auto m = sj.initModel();
-    m.setUsername(spec.model.username);
-    m.setModelRef(spec.model.ref);
-    m.setModelVersion(spec.model.version);
-    m.setHyperparameters(spec.model.hyperparameters.dump());
     std::map<size_t, PodRound> too_small;  // pods whose max_frame_bytes cannot take the artifact
     if (resolved) {
-      const auto& v = resolved->version;
-      m.setModelVersion(static_cast<uint32_t>(v.version));  // the exact version resolved, never "latest"
-      m.setSha256(v.sha256);
-      m.setFormat(v.format);
-      m.setArtifactBytes(resolved->artifact->size());
-      m.setArtifactFrame(out.attach_bytes(resolved->artifact));
       std::vector<size_t> fit;
       for (size_t i : targets) {
         if (pods[i].max_frame_bytes != 0 && pods[i].max_frame_bytes < resolved->artifact->size()) {
@@ -1087,17 +1094,45 @@ struct Coordinator::Impl {
       }
       targets = fit;
     }
-    worker::to_wire(ds, sj.initDatastructure());
-    sj.setSeed(spec.seed);
     // This startJob's half of the tensor channel's key agreement (one key pair for
     // all its pods; each pod answers with its own, so each pair of keys differs).
     protocol::BulkKeyPair tensor_keys;
-    if (keys) {
-      const std::string pk = tensor_keys.public_key();
-      sj.setTensorKey(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(pk.data()), pk.size()));
+    auto fill = [&](protocol::Outgoing& out, size_t i) {
+      auto sj = out.envelope().getBody().initStartJob();
+      auto m = sj.initModel();
+      m.setUsername(spec.model.username);
+      m.setModelRef(spec.model.ref);
+      m.setModelVersion(spec.model.version);
+      m.setHyperparameters(spec.model.hyperparameters.dump());
+      if (resolved) {
+        const auto& v = resolved->version;
+        m.setModelVersion(static_cast<uint32_t>(v.version));  // the exact version resolved, never "latest"
+        m.setSha256(v.sha256);
+        m.setFormat(v.format);
+        m.setArtifactBytes(resolved->artifact->size());
+        m.setArtifactFrame(out.attach_bytes(resolved->artifact));  // shared by every pod's message: no copy
+      }
+      worker::to_wire(ds, sj.initDatastructure());
+      sj.setSeed(spec.seed);
+      if (keys) {
+        const std::string pk = tensor_keys.public_key();
+        sj.setTensorKey(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(pk.data()), pk.size()));
+      }
+      if (secagg) protocol::secagg::to_wire(*secagg, secagg_id(i), sj.initSecureAggregation());
+    };
+    // With secure aggregation each pod's startJob names its id in the protocol;
+    // otherwise one message serves every pod.
+    std::map<size_t, protocol::Outgoing> each;
+    std::optional<protocol::Outgoing> shared;
+    if (secagg) {
+      for (size_t i : targets) fill(each.try_emplace(i, spec.job_id, rid).first->second, i);
+    } else {
+      shared.emplace(spec.job_id, rid);
+      fill(*shared, 0);
     }
+    const MessageFor message_for = [&](size_t i) -> protocol::Outgoing& { return secagg ? each.at(i) : *shared; };
     const uint64_t want_params = static_cast<uint64_t>(initial.numel());
-    auto replies = exchange(out, rid, targets, {wire::Envelope::Body::JOB_ACCEPTED},
+    auto replies = exchange_each(message_for, rid, targets, {wire::Envelope::Body::JOB_ACCEPTED},
                             Clock::now() + spec.connect_timeout, false, [&](Pod& pod, protocol::Incoming& in) {
                               auto a = in.envelope().getBody().getJobAccepted();
                               if (a.getNumParameters() != want_params) {
@@ -1535,11 +1570,270 @@ struct Coordinator::Impl {
   RunResult result;
   double aggregation_seconds = 0;  // time spent folding updates, all rounds
 
+  // Secure aggregation (protocol/secagg.h), resolved once the pods answered hello:
+  // the settings every pod gets in startJob. A pod's id in the protocol is its place
+  // in the job's pod list, plus one.
+  std::optional<protocol::secagg::Settings> secagg;
+  Coordinator::StepObserver step_observer;
+  int64_t max_rows = 0;  // the largest dataset among the pods that answered hello
+  static uint32_t secagg_id(size_t i) { return static_cast<uint32_t>(i + 1); }
+
+  Status resolve_secure_aggregation() {
+    const auto& want = spec.secure_aggregation;
+    if (!want.enabled) return Status();
+    namespace sa = protocol::secagg;
+    const size_t all = spec.pods.size();
+    const size_t answered = active_pods().size();
+    sa::Settings s;
+    // Neighbours among the pods that can take part; the fixed-point range for all the
+    // job's pods (any of them may rejoin).
+    s.neighbours = want.neighbours ? std::min<uint32_t>(want.neighbours, static_cast<uint32_t>(answered - 1))
+                                   : sa::default_neighbours(answered);
+    s.threshold = want.threshold ? want.threshold : sa::default_threshold(s.neighbours);
+    s.clip = want.clip;
+    s.modulus_bits = want.modulus_bits ? want.modulus_bits : sa::modulus_bits_for(s.clip, all);
+    s.fraction_bits = sa::fraction_bits(s.modulus_bits, s.clip, all);
+    // A pod's weight is its training rows over the largest dataset's rows (<= 1).
+    s.weight_scale = static_cast<double>(std::max<int64_t>(1, max_rows));
+    if (Status st = sa::validate(s); !st.ok()) {
+      config_error = true;
+      return Status(StatusCode::kInvalidArgument,
+                    st.message() + " (with " + std::to_string(answered) + " pods answering; job.yaml secure_aggregation)");
+    }
+    secagg = s;
+    history["secure_aggregation"] = {{"threshold", s.threshold},       {"neighbours", s.neighbours},
+                                     {"clip", s.clip},                 {"modulus_bits", s.modulus_bits},
+                                     {"fraction_bits", s.fraction_bits}, {"weight_scale", s.weight_scale}};
+    progress << "secure aggregation: threshold " << s.threshold << ", " << s.neighbours << " neighbours per pod, clip "
+             << s.clip << ", " << s.modulus_bits << "-bit ring with " << s.fraction_bits << " fraction bits\n";
+    return Status();
+  }
+
+  // One round with secure aggregation (protocol/secagg.h): A. train, and each pod's
+  // trainDone carries its keys; B. secAggShare -> secAggShares; C. secAggMask ->
+  // secAggMasked, then fetchResult -> the masked update (at most
+  // max_concurrent_uploads at once, each added to the ring sum as it arrives);
+  // D. secAggUnmask -> secAggReveal; then the masks come off and the decoded average
+  // is folded into `strategy` once. Returns each pod's outcome: a pod in the sum is
+  // "ok", even when it dropped in step D.
+  std::map<size_t, PodRound> secure_round(int round, uint64_t rid, const std::vector<size_t>& targets,
+                                          protocol::Outgoing& train, Clock::time_point start,
+                                          const torch::Tensor& global, aggregation::Strategy& strategy,
+                                          double& loss_sum, int64_t& loss_weight, double& seconds_aggregating,
+                                          size_t& sent) {
+    namespace sa = protocol::secagg;
+    using B = wire::Envelope::Body;
+    const auto deadline = start + spec.round_timeout;
+    const uint32_t r = static_cast<uint32_t>(round);
+    auto index = [&](const Pod& pod) { return static_cast<size_t>(&pod - pods.data()); };
+    auto wrong_round = [&](const char* kind, uint32_t got) {
+      return PodRound{"error", std::string(kind) + " for round " + std::to_string(got) + ", the coordinator is in round " +
+                                   std::to_string(round), 0, 0, {}};
+    };
+    std::vector<uint32_t> ids;
+    for (size_t i : targets) ids.push_back(secagg_id(i));
+    std::random_device rd;
+    sa::Server server(*secagg, {spec.job_id, r}, ids, (static_cast<uint64_t>(rd()) << 32) | rd());
+    std::map<size_t, PodRound> outcome;  // pods out of the round, and at the end everyone
+    std::map<size_t, PodRound> trained;  // trainDone's metadata
+    auto settle = [&](const std::map<size_t, PodRound>& step, std::vector<size_t>& still_in, const char* name) {
+      still_in.clear();
+      std::vector<uint32_t> still_ids;
+      for (const auto& [i, p] : step) {
+        if (p.outcome == "ok") {
+          still_in.push_back(i);
+          still_ids.push_back(secagg_id(i));
+        } else {
+          outcome[i] = p;
+        }
+      }
+      if (step_observer) step_observer(round, name, still_ids);
+    };
+    // The round fails: every pod still in it gets the reason; nothing was unmasked.
+    auto fail = [&](const Status& st) {
+      log->warn("event=secagg_round_failed job={} round={} error=\"{}\"", spec.job_id, round, st.message());
+      for (const auto& [i, p] : trained) {
+        if (!outcome.count(i)) outcome[i] = PodRound{"secagg_failed", st.message(), 0, 0, {}};
+      }
+      return outcome;
+    };
+
+    // A. Train; the trainDone of each pod carries its public keys for the round.
+    auto a = exchange(train, rid, targets, {B::TRAIN_DONE}, deadline, true,
+        [&](Pod& pod, protocol::Incoming& in) -> std::optional<PodRound> {
+          auto d = in.envelope().getBody().getTrainDone();
+          if (d.getRound() != r) return wrong_round("trainDone", d.getRound());
+          if (d.getNumSamples() == 0) return PodRound{"error", "trained on no samples", 0, 0, {}};
+          if (!d.hasSecAggKeys()) return PodRound{"error", "trainDone without secure aggregation keys", 0, 0, {}};
+          if (Status st = server.add_keys(secagg_id(index(pod)), sa::from_wire(d.getSecAggKeys())); !st.ok()) {
+            return PodRound{"error", st.message(), 0, 0, {}};
+          }
+          // The weight FedAvg would give it (capped at its training rows); the pod
+          // applies its own inside the masked sum.
+          int64_t n = static_cast<int64_t>(std::min<uint64_t>(d.getNumSamples(), uint64_t{1} << 62));
+          if (pod.train_samples > 0) n = std::min(n, pod.train_samples);
+          PodRound pr{"ok", "", n, 0, {}};
+          for (auto m : d.getMetrics()) pr.metrics[m.getName().cStr()] = m.getValue();
+          pr.metrics["train_seconds"] = d.getSeconds();
+          trained[index(pod)] = pr;
+          return pr;
+        },
+        nullptr, &sent, /*heartbeats=*/true);
+    std::vector<size_t> in_round;
+    settle(a, in_round, "advertise");
+    if (Status st = server.close_advertise(); !st.ok()) return fail(st);
+
+    // B. Each pod gets its neighbours' keys and returns its encrypted shares.
+    const uint64_t rid_b = next_request++;
+    std::map<size_t, protocol::Outgoing> share_msgs;
+    for (size_t i : in_round) {
+      auto m = share_msgs.try_emplace(i, spec.job_id, rid_b).first->second.envelope().getBody().initSecAggShare();
+      m.setRound(r);
+      const auto nb = server.neighbours_of(secagg_id(i));
+      auto list = m.initNeighbours(static_cast<unsigned>(nb.size()));
+      unsigned k = 0;
+      for (const auto& [id, pk] : nb) {
+        list[k].setId(id);
+        sa::to_wire(pk, list[k].initKeys());
+        ++k;
+      }
+    }
+    auto b = exchange_each([&](size_t i) -> protocol::Outgoing& { return share_msgs.at(i); }, rid_b, in_round,
+        {B::SEC_AGG_SHARES}, deadline, true,
+        [&](Pod& pod, protocol::Incoming& in) -> std::optional<PodRound> {
+          auto m = in.envelope().getBody().getSecAggShares();
+          if (m.getRound() != r) return wrong_round("secAggShares", m.getRound());
+          if (Status st = server.add_shares(secagg_id(index(pod)), sa::from_wire(m.getShares())); !st.ok()) {
+            return PodRound{"error", st.message(), 0, 0, {}};
+          }
+          return PodRound{"ok", "", 0, 0, {}};
+        },
+        nullptr, nullptr, true);
+    settle(b, in_round, "share");
+    if (Status st = server.close_share(); !st.ok()) return fail(st);
+
+    // C. Each pod gets the shares addressed to it and masks its update; the masked
+    //    updates are pulled like plain ones and summed in the ring as they arrive.
+    const uint64_t rid_c = next_request++;
+    std::map<size_t, protocol::Outgoing> mask_msgs;
+    for (size_t i : in_round) {
+      auto m = mask_msgs.try_emplace(i, spec.job_id, rid_c).first->second.envelope().getBody().initSecAggMask();
+      m.setRound(r);
+      const auto shares = server.shares_for(secagg_id(i));
+      sa::to_wire(shares, m.initShares(static_cast<unsigned>(shares.size())));
+    }
+    protocol::Outgoing fetch(spec.job_id, rid_c);
+    fetch.envelope().getBody().initFetchResult().setRound(r);
+    std::deque<size_t> ready;
+    std::set<size_t> fetching;
+    auto start_fetches = [&](const std::vector<size_t>& pending) {
+      for (auto it = fetching.begin(); it != fetching.end();) {
+        it = std::find(pending.begin(), pending.end(), *it) == pending.end() ? fetching.erase(it) : std::next(it);
+      }
+      while (static_cast<int>(fetching.size()) < spec.max_concurrent_uploads && !ready.empty()) {
+        if (send_to(pods[ready.front()], fetch)) fetching.insert(ready.front());
+        ready.pop_front();
+      }
+    };
+    const auto ring_dtype = secagg->modulus_bits == 32 ? wire::DType::INT32 : wire::DType::INT64;
+    const std::vector<protocol::TensorSpec> ring_spec = {{"secagg", {global.numel() + 1}}};
+    std::set<size_t> masked_ready;
+    auto c = exchange_each([&](size_t i) -> protocol::Outgoing& { return mask_msgs.at(i); }, rid_c, in_round,
+        {B::SEC_AGG_MASKED, B::TRAIN_RESULT}, deadline, true,
+        [&](Pod& pod, protocol::Incoming& in) -> std::optional<PodRound> {
+          const size_t i = index(pod);
+          auto body = in.envelope().getBody();
+          if (body.which() == B::SEC_AGG_MASKED) {
+            if (body.getSecAggMasked().getRound() != r) return wrong_round("secAggMasked", body.getSecAggMasked().getRound());
+            if (masked_ready.insert(i).second) ready.push_back(i);
+            return std::nullopt;  // the masked update is still to fetch
+          }
+          auto t = body.getTrainResult();
+          if (t.getRound() != r) return wrong_round("trainResult", t.getRound());
+          if (!fetching.count(i)) {
+            discard(pod, kUnfetched, in.envelope(), rid_c);
+            return std::nullopt;
+          }
+          if (!t.getMasked()) return PodRound{"error", "trainResult is not a masked update, the job aggregates securely", 0, 0, {}};
+          auto tensors = in.take_tensors(t.getTensors(), ring_spec, false, ring_dtype);
+          if (!tensors.ok()) return PodRound{"error", tensors.status().message(), 0, 0, {}};
+          const torch::Tensor& v = (*tensors)[0];
+          job_metrics.bytes_received.Increment(static_cast<double>(v.nbytes()));
+          const auto fold_start = Clock::now();
+          Status added = server.add_masked(secagg_id(i), v.data_ptr(), v.nbytes());
+          seconds_aggregating += std::chrono::duration<double>(Clock::now() - fold_start).count();
+          if (!added.ok()) return PodRound{"error", added.message(), 0, 0, {}};
+          folded_updates.insert({round, i});
+          return PodRound{"ok", "", 0, 0, {}};
+        },
+        start_fetches, nullptr, true, [&](size_t i) { return fetching.count(i) > 0; });
+    settle(c, in_round, "mask");
+    if (Status st = server.close_mask(); !st.ok()) return fail(st);
+
+    // D. The survivors reveal what removes the masks: self-mask seeds of survivors,
+    //    mask keys of the pods that dropped after sharing.
+    const uint64_t rid_d = next_request++;
+    protocol::Outgoing unmask(spec.job_id, rid_d);
+    {
+      auto m = unmask.envelope().getBody().initSecAggUnmask();
+      m.setRound(r);
+      const auto& survivors = server.survivors();
+      const auto dropped = server.dropped();
+      auto s = m.initSurvivors(static_cast<unsigned>(survivors.size()));
+      for (size_t k = 0; k < survivors.size(); ++k) s.set(static_cast<unsigned>(k), survivors[k]);
+      auto d = m.initDropped(static_cast<unsigned>(dropped.size()));
+      for (size_t k = 0; k < dropped.size(); ++k) d.set(static_cast<unsigned>(k), dropped[k]);
+    }
+    auto d = exchange(unmask, rid_d, in_round, {B::SEC_AGG_REVEAL}, deadline, true,
+        [&](Pod& pod, protocol::Incoming& in) -> std::optional<PodRound> {
+          auto m = in.envelope().getBody().getSecAggReveal();
+          if (m.getRound() != r) return wrong_round("secAggReveal", m.getRound());
+          sa::Reveal rv{sa::from_wire(m.getSelfMask()), sa::from_wire(m.getPairKey())};
+          if (Status st = server.add_reveal(secagg_id(index(pod)), rv); !st.ok()) return PodRound{"error", st.message(), 0, 0, {}};
+          return PodRound{"ok", "", 0, 0, {}};
+        },
+        nullptr, nullptr, true);
+    if (step_observer) {
+      std::vector<uint32_t> revealed;
+      for (const auto& [i, p] : d) {
+        if (p.outcome == "ok") revealed.push_back(secagg_id(i));
+      }
+      step_observer(round, "unmask", revealed);
+    }
+    for (const auto& [i, p] : d) {
+      if (p.outcome != "ok") {
+        // Its update is in the sum; the others' shares remove its self mask.
+        log->warn("event=secagg_no_reveal job={} round={} pod={} outcome={} reason=\"{}\"", spec.job_id, round,
+                  pods[i].addr.name, p.outcome, p.error);
+      }
+    }
+    const auto unmask_start = Clock::now();
+    auto sums = server.finish();
+    if (!sums.ok()) return fail(sums.status());
+    const double total_weight = sums->back();
+    if (!(total_weight > 0)) return fail(Status(StatusCode::kInternal, "the summed weight is not positive"));
+    torch::Tensor next = global.clone();
+    float* p = next.data_ptr<float>();
+    for (int64_t k = 0; k < next.numel(); ++k) p[k] += static_cast<float>((*sums)[k] / total_weight);
+    Status folded = strategy.fold({{0, next}}, 1.0);
+    seconds_aggregating += std::chrono::duration<double>(Clock::now() - unmask_start).count();
+    if (!folded.ok()) return fail(folded);
+    for (size_t i : in_round) {
+      outcome[i] = trained[i];
+      if (outcome[i].metrics.count("train_loss")) {
+        loss_sum += outcome[i].metrics["train_loss"] * outcome[i].num_samples;
+        loss_weight += outcome[i].num_samples;
+      }
+    }
+    return outcome;
+  }
+
   Status run_job() {
     set_not_ready("loading the model");
     FEDPOD_RETURN_IF_ERROR(load_model());
     set_not_ready("contacting the pods (hello)");
     FEDPOD_RETURN_IF_ERROR(hello_and_check());
+    FEDPOD_RETURN_IF_ERROR(resolve_secure_aggregation());
     set_not_ready("creating the model");
     FEDPOD_RETURN_IF_ERROR(create_model());
     set_not_ready("starting the job on the pods");
@@ -1627,7 +1921,9 @@ struct Coordinator::Impl {
       };
       size_t sent = 0;  // pods the round's train request went out to
       open_round = round;
-      auto replies = exchange(
+      auto replies = secagg ? secure_round(round, rid, targets, out, start, global, *strategy, loss_sum, loss_weight,
+                                           round_aggregation_seconds, sent)
+                            : exchange(
           out, rid, targets, {wire::Envelope::Body::TRAIN_DONE, wire::Envelope::Body::TRAIN_RESULT},
           start + spec.round_timeout, true,
           [&](Pod& pod, protocol::Incoming& in) -> std::optional<PodRound> {
@@ -1839,6 +2135,8 @@ StatusOr<RunResult> Coordinator::run() { return impl_->run(); }
 std::shared_ptr<prometheus::Registry> Coordinator::registry() const { return impl_->registry; }
 
 bool Coordinator::job_config_error() const { return impl_->config_error; }
+
+void Coordinator::set_step_observer(StepObserver observer) { impl_->step_observer = std::move(observer); }
 
 int Coordinator::metrics_port() const { return impl_->metrics_server ? impl_->metrics_server->port() : 0; }
 

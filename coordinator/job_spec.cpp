@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
@@ -123,6 +124,26 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
   if (s.update_precision != "float32" && s.update_precision != "bfloat16") {
     throw ConfigError(where + ": update_precision: '" + s.update_precision + "' is not float32 or bfloat16");
   }
+  if (s.secure_aggregation.enabled) {
+    const auto& sa = s.secure_aggregation;
+    if (s.update_precision != "float32") {
+      throw ConfigError(where + ": secure_aggregation: pods send a masked fixed-point update; update_precision " +
+                        s.update_precision + " does not apply (remove it or set float32)");
+    }
+    if (!(sa.clip > 0) || !std::isfinite(sa.clip)) throw ConfigError(where + ": secure_aggregation.clip: must be a positive number");
+    if (sa.modulus_bits != 0 && sa.modulus_bits != 32 && sa.modulus_bits != 64) {
+      throw ConfigError(where + ": secure_aggregation.modulus_bits: must be 32, 64 or auto");
+    }
+    const uint32_t pods = static_cast<uint32_t>(s.pods.size());
+    if (sa.threshold != 0 && (sa.threshold < 2 || sa.threshold > pods)) {
+      throw ConfigError(where + ": secure_aggregation.threshold: must be between 2 and the number of pods (" +
+                        std::to_string(pods) + ")");
+    }
+    if (pods < 3) {
+      throw ConfigError(where + ": secure_aggregation: needs at least 3 pods (with 2, each pod could subtract its own "
+                        "update from the sum and learn the other's)");
+    }
+  }
   if (!aggregation::make_strategy(s.strategy)) throw ConfigError(where + ": strategy: unknown '" + s.strategy + "' (fedavg)");
   const auto& sp = s.datastructure.split;
   if (sp.validation < 0 || sp.test < 0 || sp.validation + sp.test >= 1) {
@@ -143,7 +164,7 @@ namespace {
 // relative key_file and public_key_file paths resolve against `base`.
 JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const fs::path& base) {
   check_keys(root, {"job_id", "model", "datastructure", "pods", "hub_ca", "rounds", "local_epochs", "local_steps",
-                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "strategy", "aggregation_order", "update_precision",
+                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "strategy", "aggregation_order", "update_precision", "secure_aggregation",
                     "seed", "output_dir", "hub", "hub_token", "key_file", "metrics_listen",
                     "sandbox"},
              w);
@@ -274,6 +295,27 @@ JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const f
   }
   if (root["update_precision"]) {
     s.update_precision = get<std::string>(root["update_precision"], w + ": update_precision");
+  }
+  if (auto sa = root["secure_aggregation"]) {
+    const std::string sw = w + ": secure_aggregation";
+    if (sa.IsScalar()) {
+      s.secure_aggregation.enabled = get<bool>(sa, sw);
+    } else if (sa.IsMap()) {
+      check_keys(sa, {"enabled", "threshold", "neighbours", "clip", "modulus_bits"}, sw);
+      s.secure_aggregation.enabled = sa["enabled"] ? get<bool>(sa["enabled"], sw + ".enabled") : true;
+      if (sa["threshold"]) s.secure_aggregation.threshold = get<uint32_t>(sa["threshold"], sw + ".threshold");
+      if (sa["neighbours"]) s.secure_aggregation.neighbours = get<uint32_t>(sa["neighbours"], sw + ".neighbours");
+      if (sa["clip"]) s.secure_aggregation.clip = get<double>(sa["clip"], sw + ".clip");
+      if (sa["modulus_bits"]) {
+        const std::string b = get<std::string>(sa["modulus_bits"], sw + ".modulus_bits");
+        if (b == "auto") s.secure_aggregation.modulus_bits = 0;
+        else if (b == "32") s.secure_aggregation.modulus_bits = 32;
+        else if (b == "64") s.secure_aggregation.modulus_bits = 64;
+        else throw ConfigError(sw + ".modulus_bits: '" + b + "' is not 32, 64 or auto");
+      }
+    } else {
+      throw ConfigError(sw + ": expected true, false or a map {threshold, neighbours, clip, modulus_bits}");
+    }
   }
   if (root["seed"]) s.seed = get<uint64_t>(root["seed"], w + ": seed");
   if (root["output_dir"]) s.output_dir = get<std::string>(root["output_dir"], w + ": output_dir");

@@ -155,7 +155,7 @@ StatusOr<std::unique_ptr<Incoming>> Incoming::parse(std::vector<zmq::message_t> 
                         ", this build speaks " + std::to_string(wire::PROTOCOL_VERSION));
     }
     // An unknown union member (a newer peer) reads as a discriminant beyond our list.
-    if (static_cast<unsigned>(in->envelope_.getBody().which()) > static_cast<unsigned>(wire::Envelope::Body::FETCH_RESULT)) {
+    if (static_cast<unsigned>(in->envelope_.getBody().which()) > static_cast<unsigned>(wire::Envelope::Body::SEC_AGG_REVEAL)) {
       return Status::bad_message("unknown message kind " +
                                  std::to_string(static_cast<unsigned>(in->envelope_.getBody().which())));
     }
@@ -188,11 +188,14 @@ StatusOr<std::string_view> Incoming::raw_frame(uint32_t index, uint64_t expected
 StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::TensorInfo>::Reader infos,
                                                             const std::vector<TensorSpec>& expected,
                                                             bool check_finite, wire::DType dtype) {
-  if (dtype != wire::DType::FLOAT32 && dtype != wire::DType::BFLOAT16) {
-    return Status::invalid(std::string("take_tensors: dtype ") + dtype_name(dtype) + " is not float32 or bfloat16");
+  const bool ints = dtype == wire::DType::INT32 || dtype == wire::DType::INT64;  // secure aggregation's ring
+  if (dtype != wire::DType::FLOAT32 && dtype != wire::DType::BFLOAT16 && !ints) {
+    return Status::invalid(std::string("take_tensors: dtype ") + dtype_name(dtype) +
+                           " is not float32, bfloat16, int32 or int64");
   }
+  if (ints) check_finite = false;  // every bit pattern is a ring element
   const bool bf16 = dtype == wire::DType::BFLOAT16;
-  const size_t elem = bf16 ? 2 : sizeof(float);
+  const size_t elem = bf16 ? 2 : dtype == wire::DType::INT64 ? 8 : 4;
   const size_t n = infos.size();
   if (n != expected.size()) {
     return Status::bad_message("message describes " + std::to_string(n) + " tensors, the model has " +
@@ -276,7 +279,10 @@ StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::Te
   out.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     auto* frame = new zmq::message_t(std::move(frames_[frame_of[i]]));
-    const auto scalar = bf16 ? torch::kBFloat16 : torch::kFloat32;
+    const auto scalar = bf16                               ? torch::kBFloat16
+                        : dtype == wire::DType::INT32 ? torch::kInt32
+                        : dtype == wire::DType::INT64 ? torch::kInt64
+                                                      : torch::kFloat32;
     if (reinterpret_cast<uintptr_t>(frame->data()) % elem == 0) {
       out.push_back(torch::from_blob(
           frame->data(), expected[i].shape, [frame](void*) { delete frame; },
@@ -429,6 +435,12 @@ const char* body_name(wire::Envelope::Body::Which which) {
     case W::HEARTBEAT: return "heartbeat";
     case W::TRAIN_DONE: return "trainDone";
     case W::FETCH_RESULT: return "fetchResult";
+    case W::SEC_AGG_SHARE: return "secAggShare";
+    case W::SEC_AGG_SHARES: return "secAggShares";
+    case W::SEC_AGG_MASK: return "secAggMask";
+    case W::SEC_AGG_MASKED: return "secAggMasked";
+    case W::SEC_AGG_UNMASK: return "secAggUnmask";
+    case W::SEC_AGG_REVEAL: return "secAggReveal";
   }
   return "unknown";
 }
@@ -448,6 +460,12 @@ uint32_t round_of(const zmq::message_t& envelope_frame) {
       case W::TRAIN_RESULT: return body.getTrainResult().getRound();
       case W::EVALUATE: return body.getEvaluate().getRound();
       case W::EVAL_RESULT: return body.getEvalResult().getRound();
+      case W::SEC_AGG_SHARE: return body.getSecAggShare().getRound();
+      case W::SEC_AGG_SHARES: return body.getSecAggShares().getRound();
+      case W::SEC_AGG_MASK: return body.getSecAggMask().getRound();
+      case W::SEC_AGG_MASKED: return body.getSecAggMasked().getRound();
+      case W::SEC_AGG_UNMASK: return body.getSecAggUnmask().getRound();
+      case W::SEC_AGG_REVEAL: return body.getSecAggReveal().getRound();
       default: return 0;
     }
   } catch (const kj::Exception&) {

@@ -17,6 +17,13 @@
 #   evaluate      -> evalResult  | error
 #   endJob        -> jobEnded    | error
 #   heartbeat     -> heartbeat
+#
+# Secure aggregation (startJob.secureAggregation set; protocol/secagg.h,
+# docs/privacy.md), per round after train (whose trainDone carries the pod's keys):
+#   secAggShare   -> secAggShares  (neighbours' keys in; encrypted shares out)
+#   secAggMask    -> secAggMasked  (the shares addressed to the pod in; it masks its update)
+#   fetchResult   -> trainResult   (one int32/int64 tensor "secagg": the masked update)
+#   secAggUnmask  -> secAggReveal  (survivors and dropped in; the shares that remove masks out)
 # A reply echoes the request's jobId and requestId.
 @0xc3a1f6d2e4b59a17;
 
@@ -158,6 +165,73 @@ struct StartJob {
   # The coordinator's fresh X25519 public key (32 bytes) for this job's tensor
   # channel (protocol/bulk.h, docs/tensor-encryption.md); empty: tensors over CURVE.
   tensorKey @3 :Data;
+  # Set (threshold > 0): updates are aggregated securely; the pod's id in the rounds.
+  secureAggregation @4 :SecureAggregation;
+}
+
+# The job's secure aggregation settings (protocol/secagg.h: Settings).
+struct SecureAggregation {
+  threshold @0 :UInt32;        # 0: off
+  neighbours @1 :UInt32;
+  clip @2 :Float64;
+  modulusBits @3 :UInt32;      # 32 or 64
+  fractionBits @4 :UInt32;
+  weightScale @5 :Float64;
+  podId @6 :UInt32;            # this pod's id in the protocol (1..)
+}
+
+struct SecAggKeys {
+  cPk @0 :Data;                # 32 bytes each
+  sPk @1 :Data;
+  bCommit @2 :Data;
+}
+
+struct SecAggPeer {
+  id @0 :UInt32;
+  keys @1 :SecAggKeys;
+}
+
+struct SecAggShareBox {
+  owner @0 :UInt32;
+  recipient @1 :UInt32;
+  ciphertext @2 :Data;
+}
+
+struct SecAggRevealed {
+  owner @0 :UInt32;
+  x @1 :UInt8;
+  share @2 :Data;
+}
+
+struct SecAggShare {
+  round @0 :UInt32;
+  neighbours @1 :List(SecAggPeer);
+}
+
+struct SecAggShares {
+  round @0 :UInt32;
+  shares @1 :List(SecAggShareBox);
+}
+
+struct SecAggMask {
+  round @0 :UInt32;
+  shares @1 :List(SecAggShareBox);
+}
+
+struct SecAggMasked {
+  round @0 :UInt32;
+}
+
+struct SecAggUnmask {
+  round @0 :UInt32;
+  survivors @1 :List(UInt32);
+  dropped @2 :List(UInt32);
+}
+
+struct SecAggReveal {
+  round @0 :UInt32;
+  selfMask @1 :List(SecAggRevealed);
+  pairKey @2 :List(SecAggRevealed);
 }
 
 struct JobAccepted {
@@ -195,6 +269,7 @@ struct TrainDone {
   numSamples @1 :UInt64;
   metrics @2 :List(Metric);
   seconds @3 :Float64;
+  secAggKeys @4 :SecAggKeys;   # secure aggregation: this round's public keys
 }
 
 struct FetchResult {
@@ -210,6 +285,9 @@ struct TrainResult {
   # The tensors are the trained parameters minus the round's train message's
   # (Train.updateDtype bfloat16), not the parameters themselves.
   delta @5 :Bool;
+  # Secure aggregation: one tensor, "secagg", int32 (2^32 ring) or int64, of
+  # numParameters + 1 elements: the masked, weighted, fixed-point update.
+  masked @6 :Bool;
 }
 
 struct Evaluate {
@@ -263,5 +341,11 @@ struct Envelope {
     heartbeat @14 :Heartbeat;
     trainDone @15 :TrainDone;
     fetchResult @16 :FetchResult;
+    secAggShare @17 :SecAggShare;
+    secAggShares @18 :SecAggShares;
+    secAggMask @19 :SecAggMask;
+    secAggMasked @20 :SecAggMasked;
+    secAggUnmask @21 :SecAggUnmask;
+    secAggReveal @22 :SecAggReveal;
   }
 }

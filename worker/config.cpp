@@ -119,7 +119,7 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
   check_keys(root, {"name", "listen", "dataset", "devices", "threads", "job_idle_timeout",
                     "max_frame_bytes", "custom_models", "log_level", "key_file", "policy", "audit_log",
                     "metrics_listen", "sandbox", "audit_publish", "max_message_bytes", "transport_memory",
-                    "receiving_process", "tensor_listen"},
+                    "receiving_process", "tensor_listen", "secure_aggregation"},
              where);
   PodConfig c;
   try {
@@ -237,6 +237,26 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
                           "with CURVE and decide by roles and grants (docs/permissions.md); use policy or refuse");
       } else {
         throw ConfigError(where + ": custom_models: expected policy or refuse, got \"" + v + "\"");
+      }
+    }
+    if (auto sa = root["secure_aggregation"]) {
+      const std::string w = where + ": secure_aggregation";
+      if (sa.IsScalar()) {
+        const std::string v = sa.as<std::string>();
+        if (v != "required" && v != "optional") {
+          throw ConfigError(w + ": expected required or optional (or a map {required, min_threshold}), got \"" + v + "\"");
+        }
+        c.secure_aggregation.required = v == "required";
+      } else if (sa.IsMap()) {
+        check_keys(sa, {"required", "min_threshold"}, w);
+        if (sa["required"]) c.secure_aggregation.required = sa["required"].as<bool>();
+        if (sa["min_threshold"]) {
+          const int t = sa["min_threshold"].as<int>();
+          if (t < 2) throw ConfigError(w + ".min_threshold: must be at least 2 (the protocol's own minimum)");
+          c.secure_aggregation.min_threshold = static_cast<uint32_t>(t);
+        }
+      } else {
+        throw ConfigError(w + ": expected required, optional or a map {required, min_threshold}");
       }
     }
     if (auto sb = root["sandbox"]) c.sandbox = parse_sandbox(sb, where + ": sandbox");

@@ -31,6 +31,8 @@
 #include <prometheus/text_serializer.h>
 #include "fedpod/protocol/bulk.h"
 #include "fedpod/protocol/codec.h"
+#include "fedpod/protocol/secagg.h"
+#include "fedpod/protocol/secagg_wire.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/engine.h"
 #include "fedpod/worker/runner.h"
@@ -82,6 +84,14 @@ struct Job {
   // without keys when the coordinator or this pod did not ask for one.
   protocol::BulkSession tensors;
   bool sealed = false;
+  // Secure aggregation (startJob.secureAggregation; protocol/secagg.h): the job's
+  // settings and this pod's id, this round's protocol state (made when training
+  // ends, wiped once the pod revealed its shares) and its masked update until fetched.
+  std::optional<protocol::secagg::Settings> secagg;
+  uint32_t secagg_id = 0;
+  std::unique_ptr<protocol::secagg::Client> secagg_client;
+  uint32_t secagg_round = 0;
+  std::shared_ptr<protocol::secagg::RingVector> masked;
 };
 
 // Runs tasks one at a time on its own thread; each task returns the frames of its
@@ -926,6 +936,15 @@ struct Worker::Impl {
       case W::EVALUATE:
         FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
         return evaluate_split(routing, in, body.getEvaluate(), job_id, request_id);
+      case W::SEC_AGG_SHARE:
+        FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
+        return secagg_share(routing, body.getSecAggShare(), job_id, request_id);
+      case W::SEC_AGG_MASK:
+        FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
+        return secagg_mask(routing, body.getSecAggMask(), job_id, request_id);
+      case W::SEC_AGG_UNMASK:
+        FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
+        return secagg_unmask(routing, body.getSecAggUnmask(), job_id, request_id);
       case W::END_JOB: {
         if (!job || job->id != job_id) return Status::failed_precondition("no job '" + job_id + "' on pod " + config().name);
         FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
@@ -1028,6 +1047,16 @@ struct Worker::Impl {
     auto mref = sj.getModel();
     const std::string username = mref.getUsername();
     std::string ref = mref.getModelRef();
+    // Secure aggregation as the job asks for it (checked before anything else: a
+    // malformed setting is the coordinator's error, not a policy decision).
+    std::optional<protocol::secagg::Settings> secagg;
+    uint32_t secagg_id = 0;
+    if (sj.hasSecureAggregation() && sj.getSecureAggregation().getThreshold() > 0) {
+      secagg = protocol::secagg::settings_from_wire(sj.getSecureAggregation());
+      secagg_id = sj.getSecureAggregation().getPodId();
+      if (Status st = protocol::secagg::validate(*secagg); !st.ok()) return Status::bad_message(st.message());
+      if (secagg_id == 0) return Status::bad_message("secure_aggregation: podId must be at least 1");
+    }
 
     // 1. What is asked for: a built-in model, or a custom one (its bytes are hashed
     //    only once the user's role and grant allow the version claimed).
@@ -1066,6 +1095,24 @@ struct Worker::Impl {
       req.sha256 = sha256_hex(artifact);
       d = decide_start(req, claimed_sha);
     }
+    // The pod owner's demand on aggregation (pod.yaml secure_aggregation): refused,
+    // counted and audited like any other refusal.
+    if (d.allowed) {
+      const auto& demand = config().secure_aggregation;
+      if (demand.required && !secagg) {
+        d = Decision{};
+        d.reason = "secure_aggregation_required";
+        d.message = "pod " + config().name +
+                    " requires secure aggregation (pod.yaml secure_aggregation: required): the coordinator must not "
+                    "see this pod's update alone; set secure_aggregation in the job (docs/privacy.md)";
+      } else if (secagg && secagg->threshold < demand.min_threshold) {
+        d = Decision{};
+        d.reason = "secure_aggregation_threshold";
+        d.message = "pod " + config().name + " requires a secure aggregation threshold of at least " +
+                    std::to_string(demand.min_threshold) + "; the job's is " + std::to_string(secagg->threshold) +
+                    " (set secure_aggregation.threshold in the job)";
+      }
+    }
     if (!d.allowed) {
       counters().jobs_refused++;
       on_job("refused");
@@ -1097,6 +1144,8 @@ struct Worker::Impl {
     new_job->model_ref = ref;
     new_job->hp = Hyperparameters(hp_json);
     new_job->seed = sj.getSeed();
+    new_job->secagg = secagg;
+    new_job->secagg_id = secagg_id;
     EngineSpec spec;
     spec.ref = req.custom ? ref : mref.getModelRef().cStr();
     spec.format = req.custom ? format : "";
@@ -1219,11 +1268,20 @@ struct Worker::Impl {
       return Status::bad_message("train asks for updates of a dtype that is not float32 or bfloat16");
     }
     const bool bf16_update = t.getUpdateDtype() == wire::DType::BFLOAT16;
+    if (bf16_update && j->secagg) {
+      busy = false;
+      return Status::bad_message("train asks for bfloat16 updates in a job with secure aggregation");
+    }
+    // A new round: the last one's secure aggregation state is gone.
+    j->secagg_client.reset();
+    j->masked.reset();
     auto routing_copy = std::make_shared<zmq::message_t>(routing.data(), routing.size());
     auto params = std::make_shared<std::vector<torch::Tensor>>(std::move(*tensors));
     executor->submit([this, j, routing_copy, params, opts, round, job_id, request_id, bf16_update]() -> Frames {
       std::vector<torch::Tensor> base;
-      if (bf16_update) base = *params;  // the same storage: the received frames stay until the fetch
+      // The same storage: the received frames stay until the fetch (bfloat16) or the
+      // masking (secure aggregation), which send the change to them.
+      if (bf16_update || j->secagg) base = *params;
       Status loaded = load_parameters(*j, *params);
       if (!loaded.ok()) {
         return reply(*routing_copy, job_id, request_id,
@@ -1254,12 +1312,19 @@ struct Worker::Impl {
                                  {"steps", static_cast<double>(stats->steps)},
                                  {"samples_seen", static_cast<double>(stats->samples_seen)}},
                                 std::move(base)};
+      if (j->secagg) {
+        // Fresh keys and self-mask seed for this round (step A).
+        j->secagg_client = std::make_unique<protocol::secagg::Client>(*j->secagg, protocol::secagg::Context{job_id, round},
+                                                                       j->secagg_id);
+        j->secagg_round = round;
+      }
       return reply(*routing_copy, job_id, request_id, [&](protocol::Outgoing& o) {
         auto r = o.envelope().getBody().initTrainDone();
         r.setRound(round);
         r.setNumSamples(j->result->num_samples);
         r.setSeconds(seconds);
         set_metrics(r.initMetrics(j->result->metrics.size()), j->result->metrics);
+        if (j->secagg_client) protocol::secagg::to_wire(j->secagg_client->keys(), r.initSecAggKeys());
       });
     }, failure_reply(routing_copy, job_id, request_id));
     return Status();
@@ -1274,12 +1339,27 @@ struct Worker::Impl {
     }
     job->last_activity = Clock::now();
     const TrainedResult& res = *job->result;
+    if (job->secagg && (!job->masked || job->secagg_round != f.getRound())) {
+      return Status::failed_precondition("pod " + config().name + " has not masked its update for round " +
+                                         std::to_string(f.getRound()) + " (secure aggregation: secAggMask first)");
+    }
     Frames frames = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
       auto r = o.envelope().getBody().initTrainResult();
       r.setRound(res.round);
       r.setNumSamples(res.num_samples);
       r.setSeconds(res.seconds);
       set_metrics(r.initMetrics(res.metrics.size()), res.metrics);
+      if (job->secagg) {
+        // Only the masked update leaves the pod: one ring vector, zero-copy.
+        auto masked = job->masked;
+        const auto dtype = masked->modulus_bits == 32 ? torch::kInt32 : torch::kInt64;
+        torch::Tensor v = torch::from_blob(
+            masked->bytes.data(), {static_cast<int64_t>(masked->size())}, [masked](void*) {},
+            torch::TensorOptions().dtype(dtype));
+        r.setMasked(true);
+        o.attach(r.initTensors(1), {{"secagg", v}}, masked);
+        return;
+      }
       auto [state, keep] = job->engine->read_state();
       const auto& layout = job->engine->layout();
       if (!res.base.empty()) {
@@ -1297,6 +1377,111 @@ struct Worker::Impl {
       o.attach(r.initTensors(layout.size()), parameter_views(state, layout), keep);
     });
     send(frames);
+    return Status();
+  }
+
+  // Secure aggregation's per-round state for `round`, or why there is none.
+  StatusOr<protocol::secagg::Client*> secagg_state(const std::string& job_id, uint32_t round) {
+    FEDPOD_RETURN_IF_ERROR(check_job(job_id));
+    if (!job->secagg) return Status::failed_precondition("job '" + job_id + "' does not use secure aggregation");
+    if (!job->secagg_client || job->secagg_round != round) {
+      return Status::failed_precondition("pod " + config().name + " holds no secure aggregation state for round " +
+                                         std::to_string(round) + " (it trains the round first, and forgets it once it "
+                                         "revealed its shares)");
+    }
+    job->last_activity = Clock::now();
+    return job->secagg_client.get();
+  }
+
+  // Step B: the neighbours' keys in, this pod's encrypted shares out.
+  Status secagg_share(const zmq::message_t& routing, wire::SecAggShare::Reader m, const std::string& job_id,
+                      uint64_t request_id) {
+    auto client = secagg_state(job_id, m.getRound());
+    if (!client.ok()) return client.status();
+    std::map<uint32_t, protocol::secagg::PublicKeys> neighbours;
+    for (auto p : m.getNeighbours()) {
+      if (!neighbours.emplace(p.getId(), protocol::secagg::from_wire(p.getKeys())).second) {
+        return Status::bad_message("secAggShare lists pod " + std::to_string(p.getId()) + " twice");
+      }
+    }
+    auto shares = (*client)->share(neighbours);
+    if (!shares.ok()) return shares.status();
+    Frames f = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
+      auto r = o.envelope().getBody().initSecAggShares();
+      r.setRound(m.getRound());
+      protocol::secagg::to_wire(*shares, r.initShares(shares->size()));
+    });
+    send(f);
+    return Status();
+  }
+
+  // Step C: the shares addressed to this pod in; it masks its update (on the
+  // executor: a pass over every parameter) and says so; fetchResult takes it.
+  Status secagg_mask(const zmq::message_t& routing, wire::SecAggMask::Reader m, const std::string& job_id,
+                     uint64_t request_id) {
+    const uint32_t round = m.getRound();
+    auto client = secagg_state(job_id, round);
+    if (!client.ok()) return client.status();
+    if (!job->result || job->result->round != round) {
+      return Status::failed_precondition("pod " + config().name + " holds no trained parameters for round " +
+                                         std::to_string(round));
+    }
+    FEDPOD_RETURN_IF_ERROR((*client)->receive(protocol::secagg::from_wire(m.getShares())));
+    busy = true;
+    Job* j = job.get();
+    auto routing_copy = std::make_shared<zmq::message_t>(routing.data(), routing.size());
+    executor->submit([this, j, routing_copy, round, job_id, request_id]() -> Frames {
+      auto [state, keep] = j->engine->read_state();
+      const auto& layout = j->engine->layout();
+      const auto& base = j->result->base;
+      torch::Tensor flat = state.contiguous();
+      std::vector<float> update(static_cast<size_t>(flat.numel()));
+      const float* now = flat.data_ptr<float>();
+      for (size_t k = 0; k < layout.size(); ++k) {
+        torch::Tensor b = base[k].contiguous().view({-1});
+        const float* was = b.data_ptr<float>();
+        const int64_t off = layout[k].offset;
+        for (int64_t i = 0; i < layout[k].numel; ++i) update[off + i] = now[off + i] - was[i];
+      }
+      auto masked = j->secagg_client->mask(update.data(), update.size(), static_cast<uint64_t>(j->result->num_samples));
+      return reply(*routing_copy, job_id, request_id, [&](protocol::Outgoing& o) {
+        if (!masked.ok()) {
+          protocol::set_error(o.envelope(), masked.status());
+          return;
+        }
+        if (j->secagg_client->clipped() > 0) {
+          log->warn("event=secagg_clipped job={} round={} coordinates={} clip={}", job_id, round,
+                    j->secagg_client->clipped(), j->secagg->clip);
+        }
+        j->masked = std::make_shared<protocol::secagg::RingVector>(std::move(*masked));
+        o.envelope().getBody().initSecAggMasked().setRound(round);
+      });
+    }, failure_reply(routing_copy, job_id, request_id));
+    return Status();
+  }
+
+  // Step D: the survivors and the dropped in; the shares that remove masks out, once.
+  Status secagg_unmask(const zmq::message_t& routing, wire::SecAggUnmask::Reader m, const std::string& job_id,
+                       uint64_t request_id) {
+    auto client = secagg_state(job_id, m.getRound());
+    if (!client.ok()) return client.status();
+    std::vector<uint32_t> survivors, dropped;
+    for (uint32_t id : m.getSurvivors()) survivors.push_back(id);
+    for (uint32_t id : m.getDropped()) dropped.push_back(id);
+    auto reveal = (*client)->unmask(survivors, dropped);
+    job->secagg_client.reset();  // answered or refused: this round's secrets are wiped now
+    if (!reveal.ok()) {
+      log->warn("event=secagg_unmask_refused job={} round={} error=\"{}\"", job_id, m.getRound(),
+                reveal.status().message());
+      return reveal.status();
+    }
+    Frames f = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
+      auto r = o.envelope().getBody().initSecAggReveal();
+      r.setRound(m.getRound());
+      protocol::secagg::to_wire(reveal->self_mask, r.initSelfMask(reveal->self_mask.size()));
+      protocol::secagg::to_wire(reveal->pair_key, r.initPairKey(reveal->pair_key.size()));
+    });
+    send(f);
     return Status();
   }
 

@@ -169,6 +169,13 @@ class Coordinator {
   // `fedpod coordinator run` exits 2 then, as for any other error in job.yaml.
   bool job_config_error() const;
 
+  // Called on the coordinator's thread as each step of a secure aggregation round
+  // ends ("advertise", "share", "mask", "unmask"; protocol/secagg.h), with the ids
+  // still taking part. For tools that follow a round, and for tests that stop pods
+  // between steps. Set before run().
+  using StepObserver = std::function<void(int round, const std::string& step, const std::vector<uint32_t>& ids)>;
+  void set_step_observer(StepObserver observer);
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

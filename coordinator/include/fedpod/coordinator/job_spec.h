@@ -62,6 +62,14 @@
 //   update_precision: float32        # how pods send their updates: float32, or bfloat16
 //                                    # (each pod's change to the round's parameters, rounded
 //                                    # to bfloat16: half the bytes; aggregated in float32)
+//   secure_aggregation: true         # the coordinator learns only the sum of the pods'
+//                                    # updates, never one (docs/privacy.md); or a map:
+//   # secure_aggregation: {threshold: 3, neighbours: 4, clip: 10, modulus_bits: auto}
+//   #   threshold: shares that rebuild a pod's secret, and the fewest pods a round may
+//   #     end with (default: a strict majority of a pod's neighbours and itself)
+//   #   neighbours: pods each pod masks with (default: min(pods-1, max(4, 2*ceil(log2 pods))))
+//   #   clip: each coordinate of a pod's change to the parameters is clipped to [-clip, clip]
+//   #   modulus_bits: 32, 64 or auto (32 unless the sum of the pods' updates needs more)
 //   seed: 0                          # initial parameters
 //   output_dir: out                  # relative to the current directory
 //   metrics_listen: 0.0.0.0:9102     # serve /metrics, /healthz, /readyz while the job
@@ -102,6 +110,16 @@ struct ModelSpec {
   Hyperparameters hyperparameters;
 };
 
+// job.yaml secure_aggregation (protocol/secagg.h turns it into Settings once the
+// number of pods is known).
+struct SecureAggregationSpec {
+  bool enabled = false;
+  uint32_t threshold = 0;     // 0: default for the pod count
+  uint32_t neighbours = 0;    // 0: default for the pod count
+  double clip = 10.0;
+  uint32_t modulus_bits = 0;  // 0: auto
+};
+
 struct JobSpec {
   std::string job_id;
   bool job_id_generated = false;  // job_id was not given; a resumed job takes the checkpoint's
@@ -128,6 +146,7 @@ struct JobSpec {
   std::string strategy = "fedavg";
   std::string aggregation_order = "arrival";  // arrival | pod
   std::string update_precision = "float32";   // float32 | bfloat16
+  SecureAggregationSpec secure_aggregation;
   uint64_t seed = 0;
   std::string output_dir = "out";
   std::string metrics_listen;  // empty: no metrics endpoint (the registry exists anyway)

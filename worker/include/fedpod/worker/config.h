@@ -34,6 +34,10 @@
 //                                     # jobAccepted); set a port where a firewall or a
 //                                     # Service must know it; off: parameters over CURVE
 //   custom_models: policy             # policy (default) | refuse: refuse every custom model
+//   secure_aggregation: optional      # optional (default) | required: refuse every job whose
+//                                     # updates are not securely aggregated (the coordinator
+//                                     # then sees only sums; docs/privacy.md); or a map:
+//   # secure_aggregation: {required: true, min_threshold: 3}  # and refuse a threshold below 3
 //   log_level: info
 //   sandbox: auto                     # job runners (docs/permissions.md): auto (the best
 //                                     # confinement this machine allows) or required
@@ -131,6 +135,12 @@ struct SandboxConfig {
 // step_timeout, load_timeout, open_files}. Throws ConfigError naming `where`.
 SandboxConfig parse_sandbox(const YAML::Node& node, const std::string& where);
 
+// What the pod demands of a job's aggregation (docs/privacy.md).
+struct SecureAggregationPolicy {
+  bool required = false;       // refuse jobs without secure aggregation
+  uint32_t min_threshold = 0;  // refuse a threshold below this (0: any the protocol accepts)
+};
+
 struct PodConfig {
   std::string name;
   std::string listen;
@@ -152,6 +162,7 @@ struct PodConfig {
   // Endpoint of the tensor channel (protocol/bulk.h); "" = off.
   std::string tensor_listen;
   CustomModels custom_models = CustomModels::kPolicy;
+  SecureAggregationPolicy secure_aggregation;
   std::string log_level = "info";
   std::string key_file;  // absolute
   PolicySource policy;
