@@ -230,11 +230,12 @@ class RoundLineClock : public std::streambuf {
 
 // A fedpod coordinator job over `endpoints` with the bench model.
 void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, int tensors, int rounds,
-                     int window, const std::string& out_dir, const std::string& update_precision) {
+                     int window, const std::string& out_dir, const std::string& update_precision, bool secure) {
   torch::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
   fedpod::coordinator::JobSpec spec;
   spec.job_id = "round-bench";
   spec.update_precision = update_precision;
+  spec.secure_aggregation.enabled = secure;  // the job's defaults: threshold, neighbours, clip 10
   spec.model.ref = "bench-params";
   spec.model.hyperparameters = fedpod::Hyperparameters(nlohmann::json{{"params", params}, {"tensors", tensors}});
   spec.datastructure.target = "label";
@@ -279,6 +280,17 @@ void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, 
                         {"rounds", seconds},
                         {"train_seconds", train},
                         {"peak_rss_mb", peak_rss_mb()}};
+  // Secure aggregation: the median time of each protocol step over the timed rounds.
+  if (secure) {
+    std::map<std::string, std::vector<double>> steps;
+    for (const auto& r : history["rounds"]) {
+      if (r["round"].get<int>() <= 1 || !r.contains("secure_aggregation")) continue;
+      for (const auto& [k, v] : r["secure_aggregation"].items()) {
+        if (k.size() > 8 && k.compare(k.size() - 8, 8, "_seconds") == 0) steps[k.substr(0, k.size() - 8)].push_back(v);
+      }
+    }
+    for (auto& [k, v] : steps) out["steps"][k] = median(v);
+  }
   std::cout << out.dump() << std::endl;
 }
 
@@ -334,7 +346,7 @@ nlohmann::json run_child(const std::vector<std::string>& argv, const fs::path& l
 
 void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int rounds, int window,
                 const std::string& json_out, bool in_process, bool no_gate, bool curve_only,
-                const std::string& update_precision) {
+                const std::string& update_precision, bool secure) {
   const fs::path dir = fs::temp_directory_path() / ("fedpod-round-bench-" + std::to_string(getpid()));
   fs::create_directories(dir);
   const std::string data = (dir / "data.csv").string();
@@ -407,15 +419,18 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
       (plain ? zmq_result : curve_result) =
           run_child(argv, dir / ("zmq-client-" + std::to_string(k) + (plain ? "-plain" : "-curve") + ".log"));
     }
-    {
+    nlohmann::json secure_result;
+    for (bool with_secagg : {false, true}) {
+      if (with_secagg && (!secure || k < 3)) continue;
       Servers workers = start_servers("worker", k, dir, data, in_process, no_gate, false, curve_only);
       std::string joined;
       for (const auto& e : workers.endpoints) joined += (joined.empty() ? "" : ",") + e;
-      fedpod_result = run_child({self, "coordinator", "--endpoints", joined, "--params", p, "--tensors", t,
-                                 "--rounds", r, "--window", std::to_string(window), "--update-precision",
-                                 update_precision, "--out",
-                                 (dir / ("job-" + std::to_string(k))).string()},
-                                dir / ("coordinator-" + std::to_string(k) + ".log"));
+      const std::string tag = std::to_string(k) + (with_secagg ? "-secagg" : "");
+      std::vector<std::string> argv = {self, "coordinator", "--endpoints", joined, "--params", p, "--tensors", t,
+                                       "--rounds", r, "--window", std::to_string(window), "--update-precision",
+                                       update_precision, "--out", (dir / ("job-" + tag)).string()};
+      if (with_secagg) argv.push_back("--secure-aggregation");
+      (with_secagg ? secure_result : fedpod_result) = run_child(argv, dir / ("coordinator-" + tag + ".log"));
     }
     const double bytes = 2.0 * k * params * 4;
     const double zs = zmq_result["seconds_per_round"], cs = curve_result["seconds_per_round"],
@@ -435,6 +450,10 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
                           {"ratio_to_zmq_curve", cs / fs_},
                           {"fedpod_parameters", curve_only ? "curve" : "aes-256-gcm"},
                           {"update_precision", update_precision}};
+    if (!secure_result.is_null()) {
+      row["fedpod_secure_aggregation"] = secure_result;
+      row["secure_to_plain"] = secure_result["seconds_per_round"].get<double>() / fs_;
+    }
     results.push_back(row);
     std::cout << std::left << std::fixed << std::setprecision(3) << std::setw(5) << k << std::setw(13) << zs
               << std::setw(11) << std::setprecision(0) << bytes / zs / 1e6 << std::setw(15) << std::setprecision(3)
@@ -443,6 +462,16 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
               << std::setprecision(1)
               << fedpod_result["peak_rss_mb"].get<double>() << zmq_result["peak_rss_mb"].get<double>() << "\n"
               << std::flush;
+    if (!secure_result.is_null()) {
+      const double ss = secure_result["seconds_per_round"];
+      std::cout << "     secure aggregation: " << std::setprecision(3) << ss << " s/round, " << std::setprecision(2)
+                << ss / fs_ << "x the plain fedpod round, coord RSS " << std::setprecision(1)
+                << secure_result["peak_rss_mb"].get<double>() << " MB; steps (s):" << std::setprecision(3);
+      for (const char* step : {"advertise", "share", "mask", "unmask", "finish"}) {
+        if (secure_result["steps"].contains(step)) std::cout << " " << step << " " << secure_result["steps"][step].get<double>();
+      }
+      std::cout << "\n" << std::flush;
+    }
   }
   if (!json_out.empty()) {
     std::ofstream(json_out) << nlohmann::json{{"machine_cores", std::thread::hardware_concurrency()},
@@ -495,6 +524,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"float32", "bfloat16"}));
   round->add_flag("--curve-only", curve_only,
                   "no tensor channel: parameters travel over CURVE too (pod.yaml tensor_listen: off)");
+  bool secure = false;
+  round->add_flag("--secure-aggregation", secure,
+                  "also run each K >= 3 with secure aggregation (job defaults) and print its time against the "
+                  "plain fedpod round");
 
   auto* worker = app.add_subcommand("worker", "(internal) a pod with the echo trainer");
   worker->add_option("--endpoint-file", endpoint_file)->required();
@@ -516,19 +549,21 @@ int main(int argc, char** argv) {
     sub->add_option("--window", window);
   }
   app.get_subcommand("coordinator")->add_option("--update-precision", update_precision);
+  app.get_subcommand("coordinator")->add_flag("--secure-aggregation", secure);
   app.get_subcommand("zmq-client")->add_flag("--plain", plain, "no CURVE");
   CLI11_PARSE(app, argc, argv);
   try {
     if (*round) {
       std::vector<int> ks;
       for (const auto& k : split(pods)) ks.push_back(std::stoi(k));
-      run_driver(ks, params, tensors, rounds, window, json_out, in_process, no_gate, curve_only, update_precision);
+      run_driver(ks, params, tensors, rounds, window, json_out, in_process, no_gate, curve_only, update_precision,
+                 secure);
     } else if (*worker) {
       run_worker(endpoint_file, data, in_process, no_gate, curve_only);
     } else if (*echo) {
       run_echo(endpoint_file, plain);
     } else if (app.got_subcommand("coordinator")) {
-      run_coordinator(split(endpoints), params, tensors, rounds, window, out_dir, update_precision);
+      run_coordinator(split(endpoints), params, tensors, rounds, window, out_dir, update_precision, secure);
     } else {
       run_zmq_client(split(endpoints), params, tensors, rounds, plain);
     }

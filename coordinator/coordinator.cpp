@@ -1575,6 +1575,7 @@ struct Coordinator::Impl {
   // in the job's pod list, plus one.
   std::optional<protocol::secagg::Settings> secagg;
   Coordinator::StepObserver step_observer;
+  nlohmann::json secagg_steps;  // the last secure round's step durations (s), for history.json
   int64_t max_rows = 0;  // the largest dataset among the pods that answered hello
   static uint32_t secagg_id(size_t i) { return static_cast<uint32_t>(i + 1); }
 
@@ -1636,7 +1637,12 @@ struct Coordinator::Impl {
     sa::Server server(*secagg, {spec.job_id, r}, ids, (static_cast<uint64_t>(rd()) << 32) | rd());
     std::map<size_t, PodRound> outcome;  // pods out of the round, and at the end everyone
     std::map<size_t, PodRound> trained;  // trainDone's metadata
+    secagg_steps = nlohmann::json::object();
+    auto step_start = Clock::now();
     auto settle = [&](const std::map<size_t, PodRound>& step, std::vector<size_t>& still_in, const char* name) {
+      const auto now = Clock::now();
+      secagg_steps[std::string(name) + "_seconds"] = std::chrono::duration<double>(now - step_start).count();
+      step_start = now;
       still_in.clear();
       std::vector<uint32_t> still_ids;
       for (const auto& [i, p] : step) {
@@ -1793,6 +1799,7 @@ struct Coordinator::Impl {
           return PodRound{"ok", "", 0, 0, {}};
         },
         nullptr, nullptr, true);
+    secagg_steps["unmask_seconds"] = std::chrono::duration<double>(Clock::now() - step_start).count();
     if (step_observer) {
       std::vector<uint32_t> revealed;
       for (const auto& [i, p] : d) {
@@ -1808,14 +1815,13 @@ struct Coordinator::Impl {
       }
     }
     const auto unmask_start = Clock::now();
-    auto sums = server.finish();
-    if (!sums.ok()) return fail(sums.status());
-    const double total_weight = sums->back();
-    if (!(total_weight > 0)) return fail(Status(StatusCode::kInternal, "the summed weight is not positive"));
     torch::Tensor next = global.clone();
-    float* p = next.data_ptr<float>();
-    for (int64_t k = 0; k < next.numel(); ++k) p[k] += static_cast<float>((*sums)[k] / total_weight);
+    auto total_weight = server.add_average_to(next.data_ptr<float>(), static_cast<size_t>(next.numel()));
+    if (!total_weight.ok()) return fail(total_weight.status());
     Status folded = strategy.fold({{0, next}}, 1.0);
+    secagg_steps["finish_seconds"] = std::chrono::duration<double>(Clock::now() - unmask_start).count();
+    secagg_steps["survivors"] = server.survivors().size();
+    secagg_steps["dropped"] = server.dropped().size();
     seconds_aggregating += std::chrono::duration<double>(Clock::now() - unmask_start).count();
     if (!folded.ok()) return fail(folded);
     for (size_t i : in_round) {
@@ -2041,6 +2047,7 @@ struct Coordinator::Impl {
         rec.seconds = std::chrono::duration<double>(Clock::now() - start).count();
         history["rounds"].push_back(to_json(rec));
         history["rounds"].back()["discarded_replies"] = round_discarded;
+        if (secagg) history["rounds"].back()["secure_aggregation"] = secagg_steps;
         if (!rejoined.empty()) history["rounds"].back()["rejoined"] = rejoined;
         // The checkpoint of the last completed round stays as it was.
         const std::string resume_hint =
@@ -2067,6 +2074,7 @@ struct Coordinator::Impl {
       history["rounds"].push_back(to_json(rec));
       // Replies discarded while this round was open, its validation included.
       history["rounds"].back()["discarded_replies"] = round_discarded;
+      if (secagg) history["rounds"].back()["secure_aggregation"] = secagg_steps;
       if (!rejoined.empty()) history["rounds"].back()["rejoined"] = rejoined;
       // First the checkpoint, then history.json: a crash between the two leaves a
       // history one round behind, which the resumed run rewrites from the checkpoint.

@@ -1,5 +1,6 @@
 #include "fedpod/protocol/secagg.h"
 
+#include <openssl/evp.h>
 #include <sodium.h>
 
 extern "C" {  // libgfshare's header declares C functions without saying so
@@ -7,6 +8,8 @@ extern "C" {  // libgfshare's header declares C functions without saying so
 }
 
 #include <algorithm>
+#include <atomic>
+#include <functional>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -124,22 +127,46 @@ struct Mask {
 };
 
 // Adds every mask's keystream (times its sign) to elements [begin, end) of `vec`.
-// Byte offsets are multiples of 64 so each ChaCha20 block starts on a counter.
+// The keystream is ChaCha20 (RFC 8439: 32-byte key, 96-bit zero nonce, 32-bit block
+// counter), made by OpenSSL's EVP implementation, which runs about twice as fast as
+// libsodium's crypto_stream_chacha20_ietf here and gives the same bytes (secagg_test
+// checks). Byte offsets are multiples of 64 so each range starts on a block counter.
+// Writes elements [at, at + n) before the masks are added to them (encoding fused
+// into the masking pass, while the block is in cache); may be empty.
 template <typename T>
-void apply_range(T* v, size_t begin, size_t end, const std::vector<Mask>& masks) {
+using Fill = std::function<void(T* out, size_t at, size_t n)>;
+
+template <typename T>
+void apply_range(T* v, size_t begin, size_t end, const std::vector<Mask>& masks, const Fill<T>& fill) {
   alignas(64) static thread_local uint8_t zeros[kBlockBytes];
   alignas(64) static thread_local uint8_t stream[kBlockBytes];
-  static const uint8_t nonce[crypto_stream_chacha20_ietf_NONCEBYTES] = {};
+  struct Ctx {
+    EVP_CIPHER_CTX* c = EVP_CIPHER_CTX_new();
+    ~Ctx() { EVP_CIPHER_CTX_free(c); }
+  };
+  std::vector<Ctx> ctx(masks.size());
+  for (size_t m = 0; m < masks.size(); ++m) {
+    // OpenSSL's ChaCha20 IV: the 32-bit block counter (little-endian), then the nonce.
+    uint8_t iv[16] = {};
+    const uint32_t counter = static_cast<uint32_t>(begin * sizeof(T) / 64);
+    for (int b = 0; b < 4; ++b) iv[b] = static_cast<uint8_t>(counter >> (8 * b));
+    if (!ctx[m].c || EVP_EncryptInit_ex(ctx[m].c, EVP_chacha20(), nullptr, masks[m].key.data(), iv) != 1) {
+      throw std::runtime_error("secure aggregation: OpenSSL could not start ChaCha20");
+    }
+  }
   const size_t per_block = kBlockBytes / sizeof(T);
   for (size_t at = begin; at < end; at += per_block) {
     const size_t n = std::min(per_block, end - at);
-    const size_t bytes = n * sizeof(T);
-    const uint64_t offset = at * sizeof(T);
-    for (const Mask& m : masks) {
-      crypto_stream_chacha20_ietf_xor_ic(stream, zeros, bytes, nonce, static_cast<uint32_t>(offset / 64), m.key.data());
+    const int bytes = static_cast<int>(n * sizeof(T));
+    if (fill) fill(v + at, at, n);
+    for (size_t m = 0; m < masks.size(); ++m) {
+      int len = 0;
+      if (EVP_EncryptUpdate(ctx[m].c, stream, &len, zeros, bytes) != 1 || len != bytes) {
+        throw std::runtime_error("secure aggregation: ChaCha20 keystream failed");
+      }
       const T* ks = reinterpret_cast<const T*>(stream);
       T* out = v + at;
-      if (m.sign > 0) {
+      if (masks[m].sign > 0) {
         for (size_t i = 0; i < n; ++i) out[i] += ks[i];
       } else {
         for (size_t i = 0; i < n; ++i) out[i] -= ks[i];
@@ -149,23 +176,40 @@ void apply_range(T* v, size_t begin, size_t end, const std::vector<Mask>& masks)
 }
 
 template <typename T>
-void apply_masks_t(T* v, size_t elements, const std::vector<Mask>& masks) {
-  if (masks.empty() || elements == 0) return;
+void apply_masks_t(T* v, size_t elements, const std::vector<Mask>& masks, const Fill<T>& fill = nullptr) {
+  if ((masks.empty() && !fill) || elements == 0) return;
   const size_t bytes = elements * sizeof(T);
   unsigned threads = 1;
   if (bytes >= kParallelBytes) threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
-  if (threads <= 1) return apply_range(v, 0, elements, masks);
+  if (threads <= 1) return apply_range(v, 0, elements, masks, fill);
   // Split on block boundaries (64-byte aligned counters).
   const size_t per_block = kBlockBytes / sizeof(T);
   const size_t blocks = (elements + per_block - 1) / per_block;
   const size_t share = (blocks + threads - 1) / threads;
   std::vector<std::thread> pool;
+  std::exception_ptr failed;
+  std::mutex mu;
   for (unsigned t = 1; t < threads; ++t) {
     const size_t b = std::min(elements, t * share * per_block), e = std::min(elements, (t + 1) * share * per_block);
-    if (b < e) pool.emplace_back([=, &masks] { apply_range(v, b, e, masks); });
+    if (b < e) {
+      pool.emplace_back([=, &masks, &fill, &failed, &mu] {
+        try {
+          apply_range(v, b, e, masks, fill);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(mu);
+          failed = std::current_exception();
+        }
+      });
+    }
   }
-  apply_range(v, 0, std::min(elements, share * per_block), masks);
+  try {
+    apply_range(v, 0, std::min(elements, share * per_block), masks, fill);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu);
+    failed = std::current_exception();
+  }
   for (auto& th : pool) th.join();
+  if (failed) std::rethrow_exception(failed);
 }
 
 void apply_masks(RingVector& vec, const std::vector<Mask>& masks) {
@@ -399,34 +443,71 @@ Status Client::receive(const std::vector<EncryptedShare>& shares) {
 }
 
 StatusOr<RingVector> Client::mask(const float* update, size_t n, uint64_t samples) {
+  return mask({{update, nullptr, 0, n}}, n, samples);
+}
+
+namespace {
+
+// Fixed point of one block: out[i] = round(clip(now[i] - was[i]) * scale) in the
+// ring, for the segments' elements in [at, at + n). Returns false on a value that is
+// not finite; counts the clipped ones.
+template <typename T>
+bool encode_block(const std::vector<UpdateSegment>& segs, T* out, size_t at, size_t n, float clip, double scale,
+                  uint64_t& clipped) {
+  // The first segment that ends after `at` (segments tile [0, total) in order).
+  auto seg = std::upper_bound(segs.begin(), segs.end(), at,
+                              [](size_t a, const UpdateSegment& g) { return a < g.offset + g.n; });
+  size_t done = 0;
+  bool finite = true;
+  uint64_t clips = 0;
+  for (; done < n && seg != segs.end(); ++seg) {
+    const size_t from = at + done - seg->offset;
+    const size_t m = std::min(seg->n - from, n - done);
+    const float* now = seg->now + from;
+    const float* was = seg->was ? seg->was + from : nullptr;
+    T* o = out + done;
+    for (size_t i = 0; i < m; ++i) {
+      const float x = was ? now[i] - was[i] : now[i];
+      finite &= std::isfinite(x);
+      const float c = std::min(std::max(x, -clip), clip);
+      clips += c != x;
+      if constexpr (sizeof(T) == 4) {
+        // |c * scale| < 2^30 (fraction_bits keeps K of them below 2^30): round to
+        // nearest even with the 1.5 * 2^52 trick, exact for |y| < 2^51, vectorizable.
+        const double y = static_cast<double>(c) * scale + 6755399441055744.0;
+        uint64_t bits;
+        std::memcpy(&bits, &y, sizeof bits);
+        o[i] = static_cast<T>(bits);
+      } else {
+        o[i] = static_cast<T>(static_cast<int64_t>(std::nearbyint(static_cast<double>(c) * scale)));
+      }
+    }
+    done += m;
+  }
+  clipped += clips;
+  return finite;
+}
+
+}  // namespace
+
+StatusOr<RingVector> Client::mask(const std::vector<UpdateSegment>& update, size_t n, uint64_t samples) {
   if (!received_) return Status(StatusCode::kFailedPrecondition, "secure aggregation: masking before the shares arrived");
   if (masked_) return Status(StatusCode::kFailedPrecondition, "secure aggregation: this round's update was already masked");
+  size_t expect = 0;
+  for (const auto& g : update) {
+    if (g.offset != expect || !g.now) {
+      return Status(StatusCode::kInvalidArgument, "secure aggregation: update segments do not tile the parameters");
+    }
+    expect += g.n;
+  }
+  if (expect != n) return Status(StatusCode::kInvalidArgument, "secure aggregation: update segments do not tile the parameters");
   masked_ = true;
   RingVector v;
   v.modulus_bits = settings_.modulus_bits;
-  const size_t width = settings_.modulus_bits / 8;
-  v.bytes.assign((n + 1) * width, 0);
+  v.bytes.resize((n + 1) * (settings_.modulus_bits / 8));
   const double w = std::min(static_cast<double>(samples), settings_.weight_scale) / settings_.weight_scale;
   const double scale = std::ldexp(w, static_cast<int>(settings_.fraction_bits));
   const float clip = static_cast<float>(settings_.clip);
-  clipped_ = 0;
-  auto encode = [&](auto* out) {
-    using T = std::remove_pointer_t<decltype(out)>;
-    for (size_t i = 0; i < n; ++i) {
-      float x = update[i];
-      if (!std::isfinite(x)) return false;
-      if (x > clip || x < -clip) {
-        ++clipped_;
-        x = std::clamp(x, -clip, clip);
-      }
-      out[i] = static_cast<T>(static_cast<int64_t>(std::llround(static_cast<double>(x) * scale)));
-    }
-    out[n] = static_cast<T>(static_cast<int64_t>(std::llround(std::ldexp(w, static_cast<int>(settings_.fraction_bits)))));
-    return true;
-  };
-  const bool finite = settings_.modulus_bits == 32 ? encode(reinterpret_cast<uint32_t*>(v.bytes.data()))
-                                                   : encode(reinterpret_cast<uint64_t*>(v.bytes.data()));
-  if (!finite) return Status(StatusCode::kInvalidArgument, "secure aggregation: the update has a value that is not finite");
   std::vector<Mask> masks;
   masks.push_back({self_key(context_, id_, b_.data()), +1});
   for (uint32_t j : in_u2_) {
@@ -434,8 +515,29 @@ StatusOr<RingVector> Client::mask(const float* update, size_t n, uint64_t sample
     if (!k) return Status(StatusCode::kInvalidArgument, "secure aggregation: pod " + std::to_string(j) + "'s mask key is invalid");
     masks.push_back({*k, id_ < j ? +1 : -1});
   }
-  apply_masks(v, masks);
+  std::atomic<bool> finite{true};
+  std::atomic<uint64_t> clipped{0};
+  auto run = [&](auto* out) {
+    using T = std::remove_pointer_t<decltype(out)>;
+    const int64_t weight = static_cast<int64_t>(std::llround(std::ldexp(w, static_cast<int>(settings_.fraction_bits))));
+    Fill<T> fill = [&](T* o, size_t at, size_t count) {
+      // The last element of the vector is the weight.
+      const size_t values = at >= n ? 0 : std::min(count, n - at);
+      uint64_t c = 0;
+      if (values > 0 && !encode_block(update, o, at, values, clip, scale, c)) finite = false;
+      if (values < count) o[values] = static_cast<T>(weight);
+      clipped += c;
+    };
+    apply_masks_t(out, n + 1, masks, fill);
+  };
+  if (settings_.modulus_bits == 32) run(reinterpret_cast<uint32_t*>(v.bytes.data()));
+  else run(reinterpret_cast<uint64_t*>(v.bytes.data()));
   for (auto& m : masks) sodium_memzero(m.key.data(), m.key.size());
+  clipped_ = clipped;
+  if (!finite) {
+    sodium_memzero(v.bytes.data(), v.bytes.size());
+    return Status(StatusCode::kInvalidArgument, "secure aggregation: the update has a value that is not finite");
+  }
   return v;
 }
 
@@ -647,6 +749,41 @@ Status Server::add_reveal(uint32_t id, const Reveal& reveal) {
 }
 
 StatusOr<std::vector<double>> Server::finish() {
+  FEDPOD_RETURN_IF_ERROR(unmask_sum());
+  std::vector<double> out(elements_);
+  const double q = std::ldexp(1.0, -static_cast<int>(settings_.fraction_bits));
+  if (settings_.modulus_bits == 32) {
+    const auto* p = reinterpret_cast<const uint32_t*>(sum_.data());
+    for (size_t i = 0; i < elements_; ++i) out[i] = static_cast<double>(static_cast<int32_t>(p[i])) * q;
+  } else {
+    const auto* p = reinterpret_cast<const uint64_t*>(sum_.data());
+    for (size_t i = 0; i < elements_; ++i) out[i] = static_cast<double>(static_cast<int64_t>(p[i])) * q;
+  }
+  return out;
+}
+
+StatusOr<double> Server::add_average_to(float* params, size_t n) {
+  if (elements_ != n + 1) {
+    return Status(StatusCode::kInvalidArgument, "secure aggregation: the sum has " + std::to_string(elements_) +
+                                                    " elements, not " + std::to_string(n) + " parameters and the weight");
+  }
+  FEDPOD_RETURN_IF_ERROR(unmask_sum());
+  const double q = std::ldexp(1.0, -static_cast<int>(settings_.fraction_bits));
+  auto run = [&](const auto* p) -> StatusOr<double> {
+    using S = std::make_signed_t<std::remove_const_t<std::remove_pointer_t<decltype(p)>>>;
+    const double total = static_cast<double>(static_cast<S>(p[n])) * q;
+    if (!(total > 0)) {
+      return Status(StatusCode::kInternal, "secure aggregation: the summed weight is not positive");
+    }
+    const double k = q / total;
+    for (size_t i = 0; i < n; ++i) params[i] += static_cast<float>(static_cast<double>(static_cast<S>(p[i])) * k);
+    return total;
+  };
+  if (settings_.modulus_bits == 32) return run(reinterpret_cast<const uint32_t*>(sum_.data()));
+  return run(reinterpret_cast<const uint64_t*>(sum_.data()));
+}
+
+Status Server::unmask_sum() {
   if (step_ != Step::kUnmask) return Status(StatusCode::kFailedPrecondition, "secure aggregation: finish before step D");
   step_ = Step::kDone;
   const uint32_t t = settings_.threshold;
@@ -700,21 +837,10 @@ StatusOr<std::vector<double>> Server::finish() {
     }
     sodium_memzero(sk->data(), sk->size());
   }
-  RingVector v;
-  v.modulus_bits = settings_.modulus_bits;
-  v.bytes = std::move(sum_);
-  apply_masks(v, masks);
+  if (settings_.modulus_bits == 32) apply_masks_t(reinterpret_cast<uint32_t*>(sum_.data()), elements_, masks);
+  else apply_masks_t(reinterpret_cast<uint64_t*>(sum_.data()), elements_, masks);
   wipe();
-  std::vector<double> out(elements_);
-  const int f = static_cast<int>(settings_.fraction_bits);
-  if (settings_.modulus_bits == 32) {
-    const auto* p = reinterpret_cast<const uint32_t*>(v.bytes.data());
-    for (size_t i = 0; i < elements_; ++i) out[i] = std::ldexp(static_cast<double>(static_cast<int32_t>(p[i])), -f);
-  } else {
-    const auto* p = reinterpret_cast<const uint64_t*>(v.bytes.data());
-    for (size_t i = 0; i < elements_; ++i) out[i] = std::ldexp(static_cast<double>(static_cast<int64_t>(p[i])), -f);
-  }
-  return out;
+  return Status();
 }
 
 }  // namespace fedpod::protocol::secagg

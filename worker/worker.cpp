@@ -1434,16 +1434,19 @@ struct Worker::Impl {
       auto [state, keep] = j->engine->read_state();
       const auto& layout = j->engine->layout();
       const auto& base = j->result->base;
+      // The update is the trained parameters minus the round's (the received
+      // frames): read in place, encoded and masked in one pass.
       torch::Tensor flat = state.contiguous();
-      std::vector<float> update(static_cast<size_t>(flat.numel()));
       const float* now = flat.data_ptr<float>();
+      std::vector<torch::Tensor> was(base.size());
+      std::vector<protocol::secagg::UpdateSegment> update;
       for (size_t k = 0; k < layout.size(); ++k) {
-        torch::Tensor b = base[k].contiguous().view({-1});
-        const float* was = b.data_ptr<float>();
-        const int64_t off = layout[k].offset;
-        for (int64_t i = 0; i < layout[k].numel; ++i) update[off + i] = now[off + i] - was[i];
+        was[k] = base[k].contiguous();
+        const auto off = static_cast<size_t>(layout[k].offset), n = static_cast<size_t>(layout[k].numel);
+        update.push_back({now + off, was[k].data_ptr<float>(), off, n});
       }
-      auto masked = j->secagg_client->mask(update.data(), update.size(), static_cast<uint64_t>(j->result->num_samples));
+      auto masked = j->secagg_client->mask(update, static_cast<size_t>(flat.numel()),
+                                           static_cast<uint64_t>(j->result->num_samples));
       return reply(*routing_copy, job_id, request_id, [&](protocol::Outgoing& o) {
         if (!masked.ok()) {
           protocol::set_error(o.envelope(), masked.status());

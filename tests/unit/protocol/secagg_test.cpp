@@ -4,6 +4,7 @@
 #include "fedpod/protocol/secagg.h"
 
 #include <gtest/gtest.h>
+#include <sodium.h>
 
 #include <cmath>
 #include <memory>
@@ -400,6 +401,24 @@ TEST(SecAgg, MasksCancelOverManyThreadsAndLongVectors) {
   EXPECT_LT(zeros, v.bytes.size() / 128);
   add_prg(v, key.data(), -1);
   for (size_t i = 0; i < v.bytes.size(); ++i) ASSERT_EQ(v.bytes[i], 0) << i;
+}
+
+// The masks are ChaCha20 as RFC 8439 and libsodium define it: the same key gives
+// libsodium's crypto_stream_chacha20_ietf keystream (zero nonce, block counter 0),
+// here read back from a vector of zeros as little-endian ring elements.
+TEST(SecAgg, MaskKeystreamIsLibsodiumsChaCha20) {
+  ASSERT_GE(sodium_init(), 0);
+  std::array<uint8_t, 32> key;
+  randombytes_buf(key.data(), key.size());
+  for (size_t bytes : {size_t{64}, size_t{100000}, (size_t{9} << 20) + 64}) {
+    RingVector v;
+    v.bytes.assign(bytes, 0);
+    add_prg(v, key.data(), +1);
+    std::vector<uint8_t> want(bytes);
+    const uint8_t nonce[crypto_stream_chacha20_ietf_NONCEBYTES] = {};
+    crypto_stream_chacha20_ietf(want.data(), want.size(), nonce, key.data());
+    ASSERT_TRUE(std::equal(want.begin(), want.end(), v.bytes.begin())) << bytes << " bytes";
+  }
 }
 
 }  // namespace

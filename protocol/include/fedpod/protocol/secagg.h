@@ -16,7 +16,8 @@
 //   C. mask        the pod receives the shares addressed to it (from neighbours in
 //                  U2), encodes its weighted update in fixed point modulo 2^32 or
 //                  2^64 and adds a self mask PRG(b) and, for each neighbour j in
-//                  U2, ±PRG(s_ij) (+ when its id is lower): ChaCha20 keystreams.
+//                  U2, ±PRG(s_ij) (+ when its id is lower): ChaCha20 keystreams
+//                  (RFC 8439, through OpenSSL; vectors up to 2^32 blocks of 64 bytes).
 //                  The pairwise masks cancel in the sum.                          -> U3
 //   D. unmask      given the survivors U3 and the dropped U2 \ U3, each pod reveals,
 //                  for each neighbour, the share of b (a survivor) or the share of
@@ -137,6 +138,15 @@ struct RingVector {
   size_t size() const { return bytes.size() / (modulus_bits / 8); }
 };
 
+// Part of a pod's update: elements [offset, offset + n) are now[i] - was[i] (was
+// null: now[i] itself). A pod's segments tile its parameters in order.
+struct UpdateSegment {
+  const float* now = nullptr;
+  const float* was = nullptr;
+  size_t offset = 0;
+  size_t n = 0;
+};
+
 // The pod's side of one round. Not thread-safe; secrets wiped on destruction.
 class Client {
  public:
@@ -156,8 +166,10 @@ class Client {
   // Refuses shares not from a neighbour, not to this pod, that fail decryption, or
   // fewer than t of them.
   Status receive(const std::vector<EncryptedShare>& shares);
-  // The masked update (`n` float values plus the weight element).
+  // The masked update (`n` float values plus the weight element). Encoding and
+  // masking are one pass over the vector, on several threads when it is large.
   StatusOr<RingVector> mask(const float* update, size_t n, uint64_t samples);
+  StatusOr<RingVector> mask(const std::vector<UpdateSegment>& update, size_t n, uint64_t samples);
   // How many coordinates mask() clipped.
   uint64_t clipped() const { return clipped_; }
 
@@ -210,12 +222,17 @@ class Server {
   // Step D's reply from `id`.
   Status add_reveal(uint32_t id, const Reveal& reveal);
   // Removes the masks; the decoded sums: n update coordinates, then the total weight.
+  // Either this or add_average_to, once.
   StatusOr<std::vector<double>> finish();
+  // Removes the masks and adds the weighted average update (sum / total weight) to
+  // `params` (n values) in one pass; returns the total weight.
+  StatusOr<double> add_average_to(float* params, size_t n);
 
   const std::map<uint32_t, std::vector<uint32_t>>& graph() const { return graph_; }
   const Settings& settings() const { return settings_; }
 
  private:
+  Status unmask_sum();
   Settings settings_;
   Context context_;
   std::vector<uint32_t> ids_;
