@@ -37,9 +37,14 @@
 #include "fedpod/worker/engine.h"
 #include "fedpod/worker/runner.h"
 #include "fedpod/worker/trainer.h"
-#include "fedpod/worker/wire_convert.h"
+#include "fedpod/protocol/wire_convert.h"
 
 namespace fedpod::worker {
+
+using protocol::from_wire;
+using protocol::parameter_views;
+using protocol::tensor_specs;
+using protocol::to_wire;
 namespace {
 
 using Clock = std::chrono::steady_clock;

@@ -21,6 +21,8 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -30,7 +32,9 @@
 #include "fedpod/data/dataset.h"
 #include "fedpod/model/custom.h"
 #include "fedpod/protocol/codec.h"
-#include "fedpod/worker/wire_convert.h"
+#include "fedpod/protocol/secagg.h"
+#include "fedpod/protocol/secagg_wire.h"
+#include "fedpod/protocol/wire_convert.h"
 
 namespace fedpod::fuzz {
 namespace {
@@ -112,7 +116,7 @@ void start_job(const Receiver& rx, protocol::Incoming& in, wire::StartJob::Reade
   Hyperparameters hp(hp_json);  // ConfigError unless an object: the pod replies invalid
   (void)hp.integer("batch_size", 32);
   (void)sj.getSeed();
-  data::Datastructure ds = worker::from_wire(sj.getDatastructure());
+  data::Datastructure ds = protocol::from_wire(sj.getDatastructure());
   auto splits = data::make_splits(rx.table, ds);
   if (splits.ok()) (void)splits->train.size();
 }
@@ -140,6 +144,24 @@ void take(const Receiver& rx, protocol::Incoming& in, capnp::List<wire::TensorIn
     offset += t.numel();
   }
   if (fedavg.fold(segments, fold_weight).ok()) (void)fedavg.finish();
+}
+
+protocol::secagg::Settings secagg_settings() {
+  protocol::secagg::Settings s;
+  s.threshold = 3;
+  s.neighbours = 4;
+  s.clip = 10;
+  s.modulus_bits = 32;
+  s.fraction_bits = protocol::secagg::fraction_bits(32, 10, 5);
+  return s;
+}
+
+// A fresh pod-side protocol state for each input (its keys are random; only its
+// checks of the neighbours' keys are under test).
+protocol::secagg::Client& secagg_client() {
+  static std::unique_ptr<protocol::secagg::Client> c;
+  c = std::make_unique<protocol::secagg::Client>(secagg_settings(), protocol::secagg::Context{"fuzz", 1}, 1);
+  return *c;
 }
 
 void walk(const Receiver& rx, protocol::Incoming& in) {
@@ -193,7 +215,7 @@ void walk(const Receiver& rx, protocol::Incoming& in) {
       for (auto d : hr.getDevices()) pod += d.cStr();
       pod += hr.getActiveJob().cStr();
       (void)hr.getMaxFrameBytes();
-      data::Schema schema = worker::from_wire(hr.getSchema());
+      data::Schema schema = protocol::from_wire(hr.getSchema());
       (void)static_cast<int64_t>(hr.getSchema().getNumRows());
       auto features = data::resolve_features(schema, rx.job_ds);
       if (features.ok())
@@ -213,6 +235,7 @@ void walk(const Receiver& rx, protocol::Incoming& in) {
       (void)d.getNumSamples();
       metrics(d.getMetrics());
       (void)d.getSeconds();
+      if (d.hasSecAggKeys()) (void)protocol::secagg::from_wire(d.getSecAggKeys()).c_pk.size();
       break;
     }
     case W::TRAIN_RESULT: {
@@ -223,6 +246,11 @@ void walk(const Receiver& rx, protocol::Incoming& in) {
       // The coordinator refuses num_samples 0 (trainDone) before fetching; FedAvg
       // weights by it.
       const uint64_t n = r.getNumSamples();
+      if (r.getMasked()) {  // secure aggregation: one ring vector of numel + 1 int32s
+        auto ring = in.take_tensors(r.getTensors(), {{"secagg", {rx.numel + 1}}}, false, wire::DType::INT32);
+        if (ring.ok()) (void)(*ring)[0].nbytes();
+        break;
+      }
       take(rx, in, r.getTensors(), n == 0 ? 1.0 : static_cast<double>(n), r.getDelta());
       break;
     }
@@ -244,6 +272,43 @@ void walk(const Receiver& rx, protocol::Incoming& in) {
     }
     case W::JOB_ENDED:
       break;
+    // Secure aggregation (protocol/secagg.h): what a pod reads (share, mask, unmask)
+    // and what a coordinator reads (shares, masked, reveal), checked by the protocol.
+    case W::SEC_AGG_SHARE: {
+      auto m = body.getSecAggShare();
+      std::map<uint32_t, protocol::secagg::PublicKeys> nb;
+      for (auto p : m.getNeighbours()) nb[p.getId()] = protocol::secagg::from_wire(p.getKeys());
+      if (nb.size() <= 64) (void)secagg_client().share(nb);
+      break;
+    }
+    case W::SEC_AGG_SHARES:
+      (void)protocol::secagg::from_wire(body.getSecAggShares().getShares()).size();
+      break;
+    case W::SEC_AGG_MASK: {
+      auto shares = protocol::secagg::from_wire(body.getSecAggMask().getShares());
+      protocol::secagg::Client c(secagg_settings(), {"fuzz", body.getSecAggMask().getRound()}, 1);
+      (void)c.receive(shares);  // refused: not shared yet
+      break;
+    }
+    case W::SEC_AGG_MASKED:
+      (void)body.getSecAggMasked().getRound();
+      break;
+    case W::SEC_AGG_UNMASK: {
+      auto m = body.getSecAggUnmask();
+      std::vector<uint32_t> survivors, dropped;
+      for (uint32_t id : m.getSurvivors()) survivors.push_back(id);
+      for (uint32_t id : m.getDropped()) dropped.push_back(id);
+      protocol::secagg::Client c(secagg_settings(), {"fuzz", m.getRound()}, 1);
+      (void)c.unmask(survivors, dropped);  // refused: nothing masked yet
+      break;
+    }
+    case W::SEC_AGG_REVEAL: {
+      auto m = body.getSecAggReveal();
+      protocol::secagg::Reveal r{protocol::secagg::from_wire(m.getSelfMask()),
+                                 protocol::secagg::from_wire(m.getPairKey())};
+      (void)(r.self_mask.size() + r.pair_key.size());
+      break;
+    }
   }
 }
 

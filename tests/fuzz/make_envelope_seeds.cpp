@@ -24,7 +24,8 @@
 #include "envelope_fuzz.h"
 #include "fedpod/common/sha256.h"
 #include "fedpod/protocol/codec.h"
-#include "fedpod/worker/wire_convert.h"
+#include "fedpod/protocol/secagg.h"
+#include "fedpod/protocol/wire_convert.h"
 
 namespace fedpod::fuzz {
 namespace {
@@ -80,7 +81,7 @@ std::map<std::string, std::string> seeds() {
   s["hello-reply"] = message([](protocol::Outgoing& o) {
     auto r = o.envelope().getBody().initHelloReply();
     r.setPodName("pod-a");
-    worker::to_wire(pod_schema(), r.initSchema());
+    protocol::to_wire(pod_schema(), r.initSchema());
     auto devices = r.initDevices(2);
     devices.set(0, "cpu");
     devices.set(1, "cpu");
@@ -90,7 +91,7 @@ std::map<std::string, std::string> seeds() {
   s["start-job"] = message([&](protocol::Outgoing& o) {
     auto sj = o.envelope().getBody().initStartJob();
     model_ref(sj.initModel());
-    worker::to_wire(pod_datastructure(), sj.initDatastructure());
+    protocol::to_wire(pod_datastructure(), sj.initDatastructure());
     sj.setSeed(1);
   });
   // A custom model: its artifact travels as the last frame, hashed by the pod.
@@ -108,7 +109,7 @@ std::map<std::string, std::string> seeds() {
       m.setFormat("torchscript");
       m.setArtifactFrame(o.attach_bytes(artifact));
       m.setArtifactBytes(declared_bytes);
-      worker::to_wire(pod_datastructure(), sj.initDatastructure());
+      protocol::to_wire(pod_datastructure(), sj.initDatastructure());
     });
   };
   s["start-job-custom"] = custom(artifact->size());
@@ -117,7 +118,7 @@ std::map<std::string, std::string> seeds() {
     auto sj = o.envelope().getBody().initStartJob();
     sj.initModel().setModelRef("mlp");
     sj.getModel().setHyperparameters("[1, 2]");
-    worker::to_wire(pod_datastructure(), sj.initDatastructure());
+    protocol::to_wire(pod_datastructure(), sj.initDatastructure());
   });
   s["job-accepted"] = message([](protocol::Outgoing& o) {
     auto a = o.envelope().getBody().initJobAccepted();
@@ -155,6 +156,80 @@ std::map<std::string, std::string> seeds() {
     d.setNumSamples(6);
     metrics(d.initMetrics(2), 0.75);
     d.setSeconds(0.125);
+  });
+  // Secure aggregation's messages (protocol/secagg.h), with well-formed sizes.
+  auto key = [](char c) { return std::string(32, c); };
+  auto data = [](const std::string& b) {
+    return capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(b.data()), b.size());
+  };
+  auto keys = [&](wire::SecAggKeys::Builder k, char c) {
+    k.setCPk(data(key(c)));
+    k.setSPk(data(key(c + 1)));
+    k.setBCommit(data(key(c + 2)));
+  };
+  s["train-done-secagg"] = message([&](protocol::Outgoing& o) {
+    auto d = o.envelope().getBody().initTrainDone();
+    d.setRound(2);
+    d.setNumSamples(6);
+    keys(d.initSecAggKeys(), 'a');
+  });
+  s["secagg-share"] = message([&](protocol::Outgoing& o) {
+    auto m = o.envelope().getBody().initSecAggShare();
+    m.setRound(2);
+    auto list = m.initNeighbours(3);
+    for (unsigned i = 0; i < 3; ++i) {
+      list[i].setId(i + 2);
+      keys(list[i].initKeys(), static_cast<char>('d' + 3 * i));
+    }
+  });
+  auto boxes = [&](capnp::List<wire::SecAggShareBox>::Builder list) {
+    for (unsigned i = 0; i < list.size(); ++i) {
+      list[i].setOwner(i + 2);
+      list[i].setRecipient(1);
+      list[i].setCiphertext(data(std::string(protocol::secagg::kShareCipherBytes, static_cast<char>('p' + i))));
+    }
+  };
+  s["secagg-shares"] = message([&](protocol::Outgoing& o) {
+    auto m = o.envelope().getBody().initSecAggShares();
+    m.setRound(2);
+    boxes(m.initShares(3));
+  });
+  s["secagg-mask"] = message([&](protocol::Outgoing& o) {
+    auto m = o.envelope().getBody().initSecAggMask();
+    m.setRound(2);
+    boxes(m.initShares(3));
+  });
+  s["secagg-masked"] = message([](protocol::Outgoing& o) { o.envelope().getBody().initSecAggMasked().setRound(2); });
+  s["secagg-unmask"] = message([](protocol::Outgoing& o) {
+    auto m = o.envelope().getBody().initSecAggUnmask();
+    m.setRound(2);
+    auto sv = m.initSurvivors(3);
+    for (unsigned i = 0; i < 3; ++i) sv.set(i, i + 1);
+    m.initDropped(1).set(0, 4);
+  });
+  s["secagg-reveal"] = message([&](protocol::Outgoing& o) {
+    auto m = o.envelope().getBody().initSecAggReveal();
+    m.setRound(2);
+    auto self = m.initSelfMask(2);
+    for (unsigned i = 0; i < 2; ++i) {
+      self[i].setOwner(i + 1);
+      self[i].setX(static_cast<uint8_t>(i + 1));
+      self[i].setShare(data(key('s')));
+    }
+    auto pair = m.initPairKey(1);
+    pair[0].setOwner(4);
+    pair[0].setX(2);
+    pair[0].setShare(data(key('k')));
+  });
+  s["train-result-masked"] = message([](protocol::Outgoing& o) {
+    auto r = o.envelope().getBody().initTrainResult();
+    r.setRound(2);
+    r.setNumSamples(6);
+    r.setMasked(true);
+    int64_t numel = 0;
+    for (const auto& t : parameters()) numel += t.tensor.numel();
+    auto infos = r.initTensors(1);
+    o.attach(infos, {{"secagg", torch::arange(numel + 1, torch::kInt32)}});
   });
   s["fetch-result"] =
       message([](protocol::Outgoing& o) { o.envelope().getBody().initFetchResult().setRound(2); });

@@ -26,7 +26,7 @@
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/audit.h"
-#include "fedpod/worker/wire_convert.h"
+#include "fedpod/protocol/wire_convert.h"
 #include "fedpod/worker/worker.h"
 #include "reliability.h"
 #include "running_hub.h"
@@ -333,7 +333,7 @@ TEST_F(AccessTest, TamperedArtifactIsRefusedAndThePodKeepsServing) {
     ds.target = "label";
     ds.num_classes = 10;
     ds.input_shape = {1, 8, 8};
-    worker::to_wire(ds, sj.initDatastructure());
+    protocol::to_wire(ds, sj.initDatastructure());
     auto frames = out.frames();
     EXPECT_TRUE(protocol::send_frames(s, frames));
     zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
@@ -399,7 +399,7 @@ TEST_F(AccessTest, AJobsMessagesAreAcceptedOnlyFromItsOwner) {
     ds.target = "label";
     ds.num_classes = 10;
     ds.scale = 1.0 / 16;
-    worker::to_wire(ds, sj.initDatastructure());
+    protocol::to_wire(ds, sj.initDatastructure());
   });
   ASSERT_EQ(start.first, W::JOB_ACCEPTED) << start.second;
   const std::string not_yours = "job 'owned-job' on pod pod-a belongs to user 'super', not 'granted'";

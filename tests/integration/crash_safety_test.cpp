@@ -47,7 +47,7 @@
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/audit.h"
 #include "fedpod/worker/policy.h"
-#include "fedpod/worker/wire_convert.h"
+#include "fedpod/protocol/wire_convert.h"
 #include "reliability.h"
 #include "running_hub.h"
 #include "testutil.h"
@@ -733,7 +733,7 @@ class PodCrash {
         ds.target = "label";
         ds.num_classes = 10;
         ds.scale = 1.0 / 16;
-        worker::to_wire(ds, sj.initDatastructure());
+        protocol::to_wire(ds, sj.initDatastructure());
         sj.setSeed(7);
       });
       if (!in) {

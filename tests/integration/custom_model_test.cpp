@@ -22,7 +22,7 @@
 #include "fedpod/hub/server.h"
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/socket.h"
-#include "fedpod/worker/wire_convert.h"
+#include "fedpod/protocol/wire_convert.h"
 #include "fedpod/worker/runner.h"
 #include "fedpod/worker/worker.h"
 #include "digits_job.h"
@@ -464,7 +464,7 @@ class TamperTest : public ::testing::Test {
     ds.target = "label";
     ds.num_classes = 10;
     ds.scale = 1.0 / 16;
-    worker::to_wire(ds, sj.initDatastructure());
+    protocol::to_wire(ds, sj.initDatastructure());
     auto frames = out.frames();
     EXPECT_TRUE(protocol::send_frames(socket_, frames));
     zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};

@@ -25,7 +25,7 @@
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
-#include "fedpod/worker/wire_convert.h"
+#include "fedpod/protocol/wire_convert.h"
 #include "fedpod/worker/worker.h"
 #include "digits_job.h"
 #include "identity.h"
@@ -70,7 +70,7 @@ class ScriptedPod {
               std::vector<model::ParamInfo> layout, data::Schema schema, Script script)
       : name_(name),
         layout_(std::move(layout)),
-        specs_(worker::tensor_specs(layout_)),
+        specs_(protocol::tensor_specs(layout_)),
         schema_(std::move(schema)),
         script_(std::move(script)) {
     zap_ = protocol::ZapHandler::for_context(ctx);
@@ -146,7 +146,7 @@ class ScriptedPod {
         reply(job, rid, [&](wire::Envelope::Builder e) {
           auto h = e.getBody().initHelloReply();
           h.setPodName(name_);
-          worker::to_wire(schema_, h.initSchema());
+          protocol::to_wire(schema_, h.initSchema());
           h.initDevices(1).set(0, "cpu");
         });
         return;
@@ -237,7 +237,7 @@ class ScriptedPod {
           r.setSeconds(0.01);
         },
         [&](protocol::Outgoing& out) {
-          out.attach(r.initTensors(layout_.size()), worker::parameter_views(trained, layout_));
+          out.attach(r.initTensors(layout_.size()), protocol::parameter_views(trained, layout_));
         });
   }
 

@@ -20,7 +20,7 @@
 #include "fedpod/protocol/bulk.h"
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/socket.h"
-#include "fedpod/worker/wire_convert.h"
+#include "fedpod/protocol/wire_convert.h"
 #include "digits_job.h"
 #include "fault_jobs.h"
 #include "identity.h"
@@ -152,7 +152,7 @@ SealedJob start_sealed_job(zmq::context_t& ctx, testing::TestIdentity& id, const
   ds.target = "label";
   ds.num_classes = 10;
   ds.scale = 1.0 / 16;
-  worker::to_wire(ds, sj.initDatastructure());
+  protocol::to_wire(ds, sj.initDatastructure());
   const std::string pk = mine.public_key();
   sj.setTensorKey(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(pk.data()), pk.size()));
   Frames f = out.frames();
@@ -219,7 +219,7 @@ TEST(TensorChannel, ForgedReplayedReorderedAndMovedMessagesAreDroppedAndCounted)
   auto result = ja.reply();
   ASSERT_TRUE(result);
   ASSERT_EQ(result->envelope().getBody().which(), W::TRAIN_RESULT);
-  std::vector<protocol::TensorSpec> specs = worker::tensor_specs(ja.layout);
+  std::vector<protocol::TensorSpec> specs = protocol::tensor_specs(ja.layout);
   auto tensors = result->take_tensors(result->envelope().getBody().getTrainResult().getTensors(), specs);
   ASSERT_TRUE(tensors.ok()) << tensors.status().message();
   EXPECT_EQ(tensors->size(), ja.layout.size());

@@ -14,7 +14,7 @@
 
 #include "fedpod/protocol/codec.h"
 #include "fedpod/protocol/socket.h"
-#include "fedpod/worker/wire_convert.h"
+#include "fedpod/protocol/wire_convert.h"
 #include "identity.h"
 #include "testutil.h"
 
@@ -98,7 +98,7 @@ class WorkerTest : public ::testing::Test {
     ds.num_classes = 10;
     ds.scale = 1.0 / 16;
     ds.split = {0.1, 0.2, 3};
-    worker::to_wire(ds, sj.initDatastructure());
+    protocol::to_wire(ds, sj.initDatastructure());
     return client_->request(out);
   }
 
@@ -161,7 +161,7 @@ TEST_F(WorkerTest, HelloAdvertisesSchemaAndDevices) {
   ASSERT_EQ(r->envelope().getBody().which(), W::HELLO_REPLY);
   auto hr = r->envelope().getBody().getHelloReply();
   EXPECT_EQ(std::string(hr.getPodName()), "test-pod");
-  data::Schema schema = worker::from_wire(hr.getSchema());
+  data::Schema schema = protocol::from_wire(hr.getSchema());
   EXPECT_EQ(schema.columns.size(), 65u);
   EXPECT_EQ(schema.columns.back().name, "label");
   EXPECT_EQ(schema.num_rows, 684);
@@ -326,7 +326,7 @@ TEST_F(WorkerTest, MalformedTrainMessagesAreRejectedAndStateKept) {
   ASSERT_EQ(r->envelope().getBody().which(), W::TRAIN_RESULT) << error_of(*r);
   auto tr = r->envelope().getBody().getTrainResult();
   EXPECT_EQ(tr.getNumSamples(), 480u);
-  auto tensors = r->take_tensors(tr.getTensors(), worker::tensor_specs(l));
+  auto tensors = r->take_tensors(tr.getTensors(), protocol::tensor_specs(l));
   ASSERT_TRUE(tensors.ok()) << tensors.status().to_string();
   // Five SGD steps from zero moved the weights.
   EXPECT_GT((*tensors)[0].abs().sum().item<double>(), 0.0);
@@ -345,7 +345,7 @@ TEST_F(WorkerTest, FetchResultNeedsATrainedRound) {
   auto first = fetch(1), second = fetch(1);
   ASSERT_EQ(first->envelope().getBody().which(), W::TRAIN_RESULT);
   ASSERT_EQ(second->envelope().getBody().which(), W::TRAIN_RESULT);
-  auto specs = worker::tensor_specs(layout());
+  auto specs = protocol::tensor_specs(layout());
   auto a = first->take_tensors(first->envelope().getBody().getTrainResult().getTensors(), specs);
   auto b = second->take_tensors(second->envelope().getBody().getTrainResult().getTensors(), specs);
   ASSERT_TRUE(a.ok() && b.ok());
@@ -470,7 +470,7 @@ TEST(WorkerPrivacyTest, HelloHidesInferredCategories) {
     out.envelope().getBody().initHello();
     auto r = client.request(out);
     ASSERT_NE(r, nullptr);
-    data::Schema schema = worker::from_wire(r->envelope().getBody().getHelloReply().getSchema());
+    data::Schema schema = protocol::from_wire(r->envelope().getBody().getHelloReply().getSchema());
     ASSERT_EQ(schema.columns.size(), 3u);
     EXPECT_EQ(schema.columns[0].type, data::ColumnType::kCategorical);
     EXPECT_TRUE(schema.columns[0].categories.empty());
@@ -564,7 +564,7 @@ TEST_F(TwoDeviceWorkerTest, FailingReplicaFailsTheRoundByNameThenTheNextRoundTra
   ASSERT_EQ(done->envelope().getBody().which(), W::TRAIN_DONE) << error_of(*done);
   auto result = fetch(1);
   ASSERT_EQ(result->envelope().getBody().which(), W::TRAIN_RESULT) << error_of(*result);
-  auto specs = worker::tensor_specs(layout());
+  auto specs = protocol::tensor_specs(layout());
   auto got = result->take_tensors(result->envelope().getBody().getTrainResult().getTensors(), specs);
   ASSERT_TRUE(got.ok()) << got.status().to_string();
 

@@ -58,6 +58,37 @@ TEST_F(JobSpecTest, UpdatePrecision) {
   EXPECT_NE(e.find("update_precision: 'float16' is not float32 or bfloat16"), std::string::npos) << e;
 }
 
+// secure_aggregation: true, or a map of its settings; what cannot work is refused.
+TEST_F(JobSpecTest, SecureAggregationSettings) {
+  const std::string three = "model: {ref: mlp}\ndatastructure: {target: label, num_classes: 10}\n"
+                            "key_file: keys/modeller.key\npods: [{name: a, address: 'tcp://127.0.0.1:1'}, "
+                            "{name: b, address: 'tcp://127.0.0.1:2'}, {name: c, address: 'tcp://127.0.0.1:3'}]\n";
+  EXPECT_FALSE(parse_job_spec(three, "job.yaml", "/").secure_aggregation.enabled);
+  const JobSpec on = parse_job_spec(three + "secure_aggregation: true\n", "job.yaml", "/");
+  EXPECT_TRUE(on.secure_aggregation.enabled);
+  EXPECT_EQ(on.secure_aggregation.threshold, 0u);  // resolved from the pod count when the job starts
+  EXPECT_EQ(on.secure_aggregation.modulus_bits, 0u);
+  const JobSpec set = parse_job_spec(
+      three + "secure_aggregation: {threshold: 2, neighbours: 2, clip: 0.5, modulus_bits: 64}\n", "job.yaml", "/");
+  EXPECT_TRUE(set.secure_aggregation.enabled);
+  EXPECT_EQ(set.secure_aggregation.threshold, 2u);
+  EXPECT_EQ(set.secure_aggregation.neighbours, 2u);
+  EXPECT_DOUBLE_EQ(set.secure_aggregation.clip, 0.5);
+  EXPECT_EQ(set.secure_aggregation.modulus_bits, 64u);
+  auto error = [&](const std::string& extra, const std::string& base) {
+    return testing::config_error([&] { parse_job_spec(base + extra, "job.yaml", "/"); });
+  };
+  EXPECT_CONTAINS(error("secure_aggregation: true\n", kMinimalJob), "secure_aggregation: needs at least 3 pods");
+  EXPECT_CONTAINS(error("secure_aggregation: true\nupdate_precision: bfloat16\n", three),
+                  "update_precision bfloat16 does not apply");
+  EXPECT_CONTAINS(error("secure_aggregation: {threshold: 9}\n", three),
+                  "secure_aggregation.threshold: must be between 2 and the number of pods (3)");
+  EXPECT_CONTAINS(error("secure_aggregation: {clip: -1}\n", three), "secure_aggregation.clip: must be a positive number");
+  EXPECT_CONTAINS(error("secure_aggregation: {modulus_bits: 16}\n", three),
+                  "secure_aggregation.modulus_bits: '16' is not 32, 64 or auto");
+  EXPECT_CONTAINS(error("secure_aggregation: {treshold: 3}\n", three), "treshold");
+}
+
 // sandbox: how the coordinator's runner confines a custom model while it is built.
 TEST_F(JobSpecTest, SandboxSettingsForTheCoordinatorsRunner) {
   JobSpec d = parse_job_spec(kMinimalJob, "job.yaml", "/");

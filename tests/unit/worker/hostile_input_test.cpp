@@ -13,7 +13,7 @@
 #include "fedpod/data/dataset.h"
 #include "fedpod/protocol/codec.h"
 #include "fedpod/worker/config.h"
-#include "fedpod/worker/wire_convert.h"
+#include "fedpod/protocol/wire_convert.h"
 #include "testutil.h"
 
 namespace fedpod::worker {
@@ -35,7 +35,7 @@ TEST(HostileInputTest, StartJobInputShapeThatOverflowsInt64IsRefused) {
   ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
   auto body = (*parsed)->envelope().getBody();
   ASSERT_EQ(body.which(), wire::Envelope::Body::START_JOB);
-  data::Datastructure ds = from_wire(body.getStartJob().getDatastructure());
+  data::Datastructure ds = protocol::from_wire(body.getStartJob().getDatastructure());
   EXPECT_EQ(ds.input_shape, (std::vector<int64_t>{3819052484026957824, 105587565199361}));
 
   // The pod's table as the fuzz target has it: four features, a city, a label.

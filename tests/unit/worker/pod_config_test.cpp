@@ -55,6 +55,22 @@ TEST_F(PodConfigTest, BadMessageBoundsNameTheKey) {
   EXPECT_EQ(error("receiving_process: maybe\n"), "pod.yaml: receiving_process: expected true or false, got \"maybe\"");
 }
 
+// secure_aggregation: the pod owner's demand on how updates are aggregated.
+TEST_F(PodConfigTest, SecureAggregationDemand) {
+  EXPECT_FALSE(parse("").secure_aggregation.required);
+  EXPECT_TRUE(parse("secure_aggregation: required\n").secure_aggregation.required);
+  EXPECT_FALSE(parse("secure_aggregation: optional\n").secure_aggregation.required);
+  const PodConfig m = parse("secure_aggregation: {required: true, min_threshold: 4}\n");
+  EXPECT_TRUE(m.secure_aggregation.required);
+  EXPECT_EQ(m.secure_aggregation.min_threshold, 4u);
+  EXPECT_EQ(error("secure_aggregation: always\n"),
+            "pod.yaml: secure_aggregation: expected required or optional (or a map {required, min_threshold}), got "
+            "\"always\"");
+  EXPECT_EQ(error("secure_aggregation: {min_threshold: 1}\n"),
+            "pod.yaml: secure_aggregation.min_threshold: must be at least 2 (the protocol's own minimum)");
+  EXPECT_NE(error("secure_aggregation: {threshold: 3}\n").find("threshold"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace fedpod::worker
 

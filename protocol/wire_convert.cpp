@@ -1,6 +1,6 @@
-#include "fedpod/worker/wire_convert.h"
+#include "fedpod/protocol/wire_convert.h"
 
-namespace fedpod::worker {
+namespace fedpod::protocol {
 
 void to_wire(const data::Schema& schema, wire::Schema::Builder out) {
   auto cols = out.initColumns(schema.columns.size());
@@ -77,19 +77,19 @@ data::Datastructure from_wire(wire::Datastructure::Reader in) {
   return ds;
 }
 
-std::vector<protocol::TensorSpec> tensor_specs(const std::vector<model::ParamInfo>& layout) {
-  std::vector<protocol::TensorSpec> specs;
+std::vector<TensorSpec> tensor_specs(const std::vector<model::ParamInfo>& layout) {
+  std::vector<TensorSpec> specs;
   specs.reserve(layout.size());
   for (const auto& p : layout) specs.push_back({p.name, p.shape});
   return specs;
 }
 
-std::vector<protocol::NamedTensor> parameter_views(const torch::Tensor& flat,
+std::vector<NamedTensor> parameter_views(const torch::Tensor& flat,
                                                    const std::vector<model::ParamInfo>& layout) {
-  std::vector<protocol::NamedTensor> out;
+  std::vector<NamedTensor> out;
   out.reserve(layout.size());
   for (const auto& p : layout) out.push_back({p.name, flat.narrow(0, p.offset, p.numel).view(p.shape)});
   return out;
 }
 
-}  // namespace fedpod::worker
+}  // namespace fedpod::protocol
