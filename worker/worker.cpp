@@ -1267,16 +1267,16 @@ struct Worker::Impl {
     opts.seed = job->seed * 1000003ULL + round;
     job->round = round;
     job->last_activity = Clock::now();
-    busy = true;
     Job* j = job.get();
+    // Checked before the pod turns busy: a refused train leaves it free for the next.
     if (t.getUpdateDtype() != wire::DType::FLOAT32 && t.getUpdateDtype() != wire::DType::BFLOAT16) {
       return Status::bad_message("train asks for updates of a dtype that is not float32 or bfloat16");
     }
     const bool bf16_update = t.getUpdateDtype() == wire::DType::BFLOAT16;
     if (bf16_update && j->secagg) {
-      busy = false;
       return Status::bad_message("train asks for bfloat16 updates in a job with secure aggregation");
     }
+    busy = true;
     // A new round: the last one's secure aggregation state is gone.
     j->secagg_client.reset();
     j->masked.reset();

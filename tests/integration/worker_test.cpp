@@ -13,6 +13,8 @@
 #include "fedpod/model/zoo.h"
 
 #include "fedpod/protocol/codec.h"
+#include "fedpod/protocol/secagg.h"
+#include "fedpod/protocol/secagg_wire.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/protocol/wire_convert.h"
 #include "identity.h"
@@ -151,6 +153,101 @@ void expect_still_serving(Client& client) {
   auto r = client.request(hello);
   ASSERT_NE(r, nullptr) << "worker stopped answering";
   EXPECT_EQ(r->envelope().getBody().which(), W::HELLO_REPLY);
+}
+
+// A coordinator that runs secure aggregation's steps out of order, or with bad keys,
+// gets an error naming what is wrong, and the pod keeps serving the job: a refused
+// train does not leave it busy.
+TEST_F(WorkerTest, SecureAggregationStepsOutOfOrderAreRefusedAndThePodKeepsServing) {
+  namespace sa = protocol::secagg;
+  sa::Settings settings;
+  settings.threshold = 3;
+  settings.neighbours = 4;
+  settings.clip = 10;
+  settings.modulus_bits = 32;
+  settings.fraction_bits = sa::fraction_bits(32, 10, 5);
+  settings.weight_scale = 1000;
+  auto start = [&](const std::string& job_id, sa::Settings s) {
+    protocol::Outgoing out(job_id, next_id_++);
+    auto sj = out.envelope().getBody().initStartJob();
+    sj.initModel().setModelRef("logreg");
+    sj.getModel().setHyperparameters("{}");
+    data::Datastructure ds;
+    ds.target = "label";
+    ds.num_classes = 10;
+    ds.scale = 1.0 / 16;
+    ds.split = {0.1, 0.2, 3};
+    protocol::to_wire(ds, sj.initDatastructure());
+    sa::to_wire(s, 1, sj.initSecureAggregation());
+    return client_->request(out);
+  };
+  sa::Settings bad = settings;
+  bad.threshold = 2;  // not a majority of 5 share holders
+  auto refused = start("job-bad", bad);
+  ASSERT_TRUE(refused);
+  EXPECT_NE(error_of(*refused).find("more than half"), std::string::npos) << error_of(*refused);
+
+  auto accepted = start("job-1", settings);
+  ASSERT_TRUE(accepted);
+  ASSERT_EQ(accepted->envelope().getBody().which(), W::JOB_ACCEPTED) << error_of(*accepted);
+  auto share = [&](std::vector<std::pair<uint32_t, sa::PublicKeys>> neighbours) {
+    protocol::Outgoing out("job-1", next_id_++);
+    auto m = out.envelope().getBody().initSecAggShare();
+    m.setRound(1);
+    auto list = m.initNeighbours(static_cast<unsigned>(neighbours.size()));
+    for (unsigned i = 0; i < neighbours.size(); ++i) {
+      list[i].setId(neighbours[i].first);
+      sa::to_wire(neighbours[i].second, list[i].initKeys());
+    }
+    return client_->request(out);
+  };
+  const sa::PublicKeys good{std::string(32, 'c'), std::string(32, 's'), std::string(32, 'b')};
+  auto early = share({{2, good}, {3, good}});
+  ASSERT_TRUE(early);
+  EXPECT_NE(error_of(*early).find("holds no secure aggregation state for round 1"), std::string::npos)
+      << error_of(*early);
+
+  const auto l = layout();
+  auto bf16 = train_msg("job-1", zeros_for(l));
+  bf16->envelope().getBody().getTrain().setUpdateDtype(wire::DType::BFLOAT16);
+  auto no_bf16 = client_->request(*bf16);
+  ASSERT_TRUE(no_bf16);
+  EXPECT_NE(error_of(*no_bf16).find("bfloat16 updates in a job with secure aggregation"), std::string::npos)
+      << error_of(*no_bf16);
+  auto odd = train_msg("job-1", zeros_for(l));
+  odd->envelope().getBody().getTrain().setUpdateDtype(wire::DType::INT32);
+  auto no_odd = client_->request(*odd);
+  ASSERT_TRUE(no_odd);
+  EXPECT_NE(error_of(*no_odd).find("not float32 or bfloat16"), std::string::npos) << error_of(*no_odd);
+  auto done = client_->request(*train_msg("job-1", zeros_for(l)));  // not left busy by the refusals
+  ASSERT_TRUE(done);
+  ASSERT_EQ(done->envelope().getBody().which(), W::TRAIN_DONE) << error_of(*done);
+  ASSERT_TRUE(done->envelope().getBody().getTrainDone().hasSecAggKeys());
+  EXPECT_EQ(sa::from_wire(done->envelope().getBody().getTrainDone().getSecAggKeys()).c_pk.size(), 32u);
+
+  auto too_few = share({{2, good}});
+  ASSERT_TRUE(too_few);
+  EXPECT_NE(error_of(*too_few).find("fewer than the threshold 3"), std::string::npos) << error_of(*too_few);
+  const sa::PublicKeys short_key{std::string(16, 'c'), std::string(32, 's'), std::string(32, 'b')};
+  auto malformed = share({{2, good}, {3, short_key}});
+  ASSERT_TRUE(malformed);
+  EXPECT_NE(error_of(*malformed).find("malformed"), std::string::npos) << error_of(*malformed);
+  auto unfetchable = fetch(1);
+  ASSERT_TRUE(unfetchable);
+  EXPECT_NE(error_of(*unfetchable).find("has not masked its update for round 1"), std::string::npos)
+      << error_of(*unfetchable);
+  protocol::Outgoing unmask("job-1", next_id_++);
+  unmask.envelope().getBody().initSecAggUnmask().setRound(1);
+  auto no_unmask = client_->request(unmask);
+  ASSERT_TRUE(no_unmask);
+  EXPECT_NE(error_of(*no_unmask).find("before this pod sent its masked update"), std::string::npos)
+      << error_of(*no_unmask);
+  // Still serving.
+  protocol::Outgoing hello("", next_id_++);
+  hello.envelope().getBody().initHello();
+  auto hr = client_->request(hello);
+  ASSERT_TRUE(hr);
+  EXPECT_EQ(hr->envelope().getBody().which(), W::HELLO_REPLY);
 }
 
 TEST_F(WorkerTest, HelloAdvertisesSchemaAndDevices) {

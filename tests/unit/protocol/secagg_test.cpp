@@ -208,6 +208,26 @@ TEST(SecAgg, WhatTheCoordinatorHoldsOfOnePodLooksUniformAndNeverReachesItsMaskKe
   }
 }
 
+// Five pods (ids 1..5) through steps A and B with `server`: keys advertised, shares
+// made and routed. Returns their clients, ready to receive their shares.
+std::vector<std::unique_ptr<Client>> through_share(const Settings& s, const Context& ctx, Server& server,
+                                                   std::map<uint32_t, std::vector<EncryptedShare>>* made = nullptr) {
+  std::vector<std::unique_ptr<Client>> c;
+  for (uint32_t id = 1; id <= 5; ++id) {
+    c.push_back(std::make_unique<Client>(s, ctx, id));
+    EXPECT_TRUE(server.add_keys(id, c.back()->keys()).ok());
+  }
+  EXPECT_TRUE(server.close_advertise().ok());
+  for (uint32_t id = 1; id <= 5; ++id) {
+    auto shares = c[id - 1]->share(server.neighbours_of(id));
+    EXPECT_TRUE(shares.ok());
+    EXPECT_TRUE(server.add_shares(id, *shares).ok());
+    if (made) (*made)[id] = *shares;
+  }
+  EXPECT_TRUE(server.close_share().ok());
+  return c;
+}
+
 TEST(SecAgg, APodRevealsOnceAndNeverBothSecretsOfOnePod) {
   const Settings s = settings_for(5, 3, 4);
   auto pods = make_pods(5, 64, 6);
@@ -221,14 +241,7 @@ TEST(SecAgg, APodRevealsOnceAndNeverBothSecretsOfOnePod) {
   // A fresh round: a pod named both survivor and dropped is refused.
   const Context ctx{"job-1", 9};
   Server server(s, ctx, {1, 2, 3, 4, 5}, 1);
-  std::vector<std::unique_ptr<Client>> c;
-  for (uint32_t id = 1; id <= 5; ++id) {
-    c.push_back(std::make_unique<Client>(s, ctx, id));
-    ASSERT_TRUE(server.add_keys(id, c.back()->keys()).ok());
-  }
-  ASSERT_TRUE(server.close_advertise().ok());
-  for (uint32_t id = 1; id <= 5; ++id) ASSERT_TRUE(server.add_shares(id, *c[id - 1]->share(server.neighbours_of(id))).ok());
-  ASSERT_TRUE(server.close_share().ok());
+  auto c = through_share(s, ctx, server);
   std::vector<float> u(8, 0.1f);
   ASSERT_TRUE(c[0]->receive(server.shares_for(1)).ok());
   ASSERT_TRUE(c[0]->mask(u.data(), u.size(), 10).ok());
@@ -241,18 +254,8 @@ TEST(SecAgg, SharesAreAuthenticatedAndBoundToTheirRecipient) {
   const Settings s = settings_for(5, 3, 4);
   const Context ctx{"job-1", 1};
   Server server(s, ctx, {1, 2, 3, 4, 5}, 1);
-  std::vector<std::unique_ptr<Client>> c;
-  for (uint32_t id = 1; id <= 5; ++id) {
-    c.push_back(std::make_unique<Client>(s, ctx, id));
-    ASSERT_TRUE(server.add_keys(id, c.back()->keys()).ok());
-  }
-  ASSERT_TRUE(server.close_advertise().ok());
   std::map<uint32_t, std::vector<EncryptedShare>> made;
-  for (uint32_t id = 1; id <= 5; ++id) {
-    made[id] = *c[id - 1]->share(server.neighbours_of(id));
-    ASSERT_TRUE(server.add_shares(id, made[id]).ok());
-  }
-  ASSERT_TRUE(server.close_share().ok());
+  auto c = through_share(s, ctx, server, &made);
   // One flipped bit.
   auto to1 = server.shares_for(1);
   to1[0].ciphertext[20] ^= 1;
@@ -293,14 +296,7 @@ TEST(SecAgg, AWrongRevealedShareIsCaughtByTheCommitment) {
   const Settings s = settings_for(5, 3, 4);
   const Context ctx{"job-1", 2};
   Server server(s, ctx, {1, 2, 3, 4, 5}, 3);
-  std::vector<std::unique_ptr<Client>> c;
-  for (uint32_t id = 1; id <= 5; ++id) {
-    c.push_back(std::make_unique<Client>(s, ctx, id));
-    ASSERT_TRUE(server.add_keys(id, c.back()->keys()).ok());
-  }
-  ASSERT_TRUE(server.close_advertise().ok());
-  for (uint32_t id = 1; id <= 5; ++id) ASSERT_TRUE(server.add_shares(id, *c[id - 1]->share(server.neighbours_of(id))).ok());
-  ASSERT_TRUE(server.close_share().ok());
+  auto c = through_share(s, ctx, server);
   std::vector<float> u(16, 0.25f);
   for (uint32_t id = 1; id <= 5; ++id) {
     ASSERT_TRUE(c[id - 1]->receive(server.shares_for(id)).ok());
