@@ -662,10 +662,8 @@ Status Coordinator::Impl::run_job() {
     // Called before each poll with the pods still pending: an upload slot frees when
     // its pod answers, fails or disconnects.
     auto start_fetches = [&](const std::vector<size_t>& pending) {
-      for (auto it = fetching.begin(); it != fetching.end();) {
-        it = std::find(pending.begin(), pending.end(), *it) == pending.end() ? fetching.erase(it) : std::next(it);
-      }
       if (spec.aggregation_order == "pod") {
+        forget_finished_uploads(pending, fetching);
         // One upload at a time, in the job's pod order: the next pod still in the
         // round is fetched once it is done training, and nobody after it before.
         if (!fetching.empty()) return;
@@ -677,11 +675,7 @@ Status Coordinator::Impl::run_job() {
         }
         return;
       }
-      while (static_cast<int>(fetching.size()) < spec.max_concurrent_uploads && !ready.empty()) {
-        // A failed send leaves the pod pending: the monitor or the deadline settles it.
-        if (send_to(pods[ready.front()], fetch)) fetching.insert(ready.front());
-        ready.pop_front();
-      }
+      fill_upload_window(pending, fetching, ready, fetch);
     };
     size_t sent = 0;  // pods the round's train request went out to
     open_round = round;

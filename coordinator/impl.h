@@ -346,6 +346,13 @@ struct Coordinator::Impl {
   // Applies pending monitor events; returns true if `pod` disconnected (or its
   // handshake failed) meanwhile.
   bool drain_monitor(Pod& pod);
+  // The upload window (max_concurrent_uploads), called with the pods still pending:
+  // forgets uploads that ended (answered, failed or disconnected), then sends
+  // `fetch` to the pods in `ready` while there is room. A failed send leaves the pod
+  // pending: the monitor or the deadline settles it.
+  static void forget_finished_uploads(const std::vector<size_t>& pending, std::set<size_t>& fetching);
+  void fill_upload_window(const std::vector<size_t>& pending, std::set<size_t>& fetching, std::deque<size_t>& ready,
+                          protocol::Outgoing& fetch);
 
   // Sends `out` to each pod in `targets` and collects their replies of kind `want`
   // until all answered or `deadline`. `require_connected`: skip pods known to be

@@ -212,6 +212,21 @@ bool Coordinator::Impl::drain_monitor(Pod& pod) {
   return disconnected;
 }
 
+void Coordinator::Impl::forget_finished_uploads(const std::vector<size_t>& pending, std::set<size_t>& fetching) {
+  for (auto it = fetching.begin(); it != fetching.end();) {
+    it = std::find(pending.begin(), pending.end(), *it) == pending.end() ? fetching.erase(it) : std::next(it);
+  }
+}
+
+void Coordinator::Impl::fill_upload_window(const std::vector<size_t>& pending, std::set<size_t>& fetching,
+                                           std::deque<size_t>& ready, protocol::Outgoing& fetch) {
+  forget_finished_uploads(pending, fetching);
+  while (static_cast<int>(fetching.size()) < spec.max_concurrent_uploads && !ready.empty()) {
+    if (send_to(pods[ready.front()], fetch)) fetching.insert(ready.front());
+    ready.pop_front();
+  }
+}
+
 std::map<size_t, PodRound> Coordinator::Impl::exchange(protocol::Outgoing& out, uint64_t request_id,
                                     const std::vector<size_t>& targets, const Kinds& want,
                                     Clock::time_point deadline, bool require_connected,

@@ -148,15 +148,7 @@ std::map<size_t, PodRound> Coordinator::Impl::secure_round(int round, uint64_t r
   fetch.envelope().getBody().initFetchResult().setRound(r);
   std::deque<size_t> ready;
   std::set<size_t> fetching;
-  auto start_fetches = [&](const std::vector<size_t>& pending) {
-    for (auto it = fetching.begin(); it != fetching.end();) {
-      it = std::find(pending.begin(), pending.end(), *it) == pending.end() ? fetching.erase(it) : std::next(it);
-    }
-    while (static_cast<int>(fetching.size()) < spec.max_concurrent_uploads && !ready.empty()) {
-      if (send_to(pods[ready.front()], fetch)) fetching.insert(ready.front());
-      ready.pop_front();
-    }
-  };
+  auto start_fetches = [&](const std::vector<size_t>& pending) { fill_upload_window(pending, fetching, ready, fetch); };
   const auto ring_dtype = secagg->modulus_bits == 32 ? wire::DType::INT32 : wire::DType::INT64;
   const std::vector<protocol::TensorSpec> ring_spec = {{"secagg", {global.numel() + 1}}};
   std::set<size_t> masked_ready;

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <functional>
+#include <optional>
 #include <thread>
 
 #include "fedpod/data/dataset.h"
@@ -89,8 +90,10 @@ class WorkerTest : public ::testing::Test {
   }
 
   // Starts job `job_id` with `model_ref`; returns the reply.
+  // With `secagg`, the job aggregates securely and this pod is id 1.
   std::unique_ptr<protocol::Incoming> start_job(const std::string& job_id, const std::string& model_ref = "logreg",
-                                                const std::string& hp = "{}") {
+                                                const std::string& hp = "{}",
+                                                const std::optional<protocol::secagg::Settings>& secagg = std::nullopt) {
     protocol::Outgoing out(job_id, next_id_++);
     auto sj = out.envelope().getBody().initStartJob();
     sj.initModel().setModelRef(model_ref);
@@ -101,6 +104,7 @@ class WorkerTest : public ::testing::Test {
     ds.scale = 1.0 / 16;
     ds.split = {0.1, 0.2, 3};
     protocol::to_wire(ds, sj.initDatastructure());
+    if (secagg) protocol::secagg::to_wire(*secagg, 1, sj.initSecureAggregation());
     return client_->request(out);
   }
 
@@ -167,20 +171,7 @@ TEST_F(WorkerTest, SecureAggregationStepsOutOfOrderAreRefusedAndThePodKeepsServi
   settings.modulus_bits = 32;
   settings.fraction_bits = sa::fraction_bits(32, 10, 5);
   settings.weight_scale = 1000;
-  auto start = [&](const std::string& job_id, sa::Settings s) {
-    protocol::Outgoing out(job_id, next_id_++);
-    auto sj = out.envelope().getBody().initStartJob();
-    sj.initModel().setModelRef("logreg");
-    sj.getModel().setHyperparameters("{}");
-    data::Datastructure ds;
-    ds.target = "label";
-    ds.num_classes = 10;
-    ds.scale = 1.0 / 16;
-    ds.split = {0.1, 0.2, 3};
-    protocol::to_wire(ds, sj.initDatastructure());
-    sa::to_wire(s, 1, sj.initSecureAggregation());
-    return client_->request(out);
-  };
+  auto start = [&](const std::string& job_id, const sa::Settings& s) { return start_job(job_id, "logreg", "{}", s); };
   sa::Settings bad = settings;
   bad.threshold = 2;  // not a majority of 5 share holders
   auto refused = start("job-bad", bad);
