@@ -18,14 +18,24 @@ int64_t product(const std::vector<int64_t>& shape) {
 }
 
 // Sequential networks: forward flattens or keeps the per-sample shape as needed.
-class SequentialModel : public ModuleModel {
+class SequentialModel : public ModuleModel, public SequentialLayers {
+ public:
+  torch::nn::Sequential layers() const override { return seq_; }
+  bool flattens_input() const override { return flatten_input_; }
+
  protected:
   void set_sequential(torch::nn::Sequential seq, bool flatten_input) {
+    seq_ = seq;
+    flatten_input_ = flatten_input;
     module_ = seq.ptr();
     forward_ = [seq, flatten_input](const torch::Tensor& x) mutable {
       return seq->forward(flatten_input ? x.flatten(1) : x);
     };
   }
+
+ private:
+  torch::nn::Sequential seq_{nullptr};
+  bool flatten_input_ = false;
 };
 
 class LogisticRegression : public SequentialModel {

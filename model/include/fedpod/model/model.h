@@ -19,6 +19,7 @@
 #pragma once
 
 #include <torch/nn/module.h>
+#include <torch/nn/modules/container/sequential.h>
 #include <torch/optim/optimizer.h>
 #include <torch/types.h>
 
@@ -116,6 +117,19 @@ class ModuleModel : public Model {
  protected:
   std::shared_ptr<torch::nn::Module> module_;  // shared: torch::nn's holder type
   std::function<torch::Tensor(const torch::Tensor&)> forward_;
+};
+
+// Implemented by built-in models that are one torch::nn::Sequential with the default
+// cross-entropy steps: forward(x) is exactly layers()->forward(flattens_input() ?
+// x.flatten(1) : x). DP-SGD's fast path (privacy/dp_sgd.h) computes per-example
+// gradient norms from each Linear and Conv2d layer's inputs and output gradients
+// instead of one backward pass per example. Found with dynamic_cast, so the Model
+// interface (and the plugin ABI) is unchanged.
+class SequentialLayers {
+ public:
+  virtual ~SequentialLayers() = default;
+  virtual torch::nn::Sequential layers() const = 0;
+  virtual bool flattens_input() const = 0;
 };
 
 }  // namespace fedpod::model
