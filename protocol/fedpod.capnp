@@ -167,6 +167,26 @@ struct StartJob {
   tensorKey @3 :Data;
   # Set (threshold > 0): updates are aggregated securely; the pod's id in the rounds.
   secureAggregation @4 :SecureAggregation;
+  # What the job will ask of the pod in its rounds, so that the pod can check its
+  # privacy limits (pod.yaml privacy) and account the whole job's ε before it
+  # accepts. rounds 0: not declared (a coordinator before this field).
+  plan @5 :TrainingPlan;
+  # Set (noiseMultiplier > 0): every train of the job runs DP-SGD
+  # (privacy/dp_sgd.h): per-example gradients clipped to maxGradNorm, Gaussian noise
+  # of standard deviation noiseMultiplier·maxGradNorm, Poisson sampling.
+  differentialPrivacy @6 :DifferentialPrivacy;
+}
+
+struct TrainingPlan {
+  rounds @0 :UInt32;           # the most train messages the job will send
+  localEpochs @1 :UInt32;      # as in Train
+  localSteps @2 :UInt32;
+  batchSize @3 :UInt32;
+}
+
+struct DifferentialPrivacy {
+  noiseMultiplier @0 :Float64; # sigma; 0: off
+  maxGradNorm @1 :Float64;     # C
 }
 
 # The job's secure aggregation settings (protocol/secagg.h: Settings).

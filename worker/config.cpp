@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -119,7 +120,7 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
   check_keys(root, {"name", "listen", "dataset", "devices", "threads", "job_idle_timeout",
                     "max_frame_bytes", "custom_models", "log_level", "key_file", "policy", "audit_log",
                     "metrics_listen", "sandbox", "audit_publish", "max_message_bytes", "transport_memory",
-                    "receiving_process", "tensor_listen", "secure_aggregation"},
+                    "receiving_process", "tensor_listen", "secure_aggregation", "privacy"},
              where);
   PodConfig c;
   try {
@@ -265,6 +266,44 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
       if (f.is_relative()) f = base / f;
       return f.lexically_normal().string();
     };
+    if (auto pv = root["privacy"]) {
+      const std::string w = where + ": privacy";
+      if (!pv.IsMap()) throw ConfigError(w + ": expected a map {min_batch_size, min_samples_per_update, max_local_steps, differential_privacy}");
+      check_keys(pv, {"min_batch_size", "min_samples_per_update", "max_local_steps", "differential_privacy"}, w);
+      auto positive = [&](const char* key) -> int64_t {
+        if (!pv[key]) return 0;
+        const int64_t v = pv[key].as<int64_t>();
+        if (v < 1) throw ConfigError(w + "." + key + ": must be at least 1, got " + std::to_string(v));
+        return v;
+      };
+      c.privacy.min_batch_size = positive("min_batch_size");
+      c.privacy.min_samples_per_update = positive("min_samples_per_update");
+      c.privacy.max_local_steps = positive("max_local_steps");
+      if (auto dp = pv["differential_privacy"]) {
+        const std::string wd = w + ".differential_privacy";
+        if (!dp.IsMap()) throw ConfigError(wd + ": expected a map {epsilon, delta, min_noise_multiplier, ledger}");
+        check_keys(dp, {"epsilon", "delta", "min_noise_multiplier", "ledger"}, wd);
+        if (!dp["epsilon"]) throw ConfigError(wd + ".epsilon: required: the ε this dataset may spend over all jobs (e.g. 3)");
+        c.privacy.dp_required = true;
+        c.privacy.epsilon_cap = dp["epsilon"].as<double>();
+        if (!(c.privacy.epsilon_cap > 0) || !std::isfinite(c.privacy.epsilon_cap)) {
+          throw ConfigError(wd + ".epsilon: must be a positive number, got " + dp["epsilon"].as<std::string>());
+        }
+        if (dp["delta"]) {
+          c.privacy.delta = dp["delta"].as<double>();
+          if (!(c.privacy.delta > 0 && c.privacy.delta < 1)) {
+            throw ConfigError(wd + ".delta: must be in (0, 1), got " + dp["delta"].as<std::string>());
+          }
+        }
+        if (dp["min_noise_multiplier"]) {
+          c.privacy.min_noise_multiplier = dp["min_noise_multiplier"].as<double>();
+          if (!(c.privacy.min_noise_multiplier >= 0) || !std::isfinite(c.privacy.min_noise_multiplier)) {
+            throw ConfigError(wd + ".min_noise_multiplier: must be a non-negative number");
+          }
+        }
+        c.privacy.ledger = resolve_path(dp["ledger"] ? dp["ledger"].as<std::string>() : "state/" + c.name + ".privacy.json");
+      }
+    }
     if (!root["key_file"]) {
       throw ConfigError(where + ": key_file: required: this pod's CURVE key pair (create one with `fedpod keys "
                         "generate --out keys/" + c.name + "`)");

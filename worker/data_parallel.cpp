@@ -284,7 +284,9 @@ DataParallel::ReplicaResult DataParallel::run_replica(int r, const data::Dataset
 StatusOr<TrainStats> DataParallel::train(const data::Dataset& data, const TrainOptions& options,
                                          const Hyperparameters& hp,
                                          const std::atomic<bool>* cancel) {
-  if (size() == 1) return train_local(primary_, data, options, hp, cancel);
+  // DP-SGD runs on the first replica alone: its per-example clipping and noise are
+  // defined on whole batches (privacy/dp_sgd.h).
+  if (size() == 1 || options.dp.enabled()) return train_local(primary_, data, options, hp, cancel);
   if (data.size() == 0) return Status::failed_precondition("the training split is empty");
   if (options.batch_size <= 0) return Status::invalid("batch_size must be positive");
   if (options.steps <= 0 && options.epochs <= 0)

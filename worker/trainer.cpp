@@ -1,7 +1,10 @@
 #include "fedpod/worker/trainer.h"
 
 #include <c10/util/Exception.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
+
+#include <random>
 
 namespace fedpod::worker {
 namespace {
@@ -11,6 +14,71 @@ namespace {
 torch::Device model_device(const model::Model& model) {
   const torch::Tensor& flat = model.flat().tensor();
   return flat.defined() ? flat.device() : torch::Device(torch::kCPU);
+}
+
+// 64 bits from the operating system's entropy (getrandom on Linux).
+uint64_t secure_seed() {
+  std::random_device rd;
+  return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+}
+
+// DP-SGD: Poisson-sampled batches, clipped per-example gradients, Gaussian noise.
+StatusOr<TrainStats> train_dp(model::Model& model, const data::Dataset& data, const TrainOptions& options,
+                              const Hyperparameters& hp, const std::atomic<bool>* cancel) {
+  FEDPOD_RETURN_IF_ERROR(privacy::check_model(model));
+  const int64_t n = data.size();
+  const double q = std::min(1.0, static_cast<double>(options.batch_size) / static_cast<double>(n));
+  const double expected_batch = q * static_cast<double>(n);
+  const int64_t total = privacy::steps_per_round(options.epochs, options.steps, options.batch_size, n);
+  const double noise_std = options.dp.noise_multiplier * options.dp.max_grad_norm;
+  TrainStats stats;
+  model.set_training(true);
+  auto optimizer = model.configure_optimizers(hp);
+  privacy::PerExampleGradients per_example(model, options.dp.allow_fast);
+  stats.dp_path = privacy::to_string(per_example.path());
+  std::vector<torch::Tensor> params;
+  for (auto& [name, p] : model.named_parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(secure_seed());
+  const torch::Device device = model_device(model);
+  double loss_sum = 0;
+  int64_t correct = 0;
+  for (int64_t step = 0; step < total; ++step) {
+    if (cancel && cancel->load()) return Status::failed_precondition("cancelled");
+    const torch::Tensor chosen = (torch::rand({n}, gen) < q).nonzero().squeeze(1);
+    torch::Tensor x = data.x.index_select(0, chosen), y = data.y.index_select(0, chosen);
+    if (!device.is_cpu()) {
+      x = x.to(device);
+      y = y.to(device);
+    }
+    optimizer->zero_grad();
+    model::StepOutput out = per_example.clipped_sum(x, y, options.dp.max_grad_norm);
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : params) {
+        torch::Tensor noise = at::randn(p.sizes(), gen, torch::TensorOptions().dtype(p.scalar_type()));
+        if (!device.is_cpu()) noise = noise.to(device);
+        p.mutable_grad().add_(noise, noise_std).div_(expected_batch);
+      }
+    }
+    optimizer->step();
+    const double loss = out.loss.item<double>();
+    if (!std::isfinite(loss)) {
+      return Status::invalid("training loss became " + std::to_string(loss) + " at step " + std::to_string(step) +
+                             "; lower the learning rate");
+    }
+    loss_sum += loss;
+    correct += out.correct;
+    stats.samples_seen += out.count;
+    ++stats.steps;
+  }
+  if (stats.samples_seen > 0) {
+    stats.loss = loss_sum / static_cast<double>(stats.samples_seen);
+    stats.accuracy = static_cast<double>(correct) / static_cast<double>(stats.samples_seen);
+  }
+  model.capture_buffers();
+  return stats;
 }
 
 }  // namespace
@@ -23,6 +91,7 @@ StatusOr<TrainStats> train_local(model::Model& model, const data::Dataset& data,
   if (options.steps <= 0 && options.epochs <= 0) return Status::invalid("train for at least one epoch or step");
   TrainStats stats;
   try {
+    if (options.dp.enabled()) return train_dp(model, data, options, hp, cancel);
     model.set_training(true);
     auto optimizer = model.configure_optimizers(hp);
     data::BatchIterator batches(data, options.batch_size, /*shuffle=*/true, options.seed);

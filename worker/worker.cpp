@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -22,6 +23,8 @@
 #include "fedpod/common/sha256.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/worker/audit.h"
+#include "fedpod/worker/privacy_guard.h"
+#include "fedpod/common/utc.h"
 #include "fedpod/worker/audit_anchor.h"
 #include "fedpod/worker/gate.h"
 #include "fedpod/worker/policy.h"
@@ -97,6 +100,14 @@ struct Job {
   std::unique_ptr<protocol::secagg::Client> secagg_client;
   uint32_t secagg_round = 0;
   std::shared_ptr<protocol::secagg::RingVector> masked;
+  // Privacy (pod.yaml privacy; privacy_guard.h): what the job declared, its DP-SGD
+  // settings, its ledger entry, and the trains and DP steps it has run.
+  JobPlan plan;
+  privacy::DpSgdOptions dp;
+  double dp_sample_rate = 0;
+  std::string ledger_key;  // "": nothing reserved in the ledger
+  int64_t trains = 0;      // socket thread
+  std::atomic<int64_t> dp_steps{0};  // executor thread writes, socket thread reads once idle
 };
 
 // Runs tasks one at a time on its own thread; each task returns the frames of its
@@ -335,6 +346,8 @@ struct Worker::Impl {
   std::shared_ptr<protocol::ZapHandler> zap;
   std::string zap_domain;
   std::unique_ptr<RefusalAudit> refusal_audit;  // set with `audit`
+  // The spent privacy budget (pod.yaml privacy.differential_privacy); null without one.
+  std::unique_ptr<PrivacyLedger> ledger;
   // Publishes the audit head to the hub (policy from the hub only). Its callback
   // holds the registry, so it may outlive the members declared after it.
   std::unique_ptr<AuditAnchor> anchor;
@@ -718,8 +731,32 @@ struct Worker::Impl {
       cancel = false;
     }
     log->info("event=job_ended job={} round={} reason=\"{}\"", job->id, job->round, reason);
+    settle_privacy(*job);
     job.reset();
     if (anchor) anchor->notify();  // the job's decisions, anchored on the hub now
+  }
+
+  // The job's DP steps, as trained, replace its reservation in the ledger (it never
+  // trains again: its executor is idle). A failed write leaves the reservation, which
+  // charges more, never less.
+  void settle_privacy(Job& j) {
+    if (!ledger || j.ledger_key.empty()) return;
+    const int64_t done = j.dp_steps.load();
+    Status st = ledger->settle(j.ledger_key, done, now_utc());
+    const double eps = privacy::RdpCurve::subsampled_gaussian(j.dp_sample_rate, j.dp.noise_multiplier, done)
+                           .epsilon(ledger->delta()).epsilon;
+    const double total = ledger->spent().epsilon(ledger->delta()).epsilon;
+    if (!st.ok()) {
+      log->error("event=privacy_settle_failed pod={} job={} error=\"{}\" consequence=\"the job stays charged at its "
+                 "plan\"", config().name, j.id, st.message());
+    } else {
+      log->info("event=privacy_settled pod={} job={} steps={} epsilon={:.4f} epsilon_total={:.4f}", config().name, j.id,
+                done, eps, total);
+    }
+    Status a = audit->append({{"event", "privacy_settled"}, {"pod", config().name}, {"job", j.id}, {"user", j.user},
+                              {"steps", done}, {"epsilon", eps}, {"epsilon_total", total}, {"ledger_written", st.ok()}});
+    if (!a.ok()) log->error("event=audit_write_failed pod={} error=\"{}\"", config().name, a.message());
+    j.ledger_key.clear();
   }
 
   // A message from this process's own ROUTER: [routing id, frames...].
@@ -1118,6 +1155,28 @@ struct Worker::Impl {
                     " (set secure_aggregation.threshold in the job)";
       }
     }
+    // The pod owner's privacy limits and budget (pod.yaml privacy; privacy_guard.h).
+    PrivacyRequest preq;
+    if (sj.hasPlan()) {
+      auto pl = sj.getPlan();
+      preq.plan = JobPlan{pl.getRounds(), pl.getLocalEpochs(), pl.getLocalSteps(), pl.getBatchSize()};
+    }
+    if (sj.hasDifferentialPrivacy() && sj.getDifferentialPrivacy().getNoiseMultiplier() != 0) {
+      preq.dp.on = true;
+      preq.dp.noise_multiplier = sj.getDifferentialPrivacy().getNoiseMultiplier();
+      preq.dp.max_grad_norm = sj.getDifferentialPrivacy().getMaxGradNorm();
+    }
+    const data::Datastructure job_ds = from_wire(sj.getDatastructure());
+    preq.train_rows = train_rows(job_ds);
+    PrivacyDecision pd;
+    if (d.allowed) {
+      pd = decide_privacy(config().privacy, preq, ledger ? ledger->spent() : privacy::RdpCurve(), config().name);
+      if (!pd.allowed) {
+        d = Decision{};
+        d.reason = pd.reason;
+        d.message = pd.message;
+      }
+    }
     if (!d.allowed) {
       counters().jobs_refused++;
       on_job("refused");
@@ -1151,11 +1210,14 @@ struct Worker::Impl {
     new_job->seed = sj.getSeed();
     new_job->secagg = secagg;
     new_job->secagg_id = secagg_id;
+    new_job->plan = preq.plan;
+    new_job->dp = preq.dp;
+    new_job->dp_sample_rate = pd.sample_rate;
     EngineSpec spec;
     spec.ref = req.custom ? ref : mref.getModelRef().cStr();
     spec.format = req.custom ? format : "";
     spec.hp = new_job->hp;
-    spec.ds = from_wire(sj.getDatastructure());
+    spec.ds = job_ds;
     spec.seed = new_job->seed;
     spec.devices = config().devices;
     spec.threads_per_replica = threads_per_replica();
@@ -1189,6 +1251,49 @@ struct Worker::Impl {
     }
     new_job->engine = std::move(*engine);
     const JobEngine& e = *new_job->engine;
+    if (new_job->dp.enabled()) {
+      for (const auto& entry : e.layout()) {
+        if (entry.is_parameter()) continue;
+        Status st(StatusCode::kPermissionDenied,
+                  "pod " + config().name + " refuses the job: differential privacy: the model has buffer '" + entry.name +
+                      "' (batch-norm statistics), which mixes the examples of a batch, so clipping an example's "
+                      "gradient does not bound its influence; train without batch norm (e.g. batch_norm: false) or "
+                      "with a per-example normalization (GroupNorm, LayerNorm)");
+        on_access_denied("differential_privacy_model");
+        (void)audit->append({{"event", "job_refused"}, {"pod", config().name}, {"job", job_id}, {"user", req.user},
+                             {"model", req.model}, {"reason", "differential_privacy_model"}, {"message", st.message()}});
+        return st;
+      }
+    }
+    // The job's whole planned ε is charged before its first step (privacy_guard.h).
+    if (pd.dp && ledger) {
+      if (job && !job->ledger_key.empty()) settle_privacy(*job);  // this job restarting: its last start is settled
+      PrivacyLedger::Entry entry;
+      entry.key = job_id + "@" + now_utc();
+      entry.job = job_id;
+      entry.user = req.user;
+      entry.model = req.model;
+      entry.started = now_utc();
+      entry.sample_rate = pd.sample_rate;
+      entry.noise_multiplier = preq.dp.noise_multiplier;
+      entry.steps_planned = pd.steps;
+      if (Status st = ledger->reserve(entry); !st.ok()) {
+        log->error("event=privacy_reserve_failed pod={} job={} error=\"{}\"", config().name, job_id, st.message());
+        return Status(StatusCode::kUnavailable, "pod " + config().name + " cannot record the job's privacy budget, so it "
+                                                "does not start it: " + st.message());
+      }
+      new_job->ledger_key = entry.key;
+      FEDPOD_RETURN_IF_ERROR(audit->append({{"event", "privacy_reserved"}, {"pod", config().name}, {"job", job_id},
+                                            {"user", req.user}, {"model", req.model}, {"sample_rate", pd.sample_rate},
+                                            {"noise_multiplier", preq.dp.noise_multiplier},
+                                            {"max_grad_norm", preq.dp.max_grad_norm}, {"steps", pd.steps},
+                                            {"rounds", preq.plan.rounds}, {"delta", ledger->delta()},
+                                            {"epsilon", pd.epsilon}, {"epsilon_total", pd.epsilon_after},
+                                            {"epsilon_cap", config().privacy.epsilon_cap}}));
+      log->info("event=privacy_reserved pod={} job={} steps={} sample_rate={:.5f} noise_multiplier={} epsilon={:.4f} "
+                "epsilon_total={:.4f} epsilon_cap={}", config().name, job_id, pd.steps, pd.sample_rate,
+                preq.dp.noise_multiplier, pd.epsilon, pd.epsilon_after, config().privacy.epsilon_cap);
+    }
     new_job->specs = tensor_specs(e.layout());
     log->info("event=job_started job={} user={} model={} train={} validation={} test={} parameters={} replicas={} "
               "allreduce=\"{}\" confinement=\"{}\"", job_id, req.user, ref, e.train_size, e.validation_size,
@@ -1221,6 +1326,7 @@ struct Worker::Impl {
       a.setNumParameters(e.numel());
       a.setDecision(new_job->decision);
     });
+    if (job && !job->ledger_key.empty()) settle_privacy(*job);
     job = std::move(new_job);
     counters().jobs_started++;
     on_job("accepted");
@@ -1243,6 +1349,54 @@ struct Worker::Impl {
     }
     if (busy) return Status::busy("pod " + config().name + " is still working on round " + std::to_string(job->round));
     return Status();
+  }
+
+  // Rows of the pod's training split for a job's datastructure (data/dataset.h splits
+  // the rows this way).
+  int64_t train_rows(const data::Datastructure& ds) const {
+    const int64_t n = table.schema.num_rows;
+    return n - static_cast<int64_t>(std::floor(ds.split.test * n)) - static_cast<int64_t>(std::floor(ds.split.validation * n));
+  }
+
+  // The privacy limits on one train (pod.yaml privacy), checked before the pod turns
+  // busy. A DP job may not train more rounds, or other rounds, than it declared: its
+  // budget was charged for exactly those.
+  Status check_train_privacy(Job& j, const TrainOptions& opts) {
+    PrivacyDecision d = check_limits(config().privacy, opts.batch_size, opts.steps > 0 ? 0 : opts.epochs, opts.steps,
+                                     j.engine->train_size, config().name);
+    if (d.allowed && j.dp.enabled()) {
+      const JobPlan& p = j.plan;
+      const bool same = opts.batch_size == p.batch_size &&
+                        (opts.steps > 0 ? opts.steps == p.local_steps : opts.epochs == p.local_epochs && p.local_steps == 0);
+      if (!same) {
+        d = PrivacyDecision{};
+        d.allowed = false;
+        d.reason = "privacy_plan_exceeded";
+        d.message = "pod " + config().name + " trains this differentially private job only as its startJob declared "
+                    "(batch size " + std::to_string(p.batch_size) + ", " +
+                    (p.local_steps > 0 ? std::to_string(p.local_steps) + " steps" : std::to_string(p.local_epochs) + " epochs") +
+                    " per round): its privacy budget was charged for that";
+      } else if (j.trains >= p.rounds) {
+        d = PrivacyDecision{};
+        d.allowed = false;
+        d.reason = "privacy_plan_exceeded";
+        d.message = "pod " + config().name + " has trained this differentially private job the " +
+                    std::to_string(p.rounds) + " rounds its startJob declared and charged to its budget; start a new job "
+                    "for more";
+      }
+    }
+    if (d.allowed) return Status();
+    on_access_denied(d.reason);
+    if (int64_t left_out = peer_lines.admit("train_refused"); left_out >= 0) {
+      log->warn("event=train_refused pod={} job={} reason={} message=\"{}\" suppressed={}", config().name, j.id, d.reason,
+                d.message, left_out);
+    }
+    if (refusal_audit) {
+      (void)refusal_audit->refused("train|" + j.user + "|" + d.reason,
+                                   {{"event", "train_refused"}, {"pod", config().name}, {"job", j.id}, {"user", j.user},
+                                    {"reason", d.reason}, {"message", d.message}});
+    }
+    return Status(StatusCode::kPermissionDenied, d.message);
   }
 
   // Copies received parameters into the job's model state (the one receive-side copy).
@@ -1276,6 +1430,9 @@ struct Worker::Impl {
     if (bf16_update && j->secagg) {
       return Status::bad_message("train asks for bfloat16 updates in a job with secure aggregation");
     }
+    FEDPOD_RETURN_IF_ERROR(check_train_privacy(*j, opts));
+    opts.dp = j->dp;
+    ++j->trains;
     busy = true;
     // A new round: the last one's secure aggregation state is gone.
     j->secagg_client.reset();
@@ -1305,6 +1462,7 @@ struct Worker::Impl {
       }
       counters().rounds_trained++;
       counters().samples_trained += stats->samples_seen;
+      if (j->dp.enabled()) j->dp_steps += stats->steps;
       train_seconds.Observe(seconds);
       train_steps.Increment(static_cast<double>(stats->steps));
       train_samples.Increment(static_cast<double>(stats->samples_seen));
@@ -1317,6 +1475,14 @@ struct Worker::Impl {
                                  {"steps", static_cast<double>(stats->steps)},
                                  {"samples_seen", static_cast<double>(stats->samples_seen)}},
                                 std::move(base)};
+      if (j->dp.enabled()) {
+        // The ε this job has spent on this pod so far, for the coordinator's history.
+        const double delta = ledger ? ledger->delta() : config().privacy.delta;
+        j->result->metrics.emplace_back(
+            "epsilon", privacy::RdpCurve::subsampled_gaussian(j->dp_sample_rate, j->dp.noise_multiplier, j->dp_steps.load())
+                           .epsilon(delta).epsilon);
+        j->result->metrics.emplace_back("delta", delta);
+      }
       if (j->secagg) {
         // Fresh keys and self-mask seed for this round (step A).
         j->secagg_client = std::make_unique<protocol::secagg::Client>(*j->secagg, protocol::secagg::Context{job_id, round},
@@ -1665,6 +1831,17 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
     m.anchor = std::make_unique<AuditAnchor>(std::move(ao), prepared->startup, m.audit.get(), m.log);
   }
   m.refusal_audit = std::make_unique<RefusalAudit>([a = m.audit.get()](nlohmann::json e) { return a->append(std::move(e)); });
+  if (config_.privacy.dp_required) {
+    auto ledger = PrivacyLedger::open(config_.privacy.ledger, config_.privacy.delta);
+    if (!ledger.ok()) throw ConfigError("pod " + config_.name + ": " + ledger.status().message());
+    m.ledger = std::move(*ledger);
+    const privacy::RdpCurve spent = m.ledger->spent();
+    int64_t open = 0;
+    for (const auto& e : m.ledger->entries()) open += e.state == "reserved";
+    m.log->info("event=privacy_budget pod={} ledger={} jobs={} unsettled={} epsilon_spent={:.4f} epsilon_cap={} delta={}",
+                config_.name, config_.privacy.ledger, m.ledger->entries().size(), open,
+                spent.epsilon(config_.privacy.delta).epsilon, config_.privacy.epsilon_cap, config_.privacy.delta);
+  }
   // Transport: a CURVE server whose handshakes the context's ZAP handler routes to
   // this pod's authenticate().
   m.zap = protocol::ZapHandler::for_context(ctx);

@@ -71,6 +71,31 @@ TEST_F(PodConfigTest, SecureAggregationDemand) {
   EXPECT_NE(error("secure_aggregation: {threshold: 3}\n").find("threshold"), std::string::npos);
 }
 
+// privacy: the pod owner's limits on what a job may ask of the data.
+TEST_F(PodConfigTest, PrivacyLimitsAndBudget) {
+  const PodConfig none = parse("");
+  EXPECT_EQ(none.privacy.min_batch_size, 0);
+  EXPECT_FALSE(none.privacy.dp_required);
+  const PodConfig p = parse(
+      "privacy:\n  min_batch_size: 16\n  min_samples_per_update: 500\n  max_local_steps: 40\n"
+      "  differential_privacy: {epsilon: 3, delta: 1e-6, min_noise_multiplier: 0.8}\n");
+  EXPECT_EQ(p.privacy.min_batch_size, 16);
+  EXPECT_EQ(p.privacy.min_samples_per_update, 500);
+  EXPECT_EQ(p.privacy.max_local_steps, 40);
+  EXPECT_TRUE(p.privacy.dp_required);
+  EXPECT_EQ(p.privacy.epsilon_cap, 3);
+  EXPECT_EQ(p.privacy.delta, 1e-6);
+  EXPECT_EQ(p.privacy.min_noise_multiplier, 0.8);
+  EXPECT_NE(p.privacy.ledger.find("state/pod-a.privacy.json"), std::string::npos) << p.privacy.ledger;
+  EXPECT_EQ(error("privacy: {min_batch_size: 0}\n"), "pod.yaml: privacy.min_batch_size: must be at least 1, got 0");
+  EXPECT_NE(error("privacy: {min_batch: 4}\n").find("min_batch"), std::string::npos);
+  EXPECT_EQ(error("privacy: {differential_privacy: {delta: 1e-5}}\n"),
+            "pod.yaml: privacy.differential_privacy.epsilon: required: the ε this dataset may spend over all jobs (e.g. 3)");
+  EXPECT_NE(error("privacy: {differential_privacy: {epsilon: -1}}\n").find("positive"), std::string::npos);
+  EXPECT_NE(error("privacy: {differential_privacy: {epsilon: 3, delta: 2}}\n").find("(0, 1)"), std::string::npos);
+  EXPECT_NE(error("privacy: strict\n").find("expected a map"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace fedpod::worker
 

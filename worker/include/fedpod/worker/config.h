@@ -38,6 +38,15 @@
 //                                     # updates are not securely aggregated (the coordinator
 //                                     # then sees only sums; docs/privacy.md); or a map:
 //   # secure_aggregation: {required: true, min_threshold: 3}  # and refuse a threshold below 3
+//   privacy:                          # what a job may ask of this pod's data (docs/privacy.md)
+//     min_batch_size: 32              #   refuse smaller batches (default: any)
+//     min_samples_per_update: 1000    #   refuse a round that trains on fewer samples
+//     max_local_steps: 500            #   refuse more optimizer steps per round
+//     differential_privacy:           #   every job trains with DP-SGD, within a budget:
+//       epsilon: 3                    #     required: ε this dataset may spend, all jobs together
+//       delta: 1e-5                   #     δ of every job (default 1e-5)
+//       min_noise_multiplier: 0.5     #     refuse less noise (default: any within the budget)
+//       ledger: state/pod-a.privacy.json  # spent budget (default: state/<name>.privacy.json)
 //   log_level: info
 //   sandbox: auto                     # job runners (docs/permissions.md): auto (the best
 //                                     # confinement this machine allows) or required
@@ -141,6 +150,19 @@ struct SecureAggregationPolicy {
   uint32_t min_threshold = 0;  // refuse a threshold below this (0: any the protocol accepts)
 };
 
+// What the pod demands of a job's training (pod.yaml privacy; docs/privacy.md).
+struct PrivacyPolicy {
+  int64_t min_batch_size = 0;          // 0: any
+  int64_t min_samples_per_update = 0;  // 0: any
+  int64_t max_local_steps = 0;         // 0: any
+  // privacy.differential_privacy: every job must train with DP-SGD and fit the budget.
+  bool dp_required = false;
+  double epsilon_cap = 0;              // total ε over every job on this dataset
+  double delta = 1e-5;
+  double min_noise_multiplier = 0;
+  std::string ledger;                  // absolute; the spent budget (privacy_ledger.h)
+};
+
 struct PodConfig {
   std::string name;
   std::string listen;
@@ -163,6 +185,7 @@ struct PodConfig {
   std::string tensor_listen;
   CustomModels custom_models = CustomModels::kPolicy;
   SecureAggregationPolicy secure_aggregation;
+  PrivacyPolicy privacy;
   std::string log_level = "info";
   std::string key_file;  // absolute
   PolicySource policy;

@@ -12,6 +12,7 @@
 #include "fedpod/common/status.h"
 #include "fedpod/data/dataset.h"
 #include "fedpod/model/model.h"
+#include "fedpod/privacy/dp_sgd.h"
 
 namespace fedpod::worker {
 
@@ -20,6 +21,13 @@ struct TrainOptions {
   int64_t steps = 0;       // optimizer steps; takes precedence when > 0
   int64_t batch_size = 32;
   uint64_t seed = 0;       // batch order
+  // DP-SGD (privacy/dp_sgd.h) when dp.enabled(): each step samples every record with
+  // probability batch_size / n (Poisson), clips per-example gradients to
+  // dp.max_grad_norm, adds N(0, (σ·C)²) noise to their sum and divides by the
+  // expected batch size. The sampling and the noise come from the operating system's
+  // entropy, not from `seed`: a modeller who chose the seed could otherwise subtract
+  // the noise. An epoch is ceil(n / batch_size) steps (privacy::steps_per_round).
+  privacy::DpSgdOptions dp;
 };
 
 struct TrainStats {
@@ -27,6 +35,7 @@ struct TrainStats {
   int64_t samples_seen = 0;  // with repeats across epochs
   double loss = 0;           // mean training loss over the samples seen
   double accuracy = 0;       // on the batches as trained
+  const char* dp_path = "";  // DP-SGD: "fast" or "generic" per-example gradients; "" without DP
 };
 
 struct EvalStats {
