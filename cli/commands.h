@@ -28,5 +28,6 @@ void add_keys(CLI::App& app);    // keys_cmd.cpp: fedpod keys generate
 void add_access(CLI::App& app);  // access_cmds.cpp: roles, access requests, pod policy
 void add_policy(CLI::App& app);  // policy_cmd.cpp: fedpod policy sign | verify
 void add_audit(CLI::App& app);   // audit_cmd.cpp: fedpod audit verify
+void add_privacy(CLI::App& app); // privacy_cmd.cpp: fedpod privacy status | epsilon
 
 }  // namespace fedpod::cli

@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   fedpod::cli::add_access(app);
   fedpod::cli::add_policy(app);
   fedpod::cli::add_audit(app);
+  fedpod::cli::add_privacy(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -356,6 +356,17 @@ std::map<size_t, PodRound> Coordinator::Impl::send_start_job(std::vector<size_t>
       sj.setTensorKey(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(pk.data()), pk.size()));
     }
     if (secagg) protocol::secagg::to_wire(*secagg, secagg_id(i), sj.initSecureAggregation());
+    // The rounds still to run: a resumed job declares only what it has left.
+    auto plan = sj.initPlan();
+    plan.setRounds(static_cast<uint32_t>(std::max(1, spec.rounds - (resume_from ? resume_from->round : 0))));
+    plan.setLocalEpochs(static_cast<uint32_t>(spec.local_steps > 0 ? 0 : spec.local_epochs));
+    plan.setLocalSteps(static_cast<uint32_t>(spec.local_steps));
+    plan.setBatchSize(static_cast<uint32_t>(spec.batch_size));
+    if (spec.differential_privacy.noise_multiplier > 0) {
+      auto dp = sj.initDifferentialPrivacy();
+      dp.setNoiseMultiplier(spec.differential_privacy.noise_multiplier);
+      dp.setMaxGradNorm(spec.differential_privacy.max_grad_norm);
+    }
   };
   // With secure aggregation each pod's startJob names its id in the protocol;
   // otherwise one message serves every pod.
@@ -561,6 +572,13 @@ StatusOr<RunResult> Coordinator::Impl::run() {
              {"rounds", nlohmann::json::array()},
              {"discarded_replies_by_reason", nlohmann::json::object()}};
   for (const char* reason : kDiscardReasons) history["discarded_replies_by_reason"][reason] = 0;
+  if (spec.differential_privacy.noise_multiplier > 0) {
+    // Each pod's ε is the pod's own accounting (its trainDone metrics), per round
+    // under rounds[].pods and, latest, here.
+    history["differential_privacy"] = {{"noise_multiplier", spec.differential_privacy.noise_multiplier},
+                                       {"max_grad_norm", spec.differential_privacy.max_grad_norm},
+                                       {"epsilon", nlohmann::json::object()}};
+  }
   if (resume_from) {
     // The history as of the checkpoint's round; the rounds after it are redone.
     history = resume_from->history;
@@ -801,6 +819,15 @@ Status Coordinator::Impl::run_job() {
       history["rounds"].back()["discarded_replies"] = round_discarded;
       if (secagg) history["rounds"].back()["secure_aggregation"] = secagg_steps;
       if (!rejoined.empty()) history["rounds"].back()["rejoined"] = rejoined;
+    if (history.contains("differential_privacy")) {
+      for (const auto& [name, p] : rec.pods) {
+        auto eps = p.metrics.find("epsilon");
+        if (eps == p.metrics.end()) continue;
+        auto delta = p.metrics.find("delta");
+        history["differential_privacy"]["epsilon"][name] = {
+            {"epsilon", eps->second}, {"delta", delta == p.metrics.end() ? 0.0 : delta->second}, {"round", round}};
+      }
+    }
       // The checkpoint of the last completed round stays as it was.
       const std::string resume_hint =
           spec.checkpoint && round > 1
@@ -828,6 +855,15 @@ Status Coordinator::Impl::run_job() {
     history["rounds"].back()["discarded_replies"] = round_discarded;
     if (secagg) history["rounds"].back()["secure_aggregation"] = secagg_steps;
     if (!rejoined.empty()) history["rounds"].back()["rejoined"] = rejoined;
+    if (history.contains("differential_privacy")) {
+      for (const auto& [name, p] : rec.pods) {
+        auto eps = p.metrics.find("epsilon");
+        if (eps == p.metrics.end()) continue;
+        auto delta = p.metrics.find("delta");
+        history["differential_privacy"]["epsilon"][name] = {
+            {"epsilon", eps->second}, {"delta", delta == p.metrics.end() ? 0.0 : delta->second}, {"round", round}};
+      }
+    }
     // First the checkpoint, then history.json: a crash between the two leaves a
     // history one round behind, which the resumed run rewrites from the checkpoint.
     if (spec.checkpoint) history["checkpoint"] = {{"path", checkpoint_path}, {"round", round}};
@@ -862,6 +898,13 @@ Status Coordinator::Impl::run_job() {
   } else {
     history["test"] = nullptr;
     progress << "test  no pod returned a test evaluation" << std::endl;
+  }
+  if (history.contains("differential_privacy")) {
+    progress << "privacy  ";
+    for (const auto& [name, e] : history["differential_privacy"]["epsilon"].items()) {
+      progress << name << " ε " << fmt(e.value("epsilon", 0.0)) << " (δ " << e.value("delta", 0.0) << ")  ";
+    }
+    progress << "(each pod's own accounting of this job)" << std::endl;
   }
   history["status"] = "completed";
   history["mean_round_seconds"] = result.mean_round_seconds;

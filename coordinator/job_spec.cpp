@@ -164,7 +164,7 @@ namespace {
 // relative key_file and public_key_file paths resolve against `base`.
 JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const fs::path& base) {
   check_keys(root, {"job_id", "model", "datastructure", "pods", "hub_ca", "rounds", "local_epochs", "local_steps",
-                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "strategy", "aggregation_order", "update_precision", "secure_aggregation",
+                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "strategy", "aggregation_order", "update_precision", "secure_aggregation", "differential_privacy",
                     "seed", "output_dir", "hub", "hub_token", "key_file", "metrics_listen",
                     "sandbox"},
              w);
@@ -315,6 +315,21 @@ JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const f
       }
     } else {
       throw ConfigError(sw + ": expected true, false or a map {threshold, neighbours, clip, modulus_bits}");
+    }
+  }
+  if (auto dp = root["differential_privacy"]) {
+    const std::string dw = w + ": differential_privacy";
+    if (!dp.IsMap()) throw ConfigError(dw + ": expected a map {noise_multiplier, max_grad_norm}");
+    check_keys(dp, {"noise_multiplier", "max_grad_norm"}, dw);
+    if (!dp["noise_multiplier"]) throw ConfigError(dw + ".noise_multiplier: required (e.g. 1.1)");
+    s.differential_privacy.noise_multiplier = get<double>(dp["noise_multiplier"], dw + ".noise_multiplier");
+    if (dp["max_grad_norm"]) s.differential_privacy.max_grad_norm = get<double>(dp["max_grad_norm"], dw + ".max_grad_norm");
+    const auto& d = s.differential_privacy;
+    if (!(d.noise_multiplier > 0) || !std::isfinite(d.noise_multiplier)) {
+      throw ConfigError(dw + ".noise_multiplier: must be a positive number (the noise's std over the clipping norm)");
+    }
+    if (!(d.max_grad_norm > 0) || !std::isfinite(d.max_grad_norm)) {
+      throw ConfigError(dw + ".max_grad_norm: must be a positive number");
     }
   }
   if (root["seed"]) s.seed = get<uint64_t>(root["seed"], w + ": seed");

@@ -197,6 +197,18 @@ std::string render_report(const nlohmann::json& h) {
     html << "<tr><th>test accuracy</th><td>" << num(h["test"].value("accuracy", 0.0)) << " (" << h["test"].value("num_samples", 0)
          << " samples)</td></tr><tr><th>test loss</th><td>" << num(h["test"].value("loss", 0.0)) << "</td></tr>";
   }
+  if (h.contains("differential_privacy") && h["differential_privacy"].is_object()) {
+    const auto& dp = h["differential_privacy"];
+    html << "<tr><th>differential privacy</th><td>DP-SGD, noise multiplier " << num(dp.value("noise_multiplier", 0.0))
+         << ", clipping norm " << num(dp.value("max_grad_norm", 0.0)) << "</td></tr>";
+    if (dp.contains("epsilon") && dp["epsilon"].is_object()) {
+      for (const auto& [pod, e] : dp["epsilon"].items()) {
+        if (!e.is_object()) continue;
+        html << "<tr><th>ε at " << escape(pod) << "</th><td>" << num(e.value("epsilon", 0.0)) << " (δ "
+             << e.value("delta", 0.0) << ", after round " << e.value("round", 0) << ")</td></tr>";
+      }
+    }
+  }
   if (h.contains("error")) html << "<tr><th>error</th><td>" << escape(h["error"].get<std::string>()) << "</td></tr>";
   html << "</table><div>"
        << line_chart("global validation loss", {val_loss}, n) << line_chart("global validation accuracy", {val_acc}, n)

@@ -59,6 +59,30 @@ TEST_F(JobSpecTest, UpdatePrecision) {
 }
 
 // secure_aggregation: true, or a map of its settings; what cannot work is refused.
+// differential_privacy: DP-SGD's noise multiplier and clipping norm, both positive.
+TEST_F(JobSpecTest, DifferentialPrivacySettings) {
+  const std::string base = "model: {ref: mlp}\ndatastructure: {target: label, num_classes: 10}\n"
+                           "key_file: keys/modeller.key\npods: [{name: a, address: 'tcp://127.0.0.1:1'}]\n";
+  EXPECT_EQ(parse_job_spec(base, "job.yaml", "/").differential_privacy.noise_multiplier, 0);
+  const JobSpec on = parse_job_spec(base + "differential_privacy: {noise_multiplier: 1.1, max_grad_norm: 0.5}\n",
+                                    "job.yaml", "/");
+  EXPECT_EQ(on.differential_privacy.noise_multiplier, 1.1);
+  EXPECT_EQ(on.differential_privacy.max_grad_norm, 0.5);
+  EXPECT_EQ(parse_job_spec(base + "differential_privacy: {noise_multiplier: 2}\n", "job.yaml", "/")
+                .differential_privacy.max_grad_norm,
+            1.0);
+  auto error = [&](const std::string& extra) {
+    return testing::config_error([&] { parse_job_spec(base + extra, "job.yaml", "/"); });
+  };
+  EXPECT_EQ(error("differential_privacy: {max_grad_norm: 1}\n"),
+            "job.yaml: differential_privacy.noise_multiplier: required (e.g. 1.1)");
+  EXPECT_NE(error("differential_privacy: {noise_multiplier: 0}\n").find("positive"), std::string::npos);
+  EXPECT_NE(error("differential_privacy: {noise_multiplier: 1, max_grad_norm: -1}\n").find("max_grad_norm"),
+            std::string::npos);
+  EXPECT_NE(error("differential_privacy: {noise_multiplier: 1, epsilon: 3}\n").find("epsilon"), std::string::npos);
+  EXPECT_NE(error("differential_privacy: true\n").find("expected a map"), std::string::npos);
+}
+
 TEST_F(JobSpecTest, SecureAggregationSettings) {
   const std::string three = "model: {ref: mlp}\ndatastructure: {target: label, num_classes: 10}\n"
                             "key_file: keys/modeller.key\npods: [{name: a, address: 'tcp://127.0.0.1:1'}, "

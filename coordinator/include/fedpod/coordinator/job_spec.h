@@ -65,6 +65,10 @@
 //   secure_aggregation: true         # the coordinator learns only the sum of the pods'
 //                                    # updates, never one (docs/privacy.md); or a map:
 //   # secure_aggregation: {threshold: 3, neighbours: 4, clip: 10, modulus_bits: auto}
+//   differential_privacy:            # every pod trains with DP-SGD (docs/privacy.md): each
+//     noise_multiplier: 1.1          #   record's gradient clipped to max_grad_norm, Gaussian
+//     max_grad_norm: 1.0             #   noise of std noise_multiplier·max_grad_norm per step;
+//                                    #   each pod accounts the job's ε against its own budget
 //   #   threshold: shares that rebuild a pod's secret, and the fewest pods a round may
 //   #     end with (default: a strict majority of a pod's neighbours and itself)
 //   #   neighbours: pods each pod masks with (default: min(pods-1, max(4, 2*ceil(log2 pods))))
@@ -120,6 +124,12 @@ struct SecureAggregationSpec {
   uint32_t modulus_bits = 0;  // 0: auto
 };
 
+// job.yaml differential_privacy: DP-SGD at every pod (privacy/dp_sgd.h).
+struct DifferentialPrivacySpec {
+  double noise_multiplier = 0;  // σ; 0: off
+  double max_grad_norm = 1.0;   // C
+};
+
 struct JobSpec {
   std::string job_id;
   bool job_id_generated = false;  // job_id was not given; a resumed job takes the checkpoint's
@@ -147,6 +157,7 @@ struct JobSpec {
   std::string aggregation_order = "arrival";  // arrival | pod
   std::string update_precision = "float32";   // float32 | bfloat16
   SecureAggregationSpec secure_aggregation;
+  DifferentialPrivacySpec differential_privacy;
   uint64_t seed = 0;
   std::string output_dir = "out";
   std::string metrics_listen;  // empty: no metrics endpoint (the registry exists anyway)
