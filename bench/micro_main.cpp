@@ -19,6 +19,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
       if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
       auto it = r.counters.find("bytes_per_second");
       if (it != r.counters.end()) rates_[r.benchmark_name()] = it->second.value;
+      times_[r.benchmark_name()] = r.GetAdjustedRealTime();
     }
   }
 
@@ -33,10 +34,23 @@ class RatioReporter : public benchmark::ConsoleReporter {
       std::printf("  %-40s %8.2f GB/s  memcpy %8.2f GB/s  ratio %.2f\n", name.c_str(), rate / 1e9,
                   base->second / 1e9, rate / base->second);
     }
+    // DP-SGD's steps (dp_bench.cpp) as multiples of the non-private steps.
+    bool header = false;
+    for (const auto& [name, time] : times_) {
+      if (name.rfind("BM_Dp", 0) != 0) continue;
+      const size_t slash = name.find('/');
+      auto base = times_.find("BM_TrainSteps" + name.substr(slash));
+      if (slash == std::string::npos || base == times_.end() || base->second <= 0) continue;
+      if (!header) std::printf("\nDP-SGD step time relative to the non-private step (same run, same batches):\n");
+      header = true;
+      std::printf("  %-40s %8.3f ms  non-private %8.3f ms  ratio %.2f\n", name.c_str(), time,
+                  base->second, time / base->second);
+    }
   }
 
  private:
   std::map<std::string, double> rates_;
+  std::map<std::string, double> times_;
 };
 
 }  // namespace
