@@ -39,6 +39,9 @@ struct DemoArgs {
   int rounds = 10;
   std::string update_precision = "float32";
   std::string log_level = "warn";
+  double dp_noise_multiplier = 0;  // 0: no differential privacy
+  double dp_max_grad_norm = 1.0;
+  double privacy_budget = 0;       // the pods' epsilon cap; 0: none
 };
 
 const char* kPods[] = {"pod-a", "pod-b", "pod-c"};
@@ -174,6 +177,11 @@ void run_demo(const DemoArgs& args) {
                           << "\n  token_file: " << token_file << "\n  signing_key: \"" << hub_signing_key
                           << "\"\n  cache: " << (out / "pods" / (name + ".policy.json")).string()
                           << "\naudit_log: " << (out / "pods" / (name + ".audit.log")).string() << "\n";
+    if (args.privacy_budget > 0) {
+      std::ofstream(config, std::ios::app) << "privacy:\n  differential_privacy: {epsilon: " << args.privacy_budget
+                                           << ", delta: 1e-5, ledger: " << (out / "pods" / (name + ".privacy.json")).string()
+                                           << "}\n";
+    }
     const std::string log = (out / "logs" / (name + ".log")).string();
     children.spawn({"fedpod", "worker", "--config", config.string(), "--endpoint-file",
                     (out / "pods" / (name + ".endpoint")).string()},
@@ -199,6 +207,10 @@ void run_demo(const DemoArgs& args) {
     job << "rounds: " << args.rounds << "\nlocal_epochs: 1\nbatch_size: 32\nmin_pods: 2\n"
         << "round_timeout: 60s\neval_every: 1\nseed: 1\noutput_dir: " << out.string() << "\n"
         << "update_precision: " << args.update_precision << "\n";
+    if (args.dp_noise_multiplier > 0) {
+      job << "differential_privacy: {noise_multiplier: " << args.dp_noise_multiplier
+          << ", max_grad_norm: " << args.dp_max_grad_norm << "}\n";
+    }
   }
   std::cout << "demo: 3 pods (label-skewed digits shares) on loopback, " << args.rounds
             << " rounds of FedAvg on an MLP\n"
@@ -224,6 +236,11 @@ void run_demo(const DemoArgs& args) {
                             {"rounds", result->rounds_completed},
                             {"update_precision", args.update_precision},
                             {"mean_round_seconds", result->mean_round_seconds}};
+  if (args.dp_noise_multiplier > 0) {
+    const auto h = nlohmann::json::parse(std::ifstream(result->history_path), nullptr, false);
+    summary["differential_privacy"] = h.is_object() && h.contains("differential_privacy") ? h["differential_privacy"]
+                                                                                            : nlohmann::json(nullptr);
+  }
   coordinator::write_file_atomic((out / "demo.json").string(), summary.dump(2) + "\n");
 }
 
@@ -241,6 +258,16 @@ void add_demo(CLI::App& app) {
                   "how pods send updates: float32, or bfloat16 (half the bytes; job.yaml update_precision)")
       ->capture_default_str()
       ->check(CLI::IsMember({"float32", "bfloat16"}));
+  cmd->add_option("--dp-noise-multiplier", args->dp_noise_multiplier,
+                  "train with DP-SGD at this noise multiplier (job.yaml differential_privacy; docs/privacy.md)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--dp-max-grad-norm", args->dp_max_grad_norm, "DP-SGD's per-example clipping norm")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--privacy-budget", args->privacy_budget,
+                  "give every pod this epsilon budget (pod.yaml privacy.differential_privacy, delta 1e-5): the pods "
+                  "then refuse jobs without DP or beyond the budget")
+      ->check(CLI::PositiveNumber);
   cmd->callback([args] { run_demo(*args); });
 }
 
