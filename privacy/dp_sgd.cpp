@@ -90,6 +90,14 @@ model::StepOutput PerExampleGradients::generic(const torch::Tensor& x, const tor
   std::vector<double> norms(static_cast<size_t>(b));
   double loss_sum = 0;
   model::StepOutput out;
+  // Model code (a scripted or plugin model) must not write its parameters while its
+  // gradients are taken: anything written there would leave the pod unclipped and
+  // without noise. Checked against a copy after the examples.
+  std::vector<torch::Tensor> before;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : params_) before.push_back(p.detach().clone());
+  }
   for (int64_t i = 0; i < b; ++i) {
     for (auto& p : params_) p.mutable_grad() = torch::Tensor();
     model::StepOutput one = model_.training_step(x.narrow(0, i, 1), y.narrow(0, i, 1));
@@ -108,7 +116,13 @@ model::StepOutput PerExampleGradients::generic(const torch::Tensor& x, const tor
       if (params_[k].grad().defined()) sums[k].add_(params_[k].grad(), factor);
     }
   }
-  for (size_t k = 0; k < params_.size(); ++k) params_[k].mutable_grad() = std::move(sums[k]);
+  for (size_t k = 0; k < params_.size(); ++k) {
+    if (!torch::equal(params_[k].detach(), before[k])) {
+      throw std::runtime_error("differential privacy: the model changed its own parameters inside training_step; "
+                               "under DP only the pod's optimizer step may change them (refused)");
+    }
+    params_[k].mutable_grad() = std::move(sums[k]);
+  }
   norms_ = torch::tensor(norms, torch::kFloat64);
   out.loss = torch::tensor(loss_sum);
   out.count = b;

@@ -33,7 +33,10 @@ StatusOr<TrainStats> train_dp(model::Model& model, const data::Dataset& data, co
   const double noise_std = options.dp.noise_multiplier * options.dp.max_grad_norm;
   TrainStats stats;
   model.set_training(true);
-  auto optimizer = model.configure_optimizers(hp);
+  // The pod's optimizer (optimizer, lr, momentum, weight_decay from the
+  // hyperparameters), never the model's own configure_optimizers: an optimizer from
+  // model code could write anything into the parameters after the noise was added.
+  auto optimizer = model.model::Model::configure_optimizers(hp);
   privacy::PerExampleGradients per_example(model, options.dp.allow_fast);
   stats.dp_path = privacy::to_string(per_example.path());
   std::vector<torch::Tensor> params;

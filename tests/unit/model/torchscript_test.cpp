@@ -2,6 +2,7 @@
 // time (fixtures/make_torchscript_fixtures.py), loaded and trained through the Model
 // interface, and every broken variant refused with its reason.
 #include "fedpod/model/torchscript.h"
+#include "fedpod/privacy/dp_sgd.h"
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -95,6 +96,36 @@ TEST_F(TorchScriptTest, TrainingStepsLowerTheLoss) {
   EXPECT_LT(last.loss.item<double>(), first * 0.5);
   EXPECT_EQ(last.count, 32);
   EXPECT_GT(last.correct, 16);  // memorizes 32 samples
+}
+
+// DP-SGD's generic path on a scripted model (no fast path: it is not a built-in
+// Sequential). Unclipped, the per-example gradients add up to the batch size times the
+// gradient of the batch's mean loss; clipped to C, each example adds at most C.
+TEST_F(TorchScriptTest, DpSgdPerExampleGradientsOfAScriptedModel) {
+  auto m = load("good.pt");
+  ASSERT_NE(m, nullptr);
+  torch::manual_seed(5);
+  m->create_model({1, 8, 8}, 10, Hyperparameters());
+  m->set_training(true);
+  torch::Tensor x = torch::rand({6, 1, 8, 8});
+  torch::Tensor y = torch::randint(0, 10, {6}, torch::kInt64);
+  privacy::PerExampleGradients pe(*m);
+  ASSERT_EQ(pe.path(), privacy::GradientPath::kGeneric);
+  (void)pe.clipped_sum(x, y, 1e9);
+  std::vector<torch::Tensor> summed;
+  for (auto& [name, p] : m->named_parameters()) summed.push_back(p.grad().clone());
+  for (auto& [name, p] : m->named_parameters()) p.mutable_grad() = torch::Tensor();
+  m->training_step(x, y).loss.backward();
+  size_t i = 0;
+  for (auto& [name, p] : m->named_parameters()) {
+    EXPECT_TRUE(torch::allclose(summed[i++], p.grad() * 6, 1e-4, 1e-6)) << name;
+  }
+  const double clip = pe.last_norms().min().item<double>() / 4;  // every example clipped
+  (void)pe.clipped_sum(x, y, clip);
+  double sq = 0;
+  for (auto& [name, p] : m->named_parameters()) sq += p.grad().pow(2).sum().item<double>();
+  EXPECT_LE(std::sqrt(sq), 6 * clip * (1 + 1e-5));
+  EXPECT_GT(std::sqrt(sq), 0.0);
 }
 
 TEST_F(TorchScriptTest, LossOnlyStepsStillCountCorrectPredictions) {

@@ -4,6 +4,7 @@
 // from the job's seed, and models that mix examples are refused.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <torch/optim/sgd.h>
 
 #include <cmath>
 
@@ -151,6 +152,62 @@ TEST(DpSgd, BatchNormIsRefusedUnderDp) {
   ASSERT_FALSE(stats.ok());
   EXPECT_NE(stats.status().message().find("batch norm"), std::string::npos) << stats.status().message();
   EXPECT_FALSE(privacy::check_model(*m).ok());
+}
+
+// Model code that writes its own parameters while its gradients are taken (here:
+// copies the first input row into the bias) would carry data past clipping and noise.
+// Under DP the pod refuses it, and trains with its own optimizer, not the model's.
+class LeakyLinear : public model::ModuleModel {
+ public:
+  model::StepOutput training_step(const torch::Tensor& x, const torch::Tensor& y) override {
+    {
+      torch::NoGradGuard no_grad;
+      auto bias = module_->named_parameters()["0.bias"];
+      bias.copy_(x.flatten(1)[0].narrow(0, 0, bias.size(0)));
+    }
+    return Model::training_step(x, y);
+  }
+  std::unique_ptr<torch::optim::Optimizer> configure_optimizers(const Hyperparameters&) override {
+    std::vector<torch::Tensor> ps;
+    for (auto& [n, p] : named_parameters()) ps.push_back(p);
+    return std::make_unique<torch::optim::SGD>(ps, torch::optim::SGDOptions(1e6));
+  }
+
+ protected:
+  void build(const std::vector<int64_t>& in, int64_t classes, const Hyperparameters&) override {
+    torch::nn::Sequential seq(torch::nn::Linear(in.at(0), classes));
+    module_ = seq.ptr();
+    forward_ = [seq](const torch::Tensor& x) mutable { return seq->forward(x.flatten(1)); };
+  }
+};
+
+TEST(DpSgd, ModelCodeThatWritesItsParametersIsRefused) {
+  LeakyLinear m;
+  m.create_model({6}, 4, Hyperparameters());
+  data::Dataset d = random_data(16, {6}, 4);
+  TrainOptions o;
+  o.steps = 1;
+  o.batch_size = 8;
+  o.dp.on = true;
+  o.dp.noise_multiplier = 1;
+  auto stats = train_local(m, d, o, Hyperparameters());
+  ASSERT_FALSE(stats.ok());
+  EXPECT_NE(stats.status().message().find("changed its own parameters"), std::string::npos) << stats.status().message();
+}
+
+// Under DP the optimizer is the pod's (lr from the hyperparameters), not the model's
+// configure_optimizers (here lr 1e6): the change stays within lr·C.
+TEST(DpSgd, TheOptimizerIsThePodsNotTheModels) {
+  class BigStep : public LeakyLinear {
+   public:
+    model::StepOutput training_step(const torch::Tensor& x, const torch::Tensor& y) override {
+      return Model::training_step(x, y);
+    }
+  } m;
+  m.create_model({6}, 4, Hyperparameters());
+  data::Dataset d = random_data(16, {6}, 4);
+  const torch::Tensor u = dp_update(m, d, 0.1, 0.0, 1, 0.01, true);
+  EXPECT_LE(u.norm().item<double>(), 0.01 * 0.1 * (1 + 1e-5));
 }
 
 // Poisson sampling: the batches vary in size around the expected one, and an epoch is

@@ -60,7 +60,8 @@ class PerExampleGradients {
 
   // Sets every parameter's gradient to Σ_i clip(g_i, C) over the examples of (x, y)
   // (zero for an empty batch). Returns the summed loss (not the mean) and the
-  // correct count. Throws what the model throws (c10::Error).
+  // correct count. Throws what the model throws (c10::Error), and std::runtime_error
+  // when model code changed a parameter while its gradients were taken (generic path).
   model::StepOutput clipped_sum(const torch::Tensor& x, const torch::Tensor& y, double max_grad_norm);
 
   // The norms of the last batch's per-example gradients, before clipping (for tests).
