@@ -440,6 +440,47 @@ TEST_F(WorkerTest, FetchResultNeedsATrainedRound) {
   EXPECT_TRUE(torch::equal((*a)[0], (*b)[0]));
 }
 
+// A differentially private job trains only as its startJob declared: a train with
+// other steps is refused, the declared round trains (its trainDone carries the job's
+// ε), and a round beyond the declared ones is refused: the budget covered only those.
+TEST_F(WorkerTest, DpJobTrainsOnlyAsDeclared) {
+  {
+    protocol::Outgoing out("dp-job", next_id_++);
+    auto sj = out.envelope().getBody().initStartJob();
+    sj.initModel().setModelRef("logreg");
+    sj.getModel().setHyperparameters("{}");
+    data::Datastructure ds;
+    ds.target = "label";
+    ds.num_classes = 10;
+    ds.scale = 1.0 / 16;
+    protocol::to_wire(ds, sj.initDatastructure());
+    auto plan = sj.initPlan();
+    plan.setRounds(1);
+    plan.setLocalSteps(5);
+    plan.setBatchSize(16);
+    auto dp = sj.initDifferentialPrivacy();
+    dp.setNoiseMultiplier(1.0);
+    dp.setMaxGradNorm(1.0);
+    auto r = client_->request(out);
+    ASSERT_EQ(r->envelope().getBody().which(), W::JOB_ACCEPTED) << error_of(*r);
+  }
+  auto other = train_msg("dp-job", zeros_for(layout()), 6);
+  auto refused = client_->request(*other);
+  EXPECT_NE(error_of(*refused).find("only as its startJob declared"), std::string::npos) << error_of(*refused);
+  auto ok = train_msg("dp-job", zeros_for(layout()), 5);
+  auto done = client_->request(*ok);
+  ASSERT_EQ(done->envelope().getBody().which(), W::TRAIN_DONE) << error_of(*done);
+  double epsilon = -1;
+  for (auto m : done->envelope().getBody().getTrainDone().getMetrics()) {
+    if (std::string(m.getName().cStr()) == "epsilon") epsilon = m.getValue();
+  }
+  EXPECT_GT(epsilon, 0.0);
+  auto again = train_msg("dp-job", zeros_for(layout()), 5);
+  auto beyond = client_->request(*again);
+  EXPECT_NE(error_of(*beyond).find("rounds its startJob declared"), std::string::npos) << error_of(*beyond);
+  expect_still_serving(*client_);
+}
+
 // The pod's Prometheus metrics after a known exchange: one job, one round of 5
 // steps of 16 samples, one result fetched, one garbage message, one refused job.
 TEST_F(WorkerTest, MetricsCountWhatHappened) {
