@@ -33,6 +33,31 @@ TEST(CliTest, HelpListsSubcommands) {
   }
 }
 
+// fedpod privacy epsilon: TF Privacy's compute_dp_sgd_privacy example (N 60000, batch
+// 256, σ 1.1, ceil(60·60000/256) = 14063 steps, δ 1e-5; 3.01 under the 2017
+// conversion, 2.597 under the 2020 one fedpod uses), from the command line; with
+// --epochs an epoch is ceil(rows / batch) steps. Status on a pod without a budget is
+// a configuration error.
+TEST(CliTest, PrivacyEpsilonAndStatus) {
+  testing::TempDir dir;
+  auto r = fedpod(dir, {"privacy", "epsilon", "--rows", "60000", "--batch-size", "256", "--noise-multiplier", "1.1",
+                        "--steps", "14063"});
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("epsilon 2.59"), std::string::npos) << r.output;
+  auto e = fedpod(dir, {"privacy", "epsilon", "--rows", "60000", "--batch-size", "256", "--noise-multiplier", "1.1",
+                        "--epochs", "60"});
+  EXPECT_NE(e.output.find("14100 steps"), std::string::npos) << e.output;  // 60 × ceil(60000 / 256)
+  auto bad = fedpod(dir, {"privacy", "epsilon", "--rows", "0", "--batch-size", "256", "--noise-multiplier", "1.1"});
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("--rows"), std::string::npos) << bad.output;
+  testing::TestIdentity id(dir.path());
+  auto pod = dir.write("pod.yaml", "name: pod-a\nlisten: tcp://127.0.0.1:0\ndataset: {path: pod.csv}\n" +
+                                       id.pod_yaml("pod-a"));
+  auto s = fedpod(dir, {"privacy", "status", pod});
+  EXPECT_EQ(s.code, 2);
+  EXPECT_NE(s.output.find("sets no privacy.differential_privacy"), std::string::npos) << s.output;
+}
+
 TEST(CliTest, UnknownJobKeyIsNamed) {
   testing::TempDir dir;
   auto job = dir.write("job.yaml",
