@@ -1086,6 +1086,13 @@ struct Worker::Impl {
       executor->wait_idle();
       cancel = false;
     }
+    if (job && !job->ledger_key.empty()) {
+      // A DP job starting over (its coordinator resumed): the steps it trained are
+      // settled now, so that the new start is decided against them and not against
+      // the old plan; the old plan trains no more.
+      on_job("ended");
+      end_job("restarted by its coordinator");
+    }
     auto mref = sj.getModel();
     const std::string username = mref.getUsername();
     std::string ref = mref.getModelRef();
@@ -1267,7 +1274,6 @@ struct Worker::Impl {
     }
     // The job's whole planned ε is charged before its first step (privacy_guard.h).
     if (pd.dp && ledger) {
-      if (job && !job->ledger_key.empty()) settle_privacy(*job);  // this job restarting: its last start is settled
       PrivacyLedger::Entry entry;
       entry.key = job_id + "@" + now_utc();
       entry.job = job_id;

@@ -94,6 +94,20 @@ std::map<std::string, std::string> seeds() {
     protocol::to_wire(pod_datastructure(), sj.initDatastructure());
     sj.setSeed(1);
   });
+  // A differentially private job: its plan and DP-SGD settings.
+  s["start-job-differential-privacy"] = message([&](protocol::Outgoing& o) {
+    auto sj = o.envelope().getBody().initStartJob();
+    model_ref(sj.initModel());
+    protocol::to_wire(pod_datastructure(), sj.initDatastructure());
+    sj.setSeed(1);
+    auto plan = sj.initPlan();
+    plan.setRounds(10);
+    plan.setLocalEpochs(1);
+    plan.setBatchSize(32);
+    auto dp = sj.initDifferentialPrivacy();
+    dp.setNoiseMultiplier(1.1);
+    dp.setMaxGradNorm(1.0);
+  });
   // A custom model: its artifact travels as the last frame, hashed by the pod.
   auto artifact = std::make_shared<const std::string>(
       "PK\x03\x04 fedpod fuzz seed: not a real TorchScript archive");
