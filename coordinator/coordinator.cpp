@@ -610,6 +610,17 @@ StatusOr<RunResult> Coordinator::Impl::run() {
   return result;
 }
 
+void Coordinator::Impl::record_epsilon(const RoundRecord& rec, int round) {
+  if (!history.contains("differential_privacy")) return;
+  for (const auto& [name, p] : rec.pods) {
+    auto eps = p.metrics.find("epsilon");
+    if (eps == p.metrics.end()) continue;
+    auto delta = p.metrics.find("delta");
+    history["differential_privacy"]["epsilon"][name] = {
+        {"epsilon", eps->second}, {"delta", delta == p.metrics.end() ? 0.0 : delta->second}, {"round", round}};
+  }
+}
+
 Status Coordinator::Impl::run_job() {
   set_not_ready("loading the model");
   FEDPOD_RETURN_IF_ERROR(load_model());
@@ -819,15 +830,7 @@ Status Coordinator::Impl::run_job() {
       history["rounds"].back()["discarded_replies"] = round_discarded;
       if (secagg) history["rounds"].back()["secure_aggregation"] = secagg_steps;
       if (!rejoined.empty()) history["rounds"].back()["rejoined"] = rejoined;
-    if (history.contains("differential_privacy")) {
-      for (const auto& [name, p] : rec.pods) {
-        auto eps = p.metrics.find("epsilon");
-        if (eps == p.metrics.end()) continue;
-        auto delta = p.metrics.find("delta");
-        history["differential_privacy"]["epsilon"][name] = {
-            {"epsilon", eps->second}, {"delta", delta == p.metrics.end() ? 0.0 : delta->second}, {"round", round}};
-      }
-    }
+      record_epsilon(rec, round);  // the pods that trained spent it, round failed or not
       // The checkpoint of the last completed round stays as it was.
       const std::string resume_hint =
           spec.checkpoint && round > 1
@@ -855,15 +858,7 @@ Status Coordinator::Impl::run_job() {
     history["rounds"].back()["discarded_replies"] = round_discarded;
     if (secagg) history["rounds"].back()["secure_aggregation"] = secagg_steps;
     if (!rejoined.empty()) history["rounds"].back()["rejoined"] = rejoined;
-    if (history.contains("differential_privacy")) {
-      for (const auto& [name, p] : rec.pods) {
-        auto eps = p.metrics.find("epsilon");
-        if (eps == p.metrics.end()) continue;
-        auto delta = p.metrics.find("delta");
-        history["differential_privacy"]["epsilon"][name] = {
-            {"epsilon", eps->second}, {"delta", delta == p.metrics.end() ? 0.0 : delta->second}, {"round", round}};
-      }
-    }
+    record_epsilon(rec, round);
     // First the checkpoint, then history.json: a crash between the two leaves a
     // history one round behind, which the resumed run rewrites from the checkpoint.
     if (spec.checkpoint) history["checkpoint"] = {{"path", checkpoint_path}, {"round", round}};

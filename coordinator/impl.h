@@ -509,6 +509,9 @@ struct Coordinator::Impl {
                                           size_t& sent);
 
   Status run_job();
+  // Each pod's ε so far (its trainDone metric "epsilon") into history.json's
+  // differential_privacy section; nothing for a job without DP.
+  void record_epsilon(const RoundRecord& rec, int round);
 
   // The round files' writer (write_round_files): what waits to be written, whether
   // a write is going, the first error. Its thread is stopped in ~Impl, after writing

@@ -37,6 +37,17 @@ std::vector<torch::Tensor> grads_of(model::Model& m) {
 
 torch::Tensor flat_copy(model::Model& m) { return m.flat().tensor().clone(); }
 
+// DP-SGD options: σ 1, C 1, `steps` steps (or, with steps 0, `epochs`) of `batch`.
+TrainOptions dp_options(int64_t steps, int64_t batch, int64_t epochs = 1) {
+  TrainOptions o;
+  o.steps = steps;
+  o.epochs = epochs;
+  o.batch_size = batch;
+  o.dp.on = true;
+  o.dp.noise_multiplier = 1.0;
+  return o;
+}
+
 // The fast path's clipped sums and norms are the generic path's (one backward per
 // example), for the built-in mlp and cnn, with some examples clipped and some not.
 TEST(DpSgd, FastPathEqualsOneBackwardPerExample) {
@@ -143,11 +154,7 @@ TEST(DpSgd, NoiseHasTheStatedSizeAndIsNotFromTheSeed) {
 TEST(DpSgd, BatchNormIsRefusedUnderDp) {
   auto m = make("mlp", {6}, {{"hidden", {8}}, {"batch_norm", true}});
   data::Dataset d = random_data(16, {6}, 2);
-  TrainOptions o;
-  o.steps = 1;
-  o.batch_size = 8;
-  o.dp.on = true;
-  o.dp.noise_multiplier = 1;
+  TrainOptions o = dp_options(1, 8);
   auto stats = train_local(*m, d, o, Hyperparameters());
   ASSERT_FALSE(stats.ok());
   EXPECT_NE(stats.status().message().find("batch norm"), std::string::npos) << stats.status().message();
@@ -185,11 +192,7 @@ TEST(DpSgd, ModelCodeThatWritesItsParametersIsRefused) {
   LeakyLinear m;
   m.create_model({6}, 4, Hyperparameters());
   data::Dataset d = random_data(16, {6}, 4);
-  TrainOptions o;
-  o.steps = 1;
-  o.batch_size = 8;
-  o.dp.on = true;
-  o.dp.noise_multiplier = 1;
+  TrainOptions o = dp_options(1, 8);
   auto stats = train_local(m, d, o, Hyperparameters());
   ASSERT_FALSE(stats.ok());
   EXPECT_NE(stats.status().message().find("changed its own parameters"), std::string::npos) << stats.status().message();
@@ -217,11 +220,7 @@ TEST(DpSgd, PoissonBatchesAndStepsPerRound) {
   EXPECT_EQ(privacy::steps_per_round(0, 7, 32, 100), 7);
   auto m = make("mlp", {6}, {{"hidden", {8}}});
   data::Dataset d = random_data(400, {6}, 9);
-  TrainOptions o;
-  o.epochs = 5;
-  o.batch_size = 40;
-  o.dp.on = true;
-  o.dp.noise_multiplier = 1.0;
+  TrainOptions o = dp_options(0, 40, 5);
   auto stats = train_local(*m, d, o, Hyperparameters());
   ASSERT_TRUE(stats.ok()) << stats.status().message();
   EXPECT_EQ(stats->steps, 50);
