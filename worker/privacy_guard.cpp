@@ -145,6 +145,10 @@ StatusOr<std::unique_ptr<PrivacyLedger>> PrivacyLedger::open(const std::string& 
       x.steps_planned = e.at("steps_planned").get<int64_t>();
       x.steps_done = e.at("steps_done").get<int64_t>();
       if (x.state != "reserved" && x.state != "settled") throw std::runtime_error("state '" + x.state + "'");
+      if (x.steps_done < 0 || x.steps_done > x.steps_planned) {
+        throw std::runtime_error("steps_done " + std::to_string(x.steps_done) + " is not between 0 and steps_planned " +
+                                 std::to_string(x.steps_planned));
+      }
       if (Status st = privacy::validate(x.sample_rate, x.noise_multiplier, x.steps_planned, delta); !st.ok()) {
         throw std::runtime_error(st.message());
       }

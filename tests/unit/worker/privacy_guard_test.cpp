@@ -132,6 +132,14 @@ TEST(PrivacyLedger, AnUnreadableLedgerStopsThePod) {
   auto b = PrivacyLedger::open(bad, 1e-5);
   ASSERT_FALSE(b.ok());
   EXPECT_NE(b.status().message().find("entry 1"), std::string::npos) << b.status().message();
+  // Negative steps would subtract budget: refused too.
+  const std::string negative = dir.write(
+      "negative.json", "{\"format\": \"fedpod-privacy-ledger/1\", \"entries\": [{\"key\": \"k\", \"job\": \"j\", "
+                       "\"state\": \"settled\", \"sample_rate\": 0.1, \"noise_multiplier\": 1, \"steps_planned\": 10, "
+                       "\"steps_done\": -5}]}");
+  auto n = PrivacyLedger::open(negative, 1e-5);
+  ASSERT_FALSE(n.ok());
+  EXPECT_NE(n.status().message().find("steps_done -5"), std::string::npos) << n.status().message();
 }
 
 }  // namespace
