@@ -1332,7 +1332,6 @@ struct Worker::Impl {
       a.setNumParameters(e.numel());
       a.setDecision(new_job->decision);
     });
-    if (job && !job->ledger_key.empty()) settle_privacy(*job);
     job = std::move(new_job);
     counters().jobs_started++;
     on_job("accepted");
