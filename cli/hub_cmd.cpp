@@ -30,6 +30,7 @@ struct HubArgs {
   std::string log_level = "info";
   std::string tls_cert, tls_key;
   bool insecure_plaintext = false;
+  int session_hours = 8;
 };
 
 void serve(const HubArgs& args) {
@@ -49,6 +50,7 @@ void serve(const HubArgs& args) {
   }
   opt.tls_cert_file = args.tls_cert;
   opt.tls_key_file = args.tls_key;
+  opt.session_ttl = std::chrono::hours(args.session_hours);
   if (args.tls_cert.empty() != args.tls_key.empty()) throw ConfigError("--tls-cert and --tls-key go together");
   const bool plain = args.tls_cert.empty();
   if (plain && !is_loopback_host(opt.host)) {
@@ -96,7 +98,7 @@ void add_hub(CLI::App& app) {
   auto* hub = app.add_subcommand("hub", "The model hub: users, models, pods over HTTP");
   hub->require_subcommand(1);
   auto args = std::make_shared<HubArgs>();
-  auto* cmd = hub->add_subcommand("serve", "Serve the hub's HTTP API");
+  auto* cmd = hub->add_subcommand("serve", "Serve the hub's HTTP API and its web pages (open / in a browser)");
   cmd->add_option("--data-dir", args->data_dir,
                   "directory for hub.db and artifacts/ (created if missing)")
       ->required();
@@ -107,6 +109,10 @@ void add_hub(CLI::App& app) {
   cmd->add_option("--tls-key", args->tls_key, "PEM private key of --tls-cert");
   cmd->add_flag("--insecure-plaintext", args->insecure_plaintext,
                 "serve plain HTTP on a non-loopback address (tokens cross the network in clear)");
+  cmd->add_option("--session-hours", args->session_hours,
+                  "how long a sign-in to the web pages lasts before the user signs in again")
+      ->check(CLI::Range(1, 24 * 30))
+      ->capture_default_str();
   cmd->add_option("--log-level", args->log_level, "debug | info | warn | error")
       ->capture_default_str();
   cmd->callback([args] { serve(*args); });

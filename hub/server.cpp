@@ -20,6 +20,7 @@
 #include "fedpod/common/sha256.h"
 #include "fedpod/metrics/metrics.h"
 #include "store.h"
+#include "web.h"
 
 #include <sodium.h>
 #include <zmq.h>
@@ -209,6 +210,11 @@ json pod_json(const detail::Pod& p) {
 // line), and then no duration is observed.
 thread_local std::chrono::steady_clock::time_point t_request_start{};
 
+// The user an in-process API call runs as (the web pages' WebContext::api sets it
+// around one handler call on its own thread, and clears it after). Requests from the
+// network never set it, so they are identified by their Authorization header alone.
+thread_local const User* t_page_user = nullptr;
+
 // The regex of a route label: each {placeholder} matches one path segment.
 std::string label_regex(const std::string& label) {
   static const std::regex placeholder(R"(\{[a-z_]+\})");
@@ -225,12 +231,14 @@ std::string method_label(const std::string& method) {
 
 }  // namespace
 
-// The hub's metrics (see server.h) and the route table their labels come from.
+// The hub's metrics (see server.h) and the route table their labels come from; the
+// same table gives the web pages the API's handlers to call in-process.
 struct Server::Metrics {
   struct Route {
     std::string method;  // "GET" also covers HEAD, as httplib does
     std::regex regex;
     std::string label;
+    httplib::Server::Handler handler;  // set for /api/ routes (ApiReply calls), else empty
   };
 
   explicit Metrics(prometheus::Registry& registry)
@@ -412,6 +420,7 @@ void Server::routes() {
   // The caller's identity: nullopt when no Authorization header is sent; 401 when
   // one is sent but names no user.
   auto caller = [&store](Req req) -> std::optional<User> {
+    if (t_page_user) return *t_page_user;  // a web page's call, as its signed-in user
     if (!req.has_header("Authorization")) return std::nullopt;
     std::string h = req.get_header_value("Authorization");
     const std::string prefix = "Bearer ";
@@ -482,7 +491,8 @@ void Server::routes() {
   // records the route so requests are counted under `label`.
   auto on_regex = [this](const std::string& method, const std::string& label,
                          const std::string& regex, httplib::Server::Handler handler) {
-    metrics_->routes.push_back({method, std::regex(regex), label});
+    metrics_->routes.push_back(
+        {method, std::regex(regex), label, label.rfind("/api/", 0) == 0 ? handler : httplib::Server::Handler()});
     if (method == "GET") {
       http_->Get(regex, std::move(handler));
     } else if (method == "POST") {
@@ -616,7 +626,7 @@ void Server::routes() {
   {
     const std::string label = "/api/v1/models/{user}/{ref}/versions";
     const std::string regex = label_regex(label);
-    metrics_->routes.push_back({"POST", std::regex(regex), label});
+    metrics_->routes.push_back({"POST", std::regex(regex), label, {}});
     http_->Post(regex, [guard, &store, &opt, require_caller](Req req, Res res, const httplib::ContentReader& reader) {
       struct Upload {
         int fd = -1;
@@ -1129,10 +1139,48 @@ void Server::routes() {
        reply(res, 200, json::parse(sign_document(payload, signing_)));
      }));
 
+  // --- The web pages (web.h): a client of the routes above, run in-process as the
+  // signed-in user, so they enforce exactly what the API enforces. ---
+  detail::WebContext web;
+  web.store = &store;
+  web.tls = !options_.tls_cert_file.empty();
+  web.session_ttl = options_.session_ttl;
+  web.logger = logger_;
+  web.route = [on_regex](const std::string& method, const std::string& label, const std::string& regex,
+                         httplib::Server::Handler handler) { on_regex(method, label, regex, std::move(handler)); };
+  web.api = [this](const User& user, const std::string& method, const std::string& path,
+                   const httplib::Params& query, const json& body) {
+    httplib::Request req;
+    req.method = method;
+    req.path = path;
+    req.params = query;
+    if (!body.is_null()) {
+      req.body = body.dump();
+      req.set_header("Content-Type", "application/json");
+    }
+    for (const auto& r : metrics_->routes) {
+      if (!r.handler || r.method != method || !std::regex_match(req.path, req.matches, r.regex)) continue;
+      httplib::Response res;
+      struct As {
+        explicit As(const User* u) { t_page_user = u; }
+        ~As() { t_page_user = nullptr; }
+      } as(&user);
+      r.handler(req, res);
+      return detail::ApiReply{res.status < 0 ? 200 : res.status, json::parse(res.body, nullptr, false)};
+    }
+    return detail::ApiReply{404, json{{"error", {{"code", "not_found"}, {"message", "no API route " + method + " " + path}}}}};
+  };
+  detail::register_pages(web);
+
   // Backstops: httplib's own errors (unknown route, payload over the transport
-  // limit) get a JSON body too, and an exception escaping a wrapper a 500.
-  http_->set_error_handler([](Req, Res res) {
+  // limit) get a JSON body too (an HTML page for a browser's page path), and an
+  // exception escaping a wrapper a 500.
+  http_->set_error_handler([](Req req, Res res) {
     if (!res.body.empty()) return;
+    if (req.path.rfind("/api/", 0) != 0 && req.get_header_value("Accept").find("text/html") != std::string::npos) {
+      detail::error_page(res, res.status, res.status == 404 ? "There is no page at this address." : "HTTP error");
+      return;
+    }
     std::string code = res.status == 404   ? "not_found"
                        : res.status == 413 ? "too_large"
                                            : "http_error";

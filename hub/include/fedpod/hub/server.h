@@ -46,6 +46,7 @@
 // Ownership: the Server owns its store and its httplib::Server. The logger is shared.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -98,6 +99,9 @@ struct ServerOptions {
   // Pods fetch theirs every `refresh` (30 s by default), so this only needs to
   // outlast a hub outage; a pod refuses new jobs once its policy has expired.
   std::chrono::seconds policy_ttl{std::chrono::hours(24)};
+  // How long a web page sign-in lasts (the session cookie's Max-Age); the user signs
+  // in again with their token afterwards.
+  std::chrono::seconds session_ttl{std::chrono::hours(8)};
 };
 
 class Server {
