@@ -35,6 +35,12 @@ std::string_view web_asset(const std::string& name) {
   return {};
 }
 
+std::vector<std::string> web_asset_names() {
+  std::vector<std::string> names;
+  for (size_t i = 0; i < kWebAssetCount; ++i) names.emplace_back(kWebAssets[i].name);
+  return names;
+}
+
 std::string ApiReply::error_message() const {
   if (body.is_object() && body.contains("error") && body["error"].is_object())
     return body["error"].value("message", std::string("HTTP ") + std::to_string(status));

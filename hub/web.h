@@ -25,6 +25,8 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include <httplib.h>
 #include <nlohmann/json.hpp>
@@ -76,5 +78,7 @@ nlohmann::json diff_sources(const Files& before, const Files& after);
 void error_page(httplib::Response& res, int status, const std::string& message);
 // The static asset `name` (e.g. "hub.css"); empty when there is none.
 std::string_view web_asset(const std::string& name);
+// The names of every embedded file of hub/web/.
+std::vector<std::string> web_asset_names();
 
 }  // namespace fedpod::hub::detail

@@ -317,6 +317,19 @@ class HubWebTest(unittest.TestCase):
         roles = self.api("olivia", "/api/v1/pods/pod-a/roles")["roles"]
         self.assertEqual([(r["username"], r["role"]) for r in roles], [("bob", "general-modeller")])
         self.shot("pod")
+        # A second role, then removed again.
+        self.browser.find_element(By.ID, "grant-user").send_keys("alice")
+        Select(self.browser.find_element(By.ID, "grant-role")).select_by_value("super-modeller")
+        self.click(By.ID, "grant")
+        self.assertIn("super-modeller", self.text("#role-alice"))
+        self.click(By.CSS_SELECTOR, "#role-alice button")
+        self.assertFalse(self.browser.find_elements(By.ID, "role-alice"))
+        roles = self.api("olivia", "/api/v1/pods/pod-a/roles")["roles"]
+        self.assertEqual([(r["username"], r["role"]) for r in roles], [("bob", "general-modeller")])
+        # A user that does not exist: the API's message, on the page.
+        self.browser.find_element(By.ID, "grant-user").send_keys("nobody")
+        self.click(By.ID, "grant")
+        self.assertEqual(self.text("#error"), "no user 'nobody'")
         self.go("/pods")
         self.assertIn("bob: general-modeller", self.text("#my-pods"))
         self.shot("pods")
@@ -566,6 +579,12 @@ class HubWebTest(unittest.TestCase):
         self.assertIn("script-src", h["Content-Security-Policy"].replace("default-src 'none'", "script-src"))
         self.assertEqual(h["X-Frame-Options"], "DENY")
         self.assertEqual(h["Cache-Control"], "no-store")
+        # An unknown page is an HTML 404 for a browser, JSON for the API.
+        status, headers, body = self.raw("GET", "/no/such/page")
+        self.assertEqual(status, 404)
+        self.assertIn("There is no page at this address.", body)
+        status, _, body = self.raw("GET", "/api/v1/nope")
+        self.assertEqual((status, json.loads(body)["error"]["code"]), (404, "not_found"))
         # The API is unchanged beside the pages: JSON, bearer tokens, no cookies honoured.
         status, _, body = self.raw("GET", "/api/v1/access-requests", cookie=cookie.split(";")[0])
         self.assertEqual(status, 401)
