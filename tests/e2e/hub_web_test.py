@@ -521,6 +521,14 @@ class HubWebTest(unittest.TestCase):
                 self.assertEqual(status, 403, (action, rid, body))
                 self.assertIn("only the owner of pod &apos;pod-a&apos; (olivia) may " + action, body)
         self.assertEqual(self.api("olivia", "/api/v1/access-requests")["requests"], before)
+        # A confirmation whose sha256 is not the version's is refused, and nothing is asked.
+        count = len(self.api("bob", "/api/v1/access-requests")["requests"])
+        status, _, body = self.raw("POST", "/models/alice/digits-net/request", cookie=bob,
+                                   form={"csrf": csrf, "step": "confirm", "pod": "pod-a", "version": "1",
+                                         "sha256": self.pushed[2]["sha256"], "purpose": "swapped"})
+        self.assertEqual(status, 409)
+        self.assertIn("is not the one you confirmed", body)
+        self.assertEqual(len(self.api("bob", "/api/v1/access-requests")["requests"]), count)
         # The pod's roles page and granting himself a role.
         status, _, body = self.raw("GET", "/pods/pod-a", cookie=bob)
         self.assertEqual(status, 403)

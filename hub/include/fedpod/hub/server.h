@@ -18,6 +18,11 @@
 // The hub never executes what it stores: an artifact is only checked for the shape
 // of its format (a zip for "torchscript", an ELF file for "plugin") and hashed.
 //
+// Web pages: the same port also serves the pages of the review flow (sign-in, My
+// Models, Request Access, the pod owner's inbox, pods and roles; hub/web.h,
+// docs/hub-web.md), which call the API's own handlers in-process as the signed-in
+// user.
+//
 // Operations: next to the API, the same port serves GET /healthz (200 while the
 // process serves), GET /readyz (200 once the database is open, 503 with the reason
 // before) and GET /metrics (Prometheus text format; one port, so one Service port
