@@ -5,12 +5,24 @@
 #include <CLI/CLI.hpp>
 
 #include <stdexcept>
+#include <string>
 
 namespace fedpod::cli {
 
-// Exit codes: 0 ok, 1 job failed, 2 bad configuration or usage.
+// Exit codes (docs/errors.md): 0 ok, 1 the operation failed (a job, a hub call, a
+// check), 2 bad usage or configuration (command-line parse errors included).
 inline constexpr int kExitFailed = 1;
 inline constexpr int kExitConfig = 2;
+
+// A number above zero, for options such as --rounds; unlike CLI::PositiveNumber its
+// message is short: "--rounds: must be above 0, got 0".
+inline const CLI::Validator kPositive(
+    [](std::string& value) -> std::string {
+      double d = 0;
+      if (!CLI::detail::lexical_cast(value, d)) return "must be a number, got '" + value + "'";
+      return d > 0 ? std::string() : "must be above 0, got " + value;
+    },
+    "POSITIVE");
 
 struct CommandExit {
   int code;
@@ -29,5 +41,8 @@ void add_access(CLI::App& app);  // access_cmds.cpp: roles, access requests, pod
 void add_policy(CLI::App& app);  // policy_cmd.cpp: fedpod policy sign | verify
 void add_audit(CLI::App& app);   // audit_cmd.cpp: fedpod audit verify
 void add_privacy(CLI::App& app); // privacy_cmd.cpp: fedpod privacy status | epsilon
+
+// version.cpp: the version and the build's options (NCCL, TLS, sandbox, ...).
+std::string version_text();
 
 }  // namespace fedpod::cli

@@ -252,7 +252,7 @@ void add_demo(CLI::App& app) {
                                          "centralized training");
   cmd->add_option("--data", args->data_dir, "folder with pod-a.csv, pod-b.csv, pod-c.csv")->capture_default_str();
   cmd->add_option("-o,--out", args->out_dir, "output folder")->capture_default_str();
-  cmd->add_option("--rounds", args->rounds, "federated rounds")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--rounds", args->rounds, "federated rounds")->capture_default_str()->check(kPositive);
   cmd->add_option("--log-level", args->log_level, "coordinator log level")->capture_default_str();
   cmd->add_option("--update-precision", args->update_precision,
                   "how pods send updates: float32, or bfloat16 (half the bytes; job.yaml update_precision)")
@@ -260,14 +260,14 @@ void add_demo(CLI::App& app) {
       ->check(CLI::IsMember({"float32", "bfloat16"}));
   cmd->add_option("--dp-noise-multiplier", args->dp_noise_multiplier,
                   "train with DP-SGD at this noise multiplier (job.yaml differential_privacy; docs/privacy.md)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--dp-max-grad-norm", args->dp_max_grad_norm, "DP-SGD's per-example clipping norm")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--privacy-budget", args->privacy_budget,
                   "give every pod this epsilon budget (pod.yaml privacy.differential_privacy, delta 1e-5): the pods "
                   "then refuse jobs without DP or beyond the budget")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->callback([args] { run_demo(*args); });
 }
 

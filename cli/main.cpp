@@ -1,14 +1,59 @@
 // fedpod: one binary, every subcommand. Parsing and wiring only.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <csignal>
+#include <string>
+#include <vector>
 #include <iostream>
 
 #include "commands.h"
 #include "fedpod/common/config_util.h"
+#include "fedpod/common/names.h"
 #include "fedpod/common/process.h"
 #include "fedpod/worker/gate.h"
 #include "fedpod/worker/runner.h"
+
+
+namespace {
+
+// After a parse error: when a word where a command was expected is not one, names the
+// nearest command of that level, or lists them, and returns true.
+bool suggest_command(CLI::App& app, int argc, char** argv) {
+  CLI::App* level = &app;
+  std::string path = "fedpod";
+  for (int i = 1; i < argc; ++i) {
+    const std::string word = argv[i];
+    if (word.empty() || word[0] == '-') return false;
+    std::vector<std::string> names;
+    CLI::App* next = nullptr;
+    for (CLI::App* sub : level->get_subcommands([](CLI::App* s) { return !s->get_name().empty(); })) {
+      if (sub->get_group().empty()) continue;  // hidden
+      names.push_back(sub->get_name());
+      if (sub->check_name(word)) next = sub;
+    }
+    if (names.empty()) return false;
+    if (next) {
+      level = next;
+      path += " " + word;
+      continue;
+    }
+    const std::string near = fedpod::nearest_name(word, names);
+    std::cerr << "fedpod: '" << word << "' is not a command of `" << path << "`";
+    if (!near.empty()) {
+      std::cerr << "; did you mean `" << path << " " << near << "`?\n";
+    } else {
+      std::cerr << "; its commands:";
+      for (const auto& n : names) std::cerr << " " << n;
+      std::cerr << "\n";
+    }
+    std::cerr << "Run `" << path << " --help` for more information.\n";
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   // A job runner (worker/runner.h), started by `fedpod worker` for each job; not a
@@ -26,8 +71,10 @@ int main(int argc, char** argv) {
   CLI::App app{"fedpod: federated learning across data pods.\n"
                "Pods keep their data; a coordinator trains a model across them."};
   app.require_subcommand(1);
-  app.add_subcommand("version", "Print the version")->callback([] {
-    std::cout << "fedpod " << FEDPOD_VERSION << "\n";
+  app.set_version_flag("--version", [] { return fedpod::cli::version_text(); },
+                       "Print the version and the build's options, and exit");
+  app.add_subcommand("version", "Print the version and the build's options")->callback([] {
+    std::cout << fedpod::cli::version_text();
   });
   fedpod::cli::add_worker(app);
   fedpod::cli::add_coordinator(app);
@@ -45,7 +92,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every real parse error is a usage error (2).
+    if (e.get_exit_code() == 0) return app.exit(e);
+    if (!suggest_command(app, argc, argv)) app.exit(e);
+    return fedpod::cli::kExitConfig;
   } catch (const fedpod::cli::CommandExit& e) {
     return e.code;
   } catch (const fedpod::ConfigError& e) {

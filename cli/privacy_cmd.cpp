@@ -66,17 +66,17 @@ void add_privacy(CLI::App& app) {
     try {
       c = worker::load_pod_config(sa->pod_yaml);
     } catch (const ConfigError& e) {
-      std::cerr << "error: " << e.what() << "\n";
+      std::cerr << "fedpod: privacy status: " << e.what() << "\n";
       throw CommandExit{kExitConfig};
     }
     if (!c.privacy.dp_required) {
-      std::cerr << "error: " << sa->pod_yaml << " sets no privacy.differential_privacy: this pod keeps no privacy "
+      std::cerr << "fedpod: privacy status: " << sa->pod_yaml << " sets no privacy.differential_privacy: this pod keeps no privacy "
                 << "budget (docs/privacy.md)\n";
       throw CommandExit{kExitConfig};
     }
     auto ledger = worker::PrivacyLedger::open(c.privacy.ledger, c.privacy.delta);
     if (!ledger.ok()) {
-      std::cerr << "error: " << ledger.status().message() << "\n";
+      std::cerr << "fedpod: privacy status: " << ledger.status().message() << "\n";
       throw CommandExit{kExitFailed};
     }
     nlohmann::json s = (*ledger)->summary(c.privacy.epsilon_cap);
@@ -97,14 +97,14 @@ void add_privacy(CLI::App& app) {
   auto* eps = privacy->add_subcommand(
       "epsilon", "The epsilon (at delta) a DP-SGD job spends on a pod: Poisson sampling at batch_size/rows, "
                  "RDP accounting (docs/privacy.md)");
-  eps->add_option("--rows", ea->rows, "rows of the pod's training split")->required()->check(CLI::PositiveNumber);
-  eps->add_option("--batch-size", ea->batch_size, "the job's batch_size")->required()->check(CLI::PositiveNumber);
+  eps->add_option("--rows", ea->rows, "rows of the pod's training split")->required()->check(kPositive);
+  eps->add_option("--batch-size", ea->batch_size, "the job's batch_size")->required()->check(kPositive);
   eps->add_option("--noise-multiplier", ea->sigma, "the job's differential_privacy.noise_multiplier")
       ->required()
-      ->check(CLI::PositiveNumber);
-  eps->add_option("--rounds", ea->rounds, "the job's rounds")->capture_default_str()->check(CLI::PositiveNumber);
-  eps->add_option("--epochs", ea->epochs, "local_epochs per round")->capture_default_str()->check(CLI::PositiveNumber);
-  eps->add_option("--steps", ea->steps, "local_steps per round (instead of --epochs)")->check(CLI::PositiveNumber);
+      ->check(kPositive);
+  eps->add_option("--rounds", ea->rounds, "the job's rounds")->capture_default_str()->check(kPositive);
+  eps->add_option("--epochs", ea->epochs, "local_epochs per round")->capture_default_str()->check(kPositive);
+  eps->add_option("--steps", ea->steps, "local_steps per round (instead of --epochs)")->check(kPositive);
   eps->add_option("--delta", ea->delta, "delta")->capture_default_str()->check(CLI::Range(1e-300, 0.999999));
   eps->callback([ea] {
     const double q = std::min(1.0, static_cast<double>(ea->batch_size) / static_cast<double>(ea->rows));

@@ -1,5 +1,7 @@
 #include "fedpod/common/config_util.h"
 
+#include "fedpod/common/names.h"
+
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -79,6 +81,7 @@ YAML::Node load_yaml_file(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw ConfigError(path + ": is a directory, not a YAML file");
+  if (!std::filesystem::exists(path, ec)) throw ConfigError(path + ": no such file");
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);
@@ -88,6 +91,45 @@ YAML::Node load_yaml_file(const std::string& path) {
     throw ConfigError(path + ": cannot read: " + e.what());
   }
   return checked(root, path);
+}
+
+namespace {
+// The key path of the value at `mark` under `node` ("privacy.min_batch_size",
+// "dataset.schema[2].type"); false when none is there.
+bool key_at(const YAML::Node& node, const YAML::Mark& mark, const std::string& path, int depth, std::string* out,
+            std::string* value) {
+  if (depth > 64) return false;
+  const YAML::Mark m = node.Mark();
+  if (node.IsScalar() && m.line == mark.line && m.column == mark.column) {
+    *out = path;
+    *value = "'" + node.Scalar() + "'";
+    return true;
+  }
+  if (node.IsMap()) {
+    for (const auto& kv : node) {
+      const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : "?";
+      if (key_at(kv.second, mark, path.empty() ? key : path + "." + key, depth + 1, out, value)) return true;
+    }
+  } else if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i)
+      if (key_at(node[i], mark, path + "[" + std::to_string(i) + "]", depth + 1, out, value)) return true;
+  }
+  if ((node.IsMap() || node.IsSequence()) && m.line == mark.line && m.column == mark.column) {
+    *out = path;
+    *value = node.IsMap() ? "a mapping" : "a list";
+    return true;
+  }
+  return false;
+}
+}  // namespace
+
+std::string describe_conversion_error(const YAML::Node& root, const YAML::Mark& mark, const std::string& what) {
+  std::string path, value;
+  if (!mark.is_null() && key_at(root, mark, "", 0, &path, &value) && !path.empty()) {
+    return path + " (line " + std::to_string(mark.line + 1) + "): " + value + " is not of the type this setting takes";
+  }
+  if (mark.is_null()) return what;
+  return "line " + std::to_string(mark.line + 1) + ", column " + std::to_string(mark.column + 1) + ": " + what;
 }
 
 YAML::Node parse_yaml(const std::string& text, const std::string& where) {
@@ -124,11 +166,16 @@ void check_keys(const YAML::Node& node, std::initializer_list<const char*> allow
     const std::string key = key_name(kv.first, where);
     bool ok = false;
     std::string list;
+    std::vector<std::string> names;
     for (const char* a : allowed) {
       if (key == a) ok = true;
       list += list.empty() ? a : std::string(", ") + a;
+      names.emplace_back(a);
     }
-    if (!ok) throw ConfigError(where + ": unknown key '" + key + "' (allowed: " + list + ")");
+    if (ok) continue;
+    const std::string near = nearest_name(key, names, 2);
+    throw ConfigError(where + ": unknown key '" + key + "'" + (near.empty() ? "" : "; did you mean '" + near + "'?") +
+                      " (allowed: " + list + ")");
   }
 }
 

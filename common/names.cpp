@@ -1,3 +1,4 @@
+#include <algorithm>
 #include "fedpod/common/names.h"
 
 namespace fedpod {
@@ -30,6 +31,46 @@ std::string check_public_key(const std::string& s) {
   for (char c : s)
     if (z85.find(c) == std::string::npos) return "is not Z85: contains '" + std::string(1, c) + "'";
   return "";
+}
+
+namespace {
+
+// Levenshtein distance.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+}  // namespace
+
+std::string nearest_name(const std::string& word, const std::vector<std::string>& candidates, int max_edits) {
+  const size_t limit = max_edits >= 0 ? static_cast<size_t>(max_edits) : std::max<size_t>(1, word.size() / 3);
+  std::string best, prefixed;
+  size_t best_d = limit + 1;
+  int prefixes = 0;
+  for (const auto& c : candidates) {
+    if (!word.empty() && c.rfind(word, 0) == 0) {
+      ++prefixes;
+      prefixed = c;
+    }
+    const size_t d = edit_distance(word, c);
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  }
+  if (best.empty() && prefixes == 1) return prefixed;
+  return best;
 }
 
 }  // namespace fedpod

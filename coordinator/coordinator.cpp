@@ -2,6 +2,26 @@
 
 namespace fedpod::coordinator {
 
+// The job's output folder, made if missing and checked writable before any pod is
+// asked for anything: a folder that cannot take history.json is a configuration
+// error, not a crash at the first write.
+static Status prepare_output_dir(const std::string& dir) {
+  if (dir.empty()) return Status::invalid("output_dir is empty; name a folder for history.json and the model");
+  std::error_code ec;
+  if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
+    return Status::invalid("output_dir '" + dir + "' exists and is not a folder");
+  fs::create_directories(dir, ec);
+  if (ec) return Status::invalid("output_dir '" + dir + "': cannot create it: " + ec.message());
+  const fs::path probe = fs::path(dir) / ".fedpod-write-test";
+  {
+    std::ofstream f(probe);
+    if (!f || !(f << "ok") || !f.flush())
+      return Status::invalid("output_dir '" + dir + "' is not writable: " + std::strerror(errno));
+  }
+  fs::remove(probe, ec);
+  return Status();
+}
+
 void Coordinator::Impl::set_not_ready(std::string reason) {
   std::lock_guard<std::mutex> lock(phase_mutex);
   not_ready = std::move(reason);
@@ -51,8 +71,14 @@ Status Coordinator::Impl::resolve_custom() {
   if (!model::is_custom_format(v->format)) {
     return Status::invalid(what + ": the hub says its format is '" + v->format + "', not torchscript or plugin");
   }
+  if (Status st = prepare_output_dir(spec.output_dir); !st.ok()) {
+    config_error = true;
+    return st;
+  }
   const fs::path dir = fs::path(spec.output_dir) / "artifacts";
-  fs::create_directories(dir);
+  std::error_code made_dir;
+  fs::create_directories(dir, made_dir);
+  if (made_dir) return Status::invalid("cannot create " + dir.string() + ": " + made_dir.message());
   const std::string path = (dir / (v->sha256 + model::artifact_extension(v->format))).string();
   auto sha = client.download_artifact(m.username, m.ref, v->version, path, v->sha256);
   if (!sha.ok()) return Status(sha.status().code(), what + ": download failed: " + sha.status().message());
@@ -544,12 +570,17 @@ void Coordinator::Impl::end_job(const std::string& reason) {
 }
 
 StatusOr<RunResult> Coordinator::Impl::run() {
-  fs::create_directories(spec.output_dir);
+  if (Status st = prepare_output_dir(spec.output_dir); !st.ok()) {
+    config_error = true;
+    set_not_ready("the job failed before training: " + st.to_string());
+    return st;
+  }
   checkpoint_path = (fs::path(spec.output_dir) / "checkpoint.bin").string();
   if (spec.resume) {
     // A checkpoint that cannot be used changes nothing on disk.
     Status st = load_resume();
     if (!st.ok()) {
+      config_error = true;  // nothing was started: the command line or the files are wrong
       log->error("event=resume_failed job={} error=\"{}\"", spec.job_id, st.to_string());
       set_not_ready("the job failed before training: " + st.to_string());
       return st;
@@ -646,7 +677,10 @@ Status Coordinator::Impl::run_job() {
   }
   int first_round = 1;
   if (resume_from) {
-    FEDPOD_RETURN_IF_ERROR(restore_checkpoint(global, *strategy));
+    if (Status st = restore_checkpoint(global, *strategy); !st.ok()) {
+      config_error = true;  // the checkpoint does not fit this job: nothing was trained
+      return st;
+    }
     first_round = resume_from->round + 1;
     progress << "resumed job " << spec.job_id << " after round " << resume_from->round << " from "
              << checkpoint_path << std::endl;

@@ -10,6 +10,7 @@
 #include <zmq.h>
 
 #include <chrono>
+#include <cstring>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>

@@ -96,6 +96,11 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
                         "' has no address: give one, or set hub: so pod names resolve through the hub");
     }
     if (!names.insert(p.name).second) throw ConfigError(where + ": pods: '" + p.name + "' is listed twice");
+    if (!p.address.empty() && p.address.rfind("tcp://", 0) != 0 && p.address.rfind("ipc://", 0) != 0 &&
+        p.address.rfind("inproc://", 0) != 0) {
+      throw ConfigError(where + ": pods: '" + p.name + "': address '" + p.address +
+                        "' is not tcp://HOST:PORT (the pod's listen address, e.g. tcp://10.0.0.5:5555)");
+    }
     if (!p.public_key.empty() && !protocol::is_z85_key(p.public_key)) {
       throw ConfigError(where + ": pods: '" + p.name + "': public_key must be 40 Z85 characters (the pod's .pub file)");
     }

@@ -1,5 +1,7 @@
 #include "fedpod/model/hyperparameters.h"
 
+#include "fedpod/common/names.h"
+
 #include <algorithm>
 
 namespace fedpod::model {
@@ -15,25 +17,6 @@ const char* to_string(HyperparameterType t) {
   return "?";
 }
 
-namespace {
-
-// Levenshtein distance, for "did you mean".
-size_t distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
-}  // namespace
 
 Status check_hyperparameters(const Hyperparameters& hp, const HyperparameterSpec& declared,
                              const std::string& model) {
@@ -50,12 +33,7 @@ Status check_hyperparameters(const Hyperparameters& hp, const HyperparameterSpec
     auto it = std::find_if(declared.begin(), declared.end(), [&](const auto& d) { return d.name == key; });
     if (it == declared.end()) {
       std::string p = "unknown hyperparameter '" + key + "'";
-      std::string best;
-      size_t best_d = 3;  // suggest only close names: at most two edits
-      for (const auto& n : names) {
-        const size_t d = distance(key, n);
-        if (d < best_d) best_d = d, best = n;
-      }
+      const std::string best = nearest_name(key, names, 2);  // suggest only close names: at most two edits
       if (!best.empty()) p += " (did you mean '" + best + "'?)";
       problems.push_back(p);
       continue;

@@ -78,6 +78,14 @@ Status write_key_files(const std::string& base, const CurveKeyPair& keys, bool f
       }
     }
   }
+  // A folder that does not exist yet is made, private (0700): it holds secret keys.
+  const fs::path parent = fs::path(key_path).parent_path();
+  if (!parent.empty() && !fs::exists(parent)) {
+    std::error_code ec;
+    fs::create_directories(parent, ec);
+    if (ec) return Status::invalid("cannot create the folder " + parent.string() + " for " + key_path + ": " + ec.message());
+    fs::permissions(parent, fs::perms::owner_all, fs::perm_options::replace, ec);
+  }
   const std::string header =
       "# fedpod CURVE key pair, written by `fedpod keys generate`.\n"
       "# The secret key identifies you: keep this file private (mode 0600).\n";

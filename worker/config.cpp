@@ -126,8 +126,15 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
   try {
     if (!root["name"] || root["name"].as<std::string>().empty()) throw ConfigError(where + ": name: required");
     c.name = root["name"].as<std::string>();
+    // The name is part of file names (state/NAME.policy.json) and of hub URLs.
+    if (c.name.size() > 63 || c.name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
+                                  std::string::npos || c.name[0] == '.')
+      throw ConfigError(where + ": name: '" + c.name +
+                        "' must be 1 to 63 letters, digits, '_', '.' or '-', not starting with '.' (pods registered on "
+                        "a hub: lowercase, starting with a letter)");
     if (!root["listen"]) throw ConfigError(where + ": listen: required (e.g. tcp://0.0.0.0:5555)");
     c.listen = root["listen"].as<std::string>();
+    check_listen_endpoint(c.listen, where + ": listen");
     c.tensor_listen = default_tensor_listen(c.listen);
     if (root["tensor_listen"]) {
       const std::string t = root["tensor_listen"].as<std::string>();
@@ -136,6 +143,7 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
       } else if (t.rfind("tcp://", 0) != 0 || t.rfind(':') <= 6) {
         throw ConfigError(where + ": tensor_listen: '" + t + "' is not tcp://HOST:PORT or off");
       } else {
+        check_listen_endpoint(t, where + ": tensor_listen");
         c.tensor_listen = t;
       }
     }
@@ -375,6 +383,8 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
     c.audit_log = resolve_path(root["audit_log"] ? root["audit_log"].as<std::string>() : "state/" + c.name + ".audit.log");
     if (root["metrics_listen"]) c.metrics_listen = root["metrics_listen"].as<std::string>();
     if (root["log_level"]) c.log_level = root["log_level"].as<std::string>();
+  } catch (const YAML::BadConversion& e) {
+    throw ConfigError(where + ": " + describe_conversion_error(root, e.mark, e.msg));
   } catch (const YAML::Exception& e) {
     throw ConfigError(where + ": " + e.what());
   }
@@ -382,6 +392,22 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
 }
 
 }  // namespace
+
+void check_listen_endpoint(const std::string& endpoint, const std::string& where) {
+  const std::string usage = " (expected tcp://HOST:PORT with PORT 1-65535, or * or 0 for any free port, e.g. "
+                            "tcp://0.0.0.0:5555)";
+  if (endpoint.rfind("ipc://", 0) == 0 && endpoint.size() > 6) return;
+  if (endpoint.rfind("tcp://", 0) != 0) throw ConfigError(where + ": '" + endpoint + "' is not a tcp:// address" + usage);
+  const size_t colon = endpoint.rfind(':');
+  const std::string host = colon > 6 ? endpoint.substr(6, colon - 6) : "";
+  const std::string port = colon > 6 ? endpoint.substr(colon + 1) : "";
+  if (host.empty() || port.empty()) throw ConfigError(where + ": '" + endpoint + "' has no host or no port" + usage);
+  if (port == "*" || port == "0") return;
+  if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) < 1 ||
+      std::stoi(port) > 65535) {
+    throw ConfigError(where + ": port '" + port + "' of '" + endpoint + "' is not a TCP port" + usage);
+  }
+}
 
 std::string default_tensor_listen(const std::string& listen) {
   if (listen.rfind("tcp://", 0) != 0) return "";

@@ -191,15 +191,15 @@ TEST_F(CoordinatorResumeTest, ACheckpointOfAnotherJobOrADamagedOneIsRefusedAndLe
   const std::string original = testing::read_file(ckpt);
   ASSERT_FALSE(original.empty());
 
-  // --resume without a checkpoint says so.
+  // --resume without a checkpoint says so; nothing is started, so it is a usage error (2).
   const std::string fresh = job_file("fresh", "rounds: 2\n");
-  EXPECT_EQ(WEXITSTATUS(run(fresh, true, out("fresh.log"))), 1);
+  EXPECT_EQ(WEXITSTATUS(run(fresh, true, out("fresh.log"))), 2);
   EXPECT_CONTAINS(testing::read_file(out("fresh.log")), "no checkpoint at");
 
   // A different job: changed hyperparameters, named in the refusal.
   std::string changed = testing::digits_job_yaml(id_, {&pod_a_, &pod_b_}, out("job"), "rounds: 3\n");
   changed.replace(changed.find("lr: 0.1"), 7, "lr: 0.05");
-  EXPECT_EQ(WEXITSTATUS(run(dir_.write("changed.yaml", changed), true, out("changed.log"))), 1);
+  EXPECT_EQ(WEXITSTATUS(run(dir_.write("changed.yaml", changed), true, out("changed.log"))), 2);
   EXPECT_CONTAINS(testing::read_file(out("changed.log")), "model.hyperparameters.lr is 0.1 in the checkpoint, 0.05 now");
   EXPECT_EQ(testing::read_file(ckpt), original);
 
@@ -207,10 +207,10 @@ TEST_F(CoordinatorResumeTest, ACheckpointOfAnotherJobOrADamagedOneIsRefusedAndLe
   std::string damaged = original;
   damaged[damaged.size() - 3] ^= 0x40;
   std::ofstream(ckpt, std::ios::binary | std::ios::trunc) << damaged;
-  EXPECT_EQ(WEXITSTATUS(run(job, true, out("damaged.log"))), 1);
+  EXPECT_EQ(WEXITSTATUS(run(job, true, out("damaged.log"))), 2);
   EXPECT_CONTAINS(testing::read_file(out("damaged.log")), "do not match their sha256");
   std::ofstream(ckpt, std::ios::binary | std::ios::trunc) << original.substr(0, original.size() / 2);
-  EXPECT_EQ(WEXITSTATUS(run(job, true, out("truncated.log"))), 1);
+  EXPECT_EQ(WEXITSTATUS(run(job, true, out("truncated.log"))), 2);
   EXPECT_CONTAINS(testing::read_file(out("truncated.log")), "truncated");
 
   // Restored, the finished job resumes for more rounds (rounds may grow).

@@ -9,6 +9,7 @@
 #include <functional>
 #include <string>
 
+#include "fedpod/common/names.h"
 #include "testutil.h"
 
 namespace fedpod {
@@ -56,7 +57,36 @@ TEST(CheckKeysTest, AcceptsKnownKeys) {
 TEST(CheckKeysTest, UnknownKeyNamesKeyAndAllowedList) {
   YAML::Node node = YAML::Load("rounds: 3\nmin_pod: 2\n");
   std::string msg = testing::config_error([&] { check_keys(node, {"rounds", "min_pods"}, "job.yaml"); });
-  EXPECT_EQ(msg, "job.yaml: unknown key 'min_pod' (allowed: rounds, min_pods)");
+  EXPECT_EQ(msg, "job.yaml: unknown key 'min_pod'; did you mean 'min_pods'? (allowed: rounds, min_pods)");
+}
+
+TEST(NearestNameTest, SuggestsOnlyCloseNames) {
+  const std::vector<std::string> commands = {"worker", "coordinator", "demo", "hub", "access", "audit"};
+  EXPECT_EQ(nearest_name("coordinatr", commands), "coordinator");  // one edit
+  EXPECT_EQ(nearest_name("wroker", commands), "worker");           // two edits, a 6-letter word
+  EXPECT_EQ(nearest_name("train", commands), "");                  // nothing close
+  EXPECT_EQ(nearest_name("coord", commands), "coordinator");       // the only command it begins
+  EXPECT_EQ(nearest_name("a", commands), "");                      // begins two: no guess
+  EXPECT_EQ(nearest_name("optimiser", {"optimizer", "lr"}, 2), "optimizer");
+  EXPECT_EQ(nearest_name("lrr", {"optimizer", "lr"}, 0), "");
+}
+
+TEST(DescribeConversionErrorTest, NamesTheKeyPathAndLine) {
+  const YAML::Node root = YAML::Load("name: p\nprivacy:\n  min_batch_size: lots\nthreads: [1, 2]\n");
+  try {
+    (void)root["privacy"]["min_batch_size"].as<int>();
+    FAIL() << "converted";
+  } catch (const YAML::BadConversion& e) {
+    EXPECT_EQ(describe_conversion_error(root, e.mark, e.msg),
+              "privacy.min_batch_size (line 3): 'lots' is not of the type this setting takes");
+  }
+  try {
+    (void)root["threads"].as<int>();
+    FAIL() << "converted";
+  } catch (const YAML::BadConversion& e) {
+    EXPECT_EQ(describe_conversion_error(root, e.mark, e.msg),
+              "threads (line 4): a list is not of the type this setting takes");
+  }
 }
 
 TEST(CheckKeysTest, NonMappingIsRejected) {

@@ -36,6 +36,12 @@ YAML::Node load_yaml_file(const std::string& path);
 // The same over YAML text in memory; `where` names it in errors as the path does.
 YAML::Node parse_yaml(const std::string& text, const std::string& where);
 
+// For a yaml-cpp conversion error at `mark` (a value of the wrong type) in the
+// document `root`: "threads (line 6): 'many' is not of the type this setting takes"
+// ("a list is not ..." for a list),
+// naming the key path; a plain "line L, column C: WHAT" when no value is at `mark`.
+std::string describe_conversion_error(const YAML::Node& root, const YAML::Mark& mark, const std::string& what);
+
 // Throws ConfigError when `node` (a map) has a key outside `allowed`.
 void check_keys(const YAML::Node& node, std::initializer_list<const char*> allowed,
                 const std::string& where);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace fedpod {
 
@@ -12,5 +13,10 @@ namespace fedpod {
 std::string check_username(const std::string& s);    // [a-z][a-z0-9_-]{1,31}
 std::string check_model_ref(const std::string& s);   // [a-z0-9][a-z0-9_.-]{0,63}
 std::string check_public_key(const std::string& s);  // 40 chars of the Z85 alphabet
+
+// For "did you mean": the candidate nearest to `word` by edit distance when it is
+// close (at most `max_edits` edits; -1: a third of the word's length, at least one),
+// else the only candidate `word` is a prefix of; "" when none is close.
+std::string nearest_name(const std::string& word, const std::vector<std::string>& candidates, int max_edits = -1);
 
 }  // namespace fedpod

@@ -204,6 +204,11 @@ struct PodConfig {
 // ("tcp://HOST:*"); "" (off) for an endpoint that is not tcp://host:port.
 std::string default_tensor_listen(const std::string& listen);
 
+// Throws ConfigError naming `where` unless `endpoint` is tcp://HOST:PORT with PORT
+// 1-65535, or * or 0 (any free port), or an ipc:// path: a typo in a port must not
+// make ZeroMQ bind some other port silently.
+void check_listen_endpoint(const std::string& endpoint, const std::string& where);
+
 // Throws ConfigError naming `where` unless `token` is a pod token ("pod_...", made by
 // `fedpod pod token`): the owner's own hub token never goes on a pod.
 void check_pod_token(const std::string& token, const std::string& pod, const std::string& where);

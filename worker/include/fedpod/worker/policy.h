@@ -1,6 +1,6 @@
 // A pod's access policy: who may run what on this pod, and the decision for one job.
 //
-// The permission model (docs: DESIGN.md "Roles on a pod"):
+// The permission model (docs/permissions.md, "The model"):
 //   general-modeller  may run the built-in zoo models; may run a custom model only
 //                     with an approved grant for that exact model version and sha256,
 //                     not expired. A new version needs a new review.

@@ -1,0 +1,50 @@
+// fedpod --version / fedpod version: the version and what this build can do.
+#include <openssl/crypto.h>
+#include <torch/version.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include <cstdlib>
+#include <sstream>
+#include <string>
+
+#include "commands.h"
+#include "fedpod/worker/collective.h"
+
+namespace fedpod::cli {
+namespace {
+
+// The first executable `name` on PATH; "" when there is none.
+std::string on_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::stringstream dirs(path ? path : "/usr/bin:/bin");
+  std::string dir;
+  while (std::getline(dirs, dir, ':')) {
+    const std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string version_text() {
+  int major = 0, minor = 0, patch = 0;
+  zmq_version(&major, &minor, &patch);
+  const std::string bwrap = on_path("bwrap");
+  std::ostringstream out;
+  out << "fedpod " << FEDPOD_VERSION << "\n"
+      << "  libtorch  " << TORCH_VERSION_MAJOR << "." << TORCH_VERSION_MINOR << "." << TORCH_VERSION_PATCH << "\n"
+      << "  nccl      " << (worker::nccl_available() ? "yes (multi-GPU pods all-reduce with NCCL)" : "no (built without CUDA/NCCL)")
+      << "\n"
+      << "  zeromq    " << major << "." << minor << "." << patch << (zmq_has("curve") ? ", CURVE" : ", no CURVE")
+      << "\n"
+      << "  tls       " << OpenSSL_version(OPENSSL_VERSION) << "\n"
+      << "  sandbox   "
+      << (bwrap.empty() ? std::string("seccomp; bubblewrap not found (job runners get no namespaces: sandbox: required refuses to start)")
+                        : "bubblewrap (" + bwrap + ") + seccomp")
+      << "\n";
+  return out.str();
+}
+
+}  // namespace fedpod::cli
