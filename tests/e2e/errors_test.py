@@ -15,10 +15,10 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 import unittest
+
+from e2e_util import clean_env, public_key, read, start_hub, write
 
 FEDPOD = os.environ.get("FEDPOD_BIN", "")
 SOURCE_DIR = os.path.abspath(os.environ.get("FEDPOD_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", "..")))
@@ -53,16 +53,6 @@ policy: {hub: HUB, token_file: keys/pod-a.token, signing_key: "SIGNING_KEY"}
 """ % os.path.join(SOURCE_DIR, "examples", "digits", "pod-a.csv")
 
 
-def read(path):
-    with open(path) as f:
-        return f.read()
-
-
-def write(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-
-
 class ErrorsTest(unittest.TestCase):
     rows = []
 
@@ -71,31 +61,20 @@ class ErrorsTest(unittest.TestCase):
         if not FEDPOD or not os.access(FEDPOD, os.X_OK):
             raise RuntimeError("FEDPOD_BIN must name the fedpod binary (ctest sets it)")
         cls.dir = tempfile.mkdtemp(prefix="fedpod-errors-")
-        cls.env = dict(os.environ, HOME=cls.dir)
-        for k in ("FEDPOD_HUB", "FEDPOD_TOKEN", "FEDPOD_HUB_CA", "XDG_CONFIG_HOME"):
-            cls.env.pop(k, None)
+        cls.env = clean_env(cls.dir)
         subprocess.run([FEDPOD, "keys", "generate", "--out", os.path.join(cls.dir, "keys", "me")], env=cls.env,
                        check=True, capture_output=True)
         subprocess.run([FEDPOD, "keys", "generate", "--out", os.path.join(cls.dir, "keys", "pod-a")], env=cls.env,
                        check=True, capture_output=True)
-        port_file = os.path.join(cls.dir, "hub.port")
-        with open(os.path.join(cls.dir, "hub.log"), "w") as log:
-            cls.hub = subprocess.Popen([FEDPOD, "hub", "serve", "--data-dir", os.path.join(cls.dir, "hub"),
-                                        "--listen", "127.0.0.1:0", "--port-file", port_file],
-                                       env=cls.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while not os.path.exists(port_file):
-            if time.time() > deadline or cls.hub.poll() is not None:
-                raise RuntimeError("the hub did not start: " + read(os.path.join(cls.dir, "hub.log")))
-            time.sleep(0.05)
-        cls.hub_url = "http://127.0.0.1:" + read(port_file).strip()
+        cls.hub, port = start_hub(FEDPOD, cls.dir, cls.env)
+        cls.hub_url = "http://127.0.0.1:%d" % port
         reg = subprocess.run([FEDPOD, "user", "register", "alice", "--key-file",
                               os.path.join(cls.dir, "keys", "me.key"), "--hub", cls.hub_url, "--json"],
                              env=cls.env, capture_output=True, text=True, check=True)
         cls.token = json.loads(reg.stdout)["token"]
         # A pod registered on the hub, with its token and the hub's signing key, so that
         # pod.yaml's policy is valid and the cases reach what they break.
-        pod_pub = re.search(r'public_key: "([^"]{40})"', read(os.path.join(cls.dir, "keys", "pod-a.pub"))).group(1)
+        pod_pub = public_key(os.path.join(cls.dir, "keys", "pod-a.pub"))
         hub_args = ["--hub", cls.hub_url, "--token", cls.token]
         subprocess.run([FEDPOD, "pod", "register", "pod-a", "--address", "tcp://127.0.0.1:5551", "--public-key",
                         pod_pub] + hub_args, env=cls.env, check=True, capture_output=True)

@@ -26,7 +26,6 @@ Needs: FEDPOD_BIN (the fedpod binary), FEDPOD_SOURCE_DIR, /usr/bin/chromium and
 /usr/bin/chromedriver (Debian chromium, chromium-driver), python3-selenium.
 """
 import datetime
-import html
 import http.client
 import json
 import os
@@ -41,6 +40,7 @@ import time
 import unittest
 import urllib.parse
 
+from e2e_util import clean_env, public_key, read, start_hub, write
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -54,16 +54,6 @@ SHOTS = os.environ.get("FEDPOD_SCREENSHOTS", "")
 XSS_SOURCE = '# <script>window.__xss = "source"</script> <img src=x onerror="window.__xss=\'img\'">\n'
 XSS_PURPOSE = 'digits study <script>window.__xss = "purpose"</script> & <b>bold</b>'
 XSS_DESCRIPTION = '8x8 digits CNN <script>window.__xss = "description"</script>'
-
-
-def read(path):
-    with open(path) as f:
-        return f.read()
-
-
-def write(path, text):
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def free_port():
@@ -81,24 +71,15 @@ class HubWebTest(unittest.TestCase):
             raise RuntimeError("FEDPOD_BIN must name the fedpod binary (ctest sets it)")
         cls.dir = tempfile.mkdtemp(prefix="hub-web-")
         cls.procs = []
-        cls.env = dict(os.environ, HOME=cls.dir)
-        for k in ("FEDPOD_HUB", "FEDPOD_TOKEN", "FEDPOD_HUB_CA", "XDG_CONFIG_HOME"):
-            cls.env.pop(k, None)
+        cls.env = clean_env(cls.dir)
         cls.shots = SHOTS or os.path.join(cls.dir, "screenshots")
         os.makedirs(cls.shots, exist_ok=True)
         os.makedirs(cls.path("keys"))
         cls.run_ok(["tls", "dev-ca", "--out", cls.path("tls")])
         cls.ca = cls.path("tls", "ca.crt")
-        port_file = cls.path("hub.port")
-        cls.hub = cls.start(["hub", "serve", "--data-dir", cls.path("hub"), "--listen", "127.0.0.1:0",
-                             "--port-file", port_file, "--tls-cert", cls.path("tls", "hub.crt"),
-                             "--tls-key", cls.path("tls", "hub.key")], "hub.log")
-        deadline = time.time() + 60
-        while not os.path.exists(port_file):
-            if time.time() > deadline or cls.hub.poll() is not None:
-                raise RuntimeError("the hub did not start:\n" + read(cls.path("hub.log")))
-            time.sleep(0.05)
-        cls.port = int(read(port_file))
+        hub, cls.port = start_hub(FEDPOD, cls.dir, cls.env, ["--tls-cert", cls.path("tls", "hub.crt"),
+                                                              "--tls-key", cls.path("tls", "hub.key")])
+        cls.procs.append(hub)
         cls.url = "https://127.0.0.1:%d" % cls.port
         cls.ssl = ssl.create_default_context(cafile=cls.ca)
 
@@ -130,7 +111,7 @@ class HubWebTest(unittest.TestCase):
         # olivia's pod: its key, its registration, its read-only token.
         cls.pod_port = free_port()
         cls.run_ok(["keys", "generate", "--out", cls.path("keys", "pod-a")])
-        pod_pub = re.search(r'public_key: "([^"]{40})"', read(cls.path("keys", "pod-a.pub"))).group(1)
+        pod_pub = public_key(cls.path("keys", "pod-a.pub"))
         cls.as_user("olivia", ["pod", "register", "pod-a", "--address", "tcp://127.0.0.1:%d" % cls.pod_port,
                                "--public-key", pod_pub])
         cls.as_user("olivia", ["pod", "token", "pod-a", "--out", cls.path("keys", "pod-a.token")])
