@@ -387,6 +387,14 @@ int64_t parse_positive(const std::string& text, const std::string& what) {
   page_fail(400, what + " must be a positive integer, got '" + text + "'");
 }
 
+// A name from a form that becomes one segment of an API path: empty or with a '/'
+// (which would address another route) is refused before any call.
+std::string segment(const std::string& value, const std::string& what) {
+  if (value.empty()) page_fail(400, "give the " + what);
+  if (value.find_first_of("/?#") != std::string::npos) page_fail(400, what + " '" + value + "' is not a name");
+  return value;
+}
+
 void status_flags(json& r) {
   const std::string s = r.value("status", "");
   r["is_" + s] = true;
@@ -580,9 +588,8 @@ void register_pages(const WebContext& ctx_in) {
       }));
   post("/models/{user}/{ref}/request", "/models/([^/]+)/([^/]+)/request", page(true, [](Page& p) {
          const std::string user = p.req.matches[1], ref = p.req.matches[2];
-         const std::string pod = p.param("pod"), purpose = p.param("purpose");
+         const std::string pod = segment(p.param("pod"), "pod to run the model on"), purpose = p.param("purpose");
          const int64_t number = parse_positive(p.param("version"), "version");
-         if (pod.empty()) page_fail(400, "pick the pod to run the model on");
          if (purpose.find_first_not_of(" \t\r\n") == std::string::npos)
            page_fail(400, "state the purpose: the pod's owner reads it before deciding");
          json v = p.must("GET", "/api/v1/models/" + user + "/" + ref + "/versions/" + std::to_string(number));
@@ -710,8 +717,7 @@ void register_pages(const WebContext& ctx_in) {
                {{"pod", pod}, {"roles", roles}, {"no_roles", roles.empty()}, {"schema", pod["schema"].dump(2)}});
       }));
   post("/pods/{pod}/roles", "/pods/([^/]+)/roles", page(true, [](Page& p) {
-         const std::string name = p.req.matches[1], user = p.param("username");
-         if (user.empty()) page_fail(400, "name the user to grant a role to");
+         const std::string name = p.req.matches[1], user = segment(p.param("username"), "user to grant a role to");
          p.must("PUT", "/api/v1/pods/" + name + "/roles/" + user, {}, {{"role", p.param("role")}});
          p.redirect("/pods/" + name);
        }));

@@ -519,6 +519,11 @@ class HubWebTest(unittest.TestCase):
         self.assertEqual(status, 403)
         status, _, body = self.raw("POST", "/pods/pod-a/roles/bob/remove", cookie=bob, form={"csrf": csrf})
         self.assertEqual(status, 403)
+        # A form field that would address another API route is refused as a name.
+        status, _, body = self.raw("POST", "/pods/pod-a/roles", cookie=bob,
+                                   form={"csrf": csrf, "username": "bob/../../pods/pod-a", "role": "super-modeller"})
+        self.assertEqual(status, 400)
+        self.assertIn("is not a name", body)
         roles = self.api("olivia", "/api/v1/pods/pod-a/roles")["roles"]
         self.assertEqual([(r["username"], r["role"]) for r in roles], [("bob", "general-modeller")])
         # Someone else's request is as missing as one that does not exist.
