@@ -294,9 +294,11 @@ TEST(TensorChannel, AJobRunsSealedAndAPodThatLostItsSessionIsStartedAgainOnItsNo
   testing::TempDir dir;
   testing::TestIdentity id(dir.path());
   std::vector<testing::PodProcess> pods;
-  // pod-b ends a job idle for 1 s, and with it the job's keys.
+  // pod-b ends a job idle for 3 s, and with it the job's keys. (1 s was shorter than
+  // the gap between startJob and round 1 on a loaded 2-core machine: the job expired
+  // before its first round.)
   pods.push_back(testing::start_digits_pod(dir, id, "pod-a"));
-  pods.push_back(testing::start_digits_pod(dir, id, "pod-b", "general-modeller", "job_idle_timeout: 1s\n"));
+  pods.push_back(testing::start_digits_pod(dir, id, "pod-b", "general-modeller", "job_idle_timeout: 3s\n"));
   for (const auto& p : pods) ASSERT_FALSE(p.endpoint.empty()) << testing::read_file(p.log);
   std::vector<const testing::PodProcess*> refs = {&pods[0], &pods[1]};
   const std::string out = (dir.path() / "out").string();
