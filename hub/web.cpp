@@ -395,6 +395,13 @@ std::string segment(const std::string& value, const std::string& what) {
   return value;
 }
 
+// Where to go after signing in: `next` when it is a path on this hub ("/inbox"), else
+// /models (not "//evil.example", which a browser reads as another site).
+std::string local_path(const std::string& next) {
+  if (next.empty() || next[0] != '/' || (next.size() > 1 && (next[1] == '/' || next[1] == '\\'))) return "/models";
+  return next;
+}
+
 void status_flags(json& r) {
   const std::string s = r.value("status", "");
   r["is_" + s] = true;
@@ -475,8 +482,7 @@ void register_pages(const WebContext& ctx_in) {
       p.res.set_header("Set-Cookie", std::string(kSigninCookie) + "=" + token + "; Max-Age=3600" +
                                           cookie_attributes(ctx));
     }
-    std::string next = p.param("next");
-    if (next.empty() || next[0] != '/' || (next.size() > 1 && (next[1] == '/' || next[1] == '\\'))) next = "/models";
+    const std::string next = local_path(p.param("next"));
     json data = {{"signin_csrf", token}, {"next", next}};
     if (!error.empty()) data["error"] = error;
     p.show("signin", "Sign in", "signin.mustache", data);
@@ -503,9 +509,7 @@ void register_pages(const WebContext& ctx_in) {
          p.res.set_header("Set-Cookie", std::string(kSessionCookie) + "=" + id +
                                             "; Max-Age=" + std::to_string(ctx.session_ttl.count()) +
                                             cookie_attributes(ctx));
-         std::string next = p.param("next");
-         if (next.empty() || next[0] != '/' || (next.size() > 1 && (next[1] == '/' || next[1] == '\\')))
-           next = "/models";
+         const std::string next = local_path(p.param("next"));
          ctx.logger->info("event=web_signin user={}", user->username);
          p.redirect(next);
        }));
