@@ -10,7 +10,8 @@
 namespace fedpod::cli {
 
 // Exit codes (docs/errors.md): 0 ok, 1 the operation failed (a job, a hub call, a
-// check), 2 bad usage or configuration (command-line parse errors included).
+// check), 2 bad usage or configuration (command-line parse errors included); a job
+// stopped by a signal exits 128 + the signal (130 for SIGINT, 143 for SIGTERM).
 inline constexpr int kExitFailed = 1;
 inline constexpr int kExitConfig = 2;
 
@@ -30,6 +31,7 @@ struct CommandExit {
 
 void add_worker(CLI::App& app);
 void add_coordinator(CLI::App& app);
+void add_job(CLI::App& app);  // coordinator_cmd.cpp: fedpod job stop
 void add_demo(CLI::App& app);
 void add_hub(CLI::App& app);
 void add_tls(CLI::App& app);

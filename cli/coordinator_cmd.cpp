@@ -1,7 +1,13 @@
 // fedpod coordinator run job.yaml
+#include <signal.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <thread>
 
@@ -9,11 +15,33 @@
 #include "fedpod/common/config_util.h"
 #include "fedpod/common/log.h"
 #include "fedpod/common/process.h"
+#include "fedpod/common/utc.h"
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/metrics/metrics.h"
 
 namespace fedpod::cli {
 namespace {
+
+// The signal that asked the running job to stop (0: none). A second signal exits at
+// once, with the same code.
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  int expected = 0;
+  if (!g_stop_signal.compare_exchange_strong(expected, sig)) _exit(128 + sig);
+  static const char kMessage[] =
+      "\nfedpod: stopping the job: the pods end it and the files are written (a second Ctrl-C exits at once)\n";
+  (void)!::write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+}
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+}
 
 struct RunArgs {
   std::string job;
@@ -43,7 +71,20 @@ void run_job(const RunArgs& args) {
   // runner, this binary's hidden `runner` subcommand (worker/runner.h), as on pods.
   spec.runner_command = {self_executable(), "runner"};
   coordinator::Coordinator c(ctx, spec, log, std::cout);
+  c.set_stop_flag(&g_stop_signal);
+  install_stop_handlers();
   auto result = c.run();
+  if (c.job_stopped()) {
+    const int sig = g_stop_signal.load();
+    if (spec.checkpoint) {
+      std::cout << "to continue it: fedpod coordinator run " << args.job << " --resume"
+                << (args.output_dir.empty() ? std::string() : " --output-dir " + args.output_dir) << std::endl;
+    } else {
+      std::cout << "the job has checkpoint: false, so running it again starts it over" << std::endl;
+    }
+    // 128 + the signal, as a shell reports a process the signal ended (130 for Ctrl-C).
+    throw CommandExit{128 + sig};
+  }
   // A job is over in seconds; Prometheus scrapes every 15-60 s. Lingering keeps the
   // final values on /metrics long enough to be collected.
   if (linger.count() > 0 && c.metrics_port() != 0) {
@@ -57,7 +98,70 @@ void run_job(const RunArgs& args) {
   }
 }
 
+struct StopArgs {
+  std::string job;
+  std::string reason = "stopped by its owner (fedpod job stop)";
+  std::string log_level = "warn";
+};
+
+// fedpod job stop job.yaml: for a coordinator that died or cannot be reached. A
+// running coordinator is stopped with Ctrl-C or SIGTERM instead: it would give a pod
+// the job again at its next round.
+void stop_job(const StopArgs& args) {
+  coordinator::JobSpec spec = coordinator::load_job_spec(args.job);
+  Logger log = make_logger("job-stop", args.log_level);
+  zmq::context_t ctx(1);
+  coordinator::Coordinator c(ctx, spec, log, std::cout);
+  auto ended = c.end_job_on_pods(args.reason);
+  if (!ended.ok()) {
+    std::cerr << "fedpod: job stop: " << ended.status().to_string() << "\n";
+    throw CommandExit{kExitFailed};
+  }
+  int failed = 0;
+  for (const auto& [name, r] : *ended) {
+    if (r.outcome == "ok") {
+      std::cout << "  " << name << ": ended job " << spec.job_id << "\n";
+    } else if (r.code == to_string(StatusCode::kFailedPrecondition)) {
+      std::cout << "  " << name << ": does not hold job " << spec.job_id << " (nothing to stop)\n";
+    } else {
+      ++failed;
+      std::cout << "  " << name << ": " << r.outcome << ": " << r.error << "\n";
+    }
+  }
+  // The history of a coordinator that died says "running": say what happened.
+  const std::filesystem::path history = std::filesystem::path(spec.output_dir) / "history.json";
+  std::ifstream in(history);
+  auto h = nlohmann::json::parse(in, nullptr, false);
+  if (!h.is_discarded() && h.value("job_id", "") == spec.job_id && h.value("status", "") == "running") {
+    h["status"] = "stopped";
+    h["stopped"] = {{"signal", "fedpod job stop"}, {"at", now_utc()}};
+    coordinator::write_file_atomic(history.string(), h.dump(2) + "\n");
+    std::cout << history.string() << ": status stopped\n";
+  }
+  if (failed > 0) {
+    std::cerr << "fedpod: job stop: " << failed << " pod(s) could not be told; they end the job after their "
+              << "job_idle_timeout\n";
+    throw CommandExit{kExitFailed};
+  }
+}
+
 }  // namespace
+
+void add_job(CLI::App& app) {
+  auto* job = app.add_subcommand("job", "Control a job outside its coordinator");
+  job->require_subcommand(1);
+  auto args = std::make_shared<StopArgs>();
+  auto* stop = job->add_subcommand(
+      "stop",
+      "Tell every pod of a job to end it now (the job's key_file signs in as its owner); for a coordinator that "
+      "died or cannot be reached; stop a running coordinator with Ctrl-C or SIGTERM instead");
+  stop->add_option("job", args->job, "the job file (job.yaml) the job was started with")
+      ->required()
+      ->check(CLI::ExistingFile);
+  stop->add_option("--reason", args->reason, "why, as the pods log it");
+  stop->add_option("--log-level", args->log_level, "debug | info | warn | error");
+  stop->callback([args] { stop_job(*args); });
+}
 
 void add_coordinator(CLI::App& app) {
   auto* coord = app.add_subcommand("coordinator", "Run federated jobs across pods");

@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
   });
   fedpod::cli::add_worker(app);
   fedpod::cli::add_coordinator(app);
+  fedpod::cli::add_job(app);
   fedpod::cli::add_demo(app);
   fedpod::cli::add_hub(app);
   fedpod::cli::add_tls(app);

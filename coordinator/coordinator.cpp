@@ -1,5 +1,7 @@
 #include "impl.h"
 
+#include <csignal>
+
 namespace fedpod::coordinator {
 
 // The job's output folder, made if missing and checked writable before any pod is
@@ -478,7 +480,7 @@ std::map<size_t, PodRound> Coordinator::Impl::rejoin_pods(int round) {
     return false;
   };
   const auto grace_until = Clock::now() + kRejoinGrace;
-  while (pending_reconnect() && Clock::now() < grace_until) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  while (pending_reconnect() && Clock::now() < grace_until && !stopping()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   std::map<size_t, PodRound> away;  // still gone: recorded as unreachable, not dropped silently
   for (size_t i : flagged) {
     ++pods[i].rejoin_attempts;
@@ -561,6 +563,34 @@ std::optional<EvalSummary> Coordinator::Impl::evaluate(const torch::Tensor& glob
   return s;
 }
 
+static std::string signal_name(int sig) {
+  switch (sig) {
+    case SIGINT: return "SIGINT";
+    case SIGTERM: return "SIGTERM";
+    case SIGHUP: return "SIGHUP";
+    default: return "signal " + std::to_string(sig);
+  }
+}
+
+Status Coordinator::Impl::stop_status() const {
+  return Status(StatusCode::kUnavailable, "stopped by " + signal_name(stop_flag ? stop_flag->load() : 0) +
+                                               " after round " + std::to_string(result.rounds_completed));
+}
+
+StatusOr<std::map<std::string, PodRound>> Coordinator::Impl::end_job_on_pods(const std::string& reason) {
+  FEDPOD_RETURN_IF_ERROR(resolve_pod_addresses());
+  connect_pods();
+  const uint64_t rid = next_request++;
+  protocol::Outgoing out(spec.job_id, rid);
+  out.envelope().getBody().initEndJob().setReason(reason);
+  std::vector<size_t> all;
+  for (size_t i = 0; i < pods.size(); ++i) all.push_back(i);
+  auto replies = exchange(out, rid, all, {wire::Envelope::Body::JOB_ENDED}, Clock::now() + spec.connect_timeout,
+                          false, [](Pod&, protocol::Incoming&) { return PodRound{"ok", "", 0, 0, {}}; });
+  close_pods();
+  return by_name(replies);
+}
+
 void Coordinator::Impl::end_job(const std::string& reason) {
   const uint64_t rid = next_request++;
   protocol::Outgoing out(spec.job_id, rid);
@@ -624,6 +654,32 @@ StatusOr<RunResult> Coordinator::Impl::run() {
     connect_pods();
     st = run_job();
   }
+  if (!st.ok() && stopping()) {
+    stopped = true;
+    const int sig = stop_flag->load();
+    set_not_ready("the job was stopped");
+    // The pods first: each ends the job (its training is cancelled) and is free for
+    // the next one at once, not after its job_idle_timeout.
+    ignore_stop = true;
+    if (job_sent) {
+      progress << "stopping: telling " << active_pods().size() << " pod(s) to end job " << spec.job_id << std::endl;
+      end_job("stopped by its coordinator (" + signal_name(sig) + ")");
+    }
+    history["status"] = "stopped";
+    history["stopped"] = {{"signal", signal_name(sig)}, {"at", now_utc()}, {"after_round", result.rounds_completed}};
+    history.erase("error");
+    log->warn("event=job_stopped job={} signal={} after_round={}", spec.job_id, signal_name(sig),
+              result.rounds_completed);
+    write_history();  // after the last completed round's checkpoint, which a resume needs
+    close_pods();
+    progress << "job " << spec.job_id << " stopped (" << signal_name(sig) << ") after round "
+             << result.rounds_completed << "/" << spec.rounds << "; the pods ended it";
+    if (spec.checkpoint && result.rounds_completed > 0) {
+      progress << "; the checkpoint after round " << result.rounds_completed << " is in " << checkpoint_path;
+    }
+    progress << std::endl;
+    return st;
+  }
   if (!st.ok()) {
     {
       std::lock_guard<std::mutex> lock(phase_mutex);
@@ -655,13 +711,17 @@ void Coordinator::Impl::record_epsilon(const RoundRecord& rec, int round) {
 Status Coordinator::Impl::run_job() {
   set_not_ready("loading the model");
   FEDPOD_RETURN_IF_ERROR(load_model());
+  if (stopping()) return stop_status();
   set_not_ready("contacting the pods (hello)");
   FEDPOD_RETURN_IF_ERROR(hello_and_check());
+  if (stopping()) return stop_status();
   FEDPOD_RETURN_IF_ERROR(resolve_secure_aggregation());
   set_not_ready("creating the model");
   FEDPOD_RETURN_IF_ERROR(create_model());
+  if (stopping()) return stop_status();
   set_not_ready("starting the job on the pods");
   FEDPOD_RETURN_IF_ERROR(start_job());
+  if (stopping()) return stop_status();
   set_not_ready("");
   torch::Tensor global = initial.clone();
   log->info("event=job_started job={} model={} parameters={} pods={}", spec.job_id, model_name(),
@@ -843,6 +903,9 @@ Status Coordinator::Impl::run_job() {
     // Closed: whatever arrives for this round from now on is discarded, not folded.
     open_round = 0;
     last_closed_round = round;
+    // Stopped: this round is not completed; a resume redoes it from the checkpoint
+    // of the last completed one.
+    if (stopping()) return stop_status();
     for (const auto& [i, r] : rejoin) {
       if (r.outcome != "ok") replies[i] = r;  // sat out: its rejoin's outcome is its answer
     }
@@ -886,6 +949,7 @@ Status Coordinator::Impl::run_job() {
     rec.train_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     const bool eval_now = (spec.eval_every > 0 && round % spec.eval_every == 0) || round == spec.rounds;
     if (eval_now) rec.eval = evaluate(global, round, wire::Split::VALIDATION);
+    if (stopping()) return stop_status();
     rec.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     history["rounds"].push_back(to_json(rec));
     // Replies discarded while this round was open, its validation included.
@@ -909,6 +973,7 @@ Status Coordinator::Impl::run_job() {
   // Pods that lost the job in the last round take it again to evaluate.
   rejoin_pods(spec.rounds + 1);
   auto test = evaluate(global, spec.rounds, wire::Split::TEST);
+  if (stopping()) return stop_status();
   end_job("completed");
   save_parameters(model_path, global, layout);
   double total_seconds = 0;  // over every round of the job, resumed runs included
@@ -955,6 +1020,14 @@ StatusOr<RunResult> Coordinator::run() { return impl_->run(); }
 std::shared_ptr<prometheus::Registry> Coordinator::registry() const { return impl_->registry; }
 
 bool Coordinator::job_config_error() const { return impl_->config_error; }
+
+void Coordinator::set_stop_flag(const std::atomic<int>* flag) { impl_->stop_flag = flag; }
+
+bool Coordinator::job_stopped() const { return impl_->stopped; }
+
+StatusOr<std::map<std::string, PodRound>> Coordinator::end_job_on_pods(const std::string& reason) {
+  return impl_->end_job_on_pods(reason);
+}
 
 void Coordinator::set_step_observer(StepObserver observer) { impl_->step_observer = std::move(observer); }
 

@@ -17,6 +17,7 @@
 #include <iterator>
 #include <limits>
 #include <algorithm>
+#include <atomic>
 #include <deque>
 #include <random>
 #include <set>
@@ -113,6 +114,10 @@ constexpr std::chrono::milliseconds kRejoinGrace{2500};
 // How long a broadcast waits for earlier sealed copies to leave before it sends the
 // next pod's anyway (exchange()).
 constexpr std::chrono::milliseconds kSealedStall{500};
+
+// The longest an exchange waits in one poll before it looks at the stop flag again
+// (a signal interrupts the poll only when it lands on this thread).
+constexpr std::chrono::milliseconds kStopPoll{100};
 
 // The job's metrics (listed in coordinator.h), defined on `registry`.
 struct JobMetrics {
@@ -481,6 +486,22 @@ struct Coordinator::Impl {
   Checkpoint make_checkpoint(int round, const torch::Tensor& global, const aggregation::Strategy& strategy);
 
   StatusOr<RunResult> run();
+
+  // Stopping (Coordinator::set_stop_flag): a signal number stored by the caller's
+  // handler, read by every wait of the job (exchange() polls at most kStopPoll at a
+  // time). Once set, pending exchanges end with outcome "stopped" and the job ends
+  // between steps: no round is cut short in a way a resume could notice, because a
+  // round that did not complete is redone from the last checkpoint.
+  const std::atomic<int>* stop_flag = nullptr;
+  bool ignore_stop = false;  // end_job() after a stop still waits for the pods' answers
+  bool stopped = false;      // run() ended because of stop_flag
+  int stopping() const { return stop_flag && !ignore_stop ? stop_flag->load() : 0; }
+  // The error a stopped job returns from run_job().
+  Status stop_status() const;
+
+  // fedpod job stop: endJob to every pod of the job, from the job's own key, without
+  // running it; each pod's outcome.
+  StatusOr<std::map<std::string, PodRound>> end_job_on_pods(const std::string& reason);
 
   RunResult result;
   double aggregation_seconds = 0;  // time spent folding updates, all rounds

@@ -307,7 +307,12 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
   };
   pump();
   std::vector<zmq::message_t> frames;
+  bool stopped_here = false;
   while (!waiting.empty() || !unsent.empty()) {
+    if (stopping()) {
+      stopped_here = true;
+      break;
+    }
     pump();
     if (on_tick) on_tick(waiting);
     auto now = Clock::now();
@@ -331,6 +336,7 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
     auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(std::min(deadline, next_beat) - now) +
                 std::chrono::milliseconds(1);
     if (!unsent.empty()) wait = std::min(wait, std::chrono::milliseconds(2));  // copies still to send
+    if (stop_flag && !ignore_stop) wait = std::min(wait, kStopPoll);
     protocol::poll(items.data(), items.size(), wait);
     std::vector<size_t> still;
     for (size_t k = 0; k < waiting.size(); ++k) {
@@ -411,6 +417,14 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
     waiting.swap(still);
   }
   if (sent_count) *sent_count = sent_ok;
+  if (stopped_here) {
+    const std::string why = "the job was stopped (signal " + std::to_string(stop_flag->load()) + ") before it answered";
+    for (size_t i : unsent) result[i] = {"stopped", why, 0, 0, {}};
+    for (size_t i : waiting) {
+      result[i] = {"stopped", why, 0, std::chrono::duration<double>(Clock::now() - sent_at[i]).count(), {}};
+    }
+    return result;
+  }
   for (size_t i : unsent) {
     result[i] = {"timeout", "the round's deadline passed before its parameters could be sent (other pods were "
                             "not reading theirs)", 0, 0, {}};

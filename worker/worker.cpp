@@ -78,6 +78,7 @@ struct Job {
   std::string id;
   std::string user;      // the authenticated modeller who started it; only they may drive it
   std::string decision;  // why it was admitted
+  std::string started_at;  // UTC, when it was admitted (a busy pod says since when)
   std::string model_ref;
   Hyperparameters hp;
   // The job's model code: a runner process (runner.h), or in this process when the
@@ -1073,8 +1074,11 @@ struct Worker::Impl {
     if (job && job->id != job_id) {
       counters().jobs_refused++;
       on_job("refused");
-      return Status::busy("pod " + config().name + " is running job '" + job->id +
-                          "'; a second job is refused until that one ends");
+      return Status::busy("pod " + config().name + " is running job '" + job->id + "' of user '" + job->user +
+                          "' since " + job->started_at + " (round " + std::to_string(job->round) +
+                          "); a second job is refused until that one ends (its owner can end it at once with "
+                          "`fedpod job stop`, or it ends after " +
+                          std::to_string(config().job_idle_timeout.count() / 1000) + " s without a message)");
     }
     if (job) FEDPOD_RETURN_IF_ERROR(check_owner(job_id, peer));
     if (job && busy) {
@@ -1211,6 +1215,7 @@ struct Worker::Impl {
     auto new_job = std::make_unique<Job>();
     new_job->id = job_id;
     new_job->user = req.user;
+    new_job->started_at = now_utc();
     new_job->decision = d.basis;
     new_job->model_ref = ref;
     new_job->hp = Hyperparameters(hp_json);

@@ -116,6 +116,9 @@ class ErrorsTest(unittest.TestCase):
             "| 2 | bad usage or configuration: a command line CLI cannot parse, a job.yaml or pod.yaml "
             "that is not valid, an output folder that cannot be written, a `--resume` that cannot resume (no "
             "checkpoint, another job's, a damaged one); nothing was started |",
+            "| 130, 143 | `fedpod coordinator run` stopped by SIGINT (Ctrl-C) or SIGTERM: the pods were told "
+            "to end the job, history.json says `stopped`, and `--resume` continues from the last completed "
+            "round (a second signal exits at once, with the same code) |",
             "",
             "`fedpod --help` and `fedpod COMMAND --help` list every option; a word that is not a",
             "command gets the nearest one (`did you mean ...`).",
@@ -231,6 +234,8 @@ class ErrorsTest(unittest.TestCase):
         write(self.path("a-file"), "x")
         self.check("output_dir that is a file", ["coordinator", "run", "job.yaml"], 2, "is not a folder",
                    self.job("output_dir: out", "output_dir: a-file"))
+        self.check("job stop with no pod listening", ["job", "stop", "job.yaml"], 1, "could not be told",
+                   self.job("round_timeout: 20s", "round_timeout: 20s\nconnect_timeout: 1s"))
         self.check("--resume without a checkpoint", ["coordinator", "run", "job.yaml", "--resume"], 2, "checkpoint",
                    self.job("output_dir: out", "output_dir: empty-out"))
 

@@ -184,6 +184,165 @@ TEST_F(CoordinatorResumeTest, TooFewPodsStopsTheJobWithItsCheckpointIntactAndRes
                         "nothing");
 }
 
+// Waits until `ckpt` holds round `round` or later, or `c` ended; true if it does.
+bool wait_for_checkpoint(testing::Process& c, const std::string& ckpt, int round) {
+  const auto by = std::chrono::steady_clock::now() + 120s;
+  while (std::chrono::steady_clock::now() < by && c.running()) {
+    auto saved = coordinator::read_checkpoint(ckpt);
+    if (saved.ok() && saved->round >= round) return true;
+    std::this_thread::sleep_for(2ms);
+  }
+  return false;
+}
+
+// Seconds until `log` holds `count` lines with `word`, polled every millisecond; -1
+// when `p` ended or `limit` passed first.
+double seconds_until(const std::string& log, const std::string& word, int count, testing::Process& p,
+                     std::chrono::seconds limit) {
+  const auto start = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - start < limit) {
+    const std::string text = testing::read_file(log);
+    int n = 0;
+    for (auto at = text.find(word); at != std::string::npos; at = text.find(word, at + 1)) ++n;
+    if (n >= count) return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!p.running()) return -1;
+    std::this_thread::sleep_for(1ms);
+  }
+  return -1;
+}
+
+// Ctrl-C mid-job: the coordinator tells the pods to end the job, writes history.json
+// as "stopped" and exits 130. The pods take another job at once: their
+// job_idle_timeout is 10 minutes, so a pod still holding the stopped job would refuse
+// it as busy. `--resume` then ends with exactly the uninterrupted run's parameters.
+TEST_F(CoordinatorResumeTest, SigintStopsTheJobFreesThePodsAndResumeEndsBitIdentical) {
+  const std::string reference = job_file("reference", kJob);
+  ASSERT_EQ(run(reference, false, out("reference.log")), 0) << testing::read_file(out("reference.log"));
+
+  const std::string job = job_file("stopped", kJob);
+  const std::string ckpt = out("stopped") + "/checkpoint.bin";
+  const std::string log = out("stopped-0.log");
+  std::chrono::steady_clock::time_point stopped_at;
+  {
+    testing::Process c(testing::coordinator_argv(job), log);
+    ASSERT_TRUE(wait_for_checkpoint(c, ckpt, 2)) << testing::read_file(log);
+    std::this_thread::sleep_for(30ms);  // into round 3's training
+    c.kill(SIGINT);
+    const int status = c.wait(60s);
+    stopped_at = std::chrono::steady_clock::now();
+    ASSERT_TRUE(WIFEXITED(status)) << testing::read_file(log);
+    EXPECT_EQ(WEXITSTATUS(status), 130) << testing::read_file(log);
+  }
+  const std::string console = testing::read_file(log);
+  EXPECT_CONTAINS(console, "stopping the job");
+  EXPECT_CONTAINS(console, "stopped (SIGINT) after round");
+  EXPECT_CONTAINS(console, "to continue it: fedpod coordinator run " + job + " --resume");
+  auto history = testing::read_history(out("stopped"));
+  EXPECT_EQ(history["status"], "stopped");
+  EXPECT_EQ(history["stopped"]["signal"], "SIGINT");
+  const int after = history["stopped"]["after_round"].get<int>();
+  EXPECT_GE(after, 2);
+  EXPECT_LT(after, kRounds);
+  EXPECT_EQ(history["rounds"].size(), static_cast<size_t>(after));  // the round cut short is not recorded
+  auto saved = coordinator::read_checkpoint(ckpt);
+  ASSERT_TRUE(saved.ok()) << saved.status().to_string();
+  EXPECT_EQ(saved->round, after);
+
+  // Another job on the same pods, started right away, is accepted by both.
+  const std::string other = dir_.write(
+      "other.yaml", testing::digits_job_yaml(id_, {&pod_a_, &pod_b_}, out("other"), "rounds: 1\n", "other-job"));
+  testing::Process o(testing::coordinator_argv(other), out("other.log"));
+  const double accepted = seconds_until(out("other.log"), ": accepted", 2, o, 60s);
+  const double since_stop =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped_at).count();
+  const int other_status = o.wait(120s);
+  ASSERT_TRUE(WIFEXITED(other_status) && WEXITSTATUS(other_status) == 0) << testing::read_file(out("other.log"));
+  EXPECT_GT(accepted, 0) << testing::read_file(out("other.log"));
+  EXPECT_EQ(testing::read_history(out("other"))["status"], "completed");
+  std::cout << "[ timing  ] both pods accepted a new job " << accepted << " s after its coordinator started, "
+            << since_stop << " s after the stopped coordinator exited\n";
+
+  // --resume continues from the checkpoint of the last completed round, bit for bit.
+  ASSERT_EQ(run(job, true, out("stopped-1.log")), 0) << testing::read_file(out("stopped-1.log"));
+  EXPECT_CONTAINS(testing::read_file(out("stopped-1.log")), "resumed job fault-test after round " + std::to_string(after));
+  EXPECT_TRUE(testing::same_parameters(out("reference") + "/model.pt", out("stopped") + "/model.pt"));
+  history = testing::read_history(out("stopped"));
+  EXPECT_EQ(history["status"], "completed");
+  ASSERT_EQ(history["rounds"].size(), static_cast<size_t>(kRounds));
+  for (int r = 0; r < kRounds; ++r) EXPECT_EQ(history["rounds"][r]["round"], r + 1);
+  testing::record_fault("coordinator", "SIGINT to the coordinator mid-round", 1,
+                        "pods told to end the job (a new job accepted at once); history \"stopped\"; exit 130; "
+                        "`--resume` gave the uninterrupted parameters",
+                        "nothing (the round cut short was redone)");
+}
+
+// A coordinator that died leaves its job on the pods: a new job is refused as busy,
+// with whose job it is and since when; `fedpod job stop` (the job's own key) ends it,
+// and a modeller with another key cannot.
+TEST_F(CoordinatorResumeTest, JobStopEndsTheJobOfADeadCoordinatorOnItsPods) {
+  const std::string job = job_file("dead", kJob);
+  const std::string ckpt = out("dead") + "/checkpoint.bin";
+  {
+    testing::Process c(testing::coordinator_argv(job), out("dead-0.log"));
+    ASSERT_TRUE(wait_for_checkpoint(c, ckpt, 1)) << testing::read_file(out("dead-0.log"));
+    c.kill(SIGKILL);
+    c.wait(10s);
+  }
+  EXPECT_EQ(testing::read_history(out("dead"))["status"], "running");
+  const std::string other = dir_.write(
+      "other.yaml", testing::digits_job_yaml(id_, {&pod_a_, &pod_b_}, out("other"), "rounds: 1\n", "other-job"));
+  {
+    testing::Process o(testing::coordinator_argv(other), out("other-0.log"));
+    const int status = o.wait(120s);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << testing::read_file(out("other-0.log"));
+  }
+  const std::string refused = testing::read_file(out("other-0.log"));
+  EXPECT_CONTAINS(refused, "is running job 'fault-test' of user 'tester' since ");
+  EXPECT_CONTAINS(refused, "fedpod job stop");
+
+  // A key the pods do not know cannot end it: the pods refuse its handshake.
+  const std::string mallory_keys = out("mallory");
+  ASSERT_TRUE(protocol::write_key_files(mallory_keys, protocol::generate_curve_keypair(), true).ok());
+  std::string mallory_job = testing::read_file(job);
+  mallory_job.replace(mallory_job.find(id_.modeller_key_file), id_.modeller_key_file.size(), mallory_keys + ".key");
+  mallory_job += "connect_timeout: 3s\n";
+  const std::string mallory = dir_.write("mallory.yaml", mallory_job);
+  {
+    testing::Process s({testing::fedpod_bin(), "job", "stop", mallory}, out("stop-mallory.log"));
+    const int status = s.wait(60s);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << testing::read_file(out("stop-mallory.log"));
+  }
+  EXPECT_EQ(testing::read_file(out("stop-mallory.log")).find("ended job"), std::string::npos)
+      << testing::read_file(out("stop-mallory.log"));
+
+  {
+    testing::Process s({testing::fedpod_bin(), "job", "stop", job}, out("stop-0.log"));
+    const int status = s.wait(60s);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << testing::read_file(out("stop-0.log"));
+  }
+  const std::string stop_log = testing::read_file(out("stop-0.log"));
+  EXPECT_CONTAINS(stop_log, "pod-a: ended job fault-test");
+  EXPECT_CONTAINS(stop_log, "pod-b: ended job fault-test");
+  EXPECT_EQ(testing::read_history(out("dead"))["status"], "stopped");
+
+  {
+    testing::Process o(testing::coordinator_argv(other), out("other-1.log"));
+    const int status = o.wait(120s);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << testing::read_file(out("other-1.log"));
+  }
+  // Nothing left to stop: said, and not an error.
+  {
+    testing::Process s({testing::fedpod_bin(), "job", "stop", job}, out("stop-1.log"));
+    const int status = s.wait(60s);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << testing::read_file(out("stop-1.log"));
+  }
+  EXPECT_CONTAINS(testing::read_file(out("stop-1.log")), "pod-a: does not hold job fault-test (nothing to stop)");
+  testing::record_fault("coordinator", "coordinator SIGKILLed; its job left on the pods", 1,
+                        "a new job refused as busy naming the job, its owner and since when; `fedpod job stop` "
+                        "with the job's key ended it (another user's key refused); the new job then ran",
+                        "the killed run's round in progress");
+}
+
 TEST_F(CoordinatorResumeTest, ACheckpointOfAnotherJobOrADamagedOneIsRefusedAndLeftAlone) {
   const std::string job = job_file("job", "rounds: 2\naggregation_order: pod\n");
   ASSERT_EQ(run(job, false, out("job-0.log")), 0) << testing::read_file(out("job-0.log"));

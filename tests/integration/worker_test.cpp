@@ -3,6 +3,8 @@
 #include "fedpod/worker/worker.h"
 
 #include <gtest/gtest.h>
+
+#include <regex>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -516,9 +518,13 @@ TEST_F(WorkerTest, SecondConcurrentJobIsRefusedUntilFirstEnds) {
   ASSERT_EQ(start_job("job-1")->envelope().getBody().which(), W::JOB_ACCEPTED);
   auto r = start_job("job-2");
   ASSERT_NE(r, nullptr);
-  EXPECT_NE(error_of(*r).find("busy: pod test-pod is running job 'job-1'; a second job is refused"),
-            std::string::npos)
-      << error_of(*r);
+  // The refusal says whose job holds the pod, since when, and how it can be ended.
+  const std::string why = error_of(*r);
+  EXPECT_NE(why.find("busy: pod test-pod is running job 'job-1' of user '"), std::string::npos) << why;
+  EXPECT_TRUE(std::regex_search(why, std::regex(R"(' since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(round 0\))")))
+      << why;
+  EXPECT_NE(why.find("a second job is refused until that one ends"), std::string::npos) << why;
+  EXPECT_NE(why.find("fedpod job stop"), std::string::npos) << why;
   EXPECT_EQ(worker_->counters().jobs_refused.load(), 1);
 
   protocol::Outgoing end("job-1", next_id_++);

@@ -108,8 +108,10 @@
 // metrics_port() may be called from any thread.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <iosfwd>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <prometheus/registry.h>
 #include <vector>
@@ -119,6 +121,7 @@
 
 #include "fedpod/common/log.h"
 #include "fedpod/common/status.h"
+#include "fedpod/coordinator/history.h"
 #include "fedpod/coordinator/job_spec.h"
 #include "fedpod/model/custom.h"
 #include "fedpod/model/zoo.h"
@@ -175,6 +178,19 @@ class Coordinator {
   // between steps. Set before run().
   using StepObserver = std::function<void(int round, const std::string& step, const std::vector<uint32_t>& ids)>;
   void set_step_observer(StepObserver observer);
+
+  // Stopping a running job: run() reads `*flag` (a signal number; 0: keep going) at
+  // least every 100 ms, and once it is set ends the job between steps. The pods are
+  // told to end it (they are free at once), history.json says "stopped" with the
+  // last completed round, whose checkpoint `--resume` continues from; run() returns
+  // an error and job_stopped() is true. Storing to `flag` is signal-safe.
+  void set_stop_flag(const std::atomic<int>* flag);
+  bool job_stopped() const;
+
+  // Without running the job: tells every pod of the job to end it (endJob from the
+  // job's key), for a coordinator that died or cannot be reached. Each pod's answer
+  // by name: "ok" ended; "error" with code failed_precondition: it holds no such job.
+  StatusOr<std::map<std::string, PodRound>> end_job_on_pods(const std::string& reason);
 
  private:
   struct Impl;

@@ -23,7 +23,7 @@
 namespace fedpod::coordinator {
 
 struct PodRound {
-  std::string outcome;  // ok | timeout | silent | error | refused | unreachable | disconnected
+  std::string outcome;  // ok | timeout | silent | error | refused | unreachable | disconnected | stopped
   std::string error;
   int64_t num_samples = 0;
   double seconds = 0;
