@@ -228,9 +228,40 @@ Status Coordinator::Impl::hello_and_check() {
   std::string features_from;
   std::vector<data::PodSchema> answered;
   progress << "pods:\n";
+  // A pod left out before round 1 is in history.json and the report with its reason:
+  // never reached (each cause told apart), its CURVE handshake refused, or its answer.
+  nlohmann::json pods_json = nlohmann::json::object();
+  std::map<size_t, std::future<Unreached>> diagnoses;  // all at once: at most 2 s in all
   for (auto& [i, r] : replies) {
-    if (r.outcome != "ok") progress << "  " << pods[i].addr.name << ": " << r.outcome << ": " << r.error << "\n";
+    if (r.outcome == "timeout" && !pods[i].connected && !stopping()) {
+      diagnoses[i] = std::async(std::launch::async, diagnose_unreached, pods[i].addr.address,
+                                std::chrono::milliseconds(2000));
+    }
   }
+  for (auto& [i, r] : replies) {
+    if (r.outcome == "ok" || stopping()) continue;
+    std::string cause = r.outcome;
+    if (r.outcome == "refused" && !pods[i].handshake_error.empty() && !pods[i].secured) {
+      cause = "curve_refused";
+    } else if (diagnoses.count(i)) {
+      const Unreached u = diagnoses[i].get();
+      r.outcome = u.outcome;
+      r.error = u.reason;
+      cause = u.cause;
+    } else if (r.outcome == "timeout" && keys && !pods[i].secured) {
+      cause = "no_handshake";
+      r.error = "TCP connects to " + pods[i].addr.address + ", but no CURVE handshake completed within "
+                "connect_timeout: another program listens on that port, or it is not a fedpod worker";
+    } else if (r.outcome == "timeout") {
+      cause = "no_answer";
+      r.error = "connected, but the pod did not answer hello within connect_timeout";
+    } else if (!r.code.empty()) {
+      cause = r.code;
+    }
+    pods_json[pods[i].addr.name] = {{"outcome", r.outcome}, {"phase", "hello"}, {"cause", cause}, {"error", r.error}};
+    progress << "  " << pods[i].addr.name << ": left out: " << r.outcome << " (" << cause << "): " << r.error << "\n";
+  }
+  history["pods"] = pods_json;
   progress << std::flush;
   for (auto& [i, r] : replies) {
     if (r.outcome != "ok") continue;
@@ -436,7 +467,8 @@ Status Coordinator::Impl::start_job() {
   job_sent = true;
   std::map<size_t, std::string> decisions;
   auto replies = send_start_job(active_pods(), decisions);
-  nlohmann::json pods_json = nlohmann::json::object();
+  // Pods left out at hello are already there.
+  nlohmann::json pods_json = history.value("pods", nlohmann::json::object());
   // Each pod's decision, before any training: who admitted the job on what basis,
   // and why the others refused.
   for (auto& [i, r] : replies) {
@@ -450,7 +482,7 @@ Status Coordinator::Impl::start_job() {
                << " training rows, parameters " << (pods[i].sealed ? "sealed with AES-256-GCM" : "over CURVE")
                << "\n";
     }
-    pods_json[pods[i].addr.name] = {{"outcome", r.outcome}, {"train_samples", r.num_samples}};
+    pods_json[pods[i].addr.name] = {{"outcome", r.outcome}, {"phase", "startJob"}, {"train_samples", r.num_samples}};
     if (r.outcome == "ok") pods_json[pods[i].addr.name]["tensor_channel"] = pods[i].sealed ? "aes-256-gcm" : "curve";
     if (!decisions[i].empty()) pods_json[pods[i].addr.name]["decision"] = decisions[i];
     if (!r.error.empty()) pods_json[pods[i].addr.name]["error"] = r.error;

@@ -78,6 +78,15 @@ struct Pod {
   bool sealed = false;  // train, fetchResult and evaluate go sealed over `tensor`
 };
 
+// Why a pod never connected, found out with a plain TCP connect of at most `budget`
+// (ZeroMQ only retries, silently): outcome "unreachable" or "timeout", a cause
+// (name_not_resolved, connection_refused, no_tcp_answer, network, no_answer: TCP
+// connects but no fedpod answered) and a sentence saying what to check.
+struct Unreached {
+  std::string outcome, cause, reason;
+};
+Unreached diagnose_unreached(const std::string& address, std::chrono::milliseconds budget);
+
 // Called with each valid reply of an expected kind; returns the pod's outcome, or
 // nullopt when the pod has more to say (it stays pending).
 using ReplyHandler = std::function<std::optional<PodRound>(Pod&, protocol::Incoming&)>;

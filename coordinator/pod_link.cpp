@@ -1,6 +1,61 @@
 #include "impl.h"
 
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 namespace fedpod::coordinator {
+
+Unreached detail::diagnose_unreached(const std::string& address, std::chrono::milliseconds budget) {
+  // tcp://HOST:PORT, HOST possibly [v6]; validated when the job was loaded.
+  std::string rest = address.rfind("tcp://", 0) == 0 ? address.substr(6) : address;
+  const auto colon = rest.rfind(':');
+  if (colon == std::string::npos) return {"unreachable", "address", "'" + address + "' has no port"};
+  std::string host = rest.substr(0, colon);
+  const std::string port = rest.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found); rc != 0 || !found) {
+    return {"unreachable", "name_not_resolved",
+            "the name '" + host + "' does not resolve (" + ::gai_strerror(rc) + "): check the pod's address"};
+  }
+  std::unique_ptr<addrinfo, void (*)(addrinfo*)> hold(found, ::freeaddrinfo);
+  const int fd = ::socket(found->ai_family, found->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, found->ai_protocol);
+  if (fd < 0) return {"unreachable", "socket", std::string("cannot open a socket: ") + std::strerror(errno)};
+  int err = 0;
+  if (::connect(fd, found->ai_addr, found->ai_addrlen) != 0) {
+    err = errno;
+    if (err == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      const int ready = ::poll(&p, 1, static_cast<int>(budget.count()));
+      if (ready == 0) {
+        ::close(fd);
+        return {"timeout", "no_tcp_answer",
+                "no TCP answer from " + host + ":" + port + " within " + std::to_string(budget.count() / 1000.0).substr(0, 3) +
+                    " s: the host is down, or a firewall drops the connection"};
+      }
+      socklen_t len = sizeof err;
+      ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    }
+  }
+  ::close(fd);
+  if (err == ECONNREFUSED) {
+    return {"unreachable", "connection_refused",
+            "connection refused by " + host + ":" + port + ": nothing listens there (is the worker running, and is "
+            "this its listen port?)"};
+  }
+  if (err != 0) {
+    return {"unreachable", "network", "cannot connect to " + host + ":" + port + ": " + std::strerror(err)};
+  }
+  return {"timeout", "no_answer",
+          "TCP connects to " + host + ":" + port + ", but nothing answered hello within connect_timeout (another "
+          "program on that port, or a pod that is not a fedpod worker)"};
+}
 
 void Coordinator::Impl::count_responses(const std::map<size_t, PodRound>& replies) {
   for (const auto& [i, r] : replies) {

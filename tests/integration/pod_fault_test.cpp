@@ -6,13 +6,21 @@
 //   - a straggler (SIGSTOPped past round_timeout, heartbeats off): excluded from the
 //     round as "timeout", counted, and its late update discarded, never folded;
 //   - a silent pod (SIGSTOPped, heartbeats on): excluded as "silent" long before the
-//     round's deadline, and back in the job once it wakes up.
+//     round's deadline, and back in the job once it wakes up;
+//   - pods that cannot be reached before round 1 (nothing listening, a name that does
+//     not resolve, a wrong server key, a port that accepts TCP but speaks no ZMTP):
+//     each left out with its own cause, in history.json, the console and the report.
 //
 // Outcomes are read from history.json; nothing here asserts how long anything took.
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <map>
 #include <thread>
 
 #include "fault_jobs.h"
@@ -166,6 +174,76 @@ TEST_F(PodFaultTest, HeartbeatsFindASilentPodLongBeforeTheDeadline) {
   testing::record_fault("pods", "silent pod: stopped (SIGSTOP) mid-round, heartbeats on (1 s timeout, 120 s deadline)",
                         1, "excluded as silent after ~1 s, long before the deadline; back in the job after it woke",
                         "the silent pod's update for that round");
+}
+
+// A TCP port that accepts connections (the kernel's backlog) and never says a word.
+struct MutePort {
+  MutePort() {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), len) != 0 || ::listen(fd, 8) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      throw std::runtime_error("cannot open a listening socket");
+    }
+    port = ntohs(a.sin_port);
+  }
+  ~MutePort() { ::close(fd); }
+  int fd = -1;
+  int port = 0;
+};
+
+// A port nothing listens on: bound for a moment, then closed.
+int closed_port() {
+  MutePort p;
+  return p.port;
+}
+
+TEST_F(PodFaultTest, PodsLeftOutBeforeRoundOneAreRecordedEachWithItsCause) {
+  MutePort mute;
+  testing::PodProcess refused{"pod-gone", "tcp://127.0.0.1:" + std::to_string(closed_port()), id_.pod_public_key("pod-x"), "", ""};
+  testing::PodProcess unresolved{"pod-noname", "tcp://no-such-pod.invalid:5555", id_.pod_public_key("pod-x"), "", ""};
+  // pod-c's address with another key: the pod cannot prove it holds it.
+  testing::PodProcess wrong_key{"pod-wrongkey", pods_[2].endpoint, id_.pod_public_key("pod-x"), "", ""};
+  testing::PodProcess mute_pod{"pod-mute", "tcp://127.0.0.1:" + std::to_string(mute.port), id_.pod_public_key("pod-x"), "", ""};
+  std::string yaml = testing::digits_job_yaml(id_, {&pods_[0], &refused, &unresolved, &wrong_key, &mute_pod}, out(),
+                                              "rounds: 2\nmin_pods: 1\nconnect_timeout: 3s\n");
+  testing::Process c(testing::coordinator_argv(dir_.write("job.yaml", yaml)), log_);
+  const int status = c.wait(120s);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << testing::read_file(log_);
+
+  const auto history = testing::read_history(out());
+  const auto& pods = history["pods"];
+  EXPECT_EQ(pods["pod-a"]["outcome"], "ok");
+  const std::map<std::string, std::pair<std::string, std::string>> want = {
+      {"pod-gone", {"unreachable", "connection_refused"}},
+      {"pod-noname", {"unreachable", "name_not_resolved"}},
+      {"pod-wrongkey", {"refused", "curve_refused"}},
+      {"pod-mute", {"timeout", "no_handshake"}}};
+  for (const auto& [name, oc] : want) {
+    ASSERT_TRUE(pods.contains(name)) << name << ": " << pods.dump(1);
+    EXPECT_EQ(pods[name]["outcome"], oc.first) << name << ": " << pods[name].dump();
+    EXPECT_EQ(pods[name]["cause"], oc.second) << name << ": " << pods[name].dump();
+    EXPECT_EQ(pods[name]["phase"], "hello");
+    EXPECT_FALSE(pods[name].value("error", "").empty());
+  }
+  EXPECT_CONTAINS(pods["pod-gone"]["error"].get<std::string>(), "connection refused by 127.0.0.1:");
+  EXPECT_CONTAINS(pods["pod-noname"]["error"].get<std::string>(), "'no-such-pod.invalid' does not resolve");
+  EXPECT_CONTAINS(pods["pod-wrongkey"]["error"].get<std::string>(), "CURVE handshake");
+  const std::string console = testing::read_file(log_);
+  const std::string report = testing::read_file(out() + "/report.html");
+  for (const auto& [name, oc] : want) {
+    EXPECT_CONTAINS(console, name + ": left out: " + oc.first + " (" + oc.second + ")");
+    EXPECT_CONTAINS(report, "<td>" + name + "</td><td>left out: " + oc.first + " at hello</td>");
+  }
+  EXPECT_CONTAINS(report, "connection refused by 127.0.0.1:");
+  testing::record_fault("pods", "pods unreachable before round 1 (nothing listening, unknown name, wrong key, "
+                                "a port that speaks no ZMTP)",
+                        4, "each left out with its own cause in history.json, the console and report.html; the "
+                           "job ran on the pods that answered",
+                        "nothing");
 }
 
 }  // namespace
