@@ -179,6 +179,17 @@ std::string hyperparameters(const nlohmann::json& model) {
   return out;
 }
 
+// ", 1 left out before round 1 (see Pods)" for the job's pods that never trained.
+std::string pods_left_out(const nlohmann::json& h, const std::vector<std::string>& trained) {
+  const nlohmann::json start = h.value("pods", nlohmann::json::object());
+  if (!start.is_object()) return "";
+  int out = 0;
+  for (const auto& [name, p] : start.items()) {
+    if (p.value("outcome", "") != "ok" && std::find(trained.begin(), trained.end(), name) == trained.end()) ++out;
+  }
+  return out ? ", " + std::to_string(out) + " left out before round 1 (see Pods)" : "";
+}
+
 // One row per pod: how it took the job (or why it was left out), and its share of
 // the final test evaluation.
 std::string pods_table(const nlohmann::json& h) {
@@ -259,7 +270,7 @@ std::string render_report(const nlohmann::json& h) {
        << ".ytick{text-anchor:end;fill:#555}.xtick{text-anchor:middle;fill:#555}.legend{font-size:11px}"
        << ".line{fill:none;stroke-width:2}.bar{fill:#1f77b4}table{border-collapse:collapse}"
        << "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
-       << "tr.out td{background:#fff4f4}table.pods td:last-child{max-width:520px;font-size:13px}"
+       << "tr.out td{background:#fff4f4}table.pods td:first-child{white-space:nowrap}table.pods td:last-child{max-width:520px;font-size:13px}"
        << "</style></head><body>"
        << "<h1>Job " << escape(h.value("job_id", "")) << "</h1><table>"
        << "<tr><th>status</th><td>" << escape(h.value("status", "")) << "</td></tr>"
@@ -267,7 +278,7 @@ std::string render_report(const nlohmann::json& h) {
        << "<tr><th>hyperparameters</th><td>" << escape(hyperparameters(model)) << "</td></tr>"
        << "<tr><th>strategy</th><td>" << escape(h.value("strategy", "")) << "</td></tr>"
        << "<tr><th>rounds</th><td>" << n << "</td></tr>"
-       << "<tr><th>pods</th><td>" << pods.size() << "</td></tr>";
+       << "<tr><th>pods</th><td>" << pods.size() << " trained" << pods_left_out(h, pods) << "</td></tr>";
   if (h.contains("test") && h["test"].is_object()) {
     html << "<tr><th>test accuracy</th><td>" << num(h["test"].value("accuracy", 0.0)) << " (" << h["test"].value("num_samples", 0)
          << " samples)</td></tr><tr><th>test loss</th><td>" << num(h["test"].value("loss", 0.0)) << "</td></tr>";
