@@ -50,6 +50,8 @@ struct RunArgs {
   std::string metrics_linger;
   std::string log_level = "info";
   bool resume = false;
+  bool json = false;   // events on stdout, one JSON object per line
+  bool quiet = false;  // no progress; errors still go to stderr
 };
 
 void run_job(const RunArgs& args) {
@@ -70,17 +72,23 @@ void run_job(const RunArgs& args) {
   // A custom model's code never runs in this process: it is built in a confined job
   // runner, this binary's hidden `runner` subcommand (worker/runner.h), as on pods.
   spec.runner_command = {self_executable(), "runner"};
-  coordinator::Coordinator c(ctx, spec, log, std::cout);
+  // Progress for people on stdout; with --json the events take stdout and people's
+  // lines (the resume hint) go to stderr; --quiet prints neither.
+  std::ostream none(nullptr);
+  std::ostream& human = args.json || args.quiet ? none : std::cout;
+  std::ostream& hints = args.json || args.quiet ? std::cerr : std::cout;
+  coordinator::Coordinator c(ctx, spec, log, human);
+  if (args.json) c.set_event_stream(&std::cout);
   c.set_stop_flag(&g_stop_signal);
   install_stop_handlers();
   auto result = c.run();
   if (c.job_stopped()) {
     const int sig = g_stop_signal.load();
     if (spec.checkpoint) {
-      std::cout << "to continue it: fedpod coordinator run " << args.job << " --resume"
+      hints << "to continue it: fedpod coordinator run " << args.job << " --resume"
                 << (args.output_dir.empty() ? std::string() : " --output-dir " + args.output_dir) << std::endl;
     } else {
-      std::cout << "the job has checkpoint: false, so running it again starts it over" << std::endl;
+      hints << "the job has checkpoint: false, so running it again starts it over" << std::endl;
     }
     // 128 + the signal, as a shell reports a process the signal ended (130 for Ctrl-C).
     throw CommandExit{128 + sig};
@@ -88,7 +96,7 @@ void run_job(const RunArgs& args) {
   // A job is over in seconds; Prometheus scrapes every 15-60 s. Lingering keeps the
   // final values on /metrics long enough to be collected.
   if (linger.count() > 0 && c.metrics_port() != 0) {
-    std::cout << "serving the final metrics on port " << c.metrics_port() << " for " << linger.count() / 1000.0
+    hints << "serving the final metrics on port " << c.metrics_port() << " for " << linger.count() / 1000.0
               << " s (--metrics-linger)" << std::endl;
     std::this_thread::sleep_for(linger);
   }
@@ -179,6 +187,11 @@ void add_coordinator(CLI::App& app) {
                 "continue the job from <output_dir>/checkpoint.bin (written after every completed round) instead "
                 "of starting it over; the job file must describe the same job");
   run->add_option("--log-level", args->log_level, "debug | info | warn | error");
+  auto* json = run->add_flag("--json", args->json,
+                             "stream events on stdout, one JSON object per line (job_start, pod_left_out, "
+                             "pod_accepted, round_start, pod_result, round_waiting, round_end, evaluation, job_end) "
+                             "instead of the progress lines");
+  run->add_flag("-q,--quiet", args->quiet, "print no progress (errors still go to stderr)")->excludes(json);
   run->callback([args] { run_job(*args); });
 }
 

@@ -259,6 +259,8 @@ Status Coordinator::Impl::hello_and_check() {
       cause = r.code;
     }
     pods_json[pods[i].addr.name] = {{"outcome", r.outcome}, {"phase", "hello"}, {"cause", cause}, {"error", r.error}};
+    emit({{"event", "pod_left_out"}, {"pod", pods[i].addr.name}, {"phase", "hello"}, {"outcome", r.outcome},
+          {"cause", cause}, {"reason", r.error}});
     progress << "  " << pods[i].addr.name << ": left out: " << r.outcome << " (" << cause << "): " << r.error << "\n";
   }
   history["pods"] = pods_json;
@@ -473,6 +475,13 @@ Status Coordinator::Impl::start_job() {
   // and why the others refused.
   for (auto& [i, r] : replies) {
     if (r.outcome != "ok") {
+      emit({{"event", "pod_left_out"}, {"pod", pods[i].addr.name}, {"phase", "startJob"}, {"outcome", r.outcome},
+            {"cause", r.code.empty() ? r.outcome : r.code}, {"reason", r.error}});
+    } else {
+      emit({{"event", "pod_accepted"}, {"pod", pods[i].addr.name}, {"train_samples", r.num_samples},
+            {"decision", decisions[i]}, {"tensor_channel", pods[i].sealed ? "aes-256-gcm" : "curve"}});
+    }
+    if (r.outcome != "ok") {
       pods[i].active = false;
       log->warn("event=job_refused pod={} reason=\"{}\"", pods[i].addr.name, r.error);
       progress << "  " << pods[i].addr.name << ": " << r.outcome << ": " << r.error << "\n";
@@ -595,6 +604,31 @@ std::optional<EvalSummary> Coordinator::Impl::evaluate(const torch::Tensor& glob
   return s;
 }
 
+void Coordinator::Impl::emit(nlohmann::json e) {
+  if (!events) return;
+  e["time"] = now_utc();
+  e["job_id"] = spec.job_id;
+  (*events) << e.dump() << '\n' << std::flush;
+}
+
+// "1m05s", "42s": a duration for the console.
+static std::string human_seconds(double s) {
+  const long total = std::lround(std::max(0.0, s));
+  if (total < 60) return std::to_string(total) + "s";
+  const long h = total / 3600, m = (total % 3600) / 60, sec = total % 60;
+  std::ostringstream o;
+  if (h) o << h << "h" << std::setw(2) << std::setfill('0') << m << "m";
+  else o << m << "m" << std::setw(2) << std::setfill('0') << sec << "s";
+  return o.str();
+}
+
+static nlohmann::json pod_json(const std::string& name, const PodRound& r) {
+  nlohmann::json p = {{"pod", name}, {"outcome", r.outcome}, {"num_samples", r.num_samples}, {"seconds", r.seconds}};
+  if (!r.error.empty()) p["error"] = r.error;
+  for (const auto& [k, v] : r.metrics) p[k] = v;
+  return p;
+}
+
 static std::string signal_name(int sig) {
   switch (sig) {
     case SIGINT: return "SIGINT";
@@ -704,6 +738,8 @@ StatusOr<RunResult> Coordinator::Impl::run() {
               result.rounds_completed);
     write_history();  // after the last completed round's checkpoint, which a resume needs
     close_pods();
+    emit({{"event", "job_end"}, {"status", "stopped"}, {"signal", signal_name(sig)},
+          {"rounds_completed", result.rounds_completed}, {"history", history_path}});
     progress << "job " << spec.job_id << " stopped (" << signal_name(sig) << ") after round "
              << result.rounds_completed << "/" << spec.rounds << "; the pods ended it";
     if (spec.checkpoint && result.rounds_completed > 0) {
@@ -723,9 +759,14 @@ StatusOr<RunResult> Coordinator::Impl::run() {
     if (job_sent) end_job("coordinator failed: " + st.message());
     write_history();
     close_pods();
+    emit({{"event", "job_end"}, {"status", "failed"}, {"error", st.to_string()},
+          {"rounds_completed", result.rounds_completed}, {"history", history_path}});
     return st;
   }
   close_pods();
+  emit({{"event", "job_end"}, {"status", "completed"}, {"rounds_completed", result.rounds_completed},
+        {"test_accuracy", result.test_accuracy}, {"test_loss", result.test_loss}, {"history", history_path},
+        {"model", model_path}, {"report", report_path}});
   return result;
 }
 
@@ -758,6 +799,12 @@ Status Coordinator::Impl::run_job() {
   torch::Tensor global = initial.clone();
   log->info("event=job_started job={} model={} parameters={} pods={}", spec.job_id, model_name(),
             global.numel(), active_pods().size());
+  {
+    std::vector<std::string> names;
+    for (size_t i : active_pods()) names.push_back(pods[i].addr.name);
+    emit({{"event", "job_start"}, {"model", model_label()}, {"parameters", global.numel()}, {"rounds", spec.rounds},
+          {"pods", names}, {"first_round", resume_from ? resume_from->round + 1 : 1}});
+  }
   auto strategy = aggregation::make_strategy(spec.strategy);
   {
     // Integer buffers (num_batches_tracked) take the pods' maximum, not a mean.
@@ -834,6 +881,46 @@ Status Coordinator::Impl::run_job() {
     };
     size_t sent = 0;  // pods the round's train request went out to
     open_round = round;
+    {
+      std::vector<std::string> names;
+      for (size_t i : targets) names.push_back(pods[i].addr.name);
+      emit({{"event", "round_start"}, {"round", round}, {"rounds", spec.rounds}, {"pods", names}});
+    }
+    // Each pod's result as it is known; and, in a long round, every 10 s who is
+    // still training (the console and round_waiting).
+    std::set<size_t> reported;
+    auto next_status = start + std::chrono::seconds(10);
+    struct ResetHooks {  // the hooks capture this round's locals: gone with them
+      Impl& impl;
+      ~ResetHooks() {
+        impl.settled_hook = nullptr;
+        impl.waiting_hook = nullptr;
+      }
+    } reset_hooks{*this};
+    settled_hook = [&](size_t i, const PodRound& r) {
+      if (!reported.insert(i).second) return;
+      nlohmann::json e = pod_json(pods[i].addr.name, r);
+      e["event"] = "pod_result";
+      e["round"] = round;
+      emit(std::move(e));
+    };
+    waiting_hook = [&](const std::vector<size_t>& pending) {
+      const auto now = Clock::now();
+      if (now < next_status || pending.empty()) return;
+      next_status = now + std::chrono::seconds(10);
+      const double elapsed = std::chrono::duration<double>(now - start).count();
+      std::vector<std::string> names;
+      for (size_t i : pending) names.push_back(pods[i].addr.name);
+      const size_t asked = targets.size();
+      progress << "  round " << round << "/" << spec.rounds << ": " << asked - pending.size() << "/" << asked
+               << " pods answered, waiting for ";
+      for (size_t k = 0; k < names.size() && k < 8; ++k) progress << (k ? ", " : "") << names[k];
+      if (names.size() > 8) progress << " and " << names.size() - 8 << " more";
+      progress << " (" << human_seconds(elapsed) << ")" << std::endl;
+      emit({{"event", "round_waiting"}, {"round", round}, {"answered", asked - pending.size()},
+            {"waiting", names}, {"elapsed_seconds", elapsed}});
+    };
+    if (secagg) settled_hook = nullptr;  // its exchanges are phases, not results
     auto replies = secagg ? secure_round(round, rid, targets, out, start, global, *strategy, loss_sum, loss_weight,
                                          round_aggregation_seconds, sent)
                           : exchange(
@@ -935,6 +1022,21 @@ Status Coordinator::Impl::run_job() {
     // Closed: whatever arrives for this round from now on is discarded, not folded.
     open_round = 0;
     last_closed_round = round;
+    waiting_hook = nullptr;
+    if (!settled_hook) {  // secure aggregation: the outcomes once the round is over
+      settled_hook = [&](size_t i, const PodRound& r) {
+        if (!reported.insert(i).second) return;
+        nlohmann::json e = pod_json(pods[i].addr.name, r);
+        e["event"] = "pod_result";
+        e["round"] = round;
+        emit(std::move(e));
+      };
+    }
+    for (const auto& [i, r] : replies) settled_hook(i, r);
+    for (const auto& [i, r] : rejoin) {
+      if (r.outcome != "ok") settled_hook(i, r);
+    }
+    settled_hook = nullptr;
     // Stopped: this round is not completed; a resume redoes it from the checkpoint
     // of the last completed one.
     if (stopping()) return stop_status();
@@ -997,7 +1099,26 @@ Status Coordinator::Impl::run_job() {
     progress << "round " << round << "/" << spec.rounds << "  pods " << rec.pods_answered << "/" << rec.pods_asked
              << "  train_loss " << fmt(rec.train_loss);
     if (rec.eval) progress << "  val_loss " << fmt(rec.eval->loss) << "  val_acc " << fmt(rec.eval->accuracy);
-    progress << "  " << fmt(rec.seconds, 2) << "s" << std::endl;
+    progress << "  " << fmt(rec.seconds, 2) << "s";
+    // The time left, from this run's rounds so far (a resumed run counts its own).
+    run_seconds += rec.seconds;
+    ++run_rounds;
+    const double eta = run_seconds / run_rounds * (spec.rounds - round);
+    if (round < spec.rounds) progress << "  ETA " << human_seconds(eta);
+    progress << std::endl;
+    {
+      nlohmann::json e = {{"event", "round_end"},       {"round", round},
+                          {"rounds", spec.rounds},      {"pods_answered", rec.pods_answered},
+                          {"pods_asked", rec.pods_asked}, {"train_loss", rec.train_loss},
+                          {"seconds", rec.seconds},     {"eta_seconds", eta}};
+      if (rec.eval) {
+        e["val_loss"] = rec.eval->loss;
+        e["val_accuracy"] = rec.eval->accuracy;
+        emit({{"event", "evaluation"}, {"split", "validation"}, {"round", round}, {"loss", rec.eval->loss},
+              {"accuracy", rec.eval->accuracy}, {"num_samples", rec.eval->num_samples}});
+      }
+      emit(std::move(e));
+    }
     result.rounds_completed = round;
     job_metrics.rounds_completed.Increment();
     job_metrics.round_duration.Observe(rec.seconds);
@@ -1019,6 +1140,8 @@ Status Coordinator::Impl::run_job() {
     result.test_accuracy = test->accuracy;
     result.test_samples = test->num_samples;
     history["test"] = to_json(*test);
+    emit({{"event", "evaluation"}, {"split", "test"}, {"loss", test->loss}, {"accuracy", test->accuracy},
+          {"num_samples", test->num_samples}, {"pods", history["test"]["pods"]}});
     progress << "test  loss " << fmt(test->loss) << "  accuracy " << fmt(test->accuracy) << "  samples "
              << test->num_samples << std::endl;
   } else {
@@ -1054,6 +1177,8 @@ std::shared_ptr<prometheus::Registry> Coordinator::registry() const { return imp
 bool Coordinator::job_config_error() const { return impl_->config_error; }
 
 void Coordinator::set_stop_flag(const std::atomic<int>* flag) { impl_->stop_flag = flag; }
+
+void Coordinator::set_event_stream(std::ostream* out) { impl_->events = out; }
 
 bool Coordinator::job_stopped() const { return impl_->stopped; }
 

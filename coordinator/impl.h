@@ -502,6 +502,17 @@ struct Coordinator::Impl {
   // between steps: no round is cut short in a way a resume could notice, because a
   // round that did not complete is redone from the last checkpoint.
   const std::atomic<int>* stop_flag = nullptr;
+
+  // Progress for programs (Coordinator::set_event_stream): one JSON object per line.
+  std::ostream* events = nullptr;
+  void emit(nlohmann::json e);
+  // Set by run_job() for a round's training exchange: `settled` for each pod as its
+  // outcome is known, `waiting` on every pass of the exchange's loop with the pods
+  // still pending.
+  std::function<void(size_t, const PodRound&)> settled_hook;
+  std::function<void(const std::vector<size_t>&)> waiting_hook;
+  double run_seconds = 0;  // this run's completed rounds, for the ETA
+  int run_rounds = 0;
   bool ignore_stop = false;  // end_job() after a stop still waits for the pods' answers
   bool stopped = false;      // run() ended because of stop_flag
   int stopping() const { return stop_flag && !ignore_stop ? stop_flag->load() : 0; }

@@ -468,8 +468,10 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
         }
       }
       if (!done) still.push_back(i);
+      else if (settled_hook) settled_hook(i, result[i]);
     }
     waiting.swap(still);
+    if (waiting_hook) waiting_hook(waiting);
   }
   if (sent_count) *sent_count = sent_ok;
   if (stopped_here) {

@@ -185,6 +185,12 @@ class Coordinator {
   // last completed round, whose checkpoint `--resume` continues from; run() returns
   // an error and job_stopped() is true. Storing to `flag` is signal-safe.
   void set_stop_flag(const std::atomic<int>* flag);
+
+  // Events for scripts and notebooks (`coordinator run --json`): one JSON object per
+  // line on `out`, each with "event" and "time" (UTC): job_start, pod_left_out,
+  // pod_accepted, round_start, pod_result, round_waiting (every 10 s of a long
+  // round), round_end, evaluation, job_end. Set before run().
+  void set_event_stream(std::ostream* out);
   bool job_stopped() const;
 
   // Without running the job: tells every pod of the job to end it (endJob from the

@@ -1,6 +1,8 @@
-"""report.html of real jobs, opened in headless Chromium (chromium, chromium-driver,
-python3-selenium): a completed job with a pod left out before round 1, a job stopped
-with Ctrl-C (SIGINT), and a job that failed when a pod died and too few were left.
+"""What a job tells people and programs, from real jobs: `coordinator run --json`
+(one event per line, stdout holding nothing else), `--quiet`, and report.html opened
+in headless Chromium (chromium, chromium-driver, python3-selenium) for a completed job
+with a pod left out before round 1, a job stopped with Ctrl-C (SIGINT), and a job that
+failed when a pod died and too few were left.
 
 Two real `fedpod worker` pods (CURVE, signed air-gapped policies) and `fedpod
 coordinator run`. For each report the test checks what a reader needs: the status,
@@ -8,7 +10,7 @@ the hyperparameters, every pod with its outcome and reason, the per-pod test
 evaluation, round numbers on every chart, and legends that do not overlap; and that
 the page fits 1280 px. FEDPOD_SCREENSHOTS=DIR keeps the screenshots (docs/report/):
 
-    FEDPOD_SCREENSHOTS=$PWD/docs/report ctest --test-dir build -R report_page_test
+    FEDPOD_SCREENSHOTS=$PWD/docs/report ctest --test-dir build -R job_output_test
 """
 import json
 import os
@@ -209,6 +211,48 @@ class ReportTest(unittest.TestCase):
         self.browser.save_screenshot(os.path.join(self.shots, "report-%s.png" % name))
 
     # --- the jobs ---
+
+    def test_0_json_events_and_quiet(self):
+        job = self.job("events", "rounds: 3\nmin_pods: 2\nconnect_timeout: 3s\n", pods=("pod-a", "pod-b", "pod-c"))
+        r = subprocess.run([FEDPOD, "coordinator", "run", job, "--json"], env=self.env, capture_output=True,
+                           text=True, timeout=180)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        events = [json.loads(line) for line in r.stdout.splitlines()]  # every line is one JSON object
+        for e in events:
+            self.assertEqual(e["job_id"], "report-events")
+            self.assertRegex(e["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        kinds = [e["event"] for e in events]
+        left = [e for e in events if e["event"] == "pod_left_out"]
+        self.assertEqual([(e["pod"], e["cause"]) for e in left], [("pod-c", "connection_refused")])
+        self.assertEqual(sorted(e["pod"] for e in events if e["event"] == "pod_accepted"), ["pod-a", "pod-b"])
+        self.assertEqual(kinds.index("job_start"), max(i for i, k in enumerate(kinds) if k == "pod_accepted") + 1)
+        # Each round: its start, a result per pod, its end; in order.
+        for rnd in (1, 2, 3):
+            of_round = [(i, e) for i, e in enumerate(events) if e.get("round") == rnd]
+            self.assertEqual(of_round[0][1]["event"], "round_start")
+            self.assertEqual(sorted(of_round[0][1]["pods"]), ["pod-a", "pod-b"])
+            results = [e for _, e in of_round if e["event"] == "pod_result"]
+            self.assertEqual(sorted((e["pod"], e["outcome"]) for e in results), [("pod-a", "ok"), ("pod-b", "ok")])
+            end = of_round[-1][1]
+            self.assertEqual(end["event"], "round_end")
+            self.assertEqual((end["pods_answered"], end["pods_asked"]), (2, 2))
+            self.assertIn("val_accuracy", end)
+            self.assertGreaterEqual(end["eta_seconds"], 0)
+        self.assertEqual(events[-1]["event"], "job_end")
+        self.assertEqual(events[-1]["status"], "completed")
+        test = [e for e in events if e["event"] == "evaluation" and e["split"] == "test"]
+        self.assertEqual(len(test), 1)
+        self.assertAlmostEqual(test[0]["accuracy"], self.history("events")["test"]["accuracy"])
+        self.assertAlmostEqual(events[-1]["test_accuracy"], test[0]["accuracy"])
+
+        quiet = subprocess.run([FEDPOD, "coordinator", "run", job, "--quiet", "--log-level", "error"], env=self.env,
+                               capture_output=True, text=True, timeout=180)
+        self.assertEqual(quiet.returncode, 0, quiet.stdout + quiet.stderr)
+        self.assertEqual(quiet.stdout, "")
+        both = subprocess.run([FEDPOD, "coordinator", "run", job, "--quiet", "--json"], env=self.env,
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(both.returncode, 2)
+        self.assertIn("excludes", both.stderr)
 
     def test_1_completed_job_with_a_pod_left_out(self):
         job = self.job("completed", "rounds: 6\nmin_pods: 2\nconnect_timeout: 3s\n",
