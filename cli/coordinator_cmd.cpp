@@ -68,6 +68,7 @@ void run_job(const RunArgs& args) {
   std::chrono::milliseconds linger{0};
   if (!args.metrics_linger.empty()) linger = parse_duration(args.metrics_linger, "--metrics-linger");
   Logger log = make_logger("coordinator", args.log_level);
+  metrics::set_component("coordinator");
   zmq::context_t ctx(1);
   // A custom model's code never runs in this process: it is built in a confined job
   // runner, this binary's hidden `runner` subcommand (worker/runner.h), as on pods.

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "fedpod/metrics/metrics.h"
 #include "hub_access.h"
 #include "fedpod/common/signing.h"
 #include "fedpod/common/config_util.h"
@@ -70,6 +71,7 @@ void serve(const HubArgs& args) {
 
   // The registry the hub's /metrics serves, built here and injected (no global one).
   opt.registry = std::make_shared<prometheus::Registry>();
+  metrics::set_component("hub");
   hub::Server server(opt, make_logger("hub", args.log_level));
   Status s = server.start();
   if (!s.ok()) {

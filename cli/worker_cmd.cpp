@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "fedpod/metrics/metrics.h"
 #include "fedpod/common/process.h"
 #include "fedpod/common/log.h"
 #include "fedpod/worker/worker.h"
@@ -29,6 +30,7 @@ void run_worker(const WorkerArgs& args) {
   if (!args.log_level.empty()) config.log_level = args.log_level;
   config.audit_reset_reason = args.reset_audit_log;
   Logger log = make_logger("worker", config.log_level);
+  metrics::set_component("worker");
   if (config.threads > 0) {
     torch::set_num_threads(config.threads);
   } else {

@@ -145,6 +145,12 @@ struct JobMetrics {
                                       "and received (the pods' updates)")),
         bytes_sent(update_bytes.Add({{"direction", "sent"}})),
         bytes_received(update_bytes.Add({{"direction", "received"}})),
+        message_bytes(metrics::counter(r, "fedpod_coordinator_bytes_total",
+                                       "Bytes of every message to and from the pods, by direction: envelopes, "
+                                       "parameters, heartbeats and artifacts, as handed to ZeroMQ (sealed tensor "
+                                       "frames at their sealed size; before CURVE and TCP framing)")),
+        all_sent(message_bytes.Add({{"direction", "sent"}})),
+        all_received(message_bytes.Add({{"direction", "received"}})),
         aggregation(metrics::histogram(r, "fedpod_coordinator_aggregation_seconds",
                                        "Time spent folding each round's updates and finishing the aggregate")
                         .Add({}, metrics::seconds_buckets())),
@@ -188,6 +194,9 @@ struct JobMetrics {
   prometheus::Family<prometheus::Counter>& update_bytes;
   prometheus::Counter& bytes_sent;
   prometheus::Counter& bytes_received;
+  prometheus::Family<prometheus::Counter>& message_bytes;
+  prometheus::Counter& all_sent;
+  prometheus::Counter& all_received;
   prometheus::Histogram& aggregation;
   prometheus::Family<prometheus::Gauge>& global_loss;
   prometheus::Family<prometheus::Gauge>& global_accuracy;

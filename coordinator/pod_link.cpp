@@ -179,14 +179,26 @@ Status Coordinator::Impl::open_tensor_channel(Pod& pod, const protocol::BulkKeyP
   return Status();
 }
 
+static double frame_bytes(const std::vector<zmq::message_t>& frames) {
+  double n = 0;
+  for (const auto& f : frames) n += static_cast<double>(f.size());
+  return n;
+}
+
 bool Coordinator::Impl::send_to(Pod& pod, protocol::Outgoing& out) {
   auto frames = out.frames();
   if (pod.sealed && carries_tensors(out.envelope().getBody().which())) {
     const uint32_t round = protocol::round_of(frames[0]);
     auto sealed = pod.tensors.seal(std::move(frames), round);
-    return protocol::send_frames(pod.tensor, sealed);
+    const double n = frame_bytes(sealed);
+    if (!protocol::send_frames(pod.tensor, sealed)) return false;
+    job_metrics.all_sent.Increment(n);
+    return true;
   }
-  return protocol::send_frames(pod.socket, frames);
+  const double n = frame_bytes(frames);
+  if (!protocol::send_frames(pod.socket, frames)) return false;
+  job_metrics.all_sent.Increment(n);
+  return true;
 }
 
 Coordinator::Impl::TensorIn Coordinator::Impl::open_tensor(Pod& pod, std::vector<zmq::message_t>& frames, bool too_many) {
@@ -376,7 +388,9 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
       for (size_t i : waiting) {
         if (exempt && exempt(i)) continue;
         auto frames = beat->frames();
-        protocol::send_frames(pods[i].socket, frames);  // a full queue: the silence check settles it
+        const double n = frame_bytes(frames);
+        // A full queue: the silence check settles it.
+        if (protocol::send_frames(pods[i].socket, frames)) job_metrics.all_sent.Increment(n);
       }
       next_beat = now + spec.heartbeat_interval;
     }
@@ -401,6 +415,7 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
       if (pod.tensor && (items[base[k] + 2].revents & ZMQ_POLLIN)) {
         bool too_many = false;
         while (!done && protocol::recv_frames(pod.tensor, frames, protocol::Limits().max_frames + 2, too_many)) {
+          job_metrics.all_received.Increment(frame_bytes(frames));
           last_heard[i] = Clock::now();
           const TensorIn got = open_tensor(pod, frames, too_many);
           if (got == TensorIn::kDropped) continue;
@@ -424,6 +439,7 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
       if (!done && (items[base[k]].revents & ZMQ_POLLIN)) {
         bool too_many = false;
         while (!done && protocol::recv_frames(pod.socket, frames, protocol::Limits().max_frames + 1, too_many)) {
+          job_metrics.all_received.Increment(frame_bytes(frames));
           pod.connected = true;  // a reply proves the connection
           last_heard[i] = Clock::now();
           auto r = receive(pod, frames, too_many, request_id, want, on_reply);

@@ -529,8 +529,9 @@ void Server::routes() {
        metrics_->versions.Set(static_cast<double>(c.versions));
        metrics_->pods.Set(static_cast<double>(c.pods));
        metrics_->pending_requests.Set(static_cast<double>(c.pending_requests));
-       res.set_content(prometheus::TextSerializer().Serialize(options_.registry->Collect()),
-                       "text/plain; version=0.0.4; charset=utf-8");
+       auto families = options_.registry->Collect();
+       for (auto& f : metrics::process_families()) families.push_back(std::move(f));
+       res.set_content(prometheus::TextSerializer().Serialize(families), "text/plain; version=0.0.4; charset=utf-8");
      }));
 
   // The key pods pin to verify the policies this hub signs. Public, like the key.

@@ -325,8 +325,9 @@ void MetricsServer::routes() {
 
   // registry_ and options_ outlive http_: stop() joins every handler thread first.
   http_->Get("/metrics", [this](Req, Res res) {
-    res.set_content(prometheus::TextSerializer().Serialize(registry_->Collect()),
-                    kMetricsContentType);
+    auto families = registry_->Collect();
+    for (auto& f : process_families()) families.push_back(std::move(f));
+    res.set_content(prometheus::TextSerializer().Serialize(families), kMetricsContentType);
   });
 
   http_->Get("/healthz", [](Req, Res res) { res.set_content("ok", kTextContentType); });

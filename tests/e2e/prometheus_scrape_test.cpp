@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -188,6 +189,12 @@ TEST_F(PrometheusScrapeTest, PrometheusCollectsTheJobsSeriesWithTheRightValues) 
     EXPECT_EQ(value("fedpod_worker_train_samples_total{" + instance + "}"), train_rows * rounds) << name;
     EXPECT_EQ(value("fedpod_worker_train_seconds_count{" + instance + "}"), rounds) << name;
     EXPECT_EQ(value("fedpod_worker_jobs_total{outcome=\"accepted\"," + instance + "}"), 1) << name;
+    // The process metrics and build info every process exports.
+    EXPECT_EQ(value("fedpod_build_info{component=\"worker\"," + instance + "}"), 1) << name;
+    EXPECT_GT(value("process_resident_memory_bytes{" + instance + "}"), 10e6) << name;
+    EXPECT_GT(value("process_cpu_seconds_total{" + instance + "}"), 0) << name;
+    EXPECT_GT(value("process_open_fds{" + instance + "}"), 3) << name;
+    EXPECT_NEAR(value("process_start_time_seconds{" + instance + "}"), static_cast<double>(std::time(nullptr)), 600) << name;
     EXPECT_EQ(value(last("fedpod_coordinator_pod_responses_total{pod=\"" + name + "\",outcome=\"ok\"}")),
               1 + rounds + rounds + 1)  // startJob, training rounds, validations, the final test
         << name;
@@ -195,6 +202,12 @@ TEST_F(PrometheusScrapeTest, PrometheusCollectsTheJobsSeriesWithTheRightValues) 
   // The bytes the coordinator says it sent are the bytes the pods say they received, at least.
   EXPECT_LE(value(last("fedpod_coordinator_update_bytes_total{direction=\"sent\"}")),
             value("sum(fedpod_worker_bytes_total{direction=\"received\"})"));
+  // Every message counts in bytes_total: more than the parameters alone.
+  EXPECT_GT(value(last("fedpod_coordinator_bytes_total{direction=\"sent\"}")),
+            value(last("fedpod_coordinator_update_bytes_total{direction=\"sent\"}")));
+  EXPECT_GT(value(last("fedpod_coordinator_bytes_total{direction=\"received\"}")),
+            value(last("fedpod_coordinator_update_bytes_total{direction=\"received\"}")));
+  EXPECT_EQ(value(last("fedpod_build_info{component=\"coordinator\"}")), 1);
   for (auto& p : procs) p->kill(SIGTERM);
 }
 

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 
 #include <cmath>
+#include <ctime>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -127,6 +128,21 @@ TEST_F(CoordinatorMetricsTest, ThreeRoundJobIsCountedOnTheRegistryAndOverHttp) {
   ASSERT_EQ(r->status, 200);
   EXPECT_EQ(testing::metric_value(r->body, "fedpod_coordinator_rounds_completed_total"), 3) << r->body;
   EXPECT_EQ(testing::metric_value(r->body, "fedpod_coordinator_update_bytes_total{direction=\"sent\"}"), update_bytes);
+  // Every message, not only parameters: envelopes, startJob, heartbeats on top, and
+  // not much more (sealed frames add a header and a tag each).
+  for (const char* dir : {"sent", "received"}) {
+    const double all =
+        testing::metric_value(r->body, std::string("fedpod_coordinator_bytes_total{direction=\"") + dir + "\"}");
+    EXPECT_GT(all, update_bytes) << dir;
+    EXPECT_LT(all, update_bytes * 1.1 + 1e6) << dir;
+  }
+  // The process metrics every fedpod process serves.
+  EXPECT_GT(testing::metric_value(r->body, "process_resident_memory_bytes"), 10e6) << r->body;
+  EXPECT_GT(testing::metric_value(r->body, "process_cpu_seconds_total"), 0) << r->body;
+  EXPECT_GT(testing::metric_value(r->body, "process_open_fds"), 3) << r->body;
+  EXPECT_GE(testing::metric_value(r->body, "process_max_fds"), testing::metric_value(r->body, "process_open_fds"));
+  EXPECT_NEAR(testing::metric_value(r->body, "process_start_time_seconds"), static_cast<double>(std::time(nullptr)), 600);
+  EXPECT_NE(r->body.find("fedpod_build_info{component=\""), std::string::npos) << r->body;
   EXPECT_PROMTOOL_CLEAN(r->body);
 }
 

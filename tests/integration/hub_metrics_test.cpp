@@ -155,6 +155,10 @@ TEST_F(HubMetricsTest, RequestsAreCountedByRoutePatternNeverByRawPath) {
 
 TEST_F(HubMetricsTest, GaugesCountWhatTheDatabaseHolds) {
   std::string text = scrape();
+  // The hub's /metrics carries the process metrics and build info too.
+  EXPECT_GT(testing::metric_value(text, "process_resident_memory_bytes"), 1e6) << text;
+  EXPECT_GT(testing::metric_value(text, "process_open_fds"), 3) << text;
+  EXPECT_NE(text.find("fedpod_build_info{component=\""), std::string::npos) << text;
   EXPECT_EQ(testing::metric_value(text, "fedpod_hub_models"), 0) << text;
   EXPECT_EQ(testing::metric_value(text, "fedpod_hub_versions"), 0) << text;
   EXPECT_EQ(testing::metric_value(text, "fedpod_hub_pods"), 0) << text;

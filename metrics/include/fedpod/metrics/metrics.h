@@ -108,6 +108,16 @@ prometheus::Family<prometheus::Histogram>& histogram(prometheus::Registry& regis
                                                      const std::string& help,
                                                      const prometheus::Labels& const_labels = {});
 
+// What every fedpod process exports beside its own metrics, computed at each scrape
+// (Linux /proc/self): process_cpu_seconds_total, process_resident_memory_bytes,
+// process_virtual_memory_bytes, process_open_fds, process_max_fds,
+// process_start_time_seconds (the names Prometheus' client libraries use), and
+// fedpod_build_info{version, component, zeromq, curve, tls} = 1. MetricsServer and
+// the hub append these to the registry's families; `component` names the process
+// (set once at start: worker, coordinator, hub).
+std::vector<prometheus::MetricFamily> process_families();
+void set_component(const std::string& component);
+
 // `count` upper bounds start, start*factor, start*factor^2, ... (the +Inf bucket is
 // implicit), like client_golang's ExponentialBuckets.
 // Throws: std::invalid_argument unless start > 0, factor > 1 and 1 <= count <= 64
