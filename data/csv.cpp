@@ -169,8 +169,10 @@ StatusOr<Table> parse_csv(std::string_view buf, const CsvOptions& options,
 
   // Pass 1 (inference only): which columns hold a non-number, and their distinct values.
   std::vector<std::set<std::string>> distinct(ncols);
+  std::vector<std::string> mostly_numeric(ncols);  // the note its bad cells get; "" for others
   if (!declared) {
     std::vector<bool> numeric(ncols, true);
+    std::vector<int64_t> numbers(ncols, 0), others(ncols, 0);
     double v;
     for (size_t li = first_data; li < lines.size(); ++li) {
       if (!split_cells(lines[li].text, options.delimiter, cells) || cells.size() != ncols) {
@@ -178,11 +180,26 @@ StatusOr<Table> parse_csv(std::string_view buf, const CsvOptions& options,
       }
       for (size_t c = 0; c < ncols; ++c) {
         if (cells[c].empty()) continue;
-        if (!parse_number(cells[c], v)) numeric[c] = false;
+        if (!parse_number(cells[c], v)) {
+          numeric[c] = false;
+          ++others[c];
+        } else {
+          ++numbers[c];
+        }
         if (distinct[c].size() <= 4096) distinct[c].insert(cells[c]);
       }
     }
     for (size_t c = 0; c < ncols; ++c) {
+      // A column of numbers with a few cells that are not (at least 90% numbers, 10 or
+      // more): a typo or a missing-value marker, not a categorical column. It stays
+      // numeric and those rows are bad rows, reported with file:line (or skipped);
+      // a column that really is categorical is declared in the pod's schema.
+      if (!numeric[c] && numbers[c] >= 10 && numbers[c] >= 9 * others[c]) {
+        mostly_numeric[c] = " (the column is numeric in " + std::to_string(numbers[c]) + " of " +
+                            std::to_string(numbers[c] + others[c]) +
+                            " rows; if it is categorical, declare it so in the pod's schema)";
+        continue;
+      }
       if (numeric[c]) continue;
       if (distinct[c].size() > 4096) {
         return Status::invalid(where + ": column '" + names[c] +
@@ -226,7 +243,7 @@ StatusOr<Table> parse_csv(std::string_view buf, const CsvOptions& options,
       } else if (col.type == ColumnType::kNumeric || col.categories.empty()) {
         double v;
         if (!parse_number(cell, v)) {
-          why = "column '" + col.name + "': \"" + cell + "\" is not a number";
+          why = "column '" + col.name + "': \"" + cell + "\" is not a number" + mostly_numeric[c];
         } else if (!std::isfinite(v)) {
           why = "column '" + col.name + "': \"" + cell + "\" is not finite";
         } else if (col.type == ColumnType::kCategorical && (v < 0 || v != std::floor(v))) {

@@ -94,7 +94,15 @@ Status PolicyCache::start() {
       log_->warn("access policy: the persisted copy is not used: {}", fallback.message());
     }
     Status fetched = fetch_once();
-    if (!fetched.ok()) {
+    if (!fetched.ok() && fetched.code() == StatusCode::kPermissionDenied) {
+      // The hub answered and refused: a wrong or revoked token, not an outage.
+      const std::string why = "access policy: the hub refused this pod's credentials (authentication failed: " +
+                              fetched.message() +
+                              "); check policy.token_file: it must hold a token of this pod from `fedpod pod token`";
+      if (!fallback.ok()) return Status(StatusCode::kPermissionDenied, why);
+      log_->error("{}; using the persisted copy cache={} fetched_at={} until the token is fixed", why,
+                  options_.cache_path, format_utc(loaded_at()));
+    } else if (!fetched.ok()) {
       if (!fallback.ok()) {
         return Status(StatusCode::kUnavailable, "access policy: fetching it from the hub failed (" +
                                                     fetched.message() + "), and " +

@@ -262,6 +262,18 @@ class ErrorsTest(unittest.TestCase):
                    self.pod("threads: 1", "threads: 1\nprivacy: {min_batch_size: -3}"))
         self.check("pod name with a slash", ["worker", "--config", "pod.yaml"], 2, "name: 'pod/a'",
                    self.pod("name: pod-a", "name: pod/a"))
+        write(self.path("wrong.token"), "pod_" + "f" * 64 + "\n")
+        self.check("pod token the hub does not know", ["worker", "--config", "pod.yaml"], 2,
+                   "the hub refused this pod's credentials (authentication failed",
+                   self.pod("keys/pod-a.token", "wrong.token"))
+        rows = read(os.path.join(SOURCE_DIR, "examples", "digits", "pod-a.csv")).splitlines()
+        cells = rows[40].split(",")
+        cells[3] = "seven"
+        rows[40] = ",".join(cells)
+        write(self.path("typo.csv"), "\n".join(rows) + "\n")
+        self.check("a word in a numeric column", ["worker", "--config", "pod.yaml"], 2,
+                   "typo.csv:41: column '%s': \"seven\" is not a number (the column is numeric in" % rows[0].split(",")[3],
+                   self.pod(os.path.join(SOURCE_DIR, "examples", "digits", "pod-a.csv"), "typo.csv"))
 
     # --- the hub and its commands ---
 

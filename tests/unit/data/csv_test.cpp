@@ -302,6 +302,33 @@ TEST_F(CsvTest, NotANumberInDeclaredNumericColumn) {
   EXPECT_EQ(t.status().message(), at(3) + ": column 'b': \"4x\" is not a number");
 }
 
+// A column of numbers with a stray word is a typo, not a categorical column: at
+// start-up the pod names the file, line and cell (or skips the row), and the column
+// stays numeric; a column with many words stays categorical.
+TEST_F(CsvTest, AStrayWordInANumericColumnIsABadRowNotACategory) {
+  std::string csv = "age,label\n";
+  for (int i = 0; i < 30; ++i) csv += std::to_string(20 + i) + "," + std::to_string(i % 2) + "\n";
+  csv += "thirty,1\n";  // line 32
+  for (int i = 0; i < 5; ++i) csv += std::to_string(50 + i) + ",0\n";
+  auto t = read(csv);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().message(), at(32) + ": column 'age': \"thirty\" is not a number (the column is numeric in 35 "
+                                            "of 36 rows; if it is categorical, declare it so in the pod's schema)");
+  auto skipped = read(csv, skip());
+  ASSERT_TRUE(skipped.ok()) << skipped.status().to_string();
+  EXPECT_EQ(skipped->schema.columns[0].type, ColumnType::kNumeric);
+  EXPECT_EQ(skipped->schema.num_rows, 35);
+  EXPECT_EQ(skipped->skipped_rows, 1);
+
+  // Below 90% numbers (or fewer than 10), the column is categorical as before.
+  std::string mixed = "size,label\n";
+  for (int i = 0; i < 8; ++i) mixed += std::to_string(i) + ",0\n";
+  mixed += "small,1\nlarge,1\n";
+  auto m = read(mixed);
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  EXPECT_EQ(m->schema.columns[0].type, ColumnType::kCategorical);
+}
+
 TEST_F(CsvTest, EmptyCell) {
   auto t = read("a,b\n1,2\n,4\n");
   ASSERT_FALSE(t.ok());
