@@ -210,6 +210,36 @@ std::map<std::string, PodRound> Coordinator::Impl::by_name(const std::map<size_t
   return out;
 }
 
+// "pod-b lacks 'age', 'bmi'; only pod-b has 'zip'" or "the same columns in another
+// order (first difference: column 3 is 'b' on pod-a, 'c' on pod-b)".
+static std::string describe_difference(const std::vector<std::string>& a, const std::vector<std::string>& b,
+                                       const std::string& a_name, const std::string& b_name) {
+  auto list = [](const std::vector<std::string>& names) {
+    std::string out;
+    for (size_t k = 0; k < names.size() && k < 10; ++k) out += (k ? ", '" : "'") + names[k] + "'";
+    if (names.size() > 10) out += " and " + std::to_string(names.size() - 10) + " more";
+    return out;
+  };
+  std::vector<std::string> missing, extra;
+  const std::set<std::string> sa(a.begin(), a.end()), sb(b.begin(), b.end());
+  for (const auto& n : a) {
+    if (!sb.count(n)) missing.push_back(n);
+  }
+  for (const auto& n : b) {
+    if (!sa.count(n)) extra.push_back(n);
+  }
+  std::string out;
+  if (!missing.empty()) out += b_name + " lacks " + list(missing);
+  if (!extra.empty()) out += (out.empty() ? "" : "; ") + std::string("only ") + b_name + " has " + list(extra);
+  if (out.empty()) {
+    size_t k = 0;
+    while (k < a.size() && k < b.size() && a[k] == b[k]) ++k;
+    out = "the same columns in another order (column " + std::to_string(k + 1) + " is '" + a[k] + "' on " + a_name +
+          ", '" + b[k] + "' on " + b_name + ")";
+  }
+  return out;
+}
+
 Status Coordinator::Impl::hello_and_check() {
   const uint64_t rid = next_request++;
   protocol::Outgoing out(spec.job_id, rid);
@@ -276,7 +306,10 @@ Status Coordinator::Impl::hello_and_check() {
       features_from = pods[i].addr.name;
     } else if (*features != *f) {
       return Status(StatusCode::kSchemaMismatch, "pod " + pods[i].addr.name + " has features that differ from pod " +
-                                                     features_from + "'s; list datastructure.features explicitly");
+                                                     features_from + "'s: " + describe_difference(*features, *f,
+                                                     features_from, pods[i].addr.name) +
+                                                     "; list datastructure.features explicitly, or make the pods' "
+                                                     "columns the same");
     }
     pods[i].active = true;
     answered.push_back({pods[i].addr.name, &schemas[i]});

@@ -180,5 +180,40 @@ TEST_F(CategoriesTest, ValueOutsideTheJobsListIsRefusedByThePod) {
   EXPECT_EQ(r.status().message().find("d9"), std::string::npos) << r.status().message();
 }
 
+// Pods whose columns differ: the job stops before round 1 naming the pod and the
+// columns (missing, extra, or the first one out of order).
+TEST_F(CategoriesTest, PodsWithDifferentColumnsAreNamedWithTheColumns) {
+  auto csv = [&](const std::string& name, const std::string& header) {
+    std::string text = header + "\n";
+    for (int i = 0; i < 40; ++i) text += std::to_string(i % 7) + "," + std::to_string(i % 5) + "," + std::to_string(i % 3) + "," + std::to_string(i % 2) + "\n";
+    return dir_.write(name + ".csv", text);
+  };
+  auto run_pair = [&](const std::string& a_header, const std::string& b_header, const std::string& tag) {
+    std::vector<std::unique_ptr<testing::Process>> procs;
+    auto spec = base_spec();
+    spec.pods.clear();
+    spec.datastructure.num_classes = 2;
+    for (const auto& [pod, header] : {std::pair{"pod-a", a_header}, std::pair{"pod-b", b_header}}) {
+      testing::PodProcess p = testing::start_csv_pod(dir_, id_, pod, csv(tag + "-" + pod, header), "general-modeller",
+                                                     "", tag + "-" + pod + ".log");
+      EXPECT_FALSE(p.endpoint.empty()) << testing::read_file(p.log);
+      testing::add_pod(spec, p);
+      procs.push_back(std::move(p.process));
+    }
+    spec.output_dir = (dir_.path() / tag).string();
+    coordinator::validate(spec, "test job");
+    zmq::context_t ctx(1);
+    std::ostringstream progress;
+    coordinator::Coordinator c(ctx, spec, null_logger(), progress);
+    auto r = c.run();
+    EXPECT_FALSE(r.ok());
+    return r.ok() ? std::string() : r.status().to_string();
+  };
+  const std::string missing = run_pair("x1,x2,x3,label", "x1,x3,x4,label", "missing");
+  EXPECT_CONTAINS(missing, "pod pod-b has features that differ from pod pod-a's: pod-b lacks 'x2'; only pod-b has 'x4'");
+  const std::string order = run_pair("x1,x2,x3,label", "x2,x1,x3,label", "order");
+  EXPECT_CONTAINS(order, "the same columns in another order (column 1 is 'x1' on pod-a, 'x2' on pod-b)");
+}
+
 }  // namespace
 }  // namespace fedpod
