@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "hub_access.h"
 #include "fedpod/common/config_util.h"
 #include "fedpod/common/log.h"
 #include "fedpod/common/process.h"
@@ -55,6 +56,7 @@ struct RunArgs {
 };
 
 void run_job(const RunArgs& args) {
+  export_saved_hub_config();
   coordinator::JobSpec spec = coordinator::load_job_spec(args.job);
   if (!args.output_dir.empty()) spec.output_dir = args.output_dir;
   spec.resume = args.resume;
@@ -117,6 +119,7 @@ struct StopArgs {
 // running coordinator is stopped with Ctrl-C or SIGTERM instead: it would give a pod
 // the job again at its next round.
 void stop_job(const StopArgs& args) {
+  export_saved_hub_config();
   coordinator::JobSpec spec = coordinator::load_job_spec(args.job);
   Logger log = make_logger("job-stop", args.log_level);
   zmq::context_t ctx(1);

@@ -61,6 +61,21 @@ inline void resolve(HubAccess& a) {
   }
 }
 
+// For `coordinator run` and `job stop`: the saved hub, token and CA
+// (`user register --save`) for a job that names none, after the job file and the
+// environment. They become FEDPOD_HUB / FEDPOD_TOKEN / FEDPOD_HUB_CA where those are
+// unset, which the job file loader reads.
+inline void export_saved_hub_config() {
+  const std::filesystem::path cfg = config_path();
+  if (!std::filesystem::exists(cfg)) return;
+  YAML::Node root = load_yaml_file(cfg.string());
+  check_keys(root, {"hub", "token", "hub_ca"}, cfg.string());
+  for (const auto& [key, var] : {std::pair{"hub", "FEDPOD_HUB"}, std::pair{"token", "FEDPOD_TOKEN"},
+                                 std::pair{"hub_ca", "FEDPOD_HUB_CA"}}) {
+    if (root[key] && !std::getenv(var)) ::setenv(var, root[key].as<std::string>().c_str(), 0);
+  }
+}
+
 inline std::unique_ptr<hub::Client> connect(HubAccess& a) {
   resolve(a);
   HubUrl url = parse_hub_url(a.hub, "hub");
