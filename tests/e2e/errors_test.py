@@ -236,6 +236,15 @@ class ErrorsTest(unittest.TestCase):
                    self.job("output_dir: out", "output_dir: a-file"))
         self.check("job stop with no pod listening", ["job", "stop", "job.yaml"], 1, "could not be told",
                    self.job("round_timeout: 20s", "round_timeout: 20s\nconnect_timeout: 1s"))
+        # The hub saved by `user register --save` is the one a job without hub: uses.
+        os.makedirs(self.path(".config", "fedpod"), exist_ok=True)
+        write(self.path(".config", "fedpod", "config.yaml"), "hub: http://127.0.0.1:1\ntoken: " + "f" * 64 + "\n")
+        try:
+            self.check("custom model; the saved hub is down", ["coordinator", "run", "job.yaml"], 1,
+                       "cannot be resolved on the hub http://127.0.0.1:1",
+                       self.job("  ref: mlp\n", "  username: alice\n  ref: net\n"))
+        finally:
+            os.remove(self.path(".config", "fedpod", "config.yaml"))
         self.check("--resume without a checkpoint", ["coordinator", "run", "job.yaml", "--resume"], 2, "checkpoint",
                    self.job("output_dir: out", "output_dir: empty-out"))
 
