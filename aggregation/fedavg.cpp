@@ -108,4 +108,5 @@ std::unique_ptr<Strategy> make_strategy(const std::string& name) {
   return nullptr;
 }
 
+
 }  // namespace fedpod::aggregation

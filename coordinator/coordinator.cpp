@@ -240,6 +240,23 @@ static std::string describe_difference(const std::vector<std::string>& a, const 
   return out;
 }
 
+std::vector<size_t> Coordinator::Impl::sample_pods(std::vector<size_t> available, int round) const {
+  if (spec.sample_fraction <= 0 && spec.sample_count <= 0) return available;
+  const size_t n_avail = available.size();
+  size_t n = spec.sample_count > 0 ? static_cast<size_t>(spec.sample_count)
+                                   : static_cast<size_t>(std::ceil(spec.sample_fraction * static_cast<double>(n_avail)));
+  n = std::min(n_avail, std::max(n, static_cast<size_t>(std::max(spec.min_pods, 1))));
+  // From (seed, round) alone: a resumed job draws the same pods for the same round.
+  std::mt19937_64 rng(spec.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(round));
+  for (size_t k = 0; k < n; ++k) {
+    std::uniform_int_distribution<size_t> pick(k, n_avail - 1);
+    std::swap(available[k], available[pick(rng)]);
+  }
+  available.resize(n);
+  std::sort(available.begin(), available.end());  // the job's pod order, for aggregation_order: pod
+  return available;
+}
+
 Status Coordinator::Impl::hello_and_check() {
   const uint64_t rid = next_request++;
   protocol::Outgoing out(spec.job_id, rid);
@@ -517,7 +534,10 @@ Status Coordinator::Impl::start_job() {
     if (r.outcome != "ok") {
       pods[i].active = false;
       log->warn("event=job_refused pod={} reason=\"{}\"", pods[i].addr.name, r.error);
-      progress << "  " << pods[i].addr.name << ": " << r.outcome << ": " << r.error << "\n";
+      const std::string cause = r.code.empty() ? r.outcome : r.code;
+      std::string why = r.error;
+      if (why.rfind(cause + ": ", 0) == 0) why = why.substr(cause.size() + 2);  // said once
+      progress << "  " << pods[i].addr.name << ": left out: " << r.outcome << " (" << cause << "): " << why << "\n";
     } else {
       progress << "  " << pods[i].addr.name << ": accepted"
                << (decisions[i].empty() ? std::string() : " (" + decisions[i] + ")") << ", " << r.num_samples
@@ -528,6 +548,7 @@ Status Coordinator::Impl::start_job() {
     if (r.outcome == "ok") pods_json[pods[i].addr.name]["tensor_channel"] = pods[i].sealed ? "aes-256-gcm" : "curve";
     if (!decisions[i].empty()) pods_json[pods[i].addr.name]["decision"] = decisions[i];
     if (!r.error.empty()) pods_json[pods[i].addr.name]["error"] = r.error;
+    if (r.outcome != "ok") pods_json[pods[i].addr.name]["cause"] = r.code.empty() ? r.outcome : r.code;
     for (const auto& [k, v] : r.metrics) pods_json[pods[i].addr.name][k] = v;
   }
   history["pods"] = pods_json;
@@ -727,6 +748,7 @@ StatusOr<RunResult> Coordinator::Impl::run() {
              {"model", {{"username", spec.model.username}, {"ref", spec.model.ref}, {"version", spec.model.version},
                         {"hyperparameters", spec.model.hyperparameters.json()}}},
              {"strategy", spec.strategy},
+             {"strategy_options", spec.strategy_options},
              {"update_precision", spec.update_precision},
              {"status", "running"},
              {"rounds", nlohmann::json::array()},
@@ -838,14 +860,22 @@ Status Coordinator::Impl::run_job() {
     emit({{"event", "job_start"}, {"model", model_label()}, {"parameters", global.numel()}, {"rounds", spec.rounds},
           {"pods", names}, {"first_round", resume_from ? resume_from->round + 1 : 1}});
   }
-  auto strategy = aggregation::make_strategy(spec.strategy);
+  auto made = aggregation::make_strategy(spec.strategy, spec.strategy_options);
+  if (!made.ok()) {
+    config_error = true;
+    return made.status();
+  }
+  std::unique_ptr<aggregation::Strategy> strategy = std::move(*made);
   {
-    // Integer buffers (num_batches_tracked) take the pods' maximum, not a mean.
-    std::vector<aggregation::Range> max_ranges;
+    // Integer buffers (num_batches_tracked) take the pods' maximum, not a mean; float
+    // buffers (batch-norm statistics) the plain mean under a server optimizer.
+    std::vector<aggregation::Range> max_ranges, average_ranges;
     for (const auto& info : layout) {
       if (info.kind == model::EntryKind::kMirroredBuffer) max_ranges.push_back({info.offset, info.numel});
+      if (info.kind == model::EntryKind::kBuffer) average_ranges.push_back({info.offset, info.numel});
     }
     strategy->set_max_ranges(std::move(max_ranges));
+    strategy->set_average_ranges(std::move(average_ranges));
   }
   int first_round = 1;
   if (resume_from) {
@@ -863,7 +893,7 @@ Status Coordinator::Impl::run_job() {
     // Pods that lost the job or the link take it again first; one that cannot sits
     // this round out, with the reason.
     std::map<size_t, PodRound> rejoin = rejoin_pods(round);
-    const std::vector<size_t> targets = pods_with_job();
+    const std::vector<size_t> targets = sample_pods(pods_with_job(), round);
     std::vector<std::string> rejoined;
     for (const auto& [i, r] : rejoin) {
       if (r.outcome == "ok") rejoined.push_back(pods[i].addr.name);
@@ -1094,6 +1124,11 @@ Status Coordinator::Impl::run_job() {
       history["rounds"].back()["discarded_replies"] = round_discarded;
       if (secagg) history["rounds"].back()["secure_aggregation"] = secagg_steps;
       if (!rejoined.empty()) history["rounds"].back()["rejoined"] = rejoined;
+    if (spec.sample_fraction > 0 || spec.sample_count > 0) {
+      std::vector<std::string> sampled;
+      for (size_t i : targets) sampled.push_back(pods[i].addr.name);
+      history["rounds"].back()["sampled"] = sampled;
+    }
       record_epsilon(rec, round);  // the pods that trained spent it, round failed or not
       // The checkpoint of the last completed round stays as it was.
       const std::string resume_hint =
@@ -1123,6 +1158,11 @@ Status Coordinator::Impl::run_job() {
     history["rounds"].back()["discarded_replies"] = round_discarded;
     if (secagg) history["rounds"].back()["secure_aggregation"] = secagg_steps;
     if (!rejoined.empty()) history["rounds"].back()["rejoined"] = rejoined;
+    if (spec.sample_fraction > 0 || spec.sample_count > 0) {
+      std::vector<std::string> sampled;
+      for (size_t i : targets) sampled.push_back(pods[i].addr.name);
+      history["rounds"].back()["sampled"] = sampled;
+    }
     record_epsilon(rec, round);
     // First the checkpoint, then history.json: a crash between the two leaves a
     // history one round behind, which the resumed run rewrites from the checkpoint.

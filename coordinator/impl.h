@@ -33,6 +33,7 @@
 #include <ATen/core/Generator.h>
 
 #include "fedpod/aggregation/fedavg.h"
+#include "fedpod/aggregation/strategies.h"
 #include "fedpod/coordinator/checkpoint.h"
 #include "fedpod/coordinator/history.h"
 #include "fedpod/coordinator/report.h"
@@ -406,6 +407,9 @@ struct Coordinator::Impl {
                                   uint64_t request_id, const Kinds& want, const ReplyHandler& on_reply);
 
   std::vector<size_t> active_pods() const;
+
+  // Client sampling (JobSpec::sample_*): the pods of `available` that train `round`.
+  std::vector<size_t> sample_pods(std::vector<size_t> available, int round) const;
 
   // The active pods that hold the job now: those waiting to rejoin have none to train
   // or evaluate with.

@@ -10,7 +10,7 @@
 #include <random>
 #include <set>
 
-#include "fedpod/aggregation/fedavg.h"
+#include "fedpod/aggregation/strategies.h"
 #include "fedpod/metrics/metrics.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/protocol/curve.h"
@@ -149,7 +149,18 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
                         "update from the sum and learn the other's)");
     }
   }
-  if (!aggregation::make_strategy(s.strategy)) throw ConfigError(where + ": strategy: unknown '" + s.strategy + "' (fedavg)");
+  if (auto made = aggregation::make_strategy(s.strategy, s.strategy_options); !made.ok()) {
+    throw ConfigError(where + ": " + made.status().message());
+  }
+  if ((s.sample_fraction > 0 || s.sample_count > 0) && s.secure_aggregation.enabled) {
+    throw ConfigError(where + ": sample: client sampling does not work with secure_aggregation yet (its key "
+                      "agreement is set up for every pod of the job); drop one of them");
+  }
+  if (aggregation::holds_all_updates(s.strategy) && s.secure_aggregation.enabled) {
+    throw ConfigError(where + ": strategy " + s.strategy + " needs every pod's update, and secure_aggregation "
+                      "reveals only their sum: choose one (a robust aggregate, or secure aggregation with fedavg or "
+                      "a server optimizer)");
+  }
   const auto& sp = s.datastructure.split;
   if (sp.validation < 0 || sp.test < 0 || sp.validation + sp.test >= 1) {
     throw ConfigError(where + ": datastructure.split: fractions must be >= 0 and sum to less than 1");
@@ -169,7 +180,7 @@ namespace {
 // relative key_file and public_key_file paths resolve against `base`.
 JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const fs::path& base) {
   check_keys(root, {"job_id", "model", "datastructure", "pods", "hub_ca", "rounds", "local_epochs", "local_steps",
-                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "strategy", "aggregation_order", "update_precision", "secure_aggregation", "differential_privacy",
+                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "sample", "strategy", "aggregation_order", "update_precision", "secure_aggregation", "differential_privacy",
                     "seed", "output_dir", "hub", "hub_token", "key_file", "metrics_listen",
                     "sandbox"},
              w);
@@ -293,8 +304,32 @@ JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const f
   }
   if (root["checkpoint"]) s.checkpoint = get<bool>(root["checkpoint"], w + ": checkpoint");
   if (root["eval_every"]) s.eval_every = get<int>(root["eval_every"], w + ": eval_every");
+  if (const YAML::Node sm = root["sample"]) {
+    if (!sm.IsMap()) throw ConfigError(w + ": sample: give {fraction: F} or {count: N}");
+    check_keys(sm, {"fraction", "count"}, w + ": sample");
+    if (sm["fraction"] && sm["count"]) throw ConfigError(w + ": sample: give fraction or count, not both");
+    if (sm["fraction"]) s.sample_fraction = get<double>(sm["fraction"], w + ": sample.fraction");
+    if (sm["count"]) s.sample_count = get<int>(sm["count"], w + ": sample.count");
+    if (sm["fraction"] && !(s.sample_fraction > 0 && s.sample_fraction <= 1)) {
+      throw ConfigError(w + ": sample.fraction: must be in (0, 1], got " + std::to_string(s.sample_fraction));
+    }
+    if (sm["count"] && s.sample_count < 1) {
+      throw ConfigError(w + ": sample.count: must be at least 1, got " + std::to_string(s.sample_count));
+    }
+  }
   if (root["max_concurrent_uploads"]) s.max_concurrent_uploads = get<int>(root["max_concurrent_uploads"], w + ": max_concurrent_uploads");
-  if (root["strategy"]) s.strategy = get<std::string>(root["strategy"], w + ": strategy");
+  if (root["strategy"] && root["strategy"].IsMap()) {
+    const YAML::Node st = root["strategy"];
+    if (!st["name"]) throw ConfigError(w + ": strategy: give its name (strategy: {name: fedadam, ...})");
+    s.strategy = get<std::string>(st["name"], w + ": strategy.name");
+    for (const auto& kv : st) {
+      const std::string key = kv.first.as<std::string>();
+      if (key == "name") continue;
+      s.strategy_options[key] = get<double>(kv.second, w + ": strategy." + key);
+    }
+  } else if (root["strategy"]) {
+    s.strategy = get<std::string>(root["strategy"], w + ": strategy");
+  }
   if (root["aggregation_order"]) {
     s.aggregation_order = get<std::string>(root["aggregation_order"], w + ": aggregation_order");
   }

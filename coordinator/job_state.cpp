@@ -116,6 +116,10 @@ nlohmann::json Coordinator::Impl::fingerprint() const {
   // Only when there are any, so that checkpoints of numeric-label jobs written before
   // categories were agreed still resume.
   if (!ds.categories.empty()) f["datastructure"]["categories"] = ds.categories;
+  // Likewise: only when given, so that checkpoints from before strategy options resume.
+  if (!spec.strategy_options.empty()) f["strategy_options"] = spec.strategy_options;
+  if (spec.sample_fraction > 0) f["sample"] = {{"fraction", spec.sample_fraction}};
+  if (spec.sample_count > 0) f["sample"] = {{"count", spec.sample_count}};
   return f;
 }
 

@@ -286,7 +286,7 @@ TEST_F(AccessTest, DecisionMatrixOverRealSocketsAndHub) {
         EXPECT_FALSE(o.ok) << label;
         EXPECT_CONTAINS(o.message, want) << label;
         EXPECT_CONTAINS(o.message, "min_pods is 1: pod-a refused") << label;  // the job says why it cannot run
-        EXPECT_CONTAINS(o.progress, "pod-a: refused") << label;
+        EXPECT_CONTAINS(o.progress, "pod-a: left out: refused") << label;
         if (why != "unknown_key" && !why.empty()) {
           EXPECT_EQ(denied(why), before + 1) << label;
         } else if (why == "unknown_key") {

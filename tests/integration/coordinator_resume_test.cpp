@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <fstream>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "fault_jobs.h"
@@ -285,6 +286,11 @@ TEST_F(CoordinatorResumeTest, JobStopEndsTheJobOfADeadCoordinatorOnItsPods) {
   {
     testing::Process c(testing::coordinator_argv(job), out("dead-0.log"));
     ASSERT_TRUE(wait_for_checkpoint(c, ckpt, 1)) << testing::read_file(out("dead-0.log"));
+    // history.json follows the checkpoint (written by the same writer, after it).
+    const auto by = std::chrono::steady_clock::now() + 60s;
+    while (testing::read_history(out("dead")).is_discarded() && std::chrono::steady_clock::now() < by) {
+      std::this_thread::sleep_for(2ms);
+    }
     c.kill(SIGKILL);
     c.wait(10s);
   }
@@ -341,6 +347,45 @@ TEST_F(CoordinatorResumeTest, JobStopEndsTheJobOfADeadCoordinatorOnItsPods) {
                         "a new job refused as busy naming the job, its owner and since when; `fedpod job stop` "
                         "with the job's key ended it (another user's key refused); the new job then ran",
                         "the killed run's round in progress");
+}
+
+// A server optimizer's moments and client sampling carry through a stop and
+// `--resume`: FedAdam with one of the two pods sampled per round ends with the
+// uninterrupted run's parameters, and each round sampled the same pod in both runs.
+TEST_F(CoordinatorResumeTest, FedAdamWithClientSamplingResumesBitIdentical) {
+  const std::string extra = kJob + "min_pods: 1\nsample: {count: 1}\nstrategy: {name: fedadam, server_lr: 0.05}\n";
+  const std::string reference = job_file("reference", extra);
+  ASSERT_EQ(run(reference, false, out("reference.log")), 0) << testing::read_file(out("reference.log"));
+  const auto ref = testing::read_history(out("reference"));
+  std::set<std::string> sampled;
+  for (const auto& r : ref["rounds"]) {
+    ASSERT_EQ(r["sampled"].size(), 1u) << r.dump();
+    ASSERT_EQ(r["pods"].size(), 1u) << r.dump();  // only the sampled pod trained
+    sampled.insert(r["sampled"][0].get<std::string>());
+  }
+  EXPECT_EQ(sampled.size(), 2u) << "over 8 rounds both pods should have been sampled";
+  EXPECT_EQ(ref["strategy"], "fedadam");
+  EXPECT_EQ(ref["strategy_options"]["server_lr"], 0.05);
+
+  const std::string job = job_file("stopped", extra);
+  {
+    testing::Process c(testing::coordinator_argv(job), out("stopped-0.log"));
+    ASSERT_TRUE(wait_for_checkpoint(c, out("stopped") + "/checkpoint.bin", 3)) << testing::read_file(out("stopped-0.log"));
+    c.kill(SIGINT);
+    const int status = c.wait(60s);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 130) << testing::read_file(out("stopped-0.log"));
+  }
+  ASSERT_EQ(run(job, true, out("stopped-1.log")), 0) << testing::read_file(out("stopped-1.log"));
+  EXPECT_TRUE(testing::same_parameters(out("reference") + "/model.pt", out("stopped") + "/model.pt"));
+  const auto resumed = testing::read_history(out("stopped"));
+  ASSERT_EQ(resumed["rounds"].size(), static_cast<size_t>(kRounds));
+  for (int r = 0; r < kRounds; ++r) EXPECT_EQ(resumed["rounds"][r]["sampled"], ref["rounds"][r]["sampled"]) << r;
+
+  // Another strategy, or other options, is another job: the checkpoint is refused.
+  std::string other = testing::read_file(job);
+  other.replace(other.find("server_lr: 0.05"), 15, "server_lr: 0.07");
+  const std::string changed = dir_.write("changed.yaml", other);
+  EXPECT_EQ(WEXITSTATUS(run(changed, true, out("changed.log"))), 2) << testing::read_file(out("changed.log"));
 }
 
 TEST_F(CoordinatorResumeTest, ACheckpointOfAnotherJobOrADamagedOneIsRefusedAndLeftAlone) {

@@ -341,7 +341,7 @@ TEST_F(CustomModelTest, PodsRefuseWithoutGrantOrWhenCustomModelsAreOff) {
                        "custom_models: refuse)");
   // The decisions are shown before any training.
   EXPECT_CONTAINS(progress.str(), "pod-a: accepted (super-modeller)");
-  EXPECT_CONTAINS(progress.str(), "pod-b: refused: permission_denied: ");
+  EXPECT_CONTAINS(progress.str(), "pod-b: left out: refused (permission_denied): pod pod-b");
   auto h = history();
   EXPECT_EQ(h["status"], "failed");
   EXPECT_EQ(h["pods"]["pod-b"]["outcome"], "refused");

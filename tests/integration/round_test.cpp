@@ -141,7 +141,13 @@ TEST_F(RoundTest, UnreachablePodIsSkippedWhenMinPodsAllows) {
   std::ostringstream progress;
   auto result = run(progress);
   ASSERT_TRUE(result.ok()) << result.status().to_string();
-  EXPECT_EQ(history()["pods"].count("pod-ghost"), 0u);  // never accepted the job
+  // Never took the job, and recorded with why: nothing listens on its port.
+  const auto ghost = history()["pods"]["pod-ghost"];
+  EXPECT_EQ(ghost["outcome"], "unreachable") << ghost.dump();
+  EXPECT_EQ(ghost["cause"], "connection_refused") << ghost.dump();
+  EXPECT_EQ(ghost["phase"], "hello") << ghost.dump();
+  EXPECT_EQ(history()["pods"]["pod-a"]["outcome"], "ok");
+  EXPECT_CONTAINS(progress.str(), "pod-ghost: left out: unreachable (connection_refused)");
 }
 
 class KillTest : public RoundTest, public ::testing::WithParamInterface<int> {};

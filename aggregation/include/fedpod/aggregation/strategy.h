@@ -45,6 +45,12 @@ class Strategy {
   virtual void set_max_ranges(std::vector<Range> ranges) { max_ranges_ = std::move(ranges); }
   const std::vector<Range>& max_ranges() const { return max_ranges_; }
 
+  // Float ranges that are not trained parameters (batch-norm running statistics):
+  // strategies that move parameters by a server optimizer give these the plain
+  // weighted mean instead. Set once, before the first round. Default: ignored (FedAvg
+  // averages everything anyway).
+  virtual void set_average_ranges(std::vector<Range> ranges) { (void)ranges; }
+
   // Starts a round whose global parameters are `global` (flat float32).
   virtual void begin_round(const torch::Tensor& global) = 0;
 

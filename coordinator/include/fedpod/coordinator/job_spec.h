@@ -54,7 +54,13 @@
 //   eval_every: 1                    # rounds between validation (0: only at the end)
 //   max_concurrent_uploads: 2        # pods sending parameters back at once; bounds
 //                                    # coordinator memory to this many models
-//   strategy: fedavg
+//   sample: {fraction: 0.1}          # client sampling: train on 10% of the pods each round
+//                                    # (or {count: 10}); at least min_pods; chosen from
+//                                    # (seed, round), recorded in history.json rounds[].sampled
+//   strategy: fedavg                 # or fedavgm, fedadagrad, fedadam, fedyogi, median,
+//                                    # trimmed_mean, krum; with options:
+//                                    # {name: fedadam, server_lr: 0.01, beta1: 0.9, beta2: 0.99,
+//                                    #  tau: 0.001} (aggregation/strategies.h; docs/strategies.md)
 //   aggregation_order: arrival       # fold updates as they arrive (fastest), or "pod": in the
 //                                    # order of `pods`, one upload at a time, so the float32
 //                                    # sums and hence the parameters are the same bits on every
@@ -90,6 +96,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -154,6 +161,13 @@ struct JobSpec {
   int eval_every = 1;
   int max_concurrent_uploads = 2;
   std::string strategy = "fedavg";
+  std::map<std::string, double> strategy_options;  // strategy: {name: ..., option: number}
+  // Client sampling (sample: {fraction: 0.1} or {count: 10}): each round trains on
+  // that many of the pods holding the job, at least min_pods, chosen at random from
+  // (seed, round) so that a resumed job samples as the uninterrupted one did. 0 / 0:
+  // every pod, every round.
+  double sample_fraction = 0;
+  int sample_count = 0;
   std::string aggregation_order = "arrival";  // arrival | pod
   std::string update_precision = "float32";   // float32 | bfloat16
   SecureAggregationSpec secure_aggregation;
