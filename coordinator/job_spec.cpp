@@ -12,6 +12,7 @@
 
 #include "fedpod/aggregation/strategies.h"
 #include "fedpod/metrics/metrics.h"
+#include "fedpod/common/names.h"
 #include "fedpod/model/zoo.h"
 #include "fedpod/protocol/curve.h"
 
@@ -53,7 +54,8 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
   if (s.model.ref.empty()) throw ConfigError(where + ": model.ref: required");
   if (s.model.username.empty() && !is_known_model(s.model.ref)) {
     throw ConfigError(where + ": model.ref: '" + s.model.ref +
-                      "' is not a built-in model (logreg, mlp, cnn); give model.username for a hub model");
+                      "' is not a built-in model (" + join_names(model::builtin_names()) +
+                      "); give model.username for a hub model");
   }
   if (s.model.username.empty() && model::is_builtin(s.model.ref)) {
     auto declared = model::make_builtin(s.model.ref)->hyperparameters();

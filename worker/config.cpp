@@ -149,11 +149,26 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
     }
     auto ds = root["dataset"];
     if (!ds) throw ConfigError(where + ": dataset: required");
-    check_keys(ds, {"path", "header", "delimiter", "on_bad_row", "schema"}, where + ": dataset");
+    check_keys(ds, {"path", "format", "labels", "header", "delimiter", "on_bad_row", "schema"}, where + ": dataset");
     if (!ds["path"]) throw ConfigError(where + ": dataset.path: required");
     fs::path data_path = ds["path"].as<std::string>();
     if (data_path.is_relative()) data_path = base / data_path;
     c.dataset_path = data_path.lexically_normal().string();
+    if (ds["format"]) c.dataset_format = ds["format"].as<std::string>();
+    if (c.dataset_format != "csv" && c.dataset_format != "idx") {
+      throw ConfigError(where + ": dataset.format: expected csv or idx, got \"" + c.dataset_format + "\"");
+    }
+    if (c.dataset_format == "idx") {
+      if (!ds["labels"]) throw ConfigError(where + ": dataset.labels: required with format: idx (the labels file)");
+      for (const char* csv_only : {"header", "delimiter", "on_bad_row", "schema"}) {
+        if (ds[csv_only]) throw ConfigError(where + ": dataset." + csv_only + ": applies to CSV files, not format: idx");
+      }
+      fs::path labels = ds["labels"].as<std::string>();
+      if (labels.is_relative()) labels = base / labels;
+      c.dataset_labels = labels.lexically_normal().string();
+    } else if (ds["labels"]) {
+      throw ConfigError(where + ": dataset.labels: only with format: idx (a CSV file holds its labels)");
+    }
     if (ds["header"]) c.csv.header = ds["header"].as<bool>();
     if (ds["delimiter"]) {
       auto d = ds["delimiter"].as<std::string>();

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "fedpod/common/names.h"
 #include "fedpod/data/dataset.h"
 #include "fedpod/model/hyperparameters.h"
 #include "fedpod/worker/data_parallel.h"
@@ -29,9 +30,8 @@ class LocalEngine : public JobEngine {
       if (spec.format.empty()) {
         m = runtime.make_model(spec.ref);
         if (!m) {
-          return Status::not_found("model '" + spec.ref +
-                                   "' is not a built-in model (built-ins: logreg, mlp, cnn); custom models need the "
-                                   "model hub");
+          return Status::not_found("model '" + spec.ref + "' is not a built-in model (built-ins: " +
+                                   join_names(model::builtin_names()) + "); custom models need the model hub");
         }
       } else {
         auto loaded = runtime.load_custom(spec.artifact_path, spec.format);

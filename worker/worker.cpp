@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "fedpod/common/sha256.h"
+#include "fedpod/data/idx.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/worker/audit.h"
 #include "fedpod/worker/privacy_guard.h"
@@ -1742,7 +1743,8 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
   } catch (const ConfigError& e) {
     throw ConfigError("pod " + config_.name + ": " + e.what());
   }
-  auto table = data::read_csv(config_.dataset_path, config_.csv, config_.schema);
+  auto table = config_.dataset_format == "idx" ? data::read_idx(config_.dataset_path, config_.dataset_labels)
+                                               : data::read_csv(config_.dataset_path, config_.csv, config_.schema);
   if (!table.ok()) throw ConfigError("pod " + config_.name + ": dataset: " + table.status().message());
   impl_->table = std::move(*table);
   if (impl_->table.skipped_rows > 0) {

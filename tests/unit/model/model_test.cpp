@@ -67,7 +67,7 @@ void expect_views_into_flat(Model& m) {
 // ---- The zoo --------------------------------------------------------------------------
 
 TEST(ZooTest, Names) {
-  EXPECT_EQ(builtin_names(), (std::vector<std::string>{"logreg", "mlp", "cnn"}));
+  EXPECT_EQ(builtin_names(), (std::vector<std::string>{"logreg", "mlp", "cnn", "2nn", "mnist_cnn"}));
   for (const auto& n : builtin_names()) {
     EXPECT_TRUE(is_builtin(n));
     EXPECT_NE(make_builtin(n), nullptr) << n;
@@ -125,6 +125,38 @@ TEST(ZooTest, CnnLayout) {
   EXPECT_EQ(m->flat().numel(), 144 + 16 + 4608 + 32 + 32768 + 64 + 640 + 10);
   expect_views_into_flat(*m);
   EXPECT_EQ(m->forward(torch::zeros({2, 1, 8, 8})).sizes().vec(), (std::vector<int64_t>{2, 10}));
+}
+
+// McMahan et al. (2017), section 3, give both models' sizes on 28x28 MNIST.
+TEST(ZooTest, McMahan2nnHas199210ParametersOnMnist) {
+  auto m = create("2nn", {784}, 10);
+  EXPECT_EQ(shapes_of(*m), (Shapes{{"0.weight", {200, 784}},
+                                   {"0.bias", {200}},
+                                   {"2.weight", {200, 200}},
+                                   {"2.bias", {200}},
+                                   {"4.weight", {10, 200}},
+                                   {"4.bias", {10}}}));
+  EXPECT_EQ(m->flat().numel(), 199210);
+  expect_views_into_flat(*m);
+  EXPECT_EQ(create("2nn", {1, 28, 28}, 10)->forward(torch::zeros({3, 1, 28, 28})).sizes().vec(),
+            (std::vector<int64_t>{3, 10}));
+}
+
+TEST(ZooTest, McMahanCnnHas1663370ParametersOnMnist) {
+  auto m = create("mnist_cnn", {1, 28, 28}, 10);
+  EXPECT_EQ(shapes_of(*m), (Shapes{{"0.weight", {32, 1, 5, 5}},
+                                   {"0.bias", {32}},
+                                   {"3.weight", {64, 32, 5, 5}},
+                                   {"3.bias", {64}},
+                                   {"7.weight", {512, 64 * 7 * 7}},
+                                   {"7.bias", {512}},
+                                   {"9.weight", {10, 512}},
+                                   {"9.bias", {10}}}));
+  EXPECT_EQ(m->flat().numel(), 1663370);
+  expect_views_into_flat(*m);
+  EXPECT_EQ(m->forward(torch::zeros({2, 1, 28, 28})).sizes().vec(), (std::vector<int64_t>{2, 10}));
+  EXPECT_CONTAINS(testing::config_error([] { create("mnist_cnn", {784}, 10); }),
+                  "mnist_cnn needs an image input_shape");
 }
 
 TEST(ZooTest, CnnNeedsImageShape) {

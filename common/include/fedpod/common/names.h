@@ -19,4 +19,7 @@ std::string check_public_key(const std::string& s);  // 40 chars of the Z85 alph
 // else the only candidate `word` is a prefix of; "" when none is close.
 std::string nearest_name(const std::string& word, const std::vector<std::string>& candidates, int max_edits = -1);
 
+// "a, b, c": names for a message listing what is allowed.
+std::string join_names(const std::vector<std::string>& names);
+
 }  // namespace fedpod

@@ -2,7 +2,7 @@
 //
 //   job_id: digits-demo              # default: generated (job-YYYYmmdd-HHMMSS-xxxx)
 //   model:
-//     ref: mlp                       # built-in: logreg | mlp | cnn (alias: model_ref)
+//     ref: mlp                       # built-in: logreg | mlp | cnn | 2nn | mnist_cnn (alias: model_ref)
 //     hyperparameters: {hidden: [64], optimizer: sgd, lr: 0.05, momentum: 0.9}
 //   # or a custom model from the model hub:
 //   # model:

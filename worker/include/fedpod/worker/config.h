@@ -4,6 +4,9 @@
 //   listen: tcp://0.0.0.0:5555        # ROUTER endpoint to bind
 //   dataset:
 //     path: data/pod-a.csv            # relative paths are relative to this file
+//     format: csv                     # csv (default) or idx: MNIST-format files, plain or
+//                                     # gzipped; path: the images, labels: the labels file;
+//                                     # columns px_0.. (0..255) and label (data/idx.h)
 //     header: true                    # first line names the columns (default true)
 //     delimiter: ","                  # default ","
 //     on_bad_row: error               # error (default) | skip: skip, count, report
@@ -167,6 +170,8 @@ struct PodConfig {
   std::string name;
   std::string listen;
   std::string dataset_path;
+  std::string dataset_format = "csv";  // csv | idx (dataset_path: images, dataset_labels: labels)
+  std::string dataset_labels;
   data::CsvOptions csv;
   std::optional<data::Schema> schema;
   std::vector<std::string> devices;  // resolved: e.g. {"cpu"}, {"cpu", "cpu"}, {"cuda:0", "cuda:1"}
