@@ -325,7 +325,7 @@ JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const f
     if (!st["name"]) throw ConfigError(w + ": strategy: give its name (strategy: {name: fedadam, ...})");
     s.strategy = get<std::string>(st["name"], w + ": strategy.name");
     for (const auto& kv : st) {
-      const std::string key = kv.first.as<std::string>();
+      const std::string key = get<std::string>(kv.first, w + ": strategy: an option's name");
       if (key == "name") continue;
       s.strategy_options[key] = get<double>(kv.second, w + ": strategy." + key);
     }
