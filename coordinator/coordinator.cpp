@@ -960,13 +960,16 @@ Status Coordinator::Impl::run_job() {
         impl.waiting_hook = nullptr;
       }
     } reset_hooks{*this};
-    settled_hook = [&](size_t i, const PodRound& r) {
+    // One pod_result per pod and round, whichever comes first: as it settles in the
+    // exchange, or from the round's outcomes once it closed.
+    auto report_result = [&](size_t i, const PodRound& r) {
       if (!reported.insert(i).second) return;
       nlohmann::json e = pod_json(pods[i].addr.name, r);
       e["event"] = "pod_result";
       e["round"] = round;
       emit(std::move(e));
     };
+    settled_hook = report_result;
     waiting_hook = [&](const std::vector<size_t>& pending) {
       const auto now = Clock::now();
       if (now < next_status || pending.empty()) return;
@@ -1086,18 +1089,10 @@ Status Coordinator::Impl::run_job() {
     open_round = 0;
     last_closed_round = round;
     waiting_hook = nullptr;
-    if (!settled_hook) {  // secure aggregation: the outcomes once the round is over
-      settled_hook = [&](size_t i, const PodRound& r) {
-        if (!reported.insert(i).second) return;
-        nlohmann::json e = pod_json(pods[i].addr.name, r);
-        e["event"] = "pod_result";
-        e["round"] = round;
-        emit(std::move(e));
-      };
-    }
-    for (const auto& [i, r] : replies) settled_hook(i, r);
+    // Secure aggregation's exchanges are phases: its pods are reported here.
+    for (const auto& [i, r] : replies) report_result(i, r);
     for (const auto& [i, r] : rejoin) {
-      if (r.outcome != "ok") settled_hook(i, r);
+      if (r.outcome != "ok") report_result(i, r);
     }
     settled_hook = nullptr;
     // Stopped: this round is not completed; a resume redoes it from the checkpoint
