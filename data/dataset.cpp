@@ -108,23 +108,53 @@ StatusOr<Splits> make_splits(const Table& table, const Datastructure& ds) {
   torch::Tensor y = y64.to(torch::kInt64);
 
   const int64_t n = y.size(0);
-  auto gen = at::detail::createCPUGenerator(ds.split.seed);
-  torch::Tensor perm = torch::randperm(n, gen, torch::kInt64);
-  const int64_t n_test = static_cast<int64_t>(std::floor(sp.test * n));
-  const int64_t n_val = static_cast<int64_t>(std::floor(sp.validation * n));
-  const int64_t n_train = n - n_test - n_val;
-  if (n_train <= 0) return Status::invalid("no rows left to train after the split");
-
   std::vector<int64_t> sample_shape = {-1};
   sample_shape.insert(sample_shape.end(), shape->begin(), shape->end());
-  auto take = [&](int64_t from, int64_t count) {
-    torch::Tensor rows = perm.narrow(0, from, count);
-    return Dataset{x.index_select(0, rows).reshape(sample_shape), y.index_select(0, rows)};
-  };
   Splits out;
-  out.train = take(0, n_train);
-  out.validation = take(n_train, n_val);
-  out.test = take(n_train + n_val, n_test);
+  if (!table.row_split.empty()) {
+    // Splits fixed by the table's builder: the rows of each split, in table order.
+    if (static_cast<int64_t>(table.row_split.size()) != n) {
+      return Status::invalid("the table fixes the split of " + std::to_string(table.row_split.size()) +
+                             " rows but has " + std::to_string(n));
+    }
+    std::vector<int64_t> train, validation, test;
+    for (int64_t i = 0; i < n; ++i) {
+      switch (static_cast<RowSplit>(table.row_split[static_cast<size_t>(i)])) {
+        case RowSplit::kTrain: train.push_back(i); break;
+        case RowSplit::kValidation: validation.push_back(i); break;
+        case RowSplit::kTest: test.push_back(i); break;
+        case RowSplit::kHeldOut:
+          validation.push_back(i);
+          test.push_back(i);
+          break;
+        default:
+          return Status::invalid("row " + std::to_string(i) + " has no valid split (" +
+                                 std::to_string(table.row_split[static_cast<size_t>(i)]) + ")");
+      }
+    }
+    if (train.empty()) return Status::invalid("no rows to train: the table's fixed split has none");
+    auto take = [&](const std::vector<int64_t>& rows) {
+      torch::Tensor r = torch::from_blob(const_cast<int64_t*>(rows.data()), {static_cast<int64_t>(rows.size())}, torch::kInt64).clone();
+      return Dataset{x.index_select(0, r).reshape(sample_shape), y.index_select(0, r)};
+    };
+    out.train = take(train);
+    out.validation = take(validation);
+    out.test = take(test);
+  } else {
+    auto gen = at::detail::createCPUGenerator(ds.split.seed);
+    torch::Tensor perm = torch::randperm(n, gen, torch::kInt64);
+    const int64_t n_test = static_cast<int64_t>(std::floor(sp.test * n));
+    const int64_t n_val = static_cast<int64_t>(std::floor(sp.validation * n));
+    const int64_t n_train = n - n_test - n_val;
+    if (n_train <= 0) return Status::invalid("no rows left to train after the split");
+    auto take = [&](int64_t from, int64_t count) {
+      torch::Tensor rows = perm.narrow(0, from, count);
+      return Dataset{x.index_select(0, rows).reshape(sample_shape), y.index_select(0, rows)};
+    };
+    out.train = take(0, n_train);
+    out.validation = take(n_train, n_val);
+    out.test = take(n_train + n_val, n_test);
+  }
   out.features = std::move(*features);
   out.input_shape = std::move(*shape);
   return out;

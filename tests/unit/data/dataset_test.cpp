@@ -625,5 +625,43 @@ TEST(BatchIteratorTest, NonPositiveBatchSizeMeansOne) {
   EXPECT_EQ(sizes, (std::vector<int64_t>{1, 1, 1}));
 }
 
+// ---- fixed splits (Table::row_split) ---------------------------------------------------
+
+TEST(FixedSplitTest, RowsGoWhereTheTableSaysInTableOrderAndHeldOutRowsAreBothValidationAndTest) {
+  Table t = make_table(8);
+  // rows 0..7: train, test, train, validation, held-out, train, held-out, test
+  t.row_split = {0, 2, 0, 1, 3, 0, 3, 2};
+  auto s = make_splits(t, make_ds(0.5, 0.4, 99));  // the fractions are ignored
+  ASSERT_TRUE(s.ok()) << s.status().to_string();
+  EXPECT_EQ(ids(s->train), (std::vector<int64_t>{0, 2, 5}));
+  EXPECT_EQ(ids(s->validation), (std::vector<int64_t>{3, 4, 6}));
+  EXPECT_EQ(ids(s->test), (std::vector<int64_t>{1, 4, 6, 7}));
+  EXPECT_EQ(to_vec(s->test.y), (std::vector<int64_t>{1, 1, 0, 1}));
+}
+
+TEST(FixedSplitTest, NoValidationRowsGiveAnEmptySplitAndBadMarksAreNamed) {
+  Table t = make_table(4);
+  t.row_split = {0, 0, 2, 2};
+  auto s = make_splits(t, make_ds());
+  ASSERT_TRUE(s.ok()) << s.status().to_string();
+  EXPECT_EQ(s->validation.size(), 0);
+  EXPECT_EQ(s->test.size(), 2);
+
+  t.row_split = {0, 0, 7, 2};
+  auto bad = make_splits(t, make_ds());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("row 2"), std::string::npos) << bad.status().message();
+
+  t.row_split = {0, 0, 2};
+  auto short_marks = make_splits(t, make_ds());
+  ASSERT_FALSE(short_marks.ok());
+  EXPECT_NE(short_marks.status().message().find("3 rows but has 4"), std::string::npos) << short_marks.status().message();
+
+  t.row_split = {2, 2, 2, 2};
+  auto none = make_splits(t, make_ds());
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.status().message().find("no rows to train"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace fedpod::data

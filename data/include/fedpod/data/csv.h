@@ -38,6 +38,19 @@ struct Table {
   torch::Tensor values;  // float64 [num_rows, num_columns]
   int64_t skipped_rows = 0;
   std::vector<std::string> skipped_reasons;  // "pod.csv:17: expected 65 cells, got 64"
+  // Which split each row belongs to, fixed by whoever built the table (RowSplit
+  // values, one per row); empty: the job's seeded fractions decide (SplitSpec). Set
+  // by programs that hold a dataset with its own test set, as `fedpod simulate` does
+  // for MNIST's 10,000 test images; no file format sets it.
+  std::vector<uint8_t> row_split;
+};
+
+// A row's place in a table with fixed splits (Table::row_split).
+enum class RowSplit : uint8_t {
+  kTrain = 0,
+  kValidation = 1,
+  kTest = 2,
+  kHeldOut = 3,  // both validation and test: scored every evaluation and at the end
 };
 
 inline constexpr int kMaxReportedBadRows = 20;
