@@ -23,6 +23,8 @@ FROM debian:12-slim
 # Runtime libraries only: the package behind each library the binary links
 # (readelf -d build/cli/fedpod, dpkg -S, checked with apt-cache policy on Debian 12):
 #   libtorch-dev          -> libtorch1.13               (libtorch, libtorch_cpu, libc10; CPU only)
+#                            and libopenblas0-openmp: its BLAS (the reference libblas3
+#                            that libtorch1.13 pulls in is about 10x slower)
 #   libzmq3-dev           -> libzmq5
 #   libcapnp-dev          -> libcapnp-0.9.2             (libcapnp, libkj)
 #   libyaml-cpp-dev       -> libyaml-cpp0.7
@@ -41,7 +43,7 @@ FROM debian:12-slim
 # containers (k8s/base).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libtorch1.13 libzmq5 libcapnp-0.9.2 libyaml-cpp0.7 libspdlog1.10 libfmt9 \
+      libtorch1.13 libopenblas0-openmp libzmq5 libcapnp-0.9.2 libyaml-cpp0.7 libspdlog1.10 libfmt9 \
       libsqlite3-0 libsodium23 libprometheus-cpp-core1.0 libcpp-httplib0.11 \
       libseccomp2 bubblewrap libgfshare2 libssl3 ca-certificates \
  && rm -rf /var/lib/apt/lists/*

@@ -5,6 +5,7 @@
 #include <zmq.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <sstream>
 #include <string>
 
@@ -26,6 +27,25 @@ std::string on_path(const std::string& name) {
   return "";
 }
 
+// The BLAS libtorch's matrix products run on: Debian's libtorch links the generic
+// libblas.so.3, which is the slow reference implementation unless an optimized one
+// (OpenBLAS) provides it through update-alternatives.
+std::string blas_in_use() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  std::string found;
+  while (std::getline(maps, line)) {
+    if (line.find("openblas") != std::string::npos) return "OpenBLAS";
+    if (line.find("libmkl") != std::string::npos) return "MKL";
+    if (line.find("/blis") != std::string::npos) return "BLIS";
+    if (line.find("/blas/libblas.so") != std::string::npos) found = "reference";
+  }
+  if (found == "reference") {
+    return "reference BLAS (slow: training runs about 10x faster with apt-get install libopenblas0-openmp)";
+  }
+  return "unknown";
+}
+
 }  // namespace
 
 std::string version_text() {
@@ -43,7 +63,8 @@ std::string version_text() {
       << "  sandbox   "
       << (bwrap.empty() ? std::string("seccomp; bubblewrap not found (job runners get no namespaces: sandbox: required refuses to start)")
                         : "bubblewrap (" + bwrap + ") + seccomp")
-      << "\n";
+      << "\n"
+      << "  blas      " << blas_in_use() << "\n";
   return out.str();
 }
 
