@@ -22,9 +22,14 @@ std::string allowed(const std::vector<std::string>& keys) {
 }  // namespace
 
 const std::vector<std::string>& strategy_names() {
-  static const std::vector<std::string> names = {"fedavg",  "fedavgm", "fedadagrad",   "fedadam",
-                                                 "fedyogi", "median",  "trimmed_mean", "krum"};
+  static const std::vector<std::string> names = {"fedavg", "fedprox", "fedavgm",      "fedadagrad", "fedadam",
+                                                 "fedyogi", "median", "trimmed_mean", "krum"};
   return names;
+}
+
+double proximal_mu(const std::string& name, const StrategyOptions& options) {
+  auto it = options.find(name == "fedprox" ? "mu" : "proximal_mu");
+  return it != options.end() ? it->second : name == "fedprox" ? 0.01 : 0.0;
 }
 
 bool holds_all_updates(const std::string& name) {
@@ -43,6 +48,7 @@ StatusOr<std::unique_ptr<Strategy>> make_strategy(const std::string& name, const
   if (name == "trimmed_mean") keys = {"trim", "max_memory_mb"};
   if (name == "median") keys = {"max_memory_mb"};
   if (name == "krum") keys = {"byzantine", "select", "max_memory_mb"};
+  keys.push_back(name == "fedprox" ? "mu" : "proximal_mu");
   for (const auto& [k, v] : options) {
     if (std::find(keys.begin(), keys.end(), k) == keys.end()) {
       return Status::invalid("strategy " + name + ": unknown option '" + k + "' (" + allowed(keys) + ")");
@@ -56,7 +62,16 @@ StatusOr<std::unique_ptr<Strategy>> make_strategy(const std::string& name, const
   auto bad = [&](const std::string& k, const std::string& range) {
     return Status::invalid("strategy " + name + ": " + k + " must be " + range + ", got " + std::to_string(get(k, 0)));
   };
+  const std::string mu_key = name == "fedprox" ? "mu" : "proximal_mu";
+  if (options.count(mu_key) && !(get(mu_key, 0) >= 0)) return bad(mu_key, "0 or above");
   if (name == "fedavg") return std::unique_ptr<Strategy>(std::make_unique<FedAvg>());
+  if (name == "fedprox") {
+    // FedAvg's aggregation; the proximal term is the pods' (proximal_mu()).
+    struct FedProx : FedAvg {
+      std::string name() const override { return "fedprox"; }
+    };
+    return std::unique_ptr<Strategy>(std::make_unique<FedProx>());
+  }
   if (name == "fedavgm" || name == "fedadagrad" || name == "fedadam" || name == "fedyogi") {
     ServerOptimizer::Options o;
     o.server_lr = get("server_lr", name == "fedavgm" ? 1.0 : 0.01);

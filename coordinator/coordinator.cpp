@@ -909,6 +909,7 @@ Status Coordinator::Impl::run_job() {
     t.setBatchSize(static_cast<uint32_t>(spec.batch_size));
     const bool bf16_updates = spec.update_precision == "bfloat16";
     t.setUpdateDtype(bf16_updates ? wire::DType::BFLOAT16 : wire::DType::FLOAT32);
+    t.setProximalMu(aggregation::proximal_mu(spec.strategy, spec.strategy_options));
     // One buffer for every pod: each frame references `global`, none copies it.
     out.attach(t.initTensors(specs.size()), protocol::parameter_views(global, layout));
     strategy->begin_round(global);

@@ -279,6 +279,9 @@ struct Train {
   # (the trained parameters minus this message's, rounded to bfloat16: half the
   # bytes; the coordinator adds them back to its float32 parameters).
   updateDtype @5 :DType;
+  # FedProx (aggregation/strategies.h): μ of the proximal term μ/2·‖w − w_global‖² the
+  # pod adds to its local objective this round; 0: none. Finite and >= 0.
+  proximalMu @6 :Float64;
 }
 
 # Training finished; the parameters wait on the pod for fetchResult. Pulling them

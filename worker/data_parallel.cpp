@@ -193,6 +193,7 @@ DataParallel::ReplicaResult DataParallel::run_replica(int r, const data::Dataset
     std::vector<torch::Tensor>& views = grad_views_[r];
     m.set_training(true);
     auto optimizer = m.configure_optimizers(hp);
+    ProximalTerm proximal(m, options.proximal_mu);  // every replica starts from the same parameters
     point_grads(r);
     data::BatchIterator batches(data, options.batch_size, /*shuffle=*/true, options.seed);
     torch::Tensor x, y;
@@ -252,6 +253,7 @@ DataParallel::ReplicaResult DataParallel::run_replica(int r, const data::Dataset
                               ") failed: " + e.what()));
         return res;
       }
+      proximal.add_to_gradients();  // after the mean: the same on every replica
       optimizer->step();
       if (loss.defined()) {
         const double value = loss.item<double>();

@@ -738,7 +738,7 @@ class RunnerEngine : public JobEngine, private RunnerProcess {
 
   StatusOr<TrainStats> train(const TrainOptions& o, const std::atomic<bool>* cancel) override {
     json req = {{"op", "train"}, {"epochs", o.epochs}, {"steps", o.steps}, {"batch_size", o.batch_size},
-                {"seed", o.seed}, {"dp", o.dp.on}, {"noise_multiplier", o.dp.noise_multiplier}, {"max_grad_norm", o.dp.max_grad_norm}};
+                {"seed", o.seed}, {"proximal_mu", o.proximal_mu}, {"dp", o.dp.on}, {"noise_multiplier", o.dp.noise_multiplier}, {"max_grad_norm", o.dp.max_grad_norm}};
     json reply;
     FEDPOD_RETURN_IF_ERROR(call(send_msg(sock_, req), reply, "training", cancel));
     TrainStats s;
@@ -897,6 +897,7 @@ class RunnerServer {
       o.steps = req.at("steps").get<int64_t>();
       o.batch_size = req.at("batch_size").get<int64_t>();
       o.seed = req.at("seed").get<uint64_t>();
+      o.proximal_mu = req.value("proximal_mu", 0.0);
       o.dp.on = req.value("dp", false);
       o.dp.noise_multiplier = req.value("noise_multiplier", 0.0);
       o.dp.max_grad_norm = req.value("max_grad_norm", 1.0);

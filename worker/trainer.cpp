@@ -45,6 +45,7 @@ StatusOr<TrainStats> train_dp(model::Model& model, const data::Dataset& data, co
   }
   torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(secure_seed());
   const torch::Device device = model_device(model);
+  ProximalTerm proximal(model, options.proximal_mu);
   double loss_sum = 0;
   int64_t correct = 0;
   for (int64_t step = 0; step < total; ++step) {
@@ -65,6 +66,7 @@ StatusOr<TrainStats> train_dp(model::Model& model, const data::Dataset& data, co
         p.mutable_grad().add_(noise, noise_std).div_(expected_batch);
       }
     }
+    proximal.add_to_gradients();
     optimizer->step();
     const double loss = out.loss.item<double>();
     if (!std::isfinite(loss)) {
@@ -86,6 +88,26 @@ StatusOr<TrainStats> train_dp(model::Model& model, const data::Dataset& data, co
 
 }  // namespace
 
+ProximalTerm::ProximalTerm(model::Model& model, double mu) : mu_(mu) {
+  if (mu_ <= 0) return;
+  torch::NoGradGuard no_grad;
+  for (auto& [name, p] : model.named_parameters()) {
+    if (!p.requires_grad()) continue;
+    params_.push_back(p);
+    start_.push_back(p.detach().clone());
+  }
+}
+
+void ProximalTerm::add_to_gradients() {
+  if (mu_ <= 0) return;
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    torch::Tensor& p = params_[i];
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    p.mutable_grad().add_(p.detach() - start_[i], mu_);
+  }
+}
+
 StatusOr<TrainStats> train_local(model::Model& model, const data::Dataset& data,
                                  const TrainOptions& options, const Hyperparameters& hp,
                                  const std::atomic<bool>* cancel) {
@@ -97,6 +119,7 @@ StatusOr<TrainStats> train_local(model::Model& model, const data::Dataset& data,
     if (options.dp.enabled()) return train_dp(model, data, options, hp, cancel);
     model.set_training(true);
     auto optimizer = model.configure_optimizers(hp);
+    ProximalTerm proximal(model, options.proximal_mu);
     data::BatchIterator batches(data, options.batch_size, /*shuffle=*/true, options.seed);
     double loss_sum = 0;
     int64_t correct = 0;
@@ -118,6 +141,7 @@ StatusOr<TrainStats> train_local(model::Model& model, const data::Dataset& data,
       optimizer->zero_grad();
       model::StepOutput out = model.training_step(x, y);
       out.loss.backward();
+      proximal.add_to_gradients();
       optimizer->step();
       const double loss = out.loss.item<double>();
       if (!std::isfinite(loss)) {

@@ -187,12 +187,12 @@ TEST(RobustTest, MemoryBoundRefusesTheUpdateThatWouldExceedIt) {
 TEST(MakeStrategyTest, UnknownNamesOptionsAndValuesAreNamed) {
   auto bad = make_strategy("fedsgd", {});
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("unknown 'fedsgd' (fedavg, fedavgm, fedadagrad, fedadam, fedyogi, median, "
+  EXPECT_NE(bad.status().message().find("unknown 'fedsgd' (fedavg, fedprox, fedavgm, fedadagrad, fedadam, fedyogi, median, "
                                         "trimmed_mean, krum)"),
             std::string::npos);
   auto opt = make_strategy("fedadam", {{"momentum", 0.9}});
   ASSERT_FALSE(opt.ok());
-  EXPECT_NE(opt.status().message().find("unknown option 'momentum' (server_lr, beta1, beta2, tau)"), std::string::npos);
+  EXPECT_NE(opt.status().message().find("unknown option 'momentum' (server_lr, beta1, beta2, tau, proximal_mu)"), std::string::npos);
   auto range = make_strategy("trimmed_mean", {{"trim", 0.5}});
   ASSERT_FALSE(range.ok());
   EXPECT_NE(range.status().message().find("trim must be in [0, 0.5)"), std::string::npos);
@@ -200,6 +200,28 @@ TEST(MakeStrategyTest, UnknownNamesOptionsAndValuesAreNamed) {
   for (const auto& name : strategy_names()) EXPECT_EQ((*make_strategy(name, {}))->name(), name);
   EXPECT_TRUE(holds_all_updates("krum"));
   EXPECT_FALSE(holds_all_updates("fedadam"));
+}
+
+TEST(MakeStrategyTest, FedProxMuDefaultsRangesAndTheProximalMuOfOtherStrategies) {
+  EXPECT_EQ(proximal_mu("fedprox", {}), 0.01);
+  EXPECT_EQ(proximal_mu("fedprox", {{"mu", 0.5}}), 0.5);
+  EXPECT_EQ(proximal_mu("fedavg", {}), 0.0);
+  EXPECT_EQ(proximal_mu("fedadam", {{"proximal_mu", 0.1}}), 0.1);
+  EXPECT_TRUE(make_strategy("fedadam", {{"proximal_mu", 0.1}}).ok());
+  auto negative = make_strategy("fedprox", {{"mu", -1}});
+  ASSERT_FALSE(negative.ok());
+  EXPECT_NE(negative.status().message().find("mu must be 0 or above"), std::string::npos) << negative.status().message();
+  auto wrong_key = make_strategy("fedprox", {{"proximal_mu", 0.1}});
+  ASSERT_FALSE(wrong_key.ok());
+  EXPECT_NE(wrong_key.status().message().find("unknown option 'proximal_mu' (mu)"), std::string::npos)
+      << wrong_key.status().message();
+  // FedProx aggregates as FedAvg: the weighted mean of the updates.
+  auto s = make("fedprox", {{"mu", 0.1}});
+  EXPECT_EQ(s->name(), "fedprox");
+  s->begin_round(t({0, 0, 1}));
+  ASSERT_TRUE(s->fold(whole(t({1, -2, 1})), 1).ok());
+  ASSERT_TRUE(s->fold(whole(t({3, 2, 1})), 3).ok());
+  expect_near(*s->finish(), {2.5, 1.0, 1.0});
 }
 
 }  // namespace

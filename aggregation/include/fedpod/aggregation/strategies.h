@@ -23,6 +23,14 @@
 // the maximum, as under FedAvg. Memory: the mean's accumulator plus m and v, three
 // (fedavgm two) models' worth, whatever the number of pods.
 //
+// FedProx (Li et al., MLSys 2020) changes the pods' side, not the server's: each pod
+// minimises its loss plus μ/2·‖w − w_global‖², the distance to the round's global
+// parameters, which keeps pods with skewed data from drifting apart. `fedprox` is
+// FedAvg's aggregation with that term at the pods (option mu, default 0.01); any other
+// strategy takes it as the option proximal_mu (e.g. {name: fedadam, proximal_mu: 0.01}).
+// The pods add μ·(w − w_global) to every trained parameter's gradient after backward,
+// so it holds for built-in, TorchScript and plugin models alike (worker/trainer.h).
+//
 // Robust aggregates hold every update of the round at once, K × P × 4 bytes for K
 // updates of P parameters, refused beyond `max_memory_mb` (default 4096): that is
 // their price, and why they cannot run with secure aggregation, which reveals only
@@ -53,6 +61,11 @@ using StrategyOptions = std::map<std::string, double>;
 
 // Every strategy name make_strategy() knows, in the order docs list them.
 const std::vector<std::string>& strategy_names();
+
+// The proximal term's μ that pods add to their local objective: fedprox's mu (default
+// 0.01), any other strategy's proximal_mu (default 0). Call after make_strategy
+// accepted the options.
+double proximal_mu(const std::string& name, const StrategyOptions& options);
 
 // Whether `name` needs all of a round's updates at once (robust aggregates).
 bool holds_all_updates(const std::string& name);

@@ -57,7 +57,7 @@
 //   sample: {fraction: 0.1}          # client sampling: train on 10% of the pods each round
 //                                    # (or {count: 10}); at least min_pods; chosen from
 //                                    # (seed, round), recorded in history.json rounds[].sampled
-//   strategy: fedavg                 # or fedavgm, fedadagrad, fedadam, fedyogi, median,
+//   strategy: fedavg                 # or fedprox, fedavgm, fedadagrad, fedadam, fedyogi, median,
 //                                    # trimmed_mean, krum; with options:
 //                                    # {name: fedadam, server_lr: 0.01, beta1: 0.9, beta2: 0.99,
 //                                    #  tau: 0.001} (aggregation/strategies.h; docs/strategies.md)

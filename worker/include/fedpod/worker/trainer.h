@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <vector>
 
 #include "fedpod/common/config_util.h"
 #include "fedpod/common/status.h"
@@ -28,6 +29,12 @@ struct TrainOptions {
   // entropy, not from `seed`: a modeller who chose the seed could otherwise subtract
   // the noise. An epoch is ceil(n / batch_size) steps (privacy::steps_per_round).
   privacy::DpSgdOptions dp;
+  // FedProx (aggregation/strategies.h): μ of the proximal term μ/2·‖w − w₀‖², w₀ the
+  // parameters training started from (the round's global ones). Added as μ·(w − w₀) to
+  // each trained parameter's gradient after backward (after the noise, with DP-SGD: it
+  // depends on no record), so it holds for any model whatever its training_step. The
+  // reported loss is the model's, without the term. 0: off.
+  double proximal_mu = 0;
 };
 
 struct TrainStats {
@@ -42,6 +49,20 @@ struct EvalStats {
   int64_t samples = 0;
   double loss = 0;
   double accuracy = 0;
+};
+
+// FedProx's term for one round of training: built before the first step (it keeps a
+// copy of the trained parameters as w₀), then add_to_gradients() after each backward
+// (and any gradient averaging) adds μ·(w − w₀) to every trained parameter's gradient.
+// Does nothing when μ is 0.
+class ProximalTerm {
+ public:
+  ProximalTerm(model::Model& model, double mu);
+  void add_to_gradients();
+
+ private:
+  double mu_;
+  std::vector<torch::Tensor> params_, start_;
 };
 
 // Trains `model` in place with the optimizer from `model.configure_optimizers(hp)`,
