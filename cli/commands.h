@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -43,6 +44,12 @@ void add_access(CLI::App& app);  // access_cmds.cpp: roles, access requests, pod
 void add_policy(CLI::App& app);  // policy_cmd.cpp: fedpod policy sign | verify
 void add_audit(CLI::App& app);   // audit_cmd.cpp: fedpod audit verify
 void add_privacy(CLI::App& app); // privacy_cmd.cpp: fedpod privacy status | epsilon
+void add_simulate(CLI::App& app);  // simulate_cmd.cpp: fedpod simulate sim.yaml
+
+// coordinator_cmd.cpp: the first SIGINT/SIGTERM sets job_stop_signal() (the job
+// ends between steps, Coordinator::set_stop_flag); a second exits at once.
+std::atomic<int>& job_stop_signal();
+void install_job_stop_handlers();
 
 // version.cpp: the version and the build's options (NCCL, TLS, sandbox, ...).
 std::string version_text();

@@ -35,7 +35,11 @@ extern "C" void on_stop_signal(int sig) {
   (void)!::write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
 }
 
-void install_stop_handlers() {
+}  // namespace
+
+std::atomic<int>& job_stop_signal() { return g_stop_signal; }
+
+void install_job_stop_handlers() {
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
@@ -43,6 +47,9 @@ void install_stop_handlers() {
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
 }
+
+namespace {
+
 
 struct RunArgs {
   std::string job;
@@ -82,11 +89,11 @@ void run_job(const RunArgs& args) {
   std::ostream& hints = args.json || args.quiet ? std::cerr : std::cout;
   coordinator::Coordinator c(ctx, spec, log, human);
   if (args.json) c.set_event_stream(&std::cout);
-  c.set_stop_flag(&g_stop_signal);
-  install_stop_handlers();
+  c.set_stop_flag(&job_stop_signal());
+  install_job_stop_handlers();
   auto result = c.run();
   if (c.job_stopped()) {
-    const int sig = g_stop_signal.load();
+    const int sig = job_stop_signal().load();
     if (spec.checkpoint) {
       hints << "to continue it: fedpod coordinator run " << args.job << " --resume"
                 << (args.output_dir.empty() ? std::string() : " --output-dir " + args.output_dir) << std::endl;

@@ -80,6 +80,7 @@ int main(int argc, char** argv) {
   fedpod::cli::add_coordinator(app);
   fedpod::cli::add_job(app);
   fedpod::cli::add_demo(app);
+  fedpod::cli::add_simulate(app);
   fedpod::cli::add_hub(app);
   fedpod::cli::add_tls(app);
   fedpod::cli::add_user(app);

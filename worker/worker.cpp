@@ -40,6 +40,7 @@
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/engine.h"
 #include "fedpod/worker/runner.h"
+#include "fedpod/worker/task_pool.h"
 #include "fedpod/worker/trainer.h"
 #include "fedpod/protocol/wire_convert.h"
 
@@ -112,8 +113,10 @@ struct Job {
   std::atomic<int64_t> dp_steps{0};  // executor thread writes, socket thread reads once idle
 };
 
-// Runs tasks one at a time on its own thread; each task returns the frames of its
-// reply, which are sent to the socket thread over an inproc PAIR socket.
+// Runs tasks one at a time, in order, on its own thread or (with a shared TaskPool,
+// task_pool.h) as a strand on the pool's threads; each task returns the frames of its
+// reply, which are sent to the socket thread over an inproc PAIR socket. The PAIR
+// socket is used by one thread at a time (the strand's), handed on under the mutex.
 class Executor {
  public:
   using Task = std::function<Frames()>;
@@ -121,10 +124,18 @@ class Executor {
   // and the socket thread learns the task is over.
   using OnError = std::function<Frames(const std::string&)>;
 
-  Executor(zmq::context_t& ctx, std::string inproc, Logger log)
-      : ctx_(ctx), inproc_(std::move(inproc)), log_(std::move(log)), thread_([this] { run(); }) {}
+  Executor(zmq::context_t& ctx, std::string inproc, Logger log, std::shared_ptr<TaskPool> pool)
+      : ctx_(ctx), inproc_(std::move(inproc)), log_(std::move(log)), pool_(std::move(pool)) {
+    if (!pool_) thread_ = std::thread([this] { run(); });
+  }
 
   ~Executor() {
+    if (pool_) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return !scheduled_; });  // queued tasks still run, as below
+      out_.reset();
+      return;
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       stopping_ = true;
@@ -134,11 +145,14 @@ class Executor {
   }
 
   void submit(Task task, OnError on_error) {
+    bool post = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       queue_.push_back({std::move(task), std::move(on_error)});
+      if (pool_ && !scheduled_) post = scheduled_ = true;
     }
     cv_.notify_all();
+    if (post) pool_->post([this] { drain(); });
   }
 
   // Blocks until no task is queued or running.
@@ -148,28 +162,65 @@ class Executor {
   }
 
  private:
+  struct Item {
+    Task task;
+    OnError on_error;
+  };
+
+  void run_one(Item& item) {
+    Frames frames;
+    try {
+      frames = item.task();
+    } catch (const std::exception& e) {
+      log_->error("event=task_failed error=\"{}\"", e.what());
+      frames = item.on_error(e.what());
+    }
+    if (!out_) {
+      out_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::pair);
+      out_->set(zmq::sockopt::linger, 0);
+      out_->connect(inproc_);
+    }
+    protocol::send_frames(*out_, frames);
+  }
+
+  // Own thread: waits for tasks until stopped (running what is queued first).
   void run() {
-    zmq::socket_t out(ctx_, zmq::socket_type::pair);
-    out.set(zmq::sockopt::linger, 0);
-    out.connect(inproc_);
     while (true) {
       Item item;
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-        if (queue_.empty()) return;
+        if (queue_.empty()) break;
         item = std::move(queue_.front());
         queue_.pop_front();
         running_ = true;
       }
-      Frames frames;
-      try {
-        frames = item.task();
-      } catch (const std::exception& e) {
-        log_->error("event=task_failed error=\"{}\"", e.what());
-        frames = item.on_error(e.what());
+      run_one(item);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        running_ = false;
       }
-      protocol::send_frames(out, frames);
+      cv_.notify_all();
+    }
+    out_.reset();
+  }
+
+  // On a pool thread: runs the queued tasks, then gives the thread back.
+  void drain() {
+    while (true) {
+      Item item;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (queue_.empty()) {
+          running_ = scheduled_ = false;
+          cv_.notify_all();
+          return;
+        }
+        item = std::move(queue_.front());
+        queue_.pop_front();
+        running_ = true;
+      }
+      run_one(item);
       {
         std::lock_guard<std::mutex> lock(mu_);
         running_ = false;
@@ -181,16 +232,15 @@ class Executor {
   zmq::context_t& ctx_;
   std::string inproc_;
   Logger log_;
+  std::shared_ptr<TaskPool> pool_;
+  std::unique_ptr<zmq::socket_t> out_;  // the strand's end of the PAIR
   std::mutex mu_;
   std::condition_variable cv_;
-  struct Item {
-    Task task;
-    OnError on_error;
-  };
   std::deque<Item> queue_;
   bool running_ = false;
   bool stopping_ = false;
-  std::thread thread_;  // last: starts after the members it uses
+  bool scheduled_ = false;  // pool mode: a drain() is posted or running
+  std::thread thread_;      // own-thread mode only
 };
 
 // Log lines a peer can provoke at will (a refused request, a refused handshake, a
@@ -641,7 +691,7 @@ struct Worker::Impl {
     zmq::socket_t results(ctx, zmq::socket_type::pair);
     results.set(zmq::sockopt::linger, 0);
     results.bind(inproc);
-    executor = std::make_unique<Executor>(ctx, inproc, log);
+    executor = std::make_unique<Executor>(ctx, inproc, log, runtime.pool);
     serving = true;
     std::string devices;
     for (const auto& d : config().devices) devices += (devices.empty() ? "" : ",") + d;
@@ -772,7 +822,10 @@ struct Worker::Impl {
     frames.erase(frames.begin());
     // Who sent it, as the CURVE handshake established (ZAP's User-Id): never a name
     // written inside the message.
-    const std::string user = protocol::user_id(frames[0]);
+    std::string user = protocol::user_id(frames[0]);
+    if (user.empty() && !runtime.inproc_user.empty() && config().listen.rfind("inproc://", 0) == 0) {
+      user = runtime.inproc_user;  // in-process only: engine.h, Runtime::inproc_user
+    }
     const char* peer_prop = zmq_msg_gets(frames[0].handle(), "Peer-Address");
     const std::string peer = peer_prop ? peer_prop : "";
     if (too_many) {
@@ -1438,6 +1491,11 @@ struct Worker::Impl {
       return Status::bad_message("train asks for updates of a dtype that is not float32 or bfloat16");
     }
     const bool bf16_update = t.getUpdateDtype() == wire::DType::BFLOAT16;
+    opts.proximal_mu = t.getProximalMu();
+    if (!(opts.proximal_mu >= 0) || !std::isfinite(opts.proximal_mu)) {
+      return Status::bad_message("train asks for a proximal term mu of " + std::to_string(opts.proximal_mu) +
+                                 "; it must be a finite number >= 0");
+    }
     if (bf16_update && j->secagg) {
       return Status::bad_message("train asks for bfloat16 updates in a job with secure aggregation");
     }
@@ -1743,10 +1801,15 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
   } catch (const ConfigError& e) {
     throw ConfigError("pod " + config_.name + ": " + e.what());
   }
-  auto table = config_.dataset_format == "idx" ? data::read_idx(config_.dataset_path, config_.dataset_labels)
-                                               : data::read_csv(config_.dataset_path, config_.csv, config_.schema);
-  if (!table.ok()) throw ConfigError("pod " + config_.name + ": dataset: " + table.status().message());
-  impl_->table = std::move(*table);
+  if (config_.table) {
+    impl_->table = *config_.table;  // built by the embedding program (fedpod simulate)
+    impl_->table.schema.num_rows = impl_->table.values.size(0);
+  } else {
+    auto table = config_.dataset_format == "idx" ? data::read_idx(config_.dataset_path, config_.dataset_labels)
+                                                 : data::read_csv(config_.dataset_path, config_.csv, config_.schema);
+    if (!table.ok()) throw ConfigError("pod " + config_.name + ": dataset: " + table.status().message());
+    impl_->table = std::move(*table);
+  }
   if (impl_->table.skipped_rows > 0) {
     impl_->log->warn("event=bad_rows_skipped pod={} count={}", config_.name, impl_->table.skipped_rows);
     for (const auto& r : impl_->table.skipped_reasons) impl_->log->warn("event=bad_row reason=\"{}\"", r);

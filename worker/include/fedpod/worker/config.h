@@ -92,6 +92,7 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -172,6 +173,10 @@ struct PodConfig {
   std::string dataset_path;
   std::string dataset_format = "csv";  // csv | idx (dataset_path: images, dataset_labels: labels)
   std::string dataset_labels;
+  // A table already in memory, served instead of reading dataset_path: for programs
+  // that build pods' data themselves (`fedpod simulate` hands each virtual pod its
+  // partition). Never set from pod.yaml.
+  std::shared_ptr<const data::Table> table;
   data::CsvOptions csv;
   std::optional<data::Schema> schema;
   std::vector<std::string> devices;  // resolved: e.g. {"cpu"}, {"cpu", "cpu"}, {"cuda:0", "cuda:1"}

@@ -35,6 +35,8 @@
 
 namespace fedpod::worker {
 
+class TaskPool;
+
 // What a pod runs for a job: how a model reference becomes a model, and how a round
 // trains it. The defaults are the built-in zoo, the TorchScript/plugin loaders and
 // train_local. Programs embedding a Worker (the benchmarks) may substitute their
@@ -56,6 +58,17 @@ struct Runtime {
   // process; else the argv of the receiving process that owns it under a memory
   // limit (gate.h; `fedpod worker` uses {fedpod, "gate"}).
   std::vector<std::string> gate_command;
+  // Where the worker's tasks (training, evaluation, starting a job) run: null, on a
+  // thread of the worker's own; else on this pool, shared with the other Workers of
+  // the process (task_pool.h; `fedpod simulate`).
+  std::shared_ptr<TaskPool> pool;
+  // For a Worker listening on an inproc:// endpoint only (`fedpod simulate`): the
+  // user as whom messages from that endpoint are taken. inproc:// carries no CURVE
+  // handshake, and only code in this process can reach it, so the program that made
+  // both the Worker and its coordinator vouches for who they are; the pod's policy
+  // still decides what that user may run. Ignored on any other transport, and
+  // nothing in pod.yaml or a message can set it.
+  std::string inproc_user;
 };
 
 enum class Split { kTrain = 0, kValidation = 1, kTest = 2 };
