@@ -20,6 +20,7 @@
 #include "fedpod/protocol/secagg_wire.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/protocol/wire_convert.h"
+#include "fedpod/worker/task_pool.h"
 #include "identity.h"
 #include "testutil.h"
 
@@ -755,6 +756,61 @@ TEST_F(TwoDeviceWorkerTest, EndJobCancelsEveryReplicaAndTheNextJobRuns) {
   auto done = client_->request(*train);
   ASSERT_NE(done, nullptr);
   EXPECT_EQ(done->envelope().getBody().which(), W::TRAIN_DONE) << error_of(*done);
+}
+
+// A pod on an inproc:// endpoint (`fedpod simulate`) has no CURVE handshake: it takes
+// the user Runtime::inproc_user names, and its policy still decides what that user
+// may run. Without the name nobody is authenticated; a user without a role is refused.
+// The pods share one TaskPool, as simulated pods do.
+TEST(InprocWorkerTest, ThePolicyDecidesForTheNamedUserAndNoNameMeansNoOne) {
+  testing::TempDir dir;
+  testing::TestIdentity id(dir.path());
+  zmq::context_t ctx(1);
+  auto pool = std::make_shared<worker::TaskPool>(1);
+  struct Case {
+    std::string pod, role, inproc_user;
+    bool accepted;
+  };
+  int n = 0;
+  for (const Case& c : {Case{"in-a", "general-modeller", "tester", true}, Case{"in-b", "", "tester", false},
+                        Case{"in-c", "general-modeller", "", false}, Case{"in-d", "general-modeller", "mallory", false}}) {
+    SCOPED_TRACE(c.pod);
+    worker::PodConfig config;
+    config.name = c.pod;
+    config.listen = "inproc://worker-test-" + std::to_string(n++);
+    config.dataset_path = testing::source_dir() + "/examples/digits/pod-a.csv";
+    config.devices = {"cpu"};
+    config.threads = 1;
+    id.secure(config, c.role);
+    worker::Runtime rt;
+    rt.pool = pool;
+    rt.inproc_user = c.inproc_user;
+    worker::Worker w(ctx, config, null_logger(), rt);
+    std::atomic<bool> stop{false};
+    std::thread serving([&] { w.serve(stop); });
+    {
+      Client client(ctx, config.listen, protocol::SocketOptions{});
+      protocol::Outgoing out("job-1", 1);
+      auto sj = out.envelope().getBody().initStartJob();
+      sj.initModel().setModelRef("logreg");
+      sj.getModel().setHyperparameters("{}");
+      data::Datastructure ds;
+      ds.target = "label";
+      ds.num_classes = 10;
+      protocol::to_wire(ds, sj.initDatastructure());
+      auto reply = client.request(out);
+      ASSERT_NE(reply, nullptr);
+      if (c.accepted) {
+        EXPECT_EQ(reply->envelope().getBody().which(), W::JOB_ACCEPTED) << error_of(*reply);
+        EXPECT_EQ(w.counters().jobs_started.load(), 1);
+      } else {
+        EXPECT_NE(error_of(*reply), "") << "startJob was accepted";
+        EXPECT_EQ(w.counters().jobs_started.load(), 0);
+      }
+    }
+    stop = true;
+    serving.join();
+  }
 }
 
 }  // namespace

@@ -58,7 +58,7 @@ struct Runtime {
   // process; else the argv of the receiving process that owns it under a memory
   // limit (gate.h; `fedpod worker` uses {fedpod, "gate"}).
   std::vector<std::string> gate_command;
-  // Where the worker's tasks (training, evaluation, starting a job) run: null, on a
+  // Where the worker's tasks (training, evaluation, fetching a result) run: null, on a
   // thread of the worker's own; else on this pool, shared with the other Workers of
   // the process (task_pool.h; `fedpod simulate`).
   std::shared_ptr<TaskPool> pool;

@@ -1,5 +1,5 @@
-// TaskPool: a fixed set of threads that run the model work (training, evaluation,
-// starting a job) of many Workers in one process, as `fedpod simulate` runs hundreds
+// TaskPool: a fixed set of threads that run the model work (training, evaluation)
+// of many Workers in one process, as `fedpod simulate` runs hundreds
 // of virtual pods. Each Worker's tasks still run one at a time and in order (its
 // executor is a strand on the pool), but at most `threads` tasks run at once,
 // whatever the number of Workers: 1,000 virtual pods on 2 cores train 2 at a time
