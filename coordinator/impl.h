@@ -466,9 +466,11 @@ struct Coordinator::Impl {
   // round ends, that round's files wait; a later round's replace them (latest wins),
   // so a disk slower than the rounds costs skipped checkpoints, never round time.
   // Returns the error of an earlier write, if one failed.
+  // One round's files. The history is copied once, on the coordinator's thread; the
+  // checkpoint's copy of it is made by the writer (write_files), off the round's path.
   struct RoundFiles {
     int round = 0;
-    std::optional<Checkpoint> checkpoint;
+    std::optional<Checkpoint> checkpoint;  // its history is filled in by write_files
     nlohmann::json history;
   };
 
@@ -476,7 +478,7 @@ struct Coordinator::Impl {
 
   void write_files_loop();
 
-  Status write_files(const RoundFiles& f);
+  Status write_files(RoundFiles& f);
 
   // Waits until every round's files handed over are written (the latest included);
   // the first error any write had.
@@ -505,7 +507,8 @@ struct Coordinator::Impl {
   // place are copied: the strategy's state. The global parameters are not: each
   // round's aggregate is a tensor of its own (a strategy reuses a buffer only once
   // nobody else holds it).
-  Checkpoint make_checkpoint(int round, const torch::Tensor& global, const aggregation::Strategy& strategy);
+  Checkpoint make_checkpoint(int round, const torch::Tensor& global, const aggregation::Strategy& strategy,
+                             bool with_history = true);
 
   StatusOr<RunResult> run();
 

@@ -11,8 +11,8 @@ void Coordinator::Impl::write_history() {
 Status Coordinator::Impl::write_round_files(int round, const torch::Tensor& global, const aggregation::Strategy& strategy) {
   RoundFiles f;
   f.round = round;
-  if (spec.checkpoint) f.checkpoint = make_checkpoint(round, global, strategy);
-  f.history = history;
+  if (spec.checkpoint) f.checkpoint = make_checkpoint(round, global, strategy, /*with_history=*/false);
+  f.history = history;  // the one copy on this thread: it grows with rounds x pods
   std::lock_guard<std::mutex> lock(files_mu);
   if (files_pending) {
     job_metrics.checkpoints_skipped.Increment();
@@ -45,10 +45,11 @@ void Coordinator::Impl::write_files_loop() {
   }
 }
 
-Status Coordinator::Impl::write_files(const RoundFiles& f) {
+Status Coordinator::Impl::write_files(RoundFiles& f) {
   try {
     if (f.checkpoint) {
       const auto start = Clock::now();
+      f.checkpoint->history = f.history;
       write_checkpoint(checkpoint_path, *f.checkpoint);
       job_metrics.checkpoint_seconds.Observe(std::chrono::duration<double>(Clock::now() - start).count());
     }
@@ -170,14 +171,15 @@ Status Coordinator::Impl::restore_checkpoint(torch::Tensor& global, aggregation:
   return Status();
 }
 
-Checkpoint Coordinator::Impl::make_checkpoint(int round, const torch::Tensor& global, const aggregation::Strategy& strategy) {
+Checkpoint Coordinator::Impl::make_checkpoint(int round, const torch::Tensor& global, const aggregation::Strategy& strategy,
+                                              bool with_history) {
   Checkpoint c;
   c.job_id = spec.job_id;
   c.round = round;
   c.next_request = next_request;
   c.strategy = spec.strategy;
   c.fingerprint = fingerprint();
-  c.history = history;
+  if (with_history) c.history = history;
   c.parameters = global;
   c.rng_state = rng_state();
   for (const auto& t : strategy.state()) c.strategy_state.push_back(t.clone());
