@@ -17,6 +17,15 @@ torch::Device model_device(const model::Model& model) {
 }
 
 // 64 bits from the operating system's entropy (getrandom on Linux).
+// Between rounds a pod holds its parameters, not their gradients: the next round's
+// backward allocates them again. A model's worth of memory per pod, which adds up
+// with a thousand simulated pods in one process.
+void release_gradients(model::Model& model) {
+  for (auto& [name, p] : model.named_parameters()) {
+    if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
+  }
+}
+
 uint64_t secure_seed() {
   std::random_device rd;
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
@@ -83,6 +92,7 @@ StatusOr<TrainStats> train_dp(model::Model& model, const data::Dataset& data, co
     stats.accuracy = static_cast<double>(correct) / static_cast<double>(stats.samples_seen);
   }
   model.capture_buffers();
+  release_gradients(model);
   return stats;
 }
 
@@ -160,6 +170,7 @@ StatusOr<TrainStats> train_local(model::Model& model, const data::Dataset& data,
     // Buffers the flat buffer does not alias (integer ones, replaced ones) go in too:
     // they leave the pod with the parameters.
     model.capture_buffers();
+    release_gradients(model);
   } catch (const ConfigError& e) {
     return Status::invalid(e.what());
   } catch (const c10::Error& e) {
