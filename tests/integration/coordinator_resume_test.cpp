@@ -56,8 +56,12 @@ class CoordinatorResumeTest : public ::testing::Test {
 };
 
 constexpr int kRounds = 8;
-// Updates folded in pod order: the same float32 sums on every run.
-const std::string kJob = "rounds: " + std::to_string(kRounds) + "\nround_timeout: 60s\naggregation_order: pod\n";
+// Updates folded in pod order: the same float32 sums on every run. 1500 steps make a
+// round last a few hundred milliseconds (one epoch of the digits share takes about 10
+// ms with OpenBLAS): long enough that a test stopping the job after round N's
+// checkpoint lands before the job's end.
+const std::string kJob =
+    "rounds: " + std::to_string(kRounds) + "\nround_timeout: 60s\naggregation_order: pod\nlocal_steps: 1500\n";
 
 // With batch norm: the running statistics and num_batches_tracked are part of the
 // checkpoint and of what pods load, so they resume bit for bit too.
