@@ -41,10 +41,10 @@ import unittest
 import urllib.parse
 
 from e2e_util import clean_env, public_key, read, start_hub, write
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 FEDPOD = os.environ.get("FEDPOD_BIN", "")
@@ -205,7 +205,23 @@ class HubWebTest(unittest.TestCase):
         """Clicks what submits a form or follows a link, and waits for the next page."""
         old = self.browser.find_element(By.TAG_NAME, "html")
         self.browser.find_element(by, value).click()
-        WebDriverWait(self.browser, 30).until(expected_conditions.staleness_of(old))
+
+        def replaced(_):
+            # The old page's root is gone once the next page loaded. chromedriver says so
+            # with StaleElementReferenceException, or, when it asks while the old
+            # document is being torn down, with "Node with given id does not belong to
+            # the document" (a plain WebDriverException).
+            try:
+                old.is_enabled()
+                return False
+            except StaleElementReferenceException:
+                return True
+            except WebDriverException as e:
+                if "does not belong to the document" in str(e):
+                    return True
+                raise
+
+        WebDriverWait(self.browser, 30).until(replaced)
         WebDriverWait(self.browser, 30).until(
             lambda b: b.execute_script("return document.readyState") == "complete")
 
