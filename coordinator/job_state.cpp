@@ -1,5 +1,7 @@
 #include "impl.h"
 
+#include <ctime>
+
 namespace fedpod::coordinator {
 
 void Coordinator::Impl::write_history() {
@@ -12,12 +14,24 @@ Status Coordinator::Impl::write_round_files(int round, const torch::Tensor& glob
   RoundFiles f;
   f.round = round;
   if (spec.checkpoint) f.checkpoint = make_checkpoint(round, global, strategy, /*with_history=*/false);
-  f.history = history;  // the one copy on this thread: it grows with rounds x pods
+  // The history less its rounds, and the rounds not handed over yet (see RoundFiles).
+  f.head = nlohmann::json::object();
+  for (auto it = history.begin(); it != history.end(); ++it) {
+    if (it.key() != "rounds") f.head[it.key()] = it.value();
+  }
+  if (const auto rounds = history.find("rounds"); rounds != history.end()) {
+    for (size_t i = rounds_handed_over; i < rounds->size(); ++i) f.new_rounds.push_back((*rounds)[i]);
+    rounds_handed_over = rounds->size();
+  }
   std::lock_guard<std::mutex> lock(files_mu);
   if (files_pending) {
     job_metrics.checkpoints_skipped.Increment();
     log->info("event=round_files_skipped job={} round={} replaced_by={} reason=\"the previous write is still going\"",
               spec.job_id, files_pending->round, round);
+    // Its files are replaced, its rounds are not: they go first.
+    nlohmann::json rounds = std::move(files_pending->new_rounds);
+    for (auto& r : f.new_rounds) rounds.push_back(std::move(r));
+    f.new_rounds = std::move(rounds);
   }
   files_pending = std::move(f);
   if (!files_thread.joinable()) files_thread = std::thread([this] { write_files_loop(); });
@@ -25,16 +39,32 @@ Status Coordinator::Impl::write_round_files(int round, const torch::Tensor& glob
   return files_error;
 }
 
+namespace {
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+}  // namespace
+
 void Coordinator::Impl::write_files_loop() {
   std::unique_lock<std::mutex> lock(files_mu);
+  Clock::time_point rest_until = Clock::now();
   for (;;) {
     files_cv.wait(lock, [&] { return files_pending.has_value() || files_stop; });
     if (!files_pending) return;  // stopping, nothing left to write
+    // The rest after the last write; a job that ends or waits for its files cuts it
+    // short. Rounds that end meanwhile replace what waits.
+    files_cv.wait_until(lock, rest_until, [&] { return files_stop || files_flush > 0; });
     RoundFiles f = std::move(*files_pending);
     files_pending.reset();
     files_busy = true;
     lock.unlock();
+    const double cpu_start = thread_cpu_seconds();
     Status st = write_files(f);
+    const double cpu = thread_cpu_seconds() - cpu_start;
+    rest_until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                    std::chrono::duration<double>(kFilesRestFactor * cpu));
     lock.lock();
     files_busy = false;
     if (!st.ok() && files_error.ok()) {
@@ -46,10 +76,25 @@ void Coordinator::Impl::write_files_loop() {
 }
 
 Status Coordinator::Impl::write_files(RoundFiles& f) {
+  // The whole history: the head with every round so far. The rounds are moved in and
+  // back out, never copied, and are kept whatever happens to the write.
+  for (auto& r : f.new_rounds) written_rounds.push_back(std::move(r));
+  nlohmann::json& doc = f.head;
+  doc["rounds"] = std::move(written_rounds);
+  struct KeepRounds {
+    nlohmann::json& from;
+    nlohmann::json& to;
+    ~KeepRounds() { to = std::move(from["rounds"]); }
+  } keep{doc, written_rounds};
   try {
     if (f.checkpoint) {
       const auto start = Clock::now();
-      f.checkpoint->history = f.history;
+      f.checkpoint->history = std::move(doc);
+      struct Back {
+        nlohmann::json& from;
+        nlohmann::json& to;
+        ~Back() { to = std::move(from); }
+      } back{f.checkpoint->history, doc};
       write_checkpoint(checkpoint_path, *f.checkpoint);
       job_metrics.checkpoint_seconds.Observe(std::chrono::duration<double>(Clock::now() - start).count());
     }
@@ -57,8 +102,8 @@ Status Coordinator::Impl::write_files(RoundFiles& f) {
     return Status::internal("round " + std::to_string(f.round) + ": cannot write the checkpoint: " + e.what());
   }
   try {
-    write_file_atomic(history_path, f.history.dump(2) + "\n");
-    write_file_atomic(report_path, render_report(f.history));
+    write_file_atomic(history_path, doc.dump(2) + "\n");
+    write_file_atomic(report_path, render_report(doc));
   } catch (const std::exception& e) {
     return Status::internal("round " + std::to_string(f.round) + ": cannot write " + history_path + ": " + e.what());
   }
@@ -67,7 +112,10 @@ Status Coordinator::Impl::write_files(RoundFiles& f) {
 
 Status Coordinator::Impl::finish_round_files() {
   std::unique_lock<std::mutex> lock(files_mu);
+  ++files_flush;
+  files_cv.notify_all();
   files_cv.wait(lock, [&] { return !files_pending && !files_busy; });
+  --files_flush;
   return files_error;
 }
 

@@ -129,6 +129,30 @@ TEST(SimulateTest, ResumeContinuesTheSameRunAndRefusesAnotherPartition) {
   EXPECT_NE(refused.output.find("the simulation differs"), std::string::npos) << refused.output;
 }
 
+// Round files are written off the round's path and latest wins: rounds that end while
+// the writer is busy or resting replace the files that waited, and the writer is handed
+// only the rounds it has not seen. None may be lost: the checkpoint a resume starts
+// from holds every round, each as history.json had it.
+TEST(SimulateTest, ManyFastRoundsLeaveACheckpointWithEveryRound) {
+  TempDir dir;
+  const std::string file =
+      dir.write("sim.yaml", sim_yaml(dir, "out", 4, "iid", "local_steps: 1\n"));
+  CliRun first = fedpod("simulate " + file + " --rounds 80 -q");
+  ASSERT_EQ(first.code, 0) << first.output;
+  const auto before = read_json(dir.path() / "out" / "history.json");
+  ASSERT_EQ(before["rounds"].size(), 80u);
+  CliRun resumed = fedpod("simulate " + file + " --rounds 81 --resume -q");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  const auto after = read_json(dir.path() / "out" / "history.json");
+  ASSERT_EQ(after["rounds"].size(), 81u);
+  ASSERT_EQ(after["resumed"].size(), 1u);
+  EXPECT_EQ(after["resumed"][0]["after_round"], 80);
+  for (size_t i = 0; i < 80; ++i) {
+    ASSERT_EQ(after["rounds"][i], before["rounds"][i]) << "round " << i + 1;
+  }
+  EXPECT_EQ(after["rounds"][80]["round"], 81);
+}
+
 TEST(SimulateTest, FedProxSendsMuToThePods) {
   TempDir dir;
   auto loss = [&](const std::string& out, const std::string& strategy) {

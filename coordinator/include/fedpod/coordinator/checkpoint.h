@@ -22,18 +22,21 @@
 //
 // When. Round r's checkpoint (then history.json and report.html) is written on its
 // own thread while the next rounds run, so disk waits are never on a round's path;
-// one write at a time, each complete before the next starts (atomic rename). When a
-// write is still going as round r ends, round r's files wait; if round r+1 ends
-// before they were started, round r+1's replace them (latest wins; counted in
-// fedpod_coordinator_checkpoints_skipped_total). The job returns only once the last
-// round's files are written. The resume guarantee, precisely: after the coordinator
-// dies while round r+1 runs (its console already showing round r), the checkpoint on
-// disk is that of round r, or of the last round whose write had finished: the rounds
-// completed while one write was going are the most that is redone (with a 40 MB
-// checkpoint that takes 0.1-0.4 s to write and fsync, a few fast rounds; one when the
-// disk keeps up). The resumed job redoes the rounds after its checkpoint and ends
-// with the parameters an uninterrupted run has. A failed write fails the job at the
-// next round's end.
+// one write at a time, each complete before the next starts (atomic rename). After
+// each write the writer rests for four times the CPU time that write took (a long
+// job's history makes its files costly to serialise; the rest keeps them to a fifth
+// of one core). When a write is still going, or the writer rests, as round r ends,
+// round r's files wait; if round r+1 ends before they were started, round r+1's
+// replace them (latest wins; counted in fedpod_coordinator_checkpoints_skipped_total).
+// The job returns only once the last round's files are written, at once. The resume
+// guarantee, precisely: after the coordinator dies while round r+1 runs (its console
+// already showing round r), the checkpoint on disk is that of round r, or of the last
+// round whose write had finished: the rounds completed while one write went on and
+// the writer rested after it are the most that is redone (with a 40 MB checkpoint
+// that takes 0.1-0.4 s to write and fsync, mostly disk waits, a few fast rounds; one
+// when the disk keeps up). The resumed job redoes the rounds after its checkpoint and
+// ends with the parameters an uninterrupted run has. A failed write fails the job at
+// the next round's end.
 #pragma once
 
 #include <torch/types.h>
