@@ -126,7 +126,7 @@ class Executor {
 
   Executor(zmq::context_t& ctx, std::string inproc, Logger log, std::shared_ptr<TaskPool> pool)
       : ctx_(ctx), inproc_(std::move(inproc)), log_(std::move(log)), pool_(std::move(pool)) {
-    if (!pool_) thread_ = std::thread([this] { run(); });
+    if (!pool_) thread_ = std::thread([this] { serve(/*own_thread=*/true); });
   }
 
   ~Executor() {
@@ -152,7 +152,7 @@ class Executor {
       if (pool_ && !scheduled_) post = scheduled_ = true;
     }
     cv_.notify_all();
-    if (post) pool_->post([this] { drain(); });
+    if (post) pool_->post([this] { serve(/*own_thread=*/false); });
   }
 
   // Blocks until no task is queued or running.
@@ -183,14 +183,21 @@ class Executor {
     protocol::send_frames(*out_, frames);
   }
 
-  // Own thread: waits for tasks until stopped (running what is queued first).
-  void run() {
+  // Runs the queued tasks in order. On its own thread it then waits for more until
+  // stopped (running what is queued first); on a pool strand it gives the thread back
+  // once the queue is empty.
+  void serve(bool own_thread) {
     while (true) {
       Item item;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-        if (queue_.empty()) break;
+        if (own_thread) cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) {
+          if (own_thread) break;
+          scheduled_ = false;
+          cv_.notify_all();  // under the lock: ~Executor may free this once it sees it
+          return;
+        }
         item = std::move(queue_.front());
         queue_.pop_front();
         running_ = true;
@@ -205,30 +212,6 @@ class Executor {
     out_.reset();
   }
 
-  // On a pool thread: runs the queued tasks, then gives the thread back.
-  void drain() {
-    while (true) {
-      Item item;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (queue_.empty()) {
-          running_ = scheduled_ = false;
-          cv_.notify_all();
-          return;
-        }
-        item = std::move(queue_.front());
-        queue_.pop_front();
-        running_ = true;
-      }
-      run_one(item);
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        running_ = false;
-      }
-      cv_.notify_all();
-    }
-  }
-
   zmq::context_t& ctx_;
   std::string inproc_;
   Logger log_;
@@ -239,7 +222,7 @@ class Executor {
   std::deque<Item> queue_;
   bool running_ = false;
   bool stopping_ = false;
-  bool scheduled_ = false;  // pool mode: a drain() is posted or running
+  bool scheduled_ = false;  // pool mode: a serve() is posted or running
   std::thread thread_;      // own-thread mode only
 };
 
