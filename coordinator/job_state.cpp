@@ -26,7 +26,7 @@ Status Coordinator::Impl::write_round_files(int round, const torch::Tensor& glob
   std::lock_guard<std::mutex> lock(files_mu);
   if (files_pending) {
     job_metrics.checkpoints_skipped.Increment();
-    log->info("event=round_files_skipped job={} round={} replaced_by={} reason=\"the previous write is still going\"",
+    log->info("event=round_files_skipped job={} round={} replaced_by={} reason=\"the writer is still writing or resting\"",
               spec.job_id, files_pending->round, round);
     // Its files are replaced, its rounds are not: they go first.
     nlohmann::json rounds = std::move(files_pending->new_rounds);
@@ -75,26 +75,28 @@ void Coordinator::Impl::write_files_loop() {
   }
 }
 
+namespace {
+// Swaps two values now and again when it goes out of scope, a throw included.
+struct SwapBack {
+  nlohmann::json& a;
+  nlohmann::json& b;
+  SwapBack(nlohmann::json& x, nlohmann::json& y) : a(x), b(y) { std::swap(a, b); }
+  ~SwapBack() { std::swap(a, b); }
+  SwapBack(const SwapBack&) = delete;
+  SwapBack& operator=(const SwapBack&) = delete;
+};
+}  // namespace
+
 Status Coordinator::Impl::write_files(RoundFiles& f) {
-  // The whole history: the head with every round so far. The rounds are moved in and
-  // back out, never copied, and are kept whatever happens to the write.
+  // The whole history: the head with every round so far. The writer's rounds are lent
+  // to it for the write, never copied, and come back whatever happens to the write.
   for (auto& r : f.new_rounds) written_rounds.push_back(std::move(r));
   nlohmann::json& doc = f.head;
-  doc["rounds"] = std::move(written_rounds);
-  struct KeepRounds {
-    nlohmann::json& from;
-    nlohmann::json& to;
-    ~KeepRounds() { to = std::move(from["rounds"]); }
-  } keep{doc, written_rounds};
+  SwapBack rounds_lent(doc["rounds"], written_rounds);
   try {
     if (f.checkpoint) {
       const auto start = Clock::now();
-      f.checkpoint->history = std::move(doc);
-      struct Back {
-        nlohmann::json& from;
-        nlohmann::json& to;
-        ~Back() { to = std::move(from); }
-      } back{f.checkpoint->history, doc};
+      SwapBack history_lent(f.checkpoint->history, doc);
       write_checkpoint(checkpoint_path, *f.checkpoint);
       job_metrics.checkpoint_seconds.Observe(std::chrono::duration<double>(Clock::now() - start).count());
     }
