@@ -16,7 +16,6 @@ torch::Device model_device(const model::Model& model) {
   return flat.defined() ? flat.device() : torch::Device(torch::kCPU);
 }
 
-// 64 bits from the operating system's entropy (getrandom on Linux).
 // Between rounds a pod holds its parameters, not their gradients: the next round's
 // backward allocates them again. A model's worth of memory per pod, which adds up
 // with a thousand simulated pods in one process.
@@ -26,6 +25,7 @@ void release_gradients(model::Model& model) {
   }
 }
 
+// 64 bits from the operating system's entropy (getrandom on Linux).
 uint64_t secure_seed() {
   std::random_device rd;
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
