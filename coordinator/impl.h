@@ -514,9 +514,8 @@ struct Coordinator::Impl {
   // What the checkpoint after `round` holds. Tensors the next round may change in
   // place are copied: the strategy's state. The global parameters are not: each
   // round's aggregate is a tensor of its own (a strategy reuses a buffer only once
-  // nobody else holds it).
-  Checkpoint make_checkpoint(int round, const torch::Tensor& global, const aggregation::Strategy& strategy,
-                             bool with_history = true);
+  // nobody else holds it). Its history is left empty: the file writer fills it in.
+  Checkpoint make_checkpoint(int round, const torch::Tensor& global, const aggregation::Strategy& strategy);
 
   StatusOr<RunResult> run();
 

@@ -13,7 +13,7 @@ void Coordinator::Impl::write_history() {
 Status Coordinator::Impl::write_round_files(int round, const torch::Tensor& global, const aggregation::Strategy& strategy) {
   RoundFiles f;
   f.round = round;
-  if (spec.checkpoint) f.checkpoint = make_checkpoint(round, global, strategy, /*with_history=*/false);
+  if (spec.checkpoint) f.checkpoint = make_checkpoint(round, global, strategy);
   // The history less its rounds, and the rounds not handed over yet (see RoundFiles).
   f.head = nlohmann::json::object();
   for (auto it = history.begin(); it != history.end(); ++it) {
@@ -221,15 +221,13 @@ Status Coordinator::Impl::restore_checkpoint(torch::Tensor& global, aggregation:
   return Status();
 }
 
-Checkpoint Coordinator::Impl::make_checkpoint(int round, const torch::Tensor& global, const aggregation::Strategy& strategy,
-                                              bool with_history) {
+Checkpoint Coordinator::Impl::make_checkpoint(int round, const torch::Tensor& global, const aggregation::Strategy& strategy) {
   Checkpoint c;
   c.job_id = spec.job_id;
   c.round = round;
   c.next_request = next_request;
   c.strategy = spec.strategy;
   c.fingerprint = fingerprint();
-  if (with_history) c.history = history;
   c.parameters = global;
   c.rng_state = rng_state();
   for (const auto& t : strategy.state()) c.strategy_state.push_back(t.clone());
