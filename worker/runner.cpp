@@ -274,6 +274,13 @@ Status load_seccomp(bool allow_inet) {
     seccomp_release(ctx);
     return Status::internal("seccomp_rule_add failed");
   }
+  // Without this, kernels whose Speculative Store Bypass policy is "seccomp" (the
+  // default before 5.16) turn the mitigation on for every thread of a filtered
+  // process, which slows training's store-heavy loops. It guards code from reading
+  // its own process's memory speculatively; the model code in a runner can read that
+  // memory anyway, so the mitigation protects nothing here. Kernels without the flag
+  // (before 4.17) refuse it; the filter then loads as before.
+  (void)seccomp_attr_set(ctx, SCMP_FLTATR_CTL_SSB, 1);
   rc = seccomp_load(ctx);  // sets no_new_privs first
   seccomp_release(ctx);
   if (rc != 0) return Status::internal(std::string("seccomp_load: ") + std::strerror(-rc));
