@@ -110,13 +110,14 @@ std::vector<std::string> split(const std::string& s) {
 
 // A pod with the echo runtime and a two-row dataset.
 void run_worker(const std::string& endpoint_file, const std::string& data, bool in_process, bool no_gate,
-                bool curve_only) {
+                bool curve_only, bool no_shm) {
   torch::set_num_threads(1);
   fedpod::worker::PodConfig config;
   config.name = "bench-pod";
   config.listen = "tcp://127.0.0.1:*";
   // As pod.yaml's default: parameters sealed on the tensor channel, unless --curve-only.
   if (!curve_only) config.tensor_listen = fedpod::worker::default_tensor_listen(config.listen);
+  if (no_shm) config.transport_shared_memory = 0;
   config.dataset_path = data;
   config.devices = {"cpu"};
   config.key_file = keys_dir() + "/pod.key";
@@ -308,7 +309,8 @@ struct Servers {
 };
 
 Servers start_servers(const std::string& role, int k, const fs::path& dir, const std::string& data,
-                      bool in_process = false, bool no_gate = false, bool plain = false, bool curve_only = false) {
+                      bool in_process = false, bool no_gate = false, bool plain = false, bool curve_only = false,
+                      bool no_shm = false) {
   Servers s;
   for (int i = 0; i < k; ++i) {
     const std::string ep = (dir / (role + std::to_string(i) + ".endpoint")).string();
@@ -318,6 +320,7 @@ Servers start_servers(const std::string& role, int k, const fs::path& dir, const
     if (role == "worker" && in_process) argv.push_back("--in-process");
     if (role == "worker" && no_gate) argv.push_back("--no-receiving-process");
     if (role == "worker" && curve_only) argv.push_back("--curve-only");
+    if (role == "worker" && no_shm) argv.push_back("--no-shared-memory");
     if (role == "echo" && plain) argv.push_back("--plain");
     s.procs.push_back(std::make_unique<fedpod::Process>(argv, (dir / (role + std::to_string(i) + ".log")).string()));
   }
@@ -346,7 +349,7 @@ nlohmann::json run_child(const std::vector<std::string>& argv, const fs::path& l
 
 void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int rounds, int window,
                 const std::string& json_out, bool in_process, bool no_gate, bool curve_only,
-                const std::string& update_precision, bool secure) {
+                const std::string& update_precision, bool secure, bool no_shm) {
   const fs::path dir = fs::temp_directory_path() / ("fedpod-round-bench-" + std::to_string(getpid()));
   fs::create_directories(dir);
   const std::string data = (dir / "data.csv").string();
@@ -388,7 +391,10 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
               << "; start-up of one runner (probe) " << std::fixed << std::setprecision(3) << starts[2]
               << " s, paid once per job at startJob\n";
     std::cout << (no_gate ? "pods' public sockets: in the worker processes (--no-receiving-process)\n"
-                          : "pods' public sockets: in receiving processes under a memory limit (as `fedpod worker`)\n");
+                  : no_shm ? "pods' public sockets: in receiving processes under a memory limit, tensor frames "
+                             "to the worker through the local socket (--no-shared-memory)\n"
+                           : "pods' public sockets: in receiving processes under a memory limit, tensor frames to "
+                             "the worker through shared memory (as `fedpod worker`)\n");
   } else {
     std::cout << "job runners: off (--in-process): the echo trainer runs in the worker, which also holds "
                  "its public socket (no receiving process)\n";
@@ -422,7 +428,7 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
     nlohmann::json secure_result;
     for (bool with_secagg : {false, true}) {
       if (with_secagg && (!secure || k < 3)) continue;
-      Servers workers = start_servers("worker", k, dir, data, in_process, no_gate, false, curve_only);
+      Servers workers = start_servers("worker", k, dir, data, in_process, no_gate, false, curve_only, no_shm);
       std::string joined;
       for (const auto& e : workers.endpoints) joined += (joined.empty() ? "" : ",") + e;
       const std::string tag = std::to_string(k) + (with_secagg ? "-secagg" : "");
@@ -503,7 +509,7 @@ int main(int argc, char** argv) {
   std::string pods = "2,8", endpoint_file, data, endpoints, json_out, out_dir;
   int64_t params = 10'000'000;
   int tensors = 8, rounds = 5, window = 2;
-  bool in_process = false, no_gate = false, curve_only = false;
+  bool in_process = false, no_gate = false, curve_only = false, no_shm = false;
   std::string update_precision = "float32";
 
   auto* round = app.add_subcommand("round", "Benchmark rounds for each K in --pods against plain ZeroMQ");
@@ -518,6 +524,9 @@ int main(int argc, char** argv) {
                   "and hold the pod's socket there instead of in a receiving process");
   round->add_flag("--no-receiving-process", no_gate,
                   "hold each pod's public socket in its worker process (pod.yaml receiving_process: false)");
+  round->add_flag("--no-shared-memory", no_shm,
+                  "tensor frames cross between each pod's receiving process and worker through the local socket, "
+                  "not shared memory (pod.yaml transport_shared_memory: 0)");
   round->add_option("--update-precision", update_precision,
                     "how pods send updates: float32, or bfloat16 (their change, half the bytes)")
       ->capture_default_str()
@@ -535,6 +544,7 @@ int main(int argc, char** argv) {
   worker->add_flag("--in-process", in_process);
   worker->add_flag("--no-receiving-process", no_gate);
   worker->add_flag("--curve-only", curve_only);
+  worker->add_flag("--no-shared-memory", no_shm);
   auto* echo = app.add_subcommand("echo", "(internal) a plain ZeroMQ echo server");
   echo->add_option("--endpoint-file", endpoint_file)->required();
   bool plain = false;
@@ -557,9 +567,9 @@ int main(int argc, char** argv) {
       std::vector<int> ks;
       for (const auto& k : split(pods)) ks.push_back(std::stoi(k));
       run_driver(ks, params, tensors, rounds, window, json_out, in_process, no_gate, curve_only, update_precision,
-                 secure);
+                 secure, no_shm);
     } else if (*worker) {
-      run_worker(endpoint_file, data, in_process, no_gate, curve_only);
+      run_worker(endpoint_file, data, in_process, no_gate, curve_only, no_shm);
     } else if (*echo) {
       run_echo(endpoint_file, plain);
     } else if (app.got_subcommand("coordinator")) {

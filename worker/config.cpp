@@ -119,7 +119,7 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
                                const fs::path& base) {
   check_keys(root, {"name", "listen", "dataset", "devices", "threads", "job_idle_timeout",
                     "max_frame_bytes", "custom_models", "log_level", "key_file", "policy", "audit_log",
-                    "metrics_listen", "sandbox", "audit_publish", "max_message_bytes", "transport_memory",
+                    "metrics_listen", "sandbox", "audit_publish", "max_message_bytes", "transport_memory", "transport_shared_memory",
                     "receiving_process", "tensor_listen", "secure_aggregation", "privacy"},
              where);
   PodConfig c;
@@ -248,6 +248,13 @@ PodConfig pod_config_from_yaml(const YAML::Node& root, const std::string& where,
         throw ConfigError(where + ": transport_memory: must be at least max_message_bytes + 64MiB (" +
                           std::to_string(c.max_message_bytes + (int64_t{64} << 20)) +
                           " bytes): the receiving process holds one whole message");
+      }
+    }
+    if (root["transport_shared_memory"]) {
+      const std::string v = root["transport_shared_memory"].as<std::string>();
+      c.transport_shared_memory = v == "0" ? 0 : parse_bytes(v, where + ": transport_shared_memory");
+      if (c.transport_shared_memory != 0 && c.transport_shared_memory < (int64_t{1} << 20)) {
+        throw ConfigError(where + ": transport_shared_memory: must be 0 (none) or at least 1MiB, got \"" + v + "\"");
       }
     }
     if (root["custom_models"]) {

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -24,6 +25,7 @@
 
 #include "fedpod/common/sanitized.h"
 #include "fedpod/protocol/socket.h"
+#include "fedpod/worker/shm_ring.h"
 
 namespace fedpod::worker {
 namespace {
@@ -56,6 +58,105 @@ std::string describe_status(int status) {
   }
   if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
   return "ended";
+}
+
+// --- large frames through shared memory (gate.h) -------------------------------------
+
+// The two rings between a worker and one gate process, in one memfd.
+struct Rings {
+  std::shared_ptr<SharedRegion> region;
+  std::unique_ptr<ShmRing> down;  // gate -> worker
+  std::unique_ptr<ShmRing> up;    // worker -> gate
+  std::atomic<uint64_t> bytes{0};
+  std::atomic<uint64_t> misses{0};
+
+  Rings(std::shared_ptr<SharedRegion> r, size_t down_bytes) : region(std::move(r)) {
+    down = std::make_unique<ShmRing>(region->data(), down_bytes);
+    up = std::make_unique<ShmRing>(region->data() + down_bytes, region->size() - down_bytes);
+  }
+};
+
+struct IndexEntry {
+  uint32_t frame;
+  uint32_t zero;
+  uint64_t offset;
+  uint64_t size;
+};
+static_assert(sizeof(IndexEntry) == 24);
+
+// Copies each of frames[first..] of kShmMinFrame bytes or more into `ring` where it
+// fits and leaves an empty frame in its place. The index frame of what it moved, or
+// an empty message when it moved nothing.
+zmq::message_t stage(Rings& rings, ShmRing& ring, Frames& frames, size_t first) {
+  std::vector<IndexEntry> index;
+  for (size_t i = first; i < frames.size(); ++i) {
+    const size_t n = frames[i].size();
+    if (n < kShmMinFrame) continue;
+    const auto offset = ring.allocate(n);
+    if (!offset) {
+      rings.misses.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    std::memcpy(ring.block(*offset), frames[i].data(), n);
+    frames[i] = zmq::message_t();
+    index.push_back({static_cast<uint32_t>(i - first), 0, *offset, n});
+    rings.bytes.fetch_add(n, std::memory_order_relaxed);
+  }
+  if (index.empty()) return zmq::message_t();
+  return zmq::message_t(index.data(), index.size() * sizeof(IndexEntry));
+}
+
+std::vector<IndexEntry> read_index(const zmq::message_t& index) {
+  std::vector<IndexEntry> out(index.size() / sizeof(IndexEntry));
+  if (!out.empty()) std::memcpy(out.data(), index.data(), out.size() * sizeof(IndexEntry));
+  return out;
+}
+
+// A block held by a zero-copy frame, released when ZeroMQ frees the frame (on any
+// thread).
+struct Hold {
+  std::shared_ptr<Rings> rings;
+  ShmRing* ring;
+  uint64_t offset;
+};
+void release_hold(void*, void* hint) {
+  auto* h = static_cast<Hold*>(hint);
+  h->ring->release(h->offset);
+  delete h;
+}
+
+// Puts the blocks `index` names back in frames[first..] as zero-copy frames viewing
+// `ring`. On an index that names frames or bytes it cannot (`error` says which),
+// nothing is adopted and every block it names in bounds is released.
+bool adopt(const std::shared_ptr<Rings>& rings, ShmRing& ring, const zmq::message_t& index, Frames& frames,
+           size_t first, std::string& error) {
+  const auto entries = read_index(index);
+  std::vector<bool> seen(frames.size(), false);
+  error.clear();
+  if (index.size() % sizeof(IndexEntry) != 0 || entries.empty()) error = "index of " + std::to_string(index.size()) + " bytes";
+  for (const auto& e : entries) {
+    if (!error.empty()) break;
+    const size_t f = first + e.frame;
+    if (f >= frames.size() || seen[f] || frames[f].size() != 0) {
+      error = "index names frame " + std::to_string(e.frame) + ", which is not an empty placeholder";
+    } else if (!ring.valid(e.offset, e.size) || e.size < kShmMinFrame) {
+      error = "index names " + std::to_string(e.size) + " bytes at offset " + std::to_string(e.offset) +
+              " of a ring of " + std::to_string(ring.capacity());
+    } else {
+      seen[f] = true;
+    }
+  }
+  if (!error.empty()) {
+    for (const auto& e : entries) {
+      if (ring.valid(e.offset, e.size)) ring.release(e.offset);
+    }
+    return false;
+  }
+  for (const auto& e : entries) {
+    frames[first + e.frame] = zmq::message_t(ring.block(e.offset), e.size, release_hold, new Hold{rings, &ring, e.offset});
+    rings->bytes.fetch_add(e.size, std::memory_order_relaxed);
+  }
+  return true;
 }
 
 // --- the gate process ------------------------------------------------------------
@@ -107,6 +208,16 @@ class ZapRelay {
 int gate_serve(const json& o) {
   zmq::context_t ctx(1);
   const std::string listen = o.at("listen").get<std::string>();
+  // The worker's shared rings, inherited as fd 3 (gate.h).
+  std::shared_ptr<Rings> rings;
+  if (const int64_t shm = o.value("shm_bytes", int64_t{0}); shm > 0) {
+    auto region = SharedRegion::attach(3, static_cast<size_t>(shm));
+    if (!region.ok()) {
+      std::cout << "error the worker's shared memory (fd 3): " << region.status().message() << std::endl;
+      return 2;
+    }
+    rings = std::make_shared<Rings>(*region, o.at("shm_down").get<size_t>());
+  }
   auto relay = std::make_shared<ZapRelay>(ctx, o.at("auth_endpoint").get<std::string>());
   auto zap = protocol::ZapHandler::for_context(ctx);
   zap->add_domain(kZapDomain, [relay](const std::string& key, const std::string& address) {
@@ -209,7 +320,14 @@ int gate_serve(const json& o) {
         if (frames.size() < 2) continue;
         zmq::message_t routing = std::move(frames[0]);
         frames.erase(frames.begin());
-        if (routing.size() > 1 && *static_cast<const char*>(routing.data()) == kTensorRoute) {
+        const char route = routing.size() > 1 ? *static_cast<const char*>(routing.data()) : 0;
+        if (route == kTensorRouteShm) {
+          // [index, frames...]: the large frames wait in the worker's ring.
+          std::string error;
+          if (!rings || !adopt(rings, *rings->up, frames[0], frames, 1, error)) continue;
+          frames.erase(frames.begin());
+        }
+        if (route == kTensorRoute || route == kTensorRouteShm) {
           if (!tensors) continue;
           zmq::message_t id(static_cast<const char*>(routing.data()) + 1, routing.size() - 1);
           (void)protocol::send_frames(tensors, frames, &id);
@@ -262,6 +380,13 @@ int gate_serve(const json& o) {
       out.frames.push_back(text_frame(peer));
       if (reason.empty()) {
         for (size_t i = 1; i < frames.size(); ++i) out.frames.push_back(std::move(frames[i]));
+        if (tensor && rings) {
+          zmq::message_t index = stage(*rings, *rings->down, out.frames, 4);
+          if (index.size() > 0) {
+            out.frames[0] = text_frame(std::string(1, kGateTensorShm));
+            out.frames.insert(out.frames.begin() + 4, std::move(index));
+          }
+        }
       } else {
         out.frames.push_back(text_frame(reason));
         out.frames.push_back(text_frame(detail));
@@ -294,7 +419,9 @@ struct Child {
   int from_child = -1;  // its stdout
 };
 
-StatusOr<Child> spawn(const std::vector<std::string>& argv) {
+// Starts argv with pipes on its stdin and stdout and, when inherit >= 0, that file
+// descriptor as its fd 3.
+StatusOr<Child> spawn(const std::vector<std::string>& argv, int inherit) {
   int in[2], out[2];
   if (::pipe2(in, O_CLOEXEC) != 0) return Status::internal(std::string("pipe: ") + std::strerror(errno));
   if (::pipe2(out, O_CLOEXEC) != 0) {
@@ -316,7 +443,14 @@ StatusOr<Child> spawn(const std::vector<std::string>& argv) {
     // The child: async-signal-safe calls only, until exec.
     ::dup2(in[0], 0);
     ::dup2(out[1], 1);
-    ::close_range(3, ~0U, 0);
+    if (inherit >= 0) {
+      if (inherit == 3) {
+        ::fcntl(3, F_SETFD, 0);  // dup2 onto itself would keep close-on-exec
+      } else if (::dup2(inherit, 3) != 3) {
+        ::_exit(126);
+      }
+    }
+    ::close_range(inherit >= 0 ? 4 : 3, ~0U, 0);
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(125);  // the worker already went away
     ::setrlimit(RLIMIT_CORE, &core);
@@ -368,6 +502,8 @@ struct Gate::Impl {
   std::string tensor_endpoint;  // the bound tensor endpoint ("" = none)
   zmq::socket_t socket;  // PAIR: the gate's messages
   int generation = 0;
+  std::shared_ptr<Rings> rings;  // this gate process's; messages still held keep older ones
+  uint64_t old_bytes = 0, old_misses = 0;  // counted by earlier gate processes' rings
   pid_t pid = -1;
   int64_t limit = 0;
   Clock::time_point next_try{};
@@ -406,7 +542,19 @@ struct Gate::Impl {
     s.set(zmq::sockopt::linger, 0);
     s.set(zmq::sockopt::rcvhwm, 1);  // whole messages wait in the gate, not here
     s.bind(data);
-    auto child = spawn(opts.command);
+    // New rings for each gate process: an ended one's blocks may still be held.
+    if (rings) {
+      old_bytes += rings->bytes.load();
+      old_misses += rings->misses.load();
+      rings.reset();
+    }
+    const size_t ring_bytes = static_cast<size_t>(std::max<int64_t>(opts.shared_memory_bytes, 0));
+    if (ring_bytes > 0) {
+      auto region = SharedRegion::create("fedpod-gate-" + opts.pod_name, 2 * ring_bytes);
+      if (!region.ok()) return region.status();
+      rings = std::make_shared<Rings>(*region, (*region)->size() / 2);
+    }
+    auto child = spawn(opts.command, rings ? rings->region->fd() : -1);
     if (!child.ok()) return child.status();
     json cfg = {{"listen", listen},
                 {"tensor_listen", tensor_listen},
@@ -417,6 +565,8 @@ struct Gate::Impl {
                 {"memory_bytes", opts.memory_bytes},
                 {"data_endpoint", data},
                 {"auth_endpoint", auth_endpoint()},
+                {"shm_bytes", rings ? rings->region->size() : 0},
+                {"shm_down", rings ? rings->region->size() / 2 : 0},
                 {"pod", opts.pod_name}};
     const bool sent = write_all(child->to_child, cfg.dump());
     ::close(child->to_child);
@@ -504,6 +654,51 @@ Gate::~Gate() {
 }
 
 zmq::socket_t& Gate::socket() { return impl_->socket; }
+
+bool Gate::send(const zmq::message_t& routing, Frames& frames) {
+  Impl& m = *impl_;
+  const bool tensor = routing.size() > 1 && *static_cast<const char*>(routing.data()) == kTensorRoute;
+  zmq::message_t index;
+  if (tensor && m.rings) index = stage(*m.rings, *m.rings->up, frames, 0);
+  if (index.size() == 0) return protocol::send_frames(m.socket, frames, &routing);
+  const auto staged = read_index(index);
+  zmq::message_t via(routing.size());
+  std::memcpy(via.data(), routing.data(), routing.size());
+  *static_cast<char*>(via.data()) = kTensorRouteShm;
+  frames.insert(frames.begin(), std::move(index));
+  if (protocol::send_frames(m.socket, frames, &via)) return true;
+  for (const auto& e : staged) m.rings->up->release(e.offset);  // nobody will
+  return false;
+}
+
+bool Gate::unwrap(Frames& frames, std::string& error) {
+  Impl& m = *impl_;
+  error.clear();
+  if (frames.empty() || frames[0].size() != 1) return false;
+  const char kind = *static_cast<const char*>(frames[0].data());
+  if (kind == kGateTensorShm) {
+    if (frames.size() < 5 || !m.rings) {
+      error = "a shared-memory message without an index or rings";
+      return false;
+    }
+    if (!adopt(m.rings, *m.rings->down, frames[4], frames, 5, error)) return false;
+    frames.erase(frames.begin() + 4);
+    frames[0] = text_frame(std::string(1, kGateTensor));
+    return true;
+  }
+  // Large frames that crossed the socket: the gate's ring had no room for them.
+  if (kind == kGateTensor && m.rings) {
+    for (size_t i = 4; i < frames.size(); ++i) {
+      if (frames[i].size() >= kShmMinFrame) m.rings->misses.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  return true;
+}
+
+uint64_t Gate::shared_bytes() const { return impl_->old_bytes + (impl_->rings ? impl_->rings->bytes.load() : 0); }
+uint64_t Gate::shared_misses() const {
+  return impl_->old_misses + (impl_->rings ? impl_->rings->misses.load() : 0);
+}
 const std::string& Gate::endpoint() const { return impl_->endpoint; }
 const std::string& Gate::tensor_endpoint() const { return impl_->tensor_endpoint; }
 pid_t Gate::pid() const { return impl_->pid; }

@@ -409,6 +409,25 @@ struct Worker::Impl {
       *registry, "fedpod_worker_bytes_total", "Message bytes received from and sent to coordinators, by direction");
   prometheus::Counter& bytes_received = bytes_family.Add({{"direction", "received"}});
   prometheus::Counter& bytes_sent = bytes_family.Add({{"direction", "sent"}});
+  prometheus::Counter& gate_shared_bytes =
+      metrics::counter(*registry, "fedpod_worker_gate_shared_memory_bytes_total",
+                       "Tensor-channel bytes that crossed between the receiving process and the worker through their "
+                       "shared rings instead of the local socket (both directions)")
+          .Add({});
+  prometheus::Counter& gate_shared_misses =
+      metrics::counter(*registry, "fedpod_worker_gate_shared_memory_misses_total",
+                       "Large tensor-channel frames that found no room in a shared ring and crossed the local socket")
+          .Add({});
+  uint64_t gate_shared_seen = 0, gate_misses_seen = 0;
+  // The gate's own counts since start, into the metrics.
+  void sync_gate_counters() {
+    if (!gate) return;
+    const uint64_t bytes = gate->shared_bytes(), misses = gate->shared_misses();
+    gate_shared_bytes.Increment(static_cast<double>(bytes - gate_shared_seen));
+    gate_shared_misses.Increment(static_cast<double>(misses - gate_misses_seen));
+    gate_shared_seen = bytes;
+    gate_misses_seen = misses;
+  }
   prometheus::Family<prometheus::Counter>& bad_family = metrics::counter(
       *registry, "fedpod_worker_bad_messages_total",
       "Messages refused as malformed, by reason: no_envelope, too_many_frames, envelope (unreadable header), "
@@ -643,7 +662,8 @@ struct Worker::Impl {
     const double bytes = frame_bytes(frames);
     bool sent = false;
     if (gate) {
-      sent = protocol::send_frames(gate->socket(), frames, &routing);
+      sent = gate->send(routing, frames);
+      sync_gate_counters();
     } else if (is_tensor_route(routing)) {
       zmq::message_t id(static_cast<const char*>(routing.data()) + 1, routing.size() - 1);
       sent = tensor_router && protocol::send_frames(tensor_router, frames, &id);
@@ -843,10 +863,20 @@ struct Worker::Impl {
       return;
     }
     if (frames.size() < 4) return;
+    if (kind == kGateTensor || kind == kGateTensorShm) {
+      // Its large frames from the shared ring (gate.h), as frames of their own.
+      std::string error;
+      const bool unwrapped = gate->unwrap(frames, error);
+      sync_gate_counters();
+      if (!unwrapped) {
+        log->error("event=gate_message_dropped reason=\"{}\"", error);
+        return;
+      }
+    }
     zmq::message_t routing = std::move(frames[1]);
     const std::string user = frames[2].to_string();
     const std::string peer = frames[3].to_string();
-    if (kind == kGateTensor) {
+    if (kind == kGateTensor || kind == kGateTensorShm) {
       frames.erase(frames.begin(), frames.begin() + 4);
       handle_tensor(routing, peer, frames);
       return;
@@ -1920,6 +1950,7 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
     go.max_message_bytes = config_.max_message_bytes;
     go.max_frames = m.limits.max_frames;
     go.memory_bytes = config_.transport_memory;
+    go.shared_memory_bytes = config_.transport_shared_memory;
     go.authenticate = [impl = impl_.get()](const std::string& key, const std::string& address) {
       return impl->authenticate(key, address);
     };

@@ -134,13 +134,16 @@ struct SealedJob {
 
 // Starts job `job_id` on `pod` over CURVE with a tensor key; the pod must answer
 // jobAccepted with its own key and port.
+// `hidden`: the mlp's hidden width; from 256 up its first weight (64 x hidden floats)
+// is a frame large enough to cross between the pod's receiving process and worker
+// through their shared ring (worker/gate.h).
 SealedJob start_sealed_job(zmq::context_t& ctx, testing::TestIdentity& id, const testing::PodProcess& pod,
-                           const std::string& job_id) {
+                           const std::string& job_id, int hidden = 16) {
   SealedJob j;
   j.job_id = job_id;
   j.curve = protocol::make_dealer(ctx, pod.endpoint, id.client_options(pod.name));
   auto m = model::make_builtin("mlp");
-  const Hyperparameters hp(nlohmann::json{{"hidden", {16}}});
+  const Hyperparameters hp(nlohmann::json{{"hidden", {hidden}}});
   m->create_model({64}, 10, hp);
   j.layout = m->flat().layout();
   protocol::BulkKeyPair mine;
@@ -181,7 +184,32 @@ SealedJob start_sealed_job(zmq::context_t& ctx, testing::TestIdentity& id, const
   return j;
 }
 
-TEST(TensorChannel, ForgedReplayedReorderedAndMovedMessagesAreDroppedAndCounted) {
+double gate_shared_bytes(const testing::PodProcess& pod) {
+  httplib::Client c("127.0.0.1", metrics_port(pod));
+  c.set_read_timeout(5, 0);
+  auto r = c.Get("/metrics");
+  if (!r || r->status != 200) return -1;
+  return testing::metric_value(r->body, "fedpod_worker_gate_shared_memory_bytes_total");
+}
+
+// The pid of `pod`'s receiving process, from its log (the latest, after restarts).
+pid_t gate_pid(const testing::PodProcess& pod) {
+  const std::string log = testing::read_file(pod.log);
+  const std::regex started(R"(event=transport pod=\S+ receiving_process=(\d+))");
+  const std::regex restarted(R"(event=transport_restarted .* pid=(\d+))");
+  pid_t pid = -1;
+  for (const auto* re : {&started, &restarted}) {
+    for (auto it = std::sregex_iterator(log.begin(), log.end(), *re); it != std::sregex_iterator(); ++it) {
+      pid = static_cast<pid_t>(std::stol((*it)[1]));
+    }
+  }
+  return pid;
+}
+
+// Every attack of the test below, on two pods running jobs of an mlp `hidden` wide;
+// then pod A's receiving process is killed, and the job's next round must still cross
+// (through the new process's rings when the frames are large).
+void attack_the_tensor_channel(int hidden) {
   testing::TempDir dir;
   testing::TestIdentity id(dir.path());
   auto a = testing::start_digits_pod(dir, id, "pod-a", "general-modeller", "metrics_listen: 127.0.0.1:0\n");
@@ -189,9 +217,9 @@ TEST(TensorChannel, ForgedReplayedReorderedAndMovedMessagesAreDroppedAndCounted)
   ASSERT_FALSE(a.endpoint.empty()) << testing::read_file(a.log);
   ASSERT_FALSE(b.endpoint.empty()) << testing::read_file(b.log);
   zmq::context_t ctx(1);
-  SealedJob ja = start_sealed_job(ctx, id, a, "job-a");
-  SealedJob jb = start_sealed_job(ctx, id, b, "job-b");
-  ASSERT_FALSE(HasFailure());
+  SealedJob ja = start_sealed_job(ctx, id, a, "job-a", hidden);
+  SealedJob jb = start_sealed_job(ctx, id, b, "job-b", hidden);
+  ASSERT_FALSE(::testing::Test::HasFailure());
 
   // The real thing works: train round 1, answered sealed.
   Frames train = ja.sealed(W::TRAIN, 1);
@@ -288,6 +316,73 @@ TEST(TensorChannel, ForgedReplayedReorderedAndMovedMessagesAreDroppedAndCounted)
   EXPECT_EQ(wait_refused(a, "malformed", 2), 2);
   EXPECT_TRUE(next(stranger, 500ms).empty());
   EXPECT_TRUE(next(ja.tensor, 200ms).empty());
+
+  // 6. A train whose largest frame (a weight's ciphertext) has one byte altered:
+  //    dropped as tampered, however that frame crossed to the worker.
+  Frames train3 = ja.sealed(W::TRAIN, 3);
+  size_t largest = 1;
+  for (size_t i = 1; i < train3.size(); ++i) {
+    if (train3[i].size() > train3[largest].size()) largest = i;
+  }
+  static_cast<uint8_t*>(train3[largest].data())[train3[largest].size() / 2] ^= 0x01;
+  ASSERT_TRUE(ja.send(std::move(train3)));
+  EXPECT_EQ(wait_refused(a, "tampered", 2), 2);
+  EXPECT_TRUE(next(ja.tensor, 500ms).empty());
+  // The same round's train, untouched, still trains: nothing was taken from it.
+  ASSERT_TRUE(ja.send(ja.sealed(W::TRAIN, 3)));
+  auto done3 = ja.reply();
+  ASSERT_TRUE(done3);
+  ASSERT_EQ(done3->envelope().getBody().which(), W::TRAIN_DONE);
+  EXPECT_EQ(done3->envelope().getBody().getTrainDone().getRound(), 3u);
+  // Which way the frames crossed: frames from 64 KiB up through the shared ring
+  // (every train and evaluate in, fetchResult's answer out), smaller ones never.
+  const bool large = hidden * 64 * 4 >= 64 * 1024;
+  const double shared = gate_shared_bytes(a);
+  if (large) {
+    EXPECT_GT(shared, 6.0 * 64 * hidden * 4);
+  } else {
+    EXPECT_EQ(shared, 0);
+  }
+
+  // 7. The receiving process dies (its ring may still hold blocks): a new one takes
+  //    over the same endpoints with new rings, and round 4 trains and answers.
+  const pid_t old_gate = gate_pid(a);
+  ASSERT_GT(old_gate, 0) << testing::read_file(a.log);
+  ASSERT_EQ(::kill(old_gate, SIGKILL), 0);
+  pid_t new_gate = old_gate;
+  for (auto until = std::chrono::steady_clock::now() + 60s;
+       new_gate == old_gate && std::chrono::steady_clock::now() < until;) {
+    std::this_thread::sleep_for(20ms);
+    new_gate = gate_pid(a);
+  }
+  ASSERT_NE(new_gate, old_gate) << "not restarted: " << testing::read_file(a.log);
+  std::unique_ptr<protocol::Incoming> done4;
+  // Sent until answered: a message sent before the new process listened is lost.
+  for (int attempt = 0; attempt < 20 && !done4; ++attempt) {
+    ASSERT_TRUE(ja.send(ja.sealed(W::TRAIN, 4)));
+    done4 = ja.reply(3s);
+  }
+  ASSERT_TRUE(done4) << testing::read_file(a.log);
+  ASSERT_EQ(done4->envelope().getBody().which(), W::TRAIN_DONE);
+  EXPECT_EQ(done4->envelope().getBody().getTrainDone().getRound(), 4u);
+  ASSERT_TRUE(ja.send(ja.sealed(W::FETCH_RESULT, 4)));
+  auto result4 = ja.reply();
+  ASSERT_TRUE(result4);
+  EXPECT_EQ(result4->envelope().getBody().which(), W::TRAIN_RESULT);
+  if (large) {
+    EXPECT_GE(gate_shared_bytes(a), shared + 2.0 * 64 * hidden * 4);
+  }
+}
+
+TEST(TensorChannel, ForgedReplayedReorderedAndMovedMessagesAreDroppedAndCounted) {
+  attack_the_tensor_channel(16);
+}
+
+// The same attacks with frames large enough to cross between each pod's receiving
+// process and worker through their shared ring (a 64 x 1024 weight: 256 KiB), in
+// both directions: the pods answer fetchResult and evaluate with such frames too.
+TEST(TensorChannel, AttacksOnLargeFramesThatCrossThroughSharedMemoryFailTheSameWay) {
+  attack_the_tensor_channel(1024);
 }
 
 TEST(TensorChannel, AJobRunsSealedAndAPodThatLostItsSessionIsStartedAgainOnItsNotice) {

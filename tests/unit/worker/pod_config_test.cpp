@@ -1,5 +1,6 @@
-// pod.yaml's transport settings: max_message_bytes, transport_memory and
-// receiving_process (worker/gate.h), their defaults and their errors.
+// pod.yaml's transport settings: max_message_bytes, transport_memory,
+// receiving_process and transport_shared_memory (worker/gate.h), their defaults and
+// their errors.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -53,6 +54,16 @@ TEST_F(PodConfigTest, BadMessageBoundsNameTheKey) {
             "pod.yaml: transport_memory: must be at least max_message_bytes + 64MiB (134217728 bytes): the "
             "receiving process holds one whole message");
   EXPECT_EQ(error("receiving_process: maybe\n"), "pod.yaml: receiving_process: expected true or false, got \"maybe\"");
+}
+
+TEST_F(PodConfigTest, SharedRingsBetweenReceivingProcessAndWorker) {
+  EXPECT_EQ(parse("").transport_shared_memory, 256 * kMiB);
+  EXPECT_EQ(parse("transport_shared_memory: 0\n").transport_shared_memory, 0);
+  EXPECT_EQ(parse("transport_shared_memory: 1GiB\n").transport_shared_memory, 1024 * kMiB);
+  EXPECT_EQ(error("transport_shared_memory: 100KiB\n"),
+            "pod.yaml: transport_shared_memory: must be 0 (none) or at least 1MiB, got \"100KiB\"");
+  EXPECT_EQ(error("transport_shared_memory: -5\n"),
+            "pod.yaml: transport_shared_memory: expected a size such as 8GiB or 512MiB, got \"-5\"");
 }
 
 // secure_aggregation: the pod owner's demand on how updates are aggregated.

@@ -30,6 +30,10 @@
 //                                     # max_message_bytes + 256MiB; docs/permissions.md)
 //   receiving_process: true           # false: the worker holds the socket itself (faster,
 //                                     # but a peer's message is bounded only per frame)
+//   transport_shared_memory: 256MiB   # each direction's shared ring between the receiving
+//                                     # process and the worker for tensor frames of 64KiB
+//                                     # and up (0: none, every frame crosses the local
+//                                     # socket); touched only as far as messages reach
 //   tensor_listen: tcp://0.0.0.0:5556 # the job's tensor channel: parameters sealed with
 //                                     # AES-256-GCM, keys agreed over CURVE at startJob
 //                                     # (docs/tensor-encryption.md). Default: listen's
@@ -191,6 +195,9 @@ struct PodConfig {
   // `fedpod worker` holds the public socket in the receiving process (gate.h);
   // false keeps it in the worker: one copy less per message, no memory bound.
   bool receiving_process = true;
+  // Each direction's shared-memory ring between the receiving process and the worker
+  // (gate.h; 0: none).
+  int64_t transport_shared_memory = int64_t{256} << 20;
   // Endpoint of the tensor channel (protocol/bulk.h); "" = off.
   std::string tensor_listen;
   CustomModels custom_models = CustomModels::kPolicy;

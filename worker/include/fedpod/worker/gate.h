@@ -28,9 +28,25 @@
 //                    frames, protocol/bulk.h)
 //                   [kGateTensorRefused, reason] a tensor-channel message refused
 //                    for its size or frame count (dropped: nobody to answer)
+//                   [kGateTensorShm, routing id, "", peer address, index, frames...]
+//                    a tensor-channel message whose large frames wait in shared
+//                    memory (below)
 //   worker -> gate: [routing id, frames...], sent on to that peer; a routing id that
 //                   starts with kTensorRoute goes, without that byte, to the tensor
-//                   endpoint.
+//                   endpoint; one that starts with kTensorRouteShm goes there too,
+//                   as [index, frames...] whose large frames wait in shared memory.
+//
+// Large frames in shared memory. Tensor-channel frames of kShmMinFrame bytes or
+// more do not cross the ipc socket (two kernel copies and a fresh buffer): the
+// worker maps a memfd with two rings (shm_ring.h) that the gate inherits as fd 3,
+// one per direction. The sender copies such a frame into its ring and sends an
+// empty frame in its place; the index frame lists (frame number, uint32 0, offset,
+// size), little-endian u32 u32 u64 u64, for each. The receiver hands the block on
+// as a zero-copy frame and releases it when that frame is freed. A frame that does
+// not fit in the ring now crosses the socket as before. The gate holds the pod's
+// CURVE key and sees every message in the clear anyway, so the shared rings give it
+// nothing it did not have; the rings are not counted in its memory limit (shared
+// mappings are not data), they are bounded by their own fixed size instead.
 // ZAP questions travel on a second ipc socket: [id, key, address] -> [id, "1" user |
 // "0"].
 //
@@ -58,9 +74,13 @@ inline constexpr char kGateRefused = 'R';
 inline constexpr char kGateHandshake = 'E';
 inline constexpr char kGateTensor = 'T';
 inline constexpr char kGateTensorRefused = 't';
+inline constexpr char kGateTensorShm = 'U';
 // First byte of a reply address on the tensor channel. libzmq's generated ROUTER
 // routing ids start with a zero byte, so the two never meet.
 inline constexpr char kTensorRoute = 'T';
+inline constexpr char kTensorRouteShm = 'U';
+// Frames from this size up cross between gate and worker through shared memory.
+inline constexpr size_t kShmMinFrame = size_t{64} << 10;
 
 struct GateOptions {
   std::vector<std::string> command;  // argv of the gate program, e.g. {fedpod, "gate"}
@@ -74,6 +94,9 @@ struct GateOptions {
   // The gate's data-size limit above its size once started; 0: no limit (the
   // sanitizer builds, whose shadow memory an rlimit forbids).
   int64_t memory_bytes = 0;
+  // Each direction's shared-memory ring (bytes; 0: none, every frame crosses the ipc
+  // socket). Pages are touched only as far as the largest messages in flight reach.
+  int64_t shared_memory_bytes = int64_t{256} << 20;
   std::chrono::milliseconds start_timeout{30'000};
   // The worker's answer for a client key: a user id, or nullopt to refuse it.
   protocol::ZapHandler::Authenticator authenticate;
@@ -97,6 +120,17 @@ class Gate {
 
   // Messages from the gate; replies to it. Replaced when the gate restarts.
   zmq::socket_t& socket();
+  // Sends [routing id, frames...] to the gate: a tensor route's large frames through
+  // shared memory when they fit. False when the gate did not take it.
+  bool send(const zmq::message_t& routing, std::vector<zmq::message_t>& frames);
+  // A kGateTensorShm message as received, turned into the kGateTensor message it
+  // stands for (its large frames view shared memory until they are freed). False,
+  // with `error` set, when its index names frames it cannot have.
+  bool unwrap(std::vector<zmq::message_t>& frames, std::string& error);
+  // Bytes that crossed through shared memory, and frames that could have but found
+  // no room (they crossed the socket), since start; both directions.
+  uint64_t shared_bytes() const;
+  uint64_t shared_misses() const;
   // The bound public endpoint, with the real port.
   const std::string& endpoint() const;
   // The bound tensor endpoint, with the real port; "" when there is none.
