@@ -504,6 +504,7 @@ std::map<size_t, PodRound> Coordinator::Impl::send_start_job(std::vector<size_t>
                               return PodRound{"error", t.message(), 0, 0, {}};
                             }
                             pod.train_samples = static_cast<int64_t>(a.getTrainSamples());
+                            pod.uploads_when_done = a.getUploadsWhenDone();
                             decisions[&pod - pods.data()] = a.getDecision();
                             return PodRound{"ok", "", static_cast<int64_t>(a.getTrainSamples()), 0,
                                             {{"validation_samples", double(a.getValidationSamples())},
@@ -910,6 +911,15 @@ Status Coordinator::Impl::run_job() {
     const bool bf16_updates = spec.update_precision == "bfloat16";
     t.setUpdateDtype(bf16_updates ? wire::DType::BFLOAT16 : wire::DType::FLOAT32);
     t.setProximalMu(aggregation::proximal_mu(spec.strategy, spec.strategy_options));
+    // When every pod of the round fits in the upload window at once, each gets its
+    // slot with train and sends its parameters right after trainDone: one exchange
+    // (fetchResult and its way through the pod) less per pod. In pod order the
+    // uploads must wait their turn; secure aggregation masks first.
+    const bool upload_when_done =
+        !secagg && spec.aggregation_order != "pod" &&
+        static_cast<int64_t>(targets.size()) <= static_cast<int64_t>(spec.max_concurrent_uploads) &&
+        std::all_of(targets.begin(), targets.end(), [&](size_t i) { return pods[i].uploads_when_done; });
+    t.setUploadWhenDone(upload_when_done);
     // One buffer for every pod: each frame references `global`, none copies it.
     out.attach(t.initTensors(specs.size()), protocol::parameter_views(global, layout));
     strategy->begin_round(global);
@@ -922,7 +932,8 @@ Status Coordinator::Impl::run_job() {
     std::map<size_t, PodRound> done;  // trainDone metadata, by pod
     std::map<size_t, uint64_t> claimed_samples;  // trainDone's numSamples, before the cap
     std::deque<size_t> ready;
-    std::set<size_t> fetching;
+    std::set<size_t> fetching;  // pods whose upload is asked for (or granted with train)
+    if (upload_when_done) fetching.insert(targets.begin(), targets.end());
     protocol::Outgoing fetch(spec.job_id, rid);
     fetch.envelope().getBody().initFetchResult().setRound(static_cast<uint32_t>(round));
     // Called before each poll with the pods still pending: an upload slot frees when
@@ -1029,8 +1040,8 @@ Status Coordinator::Impl::run_job() {
             for (auto m : d.getMetrics()) pr.metrics[m.getName().cStr()] = m.getValue();
             pr.metrics["train_seconds"] = d.getSeconds();
             done[i] = std::move(pr);
-            ready.push_back(i);
-            return std::nullopt;  // parameters still to fetch
+            if (!upload_when_done) ready.push_back(i);
+            return std::nullopt;  // parameters still to fetch, or on their way
           }
           auto r = body.getTrainResult();
           if (r.getRound() != static_cast<uint32_t>(round)) {
@@ -1085,7 +1096,9 @@ Status Coordinator::Impl::run_job() {
           }
           return pr;
         },
-        start_fetches, &sent, /*heartbeats=*/true, [&](size_t i) { return fetching.count(i) > 0; });
+        // Uploading (trained, slot held) pods are exempt from the silence check.
+        start_fetches, &sent, /*heartbeats=*/true,
+        [&](size_t i) { return fetching.count(i) > 0 && done.count(i) > 0; });
     // Closed: whatever arrives for this round from now on is discarded, not folded.
     open_round = 0;
     last_closed_round = round;
@@ -1153,6 +1166,9 @@ Status Coordinator::Impl::run_job() {
     // Replies discarded while this round was open, its validation included.
     history["rounds"].back()["discarded_replies"] = round_discarded;
     if (secagg) history["rounds"].back()["secure_aggregation"] = secagg_steps;
+    // How the updates came back: granted with train (every pod fit the upload
+    // window), or asked for with fetchResult.
+    history["rounds"].back()["uploads"] = upload_when_done ? "with_train" : "fetched";
     if (!rejoined.empty()) history["rounds"].back()["rejoined"] = rejoined;
     if (spec.sample_fraction > 0 || spec.sample_count > 0) {
       std::vector<std::string> sampled;

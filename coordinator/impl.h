@@ -77,6 +77,7 @@ struct Pod {
   std::string tensor_address;  // where `tensor` is connected; "" = not yet
   protocol::BulkSession tensors;
   bool sealed = false;  // train, fetchResult and evaluate go sealed over `tensor`
+  bool uploads_when_done = false;  // jobAccepted.uploadsWhenDone: may be sent train with uploadWhenDone
 };
 
 // Why a pod never connected, found out with a plain TCP connect of at most `budget`

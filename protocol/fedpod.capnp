@@ -267,6 +267,9 @@ struct JobAccepted {
   # no tensor channel and the job's tensors travel over CURVE.
   tensorKey @6 :Data;
   tensorPort @7 :UInt16;
+  # The pod honours Train.uploadWhenDone (older pods leave it false and are always
+  # asked with fetchResult).
+  uploadsWhenDone @8 :Bool;
 }
 
 struct Train {
@@ -282,6 +285,11 @@ struct Train {
   # FedProx (aggregation/strategies.h): μ of the proximal term μ/2·‖w − w_global‖² the
   # pod adds to its local objective this round; 0: none. Finite and >= 0.
   proximalMu @6 :Float64;
+  # The coordinator reserved one of its max_concurrent_uploads slots for this pod:
+  # it sends trainResult (same request id) right after trainDone instead of waiting
+  # for fetchResult. Set only for pods whose jobAccepted said uploadsWhenDone, and
+  # only when every pod of the round fits in the window at once.
+  uploadWhenDone @7 :Bool;
 }
 
 # Training finished; the parameters wait on the pod for fetchResult. Pulling them

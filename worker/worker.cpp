@@ -90,6 +90,13 @@ struct Job {
   uint64_t seed = 0;
   uint32_t round = 0;
   std::optional<TrainedResult> result;  // set by the executor, read once it is idle
+  // A train with uploadWhenDone: where its trainResult goes once trainDone is sent.
+  struct Upload {
+    uint32_t round;
+    std::shared_ptr<zmq::message_t> routing;
+    uint64_t request_id;
+  };
+  std::optional<Upload> upload;
   Clock::time_point last_activity = Clock::now();
   // The tensor channel's keys, agreed in this job's startJob (protocol/bulk.h);
   // without keys when the coordinator or this pod did not ask for one.
@@ -726,6 +733,7 @@ struct Worker::Impl {
           busy = false;
           if (job) job->last_activity = Clock::now();
           send(frames);
+          upload_if_granted();
         }
       }
       if (items[0].revents & ZMQ_POLLIN) {
@@ -1397,6 +1405,7 @@ struct Worker::Impl {
         a.setTensorKey(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(tensor_key.data()), tensor_key.size()));
         a.setTensorPort(static_cast<uint16_t>(protocol::endpoint_port(tensor_endpoint)));
       }
+      a.setUploadsWhenDone(true);
       a.setTrainSamples(e.train_size);
       a.setValidationSamples(e.validation_size);
       a.setTestSamples(e.test_size);
@@ -1520,6 +1529,8 @@ struct Worker::Impl {
     j->secagg_client.reset();
     j->masked.reset();
     auto routing_copy = std::make_shared<zmq::message_t>(routing.data(), routing.size());
+    j->upload.reset();
+    if (t.getUploadWhenDone() && !j->secagg) j->upload = Job::Upload{round, routing_copy, request_id};
     auto params = std::make_shared<std::vector<torch::Tensor>>(std::move(*tensors));
     executor->submit([this, j, routing_copy, params, opts, round, job_id, request_id, bf16_update]() -> Frames {
       std::vector<torch::Tensor> base;
@@ -1586,15 +1597,34 @@ struct Worker::Impl {
   Status fetch_result(const zmq::message_t& routing, wire::FetchResult::Reader f, const std::string& job_id,
                       uint64_t request_id) {
     FEDPOD_RETURN_IF_ERROR(check_job(job_id));
-    if (!job->result || job->result->round != f.getRound()) {
+    return send_result(routing, f.getRound(), job_id, request_id);
+  }
+
+  // After each reply from the executor: once the train sent with uploadWhenDone has
+  // left its parameters (its trainDone just went out), their trainResult follows at
+  // once; the coordinator holds an upload slot for it. A train that failed leaves no
+  // result for its round: its error reply was all there was, and the next train
+  // replaces the grant.
+  void upload_if_granted() {
+    if (!job || !job->upload || !job->result || job->result->round != job->upload->round) return;
+    const Job::Upload u = *job->upload;
+    job->upload.reset();
+    Status st = send_result(*u.routing, u.round, job->id, u.request_id);
+    if (!st.ok()) send_error(*u.routing, job->id, u.request_id, st);
+  }
+
+  // trainResult for `round`: the parameters (or their bfloat16 change, or the masked
+  // update) the last train left in the model.
+  Status send_result(const zmq::message_t& routing, uint32_t round, const std::string& job_id, uint64_t request_id) {
+    if (!job->result || job->result->round != round) {
       return Status::failed_precondition("pod " + config().name + " holds no trained parameters for round " +
-                                         std::to_string(f.getRound()));
+                                         std::to_string(round));
     }
     job->last_activity = Clock::now();
     const TrainedResult& res = *job->result;
-    if (job->secagg && (!job->masked || job->secagg_round != f.getRound())) {
+    if (job->secagg && (!job->masked || job->secagg_round != round)) {
       return Status::failed_precondition("pod " + config().name + " has not masked its update for round " +
-                                         std::to_string(f.getRound()) + " (secure aggregation: secAggMask first)");
+                                         std::to_string(round) + " (secure aggregation: secAggMask first)");
     }
     Frames frames = reply(routing, job_id, request_id, [&](protocol::Outgoing& o) {
       auto r = o.envelope().getBody().initTrainResult();

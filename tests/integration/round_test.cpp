@@ -121,6 +121,34 @@ TEST_F(RoundTest, BFloat16UpdatesHalveTheBytesAndTrainAsFloat32Does) {
   EXPECT_LT(worst, 0.02);  // ... by bfloat16's step on changes of this size, not more
 }
 
+// When every pod of a round fits in max_concurrent_uploads, each is granted its
+// upload with train and sends its parameters right after trainDone (no fetchResult);
+// otherwise they are fetched. The same job both ways trains the same model: the
+// updates are the same, only their order of arrival may differ.
+TEST_F(RoundTest, UpdatesComeWithTrainWhenEveryPodFitsTheUploadWindow) {
+  start_pods({"pod-a", "pod-b", "pod-c"});
+  std::map<int, std::map<std::string, torch::Tensor>> params;
+  for (int window : {3, 2}) {
+    spec_.max_concurrent_uploads = window;
+    spec_.job_id = "round-test-window-" + std::to_string(window);
+    spec_.output_dir = (dir_.path() / ("out-" + std::to_string(window))).string();
+    std::ostringstream progress;
+    auto result = run(progress);
+    ASSERT_TRUE(result.ok()) << window << ": " << result.status().to_string() << progress.str();
+    auto h = history();
+    ASSERT_EQ(h["rounds"].size(), 3u);
+    for (const auto& r : h["rounds"]) {
+      EXPECT_EQ(r["uploads"], window == 3 ? "with_train" : "fetched") << "window " << window;
+      EXPECT_EQ(r["pods_answered"], 3);
+      EXPECT_EQ(r["discarded_replies"], 0) << "window " << window;
+    }
+    params[window] = coordinator::load_parameters(result->model_path);
+  }
+  for (const auto& [name, t] : params[3]) {
+    EXPECT_TRUE(torch::allclose(t, params[2].at(name), 1e-5, 1e-6)) << name;
+  }
+}
+
 TEST_F(RoundTest, SchemaMismatchNamesPodAndColumn) {
   start_pods({"pod-a", "pod-b"});
   spec_.datastructure.target = "digit";

@@ -515,6 +515,40 @@ TEST_F(WorkerTest, MetricsCountWhatHappened) {
   EXPECT_PROMTOOL_CLEAN(m);
 }
 
+// A train sent with uploadWhenDone (the coordinator reserved an upload slot) is
+// answered by trainDone and, right after it and with the same request id, the
+// trainResult, with no fetchResult asked; without the flag the parameters wait.
+TEST_F(WorkerTest, TrainWithUploadWhenDoneSendsTheResultRightAfterTrainDone) {
+  auto accepted = start_job("job-1");
+  ASSERT_EQ(accepted->envelope().getBody().which(), W::JOB_ACCEPTED);
+  EXPECT_TRUE(accepted->envelope().getBody().getJobAccepted().getUploadsWhenDone());
+  auto msg = train_msg("job-1", zeros_for(layout()), 3);
+  msg->envelope().getBody().getTrain().setUploadWhenDone(true);
+  const uint64_t rid = msg->envelope().getRequestId();
+  auto done = client_->request(*msg);
+  ASSERT_EQ(done->envelope().getBody().which(), W::TRAIN_DONE) << error_of(*done);
+  auto result = client_->recv(10s);
+  ASSERT_TRUE(result) << "no trainResult followed trainDone";
+  ASSERT_EQ(result->envelope().getBody().which(), W::TRAIN_RESULT) << error_of(*result);
+  EXPECT_EQ(result->envelope().getRequestId(), rid);
+  auto r = result->envelope().getBody().getTrainResult();
+  EXPECT_EQ(r.getRound(), 1u);
+  EXPECT_EQ(r.getNumSamples(), done->envelope().getBody().getTrainDone().getNumSamples());
+  auto tensors = result->take_tensors(r.getTensors(), protocol::tensor_specs(layout()));
+  ASSERT_TRUE(tensors.ok()) << tensors.status().message();
+  // Trained: not the zeros it was sent.
+  double moved = 0;
+  for (const auto& t : *tensors) moved += t.abs().sum().item<double>();
+  EXPECT_GT(moved, 0);
+
+  // Without the flag: trainDone alone; the parameters wait for fetchResult.
+  auto plain = train_msg("job-1", zeros_for(layout()), 3);
+  auto done2 = client_->request(*plain);
+  ASSERT_EQ(done2->envelope().getBody().which(), W::TRAIN_DONE) << error_of(*done2);
+  EXPECT_EQ(client_->recv(500ms), nullptr) << "parameters sent without being asked";
+  ASSERT_EQ(fetch(1)->envelope().getBody().which(), W::TRAIN_RESULT);
+}
+
 TEST_F(WorkerTest, SecondConcurrentJobIsRefusedUntilFirstEnds) {
   ASSERT_EQ(start_job("job-1")->envelope().getBody().which(), W::JOB_ACCEPTED);
   auto r = start_job("job-2");
