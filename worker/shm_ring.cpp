@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 
 namespace fedpod::worker {
 namespace {
@@ -20,12 +21,8 @@ uint64_t round_up(uint64_t n, uint64_t to) { return (n + to - 1) / to * to; }
 ShmRing::ShmRing(uint8_t* base, size_t bytes) : base_(base), bytes_(bytes / kHeader * kHeader) {}
 
 void ShmRing::reclaim() {
-  // From both ends: the oldest block pins the ring's start, the newest its end.
-  while (!live_.empty() && __atomic_load_n(state(live_.front().start), __ATOMIC_ACQUIRE) == kReleased) {
-    live_.pop_front();
-  }
-  while (!live_.empty() && __atomic_load_n(state(live_.back().start), __ATOMIC_ACQUIRE) == kReleased) {
-    live_.pop_back();
+  for (auto it = live_.begin(); it != live_.end();) {
+    it = __atomic_load_n(state(it->first), __ATOMIC_ACQUIRE) == kReleased ? live_.erase(it) : std::next(it);
   }
 }
 
@@ -34,23 +31,17 @@ std::optional<uint64_t> ShmRing::allocate(size_t n) {
   const uint64_t need = kHeader + round_up(n, kHeader);
   if (need > bytes_) return std::nullopt;
   reclaim();
-  uint64_t start = 0;
-  if (!live_.empty()) {
-    const uint64_t front = live_.front().start, back = live_.back().end;
-    const bool wrapped = live_.back().start < front;
-    if (!wrapped && back + need <= bytes_) {
-      start = back;
-    } else if (!wrapped && need <= front) {
-      start = 0;  // the end of the ring is too short: wrap around
-    } else if (wrapped && back + need <= front) {
-      start = back;
-    } else {
-      return std::nullopt;
-    }
+  // First fit from the start: the lowest free bytes, so a ring that carries one or
+  // two messages at a time keeps reusing the same pages.
+  uint64_t at = 0;
+  for (const auto& [start, end] : live_) {
+    if (start - at >= need) break;
+    at = end;
   }
-  __atomic_store_n(state(start), kLive, __ATOMIC_RELEASE);
-  live_.push_back({start, start + need});
-  return start + kHeader;
+  if (at + need > bytes_) return std::nullopt;
+  __atomic_store_n(state(at), kLive, __ATOMIC_RELEASE);
+  live_.emplace(at, at + need);
+  return at + kHeader;
 }
 
 bool ShmRing::valid(uint64_t offset, uint64_t n) const {

@@ -7,19 +7,22 @@
 // One side produces: it allocates blocks, fills them and names them (offset, size)
 // in a message. The other side consumes: it reads a named block in place for as
 // long as it needs and then releases it, in any order and from any thread (ZeroMQ
-// frees a zero-copy message on its I/O thread). The producer reuses a block's bytes
-// once it is released and so is every block older than it, or every block newer. Releases are the only state the two sides share: one
-// atomic word in a 64-byte header before each block. Which blocks are live, and in
-// what order, the producer keeps in its own memory, so a consumer cannot corrupt
-// the producer's bookkeeping, and a producer that goes away (a receiving process
-// that is restarted) leaves a ring nobody allocates from again: the worker then
-// maps a new one and the old one goes once its last block is released.
+// frees a zero-copy message on its I/O thread); the producer reuses a block's bytes
+// once it is released. Releases are the only state the two sides share: one atomic
+// word in a 64-byte header before each block. Which blocks are live the producer
+// keeps in its own memory, so a consumer cannot corrupt the producer's bookkeeping,
+// and a producer that goes away (a receiving process that is restarted) leaves a
+// ring nobody allocates from again: the worker then maps a new one and the old one
+// goes once its last block is released.
 //
-// When no block fits, allocate() says so and the caller sends the frame the old
-// way, through the socket: the ring bounds the memory it uses (its size, fixed when
-// mapped), never what can be sent. When every block is released the producer starts
-// again at offset 0, so a ring that carries one message at a time touches only as
-// many pages as its largest message.
+// Blocks go to the first free bytes from the start (first fit), so a ring that
+// carries one message at a time touches only as many pages as its largest message,
+// and one that holds a message while the next arrives (a pod keeps a bfloat16
+// round's parameters until its update is fetched) only two messages' worth: fresh
+// shared pages cost a page fault in each process that touches them. When no block
+// fits, allocate() says so and the caller sends the frame the old way, through the
+// socket: the ring bounds the memory it uses (its size, fixed when mapped), never
+// what can be sent.
 //
 // Threading: allocate() by one thread (the producer's); release() by any thread;
 // block() and valid() are pure.
@@ -27,7 +30,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -63,16 +66,12 @@ class ShmRing {
   void release(uint64_t offset);
 
  private:
-  struct Live {
-    uint64_t start;  // its header's offset
-    uint64_t end;    // one past its last byte, rounded up to 64
-  };
   void reclaim();
   uint32_t* state(uint64_t header) const { return reinterpret_cast<uint32_t*>(base_ + header); }
 
   uint8_t* base_;
   size_t bytes_;
-  std::deque<Live> live_;  // oldest first; producer only
+  std::map<uint64_t, uint64_t> live_;  // header offset -> one past the block's end; producer only
 };
 
 // A shared-memory file (memfd) of `bytes`, mapped here: the two rings between the
