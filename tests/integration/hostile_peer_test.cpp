@@ -75,22 +75,8 @@ int64_t peak_rss(pid_t pid) {
   return -1;
 }
 
-// The pod's receiving process (worker/gate.h), which owns its public socket: its pid
-// and memory limit from the log ("event=transport ... receiving_process=PID
-// memory_limit_bytes=N"; after a restart "event=transport_restarted ... pid=PID").
-pid_t gate_pid(const testing::PodProcess& pod) {
-  const std::string log = testing::read_file(pod.log);
-  const std::regex started(R"(event=transport pod=\S+ receiving_process=(\d+))");
-  const std::regex restarted(R"(event=transport_restarted .* pid=(\d+))");
-  pid_t pid = -1;
-  for (const auto* re : {&started, &restarted}) {
-    for (auto it = std::sregex_iterator(log.begin(), log.end(), *re); it != std::sregex_iterator(); ++it) {
-      pid = static_cast<pid_t>(std::stol((*it)[1]));
-    }
-  }
-  return pid;
-}
-
+// The memory limit of the pod's receiving process (worker/gate.h), from the log
+// ("event=transport ... receiving_process=PID memory_limit_bytes=N").
 int64_t gate_limit(const testing::PodProcess& pod) {
   const std::regex re(R"(event=transport pod=\S+ receiving_process=\d+ memory_limit_bytes=(\d+))");
   std::smatch m;
@@ -467,7 +453,7 @@ TEST_F(HostilePeerTest, OversizedFrameIsRefusedWithoutAllocatingIt) {
   const int64_t rss_before = peak_rss(pod.process->pid());
   ASSERT_GT(rss_before, 0);
   // The receiving process owns the socket: it reads the frame's header.
-  const pid_t gate = gate_pid(pod);
+  const pid_t gate = testing::receiving_process_pid(pod);
   const int64_t gate_before = peak_rss(gate);
   ASSERT_GT(gate_before, 0) << testing::read_file(pod.log);
 
@@ -532,7 +518,7 @@ TEST_F(HostilePeerTest, AnnouncedHugeFrameIsRefusedOnItsHeader) {
   Client client(ctx, pod.endpoint, id_.client_options("pod-a"));
   ASSERT_EQ(client.hello(), W::HELLO_REPLY);
   const int64_t rss_before = peak_rss(pod.process->pid());
-  const pid_t gate = gate_pid(pod);
+  const pid_t gate = testing::receiving_process_pid(pod);
   const int64_t gate_before = peak_rss(gate);
   ASSERT_GT(gate_before, 0) << testing::read_file(pod.log);
 
@@ -583,7 +569,7 @@ TEST_F(HostilePeerTest, OneMessageOfSixLargeFramesStaysUnderTheDocumentedBound) 
   zmq::context_t ctx(1);
   Client attacker(ctx, pod.endpoint, id_.client_options("pod-a"));
   ASSERT_EQ(attacker.hello(), W::HELLO_REPLY) << testing::read_file(pod.log);
-  const pid_t gate = gate_pid(pod);
+  const pid_t gate = testing::receiving_process_pid(pod);
   ASSERT_GT(gate, 0) << "no receiving process in the log: " << testing::read_file(pod.log);
   const int64_t limit = gate_limit(pod);
   ASSERT_GE(limit, 0);
@@ -664,7 +650,7 @@ TEST_F(HostilePeerTest, OneMessageOfSixLargeFramesStaysUnderTheDocumentedBound) 
   const double restarts = testing::metric_value(metrics, "fedpod_worker_transport_restarts_total{reason=\"memory\"}");
   const bool restarted = !std::isnan(restarts) && restarts >= 1;
   if (restarted) {
-    EXPECT_NE(gate_pid(pod), gate);
+    EXPECT_NE(testing::receiving_process_pid(pod), gate);
     EXPECT_CONTAINS(testing::read_file(id_.audit_log("pod-a")), "\"event\":\"transport_restarted\"");
     EXPECT_TRUE(worker::verify_audit_log(id_.audit_log("pod-a")).ok);
   }
@@ -720,12 +706,12 @@ TEST_F(HostilePeerTest, ReceivingProcessThatEndsIsRestartedOnTheSameEndpoint) {
   zmq::context_t ctx(1);
   Client client(ctx, pod.endpoint, id_.client_options("pod-a"));
   ASSERT_EQ(client.hello(), W::HELLO_REPLY);
-  const pid_t first = gate_pid(pod);
+  const pid_t first = testing::receiving_process_pid(pod);
   ASSERT_GT(first, 0) << testing::read_file(pod.log);
   ASSERT_EQ(::kill(first, SIGKILL), 0);
   pid_t second = -1;
   const auto until = Clock::now() + 60s;
-  while ((second = gate_pid(pod)) == first && Clock::now() < until) std::this_thread::sleep_for(20ms);
+  while ((second = testing::receiving_process_pid(pod)) == first && Clock::now() < until) std::this_thread::sleep_for(20ms);
   ASSERT_NE(second, first) << "not restarted: " << testing::read_file(pod.log);
   EXPECT_CONTAINS(testing::read_file(pod.log), "event=transport_restarted pod=pod-a reason=memory");
   // The same client, reconnected by libzmq to the same endpoint.

@@ -192,20 +192,6 @@ double gate_shared_bytes(const testing::PodProcess& pod) {
   return testing::metric_value(r->body, "fedpod_worker_gate_shared_memory_bytes_total");
 }
 
-// The pid of `pod`'s receiving process, from its log (the latest, after restarts).
-pid_t gate_pid(const testing::PodProcess& pod) {
-  const std::string log = testing::read_file(pod.log);
-  const std::regex started(R"(event=transport pod=\S+ receiving_process=(\d+))");
-  const std::regex restarted(R"(event=transport_restarted .* pid=(\d+))");
-  pid_t pid = -1;
-  for (const auto* re : {&started, &restarted}) {
-    for (auto it = std::sregex_iterator(log.begin(), log.end(), *re); it != std::sregex_iterator(); ++it) {
-      pid = static_cast<pid_t>(std::stol((*it)[1]));
-    }
-  }
-  return pid;
-}
-
 // Every attack of the test below, on two pods running jobs of an mlp `hidden` wide;
 // then pod A's receiving process is killed, and the job's next round must still cross
 // (through the new process's rings when the frames are large).
@@ -346,14 +332,14 @@ void attack_the_tensor_channel(int hidden) {
 
   // 7. The receiving process dies (its ring may still hold blocks): a new one takes
   //    over the same endpoints with new rings, and round 4 trains and answers.
-  const pid_t old_gate = gate_pid(a);
+  const pid_t old_gate = testing::receiving_process_pid(a);
   ASSERT_GT(old_gate, 0) << testing::read_file(a.log);
   ASSERT_EQ(::kill(old_gate, SIGKILL), 0);
   pid_t new_gate = old_gate;
   for (auto until = std::chrono::steady_clock::now() + 60s;
        new_gate == old_gate && std::chrono::steady_clock::now() < until;) {
     std::this_thread::sleep_for(20ms);
-    new_gate = gate_pid(a);
+    new_gate = testing::receiving_process_pid(a);
   }
   ASSERT_NE(new_gate, old_gate) << "not restarted: " << testing::read_file(a.log);
   std::unique_ptr<protocol::Incoming> done4;

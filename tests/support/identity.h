@@ -17,6 +17,7 @@
 #include <fstream>
 #include <map>
 #include <stdexcept>
+#include <regex>
 #include <string>
 
 #include "fedpod/common/signing.h"
@@ -144,6 +145,21 @@ struct PodHost {
   std::string listen_host = "127.0.0.1";
   bool wait = true;  // wait for the endpoint before returning
 };
+
+// The pid of `pod`'s receiving process (worker/gate.h), from its log: the one it
+// started with, or the latest that replaced it; -1 when the log names none.
+inline pid_t receiving_process_pid(const PodProcess& pod) {
+  const std::string log = read_file(pod.log);
+  const std::regex started(R"(event=transport pod=\S+ receiving_process=(\d+))");
+  const std::regex restarted(R"(event=transport_restarted .* pid=(\d+))");
+  pid_t pid = -1;
+  for (const auto* re : {&started, &restarted}) {
+    for (auto it = std::sregex_iterator(log.begin(), log.end(), *re); it != std::sregex_iterator(); ++it) {
+      pid = static_cast<pid_t>(std::stol((*it)[1]));
+    }
+  }
+  return pid;
+}
 
 // Waits (up to 60 s, or until the worker exits) for the endpoint a pod started with
 // host.wait false writes; pod.endpoint stays empty when it does not.
