@@ -184,6 +184,23 @@ SealedJob start_sealed_job(zmq::context_t& ctx, testing::TestIdentity& id, const
   return j;
 }
 
+// Sends `job` a sealed train for `round` and checks the pod answers trainDone for it
+// within `timeout`.
+::testing::AssertionResult trains(SealedJob& job, uint32_t round, std::chrono::milliseconds timeout = 30s) {
+  if (!job.send(job.sealed(W::TRAIN, round))) return ::testing::AssertionFailure() << "train not sent";
+  auto done = job.reply(timeout);
+  if (!done) return ::testing::AssertionFailure() << "no answer to train round " << round;
+  auto body = done->envelope().getBody();
+  if (body.which() != W::TRAIN_DONE) {
+    return ::testing::AssertionFailure() << "train round " << round << " answered " << protocol::body_name(body.which());
+  }
+  if (body.getTrainDone().getRound() != round) {
+    return ::testing::AssertionFailure() << "trainDone for round " << body.getTrainDone().getRound() << ", not "
+                                         << round;
+  }
+  return ::testing::AssertionSuccess();
+}
+
 double gate_shared_bytes(const testing::PodProcess& pod) {
   httplib::Client c("127.0.0.1", metrics_port(pod));
   c.set_read_timeout(5, 0);
@@ -279,16 +296,9 @@ void attack_the_tensor_channel(int hidden) {
   EXPECT_EQ(wait_refused(a, "malformed", 1), 1);
 
   // Through all of it pod A lost nothing: its job's next round trains and answers.
-  ASSERT_TRUE(ja.send(ja.sealed(W::TRAIN, 2)));
-  auto done2 = ja.reply();
-  ASSERT_TRUE(done2);
-  ASSERT_EQ(done2->envelope().getBody().which(), W::TRAIN_DONE);
-  EXPECT_EQ(done2->envelope().getBody().getTrainDone().getRound(), 2u);
+  ASSERT_TRUE(trains(ja, 2));
   // And pod B's own job is untouched.
-  ASSERT_TRUE(jb.send(jb.sealed(W::TRAIN, 1)));
-  auto done_b = jb.reply();
-  ASSERT_TRUE(done_b);
-  EXPECT_EQ(done_b->envelope().getBody().which(), W::TRAIN_DONE);
+  ASSERT_TRUE(trains(jb, 1));
   // A plaintext train on the tensor port, as a peer without keys would send it, is
   // not a sealed message: dropped as malformed, never trained on.
   protocol::Outgoing plain("job-a", 999);
@@ -315,11 +325,7 @@ void attack_the_tensor_channel(int hidden) {
   EXPECT_EQ(wait_refused(a, "tampered", 2), 2);
   EXPECT_TRUE(next(ja.tensor, 500ms).empty());
   // The same round's train, untouched, still trains: nothing was taken from it.
-  ASSERT_TRUE(ja.send(ja.sealed(W::TRAIN, 3)));
-  auto done3 = ja.reply();
-  ASSERT_TRUE(done3);
-  ASSERT_EQ(done3->envelope().getBody().which(), W::TRAIN_DONE);
-  EXPECT_EQ(done3->envelope().getBody().getTrainDone().getRound(), 3u);
+  ASSERT_TRUE(trains(ja, 3));
   // Which way the frames crossed: frames from 64 KiB up through the shared ring
   // (every train and evaluate in, fetchResult's answer out), smaller ones never.
   const bool large = hidden * 64 * 4 >= 64 * 1024;
@@ -342,15 +348,10 @@ void attack_the_tensor_channel(int hidden) {
     new_gate = testing::receiving_process_pid(a);
   }
   ASSERT_NE(new_gate, old_gate) << "not restarted: " << testing::read_file(a.log);
-  std::unique_ptr<protocol::Incoming> done4;
   // Sent until answered: a message sent before the new process listened is lost.
-  for (int attempt = 0; attempt < 20 && !done4; ++attempt) {
-    ASSERT_TRUE(ja.send(ja.sealed(W::TRAIN, 4)));
-    done4 = ja.reply(3s);
-  }
-  ASSERT_TRUE(done4) << testing::read_file(a.log);
-  ASSERT_EQ(done4->envelope().getBody().which(), W::TRAIN_DONE);
-  EXPECT_EQ(done4->envelope().getBody().getTrainDone().getRound(), 4u);
+  ::testing::AssertionResult trained4 = ::testing::AssertionFailure();
+  for (int attempt = 0; attempt < 20 && !trained4; ++attempt) trained4 = trains(ja, 4, 3s);
+  ASSERT_TRUE(trained4) << testing::read_file(a.log);
   ASSERT_TRUE(ja.send(ja.sealed(W::FETCH_RESULT, 4)));
   auto result4 = ja.reply();
   ASSERT_TRUE(result4);
