@@ -231,8 +231,9 @@ class RoundLineClock : public std::streambuf {
 
 // A fedpod coordinator job over `endpoints` with the bench model.
 void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, int tensors, int rounds,
-                     int window, const std::string& out_dir, const std::string& update_precision, bool secure) {
-  torch::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
+                     int window, const std::string& out_dir, const std::string& update_precision, bool secure,
+                     int threads) {
+  torch::set_num_threads(threads);  // as `fedpod coordinator run --threads` (default 1)
   fedpod::coordinator::JobSpec spec;
   spec.job_id = "round-bench";
   spec.update_precision = update_precision;
@@ -349,7 +350,7 @@ nlohmann::json run_child(const std::vector<std::string>& argv, const fs::path& l
 
 void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int rounds, int window,
                 const std::string& json_out, bool in_process, bool no_gate, bool curve_only,
-                const std::string& update_precision, bool secure, bool no_shm) {
+                const std::string& update_precision, bool secure, bool no_shm, int coordinator_threads) {
   const fs::path dir = fs::temp_directory_path() / ("fedpod-round-bench-" + std::to_string(getpid()));
   fs::create_directories(dir);
   const std::string data = (dir / "data.csv").string();
@@ -401,6 +402,7 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
   }
   std::cout << "round benchmark: P=" << params << " float32 (" << params * 4 / 1e6 << " MB) in " << tensors
             << " tensors, " << rounds << " timed rounds, echo trainer, max_concurrent_uploads " << window
+            << ", coordinator threads " << coordinator_threads
             << "\n"
             << "zmq: plain ZeroMQ, no encryption; zmq+CURVE: the same with CURVE; fedpod: CURVE, ZAP allow-list, "
                "signed policy, "
@@ -434,7 +436,8 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
       const std::string tag = std::to_string(k) + (with_secagg ? "-secagg" : "");
       std::vector<std::string> argv = {self, "coordinator", "--endpoints", joined, "--params", p, "--tensors", t,
                                        "--rounds", r, "--window", std::to_string(window), "--update-precision",
-                                       update_precision, "--out", (dir / ("job-" + tag)).string()};
+                                       update_precision, "--out", (dir / ("job-" + tag)).string(),
+                                       "--threads", std::to_string(coordinator_threads)};
       if (with_secagg) argv.push_back("--secure-aggregation");
       (with_secagg ? secure_result : fedpod_result) = run_child(argv, dir / ("coordinator-" + tag + ".log"));
     }
@@ -481,6 +484,7 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
   }
   if (!json_out.empty()) {
     std::ofstream(json_out) << nlohmann::json{{"machine_cores", std::thread::hardware_concurrency()},
+                                              {"coordinator_threads", coordinator_threads},
                                               {"results", results}}
                                    .dump(2)
                             << "\n";
@@ -508,7 +512,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string pods = "2,8", endpoint_file, data, endpoints, json_out, out_dir;
   int64_t params = 10'000'000;
-  int tensors = 8, rounds = 5, window = 2;
+  int tensors = 8, rounds = 5, window = 2, coordinator_threads = 1;
   bool in_process = false, no_gate = false, curve_only = false, no_shm = false;
   std::string update_precision = "float32";
 
@@ -534,6 +538,10 @@ int main(int argc, char** argv) {
   round->add_flag("--curve-only", curve_only,
                   "no tensor channel: parameters travel over CURVE too (pod.yaml tensor_listen: off)");
   bool secure = false;
+  round->add_option("--coordinator-threads", coordinator_threads,
+                    "the coordinator's libtorch threads, as `fedpod coordinator run --threads`")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
   round->add_flag("--secure-aggregation", secure,
                   "also run each K >= 3 with secure aggregation (job defaults) and print its time against the "
                   "plain fedpod round");
@@ -560,6 +568,7 @@ int main(int argc, char** argv) {
   }
   app.get_subcommand("coordinator")->add_option("--update-precision", update_precision);
   app.get_subcommand("coordinator")->add_flag("--secure-aggregation", secure);
+  app.get_subcommand("coordinator")->add_option("--threads", coordinator_threads);
   app.get_subcommand("zmq-client")->add_flag("--plain", plain, "no CURVE");
   CLI11_PARSE(app, argc, argv);
   try {
@@ -567,13 +576,14 @@ int main(int argc, char** argv) {
       std::vector<int> ks;
       for (const auto& k : split(pods)) ks.push_back(std::stoi(k));
       run_driver(ks, params, tensors, rounds, window, json_out, in_process, no_gate, curve_only, update_precision,
-                 secure, no_shm);
+                 secure, no_shm, coordinator_threads);
     } else if (*worker) {
       run_worker(endpoint_file, data, in_process, no_gate, curve_only, no_shm);
     } else if (*echo) {
       run_echo(endpoint_file, plain);
     } else if (app.got_subcommand("coordinator")) {
-      run_coordinator(split(endpoints), params, tensors, rounds, window, out_dir, update_precision, secure);
+      run_coordinator(split(endpoints), params, tensors, rounds, window, out_dir, update_precision, secure,
+                      coordinator_threads);
     } else {
       run_zmq_client(split(endpoints), params, tensors, rounds, plain);
     }
