@@ -208,6 +208,14 @@ class RoundBreaks : public std::streambuf {
   std::string line_;
 };
 
+// After its last parallel region an OpenMP team's idle helpers spin (libgomp: up to
+// GOMP_SPINCOUNT pause instructions, 10-20 ms on this machine) before they sleep. A
+// measurement that starts while the other process's helpers spin shares the cores
+// with them: on two cores that cost the mlp's short worker rounds 10 % (worker / bare
+// 0.87-0.90 without the pause, 0.98 with it). No pod shares its machine with a
+// bench, so each side waits for the other's helpers to sleep.
+constexpr std::chrono::milliseconds kSettle{100};
+
 struct Interleaved {
   std::vector<double> bare, train, worker;  // samples/s, index i: measurement i + 1
 };
@@ -242,8 +250,10 @@ Interleaved interleaved(const Workload& w, int repeats, const Pod& pod, int thre
   std::ostringstream progress;
   fedpod::coordinator::Coordinator c(ctx, spec, fedpod::make_logger("coordinator", "warn"), progress);
   RoundBreaks breaks(spec.rounds, [&](int round) {
+    std::this_thread::sleep_for(kSettle);  // the runner's idle OpenMP helpers stop spinning
     out.bare.push_back(bare_once(w, round));
     out.train.push_back(train_once(w, round, false));
+    std::this_thread::sleep_for(kSettle);  // and this process's, before the worker's round
   });
   std::ostream events(&breaks);
   c.set_event_stream(&events);
