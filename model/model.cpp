@@ -1,5 +1,6 @@
 #include "fedpod/model/model.h"
 
+#include <cmath>
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
@@ -45,11 +46,37 @@ std::unique_ptr<torch::optim::Optimizer> Model::configure_optimizers(const Hyper
   throw ConfigError("hyperparameter 'optimizer' must be sgd, adam or adamw, got \"" + name + "\"");
 }
 
+int64_t count_correct(const torch::Tensor& logits, const torch::Tensor& y) {
+  if (logits.dim() == 2 && logits.device().is_cpu() && y.device().is_cpu() &&
+      logits.scalar_type() == torch::kFloat32 && logits.is_contiguous() && y.scalar_type() == torch::kInt64 &&
+      y.dim() == 1 && y.is_contiguous() && y.size(0) == logits.size(0) && logits.size(1) > 0) {
+    const int64_t rows = logits.size(0), cols = logits.size(1);
+    const float* v = logits.data_ptr<float>();
+    const int64_t* labels = y.data_ptr<int64_t>();
+    int64_t correct = 0;
+    for (int64_t r = 0; r < rows; ++r, v += cols) {
+      int64_t best = 0;
+      if (!std::isnan(v[0])) {
+        for (int64_t c = 1; c < cols; ++c) {
+          if (std::isnan(v[c])) {
+            best = c;
+            break;
+          }
+          if (v[c] > v[best]) best = c;
+        }
+      }
+      correct += best == labels[r];
+    }
+    return correct;
+  }
+  return logits.argmax(1).eq(y).sum().item<int64_t>();
+}
+
 StepOutput Model::cross_entropy_step(const torch::Tensor& x, const torch::Tensor& y) {
   torch::Tensor logits = forward(x);
   StepOutput out;
   out.loss = torch::nn::functional::cross_entropy(logits, y);
-  out.correct = logits.argmax(1).eq(y).sum().item<int64_t>();
+  out.correct = count_correct(logits, y);
   out.count = y.size(0);
   return out;
 }

@@ -141,7 +141,7 @@ class TorchScriptModel : public Model {
       torch::NoGradGuard no_grad;
       logits = forward(x);
     }
-    out.correct = logits.argmax(1).eq(y).sum().item<int64_t>();
+    out.correct = count_correct(logits, y);
     out.count = y.size(0);
     return out;
   }

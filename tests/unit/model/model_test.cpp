@@ -438,6 +438,38 @@ TEST(TrainingTest, StepOutputCounts) {
   EXPECT_EQ(out.loss.dim(), 0);
 }
 
+// count_correct's loop must count what argmax(1).eq(y).sum() counts, ties and NaNs
+// included, and hand everything it does not loop over to those operators.
+TEST(TrainingTest, CountCorrectAgreesWithArgmax) {
+  auto reference = [](const torch::Tensor& logits, const torch::Tensor& y) {
+    return logits.argmax(1).eq(y).sum().item<int64_t>();
+  };
+  torch::manual_seed(3);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t rows = 1 + trial % 37, cols = 1 + trial % 11;
+    // Few distinct values, so rows tie; some NaNs, infinities and negative zeros.
+    torch::Tensor logits = torch::randint(-2, 3, {rows, cols}).to(torch::kFloat32);
+    torch::Tensor pick = torch::rand({rows, cols});
+    logits.masked_fill_(pick < 0.05, std::nanf(""));
+    logits.masked_fill_((pick >= 0.05) & (pick < 0.08), INFINITY);
+    logits.masked_fill_((pick >= 0.08) & (pick < 0.1), -0.0f);
+    torch::Tensor y = torch::randint(0, cols, {rows}, torch::kInt64);
+    ASSERT_EQ(fedpod::model::count_correct(logits, y), reference(logits, y)) << logits << y;
+  }
+  // Not contiguous, another dtype, int32 labels: the operators' answer.
+  torch::Tensor wide = torch::randn({16, 8});
+  torch::Tensor y = torch::randint(0, 4, {16}, torch::kInt64);
+  torch::Tensor strided = wide.narrow(1, 0, 4);
+  ASSERT_FALSE(strided.is_contiguous());
+  EXPECT_EQ(fedpod::model::count_correct(strided, y), reference(strided, y));
+  EXPECT_EQ(fedpod::model::count_correct(strided.to(torch::kFloat64), y), reference(strided.to(torch::kFloat64), y));
+  EXPECT_EQ(fedpod::model::count_correct(strided.contiguous(), y.to(torch::kInt32)),
+            reference(strided.contiguous(), y.to(torch::kInt32)));
+  // A logit tensor that requires grad (as in training) is read without a graph.
+  torch::Tensor trained = strided.contiguous().requires_grad_(true);
+  EXPECT_EQ(fedpod::model::count_correct(trained, y), reference(trained, y));
+}
+
 TEST(OptimizerTest, KnownOptimizers) {
   auto m = create("logreg", {2}, 2);
   EXPECT_NE(dynamic_cast<torch::optim::SGD*>(m->configure_optimizers({}).get()), nullptr);

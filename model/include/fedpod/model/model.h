@@ -43,6 +43,13 @@ struct StepOutput {
   int64_t count = 0;    // samples in the batch
 };
 
+// Rows of `logits` [N, C] whose largest entry's index equals `y` [N] (int64), as
+// logits.argmax(1).eq(y).sum() counts them: the first of equal maxima, a NaN counts
+// as the largest. Contiguous float32 logits on the CPU are counted in one loop here;
+// a training step is 0.1 ms for a small model, and the three operators plus the read
+// of the result cost 10 % of it. Anything else goes through those operators.
+int64_t count_correct(const torch::Tensor& logits, const torch::Tensor& y);
+
 class Model {
  public:
   virtual ~Model() = default;
