@@ -1,37 +1,40 @@
 #include "fedpod/common/sha256.h"
 
-#include <sodium.h>
+#include <openssl/evp.h>
 
 #include <stdexcept>
 
 namespace fedpod {
 namespace {
 
-void ensure_sodium() {
-  static const int rc = sodium_init();  // thread-safe; idempotent
-  if (rc < 0) throw std::runtime_error("libsodium failed to initialise");
-}
+EVP_MD_CTX* ctx_of(void* p) { return static_cast<EVP_MD_CTX*>(p); }
 
 }  // namespace
 
-static_assert(sizeof(crypto_hash_sha256_state) <= 512, "Sha256 state buffer too small");
-
-Sha256::Sha256() {
-  ensure_sodium();
-  crypto_hash_sha256_init(reinterpret_cast<crypto_hash_sha256_state*>(state_));
+Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
+  if (!ctx_ || EVP_DigestInit_ex(ctx_of(ctx_), EVP_sha256(), nullptr) != 1) {
+    EVP_MD_CTX_free(ctx_of(ctx_));
+    throw std::runtime_error("sha256: OpenSSL could not start a digest");
+  }
 }
 
+Sha256::~Sha256() { EVP_MD_CTX_free(ctx_of(ctx_)); }
+
 void Sha256::update(const char* data, size_t n) {
-  crypto_hash_sha256_update(reinterpret_cast<crypto_hash_sha256_state*>(state_),
-                            reinterpret_cast<const unsigned char*>(data), n);
+  if (n > 0 && EVP_DigestUpdate(ctx_of(ctx_), data, n) != 1) {
+    throw std::runtime_error("sha256: OpenSSL digest update failed");
+  }
 }
 
 std::string Sha256::hex() {
-  unsigned char out[crypto_hash_sha256_BYTES];
-  crypto_hash_sha256_final(reinterpret_cast<crypto_hash_sha256_state*>(state_), out);
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_DigestFinal_ex(ctx_of(ctx_), out, &len) != 1 || len != 32) {
+    throw std::runtime_error("sha256: OpenSSL digest final failed");
+  }
   static const char* digits = "0123456789abcdef";
-  std::string hex(2 * sizeof out, '0');
-  for (size_t i = 0; i < sizeof out; ++i) {
+  std::string hex(2 * len, '0');
+  for (unsigned i = 0; i < len; ++i) {
     hex[2 * i] = digits[out[i] >> 4];
     hex[2 * i + 1] = digits[out[i] & 15];
   }
