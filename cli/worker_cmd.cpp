@@ -31,11 +31,11 @@ void run_worker(const WorkerArgs& args) {
   config.audit_reset_reason = args.reset_audit_log;
   Logger log = make_logger("worker", config.log_level);
   metrics::set_component("worker");
-  if (config.threads > 0) {
-    torch::set_num_threads(config.threads);
-  } else {
-    torch::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
-  }
+  // This process never trains: each job's runner does, on `threads` intra-op threads
+  // (EngineSpec::threads). Its own tensor work (checking and copying what arrives)
+  // stays on one thread, so it keeps no OpenMP team whose idle helpers would spin for
+  // milliseconds after each round's checks, on the cores the runner is training on.
+  torch::set_num_threads(1);
   // Before the endpoint file appears: a launcher may signal as soon as it sees it.
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
