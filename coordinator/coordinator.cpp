@@ -867,6 +867,7 @@ Status Coordinator::Impl::run_job() {
     return made.status();
   }
   std::unique_ptr<aggregation::Strategy> strategy = std::move(*made);
+  torch::Tensor widened;  // bfloat16 updates, back in float32 (update_precision: bfloat16)
   {
     // Integer buffers (num_batches_tracked) take the pods' maximum, not a mean; float
     // buffers (batch-norm statistics) the plain mean under a server optimizer.
@@ -1079,7 +1080,14 @@ Status Coordinator::Impl::run_job() {
           std::vector<aggregation::Segment> segments;
           for (size_t k = 0; k < layout.size(); ++k) {
             torch::Tensor v = (*tensors)[k].view({-1});
-            if (bf16_updates) v = protocol::add_bf16_delta(global.narrow(0, layout[k].offset, layout[k].numel), v);
+            if (bf16_updates) {
+              // Widened into one buffer that every pod's update reuses: fold() reads
+              // its segments only during the call.
+              if (!widened.defined()) widened = torch::empty({global.numel()}, torch::kFloat32);
+              torch::Tensor into = widened.narrow(0, layout[k].offset, layout[k].numel);
+              protocol::add_bf16_delta_into(global.narrow(0, layout[k].offset, layout[k].numel), v, into);
+              v = into;
+            }
             segments.push_back({layout[k].offset, v});
           }
           const auto fold_start = Clock::now();

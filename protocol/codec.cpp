@@ -340,17 +340,23 @@ torch::Tensor bf16_delta(const torch::Tensor& trained, const torch::Tensor& base
   return out;
 }
 
-torch::Tensor add_bf16_delta(const torch::Tensor& base, const torch::Tensor& delta) {
+void add_bf16_delta_into(const torch::Tensor& base, const torch::Tensor& delta, torch::Tensor& out) {
   TORCH_CHECK(base.scalar_type() == torch::kFloat32 && delta.scalar_type() == torch::kBFloat16 &&
                   base.is_contiguous() && delta.is_contiguous() && base.numel() == delta.numel(),
               "add_bf16_delta: a contiguous float32 and a bfloat16 tensor of equal size");
-  torch::Tensor out = torch::empty(base.sizes(), torch::kFloat32);
+  TORCH_CHECK(out.scalar_type() == torch::kFloat32 && out.is_contiguous() && out.numel() == base.numel(),
+              "add_bf16_delta_into: out must be a contiguous float32 tensor of base's size");
   const float* b = base.data_ptr<float>();
   const auto* d = reinterpret_cast<const uint16_t*>(delta.data_ptr());
   float* o = out.data_ptr<float>();
   at::parallel_for(0, base.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) o[i] = b[i] + from_bf16(d[i]);
   });
+}
+
+torch::Tensor add_bf16_delta(const torch::Tensor& base, const torch::Tensor& delta) {
+  torch::Tensor out = torch::empty(base.sizes(), torch::kFloat32);
+  add_bf16_delta_into(base, delta, out);
   return out;
 }
 

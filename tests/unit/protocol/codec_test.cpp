@@ -745,6 +745,12 @@ TEST(CodecBFloat16, DeltaRoundsToNearestEvenAndAddsBack) {
   torch::Tensor back = add_bf16_delta(base, d);
   const std::vector<float> sum = {1.0f, 2.5f, -3.0f, 1.0f, 1.015625f, 10.0f + 0.30078125f};
   for (size_t i = 0; i < sum.size(); ++i) EXPECT_EQ(back[i].item<float>(), sum[i]) << i;
+  // Into a reused buffer: the same values, over whatever it held.
+  torch::Tensor into = torch::full({6}, 7.0f);
+  add_bf16_delta_into(base, d, into);
+  EXPECT_TRUE(torch::equal(into, back));
+  torch::Tensor small = torch::empty({5});
+  EXPECT_THROW(add_bf16_delta_into(base, d, small), c10::Error);
 }
 
 TEST(CodecBFloat16, TakeTensorsChecksDtypeSizeAndFiniteness) {

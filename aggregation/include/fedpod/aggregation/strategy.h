@@ -56,7 +56,9 @@ class Strategy {
 
   // Folds in one pod's parameters with `weight` (its sample count for FedAvg).
   // Checks everything first: segments that do not tile the buffer, a wrong dtype, or
-  // a weight <= 0 give an error and leave the round's state untouched.
+  // a weight <= 0 give an error and leave the round's state untouched. The segments'
+  // values are only read during the call (the caller may reuse their memory for the
+  // next update): a strategy that needs them later keeps a copy.
   virtual Status fold(const std::vector<Segment>& update, double weight) = 0;
 
   // Number of updates folded in this round.
