@@ -82,8 +82,9 @@ void run_job(const RunArgs& args) {
   // The coordinator's tensor math is a few memory-bound folds per pod per round. On
   // more than one intra-op thread libtorch keeps an OpenMP team whose helpers spin
   // for milliseconds after each fold, taking a core from the threads that open the
-  // next pod's update and from CURVE's I/O thread (a 1M x 2 round went from 0.020 to
-  // 0.015 s with one thread, 10M x 8 from 0.58 to 0.47 s).
+  // next pod's update and from CURVE's I/O thread (on two cores, in one sitting: 1M x 2
+  // rounds 0.019-0.022 s on two threads, 0.013-0.015 s on one; 10M x 8 0.50-0.52 s
+  // and 0.44-0.45 s).
   torch::set_num_threads(args.threads);
   zmq::context_t ctx(1);
   // A custom model's code never runs in this process: it is built in a confined job
@@ -206,8 +207,8 @@ void add_coordinator(CLI::App& app) {
                 "of starting it over; the job file must describe the same job");
   run->add_option("--threads", args->threads,
                   "libtorch threads for the coordinator's aggregation (default 1: its folds are memory-bound, "
-                  "and an idle OpenMP team spins, taking CPU from decryption and I/O; more helps robust "
-                  "strategies on very large models)")
+                  "and an idle OpenMP team spins, taking CPU from decryption and I/O; more may help the "
+                  "robust strategies' sorts on large models)")
       ->check(CLI::Range(1, 1024));
   run->add_option("--log-level", args->log_level, "debug | info | warn | error");
   auto* json = run->add_flag("--json", args->json,
