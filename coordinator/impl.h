@@ -382,7 +382,9 @@ struct Coordinator::Impl {
 
   // Sends `out` to each pod in `targets` and collects their replies of kind `want`
   // until all answered or `deadline`. `require_connected`: skip pods known to be
-  // disconnected instead of queueing for them.
+  // disconnected instead of queueing for them. `on_tick` runs before each poll with
+  // the pods that have not answered yet, including those whose sealed copy is still
+  // waiting to be sent (a broadcast of large parameters is paced).
   std::map<size_t, PodRound> exchange(protocol::Outgoing& out, uint64_t request_id,
                                       const std::vector<size_t>& targets, const Kinds& want,
                                       Clock::time_point deadline, bool require_connected,

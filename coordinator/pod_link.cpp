@@ -381,7 +381,14 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
       break;
     }
     pump();
-    if (on_tick) on_tick(waiting);
+    if (on_tick) {
+      // Every pod still owed an answer, those whose copy waits to be sent included:
+      // a hook that keeps per-pod state (the upload window) must not take a pod not
+      // yet sent to for one that has finished.
+      std::vector<size_t> pending = waiting;
+      pending.insert(pending.end(), unsent.begin(), unsent.end());
+      on_tick(pending);
+    }
     auto now = Clock::now();
     if (now >= deadline) break;
     if (detect_silence && now >= next_beat) {

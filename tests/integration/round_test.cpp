@@ -149,6 +149,39 @@ TEST_F(RoundTest, UpdatesComeWithTrainWhenEveryPodFitsTheUploadWindow) {
   }
 }
 
+// The same grant with more pods than the coordinator sends sealed copies of a large
+// model at once: the last pods' train requests wait for earlier copies to leave.
+// Their upload slots were granted with train, so their updates must be read when
+// they come, not discarded as unasked for (which left those pods unfetched until the
+// round's deadline). Six pods, a 19 MB mlp: the copies' budget is four models' worth.
+TEST_F(RoundTest, UpdatesComeWithTrainWhenTheBroadcastIsPaced) {
+  std::vector<std::string> names;
+  for (int i = 0; i < 6; ++i) {
+    const std::string name = "pod-" + std::to_string(i);
+    testing::PodProcess pod = testing::start_csv_pod(
+        dir_, id_, name, testing::source_dir() + "/examples/digits/pod-" + std::string(1, "abc"[i % 3]) + ".csv");
+    ASSERT_FALSE(pod.endpoint.empty()) << "worker " << name << " did not start: " << testing::read_file(pod.log);
+    testing::add_pod(spec_, pod);
+    procs_.push_back(std::move(pod.process));
+  }
+  // 64 inputs x 65536 hidden + 65536 x 10 outputs: 4.9M float32 parameters, 19 MB.
+  spec_.model.hyperparameters = Hyperparameters(nlohmann::json{{"hidden", {65536}}, {"lr", 0.01}});
+  spec_.rounds = 2;
+  spec_.local_steps = 1;
+  spec_.eval_every = 0;
+  spec_.max_concurrent_uploads = 6;
+  std::ostringstream progress;
+  auto result = run(progress);
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << progress.str();
+  auto h = history();
+  ASSERT_EQ(h["rounds"].size(), 2u);
+  for (const auto& r : h["rounds"]) {
+    EXPECT_EQ(r["uploads"], "with_train");
+    EXPECT_EQ(r["pods_answered"], 6);
+    EXPECT_EQ(r["discarded_replies"], 0);
+  }
+}
+
 TEST_F(RoundTest, SchemaMismatchNamesPodAndColumn) {
   start_pods({"pod-a", "pod-b"});
   spec_.datastructure.target = "digit";
