@@ -9,15 +9,19 @@
 // fedpod runs with its full security: pods are CURVE servers with a pod key behind a
 // ZAP allow-list from a signed policy file, clients connect with a modeller key (the
 // driver writes the keys to its temporary folder and hands it to its children in
-// FEDPOD_BENCH_KEYS). The baseline is measured twice: plain ZeroMQ without
-// encryption (the transport limit; the ratio is against it) and plain ZeroMQ with
-// CURVE (what encryption alone costs).
+// FEDPOD_BENCH_KEYS). The baseline is measured three times: plain ZeroMQ without
+// encryption (the transport limit; the ratio is against it), plain ZeroMQ with
+// CURVE (what ZeroMQ's own encryption costs), and plain ZeroMQ with every message
+// sealed per peer by the tensor channel's AES-256-GCM (protocol/bulk.h) and opened
+// at the other end: the floor for any design that encrypts each pod's copy, so the
+// gap between it and fedpod is fedpod's own overhead.
 //
 // For each K it prints seconds per round (median; fedpod's is wall time from one
 // round's console line to the next, so checkpoint and history writes count),
 // effective bytes per second (2 * K * P * 4 bytes moved per round: parameters down
 // and back up), the ratios, and each side's peak RSS. The other subcommands are the
-// roles it launches itself.
+// roles it launches itself. FEDPOD_BENCH_LOG=info (or debug) raises the coordinator's
+// and the pods' log level from warn, into the logs in the bench's temporary folder.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
@@ -38,6 +42,7 @@
 #include "fedpod/common/log.h"
 #include "fedpod/common/process.h"
 #include "fedpod/coordinator/coordinator.h"
+#include "fedpod/protocol/bulk.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/common/signing.h"
@@ -136,21 +141,43 @@ void run_worker(const std::string& endpoint_file, const std::string& data, bool 
     runtime.runner_command = {fedpod::self_executable(), "runner"};
     if (!no_gate) runtime.gate_command = {fedpod::self_executable(), "gate"};
   }
-  fedpod::worker::Worker w(ctx, config, fedpod::make_logger("bench-worker", "warn"), runtime);
+  fedpod::worker::Worker w(ctx, config, fedpod::make_logger("bench-worker", std::getenv("FEDPOD_BENCH_LOG") ? std::getenv("FEDPOD_BENCH_LOG") : "warn"), runtime);
   write_endpoint(endpoint_file, w.endpoint());
   w.serve(g_stop);
 }
 
-// Plain ZeroMQ: a ROUTER that sends every message straight back (zero-copy: the
-// received frames are the ones sent).
-void run_echo(const std::string& endpoint_file, bool plain) {
+// The baselines' transport. plain: no encryption; curve: ZeroMQ's CURVE on the socket;
+// aes: no CURVE, every message sealed with the tensor channel's AES-256-GCM
+// (protocol/bulk.h) under a key per peer and direction, as fedpod's tensor channel
+// seals it, with no other fedpod code around it.
+enum class Baseline { kPlain, kCurve, kAes };
+
+const char* baseline_flag(Baseline b) { return b == Baseline::kPlain ? "plain" : b == Baseline::kCurve ? "curve" : "aes"; }
+
+Baseline parse_baseline(const std::string& s) {
+  if (s == "plain") return Baseline::kPlain;
+  if (s == "curve") return Baseline::kCurve;
+  if (s == "aes") return Baseline::kAes;
+  throw std::runtime_error("unknown baseline transport '" + s + "' (plain, curve, aes)");
+}
+
+// The AES baseline's key exchange, one message each way before the first round:
+// ["key", X25519 public key]. A bench stand-in for startJob's exchange over CURVE
+// (the keys are derived exactly as the tensor channel derives them).
+const fedpod::protocol::BulkBinding kBaselineBinding{"round-bench-baseline", "baseline-pod"};
+
+// A ZeroMQ ROUTER that sends every message straight back (zero-copy: the received
+// frames are the ones sent); with aes it opens each message in place and seals it
+// again for the way back, as a pod opens the parameters and seals its update.
+void run_echo(const std::string& endpoint_file, Baseline mode) {
   zmq::context_t ctx(1);
   fedpod::protocol::SocketOptions opts;
   // CURVE for encryption only (no ZAP allow-list here), or none at all.
-  if (!plain) opts.curve_server_secret = read_keys("pod").secret_key;
+  if (mode == Baseline::kCurve) opts.curve_server_secret = read_keys("pod").secret_key;
   zmq::socket_t router = fedpod::protocol::make_router(ctx, "tcp://127.0.0.1:*", opts);
   write_endpoint(endpoint_file, fedpod::protocol::bound_endpoint(router));
   std::vector<zmq::message_t> frames;
+  fedpod::protocol::BulkSession session;
   while (!g_stop) {
     zmq::pollitem_t item{router.handle(), 0, ZMQ_POLLIN, 0};
     if (fedpod::protocol::poll(&item, 1, 100ms) == 0) continue;
@@ -158,25 +185,72 @@ void run_echo(const std::string& endpoint_file, bool plain) {
     while (fedpod::protocol::recv_frames(router, frames, 1 << 20, too_many)) {
       zmq::message_t id = std::move(frames[0]);
       frames.erase(frames.begin());
+      if (mode == Baseline::kAes) {
+        if (frames.size() == 2 && frames[0].to_string_view() == "key") {
+          fedpod::protocol::BulkKeyPair mine;
+          auto derived = fedpod::protocol::BulkSession::derive(fedpod::protocol::BulkRole::kPod, mine,
+                                                               frames[1].to_string_view(), kBaselineBinding);
+          if (!derived.ok()) throw std::runtime_error(derived.status().to_string());
+          session = std::move(*derived);
+          const std::string pk = mine.public_key();
+          frames.clear();
+          frames.emplace_back("key", 3);
+          frames.emplace_back(pk.data(), pk.size());
+        } else {
+          uint32_t round = 0;
+          fedpod::protocol::BulkRefusal why;
+          auto opened = session.open(std::move(frames), &round, &why);
+          if (!opened.ok()) throw std::runtime_error("aes echo: " + opened.status().to_string());
+          frames = session.seal(std::move(*opened), round);
+        }
+      }
       fedpod::protocol::send_frames(router, frames, &id);
     }
   }
 }
 
-// Plain ZeroMQ client: each round sends the same P floats in `tensors` zero-copy
-// frames to every peer and waits for all echoes.
+// The baselines' client: each round sends the same P floats in `tensors` zero-copy
+// frames to every peer and waits for all echoes. With aes it seals each peer's copy
+// under that peer's key (the next peer's copy is sealed while ZeroMQ sends the last)
+// and opens every echo, as the coordinator does with parameters and updates.
 void run_zmq_client(const std::vector<std::string>& endpoints, int64_t params, int tensors, int rounds,
-                    bool plain) {
+                    Baseline mode) {
   zmq::context_t ctx(1);
   std::vector<zmq::socket_t> peers;
   for (const auto& e : endpoints) {
-    peers.push_back(fedpod::protocol::make_dealer(ctx, e, plain ? fedpod::protocol::SocketOptions{} : client_options()));
+    peers.push_back(fedpod::protocol::make_dealer(
+        ctx, e, mode == Baseline::kCurve ? client_options() : fedpod::protocol::SocketOptions{}));
+  }
+  std::vector<fedpod::protocol::BulkSession> sessions(peers.size());
+  if (mode == Baseline::kAes) {
+    std::vector<std::unique_ptr<fedpod::protocol::BulkKeyPair>> mine;
+    for (auto& s : peers) {
+      mine.push_back(std::make_unique<fedpod::protocol::BulkKeyPair>());
+      std::vector<zmq::message_t> frames;
+      frames.emplace_back("key", 3);
+      const std::string pk = mine.back()->public_key();
+      frames.emplace_back(pk.data(), pk.size());
+      fedpod::protocol::send_frames(s, frames);
+    }
+    for (size_t i = 0; i < peers.size(); ++i) {
+      std::vector<zmq::message_t> frames;
+      bool too_many;
+      zmq::pollitem_t item{peers[i].handle(), 0, ZMQ_POLLIN, 0};
+      if (fedpod::protocol::poll(&item, 1, 60000ms) == 0 ||
+          !fedpod::protocol::recv_frames(peers[i], frames, 4, too_many) || frames.size() != 2) {
+        throw std::runtime_error("aes baseline: peer " + std::to_string(i) + " did not answer the key exchange");
+      }
+      auto derived = fedpod::protocol::BulkSession::derive(fedpod::protocol::BulkRole::kCoordinator, *mine[i],
+                                                           frames[1].to_string_view(), kBaselineBinding);
+      if (!derived.ok()) throw std::runtime_error(derived.status().to_string());
+      sessions[i] = std::move(*derived);
+    }
   }
   torch::Tensor buffer = torch::randn({params});
   std::vector<double> seconds;
   for (int r = 0; r < rounds + 1; ++r) {  // round 0 warms the connections up
     const auto start = Clock::now();
-    for (auto& s : peers) {
+    for (size_t i = 0; i < peers.size(); ++i) {
       std::vector<zmq::message_t> frames;
       frames.emplace_back("hdr", 3);
       int64_t offset = 0;
@@ -187,7 +261,8 @@ void run_zmq_client(const std::vector<std::string>& endpoints, int64_t params, i
                             [](void*, void* hint) { delete static_cast<torch::Tensor*>(hint); }, keep);
         offset += n;
       }
-      fedpod::protocol::send_frames(s, frames);
+      if (mode == Baseline::kAes) frames = sessions[i].seal(std::move(frames), static_cast<uint32_t>(r + 1));
+      fedpod::protocol::send_frames(peers[i], frames);
     }
     size_t answered = 0;
     std::vector<zmq::message_t> frames;
@@ -198,6 +273,14 @@ void run_zmq_client(const std::vector<std::string>& endpoints, int64_t params, i
       for (size_t i = 0; i < peers.size(); ++i) {
         bool too_many;
         if ((items[i].revents & ZMQ_POLLIN) && fedpod::protocol::recv_frames(peers[i], frames, 1 << 20, too_many)) {
+          if (mode == Baseline::kAes) {
+            uint32_t round = 0;
+            fedpod::protocol::BulkRefusal why;
+            auto opened = sessions[i].open(std::move(frames), &round, &why);
+            if (!opened.ok() || round != static_cast<uint32_t>(r + 1)) {
+              throw std::runtime_error("aes baseline: an echo did not open: " + opened.status().to_string());
+            }
+          }
           ++answered;
         }
       }
@@ -256,7 +339,7 @@ void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, 
   zmq::context_t ctx(1);
   RoundLineClock clock;
   std::ostream progress(&clock);
-  fedpod::coordinator::Coordinator c(ctx, spec, fedpod::make_logger("coordinator", "warn"), progress,
+  fedpod::coordinator::Coordinator c(ctx, spec, fedpod::make_logger("coordinator", std::getenv("FEDPOD_BENCH_LOG") ? std::getenv("FEDPOD_BENCH_LOG") : "warn"), progress,
                                      fedpod::bench::make_bench_model);
   auto result = c.run();
   if (!result.ok()) {
@@ -310,7 +393,8 @@ struct Servers {
 };
 
 Servers start_servers(const std::string& role, int k, const fs::path& dir, const std::string& data,
-                      bool in_process = false, bool no_gate = false, bool plain = false, bool curve_only = false,
+                      bool in_process = false, bool no_gate = false, Baseline transport = Baseline::kPlain,
+                      bool curve_only = false,
                       bool no_shm = false) {
   Servers s;
   for (int i = 0; i < k; ++i) {
@@ -322,7 +406,7 @@ Servers start_servers(const std::string& role, int k, const fs::path& dir, const
     if (role == "worker" && no_gate) argv.push_back("--no-receiving-process");
     if (role == "worker" && curve_only) argv.push_back("--curve-only");
     if (role == "worker" && no_shm) argv.push_back("--no-shared-memory");
-    if (role == "echo" && plain) argv.push_back("--plain");
+    if (role == "echo") argv.insert(argv.end(), {"--transport", baseline_flag(transport)});
     s.procs.push_back(std::make_unique<fedpod::Process>(argv, (dir / (role + std::to_string(i) + ".log")).string()));
   }
   for (int i = 0; i < k; ++i) {
@@ -404,33 +488,36 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
             << " tensors, " << rounds << " timed rounds, echo trainer, max_concurrent_uploads " << window
             << ", coordinator threads " << coordinator_threads
             << "\n"
-            << "zmq: plain ZeroMQ, no encryption; zmq+CURVE: the same with CURVE; fedpod: CURVE, ZAP allow-list, "
+            << "zmq: plain ZeroMQ, no encryption; zmq+CURVE: the same with CURVE; zmq+AES: the same without CURVE,\n"
+               "each message sealed per peer with the tensor channel's AES-256-GCM and opened by the other side\n"
+               "(the floor of encrypting every pod's copy, with no other fedpod code); fedpod: CURVE, ZAP allow-list, "
                "signed policy, "
             << (curve_only ? "parameters over CURVE (--curve-only)"
                            : "parameters sealed with AES-256-GCM on the tensor channel")
             << ", updates " << update_precision
-            << "\nratio: zmq s/round / fedpod s/round (1 = the unencrypted transport's speed)\n\n"
+            << "\nratio: zmq s/round / fedpod s/round (1 = the unencrypted transport's speed); ratio CURVE and "
+               "ratio AES: the same against those baselines\n\n"
             << std::left << std::setw(5) << "K" << std::setw(13) << "zmq s/round" << std::setw(11) << "zmq MB/s"
-            << std::setw(15) << "zmq+CURVE s" << std::setw(16) << "fedpod s/round" << std::setw(13) << "fedpod MB/s"
-            << std::setw(8) << "ratio" << std::setw(14) << "ratio CURVE" << std::setw(14) << "coord RSS MB"
+            << std::setw(15) << "zmq+CURVE s" << std::setw(13) << "zmq+AES s" << std::setw(16) << "fedpod s/round"
+            << std::setw(13) << "fedpod MB/s" << std::setw(8) << "ratio" << std::setw(14) << "ratio CURVE"
+            << std::setw(12) << "ratio AES" << std::setw(14) << "coord RSS MB"
             << "zmq client RSS MB\n";
   for (int k : pods) {
     const std::string p = std::to_string(params), t = std::to_string(tensors), r = std::to_string(rounds);
-    nlohmann::json zmq_result, curve_result, fedpod_result;
-    for (bool plain : {true, false}) {
-      Servers echo = start_servers("echo", k, dir, data, false, false, plain);
+    nlohmann::json zmq_result, curve_result, aes_result, fedpod_result;
+    for (Baseline b : {Baseline::kPlain, Baseline::kCurve, Baseline::kAes}) {
+      Servers echo = start_servers("echo", k, dir, data, false, false, b);
       std::vector<std::string> argv = {self, "zmq-client", "--endpoints"};
       std::string joined;
       for (const auto& e : echo.endpoints) joined += (joined.empty() ? "" : ",") + e;
-      argv.insert(argv.end(), {joined, "--params", p, "--tensors", t, "--rounds", r});
-      if (plain) argv.push_back("--plain");
-      (plain ? zmq_result : curve_result) =
-          run_child(argv, dir / ("zmq-client-" + std::to_string(k) + (plain ? "-plain" : "-curve") + ".log"));
+      argv.insert(argv.end(), {joined, "--params", p, "--tensors", t, "--rounds", r, "--transport", baseline_flag(b)});
+      (b == Baseline::kPlain ? zmq_result : b == Baseline::kCurve ? curve_result : aes_result) =
+          run_child(argv, dir / ("zmq-client-" + std::to_string(k) + "-" + baseline_flag(b) + ".log"));
     }
     nlohmann::json secure_result;
     for (bool with_secagg : {false, true}) {
       if (with_secagg && (!secure || k < 3)) continue;
-      Servers workers = start_servers("worker", k, dir, data, in_process, no_gate, false, curve_only, no_shm);
+      Servers workers = start_servers("worker", k, dir, data, in_process, no_gate, Baseline::kPlain, curve_only, no_shm);
       std::string joined;
       for (const auto& e : workers.endpoints) joined += (joined.empty() ? "" : ",") + e;
       const std::string tag = std::to_string(k) + (with_secagg ? "-secagg" : "");
@@ -443,7 +530,7 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
     }
     const double bytes = 2.0 * k * params * 4;
     const double zs = zmq_result["seconds_per_round"], cs = curve_result["seconds_per_round"],
-                 fs_ = fedpod_result["seconds_per_round"];
+                 as = aes_result["seconds_per_round"], fs_ = fedpod_result["seconds_per_round"];
     nlohmann::json row = {{"pods", k},
                           {"params", params},
                           {"tensors", tensors},
@@ -452,11 +539,13 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
                           {"bytes_per_round", bytes},
                           {"zmq", zmq_result},
                           {"zmq_curve", curve_result},
+                          {"zmq_aes", aes_result},
                           {"fedpod", fedpod_result},
                           {"zmq_bytes_per_second", bytes / zs},
                           {"fedpod_bytes_per_second", bytes / fs_},
                           {"ratio_to_zmq", zs / fs_},
                           {"ratio_to_zmq_curve", cs / fs_},
+                          {"ratio_to_zmq_aes", as / fs_},
                           {"fedpod_parameters", curve_only ? "curve" : "aes-256-gcm"},
                           {"update_precision", update_precision}};
     if (!secure_result.is_null()) {
@@ -466,8 +555,9 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
     results.push_back(row);
     std::cout << std::left << std::fixed << std::setprecision(3) << std::setw(5) << k << std::setw(13) << zs
               << std::setw(11) << std::setprecision(0) << bytes / zs / 1e6 << std::setw(15) << std::setprecision(3)
-              << cs << std::setw(16) << fs_ << std::setw(13) << std::setprecision(0) << bytes / fs_ / 1e6
-              << std::setw(8) << std::setprecision(2) << zs / fs_ << std::setw(14) << cs / fs_ << std::setw(14)
+              << cs << std::setw(13) << as << std::setw(16) << fs_ << std::setw(13) << std::setprecision(0) << bytes / fs_ / 1e6
+              << std::setw(8) << std::setprecision(2) << zs / fs_ << std::setw(14) << cs / fs_ << std::setw(12) << as / fs_
+              << std::setw(14)
               << std::setprecision(1)
               << fedpod_result["peak_rss_mb"].get<double>() << zmq_result["peak_rss_mb"].get<double>() << "\n"
               << std::flush;
@@ -555,8 +645,9 @@ int main(int argc, char** argv) {
   worker->add_flag("--no-shared-memory", no_shm);
   auto* echo = app.add_subcommand("echo", "(internal) a plain ZeroMQ echo server");
   echo->add_option("--endpoint-file", endpoint_file)->required();
-  bool plain = false;
-  echo->add_flag("--plain", plain, "no CURVE");
+  std::string transport = "plain";
+  echo->add_option("--transport", transport, "plain, curve or aes")
+      ->check(CLI::IsMember({"plain", "curve", "aes"}));
   for (auto* sub : {app.add_subcommand("coordinator", "(internal) the fedpod side of one measurement"),
                     app.add_subcommand("zmq-client", "(internal) the plain ZeroMQ side of one measurement")}) {
     sub->add_option("--endpoints", endpoints)->required();
@@ -569,7 +660,9 @@ int main(int argc, char** argv) {
   app.get_subcommand("coordinator")->add_option("--update-precision", update_precision);
   app.get_subcommand("coordinator")->add_flag("--secure-aggregation", secure);
   app.get_subcommand("coordinator")->add_option("--threads", coordinator_threads);
-  app.get_subcommand("zmq-client")->add_flag("--plain", plain, "no CURVE");
+  app.get_subcommand("zmq-client")
+      ->add_option("--transport", transport, "plain, curve or aes")
+      ->check(CLI::IsMember({"plain", "curve", "aes"}));
   CLI11_PARSE(app, argc, argv);
   try {
     if (*round) {
@@ -580,12 +673,12 @@ int main(int argc, char** argv) {
     } else if (*worker) {
       run_worker(endpoint_file, data, in_process, no_gate, curve_only, no_shm);
     } else if (*echo) {
-      run_echo(endpoint_file, plain);
+      run_echo(endpoint_file, parse_baseline(transport));
     } else if (app.got_subcommand("coordinator")) {
       run_coordinator(split(endpoints), params, tensors, rounds, window, out_dir, update_precision, secure,
                       coordinator_threads);
     } else {
-      run_zmq_client(split(endpoints), params, tensors, rounds, plain);
+      run_zmq_client(split(endpoints), params, tensors, rounds, parse_baseline(transport));
     }
   } catch (const std::exception& e) {
     std::cerr << "round bench: " << e.what() << "\n";
