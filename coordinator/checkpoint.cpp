@@ -45,8 +45,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
   for (size_t i = 0; i < c.strategy_state.size(); ++i) {
     tensors.push_back({"strategy_state/" + std::to_string(i), c.strategy_state[i].contiguous()});
   }
-  // The header holds the payload's sha256, so hash the tensors where they are and
-  // copy each one once, into the file's bytes after the header.
+  // The header holds the payload's sha256, so hash the tensors where they are.
   size_t payload_bytes = 0;
   Sha256 payload_sha;
   nlohmann::json list = nlohmann::json::array();
@@ -65,13 +64,15 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
                            {"payload_sha256", payload_sha.hex()},
                            {"history", c.history}};
   const std::string h = header.dump();
-  std::string out;
-  out.reserve(kMagicBytes + 8 + h.size() + payload_bytes);
-  out.append(kMagic, kMagicBytes);
-  append_u64(out, h.size());
-  out += h;
-  for (const auto& n : tensors) out.append(static_cast<const char*>(n.t.data_ptr()), n.t.nbytes());
-  write_file_atomic(path, out);
+  std::string head;
+  head.reserve(kMagicBytes + 8 + h.size());
+  head.append(kMagic, kMagicBytes);
+  append_u64(head, h.size());
+  head += h;
+  // The tensors go to the file from where they lie: no second copy of the model.
+  std::vector<std::string_view> pieces = {head};
+  for (const auto& n : tensors) pieces.emplace_back(static_cast<const char*>(n.t.data_ptr()), n.t.nbytes());
+  write_file_atomic(path, pieces);
 }
 
 StatusOr<Checkpoint> read_checkpoint(const std::string& path) {

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fedpod/model/flat_parameters.h"
@@ -55,6 +56,9 @@ nlohmann::json to_json(const EvalSummary& e);
 
 // Writes `content` to `path` atomically. Throws std::runtime_error on I/O failure.
 void write_file_atomic(const std::string& path, const std::string& content);
+// The same for a file made of `pieces` in order, written from where they lie (a
+// checkpoint's tensors are not first copied into one buffer).
+void write_file_atomic(const std::string& path, const std::vector<std::string_view>& pieces);
 
 // Saves `flat` under the names, shapes and dtypes of `layout` as a pickled dict (atomic).
 void save_parameters(const std::string& path, const torch::Tensor& flat,
