@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "fedpod/common/sanitized.h"
+#include "fedpod/common/temp_dir.h"
 #include "fedpod/protocol/socket.h"
 #include "fedpod/worker/shm_ring.h"
 
@@ -497,7 +498,7 @@ std::string read_line(int fd, Clock::time_point until) {
 struct Gate::Impl {
   zmq::context_t& ctx;
   GateOptions opts;
-  std::string dir;       // private 0700 directory of the ipc sockets
+  TempDir dir;           // private 0700 directory of the ipc sockets
   std::string endpoint;  // the bound public endpoint
   std::string tensor_endpoint;  // the bound tensor endpoint ("" = none)
   zmq::socket_t socket;  // PAIR: the gate's messages
@@ -513,7 +514,7 @@ struct Gate::Impl {
 
   Impl(zmq::context_t& c, GateOptions o) : ctx(c), opts(std::move(o)) {}
 
-  std::string auth_endpoint() const { return "ipc://" + dir + "/auth"; }
+  std::string auth_endpoint() const { return "ipc://" + dir.path() + "/auth"; }
 
   void answer_loop(zmq::socket_t auth) {
     Frames q;
@@ -537,7 +538,7 @@ struct Gate::Impl {
   // Starts a gate process listening on `listen`; sets pid, endpoint, socket.
   Status launch(const std::string& listen, const std::string& tensor_listen) {
     ++generation;
-    const std::string data = "ipc://" + dir + "/data-" + std::to_string(generation);
+    const std::string data = "ipc://" + dir.path() + "/data-" + std::to_string(generation);
     zmq::socket_t s(ctx, zmq::socket_type::pair);
     s.set(zmq::sockopt::linger, 0);
     s.set(zmq::sockopt::rcvhwm, 1);  // whole messages wait in the gate, not here
@@ -621,19 +622,14 @@ StatusOr<std::unique_ptr<Gate>> Gate::start(zmq::context_t& ctx, GateOptions opt
   if (opts.command.empty()) return Status::invalid("gate: no program to run");
   if (!opts.authenticate) return Status::invalid("gate: no authenticator");
   auto impl = std::make_unique<Impl>(ctx, std::move(opts));
-  std::string tmpl = (fs::temp_directory_path() / "fedpod-gate-XXXXXX").string();
-  if (::mkdtemp(tmpl.data()) == nullptr) {
-    return Status::internal("gate: cannot make a private directory in " + fs::temp_directory_path().string() +
-                            ": " + std::strerror(errno));
-  }
-  impl->dir = tmpl;
+  auto dir = TempDir::create("fedpod-gate-");
+  if (!dir.ok()) return Status::internal("gate: " + dir.status().message());
+  impl->dir = std::move(*dir);
   zmq::socket_t auth(ctx, zmq::socket_type::router);
   auth.set(zmq::sockopt::linger, 0);
   try {
     auth.bind(impl->auth_endpoint());
   } catch (const zmq::error_t& e) {
-    std::error_code ec;
-    fs::remove_all(impl->dir, ec);
     return Status::internal("gate: cannot bind " + impl->auth_endpoint() + ": " + e.what());
   }
   Impl* raw = impl.get();
@@ -649,9 +645,7 @@ Gate::~Gate() {
   impl_->stop = true;
   if (impl_->answering.joinable()) impl_->answering.join();
   impl_->socket.close();
-  std::error_code ec;
-  if (!impl_->dir.empty()) fs::remove_all(impl_->dir, ec);
-}
+}  // impl_'s TempDir removes the sockets' directory
 
 zmq::socket_t& Gate::socket() { return impl_->socket; }
 

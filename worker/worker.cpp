@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "fedpod/common/sha256.h"
+#include "fedpod/common/temp_dir.h"
 #include "fedpod/data/idx.h"
 #include "fedpod/protocol/curve.h"
 #include "fedpod/worker/audit.h"
@@ -54,6 +55,14 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using Frames = std::vector<zmq::message_t>;
+
+// Directories that must stay until the process exits (a loaded plugin's file).
+void keep_until_exit(TempDir dir) {
+  static std::mutex mu;
+  static auto* kept = new std::vector<TempDir>();  // never destroyed: outlives every pod
+  std::lock_guard<std::mutex> lock(mu);
+  kept->push_back(std::move(dir));
+}
 
 // What a finished round left in the model, waiting for fetchResult.
 struct TrainedResult {
@@ -378,7 +387,7 @@ struct Worker::Impl {
   // Plugin files stay until the process exits: a loaded plugin is never unloaded,
   // and removing its file would let a later file reuse the inode, which the dynamic
   // loader would take for the already-loaded library.
-  std::string artifact_dir;
+  TempDir artifact_dir;
   bool plugin_loaded = false;
   // Identity and permissions: the pod's key pair, its policy, its audit log, and the
   // ZAP domain that admits the policy's users.
@@ -570,10 +579,9 @@ struct Worker::Impl {
   ~Impl() {
     if (zap) zap->remove_domain(zap_domain);
     if (refusal_audit) refusal_audit->flush(true);
-    if (!artifact_dir.empty() && !plugin_loaded) {
-      std::error_code ec;
-      std::filesystem::remove_all(artifact_dir, ec);
-    }
+    // A loaded plugin's file stays while the process lives (its directory locked;
+    // once the process has exited, the next pod's TempDir::create removes it).
+    if (plugin_loaded) keep_until_exit(std::move(artifact_dir));
   }
 
   const PodConfig& config() const { return owner.config_; }
@@ -590,11 +598,11 @@ struct Worker::Impl {
   // runner gets the bytes as a sealed in-memory file instead (runner.h).
   StatusOr<std::string> write_artifact(const std::string& format, std::string_view bytes, const std::string& got) {
     if (artifact_dir.empty()) {
-      std::string tmpl = (std::filesystem::temp_directory_path() / "fedpod-pod-XXXXXX").string();
-      if (!::mkdtemp(tmpl.data())) return Status::internal(std::string("cannot create a private directory: ") + std::strerror(errno));
-      artifact_dir = tmpl;
+      auto dir = TempDir::create("fedpod-pod-");
+      if (!dir.ok()) return dir.status();
+      artifact_dir = std::move(*dir);
     }
-    const std::string path = artifact_dir + "/" + got + model::artifact_extension(format);
+    const std::string path = artifact_dir.path() + "/" + got + model::artifact_extension(format);
     const bool is_plugin = format == "plugin";
     if (is_plugin) plugin_loaded = true;  // loading runs its static constructors; keep the file
     if (is_plugin && std::filesystem::exists(path)) return path;  // a plugin seen before: same bytes, same file

@@ -9,7 +9,9 @@
 //     round's deadline, and back in the job once it wakes up;
 //   - pods that cannot be reached before round 1 (nothing listening, a name that does
 //     not resolve, a wrong server key, a port that accepts TCP but speaks no ZMTP):
-//     each left out with its own cause, in history.json, the console and the report.
+//     each left out with its own cause, in history.json, the console and the report;
+//   - a pod SIGKILLed leaves its sockets' directory in TMPDIR; the next pod started
+//     there removes it, and leaves a living pod's alone.
 //
 // Outcomes are read from history.json; nothing here asserts how long anything took.
 #include <gtest/gtest.h>
@@ -20,7 +22,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
 #include <map>
+#include <optional>
+#include <set>
 #include <thread>
 
 #include "fault_jobs.h"
@@ -244,6 +250,53 @@ TEST_F(PodFaultTest, PodsLeftOutBeforeRoundOneAreRecordedEachWithItsCause) {
                         4, "each left out with its own cause in history.json, the console and report.html; the "
                            "job ran on the pods that answered",
                         "nothing");
+}
+
+// The directories named fedpod-gate-* in `tmp`.
+std::set<std::string> gate_dirs(const std::filesystem::path& tmp) {
+  std::set<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(tmp)) {
+    if (e.path().filename().string().rfind("fedpod-gate-", 0) == 0) out.insert(e.path().string());
+  }
+  return out;
+}
+
+TEST(PodFiles, AKilledPodsSocketDirectoryIsRemovedByTheNextPodAndALivingPodsIsNot) {
+  testing::TempDir dir;
+  testing::TestIdentity id(dir.path());
+  const auto tmp = dir.path() / "tmp";
+  std::filesystem::create_directory(tmp);
+  std::optional<std::string> old_tmpdir;
+  if (const char* t = std::getenv("TMPDIR")) old_tmpdir = t;
+  ::setenv("TMPDIR", tmp.c_str(), 1);  // the pods below inherit it
+  struct Restore {
+    std::optional<std::string>& old;
+    ~Restore() { old ? ::setenv("TMPDIR", old->c_str(), 1) : ::unsetenv("TMPDIR"); }
+  } restore{old_tmpdir};
+
+  auto killed = testing::start_digits_pod(dir, id, "pod-a", "general-modeller", "", "pod-a-1.log");
+  ASSERT_FALSE(killed.endpoint.empty()) << testing::read_file(killed.log);
+  const auto first = gate_dirs(tmp);
+  ASSERT_EQ(first.size(), 1u);
+  killed.process->kill(SIGKILL);
+  killed.process->wait(10s);
+  ASSERT_TRUE(std::filesystem::exists(*first.begin())) << "SIGKILL runs no destructor";
+  // Older than a pod that has just made its directory and not yet locked it.
+  std::filesystem::last_write_time(*first.begin(), std::filesystem::file_time_type::clock::now() - 2min);
+
+  auto living = testing::start_digits_pod(dir, id, "pod-a", "general-modeller", "", "pod-a-2.log");
+  ASSERT_FALSE(living.endpoint.empty()) << testing::read_file(living.log);
+  const auto second = gate_dirs(tmp);
+  ASSERT_EQ(second.size(), 1u) << "the killed pod's directory is still there";
+  EXPECT_NE(*second.begin(), *first.begin());
+
+  std::filesystem::last_write_time(*second.begin(), std::filesystem::file_time_type::clock::now() - 2min);
+  auto third = testing::start_digits_pod(dir, id, "pod-b", "general-modeller", "", "pod-b.log");
+  ASSERT_FALSE(third.endpoint.empty()) << testing::read_file(third.log);
+  const auto now = gate_dirs(tmp);
+  EXPECT_EQ(now.size(), 2u);
+  EXPECT_EQ(now.count(*second.begin()), 1u) << "a living pod's directory was removed";
+  EXPECT_TRUE(std::filesystem::exists(*second.begin() + "/auth"));
 }
 
 }  // namespace
