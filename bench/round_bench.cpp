@@ -314,12 +314,13 @@ class RoundLineClock : public std::streambuf {
 
 // A fedpod coordinator job over `endpoints` with the bench model.
 void run_coordinator(const std::vector<std::string>& endpoints, int64_t params, int tensors, int rounds,
-                     int window, const std::string& out_dir, const std::string& update_precision, bool secure,
-                     int threads) {
+                     int window, const std::string& out_dir, const std::string& update_precision,
+                     const std::string& broadcast_precision, bool secure, int threads) {
   torch::set_num_threads(threads);  // as `fedpod coordinator run --threads` (default 1)
   fedpod::coordinator::JobSpec spec;
   spec.job_id = "round-bench";
   spec.update_precision = update_precision;
+  spec.broadcast_precision = broadcast_precision;
   spec.secure_aggregation.enabled = secure;  // the job's defaults: threshold, neighbours, clip 10
   spec.model.ref = "bench-params";
   spec.model.hyperparameters = fedpod::Hyperparameters(nlohmann::json{{"params", params}, {"tensors", tensors}});
@@ -434,7 +435,8 @@ nlohmann::json run_child(const std::vector<std::string>& argv, const fs::path& l
 
 void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int rounds, int window,
                 const std::string& json_out, bool in_process, bool no_gate, bool curve_only,
-                const std::string& update_precision, bool secure, bool no_shm, int coordinator_threads) {
+                const std::string& update_precision, const std::string& broadcast_precision, bool secure, bool no_shm,
+                int coordinator_threads) {
   const fs::path dir = fs::temp_directory_path() / ("fedpod-round-bench-" + std::to_string(getpid()));
   fs::create_directories(dir);
   const std::string data = (dir / "data.csv").string();
@@ -494,7 +496,7 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
                "signed policy, "
             << (curve_only ? "parameters over CURVE (--curve-only)"
                            : "parameters sealed with AES-256-GCM on the tensor channel")
-            << ", updates " << update_precision
+            << ", updates " << update_precision << ", parameters sent as " << broadcast_precision
             << "\nratio: zmq s/round / fedpod s/round (1 = the unencrypted transport's speed); ratio CURVE and "
                "ratio AES: the same against those baselines\n\n"
             << std::left << std::setw(5) << "K" << std::setw(13) << "zmq s/round" << std::setw(11) << "zmq MB/s"
@@ -523,7 +525,8 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
       const std::string tag = std::to_string(k) + (with_secagg ? "-secagg" : "");
       std::vector<std::string> argv = {self, "coordinator", "--endpoints", joined, "--params", p, "--tensors", t,
                                        "--rounds", r, "--window", std::to_string(window), "--update-precision",
-                                       update_precision, "--out", (dir / ("job-" + tag)).string(),
+                                       update_precision, "--broadcast-precision", broadcast_precision,
+                                       "--out", (dir / ("job-" + tag)).string(),
                                        "--threads", std::to_string(coordinator_threads)};
       if (with_secagg) argv.push_back("--secure-aggregation");
       (with_secagg ? secure_result : fedpod_result) = run_child(argv, dir / ("coordinator-" + tag + ".log"));
@@ -547,7 +550,8 @@ void run_driver(const std::vector<int>& pods, int64_t params, int tensors, int r
                           {"ratio_to_zmq_curve", cs / fs_},
                           {"ratio_to_zmq_aes", as / fs_},
                           {"fedpod_parameters", curve_only ? "curve" : "aes-256-gcm"},
-                          {"update_precision", update_precision}};
+                          {"update_precision", update_precision},
+                          {"broadcast_precision", broadcast_precision}};
     if (!secure_result.is_null()) {
       row["fedpod_secure_aggregation"] = secure_result;
       row["secure_to_plain"] = secure_result["seconds_per_round"].get<double>() / fs_;
@@ -604,7 +608,7 @@ int main(int argc, char** argv) {
   int64_t params = 10'000'000;
   int tensors = 8, rounds = 5, window = 2, coordinator_threads = 1;
   bool in_process = false, no_gate = false, curve_only = false, no_shm = false;
-  std::string update_precision = "float32";
+  std::string update_precision = "float32", broadcast_precision = "float32";
 
   auto* round = app.add_subcommand("round", "Benchmark rounds for each K in --pods against plain ZeroMQ");
   round->add_option("--pods", pods, "comma-separated pod counts")->capture_default_str();
@@ -623,6 +627,10 @@ int main(int argc, char** argv) {
                   "not shared memory (pod.yaml transport_shared_memory: 0)");
   round->add_option("--update-precision", update_precision,
                     "how pods send updates: float32, or bfloat16 (their change, half the bytes)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
+  round->add_option("--broadcast-precision", broadcast_precision,
+                    "how the coordinator sends the parameters: float32, or bfloat16 (rounded, half the bytes)")
       ->capture_default_str()
       ->check(CLI::IsMember({"float32", "bfloat16"}));
   round->add_flag("--curve-only", curve_only,
@@ -658,6 +666,7 @@ int main(int argc, char** argv) {
     sub->add_option("--window", window);
   }
   app.get_subcommand("coordinator")->add_option("--update-precision", update_precision);
+  app.get_subcommand("coordinator")->add_option("--broadcast-precision", broadcast_precision);
   app.get_subcommand("coordinator")->add_flag("--secure-aggregation", secure);
   app.get_subcommand("coordinator")->add_option("--threads", coordinator_threads);
   app.get_subcommand("zmq-client")
@@ -669,14 +678,14 @@ int main(int argc, char** argv) {
       std::vector<int> ks;
       for (const auto& k : split(pods)) ks.push_back(std::stoi(k));
       run_driver(ks, params, tensors, rounds, window, json_out, in_process, no_gate, curve_only, update_precision,
-                 secure, no_shm, coordinator_threads);
+                 broadcast_precision, secure, no_shm, coordinator_threads);
     } else if (*worker) {
       run_worker(endpoint_file, data, in_process, no_gate, curve_only, no_shm);
     } else if (*echo) {
       run_echo(endpoint_file, parse_baseline(transport));
     } else if (app.got_subcommand("coordinator")) {
-      run_coordinator(split(endpoints), params, tensors, rounds, window, out_dir, update_precision, secure,
-                      coordinator_threads);
+      run_coordinator(split(endpoints), params, tensors, rounds, window, out_dir, update_precision,
+                      broadcast_precision, secure, coordinator_threads);
     } else {
       run_zmq_client(split(endpoints), params, tensors, rounds, parse_baseline(transport));
     }

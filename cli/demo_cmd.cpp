@@ -38,6 +38,7 @@ struct DemoArgs {
   std::string out_dir = "out/demo";
   int rounds = 10;
   std::string update_precision = "float32";
+  std::string broadcast_precision = "float32";
   std::string log_level = "warn";
   double dp_noise_multiplier = 0;  // 0: no differential privacy
   double dp_max_grad_norm = 1.0;
@@ -206,7 +207,8 @@ void run_demo(const DemoArgs& args) {
     job << "key_file: " << (out / "keys" / "demo.key").string() << "\n";
     job << "rounds: " << args.rounds << "\nlocal_epochs: 1\nbatch_size: 32\nmin_pods: 2\n"
         << "round_timeout: 60s\neval_every: 1\nseed: 1\noutput_dir: " << out.string() << "\n"
-        << "update_precision: " << args.update_precision << "\n";
+        << "update_precision: " << args.update_precision << "\n"
+        << "broadcast_precision: " << args.broadcast_precision << "\n";
     if (args.dp_noise_multiplier > 0) {
       job << "differential_privacy: {noise_multiplier: " << args.dp_noise_multiplier
           << ", max_grad_norm: " << args.dp_max_grad_norm << "}\n";
@@ -235,6 +237,7 @@ void run_demo(const DemoArgs& args) {
                             {"test_samples", result->test_samples},
                             {"rounds", result->rounds_completed},
                             {"update_precision", args.update_precision},
+                            {"broadcast_precision", args.broadcast_precision},
                             {"mean_round_seconds", result->mean_round_seconds}};
   if (args.dp_noise_multiplier > 0) {
     const auto h = nlohmann::json::parse(std::ifstream(result->history_path), nullptr, false);
@@ -256,6 +259,11 @@ void add_demo(CLI::App& app) {
   cmd->add_option("--log-level", args->log_level, "coordinator log level")->capture_default_str();
   cmd->add_option("--update-precision", args->update_precision,
                   "how pods send updates: float32, or bfloat16 (half the bytes; job.yaml update_precision)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
+  cmd->add_option("--broadcast-precision", args->broadcast_precision,
+                  "how the parameters go to the pods: float32, or bfloat16 (half the bytes; job.yaml "
+                  "broadcast_precision)")
       ->capture_default_str()
       ->check(CLI::IsMember({"float32", "bfloat16"}));
   cmd->add_option("--dp-noise-multiplier", args->dp_noise_multiplier,

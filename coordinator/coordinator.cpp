@@ -751,6 +751,7 @@ StatusOr<RunResult> Coordinator::Impl::run() {
              {"strategy", spec.strategy},
              {"strategy_options", spec.strategy_options},
              {"update_precision", spec.update_precision},
+             {"broadcast_precision", spec.broadcast_precision},
              {"status", "running"},
              {"rounds", nlohmann::json::array()},
              {"discarded_replies_by_reason", nlohmann::json::object()}};
@@ -921,8 +922,17 @@ Status Coordinator::Impl::run_job() {
         static_cast<int64_t>(targets.size()) <= static_cast<int64_t>(spec.max_concurrent_uploads) &&
         std::all_of(targets.begin(), targets.end(), [&](size_t i) { return pods[i].uploads_when_done; });
     t.setUploadWhenDone(upload_when_done);
-    // One buffer for every pod: each frame references `global`, none copies it.
-    out.attach(t.initTensors(specs.size()), protocol::parameter_views(global, layout));
+    // One buffer for every pod: each frame references `global` (or its one bfloat16
+    // copy), none copies it. The float32 parameters stay here: a pod's bfloat16
+    // change is added back to them, so what rounding took off is not lost.
+    std::vector<protocol::NamedTensor> broadcast = protocol::parameter_views(global, layout);
+    const bool bf16_params = spec.broadcast_precision == "bfloat16";
+    if (bf16_params) {
+      for (auto& n : broadcast) n.tensor = protocol::round_to_bf16(n.tensor);
+    }
+    t.setParamsDtype(bf16_params ? wire::DType::BFLOAT16 : wire::DType::FLOAT32);
+    out.attach(t.initTensors(specs.size()), std::move(broadcast));
+    const uint64_t broadcast_bytes = out.payload_bytes();  // per pod
     strategy->begin_round(global);
     double round_aggregation_seconds = 0;  // this round's folds and finish()
     double loss_sum = 0;
@@ -1124,7 +1134,7 @@ Status Coordinator::Impl::run_job() {
       if (r.outcome != "ok") replies[i] = r;  // sat out: its rejoin's outcome is its answer
     }
     mark_rejoins(replies);
-    job_metrics.bytes_sent.Increment(static_cast<double>(sent) * static_cast<double>(global.nbytes()));
+    job_metrics.bytes_sent.Increment(static_cast<double>(sent) * static_cast<double>(broadcast_bytes));
     count_responses(replies);
     RoundRecord rec;
     rec.round = round;

@@ -131,11 +131,18 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
   if (s.update_precision != "float32" && s.update_precision != "bfloat16") {
     throw ConfigError(where + ": update_precision: '" + s.update_precision + "' is not float32 or bfloat16");
   }
+  if (s.broadcast_precision != "float32" && s.broadcast_precision != "bfloat16") {
+    throw ConfigError(where + ": broadcast_precision: '" + s.broadcast_precision + "' is not float32 or bfloat16");
+  }
   if (s.secure_aggregation.enabled) {
     const auto& sa = s.secure_aggregation;
     if (s.update_precision != "float32") {
       throw ConfigError(where + ": secure_aggregation: pods send a masked fixed-point update; update_precision " +
                         s.update_precision + " does not apply (remove it or set float32)");
+    }
+    if (s.broadcast_precision != "float32") {
+      throw ConfigError(where + ": secure_aggregation: pods mask their change to the exact float32 parameters; "
+                        "broadcast_precision " + s.broadcast_precision + " does not apply (remove it or set float32)");
     }
     if (!(sa.clip > 0) || !std::isfinite(sa.clip)) throw ConfigError(where + ": secure_aggregation.clip: must be a positive number");
     if (sa.modulus_bits != 0 && sa.modulus_bits != 32 && sa.modulus_bits != 64) {
@@ -182,7 +189,7 @@ namespace {
 // relative key_file and public_key_file paths resolve against `base`.
 JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const fs::path& base) {
   check_keys(root, {"job_id", "model", "datastructure", "pods", "hub_ca", "rounds", "local_epochs", "local_steps",
-                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "sample", "strategy", "aggregation_order", "update_precision", "secure_aggregation", "differential_privacy",
+                    "batch_size", "min_pods", "round_timeout", "connect_timeout", "heartbeat_interval", "heartbeat_timeout", "checkpoint", "eval_every", "max_concurrent_uploads", "sample", "strategy", "aggregation_order", "update_precision", "broadcast_precision", "secure_aggregation", "differential_privacy",
                     "seed", "output_dir", "hub", "hub_token", "key_file", "metrics_listen",
                     "sandbox"},
              w);
@@ -337,6 +344,9 @@ JobSpec job_spec_from_yaml(const YAML::Node& root, const std::string& w, const f
   }
   if (root["update_precision"]) {
     s.update_precision = get<std::string>(root["update_precision"], w + ": update_precision");
+  }
+  if (root["broadcast_precision"]) {
+    s.broadcast_precision = get<std::string>(root["broadcast_precision"], w + ": broadcast_precision");
   }
   if (auto sa = root["secure_aggregation"]) {
     const std::string sw = w + ": secure_aggregation";

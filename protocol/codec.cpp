@@ -327,15 +327,34 @@ inline float from_bf16(uint16_t h) {
 }  // namespace
 
 torch::Tensor bf16_delta(const torch::Tensor& trained, const torch::Tensor& base) {
-  TORCH_CHECK(trained.scalar_type() == torch::kFloat32 && base.scalar_type() == torch::kFloat32 &&
+  const bool bf16_base = base.scalar_type() == torch::kBFloat16;
+  TORCH_CHECK(trained.scalar_type() == torch::kFloat32 && (base.scalar_type() == torch::kFloat32 || bf16_base) &&
                   trained.is_contiguous() && base.is_contiguous() && trained.numel() == base.numel(),
-              "bf16_delta: two contiguous float32 tensors of equal size");
+              "bf16_delta: a contiguous float32 tensor and a float32 or bfloat16 base of equal size");
   torch::Tensor out = torch::empty(base.sizes(), torch::kBFloat16);
   const float* a = trained.data_ptr<float>();
-  const float* b = base.data_ptr<float>();
   auto* o = reinterpret_cast<uint16_t*>(out.data_ptr());
+  if (bf16_base) {
+    const auto* b = reinterpret_cast<const uint16_t*>(base.data_ptr());
+    at::parallel_for(0, base.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) o[i] = to_bf16(a[i] - from_bf16(b[i]));
+    });
+    return out;
+  }
+  const float* b = base.data_ptr<float>();
   at::parallel_for(0, base.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) o[i] = to_bf16(a[i] - b[i]);
+  });
+  return out;
+}
+
+torch::Tensor round_to_bf16(const torch::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.is_contiguous(), "round_to_bf16: a contiguous float32 tensor");
+  torch::Tensor out = torch::empty(x.sizes(), torch::kBFloat16);
+  const float* a = x.data_ptr<float>();
+  auto* o = reinterpret_cast<uint16_t*>(out.data_ptr());
+  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) o[i] = to_bf16(a[i]);
   });
   return out;
 }

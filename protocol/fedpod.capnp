@@ -290,6 +290,10 @@ struct Train {
   # for fetchResult. Set only for pods whose jobAccepted said uploadsWhenDone, and
   # only when every pod of the round fits in the window at once.
   uploadWhenDone @7 :Bool;
+  # The dtype of `tensors`: float32, or bfloat16 (the coordinator's float32
+  # parameters rounded, half the bytes; job.yaml broadcast_precision). The pod trains
+  # in float32 from them; a bfloat16 update is then its change to these values.
+  paramsDtype @8 :DType;
 }
 
 # Training finished; the parameters wait on the pod for fetchResult. Pulling them

@@ -71,7 +71,8 @@ struct TrainedResult {
   double seconds = 0;
   std::vector<std::pair<std::string, double>> metrics;
   // Train.updateDtype bfloat16: the update is sent as the change to `base`, the
-  // round's parameters as received (views of the received frames, kept until then).
+  // round's parameters as received (views of the received frames, kept until then;
+  // bfloat16 when Train.paramsDtype was).
   std::vector<torch::Tensor> base;
 };
 
@@ -1504,7 +1505,17 @@ struct Worker::Impl {
   Status train(const zmq::message_t& routing, protocol::Incoming& in, wire::Train::Reader t,
                const std::string& job_id, uint64_t request_id) {
     FEDPOD_RETURN_IF_ERROR(check_job(job_id));
-    auto tensors = in.take_tensors(t.getTensors(), job->specs);
+    if (t.getParamsDtype() != wire::DType::FLOAT32 && t.getParamsDtype() != wire::DType::BFLOAT16) {
+      return Status::bad_message("train sends parameters of a dtype that is not float32 or bfloat16");
+    }
+    const bool bf16_params = t.getParamsDtype() == wire::DType::BFLOAT16;
+    if (bf16_params && job->secagg) {
+      return Status::bad_message("train sends bfloat16 parameters in a job with secure aggregation");
+    }
+    // bfloat16 parameters: every tensor must say so, and each is widened to float32
+    // as it is written into the model.
+    auto tensors = in.take_tensors(t.getTensors(), job->specs, true,
+                                   bf16_params ? wire::DType::BFLOAT16 : wire::DType::FLOAT32);
     if (!tensors.ok()) return tensors.status();
     TrainOptions opts;
     opts.epochs = t.getLocalEpochs();

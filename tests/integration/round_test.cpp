@@ -86,39 +86,55 @@ TEST_F(RoundTest, ThreePodsThreeRoundsWriteHistoryAndModel) {
 }
 
 // update_precision: bfloat16: pods send their change to the round's parameters in
-// bfloat16 (half the bytes), the coordinator adds it back in float32. The same job
-// in float32 and in bfloat16 (pods folded in a fixed order) ends with parameters
-// within bfloat16's rounding of each other and the same test accuracy to a point.
-TEST_F(RoundTest, BFloat16UpdatesHalveTheBytesAndTrainAsFloat32Does) {
+// bfloat16 (half the bytes), the coordinator adds it back in float32; with
+// broadcast_precision: bfloat16 too, the parameters go out rounded to bfloat16 (half
+// the bytes the other way) and the coordinator still keeps them in float32. The same
+// job each way (pods folded in a fixed order) ends with parameters within bfloat16's
+// rounding of float32's and the same test accuracy to a point.
+TEST_F(RoundTest, BFloat16UpdatesAndBroadcastsHalveTheBytesAndTrainAsFloat32Does) {
   start_pods({"pod-a", "pod-b"});
   spec_.aggregation_order = "pod";
+  struct Variant {
+    std::string name, update, broadcast;
+  };
+  const std::vector<Variant> variants = {{"float32", "float32", "float32"},
+                                         {"bf16-updates", "bfloat16", "float32"},
+                                         {"bf16-both", "bfloat16", "bfloat16"}};
   std::map<std::string, std::map<std::string, torch::Tensor>> params;
-  std::map<std::string, double> accuracy, received;
-  for (const std::string precision : {"float32", "bfloat16"}) {
-    spec_.update_precision = precision;
-    spec_.job_id = "round-test-" + precision;
-    spec_.output_dir = (dir_.path() / ("out-" + precision)).string();
+  std::map<std::string, double> accuracy, received, sent;
+  for (const auto& v : variants) {
+    spec_.update_precision = v.update;
+    spec_.broadcast_precision = v.broadcast;
+    spec_.job_id = "round-test-" + v.name;
+    spec_.output_dir = (dir_.path() / ("out-" + v.name)).string();
     coordinator::validate(spec_, "test job");
     zmq::context_t ctx(1);
     std::ostringstream progress;
     coordinator::Coordinator c(ctx, spec_, null_logger(), progress);
     auto result = c.run();
-    ASSERT_TRUE(result.ok()) << precision << ": " << result.status().to_string() << progress.str();
-    EXPECT_EQ(history()["update_precision"], precision);
-    params[precision] = coordinator::load_parameters(result->model_path);
-    accuracy[precision] = result->test_accuracy;
-    received[precision] = testing::metric_value(prometheus::TextSerializer().Serialize(c.registry()->Collect()),
-                                                "fedpod_coordinator_update_bytes_total{direction=\"received\"}");
+    ASSERT_TRUE(result.ok()) << v.name << ": " << result.status().to_string() << progress.str();
+    EXPECT_EQ(history()["update_precision"], v.update);
+    EXPECT_EQ(history()["broadcast_precision"], v.broadcast);
+    params[v.name] = coordinator::load_parameters(result->model_path);
+    accuracy[v.name] = result->test_accuracy;
+    const std::string metrics = prometheus::TextSerializer().Serialize(c.registry()->Collect());
+    received[v.name] = testing::metric_value(metrics, "fedpod_coordinator_update_bytes_total{direction=\"received\"}");
+    sent[v.name] = testing::metric_value(metrics, "fedpod_coordinator_update_bytes_total{direction=\"sent\"}");
   }
-  EXPECT_DOUBLE_EQ(received["bfloat16"] * 2, received["float32"]);
-  EXPECT_NEAR(accuracy["bfloat16"], accuracy["float32"], 0.01);
-  double worst = 0;
-  for (const auto& [name, t] : params["float32"]) {
-    const auto& b = params["bfloat16"].at(name);
-    worst = std::max(worst, (t - b).abs().max().item<double>());
+  EXPECT_DOUBLE_EQ(received["bf16-updates"] * 2, received["float32"]);
+  EXPECT_DOUBLE_EQ(received["bf16-both"] * 2, received["float32"]);
+  EXPECT_DOUBLE_EQ(sent["bf16-updates"], sent["float32"]);
+  EXPECT_DOUBLE_EQ(sent["bf16-both"] * 2, sent["float32"]);
+  for (const char* name : {"bf16-updates", "bf16-both"}) {
+    EXPECT_NEAR(accuracy[name], accuracy["float32"], 0.01) << name;
+    double worst = 0;
+    for (const auto& [tensor, t] : params["float32"]) {
+      const auto& b = params[name].at(tensor);
+      worst = std::max(worst, (t - b).abs().max().item<double>());
+    }
+    EXPECT_GT(worst, 0.0) << name;   // the values really were rounded
+    EXPECT_LT(worst, 0.02) << name;  // ... by bfloat16's step on values of this size, not more
   }
-  EXPECT_GT(worst, 0.0);   // the updates really were rounded
-  EXPECT_LT(worst, 0.02);  // ... by bfloat16's step on changes of this size, not more
 }
 
 // When every pod of a round fits in max_concurrent_uploads, each is granted its

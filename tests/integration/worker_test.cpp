@@ -208,6 +208,14 @@ TEST_F(WorkerTest, SecureAggregationStepsOutOfOrderAreRefusedAndThePodKeepsServi
   ASSERT_TRUE(no_bf16);
   EXPECT_NE(error_of(*no_bf16).find("bfloat16 updates in a job with secure aggregation"), std::string::npos)
       << error_of(*no_bf16);
+  auto bf16_params = zeros_for(l);
+  for (auto& t : bf16_params) t.tensor = t.tensor.to(torch::kBFloat16);
+  auto rounded = train_msg("job-1", std::move(bf16_params));
+  rounded->envelope().getBody().getTrain().setParamsDtype(wire::DType::BFLOAT16);
+  auto no_rounded = client_->request(*rounded);
+  ASSERT_TRUE(no_rounded);
+  EXPECT_NE(error_of(*no_rounded).find("bfloat16 parameters in a job with secure aggregation"), std::string::npos)
+      << error_of(*no_rounded);
   auto odd = train_msg("job-1", zeros_for(l));
   odd->envelope().getBody().getTrain().setUpdateDtype(wire::DType::INT32);
   auto no_odd = client_->request(*odd);
@@ -398,6 +406,37 @@ TEST_F(WorkerTest, MalformedTrainMessagesAreRejectedAndStateKept) {
       {"wrong job",
        [&] { return train_msg("job-2", zeros_for(l))->frames(); },
        "message for job 'job-2', pod test-pod runs 'job-1'"},
+      {"float32 tensors said to be bfloat16",
+       [&] {
+         auto m = train_msg("job-1", zeros_for(l));
+         m->envelope().getBody().getTrain().setParamsDtype(wire::DType::BFLOAT16);
+         return m->frames();
+       },
+       "has dtype float32, expected bfloat16"},
+      {"bfloat16 tensors said to be float32",
+       [&] {
+         auto t = zeros_for(l);
+         for (auto& n : t) n.tensor = n.tensor.to(torch::kBFloat16);
+         return train_msg("job-1", t)->frames();
+       },
+       "has dtype bfloat16, expected float32"},
+      {"bfloat16 NaN",
+       [&] {
+         auto t = zeros_for(l);
+         t[0].tensor[2][5] = std::nanf("");
+         for (auto& n : t) n.tensor = n.tensor.to(torch::kBFloat16);
+         auto m = train_msg("job-1", t);
+         m->envelope().getBody().getTrain().setParamsDtype(wire::DType::BFLOAT16);
+         return m->frames();
+       },
+       "contains NaN or infinity"},
+      {"parameters of another dtype",
+       [&] {
+         auto m = train_msg("job-1", zeros_for(l));
+         m->envelope().getBody().getTrain().setParamsDtype(wire::DType::FLOAT64);
+         return m->frames();
+       },
+       "train sends parameters of a dtype that is not float32 or bfloat16"},
   };
   for (auto& c : cases) {
     client_->send(c.frames());
@@ -421,6 +460,60 @@ TEST_F(WorkerTest, MalformedTrainMessagesAreRejectedAndStateKept) {
   ASSERT_TRUE(tensors.ok()) << tensors.status().to_string();
   // Five SGD steps from zero moved the weights.
   EXPECT_GT((*tensors)[0].abs().sum().item<double>(), 0.0);
+}
+
+// Train.paramsDtype bfloat16: the pod widens the parameters to float32, trains, and
+// a bfloat16 update is its change to the values it received. Checked against the
+// same round trained from the same values sent as float32 (same seed, same batches).
+TEST_F(WorkerTest, BFloat16ParametersTrainInFloat32AndTheDeltaIsAgainstThem) {
+  ASSERT_EQ(start_job("job-1")->envelope().getBody().which(), W::JOB_ACCEPTED);
+  const auto l = layout();
+  torch::manual_seed(7);
+  std::vector<protocol::NamedTensor> rounded, widened;
+  for (const auto& p : l) {
+    const auto r = (torch::randn(p.shape) * 0.1).to(torch::kBFloat16);
+    rounded.push_back({p.name, r});
+    widened.push_back({p.name, r.to(torch::kFloat32)});
+  }
+  std::vector<torch::Tensor> base;
+  for (const auto& n : widened) base.push_back(n.tensor.clone());
+
+  // float32 parameters, float32 update: the trained parameters themselves.
+  auto plain = train_msg("job-1", widened, 1);
+  auto plain_done = client_->request(*plain);
+  ASSERT_NE(plain_done, nullptr);
+  ASSERT_EQ(plain_done->envelope().getBody().which(), W::TRAIN_DONE) << error_of(*plain_done);
+  auto pr = fetch(1);
+  ASSERT_NE(pr, nullptr);
+  ASSERT_EQ(pr->envelope().getBody().which(), W::TRAIN_RESULT) << error_of(*pr);
+  auto trained = pr->take_tensors(pr->envelope().getBody().getTrainResult().getTensors(), protocol::tensor_specs(l));
+  ASSERT_TRUE(trained.ok()) << trained.status().to_string();
+  std::vector<torch::Tensor> expected;
+  for (size_t k = 0; k < l.size(); ++k) expected.push_back((*trained)[k].clone() - base[k]);
+
+  // The same values as bfloat16, a bfloat16 update.
+  auto msg = train_msg("job-1", rounded, 1);
+  msg->envelope().getBody().getTrain().setParamsDtype(wire::DType::BFLOAT16);
+  msg->envelope().getBody().getTrain().setUpdateDtype(wire::DType::BFLOAT16);
+  auto done = client_->request(*msg);
+  ASSERT_NE(done, nullptr);
+  ASSERT_EQ(done->envelope().getBody().which(), W::TRAIN_DONE) << error_of(*done);
+  auto r = fetch(1);
+  ASSERT_NE(r, nullptr);
+  ASSERT_EQ(r->envelope().getBody().which(), W::TRAIN_RESULT) << error_of(*r);
+  auto tr = r->envelope().getBody().getTrainResult();
+  EXPECT_TRUE(tr.getDelta());
+  auto delta = r->take_tensors(tr.getTensors(), protocol::tensor_specs(l), true, wire::DType::BFLOAT16);
+  ASSERT_TRUE(delta.ok()) << delta.status().to_string();
+  double moved = 0;
+  for (size_t k = 0; k < l.size(); ++k) {
+    const auto d = (*delta)[k].to(torch::kFloat32);
+    moved += d.abs().sum().item<double>();
+    // The change, rounded to bfloat16: within bfloat16's relative step of it.
+    EXPECT_TRUE(torch::allclose(d, expected[k], 1.0 / 128, 1e-6)) << l[k].name << ": the delta is not the change "
+                                                                   << "to the bfloat16 parameters the pod received";
+  }
+  EXPECT_GT(moved, 0.0);
 }
 
 TEST_F(WorkerTest, FetchResultNeedsATrainedRound) {

@@ -58,6 +58,16 @@ TEST_F(JobSpecTest, UpdatePrecision) {
   EXPECT_NE(e.find("update_precision: 'float16' is not float32 or bfloat16"), std::string::npos) << e;
 }
 
+// broadcast_precision: the same choices for the parameters sent to the pods.
+TEST_F(JobSpecTest, BroadcastPrecision) {
+  EXPECT_EQ(parse_job_spec(kMinimalJob, "job.yaml", "/").broadcast_precision, "float32");
+  EXPECT_EQ(parse_job_spec(std::string(kMinimalJob) + "broadcast_precision: bfloat16\n", "job.yaml", "/").broadcast_precision,
+            "bfloat16");
+  const std::string e = testing::config_error(
+      [] { parse_job_spec(std::string(kMinimalJob) + "broadcast_precision: half\n", "job.yaml", "/"); });
+  EXPECT_NE(e.find("broadcast_precision: 'half' is not float32 or bfloat16"), std::string::npos) << e;
+}
+
 // secure_aggregation: true, or a map of its settings; what cannot work is refused.
 // differential_privacy: DP-SGD's noise multiplier and clipping norm, both positive.
 TEST_F(JobSpecTest, DifferentialPrivacySettings) {
@@ -105,6 +115,8 @@ TEST_F(JobSpecTest, SecureAggregationSettings) {
   EXPECT_CONTAINS(error("secure_aggregation: true\n", kMinimalJob), "secure_aggregation: needs at least 3 pods");
   EXPECT_CONTAINS(error("secure_aggregation: true\nupdate_precision: bfloat16\n", three),
                   "update_precision bfloat16 does not apply");
+  EXPECT_CONTAINS(error("secure_aggregation: true\nbroadcast_precision: bfloat16\n", three),
+                  "broadcast_precision bfloat16 does not apply");
   EXPECT_CONTAINS(error("secure_aggregation: {threshold: 9}\n", three),
                   "secure_aggregation.threshold: must be between 2 and the number of pods (3)");
   EXPECT_CONTAINS(error("secure_aggregation: {clip: -1}\n", three), "secure_aggregation.clip: must be a positive number");

@@ -68,6 +68,9 @@
 //   update_precision: float32        # how pods send their updates: float32, or bfloat16
 //                                    # (each pod's change to the round's parameters, rounded
 //                                    # to bfloat16: half the bytes; aggregated in float32)
+//   broadcast_precision: float32     # how the round's parameters go to the pods: float32, or
+//                                    # bfloat16 (rounded, half the bytes; the pods train in
+//                                    # float32 from them and the coordinator keeps float32)
 //   secure_aggregation: true         # the coordinator learns only the sum of the pods'
 //                                    # updates, never one (docs/privacy.md); or a map:
 //   # secure_aggregation: {threshold: 3, neighbours: 4, clip: 10, modulus_bits: auto}
@@ -170,6 +173,7 @@ struct JobSpec {
   int sample_count = 0;
   std::string aggregation_order = "arrival";  // arrival | pod
   std::string update_precision = "float32";   // float32 | bfloat16
+  std::string broadcast_precision = "float32";  // float32 | bfloat16
   SecureAggregationSpec secure_aggregation;
   DifferentialPrivacySpec differential_privacy;
   uint64_t seed = 0;

@@ -138,9 +138,13 @@ bool all_finite_bf16(const uint16_t* data, size_t n);
 
 // bfloat16 updates (Train.updateDtype): `trained - base`, rounded to bfloat16 (to
 // nearest, ties to even, as torch rounds), in one pass; and `base + delta` back in
-// float32. Both take contiguous float32 tensors of equal numel (`delta`: bfloat16)
-// and return new contiguous tensors shaped as `base`.
+// float32. Both take contiguous float32 tensors of equal numel (`delta`: bfloat16;
+// bf16_delta's `base` may also be bfloat16: the parameters a pod received as
+// bfloat16, Train.paramsDtype) and return new contiguous tensors shaped as `base`.
 torch::Tensor bf16_delta(const torch::Tensor& trained, const torch::Tensor& base);
+// `x` (contiguous float32) rounded to bfloat16 the same way, in one pass: the
+// parameters a coordinator broadcasts as bfloat16.
+torch::Tensor round_to_bf16(const torch::Tensor& x);
 torch::Tensor add_bf16_delta(const torch::Tensor& base, const torch::Tensor& delta);
 // The same sum written into `out` (contiguous float32, base's numel), so a caller that
 // widens one update after another reuses one buffer instead of faulting in a fresh
