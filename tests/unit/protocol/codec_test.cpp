@@ -753,6 +753,29 @@ TEST(CodecBFloat16, DeltaRoundsToNearestEvenAndAddsBack) {
   EXPECT_THROW(add_bf16_delta_into(base, d, small), c10::Error);
 }
 
+// The parameters a coordinator broadcasts as bfloat16 (broadcast_precision) round as
+// torch rounds; a pod's change is then taken against those rounded values.
+TEST(CodecBFloat16, BroadcastRoundsAsTorchAndTheDeltaIsAgainstTheRoundedBase) {
+  torch::manual_seed(3);
+  torch::Tensor x = torch::randn({1 << 17}) * 5;
+  x[0] = 1.00390625f;  // halfway: to even, 1
+  x[1] = 1.01171875f;  // halfway: to even, 1 + 2^-6
+  x[2] = -0.0f;
+  torch::Tensor r = round_to_bf16(x);
+  ASSERT_EQ(r.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(r, x.to(torch::kBFloat16)));
+  EXPECT_EQ(r[0].item<float>(), 1.0f);
+  EXPECT_EQ(r[1].item<float>(), 1.015625f);
+  EXPECT_THROW(round_to_bf16(x.to(torch::kFloat64)), c10::Error);
+
+  torch::Tensor trained = r.to(torch::kFloat32) + torch::randn({1 << 17}) * 0.01;
+  // The same change whether the base arrives as bfloat16 or already widened...
+  EXPECT_TRUE(torch::equal(bf16_delta(trained, r), bf16_delta(trained, r.to(torch::kFloat32))));
+  // ... and not the change from the unrounded values.
+  EXPECT_FALSE(torch::equal(bf16_delta(trained, r), bf16_delta(trained, x)));
+  EXPECT_THROW(bf16_delta(trained, r.to(torch::kFloat64)), c10::Error);
+}
+
 TEST(CodecBFloat16, TakeTensorsChecksDtypeSizeAndFiniteness) {
   auto send = [](torch::Tensor t) {
     Outgoing out("job", 1);
