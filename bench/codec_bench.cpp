@@ -10,6 +10,11 @@
 //                       message (protocol/bulk.h) on T threads (0: all cores).
 //   BM_Open/threads:T   opening it again (in place), tags checked.
 //   BM_Memcpy           memcpy of the P * 4 payload bytes: the baseline.
+//   BM_RoundToBf16      the coordinator's bfloat16 copy of the parameters
+//                       (broadcast_precision), bytes/s of the float32 read.
+//   BM_Bf16Delta        a pod's bfloat16 change to the bfloat16 parameters it received.
+//   BM_AddBf16Delta     the coordinator adding a bfloat16 change back in float32.
+//   BM_CheckFiniteBf16  the finite check on a bfloat16 message (take_tensors).
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
@@ -100,6 +105,51 @@ void BM_MemcpyPayload(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * state.range(0) * 4);
 }
 
+// The bfloat16 passes, each on P values, single-threaded as the round runs them
+// (the coordinator's and the pods' libtorch default to one thread).
+void BM_RoundToBf16(benchmark::State& state) {
+  at::set_num_threads(1);
+  torch::Tensor x = torch::randn({state.range(0)});
+  for (auto _ : state) {
+    auto r = fedpod::protocol::round_to_bf16(x);
+    benchmark::DoNotOptimize(r.data_ptr());
+  }
+  state.SetBytesProcessed(state.iterations() * state.range(0) * 4);
+}
+
+void BM_Bf16Delta(benchmark::State& state) {
+  at::set_num_threads(1);
+  torch::Tensor base = torch::randn({state.range(0)}).to(torch::kBFloat16);
+  torch::Tensor trained = base.to(torch::kFloat32) + 0.01;
+  for (auto _ : state) {
+    auto d = fedpod::protocol::bf16_delta(trained, base);
+    benchmark::DoNotOptimize(d.data_ptr());
+  }
+  state.SetBytesProcessed(state.iterations() * state.range(0) * 4);
+}
+
+void BM_AddBf16Delta(benchmark::State& state) {
+  at::set_num_threads(1);
+  torch::Tensor base = torch::randn({state.range(0)});
+  torch::Tensor delta = (torch::randn({state.range(0)}) * 0.01).to(torch::kBFloat16);
+  torch::Tensor out = torch::empty({state.range(0)});
+  for (auto _ : state) {
+    fedpod::protocol::add_bf16_delta_into(base, delta, out);
+    benchmark::DoNotOptimize(out.data_ptr());
+  }
+  state.SetBytesProcessed(state.iterations() * state.range(0) * 4);
+}
+
+void BM_CheckFiniteBf16(benchmark::State& state) {
+  torch::Tensor x = torch::randn({state.range(0)}).to(torch::kBFloat16);
+  for (auto _ : state) {
+    bool ok = fedpod::protocol::all_finite_bf16(static_cast<const uint16_t*>(x.data_ptr()),
+                                                static_cast<size_t>(state.range(0)));
+    benchmark::DoNotOptimize(ok);
+  }
+  state.SetBytesProcessed(state.iterations() * state.range(0) * 4);
+}
+
 struct SealedPair {
   fedpod::protocol::BulkSession coordinator, pod;
 };
@@ -159,4 +209,8 @@ BENCHMARK(BM_DecodeChecked)->Apply(Sizes);
 BENCHMARK(BM_ReceiveIntoModel)->Apply(Sizes);
 BENCHMARK(BM_Seal)->Apply(SealSizes);
 BENCHMARK(BM_Open)->Apply(SealSizes);
+BENCHMARK(BM_RoundToBf16)->Apply(Sizes);
+BENCHMARK(BM_Bf16Delta)->Apply(Sizes);
+BENCHMARK(BM_AddBf16Delta)->Apply(Sizes);
+BENCHMARK(BM_CheckFiniteBf16)->Apply(Sizes);
 BENCHMARK(BM_MemcpyPayload)->Name("BM_Memcpy")->Apply(Sizes);
