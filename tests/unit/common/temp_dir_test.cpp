@@ -15,6 +15,7 @@
 #include <fstream>
 #include <optional>
 #include <set>
+#include <utility>
 
 #include "testutil.h"
 
@@ -44,9 +45,9 @@ class TempDirTest : public ::testing::Test {
     return out;
   }
 
-  // A directory made by a process that was then killed with SIGKILL (no destructor
-  // ran): its path.
-  std::string killed_owners_dir() {
+  // A child process that made a directory and waits (until killed): its pid and the
+  // directory.
+  std::pair<pid_t, std::string> forked_owner() {
     int fds[2];
     EXPECT_EQ(::pipe(fds), 0);
     const pid_t pid = ::fork();
@@ -62,6 +63,13 @@ class TempDirTest : public ::testing::Test {
     char c;
     while (::read(fds[0], &c, 1) == 1 && c != '\n') path.push_back(c);
     ::close(fds[0]);
+    return {pid, path};
+  }
+
+  // A directory made by a process that was then killed with SIGKILL (no destructor
+  // ran): its path.
+  std::string killed_owners_dir() {
+    auto [pid, path] = forked_owner();
     ::kill(pid, SIGKILL);
     int status = 0;
     ::waitpid(pid, &status, 0);
@@ -122,21 +130,7 @@ TEST_F(TempDirTest, ADirectoryALivingProcessHoldsIsKeptHoweverOld) {
   EXPECT_TRUE(fs::exists(held->path()));
 
   // Held by another living process.
-  int fds[2];
-  ASSERT_EQ(::pipe(fds), 0);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(fds[0]);
-    auto dir = TempDir::create(kPrefix);
-    const std::string path = dir.ok() ? dir->path() + "\n" : "\n";
-    if (::write(fds[1], path.data(), path.size()) < 0) ::_exit(1);
-    for (;;) ::pause();
-  }
-  ::close(fds[1]);
-  std::string other;
-  char c;
-  while (::read(fds[0], &c, 1) == 1 && c != '\n') other.push_back(c);
-  ::close(fds[0]);
+  auto [pid, other] = forked_owner();
   ASSERT_FALSE(other.empty());
   age(other, 10min);
   EXPECT_EQ(remove_abandoned_temp_dirs(kPrefix, 0s), 0);
