@@ -229,6 +229,9 @@ class ErrorsTest(unittest.TestCase):
                    self.job("rounds: 3", "rounds: 3\ndifferential_privacy: {noise_multiplier: -1, max_grad_norm: 1}"))
         self.check("unknown update precision", ["coordinator", "run", "job.yaml"], 2, "float8",
                    self.job("rounds: 3", "rounds: 3\nupdate_precision: float8"))
+        self.check("unknown broadcast precision", ["coordinator", "run", "job.yaml"], 2,
+                   "broadcast_precision: 'half' is not float32 or bfloat16",
+                   self.job("rounds: 3", "rounds: 3\nbroadcast_precision: half"))
         self.check("output_dir that cannot be created", ["coordinator", "run", "job.yaml"], 2, "output_dir",
                    self.job("output_dir: out", "output_dir: /proc/fedpod-out"))
         write(self.path("a-file"), "x")
