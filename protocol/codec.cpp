@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 
@@ -187,7 +188,9 @@ StatusOr<std::string_view> Incoming::raw_frame(uint32_t index, uint64_t expected
 
 StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::TensorInfo>::Reader infos,
                                                             const std::vector<TensorSpec>& expected,
-                                                            bool check_finite, wire::DType dtype) {
+                                                            bool check_finite, wire::DType dtype,
+                                                            std::vector<float>* magnitudes) {
+  if (magnitudes) magnitudes->clear();
   const bool ints = dtype == wire::DType::INT32 || dtype == wire::DType::INT64;  // secure aggregation's ring
   if (dtype != wire::DType::FLOAT32 && dtype != wire::DType::BFLOAT16 && !ints) {
     return Status::invalid(std::string("take_tensors: dtype ") + dtype_name(dtype) +
@@ -252,7 +255,7 @@ StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::Te
       const auto& fr = frames_[frame_of[i]];
       // Finite check on the raw bytes works for any alignment (memcpy-free loads below
       // are done through an aligned copy only when needed).
-      bool finite;
+      float largest;
       if (bf16) {
         std::vector<uint16_t> tmp;
         const uint16_t* p = static_cast<const uint16_t*>(fr.data());
@@ -261,17 +264,19 @@ StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::Te
           std::memcpy(tmp.data(), fr.data(), fr.size());
           p = tmp.data();
         }
-        finite = all_finite_bf16(p, fr.size() / 2);
+        largest = largest_magnitude_bf16(p, fr.size() / 2);
       } else if (reinterpret_cast<uintptr_t>(fr.data()) % alignof(float) == 0) {
-        finite = all_finite(static_cast<const float*>(fr.data()), fr.size() / sizeof(float));
+        largest = largest_magnitude(static_cast<const float*>(fr.data()), fr.size() / sizeof(float));
       } else {
         std::vector<float> tmp(fr.size() / sizeof(float));
         std::memcpy(tmp.data(), fr.data(), fr.size());
-        finite = all_finite(tmp.data(), tmp.size());
+        largest = largest_magnitude(tmp.data(), tmp.size());
       }
-      if (!finite) {
+      if (!std::isfinite(largest)) {
+        if (magnitudes) magnitudes->clear();
         return Status::bad_message("tensor '" + expected[i].name + "' contains NaN or infinity");
       }
+      if (magnitudes) magnitudes->push_back(largest);
     }
   }
   // Everything checked: hand out views. Each frame moves into its tensor's deleter.
@@ -298,15 +303,43 @@ StatusOr<std::vector<torch::Tensor>> Incoming::take_tensors(capnp::List<wire::Te
 }
 
 namespace {
-// One chunk: OR-reduce so the loop has no branch and vectorizes (see all_finite).
-bool chunk_finite(const float* data, size_t n) {
-  uint32_t acc = 0;
-  for (size_t i = 0; i < n; ++i) {
+// A float's upper 16 bits (sign, exponent, 7 mantissa bits: its bfloat16 truncation)
+// with the sign cleared order as the magnitudes do, and those of infinity and NaN,
+// 0x7f80 and above, lie above every finite one's. Reducing them with a 16-bit signed
+// max (one SSE2 instruction per 4 floats, a float's lower half masked to zero) is
+// several times faster than a 32-bit max, which SSE2 lacks, and as fast as memory.
+constexpr int16_t kNotFinite16 = 0x7f80;
+using Lanes16 = int16_t __attribute__((vector_size(16)));
+
+int16_t chunk_largest_upper(const float* data, size_t n) {
+  const Lanes16 upper = {0, 0x7fff, 0, 0x7fff, 0, 0x7fff, 0, 0x7fff};  // little-endian: odd lanes
+  Lanes16 m0 = {}, m1 = {};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    Lanes16 a, b;
+    std::memcpy(&a, data + i, sizeof a);
+    std::memcpy(&b, data + i + 4, sizeof b);
+    a &= upper;
+    b &= upper;
+    m0 = a > m0 ? a : m0;
+    m1 = b > m1 ? b : m1;
+  }
+  m0 = m1 > m0 ? m1 : m0;
+  int16_t m = 0;
+  for (int k = 1; k < 8; k += 2) m = std::max(m, m0[k]);
+  for (; i < n; ++i) {
     uint32_t bits;
     std::memcpy(&bits, data + i, sizeof bits);
-    acc |= (bits & 0x7f800000u) + 0x00800000u;
+    m = std::max(m, static_cast<int16_t>((bits >> 16) & 0x7fffu));
   }
-  return (acc & 0x80000000u) == 0;
+  return m;
+}
+
+float from_upper(int16_t upper) {
+  const uint32_t bits = static_cast<uint32_t>(static_cast<uint16_t>(upper)) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
 }
 }  // namespace
 
@@ -379,27 +412,50 @@ torch::Tensor add_bf16_delta(const torch::Tensor& base, const torch::Tensor& del
   return out;
 }
 
-bool all_finite_bf16(const uint16_t* data, size_t n) {
-  // bfloat16 is float32's upper half: the same test on 16 bits.
-  uint32_t acc = 0;
-  for (size_t i = 0; i < n; ++i) acc |= static_cast<uint32_t>((data[i] & 0x7f80u) + 0x0080u);
-  return (acc & 0x8000u) == 0;
-}
-
-bool all_finite(const float* data, size_t n) {
-  // A float is finite unless its exponent bits are all ones. With the exponent masked,
-  // adding one exponent ulp carries into the sign bit exactly for those values.
-  // Large tensors are checked on libtorch's intra-op threads, in chunks.
+float largest_magnitude(const float* data, size_t n) {
+  // Large tensors are scanned on libtorch's intra-op threads, in chunks; a chunk that
+  // is not finite ends the scan.
   constexpr int64_t kChunk = 1 << 16;
-  std::atomic<bool> finite{true};
+  std::atomic<int16_t> largest{0};
   at::parallel_for(0, static_cast<int64_t>(n), kChunk, [&](int64_t begin, int64_t end) {
-    for (int64_t start = begin; start < end && finite.load(std::memory_order_relaxed); start += kChunk) {
+    int16_t m = 0;
+    for (int64_t start = begin;
+         start < end && m < kNotFinite16 && largest.load(std::memory_order_relaxed) < kNotFinite16;
+         start += kChunk) {
       const int64_t stop = std::min(end, start + kChunk);
-      if (!chunk_finite(data + start, static_cast<size_t>(stop - start))) finite = false;
+      m = std::max(m, chunk_largest_upper(data + start, static_cast<size_t>(stop - start)));
+    }
+    int16_t cur = largest.load(std::memory_order_relaxed);
+    while (m > cur && !largest.compare_exchange_weak(cur, m, std::memory_order_relaxed)) {
     }
   });
-  return finite.load();
+  return from_upper(largest.load());
 }
+
+bool all_finite(const float* data, size_t n) { return std::isfinite(largest_magnitude(data, n)); }
+
+float largest_magnitude_bf16(const uint16_t* data, size_t n) {
+  // bfloat16 is float32's upper half: the same order, every lane used.
+  const Lanes16 magnitude = {0x7fff, 0x7fff, 0x7fff, 0x7fff, 0x7fff, 0x7fff, 0x7fff, 0x7fff};
+  Lanes16 m0 = {}, m1 = {};
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    Lanes16 a, b;
+    std::memcpy(&a, data + i, sizeof a);
+    std::memcpy(&b, data + i + 8, sizeof b);
+    a &= magnitude;
+    b &= magnitude;
+    m0 = a > m0 ? a : m0;
+    m1 = b > m1 ? b : m1;
+  }
+  m0 = m1 > m0 ? m1 : m0;
+  int16_t m = 0;
+  for (int k = 0; k < 8; ++k) m = std::max(m, m0[k]);
+  for (; i < n; ++i) m = std::max(m, static_cast<int16_t>(data[i] & 0x7fffu));
+  return from_upper(m);
+}
+
+bool all_finite_bf16(const uint16_t* data, size_t n) { return std::isfinite(largest_magnitude_bf16(data, n)); }
 
 wire::ErrorCode to_wire(StatusCode code) {
   switch (code) {

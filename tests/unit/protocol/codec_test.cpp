@@ -61,6 +61,15 @@ Status parse_error(std::vector<zmq::message_t> frames, const Limits& limits = Li
 
 zmq::message_t copy_of(const void* data, size_t size) { return zmq::message_t(data, size); }
 
+// `x` truncated to bfloat16 precision (its top 16 bits), as largest_magnitude reports.
+float truncated16(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  bits &= 0xffff0000u;
+  std::memcpy(&x, &bits, sizeof bits);
+  return x;
+}
+
 class CodecTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -158,6 +167,28 @@ TEST_F(CodecTest, FramesMayBeTakenManyTimes) {
     ASSERT_TRUE(got.ok()) << got.status().to_string();
     expect_values(*got);
   }
+}
+
+// With `magnitudes`, the finite check reports each tensor's largest absolute value
+// in the expected order; nothing when it refuses.
+TEST_F(CodecTest, TakeTensorsReportsEachTensorsLargestValue) {
+  auto out = train_message(tensors());
+  auto in = parse_ok(out->frames());
+  ASSERT_NE(in, nullptr);
+  std::vector<float> magnitudes = {42.0f};  // replaced, not appended to
+  auto got = in->take_tensors(infos_of(*in), specs(), true, wire::DType::FLOAT32, &magnitudes);
+  ASSERT_TRUE(got.ok()) << got.status().to_string();
+  ASSERT_EQ(magnitudes.size(), 3u);
+  EXPECT_EQ(magnitudes[0], 5.0f);  // arange(6)
+  EXPECT_EQ(magnitudes[1], 2.25f);
+  EXPECT_EQ(magnitudes[2], truncated16(c_.abs().max().item<float>()));
+
+  b_[1] = std::numeric_limits<float>::infinity();
+  auto bad = train_message(tensors());
+  auto in2 = parse_ok(bad->frames());
+  ASSERT_NE(in2, nullptr);
+  EXPECT_FALSE(in2->take_tensors(infos_of(*in2), specs(), true, wire::DType::FLOAT32, &magnitudes).ok());
+  EXPECT_TRUE(magnitudes.empty());
 }
 
 TEST_F(CodecTest, KeepaliveIsHeldUntilTheLastFrameIsReleased) {
@@ -581,6 +612,47 @@ TEST(AllFiniteTest, NanPayloadsAreNotFinite) {
   uint32_t largest_finite = 0x7f7fffffu;
   std::memcpy(v.data(), &largest_finite, 4);
   EXPECT_TRUE(all_finite(v.data(), 1));
+}
+
+// The finite check's pass also measures: the largest absolute value, whatever its
+// sign and position, across chunks, threads and loop tails, to bfloat16 precision;
+// infinity or NaN when one is there.
+TEST(LargestMagnitudeTest, IsTheLargestAbsoluteValueToBFloat16PrecisionOrNotFinite) {
+  EXPECT_EQ(largest_magnitude(nullptr, 0), 0.0f);
+  const size_t n = 200'003;  // several chunks of 65,536 (so several threads), odd tails
+  for (size_t pos : {size_t{0}, size_t{3}, size_t{65'535}, size_t{65'536}, size_t{131'073}, n - 1}) {
+    for (float peak : {-3.0e38f, 2.5f, -1e-30f, FLT_MAX, 1.2345678f, -FLT_TRUE_MIN}) {
+      SCOPED_TRACE(::testing::Message() << "peak " << peak << " at " << pos);
+      std::vector<float> v(n);
+      for (size_t i = 0; i < n; ++i) v[i] = (i % 2 ? -1.0f : 1.0f) * std::abs(peak) * (0.5f * float(i % 7) / 7.0f);
+      v[pos] = peak;
+      const float got = largest_magnitude(v.data(), n);
+      EXPECT_EQ(got, truncated16(std::abs(peak)));
+      EXPECT_LE(got, std::abs(peak));
+      if (std::abs(peak) >= FLT_MIN) EXPECT_GE(got, std::abs(peak) * (1 - 1.0f / 128));  // subnormals: coarser
+    }
+  }
+  std::vector<float> v(n, 1.0f);
+  v[70'000] = -std::numeric_limits<float>::infinity();
+  EXPECT_EQ(largest_magnitude(v.data(), n), std::numeric_limits<float>::infinity());
+  for (uint32_t nan_bits : {0x7fc00000u, 0xffc00000u, 0x7f800001u}) {
+    std::memcpy(&v[70'000], &nan_bits, 4);
+    EXPECT_FALSE(std::isfinite(largest_magnitude(v.data(), n))) << std::hex << nan_bits;
+    EXPECT_FALSE(all_finite(v.data(), n)) << std::hex << nan_bits;
+  }
+  EXPECT_EQ(largest_magnitude(v.data(), 70'000), 1.0f);  // the prefix before it
+
+  // bfloat16: the same on 16 bits, exact.
+  torch::Tensor b = torch::tensor({0.5f, 2.0f, -0.0f, 1.0f, 0.25f, 3.0f, -7.0f, 1.0f, -300.0f, 2.0f}).to(torch::kBFloat16);
+  const auto* bits = reinterpret_cast<const uint16_t*>(b.data_ptr());
+  EXPECT_EQ(largest_magnitude_bf16(bits, 10), 300.0f);  // in the tail after 8 lanes
+  EXPECT_EQ(largest_magnitude_bf16(bits, 8), 7.0f);     // in the lanes
+  EXPECT_EQ(largest_magnitude_bf16(bits, 1), 0.5f);
+  EXPECT_EQ(largest_magnitude_bf16(bits, 0), 0.0f);
+  const uint16_t inf_bits[] = {0x3f80, 0xff80};  // 1, -infinity
+  EXPECT_FALSE(std::isfinite(largest_magnitude_bf16(inf_bits, 2)));
+  EXPECT_FALSE(all_finite_bf16(inf_bits, 2));
+  EXPECT_TRUE(all_finite_bf16(inf_bits, 1));
 }
 
 // ---- Status codes on the wire ---------------------------------------------------------
