@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <limits>
 
 namespace fedpod::aggregation {
 
@@ -47,6 +49,7 @@ void FedAvg::begin_round(const torch::Tensor& global) {
   for (const Range& r : max_ranges_) max_elements += r.numel;
   max_acc_ = max_elements > 0 ? torch::empty({max_elements}, torch::kFloat32) : torch::Tensor();
   total_weight_ = 0;
+  magnitude_bound_ = 0;
   folded_ = 0;
 }
 
@@ -56,6 +59,28 @@ Status FedAvg::fold(const std::vector<Segment>& update, double weight) {
     return Status::invalid("update weight must be a positive number, got " + std::to_string(weight));
   }
   FEDPOD_RETURN_IF_ERROR(check_tiling(update, acc_.numel()));
+  // Finite values can still overflow the weighted sum (3e38 from a pod of 100 samples
+  // is 3e40) and make the round's parameters infinite, which every pod then refuses
+  // and every later round inherits. Refused here, before anything is added, while the
+  // bound on the sum stays at half of float32's largest value (room for rounding).
+  double largest = 0;
+  for (const auto& s : update) {
+    double m = s.max_abs;
+    if (!(m >= 0)) m = s.values.numel() > 0 ? s.values.abs().max().item<double>() : 0.0;
+    if (!std::isfinite(m)) return Status::invalid("update holds NaN or infinity");
+    largest = std::max(largest, m);
+  }
+  constexpr double kSumBound = std::numeric_limits<float>::max() / 2.0;
+  if (magnitude_bound_ + weight * largest > kSumBound) {
+    char why[320];
+    std::snprintf(why, sizeof why,
+                  "update refused: its largest value in magnitude is %.3g; weighted by %g and added to this "
+                  "round's other updates it could overflow float32 (largest %.3g) and make the round's "
+                  "parameters infinite",
+                  largest, weight, static_cast<double>(std::numeric_limits<float>::max()));
+    return Status::invalid(why);
+  }
+  magnitude_bound_ += weight * largest;
   const torch::Tensor w = torch::scalar_tensor(weight, torch::kFloat32);
   for (const auto& s : update) {
     torch::Tensor dst = acc_.narrow(0, s.offset, s.values.numel());

@@ -210,6 +210,37 @@ std::map<std::string, PodRound> Coordinator::Impl::by_name(const std::map<size_t
   return out;
 }
 
+// Whether the round's new parameters, and the state its strategy carries on, are
+// finite; the error names what is not.
+static Status check_aggregate(const torch::Tensor& next, const aggregation::Strategy& strategy) {
+  auto finite = [](const torch::Tensor& t) {
+    if (t.scalar_type() != torch::kFloat32) return true;  // only float state can overflow
+    const torch::Tensor c = t.contiguous();
+    return protocol::all_finite(c.data_ptr<float>(), static_cast<size_t>(c.numel()));
+  };
+  if (!finite(next)) {
+    return Status::invalid("the " + strategy.name() + " aggregate of this round's updates is not finite (float32 overflow)");
+  }
+  for (const auto& t : strategy.state()) {
+    if (!finite(t)) {
+      return Status::invalid("the state that " + strategy.name() +
+                             " carries to the next round is not finite (float32 overflow)");
+    }
+  }
+  return Status();
+}
+
+// "pod-a 0.52, pod-b 3.1e+38": each pod's largest absolute value in its update.
+static std::string describe_magnitudes(const std::map<std::string, float>& m) {
+  std::string out;
+  char buf[32];
+  for (const auto& [name, v] : m) {
+    std::snprintf(buf, sizeof buf, "%.3g", static_cast<double>(v));
+    out += (out.empty() ? "" : ", ") + name + " " + buf;
+  }
+  return out.empty() ? "none folded" : out;
+}
+
 // "pod-b lacks 'age', 'bmi'; only pod-b has 'zip'" or "the same columns in another
 // order (first difference: column 3 is 'b' on pod-a, 'c' on pod-b)".
 static std::string describe_difference(const std::vector<std::string>& a, const std::vector<std::string>& b,
@@ -935,6 +966,16 @@ Status Coordinator::Impl::run_job() {
     const uint64_t broadcast_bytes = out.payload_bytes();  // per pod
     strategy->begin_round(global);
     double round_aggregation_seconds = 0;  // this round's folds and finish()
+    std::map<std::string, float> round_magnitudes;  // each folded update's largest |value|
+    // bfloat16 changes are added to these parameters: their largest magnitudes, per
+    // tensor, bound the sums (one pass a round, not one per pod).
+    std::vector<float> global_magnitudes;
+    if (bf16_updates) {
+      for (const auto& p : layout) {
+        global_magnitudes.push_back(protocol::largest_magnitude(global.data_ptr<float>() + p.offset,
+                                                                static_cast<size_t>(p.numel)));
+      }
+    }
     double loss_sum = 0;
     int64_t loss_weight = 0;
     // Pods report trainDone; their parameters are pulled with fetchResult, at most
@@ -1083,14 +1124,31 @@ Status Coordinator::Impl::run_job() {
                                 " a bfloat16 change, the job asked for update_precision " + spec.update_precision,
                             0, 0, {}};
           }
+          // The finite check also measures each tensor's largest value, which the
+          // strategy needs to refuse an update whose weighted sum would overflow.
+          std::vector<float> magnitudes;
           auto tensors = in.take_tensors(r.getTensors(), specs, true,
-                                         bf16_updates ? wire::DType::BFLOAT16 : wire::DType::FLOAT32);
+                                         bf16_updates ? wire::DType::BFLOAT16 : wire::DType::FLOAT32, &magnitudes);
           if (!tensors.ok()) return PodRound{"error", tensors.status().message(), 0, 0, {}};
           for (const auto& t : *tensors) job_metrics.bytes_received.Increment(static_cast<double>(t.nbytes()));
           std::vector<aggregation::Segment> segments;
           for (size_t k = 0; k < layout.size(); ++k) {
             torch::Tensor v = (*tensors)[k].view({-1});
+            float largest = magnitudes[k];
             if (bf16_updates) {
+              // |parameter + change| is at most the sum of their largest magnitudes
+              // (each at most 0.8 % low): refused while that sum could reach float32's
+              // limit, so no widened value is infinite.
+              const double bound = (static_cast<double>(global_magnitudes[k]) + largest) * 1.01;
+              if (bound >= std::numeric_limits<float>::max()) {
+                char why[200];
+                std::snprintf(why, sizeof why,
+                              "tensor '%s': its bfloat16 change (largest value %.3g) added to the round's "
+                              "parameters could overflow float32",
+                              layout[k].name.c_str(), static_cast<double>(largest));
+                return PodRound{"error", why, 0, 0, {}};
+              }
+              largest = static_cast<float>(bound);
               // Widened into one buffer that every pod's update reuses: fold() reads
               // its segments only during the call.
               if (!widened.defined()) widened = torch::empty({global.numel()}, torch::kFloat32);
@@ -1098,8 +1156,10 @@ Status Coordinator::Impl::run_job() {
               protocol::add_bf16_delta_into(global.narrow(0, layout[k].offset, layout[k].numel), v, into);
               v = into;
             }
-            segments.push_back({layout[k].offset, v});
+            segments.push_back({layout[k].offset, v, largest});
           }
+          float update_largest = 0;
+          for (const auto& seg : segments) update_largest = std::max(update_largest, seg.max_abs);
           const auto fold_start = Clock::now();
           Status folded = strategy->fold(segments, static_cast<double>(n));
           const double fold_seconds = std::chrono::duration<double>(Clock::now() - fold_start).count();
@@ -1107,6 +1167,7 @@ Status Coordinator::Impl::run_job() {
           round_aggregation_seconds += fold_seconds;
           if (!folded.ok()) return PodRound{"error", folded.message(), 0, 0, {}};
           folded_updates.insert({round, i});  // anything else for (round, pod) is a duplicate
+          round_magnitudes[pods[i].addr.name] = update_largest;
           PodRound pr = done[i];
           if (pr.metrics.count("train_loss")) {
             loss_sum += pr.metrics["train_loss"] * n;
@@ -1172,6 +1233,20 @@ Status Coordinator::Impl::run_job() {
     const auto finish_start = Clock::now();
     auto next = strategy->finish();
     if (!next.ok()) return next.status();
+    // Never published nor checkpointed: parameters that are not finite, which every pod
+    // would refuse and every later round inherit. FedAvg refuses the updates that could
+    // overflow it (the pod's outcome says so); a strategy whose arithmetic can still
+    // overflow (a server optimizer's squared steps, a robust rule's sums) ends here.
+    if (Status st = check_aggregate(*next, *strategy); !st.ok()) {
+      log->error("event=aggregate_not_finite job={} round={} strategy={}", spec.job_id, round, spec.strategy);
+      const std::string resume_hint =
+          spec.checkpoint && round > 1
+              ? "; the checkpoint after round " + std::to_string(round - 1) + " is intact" : "";
+      return Status::bad_message("round " + std::to_string(round) + "/" + std::to_string(spec.rounds) + ": " +
+                                 st.message() + "; pods' largest values this round: " +
+                                 describe_magnitudes(round_magnitudes) + "; nothing of the round was applied" +
+                                 resume_hint);
+    }
     global = std::move(*next);
     round_aggregation_seconds += std::chrono::duration<double>(Clock::now() - finish_start).count();
     job_metrics.aggregation.Observe(round_aggregation_seconds);

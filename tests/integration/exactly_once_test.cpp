@@ -18,6 +18,7 @@
 #include <sstream>
 #include <thread>
 
+#include "fedpod/coordinator/checkpoint.h"
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/coordinator/history.h"
 #include "fedpod/data/dataset.h"
@@ -29,6 +30,7 @@
 #include "fedpod/worker/worker.h"
 #include "digits_job.h"
 #include "identity.h"
+#include "reliability.h"
 #include "testutil.h"
 
 namespace fedpod {
@@ -537,6 +539,114 @@ TEST_F(ExactlyOnceTest, ALyingPodsWeightIsCappedAndItsUnaskedUpdatesAreDiscarded
   EXPECT_CONTAINS(logs.str(),
                   "event=update_weight_capped job=exactly-once round=1 pod=liar claimed_samples=100000 "
                   "train_samples=160");
+}
+
+// A pod whose update holds finite values so large that its weighted share overflows
+// float32 (global + 2^127 = 1.7e38, weighted by 160 samples: 2.7e40). In round 2 its update is
+// refused before it is folded: its outcome is an error naming the overflow, round 2 is
+// the honest pod's update alone, and the job goes on with finite parameters (without
+// the check the round's parameters were infinite, the honest pod refused every later
+// round, and the checkpoint kept them).
+TEST_F(ExactlyOnceTest, AnUpdateWhoseWeightedSumWouldOverflowIsRefusedAndTheRoundKeepsTheOthers) {
+  start_honest_pod("honest");
+  auto script = [&](W kind, uint64_t rid, uint32_t round, const ScriptedPod::Actions& act) {
+    if (kind == W::FETCH_RESULT && round == 2) {
+      act.train_result_delta(spec_.job_id, rid, 2, 0x1p127f);
+      return false;
+    }
+    return true;
+  };
+  start_scripted_pod("liar", script);
+  spec_.rounds = 3;
+  spec_.round_timeout = 60s;
+  coordinator::validate(spec_, "test job");
+  std::ostringstream logs, progress;
+  auto logger = std::make_shared<spdlog::logger>("coordinator", std::make_shared<spdlog::sinks::ostream_sink_mt>(logs));
+  logger->set_level(spdlog::level::info);
+  coordinator::Coordinator c(ctx_, spec_, logger, progress);
+  auto result = c.run();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs.str();
+  EXPECT_EQ(result->rounds_completed, 3);
+  stop_ = true;
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+
+  const auto& got = scripted_->received;
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_LT(max_diff(got.at(2), got.at(1) + 2.75), 1e-5) << "round 1: both pods";
+  EXPECT_LT(max_diff(got.at(3), got.at(2) + kHonestDelta), 1e-5) << "round 2: the honest pod alone";
+  const torch::Tensor final_model = saved_model(result->model_path);
+  EXPECT_TRUE(torch::isfinite(final_model).all().item<bool>());
+  EXPECT_LT(max_diff(final_model, got.at(3) + 2.75), 1e-5) << "round 3: both pods again";
+
+  auto h = history();
+  ASSERT_EQ(h["rounds"].size(), 3u);
+  const auto& r2 = h["rounds"][1];
+  EXPECT_EQ(r2["pods_answered"], 1);
+  EXPECT_EQ(r2["pods"]["honest"]["outcome"], "ok");
+  EXPECT_EQ(r2["pods"]["liar"]["outcome"], "error") << r2;
+  const std::string why = r2["pods"]["liar"].value("error", "");
+  EXPECT_CONTAINS(why, "its largest value in magnitude is 1.7e+38; weighted by 160");
+  EXPECT_CONTAINS(why, "could overflow float32");
+  EXPECT_EQ(h["rounds"][2]["pods"]["liar"]["outcome"], "ok");
+  const std::string text = prometheus::TextSerializer().Serialize(c.registry()->Collect());
+  EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_pod_responses_total{outcome=\"error\",pod=\"liar\"}"), 1)
+      << text;
+  testing::record_fault("hostile input",
+                        "an update of finite values whose weighted sum overflows float32 (2^127 from a pod of 160 "
+                        "samples) under FedAvg",
+                        1, "that update refused with the reason before it was folded; the round completed with the "
+                        "other pod; parameters finite",
+                        "the hostile pod's update for that round");
+}
+
+// Under a server optimizer the same kind of pod overflows the optimizer's own
+// arithmetic instead (FedAdam squares the mean step: 2^66 = 7.4e19 weighted 160 of
+// 640 is a step of 2^64, squared 2^128, past float32's largest value). The round's result is never applied nor
+// checkpointed: the job ends naming the overflow and each pod's largest value, and
+// the checkpoint of round 1 is what a resume would start from.
+TEST_F(ExactlyOnceTest, AServerOptimizerThatWouldOverflowEndsTheJobWithItsCheckpointIntact) {
+  start_honest_pod("honest");
+  auto script = [&](W kind, uint64_t rid, uint32_t round, const ScriptedPod::Actions& act) {
+    if (kind == W::FETCH_RESULT && round == 2) {
+      act.train_result_delta(spec_.job_id, rid, 2, 0x1p66f);
+      return false;
+    }
+    return true;
+  };
+  start_scripted_pod("liar", script);
+  spec_.rounds = 3;
+  spec_.round_timeout = 60s;
+  spec_.strategy = "fedadam";
+  coordinator::validate(spec_, "test job");
+  std::ostringstream logs, progress;
+  auto logger = std::make_shared<spdlog::logger>("coordinator", std::make_shared<spdlog::sinks::ostream_sink_mt>(logs));
+  coordinator::Coordinator c(ctx_, spec_, logger, progress);
+  auto result = c.run();
+  ASSERT_FALSE(result.ok()) << "the job ran on with a state that is not finite";
+  const std::string why = result.status().message();
+  EXPECT_CONTAINS(why, "round 2/3: the state that fedadam carries to the next round is not finite (float32 overflow)");
+  EXPECT_CONTAINS(why, "liar 7.38e+19");
+  EXPECT_CONTAINS(why, "nothing of the round was applied; the checkpoint after round 1 is intact");
+  EXPECT_CONTAINS(logs.str(), "event=aggregate_not_finite job=exactly-once round=2 strategy=fedadam");
+  stop_ = true;
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+
+  auto h = history();
+  EXPECT_EQ(h["checkpoint"]["round"], 1) << h;
+  ASSERT_GE(h["rounds"].size(), 1u);
+  auto saved = coordinator::read_checkpoint(spec_.output_dir + "/checkpoint.bin");
+  ASSERT_TRUE(saved.ok()) << saved.status().to_string();
+  EXPECT_EQ(saved->round, 1);
+  EXPECT_TRUE(torch::isfinite(saved->parameters).all().item<bool>());
+  for (const auto& t : saved->strategy_state) EXPECT_TRUE(torch::isfinite(t).all().item<bool>());
+  testing::record_fault("hostile input",
+                        "an update whose mean step overflows FedAdam's squared-step state (2^66 from a pod of 160 "
+                        "samples)",
+                        1, "job ended naming the overflow and each pod's largest value; nothing of the round applied; "
+                        "checkpoint of the previous round intact and finite",
+                        "the round in progress (resume redoes it)");
 }
 
 // A DEALER made with receive_hwm queues at most about that many unread messages: a

@@ -265,6 +265,49 @@ TEST_F(FedAvgRejectTest, NonPositiveWeight) {
   }
 }
 
+// Finite values whose weighted sum could overflow float32 (and make the round's
+// parameters infinite) are refused before anything is added.
+TEST_F(FedAvgRejectTest, ValuesWhoseWeightedSumCouldOverflowFloat32) {
+  torch::Tensor huge = vec({1, 2, 3e38f, 4, 5, 6});
+  expect_rejected(whole(huge), 1,
+                  "update refused: its largest value in magnitude is 3e+38; weighted by 1 and added to this "
+                  "round's other updates it could overflow float32 (largest 3.4e+38) and make the round's "
+                  "parameters infinite");
+  // Small alone, too large once weighted by its samples.
+  expect_rejected(pieces(vec({1, 2, 3, -1e36f, 5, 6}), {3}, {1, 0}), 1000,
+                  "update refused: its largest value in magnitude is 1e+36; weighted by 1000 and added to this "
+                  "round's other updates it could overflow float32 (largest 3.4e+38) and make the round's "
+                  "parameters infinite");
+  // A caller that checked the values passes their largest along; it is believed.
+  std::vector<Segment> told = whole(u2_);
+  told[0].max_abs = 2e38f;
+  expect_rejected(told, 1,
+                  "update refused: its largest value in magnitude is 2e+38; weighted by 1 and added to this "
+                  "round's other updates it could overflow float32 (largest 3.4e+38) and make the round's "
+                  "parameters infinite");
+  expect_rejected(whole(vec({1, 2, std::numeric_limits<float>::quiet_NaN(), 4, 5, 6})), 1,
+                  "update holds NaN or infinity");
+}
+
+// The bound is on the sum of the round's updates: each one below it alone, the one
+// that would carry the sum past it is refused, the others make the round.
+TEST(FedAvgOverflowTest, TheUpdateThatWouldCarryTheSumPastFloat32IsRefusedAndTheOthersKept) {
+  FedAvg fedavg;
+  fedavg.begin_round(torch::zeros({3}));
+  ASSERT_TRUE(fedavg.fold(whole(vec({1e38f, -1e38f, 1})), 1).ok());
+  Status s = fedavg.fold(whole(vec({1e38f, 1e38f, 1})), 1);  // 2e38 > FLT_MAX / 2
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("could overflow float32"), std::string::npos) << s.message();
+  ASSERT_TRUE(fedavg.fold(whole(vec({0, 0, 3})), 1).ok());  // small: still welcome
+  EXPECT_EQ(fedavg.folded(), 2);
+  auto out = fedavg.finish();
+  ASSERT_TRUE(out.ok()) << out.status().to_string();
+  expect_values(*out, {5e37f, -5e37f, 2});
+  // A new round starts from a zero bound.
+  fedavg.begin_round(torch::zeros({3}));
+  EXPECT_TRUE(fedavg.fold(whole(vec({1e38f, 1e38f, 1})), 1).ok());
+}
+
 // ---- Round state ----------------------------------------------------------------------
 
 TEST(FedAvgStateTest, FinishWithoutFoldsFails) {

@@ -35,6 +35,9 @@ class FedAvg : public Strategy {
   // caller drops it (two buffers alternate; nothing else is retained).
   torch::Tensor last_out_;
   double total_weight_ = 0;
+  // Sum over the folded updates of weight x largest |value|: a bound on every element
+  // of the weighted sum, kept below float32's range (fold()).
+  double magnitude_bound_ = 0;
   int folded_ = 0;
 };
 

@@ -24,6 +24,10 @@ namespace fedpod::aggregation {
 struct Segment {
   int64_t offset = 0;
   torch::Tensor values;  // float32, contiguous; numel() elements
+  // The largest absolute value in `values` when the caller already knows it (it
+  // checked them: protocol::largest_magnitude); negative when unknown, and a strategy
+  // that needs it takes it itself.
+  float max_abs = -1.0f;
 };
 
 // A range of the flat buffer: elements [offset, offset + numel).

@@ -67,7 +67,12 @@
 // trainResult is read only after the coordinator's fetchResult asked for it. Each
 // pod's socket queues at most 16 messages (ZMQ_RCVHWM) before ZeroMQ stops reading
 // its connection, so a pod that floods the coordinator meets TCP backpressure rather
-// than growing the coordinator's memory.
+// than growing the coordinator's memory. An update must be finite, and FedAvg (and the
+// server optimizers' mean) refuses one whose values, weighted, could carry the round's
+// sum past float32's range (the pod's outcome is an error that says so; the others
+// make the round). Whatever the strategy, parameters or strategy state that are not
+// finite are never applied nor checkpointed: the job ends naming each pod's largest
+// value, with the previous round's checkpoint intact.
 //
 // Metrics: every Coordinator defines its metrics on its own registry (registry()),
 // whether or not it serves them:
