@@ -535,6 +535,8 @@ std::map<size_t, PodRound> Coordinator::Impl::send_start_job(std::vector<size_t>
                               return PodRound{"error", t.message(), 0, 0, {}};
                             }
                             pod.train_samples = static_cast<int64_t>(a.getTrainSamples());
+                            pod.validation_samples = static_cast<int64_t>(a.getValidationSamples());
+                            pod.test_samples = static_cast<int64_t>(a.getTestSamples());
                             pod.uploads_when_done = a.getUploadsWhenDone();
                             decisions[&pod - pods.data()] = a.getDecision();
                             return PodRound{"ok", "", static_cast<int64_t>(a.getTrainSamples()), 0,
@@ -662,12 +664,24 @@ std::optional<EvalSummary> Coordinator::Impl::evaluate(const torch::Tensor& glob
   ev.setBatchSize(256);
   out.attach(ev.initTensors(specs.size()), protocol::parameter_views(global, layout));
   auto replies = exchange(out, rid, pods_with_job(), {wire::Envelope::Body::EVAL_RESULT},
-                          Clock::now() + spec.round_timeout, true, [&](Pod&, protocol::Incoming& in) {
+                          Clock::now() + spec.round_timeout, true, [&](Pod& pod, protocol::Incoming& in) {
                             auto r = in.envelope().getBody().getEvalResult();
                             if (!std::isfinite(r.getLoss()) || r.getAccuracy() < 0 || r.getAccuracy() > 1) {
                               return PodRound{"error", "evaluation result out of range", 0, 0, {}};
                             }
-                            return PodRound{"ok", "", static_cast<int64_t>(r.getNumSamples()), 0,
+                            // Weighted by the rows it claims, capped at those of the split
+                            // it reported in jobAccepted, as a training update is: a pod
+                            // cannot outvote the others' evaluation by claiming more.
+                            auto weight = static_cast<int64_t>(std::min<uint64_t>(r.getNumSamples(), INT64_MAX));
+                            const int64_t rows = split == wire::Split::TEST ? pod.test_samples : pod.validation_samples;
+                            if (weight > rows) {
+                              log->warn("event=eval_weight_capped job={} round={} pod={} split={} claimed_samples={} "
+                                        "split_samples={}",
+                                        spec.job_id, round, pod.addr.name,
+                                        split == wire::Split::TEST ? "test" : "validation", weight, rows);
+                              weight = rows;
+                            }
+                            return PodRound{"ok", "", weight, 0,
                                             {{"loss", r.getLoss()}, {"accuracy", r.getAccuracy()}}};
                           },
                           nullptr, nullptr, /*heartbeats=*/true);

@@ -70,6 +70,9 @@ struct Pod {
   bool needs_rejoin = false;  // lost the job or the connection: startJob again before its next round
   int rejoin_attempts = 0;    // since it was last flagged
   int64_t train_samples = 0;
+  // jobAccepted's validation and test rows: an evalResult's weight is capped at them.
+  int64_t validation_samples = 0;
+  int64_t test_samples = 0;
   uint64_t max_frame_bytes = 0;  // from helloReply; 0: not advertised
   // The tensor channel (protocol/bulk.h): a DEALER to the pod's tensor endpoint (no
   // CURVE: what travels there is sealed) and the keys agreed at the last startJob.

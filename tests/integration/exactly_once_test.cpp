@@ -113,6 +113,9 @@ class ScriptedPod {
   // trainResult (a liar claims more than it has). Set before serve().
   uint64_t accepted_samples = kLiarSamples;
   uint64_t claimed_samples = kLiarSamples;
+  // Rows claimed in evalResult; 0: the split's own (20 validation, 40 test rows, as
+  // its jobAccepted says).
+  uint64_t claimed_eval_samples = 0;
 
   // The global parameters each round's train carried (flat, in layout order).
   std::map<uint32_t, torch::Tensor> received;
@@ -248,7 +251,7 @@ class ScriptedPod {
       auto r = e.getBody().initEvalResult();
       r.setRound(round);
       r.setSplit(split);
-      r.setNumSamples(split == wire::Split::TEST ? 40 : 20);
+      r.setNumSamples(claimed_eval_samples ? claimed_eval_samples : split == wire::Split::TEST ? 40 : 20);
       r.setLoss(1.0);
       r.setAccuracy(0.5);
     });
@@ -539,6 +542,51 @@ TEST_F(ExactlyOnceTest, ALyingPodsWeightIsCappedAndItsUnaskedUpdatesAreDiscarded
   EXPECT_CONTAINS(logs.str(),
                   "event=update_weight_capped job=exactly-once round=1 pod=liar claimed_samples=100000 "
                   "train_samples=160");
+}
+
+// A pod that claims a million evaluation rows (its jobAccepted said 20 validation and
+// 40 test rows) at accuracy 0.5: its evaluation counts for the rows it has, so the
+// global accuracy stays the honest pod's own weighted with 20 or 40, not ~0.5.
+TEST_F(ExactlyOnceTest, ALyingPodsEvaluationWeightIsCappedAtItsSplit) {
+  start_honest_pod("honest");
+  start_scripted_pod("liar", [](W, uint64_t, uint32_t, const ScriptedPod::Actions&) { return true; });
+  scripted_->claimed_eval_samples = 1'000'000;
+  spec_.rounds = 2;
+  spec_.eval_every = 1;
+  spec_.round_timeout = 60s;
+  coordinator::validate(spec_, "test job");
+  std::ostringstream logs, progress;
+  auto logger = std::make_shared<spdlog::logger>("coordinator", std::make_shared<spdlog::sinks::ostream_sink_mt>(logs));
+  logger->set_level(spdlog::level::info);
+  coordinator::Coordinator c(ctx_, spec_, logger, progress);
+  auto result = c.run();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs.str();
+  stop_ = true;
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+
+  auto h = history();
+  std::vector<nlohmann::json> evals;
+  for (const auto& rec : h["rounds"]) evals.push_back(rec["eval"]);
+  evals.push_back(h["test"]);
+  ASSERT_EQ(evals.size(), 3u) << h;
+  for (const auto& e : evals) {
+    SCOPED_TRACE(e.dump());
+    ASSERT_TRUE(e.is_object());
+    const bool test = e["split"] == "test";
+    const int64_t rows = test ? 40 : 20;
+    EXPECT_EQ(e["pods"]["liar"]["num_samples"], rows);
+    const int64_t n = e["pods"]["honest"]["num_samples"];
+    ASSERT_GT(n, 0);
+    const double honest = e["pods"]["honest"]["accuracy"];
+    EXPECT_EQ(e["num_samples"], n + rows);
+    EXPECT_NEAR(e["accuracy"].get<double>(), (honest * n + 0.5 * rows) / (n + rows), 1e-9);
+  }
+  EXPECT_CONTAINS(logs.str(), "event=eval_weight_capped job=exactly-once round=1 pod=liar split=validation "
+                              "claimed_samples=1000000 split_samples=20");
+  testing::record_fault("hostile input", "evaluation results claiming 1,000,000 rows from a pod with 20 (40 test)",
+                        3, "each weighted by the rows of the split the pod reported; global accuracy the capped "
+                        "weighted mean; logged as eval_weight_capped");
 }
 
 // A pod whose update holds finite values so large that its weighted share overflows

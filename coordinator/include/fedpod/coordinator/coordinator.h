@@ -63,8 +63,10 @@
 // Trusting pods' numbers: a pod's update is weighted by the samples its trainDone
 // reports, capped at the training rows it reported in jobAccepted (logged as
 // event=update_weight_capped, counted per pod in the metric below and in history.json
-// "update_weight_capped"): a pod cannot outvote the others by claiming more data. A
-// trainResult is read only after the coordinator's fetchResult asked for it. Each
+// "update_weight_capped"): a pod cannot outvote the others by claiming more data. An
+// evalResult is weighted the same way, capped at the validation or test rows of the
+// pod's jobAccepted (event=eval_weight_capped). A trainResult is read only after the
+// coordinator's fetchResult asked for it. Each
 // pod's socket queues at most 16 messages (ZMQ_RCVHWM) before ZeroMQ stops reading
 // its connection, so a pod that floods the coordinator meets TCP backpressure rather
 // than growing the coordinator's memory. An update must be finite, and FedAvg (and the
