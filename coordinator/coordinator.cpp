@@ -210,6 +210,48 @@ std::map<std::string, PodRound> Coordinator::Impl::by_name(const std::map<size_t
   return out;
 }
 
+Status Coordinator::Impl::take_train_metrics(const Pod& pod, int round, wire::TrainDone::Reader d, PodRound& pr) {
+  // history.json's own per-pod fields (report.html reads some of them as text).
+  static const std::set<std::string> kReserved = {"outcome",       "error",        "num_samples",
+                                                  "seconds",       "train_seconds", "phase",
+                                                  "decision",      "train_samples", "validation_samples",
+                                                  "test_samples",  "skipped_rows"};
+  constexpr size_t kMaxMetrics = 64;
+  constexpr size_t kMaxName = 64;
+  auto metrics = d.getMetrics();
+  if (metrics.size() > kMaxMetrics) {
+    return Status::bad_message("trainDone carries " + std::to_string(metrics.size()) + " metrics, at most " +
+                               std::to_string(kMaxMetrics));
+  }
+  for (auto m : metrics) {
+    const auto text = m.getName();
+    const std::string name(text.begin(), text.size());
+    bool plain = !name.empty() && name.size() <= kMaxName && (std::isalpha(static_cast<unsigned char>(name[0])) || name[0] == '_');
+    for (char c : name) plain = plain && (std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.');
+    if (!plain) {
+      std::string shown;
+      for (char c : name.substr(0, kMaxName)) shown += (c >= 0x20 && c < 0x7f) ? c : '?';
+      if (name.size() > kMaxName) shown += "...";
+      return Status::bad_message("trainDone metric '" + shown +
+                                 "' is not a metric name (a letter or '_', then letters, digits, '_' or '.'; at most " +
+                                 std::to_string(kMaxName) + " characters)");
+    }
+    if (kReserved.count(name)) {
+      return Status::bad_message("trainDone metric '" + name +
+                                 "' is a name history.json keeps for the coordinator's own fields");
+    }
+    if (!std::isfinite(m.getValue())) {
+      log->warn("event=metric_dropped job={} round={} pod={} metric={} reason=\"not a finite number\"", spec.job_id,
+                round, pod.addr.name, name);
+      continue;
+    }
+    pr.metrics[name] = m.getValue();
+  }
+  const double seconds = d.getSeconds();
+  pr.metrics["train_seconds"] = std::isfinite(seconds) && seconds >= 0 ? seconds : 0.0;
+  return Status();
+}
+
 // Whether the round's new parameters, and the state its strategy carries on, are
 // finite; the error names what is not.
 static Status check_aggregate(const torch::Tensor& next, const aggregation::Strategy& strategy) {
@@ -1103,8 +1145,9 @@ Status Coordinator::Impl::run_job() {
             }
             claimed_samples[i] = claimed;
             PodRound pr{"ok", "", weight, 0, {}};
-            for (auto m : d.getMetrics()) pr.metrics[m.getName().cStr()] = m.getValue();
-            pr.metrics["train_seconds"] = d.getSeconds();
+            if (Status st = take_train_metrics(pod, round, d, pr); !st.ok()) {
+              return PodRound{"error", st.message(), 0, 0, {}};
+            }
             done[i] = std::move(pr);
             if (!upload_when_done) ready.push_back(i);
             return std::nullopt;  // parameters still to fetch, or on their way

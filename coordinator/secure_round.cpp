@@ -87,16 +87,18 @@ std::map<size_t, PodRound> Coordinator::Impl::secure_round(int round, uint64_t r
         if (d.getRound() != r) return wrong_round("trainDone", d.getRound());
         if (d.getNumSamples() == 0) return PodRound{"error", "trained on no samples", 0, 0, {}};
         if (!d.hasSecAggKeys()) return PodRound{"error", "trainDone without secure aggregation keys", 0, 0, {}};
-        if (Status st = server.add_keys(secagg_id(index(pod)), sa::from_wire(d.getSecAggKeys())); !st.ok()) {
-          return PodRound{"error", st.message(), 0, 0, {}};
-        }
         // The weight FedAvg would give it (capped at its training rows); the pod
         // applies its own inside the masked sum.
         int64_t n = static_cast<int64_t>(std::min<uint64_t>(d.getNumSamples(), uint64_t{1} << 62));
         if (pod.train_samples > 0) n = std::min(n, pod.train_samples);
         PodRound pr{"ok", "", n, 0, {}};
-        for (auto m : d.getMetrics()) pr.metrics[m.getName().cStr()] = m.getValue();
-        pr.metrics["train_seconds"] = d.getSeconds();
+        // Checked before its keys join the round: a refused pod is not in it.
+        if (Status st = take_train_metrics(pod, static_cast<int>(r), d, pr); !st.ok()) {
+          return PodRound{"error", st.message(), 0, 0, {}};
+        }
+        if (Status st = server.add_keys(secagg_id(index(pod)), sa::from_wire(d.getSecAggKeys())); !st.ok()) {
+          return PodRound{"error", st.message(), 0, 0, {}};
+        }
         trained[index(pod)] = pr;
         return pr;
       },

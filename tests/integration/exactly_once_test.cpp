@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include <atomic>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <map>
@@ -116,6 +117,8 @@ class ScriptedPod {
   // Rows claimed in evalResult; 0: the split's own (20 validation, 40 test rows, as
   // its jobAccepted says).
   uint64_t claimed_eval_samples = 0;
+  // Metrics its trainDone of a round carries instead of {train_loss: 0.5}.
+  std::map<uint32_t, std::vector<std::pair<std::string, double>>> train_metrics;
 
   // The global parameters each round's train carried (flat, in layout order).
   std::map<uint32_t, torch::Tensor> received;
@@ -222,9 +225,13 @@ class ScriptedPod {
       d.setRound(round);
       d.setNumSamples(claimed_samples);
       d.setSeconds(0.01);
-      auto m = d.initMetrics(1);
-      m[0].setName("train_loss");
-      m[0].setValue(0.5);
+      std::vector<std::pair<std::string, double>> metrics = {{"train_loss", 0.5}};
+      if (train_metrics.count(round)) metrics = train_metrics.at(round);
+      auto m = d.initMetrics(static_cast<unsigned>(metrics.size()));
+      for (size_t k = 0; k < metrics.size(); ++k) {
+        m[k].setName(metrics[k].first);
+        m[k].setValue(metrics[k].second);
+      }
     });
   }
 
@@ -542,6 +549,64 @@ TEST_F(ExactlyOnceTest, ALyingPodsWeightIsCappedAndItsUnaskedUpdatesAreDiscarded
   EXPECT_CONTAINS(logs.str(),
                   "event=update_weight_capped job=exactly-once round=1 pod=liar claimed_samples=100000 "
                   "train_samples=160");
+}
+
+// Metrics travel from a pod's trainDone into history.json and report.html beside the
+// coordinator's own fields. A pod that names one of those fields ("outcome", which
+// the report reads as text), a name that is no metric name, or too many metrics, has
+// its answer refused for the round with the reason; a value that is not finite
+// (JSON has no NaN) is left out and logged; the job goes on and its report is written.
+TEST_F(ExactlyOnceTest, MetricsThatWouldCorruptTheHistoryAreRefusedOrLeftOut) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  start_honest_pod("honest");
+  start_scripted_pod("liar", [](W, uint64_t, uint32_t, const ScriptedPod::Actions&) { return true; });
+  std::vector<std::pair<std::string, double>> many;
+  for (int k = 0; k < 65; ++k) many.emplace_back("m" + std::to_string(k), 1.0);
+  scripted_->train_metrics = {{1, {{"train_loss", 0.5}, {"outcome", 1.0}}},
+                              {2, {{"train_loss", 0.5}, {std::string("bad\nname"), 1.0}}},
+                              {3, many},
+                              {4, {{"train_loss", nan}, {"train_accuracy", std::numeric_limits<double>::infinity()},
+                                   {"custom.metric_1", 7.0}}}};
+  spec_.rounds = 4;
+  spec_.round_timeout = 60s;
+  coordinator::validate(spec_, "test job");
+  std::ostringstream logs, progress;
+  auto logger = std::make_shared<spdlog::logger>("coordinator", std::make_shared<spdlog::sinks::ostream_sink_mt>(logs));
+  logger->set_level(spdlog::level::info);
+  coordinator::Coordinator c(ctx_, spec_, logger, progress);
+  auto result = c.run();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs.str();
+  EXPECT_EQ(result->rounds_completed, 4);
+  stop_ = true;
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+
+  auto h = history();
+  ASSERT_EQ(h["rounds"].size(), 4u);
+  const auto& r = h["rounds"];
+  EXPECT_EQ(r[0]["pods"]["liar"]["outcome"], "error");
+  EXPECT_CONTAINS(r[0]["pods"]["liar"].value("error", ""), "trainDone metric 'outcome' is a name history.json keeps");
+  EXPECT_EQ(r[1]["pods"]["liar"]["outcome"], "error");
+  EXPECT_CONTAINS(r[1]["pods"]["liar"].value("error", ""), "trainDone metric 'bad?name' is not a metric name");
+  EXPECT_EQ(r[2]["pods"]["liar"]["outcome"], "error");
+  EXPECT_CONTAINS(r[2]["pods"]["liar"].value("error", ""), "trainDone carries 65 metrics, at most 64");
+  for (int k = 0; k < 3; ++k) EXPECT_EQ(r[k]["pods_answered"], 1) << r[k];
+  // Round 4: folded, its non-finite values left out, its plain custom metric kept.
+  const auto& liar = r[3]["pods"]["liar"];
+  EXPECT_EQ(liar["outcome"], "ok") << liar;
+  EXPECT_FALSE(liar.contains("train_loss")) << liar;
+  EXPECT_FALSE(liar.contains("train_accuracy")) << liar;
+  EXPECT_EQ(liar["custom.metric_1"], 7.0);
+  EXPECT_EQ(r[3]["train_loss"], 0.25) << "the round's loss is the honest pod's alone";
+  EXPECT_CONTAINS(logs.str(), "event=metric_dropped job=exactly-once round=4 pod=liar metric=train_loss "
+                              "reason=\"not a finite number\"");
+  EXPECT_TRUE(std::filesystem::exists(spec_.output_dir + "/report.html"));
+  testing::record_fault("hostile input",
+                        "trainDone metrics naming the coordinator's own history fields, malformed names, 65 "
+                        "metrics, NaN and infinite values",
+                        4, "the first three answers refused with the reason; non-finite values left out and "
+                        "logged; history.json and report.html written",
+                        "the hostile pod's updates of three rounds");
 }
 
 // A pod that claims a million evaluation rows (its jobAccepted said 20 validation and
