@@ -731,17 +731,17 @@ std::optional<EvalSummary> Coordinator::Impl::evaluate(const torch::Tensor& glob
   mark_rejoins(replies);
   EvalSummary s;
   s.split = split == wire::Split::TEST ? "test" : "validation";
-  double loss = 0, acc = 0;
+  long double loss = 0, acc = 0;  // as a round's train loss: finite values, any size
   for (auto& [i, r] : replies) {
     if (r.outcome != "ok" || r.num_samples == 0) continue;
     s.num_samples += r.num_samples;
-    loss += r.metrics["loss"] * r.num_samples;
-    acc += r.metrics["accuracy"] * r.num_samples;
+    loss += static_cast<long double>(r.metrics["loss"]) * r.num_samples;
+    acc += static_cast<long double>(r.metrics["accuracy"]) * r.num_samples;
   }
   s.pods = by_name(replies);
   if (s.num_samples == 0) return std::nullopt;
-  s.loss = loss / s.num_samples;
-  s.accuracy = acc / s.num_samples;
+  s.loss = static_cast<double>(loss / s.num_samples);
+  s.accuracy = static_cast<double>(acc / s.num_samples);
   record_eval(s);
   return s;
 }
@@ -1032,7 +1032,9 @@ Status Coordinator::Impl::run_job() {
                                                                 static_cast<size_t>(p.numel)));
       }
     }
-    double loss_sum = 0;
+    // Long double: a pod may report any finite loss (1e308), and the weighted sum of
+    // finite values must not overflow to an infinity that history.json cannot hold.
+    long double loss_sum = 0;
     int64_t loss_weight = 0;
     // Pods report trainDone; their parameters are pulled with fetchResult, at most
     // `max_concurrent_uploads` at a time, so received-but-unfolded updates never
@@ -1227,7 +1229,7 @@ Status Coordinator::Impl::run_job() {
           round_magnitudes[pods[i].addr.name] = update_largest;
           PodRound pr = done[i];
           if (pr.metrics.count("train_loss")) {
-            loss_sum += pr.metrics["train_loss"] * n;
+            loss_sum += static_cast<long double>(pr.metrics["train_loss"]) * n;
             loss_weight += n;
           }
           return pr;
@@ -1262,7 +1264,7 @@ Status Coordinator::Impl::run_job() {
       if (r.outcome == "ok") ++rec.pods_answered;
       else log->warn("event=pod_failed round={} pod={} outcome={} reason=\"{}\"", round, pods[i].addr.name, r.outcome, r.error);
     }
-    rec.train_loss = loss_weight ? loss_sum / loss_weight : 0;
+    rec.train_loss = loss_weight ? static_cast<double>(loss_sum / loss_weight) : 0;
     if (rec.pods_answered < spec.min_pods) {
       rec.seconds = std::chrono::duration<double>(Clock::now() - start).count();
       history["rounds"].push_back(to_json(rec));

@@ -583,7 +583,7 @@ struct Coordinator::Impl {
   std::map<size_t, PodRound> secure_round(int round, uint64_t rid, const std::vector<size_t>& targets,
                                           protocol::Outgoing& train, Clock::time_point start,
                                           const torch::Tensor& global, aggregation::Strategy& strategy,
-                                          double& loss_sum, int64_t& loss_weight, double& seconds_aggregating,
+                                          long double& loss_sum, int64_t& loss_weight, double& seconds_aggregating,
                                           size_t& sent);
 
   Status run_job();

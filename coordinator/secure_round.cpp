@@ -36,7 +36,7 @@ Status Coordinator::Impl::resolve_secure_aggregation() {
 std::map<size_t, PodRound> Coordinator::Impl::secure_round(int round, uint64_t rid, const std::vector<size_t>& targets,
                                         protocol::Outgoing& train, Clock::time_point start,
                                         const torch::Tensor& global, aggregation::Strategy& strategy,
-                                        double& loss_sum, int64_t& loss_weight, double& seconds_aggregating,
+                                        long double& loss_sum, int64_t& loss_weight, double& seconds_aggregating,
                                         size_t& sent) {
   namespace sa = protocol::secagg;
   using B = wire::Envelope::Body;
@@ -237,7 +237,7 @@ std::map<size_t, PodRound> Coordinator::Impl::secure_round(int round, uint64_t r
   for (size_t i : in_round) {
     outcome[i] = trained[i];
     if (outcome[i].metrics.count("train_loss")) {
-      loss_sum += outcome[i].metrics["train_loss"] * outcome[i].num_samples;
+      loss_sum += static_cast<long double>(outcome[i].metrics["train_loss"]) * outcome[i].num_samples;
       loss_weight += outcome[i].num_samples;
     }
   }

@@ -117,6 +117,8 @@ class ScriptedPod {
   // Rows claimed in evalResult; 0: the split's own (20 validation, 40 test rows, as
   // its jobAccepted says).
   uint64_t claimed_eval_samples = 0;
+  // The loss its evalResult reports.
+  double eval_loss = 1.0;
   // Metrics its trainDone of a round carries instead of {train_loss: 0.5}.
   std::map<uint32_t, std::vector<std::pair<std::string, double>>> train_metrics;
 
@@ -259,7 +261,7 @@ class ScriptedPod {
       r.setRound(round);
       r.setSplit(split);
       r.setNumSamples(claimed_eval_samples ? claimed_eval_samples : split == wire::Split::TEST ? 40 : 20);
-      r.setLoss(1.0);
+      r.setLoss(eval_loss);
       r.setAccuracy(0.5);
     });
   }
@@ -565,8 +567,9 @@ TEST_F(ExactlyOnceTest, MetricsThatWouldCorruptTheHistoryAreRefusedOrLeftOut) {
   scripted_->train_metrics = {{1, {{"train_loss", 0.5}, {"outcome", 1.0}}},
                               {2, {{"train_loss", 0.5}, {std::string("bad\nname"), 1.0}}},
                               {3, many},
-                              {4, {{"train_loss", nan}, {"train_accuracy", std::numeric_limits<double>::infinity()},
-                                   {"custom.metric_1", 7.0}}}};
+                              {4, {{"train_loss", 1e308}, {"train_accuracy", std::numeric_limits<double>::infinity()},
+                                   {"samples_seen", nan}, {"custom.metric_1", 7.0}}}};
+  scripted_->eval_loss = 1e308;  // finite, but weighted sums of it are not
   spec_.rounds = 4;
   spec_.round_timeout = 60s;
   coordinator::validate(spec_, "test job");
@@ -591,21 +594,31 @@ TEST_F(ExactlyOnceTest, MetricsThatWouldCorruptTheHistoryAreRefusedOrLeftOut) {
   EXPECT_EQ(r[2]["pods"]["liar"]["outcome"], "error");
   EXPECT_CONTAINS(r[2]["pods"]["liar"].value("error", ""), "trainDone carries 65 metrics, at most 64");
   for (int k = 0; k < 3; ++k) EXPECT_EQ(r[k]["pods_answered"], 1) << r[k];
-  // Round 4: folded, its non-finite values left out, its plain custom metric kept.
+  // Round 4: folded, its non-finite values left out, the rest kept; the round's
+  // weighted loss of 1e308 and 0.25 is finite: (0.25 * 480 + 1e308 * 160) / 640.
   const auto& liar = r[3]["pods"]["liar"];
   EXPECT_EQ(liar["outcome"], "ok") << liar;
-  EXPECT_FALSE(liar.contains("train_loss")) << liar;
+  EXPECT_EQ(liar["train_loss"], 1e308);
   EXPECT_FALSE(liar.contains("train_accuracy")) << liar;
+  EXPECT_FALSE(liar.contains("samples_seen")) << liar;
   EXPECT_EQ(liar["custom.metric_1"], 7.0);
-  EXPECT_EQ(r[3]["train_loss"], 0.25) << "the round's loss is the honest pod's alone";
-  EXPECT_CONTAINS(logs.str(), "event=metric_dropped job=exactly-once round=4 pod=liar metric=train_loss "
-                              "reason=\"not a finite number\"");
+  ASSERT_TRUE(r[3]["train_loss"].is_number()) << r[3];
+  EXPECT_NEAR(r[3]["train_loss"].get<double>() / 2.5e307, 1.0, 1e-9);
+  for (const auto& e : {r[3]["eval"], h["test"]}) {
+    ASSERT_TRUE(e.is_object()) << h;
+    EXPECT_TRUE(e["loss"].is_number()) << e;  // a weighted mean of finite losses
+    EXPECT_GT(e["loss"].get<double>(), 1e306) << e;
+  }
+  for (const char* metric : {"train_accuracy", "samples_seen"}) {
+    EXPECT_CONTAINS(logs.str(), std::string("event=metric_dropped job=exactly-once round=4 pod=liar metric=") + metric +
+                                    " reason=\"not a finite number\"");
+  }
   EXPECT_TRUE(std::filesystem::exists(spec_.output_dir + "/report.html"));
   testing::record_fault("hostile input",
                         "trainDone metrics naming the coordinator's own history fields, malformed names, 65 "
-                        "metrics, NaN and infinite values",
-                        4, "the first three answers refused with the reason; non-finite values left out and "
-                        "logged; history.json and report.html written",
+                        "metrics, NaN and infinite values; losses of 1e308",
+                        5, "the first three answers refused with the reason; non-finite values left out and "
+                        "logged; weighted losses finite; history.json and report.html written",
                         "the hostile pod's updates of three rounds");
 }
 
