@@ -309,30 +309,38 @@ namespace {
 // max (one SSE2 instruction per 4 floats, a float's lower half masked to zero) is
 // several times faster than a 32-bit max, which SSE2 lacks, and as fast as memory.
 constexpr int16_t kNotFinite16 = 0x7f80;
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the lane masks below assume little-endian floats");
 using Lanes16 = int16_t __attribute__((vector_size(16)));
 
-int16_t chunk_largest_upper(const float* data, size_t n) {
-  const Lanes16 upper = {0, 0x7fff, 0, 0x7fff, 0, 0x7fff, 0, 0x7fff};  // little-endian: odd lanes
+// The largest of `count` 16-bit lanes at `bytes`, each ANDed with `mask`'s lane (the
+// mask repeats every 8 lanes). memcpy loads: any alignment, any underlying type.
+int16_t largest_masked_lane(const unsigned char* bytes, size_t count, const Lanes16& mask) {
   Lanes16 m0 = {}, m1 = {};
   size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
+  for (; i + 16 <= count; i += 16) {
     Lanes16 a, b;
-    std::memcpy(&a, data + i, sizeof a);
-    std::memcpy(&b, data + i + 4, sizeof b);
-    a &= upper;
-    b &= upper;
+    std::memcpy(&a, bytes + 2 * i, sizeof a);
+    std::memcpy(&b, bytes + 2 * i + sizeof a, sizeof b);
+    a &= mask;
+    b &= mask;
     m0 = a > m0 ? a : m0;
     m1 = b > m1 ? b : m1;
   }
   m0 = m1 > m0 ? m1 : m0;
   int16_t m = 0;
-  for (int k = 1; k < 8; k += 2) m = std::max(m, m0[k]);
-  for (; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, data + i, sizeof bits);
-    m = std::max(m, static_cast<int16_t>((bits >> 16) & 0x7fffu));
+  for (int k = 0; k < 8; ++k) m = std::max(m, m0[k]);
+  for (; i < count; ++i) {
+    int16_t lane;
+    std::memcpy(&lane, bytes + 2 * i, sizeof lane);
+    m = std::max(m, static_cast<int16_t>(lane & mask[i % 8]));
   }
   return m;
+}
+
+// A float's upper half is its odd 16-bit lane (little-endian).
+int16_t chunk_largest_upper(const float* data, size_t n) {
+  static const Lanes16 upper = {0, 0x7fff, 0, 0x7fff, 0, 0x7fff, 0, 0x7fff};
+  return largest_masked_lane(reinterpret_cast<const unsigned char*>(data), 2 * n, upper);
 }
 
 float from_upper(int16_t upper) {
@@ -436,23 +444,8 @@ bool all_finite(const float* data, size_t n) { return std::isfinite(largest_magn
 
 float largest_magnitude_bf16(const uint16_t* data, size_t n) {
   // bfloat16 is float32's upper half: the same order, every lane used.
-  const Lanes16 magnitude = {0x7fff, 0x7fff, 0x7fff, 0x7fff, 0x7fff, 0x7fff, 0x7fff, 0x7fff};
-  Lanes16 m0 = {}, m1 = {};
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    Lanes16 a, b;
-    std::memcpy(&a, data + i, sizeof a);
-    std::memcpy(&b, data + i + 8, sizeof b);
-    a &= magnitude;
-    b &= magnitude;
-    m0 = a > m0 ? a : m0;
-    m1 = b > m1 ? b : m1;
-  }
-  m0 = m1 > m0 ? m1 : m0;
-  int16_t m = 0;
-  for (int k = 0; k < 8; ++k) m = std::max(m, m0[k]);
-  for (; i < n; ++i) m = std::max(m, static_cast<int16_t>(data[i] & 0x7fffu));
-  return from_upper(m);
+  static const Lanes16 magnitude = {0x7fff, 0x7fff, 0x7fff, 0x7fff, 0x7fff, 0x7fff, 0x7fff, 0x7fff};
+  return from_upper(largest_masked_lane(reinterpret_cast<const unsigned char*>(data), n, magnitude));
 }
 
 bool all_finite_bf16(const uint16_t* data, size_t n) { return std::isfinite(largest_magnitude_bf16(data, n)); }
