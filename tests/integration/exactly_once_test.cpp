@@ -339,6 +339,21 @@ class ExactlyOnceTest : public ::testing::Test {
     spec_.pods.push_back({name, scripted_->endpoint(), id_.pod_public_key(name)});
   }
 
+  // Validates and runs spec_ with a coordinator (kept in coordinator_, for its
+  // metrics) that logs at info into logs_, then stops the pods so that what they
+  // recorded can be read.
+  StatusOr<coordinator::RunResult> run_job() {
+    coordinator::validate(spec_, "test job");
+    auto logger = std::make_shared<spdlog::logger>("coordinator", std::make_shared<spdlog::sinks::ostream_sink_mt>(logs_));
+    logger->set_level(spdlog::level::info);
+    coordinator_ = std::make_unique<coordinator::Coordinator>(ctx_, spec_, logger, progress_);
+    auto result = coordinator_->run();
+    stop_ = true;
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    return result;
+  }
+
   nlohmann::json history() {
     return nlohmann::json::parse(testing::read_file(spec_.output_dir + "/history.json"));
   }
@@ -368,6 +383,8 @@ class ExactlyOnceTest : public ::testing::Test {
   std::vector<std::thread> threads_;
   std::vector<model::ParamInfo> layout_;
   coordinator::JobSpec spec_;
+  std::ostringstream logs_, progress_;  // run_job()'s coordinator's
+  std::unique_ptr<coordinator::Coordinator> coordinator_;
 };
 
 // Five rounds; the scripted pod "liar" misbehaves in each:
@@ -572,17 +589,9 @@ TEST_F(ExactlyOnceTest, MetricsThatWouldCorruptTheHistoryAreRefusedOrLeftOut) {
   scripted_->eval_loss = 1e308;  // finite, but weighted sums of it are not
   spec_.rounds = 4;
   spec_.round_timeout = 60s;
-  coordinator::validate(spec_, "test job");
-  std::ostringstream logs, progress;
-  auto logger = std::make_shared<spdlog::logger>("coordinator", std::make_shared<spdlog::sinks::ostream_sink_mt>(logs));
-  logger->set_level(spdlog::level::info);
-  coordinator::Coordinator c(ctx_, spec_, logger, progress);
-  auto result = c.run();
-  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs.str();
+  auto result = run_job();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs_.str();
   EXPECT_EQ(result->rounds_completed, 4);
-  stop_ = true;
-  for (auto& t : threads_) t.join();
-  threads_.clear();
 
   auto h = history();
   ASSERT_EQ(h["rounds"].size(), 4u);
@@ -610,7 +619,7 @@ TEST_F(ExactlyOnceTest, MetricsThatWouldCorruptTheHistoryAreRefusedOrLeftOut) {
     EXPECT_GT(e["loss"].get<double>(), 1e306) << e;
   }
   for (const char* metric : {"train_accuracy", "samples_seen"}) {
-    EXPECT_CONTAINS(logs.str(), std::string("event=metric_dropped job=exactly-once round=4 pod=liar metric=") + metric +
+    EXPECT_CONTAINS(logs_.str(), std::string("event=metric_dropped job=exactly-once round=4 pod=liar metric=") + metric +
                                     " reason=\"not a finite number\"");
   }
   EXPECT_TRUE(std::filesystem::exists(spec_.output_dir + "/report.html"));
@@ -632,16 +641,8 @@ TEST_F(ExactlyOnceTest, ALyingPodsEvaluationWeightIsCappedAtItsSplit) {
   spec_.rounds = 2;
   spec_.eval_every = 1;
   spec_.round_timeout = 60s;
-  coordinator::validate(spec_, "test job");
-  std::ostringstream logs, progress;
-  auto logger = std::make_shared<spdlog::logger>("coordinator", std::make_shared<spdlog::sinks::ostream_sink_mt>(logs));
-  logger->set_level(spdlog::level::info);
-  coordinator::Coordinator c(ctx_, spec_, logger, progress);
-  auto result = c.run();
-  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs.str();
-  stop_ = true;
-  for (auto& t : threads_) t.join();
-  threads_.clear();
+  auto result = run_job();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs_.str();
 
   auto h = history();
   std::vector<nlohmann::json> evals;
@@ -660,7 +661,7 @@ TEST_F(ExactlyOnceTest, ALyingPodsEvaluationWeightIsCappedAtItsSplit) {
     EXPECT_EQ(e["num_samples"], n + rows);
     EXPECT_NEAR(e["accuracy"].get<double>(), (honest * n + 0.5 * rows) / (n + rows), 1e-9);
   }
-  EXPECT_CONTAINS(logs.str(), "event=eval_weight_capped job=exactly-once round=1 pod=liar split=validation "
+  EXPECT_CONTAINS(logs_.str(), "event=eval_weight_capped job=exactly-once round=1 pod=liar split=validation "
                               "claimed_samples=1000000 split_samples=20");
   testing::record_fault("hostile input", "evaluation results claiming 1,000,000 rows from a pod with 20 (40 test)",
                         3, "each weighted by the rows of the split the pod reported; global accuracy the capped "
@@ -685,17 +686,9 @@ TEST_F(ExactlyOnceTest, AnUpdateWhoseWeightedSumWouldOverflowIsRefusedAndTheRoun
   start_scripted_pod("liar", script);
   spec_.rounds = 3;
   spec_.round_timeout = 60s;
-  coordinator::validate(spec_, "test job");
-  std::ostringstream logs, progress;
-  auto logger = std::make_shared<spdlog::logger>("coordinator", std::make_shared<spdlog::sinks::ostream_sink_mt>(logs));
-  logger->set_level(spdlog::level::info);
-  coordinator::Coordinator c(ctx_, spec_, logger, progress);
-  auto result = c.run();
-  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs.str();
+  auto result = run_job();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs_.str();
   EXPECT_EQ(result->rounds_completed, 3);
-  stop_ = true;
-  for (auto& t : threads_) t.join();
-  threads_.clear();
 
   const auto& got = scripted_->received;
   ASSERT_EQ(got.size(), 3u);
@@ -715,7 +708,7 @@ TEST_F(ExactlyOnceTest, AnUpdateWhoseWeightedSumWouldOverflowIsRefusedAndTheRoun
   EXPECT_CONTAINS(why, "its largest value in magnitude is 1.7e+38; weighted by 160");
   EXPECT_CONTAINS(why, "could overflow float32");
   EXPECT_EQ(h["rounds"][2]["pods"]["liar"]["outcome"], "ok");
-  const std::string text = prometheus::TextSerializer().Serialize(c.registry()->Collect());
+  const std::string text = prometheus::TextSerializer().Serialize(coordinator_->registry()->Collect());
   EXPECT_EQ(testing::metric_value(text, "fedpod_coordinator_pod_responses_total{outcome=\"error\",pod=\"liar\"}"), 1)
       << text;
   testing::record_fault("hostile input",
@@ -744,20 +737,13 @@ TEST_F(ExactlyOnceTest, AServerOptimizerThatWouldOverflowEndsTheJobWithItsCheckp
   spec_.rounds = 3;
   spec_.round_timeout = 60s;
   spec_.strategy = "fedadam";
-  coordinator::validate(spec_, "test job");
-  std::ostringstream logs, progress;
-  auto logger = std::make_shared<spdlog::logger>("coordinator", std::make_shared<spdlog::sinks::ostream_sink_mt>(logs));
-  coordinator::Coordinator c(ctx_, spec_, logger, progress);
-  auto result = c.run();
+  auto result = run_job();
   ASSERT_FALSE(result.ok()) << "the job ran on with a state that is not finite";
   const std::string why = result.status().message();
   EXPECT_CONTAINS(why, "round 2/3: the state that fedadam carries to the next round is not finite (float32 overflow)");
   EXPECT_CONTAINS(why, "liar 7.38e+19");
   EXPECT_CONTAINS(why, "nothing of the round was applied; the checkpoint after round 1 is intact");
-  EXPECT_CONTAINS(logs.str(), "event=aggregate_not_finite job=exactly-once round=2 strategy=fedadam");
-  stop_ = true;
-  for (auto& t : threads_) t.join();
-  threads_.clear();
+  EXPECT_CONTAINS(logs_.str(), "event=aggregate_not_finite job=exactly-once round=2 strategy=fedadam");
 
   auto h = history();
   EXPECT_EQ(h["checkpoint"]["round"], 1) << h;
