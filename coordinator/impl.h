@@ -351,15 +351,16 @@ struct Coordinator::Impl {
 
   protocol::SocketOptions tensor_options;
 
-  // Sets up the tensor channel with `pod` from its jobAccepted: the keys (bound to
-  // the job and the pod's CURVE key) and a connection to its tensor port. A pod
-  // that offers none, or an address without a port, keeps everything on CURVE.
   // A pod's trainDone metrics and seconds into `pr`: they go into history.json and
   // report.html beside the coordinator's own fields. Names must be plain (a letter or
   // '_', then letters, digits, '_' or '.'; at most 64 characters), none of those
   // fields, at most 64 of them; the error names the first that is not. A value that is
   // not finite (JSON has no NaN) is left out and logged.
   Status take_train_metrics(const Pod& pod, int round, wire::TrainDone::Reader d, PodRound& pr);
+
+  // Sets up the tensor channel with `pod` from its jobAccepted: the keys (bound to
+  // the job and the pod's CURVE key) and a connection to its tensor port. A pod
+  // that offers none, or an address without a port, keeps everything on CURVE.
   Status open_tensor_channel(Pod& pod, const protocol::BulkKeyPair& mine, wire::JobAccepted::Reader a);
 
   static bool carries_tensors(wire::Envelope::Body::Which w) {
