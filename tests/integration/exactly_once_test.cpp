@@ -339,6 +339,21 @@ class ExactlyOnceTest : public ::testing::Test {
     spec_.pods.push_back({name, scripted_->endpoint(), id_.pod_public_key(name)});
   }
 
+  // A three-round job of an honest pod and "liar", whose answer to round 2's fetch is
+  // that round's global parameters plus `delta` (finite, and large).
+  void start_honest_and_overflowing_liar(float delta) {
+    start_honest_pod("honest");
+    start_scripted_pod("liar", [this, delta](W kind, uint64_t rid, uint32_t round, const ScriptedPod::Actions& act) {
+      if (kind == W::FETCH_RESULT && round == 2) {
+        act.train_result_delta(spec_.job_id, rid, 2, delta);
+        return false;
+      }
+      return true;
+    });
+    spec_.rounds = 3;
+    spec_.round_timeout = 60s;
+  }
+
   // Validates and runs spec_ with a coordinator (kept in coordinator_, for its
   // metrics) that logs at info into logs_, then stops the pods so that what they
   // recorded can be read.
@@ -669,23 +684,13 @@ TEST_F(ExactlyOnceTest, ALyingPodsEvaluationWeightIsCappedAtItsSplit) {
 }
 
 // A pod whose update holds finite values so large that its weighted share overflows
-// float32 (global + 2^127 = 1.7e38, weighted by 160 samples: 2.7e40). In round 2 its update is
-// refused before it is folded: its outcome is an error naming the overflow, round 2 is
-// the honest pod's update alone, and the job goes on with finite parameters (without
-// the check the round's parameters were infinite, the honest pod refused every later
-// round, and the checkpoint kept them).
+// float32 (global + 2^127 = 1.7e38, weighted by 160 samples: 2.7e40). In round 2 its
+// update is refused before it is folded: its outcome is an error naming the overflow,
+// round 2 is the honest pod's update alone, and the job goes on with finite parameters
+// (without the check the round's parameters were infinite, the honest pod refused
+// every later round, and the checkpoint kept them).
 TEST_F(ExactlyOnceTest, AnUpdateWhoseWeightedSumWouldOverflowIsRefusedAndTheRoundKeepsTheOthers) {
-  start_honest_pod("honest");
-  auto script = [&](W kind, uint64_t rid, uint32_t round, const ScriptedPod::Actions& act) {
-    if (kind == W::FETCH_RESULT && round == 2) {
-      act.train_result_delta(spec_.job_id, rid, 2, 0x1p127f);
-      return false;
-    }
-    return true;
-  };
-  start_scripted_pod("liar", script);
-  spec_.rounds = 3;
-  spec_.round_timeout = 60s;
+  start_honest_and_overflowing_liar(0x1p127f);
   auto result = run_job();
   ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs_.str();
   EXPECT_EQ(result->rounds_completed, 3);
@@ -721,21 +726,11 @@ TEST_F(ExactlyOnceTest, AnUpdateWhoseWeightedSumWouldOverflowIsRefusedAndTheRoun
 
 // Under a server optimizer the same kind of pod overflows the optimizer's own
 // arithmetic instead (FedAdam squares the mean step: 2^66 = 7.4e19 weighted 160 of
-// 640 is a step of 2^64, squared 2^128, past float32's largest value). The round's result is never applied nor
-// checkpointed: the job ends naming the overflow and each pod's largest value, and
-// the checkpoint of round 1 is what a resume would start from.
+// 640 is a step of 2^64, squared 2^128, past float32's largest value). The round's
+// result is never applied nor checkpointed: the job ends naming the overflow and each
+// pod's largest value, and the checkpoint of round 1 is what a resume would start from.
 TEST_F(ExactlyOnceTest, AServerOptimizerThatWouldOverflowEndsTheJobWithItsCheckpointIntact) {
-  start_honest_pod("honest");
-  auto script = [&](W kind, uint64_t rid, uint32_t round, const ScriptedPod::Actions& act) {
-    if (kind == W::FETCH_RESULT && round == 2) {
-      act.train_result_delta(spec_.job_id, rid, 2, 0x1p66f);
-      return false;
-    }
-    return true;
-  };
-  start_scripted_pod("liar", script);
-  spec_.rounds = 3;
-  spec_.round_timeout = 60s;
+  start_honest_and_overflowing_liar(0x1p66f);
   spec_.strategy = "fedadam";
   auto result = run_job();
   ASSERT_FALSE(result.ok()) << "the job ran on with a state that is not finite";
