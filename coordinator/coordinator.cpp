@@ -708,8 +708,16 @@ std::optional<EvalSummary> Coordinator::Impl::evaluate(const torch::Tensor& glob
   auto replies = exchange(out, rid, pods_with_job(), {wire::Envelope::Body::EVAL_RESULT},
                           Clock::now() + spec.round_timeout, true, [&](Pod& pod, protocol::Incoming& in) {
                             auto r = in.envelope().getBody().getEvalResult();
-                            if (!std::isfinite(r.getLoss()) || r.getAccuracy() < 0 || r.getAccuracy() > 1) {
-                              return PodRound{"error", "evaluation result out of range", 0, 0, {}};
+                            // Written as comparisons that NaN fails: a NaN accuracy would
+                            // make the job's weighted accuracy NaN (null in history.json).
+                            const double loss = r.getLoss(), accuracy = r.getAccuracy();
+                            if (!std::isfinite(loss) || !(accuracy >= 0 && accuracy <= 1)) {
+                              char why[160];
+                              std::snprintf(why, sizeof why,
+                                            "evaluation result out of range: loss %g (must be finite), accuracy %g "
+                                            "(must be in [0, 1])",
+                                            loss, accuracy);
+                              return PodRound{"error", why, 0, 0, {}};
                             }
                             // Weighted by the rows it claims, capped at those of the split
                             // it reported in jobAccepted, as a training update is: a pod
@@ -723,8 +731,7 @@ std::optional<EvalSummary> Coordinator::Impl::evaluate(const torch::Tensor& glob
                                         split == wire::Split::TEST ? "test" : "validation", weight, rows);
                               weight = rows;
                             }
-                            return PodRound{"ok", "", weight, 0,
-                                            {{"loss", r.getLoss()}, {"accuracy", r.getAccuracy()}}};
+                            return PodRound{"ok", "", weight, 0, {{"loss", loss}, {"accuracy", accuracy}}};
                           },
                           nullptr, nullptr, /*heartbeats=*/true);
   count_responses(replies);

@@ -228,7 +228,10 @@ std::map<size_t, PodRound> Coordinator::Impl::secure_round(int round, uint64_t r
   torch::Tensor next = global.clone();
   auto total_weight = server.add_average_to(next.data_ptr<float>(), static_cast<size_t>(next.numel()));
   if (!total_weight.ok()) return fail(total_weight.status());
-  Status folded = strategy.fold({{0, next}}, 1.0);
+  // Its largest value, for the strategy's overflow bound, in one pass without a
+  // temporary (the strategy would otherwise take it with abs().max()).
+  const float next_largest = protocol::largest_magnitude(next.data_ptr<float>(), static_cast<size_t>(next.numel()));
+  Status folded = strategy.fold({{0, next, next_largest}}, 1.0);
   secagg_steps["finish_seconds"] = std::chrono::duration<double>(Clock::now() - unmask_start).count();
   secagg_steps["survivors"] = server.survivors().size();
   secagg_steps["dropped"] = server.dropped().size();

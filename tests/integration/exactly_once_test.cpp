@@ -117,8 +117,9 @@ class ScriptedPod {
   // Rows claimed in evalResult; 0: the split's own (20 validation, 40 test rows, as
   // its jobAccepted says).
   uint64_t claimed_eval_samples = 0;
-  // The loss its evalResult reports.
+  // The loss and accuracy its evalResult reports.
   double eval_loss = 1.0;
+  double eval_accuracy = 0.5;
   // Metrics its trainDone of a round carries instead of {train_loss: 0.5}.
   std::map<uint32_t, std::vector<std::pair<std::string, double>>> train_metrics;
 
@@ -262,7 +263,7 @@ class ScriptedPod {
       r.setSplit(split);
       r.setNumSamples(claimed_eval_samples ? claimed_eval_samples : split == wire::Split::TEST ? 40 : 20);
       r.setLoss(eval_loss);
-      r.setAccuracy(0.5);
+      r.setAccuracy(eval_accuracy);
     });
   }
 
@@ -681,6 +682,41 @@ TEST_F(ExactlyOnceTest, ALyingPodsEvaluationWeightIsCappedAtItsSplit) {
   testing::record_fault("hostile input", "evaluation results claiming 1,000,000 rows from a pod with 20 (40 test)",
                         3, "each weighted by the rows of the split the pod reported; global accuracy the capped "
                         "weighted mean; logged as eval_weight_capped");
+}
+
+// A pod whose evaluation reports an accuracy that is not a number: NaN fails every
+// comparison, so a range check written as `accuracy < 0 || accuracy > 1` lets it
+// through, and the job's weighted accuracy becomes NaN (null in history.json). Its
+// evaluation is refused with the reason; the others' make the job's accuracy.
+TEST_F(ExactlyOnceTest, AnEvaluationWithANaNAccuracyIsRefusedAndTheOthersCount) {
+  start_honest_pod("honest");
+  start_scripted_pod("liar", [](W, uint64_t, uint32_t, const ScriptedPod::Actions&) { return true; });
+  scripted_->eval_accuracy = std::numeric_limits<double>::quiet_NaN();
+  spec_.rounds = 2;
+  spec_.eval_every = 1;
+  spec_.round_timeout = 60s;
+  auto result = run_job();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs_.str();
+
+  auto h = history();
+  std::vector<nlohmann::json> evals;
+  for (const auto& rec : h["rounds"]) evals.push_back(rec["eval"]);
+  evals.push_back(h["test"]);
+  ASSERT_EQ(evals.size(), 3u) << h;
+  for (const auto& e : evals) {
+    SCOPED_TRACE(e.dump());
+    ASSERT_TRUE(e.is_object());
+    EXPECT_EQ(e["pods"]["liar"]["outcome"], "error");
+    EXPECT_CONTAINS(e["pods"]["liar"].value("error", ""), "evaluation result out of range: loss 1 (must be finite), "
+                                                          "accuracy nan (must be in [0, 1])");
+    ASSERT_TRUE(e["accuracy"].is_number());
+    EXPECT_EQ(e["accuracy"], e["pods"]["honest"]["accuracy"]);
+    EXPECT_EQ(e["num_samples"], e["pods"]["honest"]["num_samples"]);
+  }
+  EXPECT_TRUE(std::filesystem::exists(spec_.output_dir + "/report.html"));
+  testing::record_fault("hostile input", "evaluation results with a NaN accuracy", 3,
+                        "each refused with the reason; the job's accuracy the honest pod's; history.json and "
+                        "report.html written");
 }
 
 // A pod whose update holds finite values so large that its weighted share overflows
