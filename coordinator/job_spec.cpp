@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <random>
 #include <set>
+#include <type_traits>
 
 #include "fedpod/aggregation/strategies.h"
 #include "fedpod/metrics/metrics.h"
@@ -32,11 +33,18 @@ std::string generated_job_id() {
 
 template <typename T>
 T get(const YAML::Node& n, const std::string& where) {
+  T v;
   try {
-    return n.as<T>();
+    v = n.as<T>();
   } catch (const YAML::Exception&) {
     throw ConfigError(where + ": has the wrong type (value: " + YAML::Dump(n) + ")");
   }
+  // YAML spells NaN and infinity .nan and .inf; no setting of a job means either, and
+  // NaN passes every range check written as `x < 0 || x > 1`.
+  if constexpr (std::is_floating_point_v<T>) {
+    if (!std::isfinite(v)) throw ConfigError(where + ": must be a finite number (value: " + YAML::Dump(n) + ")");
+  }
+  return v;
 }
 
 }  // namespace

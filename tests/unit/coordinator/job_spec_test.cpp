@@ -183,6 +183,35 @@ TEST_F(JobSpecTest, CategoriesSetNumClassesAndAreChecked) {
 
 // A built-in model's hyperparameters are checked when job.yaml is read (exit 2),
 // before anything is contacted.
+// YAML's .nan and .inf are numbers to yaml-cpp. NaN passes a range check written as
+// `x < 0 || x > 1` (split fractions of NaN then made row counts out of NaN), so every
+// number of job.yaml must be finite.
+TEST_F(JobSpecTest, NaNAndInfinityAreRefusedWhereverANumberIsRead) {
+  const std::string base = kMinimalJob;
+  auto error = [&](const std::string& extra) {
+    return testing::config_error([&] { parse_job_spec(base + extra, "job.yaml", "/"); });
+  };
+  const std::string job = "model: {ref: mlp}\nkey_file: keys/modeller.key\n"
+                          "pods: [{name: pod-a, address: 'tcp://127.0.0.1:5555'}]\n";
+  auto split_error = [&](const std::string& split) {
+    return testing::config_error([&] {
+      parse_job_spec(job + "datastructure: {target: label, num_classes: 10, split: " + split + "}\n", "job.yaml", "/");
+    });
+  };
+  EXPECT_EQ(split_error("{validation: .nan}"),
+            "job.yaml: datastructure.split.validation: must be a finite number (value: .nan)");
+  EXPECT_EQ(split_error("{validation: 0.1, test: .NaN}"),
+            "job.yaml: datastructure.split.test: must be a finite number (value: .NaN)");
+  EXPECT_EQ(split_error("{test: -.inf}"), "job.yaml: datastructure.split.test: must be a finite number (value: -.inf)");
+  EXPECT_EQ(error("sample: {fraction: .nan}\n"), "job.yaml: sample.fraction: must be a finite number (value: .nan)");
+  EXPECT_EQ(error("strategy: {name: fedprox, mu: .inf}\n"), "job.yaml: strategy.mu: must be a finite number (value: .inf)");
+  // Finite numbers still read.
+  EXPECT_DOUBLE_EQ(parse_job_spec(job + "datastructure: {target: label, num_classes: 10, split: {validation: 0.25}}\n",
+                                  "job.yaml", "/")
+                       .datastructure.split.validation,
+                   0.25);
+}
+
 TEST_F(JobSpecTest, BuiltinModelHyperparametersAreChecked) {
   auto job = [](const std::string& model) {
     return "model: " + model + "\ndatastructure: {target: label, num_classes: 10}\nkey_file: k.key\n" +
