@@ -162,7 +162,7 @@ void stop_job(const StopArgs& args) {
   if (!h.is_discarded() && h.value("job_id", "") == spec.job_id && h.value("status", "") == "running") {
     h["status"] = "stopped";
     h["stopped"] = {{"signal", "fedpod job stop"}, {"at", now_utc()}};
-    coordinator::write_file_atomic(history.string(), h.dump(2) + "\n");
+    coordinator::write_file_atomic(history.string(), h.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
     std::cout << history.string() << ": status stopped\n";
   }
   if (failed > 0) {

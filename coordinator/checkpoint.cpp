@@ -63,7 +63,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
                            {"payload_bytes", payload_bytes},
                            {"payload_sha256", payload_sha.hex()},
                            {"history", c.history}};
-  const std::string h = header.dump();
+  const std::string h = header.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   std::string head;
   head.reserve(kMagicBytes + 8 + h.size());
   head.append(kMagic, kMagicBytes);

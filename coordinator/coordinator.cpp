@@ -252,6 +252,39 @@ Status Coordinator::Impl::take_train_metrics(const Pod& pod, int round, wire::Tr
   return Status();
 }
 
+// A mirrored buffer (an integer or bool buffer: num_batches_tracked, an index table)
+// takes the pods' largest value, not a mean, so one pod's value becomes every pod's
+// next round. A pod's must be what such a buffer can hold: whole numbers (0 or 1 for a
+// bool), within the ±2^24 its float32 slot holds exactly (beyond it every honest pod
+// fails to store its own after training), and raised by no more than `most_added`
+// above this round's value (the samples the pod may process in a round: a counter of
+// steps or of samples grows by at most that), so that one pod cannot push a counter
+// to the limit for the others.
+static Status check_mirrored(const model::ParamInfo& info, const torch::Tensor& v, const torch::Tensor& base,
+                             double most_added) {
+  if (v.numel() == 0) return Status();
+  auto refuse = [&](const std::string& why) {
+    return Status::invalid("buffer '" + info.name + "' (" + std::string(c10::toString(info.dtype)) + "): " + why);
+  };
+  if (!v.eq(v.round()).all().item<bool>()) return refuse("holds a value that is not a whole number");
+  const double lo = v.min().item<double>(), hi = v.max().item<double>();
+  if (info.dtype == torch::kBool) {
+    if (lo < 0 || hi > 1) return refuse("holds a value other than 0 and 1");
+    return Status();
+  }
+  const double limit = static_cast<double>(model::kMaxMirroredMagnitude);
+  if (lo < -limit || hi > limit) {
+    return refuse("holds " + std::to_string(static_cast<int64_t>(std::abs(lo) > hi ? lo : hi)) +
+                  ", beyond the " + std::to_string(model::kMaxMirroredMagnitude) + " its float32 slot holds exactly");
+  }
+  const double raised = (v - base).max().item<double>();
+  if (raised > most_added) {
+    return refuse("raised by " + std::to_string(static_cast<int64_t>(raised)) + " in one round, more than the " +
+                  std::to_string(static_cast<int64_t>(most_added)) + " samples the pod may process in a round");
+  }
+  return Status();
+}
+
 // Whether the round's new parameters, and the state its strategy carries on, are
 // finite; the error names what is not.
 static Status check_aggregate(const torch::Tensor& next, const aggregation::Strategy& strategy) {
@@ -576,11 +609,24 @@ std::map<size_t, PodRound> Coordinator::Impl::send_start_job(std::vector<size_t>
                             if (Status t = open_tensor_channel(pod, tensor_keys, a); !t.ok()) {
                               return PodRound{"error", t.message(), 0, 0, {}};
                             }
+                            // Row counts weigh the pod's updates and evaluations (each is
+                            // capped at them): a count no dataset has would lift the caps.
+                            for (auto [what, rows] : {std::pair{"trainSamples", a.getTrainSamples()},
+                                                      {"validationSamples", a.getValidationSamples()},
+                                                      {"testSamples", a.getTestSamples()}}) {
+                              if (rows > kMaxPodRows) {
+                                return PodRound{"error",
+                                                std::string("jobAccepted reports ") + std::to_string(rows) + " " + what +
+                                                    ", more rows than one pod may have (" +
+                                                    std::to_string(kMaxPodRows) + ")",
+                                                0, 0, {}};
+                              }
+                            }
                             pod.train_samples = static_cast<int64_t>(a.getTrainSamples());
                             pod.validation_samples = static_cast<int64_t>(a.getValidationSamples());
                             pod.test_samples = static_cast<int64_t>(a.getTestSamples());
                             pod.uploads_when_done = a.getUploadsWhenDone();
-                            decisions[&pod - pods.data()] = a.getDecision();
+                            decisions[&pod - pods.data()] = peer_text(a.getDecision().cStr(), 1024);
                             return PodRound{"ok", "", static_cast<int64_t>(a.getTrainSamples()), 0,
                                             {{"validation_samples", double(a.getValidationSamples())},
                                              {"test_samples", double(a.getTestSamples())},
@@ -757,7 +803,7 @@ void Coordinator::Impl::emit(nlohmann::json e) {
   if (!events) return;
   e["time"] = now_utc();
   e["job_id"] = spec.job_id;
-  (*events) << e.dump() << '\n' << std::flush;
+  (*events) << e.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n' << std::flush;
 }
 
 // "1m05s", "42s": a duration for the console.
@@ -1144,7 +1190,10 @@ Status Coordinator::Impl::run_job() {
             // others by claiming more samples than it has.
             const uint64_t claimed = d.getNumSamples();
             int64_t weight = static_cast<int64_t>(std::min<uint64_t>(claimed, static_cast<uint64_t>(std::numeric_limits<int64_t>::max())));
-            if (pod.train_samples > 0 && weight > pod.train_samples) {
+            if (pod.train_samples == 0) {
+              return PodRound{"error", "trainDone from a pod whose jobAccepted reported no training rows", 0, 0, {}};
+            }
+            if (weight > pod.train_samples) {
               weight = pod.train_samples;
               job_metrics.weight_capped.Add({{"pod", pod.addr.name}}).Increment();
               auto& capped = history["update_weight_capped"][pod.addr.name];
@@ -1221,6 +1270,13 @@ Status Coordinator::Impl::run_job() {
               torch::Tensor into = widened.narrow(0, layout[k].offset, layout[k].numel);
               protocol::add_bf16_delta_into(global.narrow(0, layout[k].offset, layout[k].numel), v, into);
               v = into;
+            }
+            if (layout[k].kind == model::EntryKind::kMirroredBuffer) {
+              if (Status st = check_mirrored(layout[k], v, global.narrow(0, layout[k].offset, layout[k].numel),
+                                             most_samples_per_round(pod));
+                  !st.ok()) {
+                return PodRound{"error", st.message(), 0, 0, {}};
+              }
             }
             segments.push_back({layout[k].offset, v, largest});
           }

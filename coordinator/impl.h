@@ -38,6 +38,7 @@
 #include "fedpod/coordinator/checkpoint.h"
 #include "fedpod/coordinator/history.h"
 #include "fedpod/coordinator/report.h"
+#include "fedpod/common/peer_text.h"
 #include "fedpod/common/sha256.h"
 #include "fedpod/common/utc.h"
 #include "fedpod/data/schema.h"
@@ -109,6 +110,10 @@ inline std::string fmt(double v, int digits = 4) {
 // job id is this job's, its request id is the exchange's, and, for trainDone and
 // trainResult, its round is the one being collected and that (round, pod) has not
 // been folded yet.
+// The most rows of any split a pod's jobAccepted may report (2^48): far above any
+// dataset, far below where weights summed over thousands of pods overflow.
+constexpr uint64_t kMaxPodRows = uint64_t{1} << 48;
+
 constexpr const char* kStaleRequest = "stale_request";  // an older request's reply
 constexpr const char* kClosedRound = "closed_round";    // an update for a round already closed
 constexpr const char* kDuplicate = "duplicate";         // a second update for a (round, pod) already taken
@@ -357,6 +362,12 @@ struct Coordinator::Impl {
   // fields, at most 64 of them; the error names the first that is not. A value that is
   // not finite (JSON has no NaN) is left out and logged.
   Status take_train_metrics(const Pod& pod, int round, wire::TrainDone::Reader d, PodRound& pr);
+  // The most samples `pod` may process in one round of this job's plan: local_steps ×
+  // batch_size, or local_epochs × its training rows.
+  double most_samples_per_round(const Pod& pod) const {
+    if (spec.local_steps > 0) return static_cast<double>(spec.local_steps) * spec.batch_size;
+    return static_cast<double>(spec.local_epochs) * static_cast<double>(pod.train_samples);
+  }
 
   // Sets up the tensor channel with `pod` from its jobAccepted: the keys (bound to
   // the job and the pod's CURVE key) and a connection to its tensor port. A pod

@@ -90,7 +90,7 @@ void Coordinator::Impl::discard(const Pod& pod, const char* reason, wire::Envelo
   } else if (body.which() == wire::Envelope::Body::TRAIN_RESULT) {
     detail = " reply_round=" + std::to_string(body.getTrainResult().getRound());
   } else if (body.which() == wire::Envelope::Body::ERROR) {
-    detail = std::string(" error=\"") + body.getError().getMessage().cStr() + "\"";
+    detail = " error=\"" + peer_text(body.getError().getMessage().cStr(), 512) + "\"";
   }
   log->info("event=reply_discarded job={} round={} pod={} reason={} kind={} reply_job={} request={} "
             "expected_request={}{}",
@@ -543,7 +543,8 @@ std::optional<PodRound> Coordinator::Impl::receive(Pod& pod, std::vector<zmq::me
                              code == StatusCode::kSchemaMismatch)
                                 ? "refused"
                                 : "error";
-      return PodRound{outcome, std::string(to_string(code)) + ": " + err.getMessage().cStr(), 0, 0, {},
+      // The pod's own words, kept in history.json: made valid UTF-8, bounded.
+      return PodRound{outcome, std::string(to_string(code)) + ": " + peer_text(err.getMessage().cStr()), 0, 0, {},
                       to_string(code)};
     }
     if (std::find(want.begin(), want.end(), body.which()) == want.end()) {

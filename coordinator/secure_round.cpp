@@ -90,7 +90,10 @@ std::map<size_t, PodRound> Coordinator::Impl::secure_round(int round, uint64_t r
         // The weight FedAvg would give it (capped at its training rows); the pod
         // applies its own inside the masked sum.
         int64_t n = static_cast<int64_t>(std::min<uint64_t>(d.getNumSamples(), uint64_t{1} << 62));
-        if (pod.train_samples > 0) n = std::min(n, pod.train_samples);
+        if (pod.train_samples == 0) {
+          return PodRound{"error", "trainDone from a pod whose jobAccepted reported no training rows", 0, 0, {}};
+        }
+        n = std::min(n, pod.train_samples);
         PodRound pr{"ok", "", n, 0, {}};
         // Checked before its keys join the round: a refused pod is not in it.
         if (Status st = take_train_metrics(pod, static_cast<int>(r), d, pr); !st.ok()) {

@@ -64,6 +64,8 @@ class ScriptedPod {
     std::function<void(uint64_t request, uint32_t round, wire::Split split)> eval_result;
     // A trainResult whose parameters are that round's global plus `delta`.
     std::function<void(const std::string& job, uint64_t request, uint32_t round, float delta)> train_result_delta;
+    // An error reply carrying `message`, as a pod's own words.
+    std::function<void(const std::string& job, uint64_t request, const std::string& message)> error;
   };
   // Called for train, fetchResult and evaluate, with the request's id and round;
   // returns false to withhold the correct reply (it may send others through `act`).
@@ -114,6 +116,11 @@ class ScriptedPod {
   // trainResult (a liar claims more than it has). Set before serve().
   uint64_t accepted_samples = kLiarSamples;
   uint64_t claimed_samples = kLiarSamples;
+  // jobAccepted's validation and test rows, and its decision.
+  uint64_t accepted_validation = 20, accepted_test = 40;
+  std::string accepted_decision;
+  // Applied to the flat parameters of each trainResult before they are sent.
+  std::function<void(uint32_t round, torch::Tensor& flat)> tamper;
   // Rows claimed in evalResult; 0: the split's own (20 validation, 40 test rows, as
   // its jobAccepted says).
   uint64_t claimed_eval_samples = 0;
@@ -152,6 +159,13 @@ class ScriptedPod {
     act.eval_result = [&](uint64_t r, uint32_t round, wire::Split split) {
       send_eval_result(job, r, round, split);
     };
+    act.error = [&](const std::string& j, uint64_t r, const std::string& message) {
+      reply(j, r, [&](wire::Envelope::Builder e) {
+        auto err = e.getBody().initError();
+        err.setCode(wire::ErrorCode::INTERNAL);
+        err.setMessage(capnp::Text::Reader(message.data(), message.size()));
+      });
+    };
     switch (body.which()) {
       case W::HELLO:
         reply(job, rid, [&](wire::Envelope::Builder e) {
@@ -167,8 +181,9 @@ class ScriptedPod {
         reply(job, rid, [&](wire::Envelope::Builder e) {
           auto a = e.getBody().initJobAccepted();
           a.setTrainSamples(accepted_samples);
-          a.setValidationSamples(20);
-          a.setTestSamples(40);
+          a.setValidationSamples(accepted_validation);
+          a.setTestSamples(accepted_test);
+          a.setDecision(capnp::Text::Reader(accepted_decision.data(), accepted_decision.size()));
           a.setNumParameters(static_cast<uint64_t>(numel));
         });
         return;
@@ -241,7 +256,8 @@ class ScriptedPod {
   // The parameters "trained" in `round`: what that round's train carried, plus kLiarDelta.
   void send_train_result(const std::string& job, uint64_t rid, uint32_t round, float delta = kLiarDelta) {
     ASSERT_TRUE(received.count(round)) << "no train for round " << round;
-    const torch::Tensor trained = received[round] + delta;
+    torch::Tensor trained = received[round] + delta;
+    if (tamper) tamper(round, trained);
     wire::TrainResult::Builder r(nullptr);
     reply(
         job, rid,
@@ -303,8 +319,9 @@ class ExactlyOnceTest : public ::testing::Test {
     for (auto& t : threads_) t.join();
   }
 
-  // A real Worker on pod-a's digits whose training adds kHonestDelta to every parameter.
-  void start_honest_pod(const std::string& name) {
+  // A real Worker on pod-a's digits whose training adds kHonestDelta to every parameter
+  // (with `real_training`, fedpod's own training of the job's model).
+  void start_honest_pod(const std::string& name, bool real_training = false) {
     worker::PodConfig config;
     config.name = name;
     config.listen = "tcp://127.0.0.1:*";
@@ -313,7 +330,7 @@ class ExactlyOnceTest : public ::testing::Test {
     config.threads = 1;
     id_.secure(config);
     worker::Runtime runtime;
-    runtime.train = [](model::Model& m, const data::Dataset& d, const worker::TrainOptions&,
+    if (!real_training) runtime.train = [](model::Model& m, const data::Dataset& d, const worker::TrainOptions&,
                        const Hyperparameters&,
                        const std::atomic<bool>*) -> StatusOr<worker::TrainStats> {
       torch::NoGradGuard no_grad;
@@ -362,7 +379,9 @@ class ExactlyOnceTest : public ::testing::Test {
     coordinator::validate(spec_, "test job");
     auto logger = std::make_shared<spdlog::logger>("coordinator", std::make_shared<spdlog::sinks::ostream_sink_mt>(logs_));
     logger->set_level(spdlog::level::info);
+    logger->set_formatter(line_formatter());  // as `fedpod coordinator run` logs
     coordinator_ = std::make_unique<coordinator::Coordinator>(ctx_, spec_, logger, progress_);
+    coordinator_->set_event_stream(&events_);
     auto result = coordinator_->run();
     stop_ = true;
     for (auto& t : threads_) t.join();
@@ -399,7 +418,7 @@ class ExactlyOnceTest : public ::testing::Test {
   std::vector<std::thread> threads_;
   std::vector<model::ParamInfo> layout_;
   coordinator::JobSpec spec_;
-  std::ostringstream logs_, progress_;  // run_job()'s coordinator's
+  std::ostringstream logs_, progress_, events_;  // run_job()'s coordinator's
   std::unique_ptr<coordinator::Coordinator> coordinator_;
 };
 
@@ -717,6 +736,125 @@ TEST_F(ExactlyOnceTest, AnEvaluationWithANaNAccuracyIsRefusedAndTheOthersCount) 
   testing::record_fault("hostile input", "evaluation results with a NaN accuracy", 3,
                         "each refused with the reason; the job's accuracy the honest pod's; history.json and "
                         "report.html written");
+}
+
+// A pod's own words (its decision in jobAccepted, an error's message) go into
+// history.json, the events stream and the log. JSON writers throw on text that is not
+// UTF-8 (the coordinator died in std::terminate writing history.json), control
+// characters would forge log lines, and a megabyte of error each round would be kept
+// for the whole job. Kept made valid, printable and bounded; the job runs on.
+TEST_F(ExactlyOnceTest, APodsTextThatIsNotUtf8OrIsHugeIsKeptSafely) {
+  start_honest_pod("honest");
+  const std::string bad = "bad \xff\xfe\xc3\x28 \xed\xa0\x80 \x1b[2J\r\nevent=forged";
+  start_scripted_pod("liar", [&](W kind, uint64_t rid, uint32_t round, const ScriptedPod::Actions& act) {
+    if (kind == W::TRAIN && round == 1) {
+      act.error(spec_.job_id, rid, bad + std::string(100000, 'x'));
+      return false;
+    }
+    return true;
+  });
+  scripted_->accepted_decision = "granted by " + bad;
+  spec_.rounds = 2;
+  spec_.round_timeout = 60s;
+  auto result = run_job();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs_.str();
+  EXPECT_EQ(result->rounds_completed, 2);
+
+  auto h = history();  // parses: valid UTF-8
+  const std::string cleaned = "bad \xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD( \xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD ?[2J?\nevent=forged";
+  EXPECT_EQ(h["pods"]["liar"]["decision"], "granted by " + cleaned);
+  const auto& r1 = h["rounds"][0]["pods"]["liar"];
+  EXPECT_EQ(r1["outcome"], "error");
+  const std::string error = r1.value("error", "");
+  EXPECT_CONTAINS(error, "internal: " + cleaned + "xxx");
+  EXPECT_LE(error.size(), 4200u);
+  EXPECT_CONTAINS(error, " bytes cut)");
+  EXPECT_EQ(h["rounds"][1]["pods"]["liar"]["outcome"], "ok");
+  std::istringstream events(events_.str());
+  for (std::string line; std::getline(events, line);) EXPECT_NO_THROW((void)nlohmann::json::parse(line)) << line;
+  EXPECT_CONTAINS(events_.str(), "\"decision\":\"granted by bad \xEF\xBF\xBD");
+  // No log line starts with text the pod chose, nor holds its raw bytes.
+  EXPECT_EQ(logs_.str().find("\nevent=forged"), std::string::npos) << logs_.str();
+  EXPECT_CONTAINS(logs_.str(), "?[2J?\\nevent=forged");
+  EXPECT_EQ(logs_.str().find('\xff'), std::string::npos);
+  EXPECT_TRUE(std::filesystem::exists(spec_.output_dir + "/report.html"));
+  testing::record_fault("hostile input",
+                        "a pod's decision and error text that is not UTF-8, holds control characters and is 100 KB",
+                        2, "kept as valid UTF-8 with the control characters replaced and cut at 4 KB; history.json, "
+                        "the events stream and report.html written; the pod's next round folded");
+}
+
+// Row counts in jobAccepted weigh a pod's updates and evaluations (each is capped at
+// them). 2^63 validation rows read as a negative count, which turned the cap into a
+// negative weight; any count above 2^48 leaves the pod out of the job with the reason.
+TEST_F(ExactlyOnceTest, ImpossibleRowCountsInJobAcceptedLeaveThePodOut) {
+  start_honest_pod("honest");
+  start_scripted_pod("liar", [](W, uint64_t, uint32_t, const ScriptedPod::Actions&) { return true; });
+  scripted_->accepted_validation = uint64_t{1} << 63;
+  spec_.rounds = 1;
+  spec_.round_timeout = 60s;
+  auto result = run_job();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs_.str();
+  auto h = history();
+  EXPECT_NE(h["pods"]["liar"]["outcome"], "ok") << h["pods"];
+  EXPECT_CONTAINS(h["pods"]["liar"].value("error", ""),
+                  "jobAccepted reports 9223372036854775808 validationSamples, more rows than one pod may have "
+                  "(281474976710656)");
+  EXPECT_EQ(h["rounds"][0]["pods_answered"], 1);
+  EXPECT_TRUE(scripted_->received.empty());  // never asked to train
+  testing::record_fault("hostile input", "jobAccepted reporting 2^63 validation rows", 1,
+                        "the pod left out of the job at startJob with the reason; the job ran with the others");
+}
+
+// A mirrored buffer (num_batches_tracked of a batch-norm layer) takes the pods'
+// largest value. A pod that raised it to 2^25 made every honest pod fail in every
+// later round (its float32 slot no longer holds the count exactly) and the checkpoint
+// kept it; one that raised it to just below 2^24 left a few rounds before the same.
+// Each such update is refused with the reason; the count stays the honest pod's.
+TEST_F(ExactlyOnceTest, AMirroredBufferRaisedOutOfReachIsRefused) {
+  spec_.model.ref = "mlp";
+  spec_.model.hyperparameters = Hyperparameters(nlohmann::json{{"hidden", {8}}, {"batch_norm", true}});
+  auto m = model::make_builtin("mlp");
+  m->create_model({64}, 10, spec_.model.hyperparameters);
+  layout_ = m->flat().layout();
+  int64_t slot = -1;
+  for (const auto& p : layout_) {
+    if (p.kind == model::EntryKind::kMirroredBuffer) slot = p.offset;
+  }
+  ASSERT_GE(slot, 0) << "the mlp with batch_norm has no num_batches_tracked";
+  start_honest_pod("honest", /*real_training=*/true);
+  start_scripted_pod("liar", [](W, uint64_t, uint32_t, const ScriptedPod::Actions&) { return true; });
+  const float raised[] = {0, 1000.0f, 33554432.0f, 2.5f};  // by round: too far, beyond 2^24, not whole
+  scripted_->tamper = [&](uint32_t round, torch::Tensor& flat) {
+    if (round >= 2 && round <= 4) flat[slot] = flat[slot].item<float>() - kLiarDelta + raised[round - 1];
+  };
+  spec_.rounds = 5;
+  spec_.round_timeout = 60s;
+  auto result = run_job();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs_.str();
+  EXPECT_EQ(result->rounds_completed, 5);
+
+  auto h = history();
+  const auto& r = h["rounds"];
+  ASSERT_EQ(r.size(), 5u);
+  EXPECT_CONTAINS(r[1]["pods"]["liar"].value("error", ""), "raised by 1000 in one round, more than the 32 samples");
+  EXPECT_CONTAINS(r[2]["pods"]["liar"].value("error", ""), "beyond the 16777216 its float32 slot holds exactly");
+  EXPECT_CONTAINS(r[3]["pods"]["liar"].value("error", ""), "holds a value that is not a whole number");
+  for (int k = 0; k < 5; ++k) {
+    EXPECT_EQ(r[k]["pods"]["honest"]["outcome"], "ok") << r[k];
+    EXPECT_EQ(r[k]["pods"]["liar"]["outcome"], k >= 1 && k <= 3 ? "error" : "ok") << r[k];
+  }
+  // The liar's honest-looking rounds carry the round's count + kLiarDelta (8): the
+  // count after round 5 is 1 (round 1: max of 0 + 1 and 0 + 8 = 8) ... as the max.
+  // Whatever it is, it is the one honest training and the liar's +8 could give.
+  torch::Tensor final_model = saved_model(result->model_path);
+  const double count = final_model[slot].item<double>();
+  EXPECT_EQ(count, std::round(count));
+  EXPECT_LE(count, 5 * kLiarDelta);
+  testing::record_fault("hostile input",
+                        "num_batches_tracked raised by 1000 in a round (32 samples a round), to 2^25, and to 2.5", 3,
+                        "each update refused with the reason; the honest pod trained every round; the count "
+                        "stays whole and within the job's steps");
 }
 
 // A pod whose update holds finite values so large that its weighted share overflows

@@ -15,6 +15,12 @@ using Logger = std::shared_ptr<spdlog::logger>;
 // "error", "off"); throws ConfigError for an unknown level.
 Logger make_logger(const std::string& component, const std::string& level = "info");
 
+// The formatter make_logger's loggers use: time, level, component, message, on one
+// line whatever the message holds. A message's newlines, carriage returns and other
+// control characters are written escaped (\n, \r, \x1b), so text a peer chose (an
+// error message, a job id) can neither forge a line of its own nor drive a terminal.
+std::unique_ptr<spdlog::formatter> line_formatter();
+
 // A logger that drops everything (for tests and libraries used without one).
 Logger null_logger();
 
