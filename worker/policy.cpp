@@ -627,6 +627,7 @@ Decision decide(const Policy& policy, const std::string& pod_name, const AccessR
   // A general-modeller running a custom model: find the grant for these exact bytes.
   const Grant* expired = nullptr;   // right version and bytes, but expired
   const Grant* mismatch = nullptr;  // right version, other bytes
+  const Grant* other_format = nullptr;  // right bytes, reviewed as another format
   std::set<int64_t> other_versions;
   for (const auto& g : policy.grants) {
     if (g.username != user || g.model != req.model) continue;
@@ -638,6 +639,12 @@ Decision decide(const Policy& policy, const std::string& pod_name, const AccessR
       if (!mismatch || (mismatch->expires_at && *mismatch->expires_at <= now)) mismatch = &g;
       continue;
     }
+    // The same bytes loaded another way are other code: a reviewed plugin with a zip
+    // appended is also a TorchScript archive nobody reviewed.
+    if (!g.format.empty() && g.format != req.format) {
+      other_format = &g;
+      continue;
+    }
     if (g.expires_at && *g.expires_at <= now) {
       if (!expired || *g.expires_at > *expired->expires_at) expired = &g;
       continue;
@@ -645,6 +652,14 @@ Decision decide(const Policy& policy, const std::string& pod_name, const AccessR
     return allow("general-modeller with " + grant_name(g) + " (" + expiry_text(g) + ")");
   }
   const std::string who = "user " + user + " (general-modeller)";
+  if (other_format) {
+    return refuse("grant_other_format",
+                  pod + who + ", " + what + ": " + grant_name(*other_format) + " approved these bytes as a " +
+                      other_format->format + " model; the job asks to load them as " +
+                      (req.format.empty() ? std::string("(no format)") : req.format) +
+                      ": refusing. Loaded another way they are other code, which needs its own review: " +
+                      advice.request());
+  }
   if (expired) {
     return refuse("grant_expired", pod + who + ": " + grant_name(*expired) + " for " + what +
                                        " expired at " + format_utc(*expired->expires_at) +

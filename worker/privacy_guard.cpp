@@ -1,5 +1,6 @@
 #include "fedpod/worker/privacy_guard.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -35,10 +36,15 @@ constexpr const char* kFormat = "fedpod-privacy-ledger/1";
 PrivacyDecision check_limits(const PrivacyPolicy& policy, int64_t batch_size, int64_t epochs, int64_t steps,
                              int64_t train_rows, const std::string& pod) {
   const std::string who = "pod " + pod + " ";
-  if (policy.min_batch_size > 0 && batch_size < policy.min_batch_size) {
-    return refuse("privacy_min_batch_size", who + "requires a batch size of at least " +
-                                                std::to_string(policy.min_batch_size) + " (pod.yaml privacy.min_batch_size); the job asks for " +
-                                                std::to_string(batch_size));
+  // What a batch really holds: no more than the training split's rows. The job sets
+  // the split fractions, so a job could shrink the training split to one row and ask
+  // for batches of 32 of it.
+  const int64_t batch_rows = train_rows > 0 ? std::min(batch_size, train_rows) : batch_size;
+  if (policy.min_batch_size > 0 && batch_rows < policy.min_batch_size) {
+    return refuse("privacy_min_batch_size",
+                  who + "requires a batch size of at least " + std::to_string(policy.min_batch_size) +
+                      " (pod.yaml privacy.min_batch_size); the job asks for " + std::to_string(batch_size) +
+                      (batch_rows < batch_size ? " over a training split of " + std::to_string(train_rows) + " rows" : ""));
   }
   const int64_t round_steps = privacy::steps_per_round(epochs, steps, batch_size, train_rows);
   if (policy.max_local_steps > 0 && round_steps > policy.max_local_steps) {
@@ -47,13 +53,19 @@ PrivacyDecision check_limits(const PrivacyPolicy& policy, int64_t batch_size, in
                                                  std::to_string(round_steps) + " steps (" +
                                                  (steps > 0 ? "local_steps" : "local_epochs over " + std::to_string(train_rows) + " rows") + ")");
   }
-  // Samples behind one returned update: every step's batch (an epoch is every row).
-  const int64_t samples = steps > 0 ? steps * batch_size : epochs * train_rows;
+  // Distinct rows behind one returned update: every step's batch, or an epoch's every
+  // row, and never more than the training split holds (a row trained on twice is
+  // still one row: 40 epochs over 20 rows are 20 samples).
+  const int64_t drawn = steps > 0 ? steps * batch_size : epochs * train_rows;
+  const int64_t samples = train_rows > 0 ? std::min(drawn, train_rows) : drawn;
   if (policy.min_samples_per_update > 0 && samples < policy.min_samples_per_update) {
     return refuse("privacy_min_samples", who + "returns an update only after training on at least " +
                                              std::to_string(policy.min_samples_per_update) +
-                                             " samples (pod.yaml privacy.min_samples_per_update); the job's round trains on " +
-                                             std::to_string(samples) + "; raise local_steps, local_epochs or batch_size");
+                                             " distinct rows (pod.yaml privacy.min_samples_per_update); the job's round "
+                                             "trains on " + std::to_string(samples) +
+                                             (samples < drawn ? " (its training split's rows)" : "") +
+                                             "; raise local_steps, local_epochs or batch_size, or give the training "
+                                             "split more rows");
   }
   return PrivacyDecision{};
 }

@@ -1209,6 +1209,7 @@ struct Worker::Impl {
       req.version = mref.getModelVersion();
       claimed_sha = mref.getSha256();
       format = mref.getFormat();
+      req.format = format;
       ref = "'" + req.model + "' version " + std::to_string(req.version) + " (sha256 " + claimed_sha + ")";
       if (!model::is_custom_format(format)) {
         return Status::bad_message("custom model " + ref + ": format '" + format + "' is not torchscript or plugin");
@@ -1793,9 +1794,17 @@ struct Worker::Impl {
   Status evaluate_split(const zmq::message_t& routing, protocol::Incoming& in, wire::Evaluate::Reader e,
                         const std::string& job_id, uint64_t request_id) {
     FEDPOD_RETURN_IF_ERROR(check_job(job_id));
+    const auto split = e.getSplit();
+    // The training split is evaluated by no one: its loss and accuracy at parameters
+    // the coordinator chose would count rows of the data that trains (and, under
+    // differential privacy, outside the budget that protects them).
+    if (split != wire::Split::VALIDATION && split != wire::Split::TEST) {
+      return Status(StatusCode::kPermissionDenied,
+                    "pod " + config().name +
+                        " evaluates only its validation and test splits; evaluate asked for the training split");
+    }
     auto tensors = in.take_tensors(e.getTensors(), job->specs);
     if (!tensors.ok()) return tensors.status();
-    const auto split = e.getSplit();
     const int64_t batch = e.getBatchSize() ? e.getBatchSize() : 256;
     const uint32_t round = e.getRound();
     job->last_activity = Clock::now();
@@ -1807,9 +1816,7 @@ struct Worker::Impl {
       Status loaded = load_parameters(*j, *params);
       StatusOr<EvalStats> stats = loaded;
       if (loaded.ok()) {
-        const Split which = split == wire::Split::TEST         ? Split::kTest
-                            : split == wire::Split::VALIDATION ? Split::kValidation
-                                                               : Split::kTrain;
+        const Split which = split == wire::Split::TEST ? Split::kTest : Split::kValidation;
         stats = j->engine->evaluate(which, batch, &cancel);
         if (!stats.ok()) on_runner_failure(stats.status());
       }

@@ -87,8 +87,8 @@ struct SealedJob {
   std::vector<model::ParamInfo> layout;
   uint64_t next_request = 1;
 
-  // A train, fetchResult or evaluate message for round `round`, sealed.
-  Frames sealed(W kind, uint32_t round) {
+  // A train, fetchResult or evaluate (of `split`) message for round `round`, sealed.
+  Frames sealed(W kind, uint32_t round, wire::Split split = wire::Split::VALIDATION) {
     protocol::Outgoing out(job_id, next_request++);
     auto body = out.envelope().getBody();
     std::vector<torch::Tensor> keep;
@@ -103,7 +103,7 @@ struct SealedJob {
     } else {
       auto e = body.initEvaluate();
       e.setRound(round);
-      e.setSplit(wire::Split::VALIDATION);
+      e.setSplit(split);
       e.setBatchSize(64);
       attach_zeros(out, e.initTensors(layout.size()));
     }
@@ -448,6 +448,40 @@ TEST(TensorChannel, AJobRunsSealedAndAPodThatLostItsSessionIsStartedAgainOnItsNo
     if (!r["pods"].contains("pod-b") || r["pods"]["pod-b"]["outcome"] == "ok") continue;
     EXPECT_EQ(r["pods"]["pod-b"]["outcome"], "error") << r.dump();  // the notice, not a timeout
   }
+}
+
+// A coordinator may evaluate parameters it chose on the pod's validation and test
+// splits, never on the training split: accuracy × rows at crafted parameters counts
+// the training rows that meet a condition of its choosing, outside what protects the
+// data that trains (the privacy limits, differential privacy's budget). Refused with
+// the reason; the job goes on.
+TEST(TensorChannel, APodRefusesToEvaluateItsTrainingSplit) {
+  testing::TempDir dir;
+  testing::TestIdentity id(dir.path());
+  auto pod = testing::start_digits_pod(dir, id, "pod-a", "general-modeller");
+  ASSERT_FALSE(pod.endpoint.empty()) << testing::read_file(pod.log);
+  zmq::context_t ctx(1);
+  SealedJob job = start_sealed_job(ctx, id, pod, "job-eval");
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  ASSERT_TRUE(trains(job, 1));
+
+  ASSERT_TRUE(job.send(job.sealed(W::EVALUATE, 1, wire::Split::TRAIN)));
+  auto refused_reply = job.reply();
+  ASSERT_TRUE(refused_reply);
+  auto body = refused_reply->envelope().getBody();
+  ASSERT_EQ(body.which(), W::ERROR) << protocol::body_name(body.which());
+  EXPECT_EQ(protocol::from_wire(body.getError().getCode()), StatusCode::kPermissionDenied);
+  EXPECT_CONTAINS(std::string(body.getError().getMessage().cStr()),
+                  "pod pod-a evaluates only its validation and test splits; evaluate asked for the training split");
+
+  for (auto split : {wire::Split::VALIDATION, wire::Split::TEST}) {
+    ASSERT_TRUE(job.send(job.sealed(W::EVALUATE, 1, split)));
+    auto ok = job.reply();
+    ASSERT_TRUE(ok);
+    ASSERT_EQ(ok->envelope().getBody().which(), W::EVAL_RESULT);
+    EXPECT_GT(ok->envelope().getBody().getEvalResult().getNumSamples(), 0u);
+  }
+  ASSERT_TRUE(trains(job, 2));  // the job goes on
 }
 
 }  // namespace

@@ -204,7 +204,7 @@ TEST(DecideTest, Matrix) {
     }
     {
       SCOPED_TRACE(std::string(c.name) + " x custom");
-      AccessRequest req{c.user, true, "alice/net", 2, c.sha256};
+      AccessRequest req{c.user, true, "alice/net", 2, c.sha256, "torchscript"};
       Decision d = decide(p, "pod-a", req, now);
       EXPECT_EQ(d.allowed, c.custom_allowed);
       EXPECT_EQ(d.reason, c.custom_reason);
@@ -224,14 +224,35 @@ TEST(DecideTest, GrantWithoutExpiryAndWithoutIdIsNamedByModel) {
   auto p = parse_policy(j, "policy.yaml");
   ASSERT_TRUE(p.ok()) << p.status().to_string();
   Decision d =
-      decide(*p, "pod-a", {"alice", true, "alice/net", 2, kV2}, at("2030-01-01T00:00:00Z"));
+      decide(*p, "pod-a", {"alice", true, "alice/net", 2, kV2, "torchscript"}, at("2030-01-01T00:00:00Z"));
   EXPECT_TRUE(d.allowed);
   EXPECT_EQ(d.basis, "general-modeller with grant for alice/net:2 (no expiry)");
 }
 
+// A grant approves bytes as the format the reviewer saw. The same bytes loaded another
+// way are other code (a plugin with a TorchScript archive appended), so a job asking
+// for another format is refused; a grant without a format (a policy file may leave it
+// out) approves the bytes however they are loaded.
+TEST(DecideTest, AGrantApprovesItsBytesOnlyInItsFormat) {
+  const Policy p = policy();
+  const auto now = at("2026-06-01T00:00:00Z");
+  EXPECT_TRUE(decide(p, "pod-a", {"alice", true, "alice/net", 2, kV2, "torchscript"}, now).allowed);
+  Decision d = decide(p, "pod-a", {"alice", true, "alice/net", 2, kV2, "plugin"}, now);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.reason, "grant_other_format");
+  EXPECT_CONTAINS(d.message, "grant 7 approved these bytes as a torchscript model; the job asks to load them as plugin");
+  // A super-modeller runs any model, in any format.
+  EXPECT_TRUE(decide(p, "pod-a", {"sam", true, "alice/net", 2, kV2, "plugin"}, now).allowed);
+  json j = base_policy();
+  j["grants"][0].erase("format");
+  auto unformatted = parse_policy(j, "policy.yaml");
+  ASSERT_TRUE(unformatted.ok()) << unformatted.status().to_string();
+  EXPECT_TRUE(decide(*unformatted, "pod-a", {"alice", true, "alice/net", 2, kV2, "plugin"}, now).allowed);
+}
+
 TEST(DecideTest, GrantExpiresAtItsExactTime) {
   const Policy p = policy();
-  AccessRequest req{"alice", true, "alice/net", 2, kV2};
+  AccessRequest req{"alice", true, "alice/net", 2, kV2, "torchscript"};
   EXPECT_TRUE(decide(p, "pod-a", req, at("2026-12-31T23:59:59Z")).allowed);
   Decision d = decide(p, "pod-a", req, at("2027-01-01T00:00:00Z"));
   EXPECT_FALSE(d.allowed);
@@ -244,9 +265,9 @@ TEST(DecideTest, GrantIsForOneUserAndOneModel) {
   const Policy p = policy();
   const auto now = at("2026-06-01T00:00:00Z");
   // dave holds no grant: alice's grant does not carry over.
-  EXPECT_EQ(decide(p, "pod-a", {"dave", true, "alice/net", 2, kV2}, now).reason, "no_grant");
+  EXPECT_EQ(decide(p, "pod-a", {"dave", true, "alice/net", 2, kV2, "torchscript"}, now).reason, "no_grant");
   // alice's grant is for alice/net, not alice/other.
-  Decision d = decide(p, "pod-a", {"alice", true, "alice/other", 2, kV2}, now);
+  Decision d = decide(p, "pod-a", {"alice", true, "alice/other", 2, kV2, "torchscript"}, now);
   EXPECT_EQ(d.reason, "no_grant");
   EXPECT_CONTAINS(d.message, "fedpod access request --model alice/other:2 --pod pod-a");
 }
@@ -260,7 +281,7 @@ TEST(DecideTest, SeveralOtherVersionsAreListed) {
                          {"expires_at", nullptr}});
   auto p = parse_policy(j, "policy.json");
   ASSERT_TRUE(p.ok()) << p.status().to_string();
-  Decision d = decide(*p, "pod-a", {"erin", true, "alice/net", 2, kV2}, at("2026-06-01T00:00:00Z"));
+  Decision d = decide(*p, "pod-a", {"erin", true, "alice/net", 2, kV2, "torchscript"}, at("2026-06-01T00:00:00Z"));
   EXPECT_EQ(d.reason, "grant_other_version");
   EXPECT_CONTAINS(d.message, "versions 1, 3 only, not for the requested version 2");
 }
@@ -491,7 +512,7 @@ grants:
   EXPECT_EQ(format_utc(*p->grants[0].expires_at), "2027-01-01T00:00:00Z");
   EXPECT_FALSE(p->grants[1].expires_at.has_value());
 
-  AccessRequest req{"alice", true, "alice/net", 2, sha};
+  AccessRequest req{"alice", true, "alice/net", 2, sha, "torchscript"};
   EXPECT_TRUE(decide(*p, "pod-a", req, at("2026-12-31T23:59:59Z")).allowed);
   Decision d = decide(*p, "pod-a", req, at("2027-01-01T00:00:00Z"));
   EXPECT_EQ(d.reason, "grant_expired");

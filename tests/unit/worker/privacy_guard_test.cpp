@@ -47,6 +47,25 @@ TEST(PrivacyLimits, EachLimitRefusesWithItsReason) {
   EXPECT_NE(d.message.find("4"), std::string::npos);
 }
 
+// The job sets the split fractions, so it can shrink the training split: batches of 32
+// from one row are batches of one row, and 40 epochs over 20 rows are 20 rows behind
+// the update, not 800.
+TEST(PrivacyLimits, ATrainingSplitShrunkBelowTheLimitsIsRefused) {
+  PrivacyPolicy p;
+  p.min_batch_size = 16;
+  p.min_samples_per_update = 200;
+  const auto one_row = check_limits(p, 32, 0, 40, 1, "a");
+  EXPECT_EQ(one_row.reason, "privacy_min_batch_size");
+  EXPECT_NE(one_row.message.find("asks for 32 over a training split of 1 rows"), std::string::npos) << one_row.message;
+  const auto repeated = check_limits(p, 16, 40, 0, 20, "a");
+  EXPECT_EQ(repeated.reason, "privacy_min_samples");
+  EXPECT_NE(repeated.message.find("trains on 20 (its training split's rows)"), std::string::npos) << repeated.message;
+  const auto steps = check_limits(p, 16, 0, 100, 150, "a");  // 1600 draws from 150 rows
+  EXPECT_EQ(steps.reason, "privacy_min_samples");
+  EXPECT_TRUE(check_limits(p, 16, 0, 100, 250, "a").allowed);
+  EXPECT_TRUE(check_limits(p, 16, 3, 0, 250, "a").allowed);
+}
+
 TEST(PrivacyBudget, DpRequiredNoiseFloorPlanAndCap) {
   PrivacyRequest plain = dp_job(3);
   plain.dp = {};

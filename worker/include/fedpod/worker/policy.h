@@ -156,6 +156,7 @@ struct AccessRequest {
   std::string model;    // "logreg" for built-ins, "owner/ref" for custom models
   int64_t version = 0;  // custom only
   std::string sha256;   // custom only: sha256 of the bytes the pod received
+  std::string format;   // custom only: how the job asks to load them ("torchscript", "plugin")
 };
 
 struct Decision {
