@@ -40,7 +40,13 @@ std::map<size_t, PodRound> Coordinator::Impl::secure_round(int round, uint64_t r
                                         size_t& sent) {
   namespace sa = protocol::secagg;
   using B = wire::Envelope::Body;
+  // Step A (training) ends at the round's deadline, as a plain round's does; each later
+  // step has round_timeout of its own from when it starts. With one deadline for all
+  // four, a pod that trained past it (a straggler, or a pod that stalls on purpose)
+  // left the others no time to share, mask and reveal: the round failed, and with it
+  // the job, where a plain round just leaves the straggler out.
   const auto deadline = start + spec.round_timeout;
+  auto step_deadline = [&] { return Clock::now() + spec.round_timeout; };
   const uint32_t r = static_cast<uint32_t>(round);
   auto index = [&](const Pod& pod) { return static_cast<size_t>(&pod - pods.data()); };
   auto wrong_round = [&](const char* kind, uint32_t got) {
@@ -126,7 +132,7 @@ std::map<size_t, PodRound> Coordinator::Impl::secure_round(int round, uint64_t r
     }
   }
   auto b = exchange_each([&](size_t i) -> protocol::Outgoing& { return share_msgs.at(i); }, rid_b, in_round,
-      {B::SEC_AGG_SHARES}, deadline, true,
+      {B::SEC_AGG_SHARES}, step_deadline(), true,
       [&](Pod& pod, protocol::Incoming& in) -> std::optional<PodRound> {
         auto m = in.envelope().getBody().getSecAggShares();
         if (m.getRound() != r) return wrong_round("secAggShares", m.getRound());
@@ -158,7 +164,7 @@ std::map<size_t, PodRound> Coordinator::Impl::secure_round(int round, uint64_t r
   const std::vector<protocol::TensorSpec> ring_spec = {{"secagg", {global.numel() + 1}}};
   std::set<size_t> masked_ready;
   auto c = exchange_each([&](size_t i) -> protocol::Outgoing& { return mask_msgs.at(i); }, rid_c, in_round,
-      {B::SEC_AGG_MASKED, B::TRAIN_RESULT}, deadline, true,
+      {B::SEC_AGG_MASKED, B::TRAIN_RESULT}, step_deadline(), true,
       [&](Pod& pod, protocol::Incoming& in) -> std::optional<PodRound> {
         const size_t i = index(pod);
         auto body = in.envelope().getBody();
@@ -203,7 +209,7 @@ std::map<size_t, PodRound> Coordinator::Impl::secure_round(int round, uint64_t r
     auto d = m.initDropped(static_cast<unsigned>(dropped.size()));
     for (size_t k = 0; k < dropped.size(); ++k) d.set(static_cast<unsigned>(k), dropped[k]);
   }
-  auto d = exchange(unmask, rid_d, in_round, {B::SEC_AGG_REVEAL}, deadline, true,
+  auto d = exchange(unmask, rid_d, in_round, {B::SEC_AGG_REVEAL}, step_deadline(), true,
       [&](Pod& pod, protocol::Incoming& in) -> std::optional<PodRound> {
         auto m = in.envelope().getBody().getSecAggReveal();
         if (m.getRound() != r) return wrong_round("secAggReveal", m.getRound());

@@ -14,6 +14,7 @@
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/coordinator/history.h"
 #include "identity.h"
+#include "reliability.h"
 #include "testutil.h"
 
 namespace fedpod {
@@ -159,6 +160,43 @@ TEST_F(SecureAggregationTest, OneDropBeforeMaskingAndOneAfterStillAggregate) {
   const double l1 = h["rounds"][0]["eval"]["loss"], l2 = r2["eval"]["loss"], l3 = h["rounds"][2]["eval"]["loss"];
   EXPECT_LT(l2, l1);
   EXPECT_LT(l3, l2);
+}
+
+// A straggler in round 2: pod-c is stopped (SIGSTOP, heartbeats off) before it trains,
+// past round_timeout. Training ends at the deadline without it, and the steps after
+// it (share, mask, unmask) each have their own round_timeout: the round aggregates the
+// other four, as a plain round would. With one deadline for all four steps the
+// straggler left the others no time after training: the round failed and the job
+// with it. pod-c is woken during round 2 and trains again in round 3.
+TEST_F(SecureAggregationTest, AStragglerPastTheDeadlineLeavesTheOthersTimeToAggregate) {
+  ASSERT_NO_FATAL_FAILURE(start_pods());
+  secure();
+  spec_.min_pods = 3;
+  spec_.heartbeat_timeout = std::chrono::milliseconds(0);  // off: only the deadline ends its wait
+  spec_.round_timeout = 6s;
+  std::vector<std::string> steps;
+  auto observer = [&](int round, const std::string& step, const std::vector<uint32_t>& ids) {
+    steps.push_back(std::to_string(round) + ":" + step + ":" + std::to_string(ids.size()));
+    if (round == 1 && step == "unmask") procs_["pod-c"]->kill(SIGSTOP);
+    if (round == 2 && step == "share") procs_["pod-c"]->kill(SIGCONT);
+  };
+  std::ostringstream progress;
+  auto r = run("straggler", progress, observer);
+  procs_["pod-c"]->kill(SIGCONT);  // whatever happened
+  ASSERT_TRUE(r.ok()) << r.status().to_string() << progress.str();
+  EXPECT_NE(std::find(steps.begin(), steps.end(), "2:advertise:4"), steps.end());
+  EXPECT_NE(std::find(steps.begin(), steps.end(), "2:unmask:4"), steps.end());
+  auto h = history();
+  EXPECT_EQ(h["status"], "completed");
+  const auto& r2 = h["rounds"][1];
+  EXPECT_EQ(r2["pods_answered"], 4);
+  EXPECT_EQ(r2["pods"]["pod-c"]["outcome"], "timeout");
+  EXPECT_EQ(h["rounds"][2]["pods_answered"], 5);
+  testing::record_fault("pods", "straggler under secure aggregation: pod stopped (SIGSTOP) past round_timeout before "
+                        "training, heartbeats off", 1,
+                        "training ended at the deadline without it; share, mask and unmask ran on their own "
+                        "deadlines; the round aggregated the other 4; the pod trained again in round 3",
+                        "the straggler's update for that round");
 }
 
 // Three of five pods gone before masking: two survivors, below the threshold 3. The
