@@ -8,6 +8,7 @@ extern "C" {  // libgfshare's header declares C functions without saying so
 }
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <functional>
 #include <cmath>
@@ -222,10 +223,33 @@ void apply_masks(RingVector& vec, const std::vector<Mask>& masks) {
 
 std::string key_str(const uint8_t* k, size_t n = 32) { return std::string(reinterpret_cast<const char*>(k), n); }
 
+// Whether `pk` is an X25519 point of small order (the zero key among them): every
+// secret key agrees with it on the all-zero secret, which crypto_box and
+// crypto_scalarmult refuse. A pod advertising one would make each of its neighbours
+// fail to share with it, and drop out of the round in its place. libsodium's
+// crypto_scalarmult returns -1 exactly when the result is all zeros, and its clamped
+// scalar is a multiple of the cofactor 8, so any fixed scalar tells.
+bool small_order(const std::string& pk) {
+  static const std::array<unsigned char, crypto_scalarmult_SCALARBYTES> kScalar = [] {
+    std::array<unsigned char, crypto_scalarmult_SCALARBYTES> s{};
+    s.fill(0x5a);
+    return s;
+  }();
+  unsigned char out[crypto_scalarmult_BYTES];
+  const bool zero = crypto_scalarmult(out, kScalar.data(), reinterpret_cast<const unsigned char*>(pk.data())) != 0;
+  sodium_memzero(out, sizeof out);
+  return zero;
+}
+
 Status check_keys(uint32_t id, const PublicKeys& k) {
   if (k.c_pk.size() != kKeyBytes || k.s_pk.size() != kKeyBytes || k.b_commit.size() != 32) {
     return Status(StatusCode::kInvalidArgument, "secure aggregation: pod " + std::to_string(id) +
                                                     "'s public keys are malformed (each must be 32 bytes)");
+  }
+  if (small_order(k.c_pk) || small_order(k.s_pk)) {
+    return Status(StatusCode::kInvalidArgument, "secure aggregation: pod " + std::to_string(id) +
+                                                    "'s public keys include a point of small order, which agrees "
+                                                    "on the all-zero secret with every key");
   }
   return Status();
 }

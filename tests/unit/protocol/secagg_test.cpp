@@ -4,6 +4,8 @@
 #include "fedpod/protocol/secagg.h"
 
 #include <gtest/gtest.h>
+
+#include <cstring>
 #include <sodium.h>
 
 #include <cmath>
@@ -290,6 +292,45 @@ TEST(SecAgg, SharesAreAuthenticatedAndBoundToTheirRecipient) {
   ASSERT_TRUE(s2.close_advertise().ok());
   EXPECT_FALSE(s2.add_shares(2, made[1]).ok());
   EXPECT_FALSE(s2.add_shares(1, {}).ok());
+}
+
+// A pod that advertises a point of small order (the zero key, or one of the other
+// X25519 points of order 1, 2, 4 or 8) would make each neighbour's crypto_box to it
+// fail: the neighbours, not it, would drop out of the round. The coordinator refuses
+// such keys when they arrive, so the pod that sent them is the one left out; a
+// client refuses them among its neighbours' keys too.
+TEST(SecAgg, KeysOfSmallOrderAreRefusedSoThePodThatSentThemIsLeftOut) {
+  const Settings s = settings_for(5, 3, 4);
+  const Context ctx{"job-1", 1};
+  Server server(s, ctx, {1, 2, 3, 4, 5}, 1);
+  std::vector<std::unique_ptr<Client>> c;
+  for (uint32_t id = 1; id <= 5; ++id) c.push_back(std::make_unique<Client>(s, ctx, id));
+  // The zero key, and a point of order 8 (from libsodium's list of small-order points).
+  const std::string zero(32, '\0');
+  std::string order8(32, '\0');
+  const unsigned char order8_bytes[32] = {0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3,
+                                          0xfa, 0xf1, 0x9f, 0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32,
+                                          0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49, 0xb8, 0x00};
+  std::memcpy(order8.data(), order8_bytes, 32);
+  for (const std::string& bad : {zero, order8}) {
+    for (bool as_c : {true, false}) {
+      PublicKeys k = c[4]->keys();
+      (as_c ? k.c_pk : k.s_pk) = bad;
+      const Status st = server.add_keys(5, k);
+      ASSERT_FALSE(st.ok());
+      EXPECT_NE(st.message().find("pod 5's public keys include a point of small order"), std::string::npos)
+          << st.message();
+    }
+  }
+  for (uint32_t id = 1; id <= 4; ++id) ASSERT_TRUE(server.add_keys(id, c[id - 1]->keys()).ok());
+  ASSERT_TRUE(server.close_advertise().ok());  // four pods, threshold 3: the round goes on
+  // A client given such a key among its neighbours' refuses it, naming the pod.
+  std::map<uint32_t, PublicKeys> nb;
+  for (uint32_t id : {2u, 3u, 4u}) nb[id] = c[id - 1]->keys();
+  nb[3].s_pk = order8;
+  const auto shared = c[0]->share(nb);
+  ASSERT_FALSE(shared.ok());
+  EXPECT_NE(shared.status().message().find("pod 3's public keys include a point of small order"), std::string::npos);
 }
 
 TEST(SecAgg, AWrongRevealedShareIsCaughtByTheCommitment) {
