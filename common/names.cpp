@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cctype>
 #include "fedpod/common/names.h"
 
 namespace fedpod {
@@ -21,6 +22,16 @@ std::string check_model_ref(const std::string& s) {
   if (!lower_alnum(s[0])) return "must start with a lowercase letter or digit";
   for (char c : s)
     if (!lower_alnum(c) && c != '_' && c != '.' && c != '-') return "may only contain a-z, 0-9, '_', '.' and '-'";
+  return "";
+}
+
+std::string check_job_id(const std::string& s) {
+  if (s.empty() || s.size() > 128) return "must be 1 to 128 characters, got " + std::to_string(s.size());
+  for (char c : s) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
+      return "may only contain letters, digits, '-', '_' and '.'";
+    }
+  }
   return "";
 }
 

@@ -54,11 +54,7 @@ void validate(JobSpec& s, const std::string& where, bool (*is_known_model)(const
     s.job_id = generated_job_id();
     s.job_id_generated = true;
   }
-  for (char c : s.job_id) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
-      throw ConfigError(where + ": job_id: use letters, digits, '-', '_' and '.' only");
-    }
-  }
+  if (std::string why = check_job_id(s.job_id); !why.empty()) throw ConfigError(where + ": job_id: " + why);
   if (s.model.ref.empty()) throw ConfigError(where + ": model.ref: required");
   if (s.model.username.empty() && !is_known_model(s.model.ref)) {
     throw ConfigError(where + ": model.ref: '" + s.model.ref +

@@ -20,6 +20,7 @@
 #include <optional>
 #include <thread>
 
+#include "fedpod/common/names.h"
 #include "fedpod/common/sha256.h"
 #include "fedpod/common/temp_dir.h"
 #include "fedpod/data/idx.h"
@@ -292,15 +293,21 @@ class PeerLines {
 // window ends (at the next refusal after it, the worker's next tick, or its stop).
 // So the log keeps every kind of refusal and how many there were, while a peer
 // retrying in a loop costs one fsync'd line a minute, not one per attempt.
+//
+// The keys are the peers' choosing (a fresh CURVE key per handshake, a new model
+// version per startJob), so at most kMaxOpen kinds are open at once: past that, each
+// further refusal joins one entry per event, {"coalesced": "..."}, counted likewise,
+// and a peer that varies its key costs one line a minute, not one per attempt.
 class RefusalAudit {
  public:
   static constexpr std::chrono::seconds kWindow{60};
+  static constexpr size_t kMaxOpen = 64;
 
   // `write` appends one entry (AuditLog::append).
   explicit RefusalAudit(std::function<Status(nlohmann::json)> write) : write_(std::move(write)) {}
 
   // `key` identifies the kind; `entry` is what the first one writes.
-  Status refused(const std::string& key, nlohmann::json entry) {
+  Status refused(std::string key, nlohmann::json entry) {
     std::vector<nlohmann::json> out;
     Status st;
     {
@@ -308,6 +315,14 @@ class RefusalAudit {
       const auto now = Clock::now();
       collect_expired(now, out);
       auto it = open_.find(key);
+      if (it == open_.end() && open_.size() >= kMaxOpen) {
+        const std::string event = entry.value("event", std::string("refused"));
+        key = "\x01many|" + event;  // no peer's key starts with a control character
+        it = open_.find(key);
+        entry["coalesced"] = "more than " + std::to_string(kMaxOpen) + " kinds of refusal within " +
+                             std::to_string(kWindow.count()) + " s: this and the next " + event +
+                             " refusals of other kinds are counted in one entry";
+      }
       if (it != open_.end()) {
         it->second.count++;
         it->second.last_at = format_utc(std::chrono::system_clock::now());
@@ -1155,6 +1170,9 @@ struct Worker::Impl {
   Status start_job(const zmq::message_t& routing, protocol::Incoming& in, wire::StartJob::Reader sj,
                    const std::string& job_id, uint64_t request_id, const Peer& peer) {
     if (job_id.empty()) return Status::invalid("startJob without a job id");
+    // The job id and model names go into the audit log, log lines and refusal keys:
+    // names of the shape the coordinator and hub give them, no longer.
+    if (std::string why = check_job_id(job_id); !why.empty()) return Status::bad_message("startJob: job id " + why);
     if (job && job->id != job_id) {
       counters().jobs_refused++;
       on_job("refused");
@@ -1184,6 +1202,12 @@ struct Worker::Impl {
     auto mref = sj.getModel();
     const std::string username = mref.getUsername();
     std::string ref = mref.getModelRef();
+    if (std::string why = check_model_ref(ref); !why.empty()) return Status::bad_message("startJob: model ref " + why);
+    if (!username.empty()) {
+      if (std::string why = check_username(username); !why.empty()) {
+        return Status::bad_message("startJob: the model's username " + why);
+      }
+    }
     // Secure aggregation as the job asks for it (checked before anything else: a
     // malformed setting is the coordinator's error, not a policy decision).
     std::optional<protocol::secagg::Settings> secagg;

@@ -1087,5 +1087,45 @@ TEST_F(HostilePeerTest, HandshakesWithoutARoleAreRefusedAndAuditedOnceWithACount
   EXPECT_EQ(1 + repeats_unknown, static_cast<int64_t>(unknown)) << audit;
 }
 
+// Refusals are coalesced per key, and the key is the peer's choosing: a peer that
+// makes a fresh CURVE key for every handshake wrote one fsync'd audit line per
+// attempt. Past 64 kinds open in a window, the rest join one entry with their count;
+// every refusal is still counted in the log once the window ends.
+TEST_F(HostilePeerTest, AFreshKeyForEveryHandshakeAddsABoundedNumberOfAuditLines) {
+  auto pod = testing::start_digits_pod(dir_, id_, "pod-a", "general-modeller", "metrics_listen: 127.0.0.1:0\n");
+  ASSERT_FALSE(pod.endpoint.empty()) << testing::read_file(pod.log);
+  constexpr int kAttempts = 300;
+  int refused = 0;
+  for (int i = 0; i < kAttempts; ++i) {
+    RawPeer peer(pod.endpoint);
+    if (curve_handshake(peer, protocol::generate_curve_keypair(), pod.public_key) == Handshake::kRefused) ++refused;
+  }
+  EXPECT_EQ(refused, kAttempts);
+  const double unknown =
+      testing::metric_value(scrape(metrics_port(pod)), "fedpod_access_denied_total{reason=\"unknown_key\"}");
+  EXPECT_GE(unknown, kAttempts);
+  // audit_log_started, 64 keys, one coalesced entry.
+  std::string audit = testing::read_file(id_.audit_log("pod-a"));
+  EXPECT_EQ(count_lines(audit), 66u) << audit.substr(audit.size() > 2000 ? audit.size() - 2000 : 0);
+  EXPECT_CONTAINS(audit, "\"coalesced\":\"more than 64 kinds of refusal within 60 s");
+  pod.process->kill(SIGTERM);
+  ASSERT_GE(pod.process->wait(30s), 0);
+  audit = testing::read_file(id_.audit_log("pod-a"));
+  EXPECT_TRUE(worker::verify_audit_log(id_.audit_log("pod-a")).ok);
+  int64_t counted = 0;
+  std::istringstream lines(audit);
+  for (std::string line; std::getline(lines, line);) {
+    const auto e = nlohmann::json::parse(line);
+    if (e["event"] == "handshake_refused") counted += 1;
+    if (e["event"] == "handshake_refused_repeated") counted += e["count"].get<int64_t>();
+  }
+  EXPECT_EQ(counted, static_cast<int64_t>(unknown));
+  EXPECT_LE(count_lines(audit), 70u);
+  testing::record_fault("hostile input", "unauthenticated handshakes, each with a fresh CURVE key", kAttempts,
+                        "each refused and counted; the audit log grew by 65 lines (64 keys, one coalesced entry) "
+                        "and one closing count, not one line per attempt",
+                        "nothing");
+}
+
 }  // namespace
 }  // namespace fedpod

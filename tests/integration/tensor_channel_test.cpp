@@ -450,6 +450,51 @@ TEST(TensorChannel, AJobRunsSealedAndAPodThatLostItsSessionIsStartedAgainOnItsNo
   }
 }
 
+// A job id and a model's names go into the pod's audit log, log lines and the keys that
+// coalesce its refusals: a startJob whose job id is a megabyte, or holds a newline,
+// or whose model names are not names, is refused as a bad message before anything is
+// decided or written; the pod then takes a well-formed job.
+TEST(TensorChannel, AStartJobWithMalformedNamesIsRefusedBeforeItIsAudited) {
+  testing::TempDir dir;
+  testing::TestIdentity id(dir.path());
+  auto pod = testing::start_digits_pod(dir, id, "pod-a", "general-modeller");
+  ASSERT_FALSE(pod.endpoint.empty()) << testing::read_file(pod.log);
+  zmq::context_t ctx(1);
+  zmq::socket_t curve = protocol::make_dealer(ctx, pod.endpoint, id.client_options(pod.name));
+  const size_t audit_before = testing::read_file(id.audit_log("pod-a")).size();
+  struct Case {
+    std::string job_id, username, ref, says;
+  };
+  const std::vector<Case> cases = {
+      {std::string(1 << 19, 'j'), "", "mlp", "startJob: job id must be 1 to 128 characters, got 524288"},
+      {"job\nevent=forged", "", "mlp", "startJob: job id may only contain letters, digits"},
+      {"job-1", "", "../../etc/passwd", "startJob: model ref must start with a lowercase letter or digit"},
+      {"job-1", "Alice\n", "net", "startJob: the model's username"},
+  };
+  uint64_t rid = 1;
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.says);
+    protocol::Outgoing out(c.job_id, rid++);
+    auto sj = out.envelope().getBody().initStartJob();
+    sj.initModel().setModelRef(c.ref);
+    if (!c.username.empty()) sj.getModel().setUsername(c.username);
+    Frames f = out.frames();
+    ASSERT_TRUE(protocol::send_frames(curve, f));
+    Frames r = next(curve, 30s);
+    ASSERT_FALSE(r.empty());
+    auto in = protocol::Incoming::parse(std::move(r));
+    ASSERT_TRUE(in.ok()) << in.status().message();
+    auto body = (*in)->envelope().getBody();
+    ASSERT_EQ(body.which(), W::ERROR) << protocol::body_name(body.which());
+    EXPECT_EQ(protocol::from_wire(body.getError().getCode()), StatusCode::kBadMessage);
+    EXPECT_CONTAINS(std::string(body.getError().getMessage().cStr()), c.says);
+  }
+  EXPECT_EQ(testing::read_file(id.audit_log("pod-a")).size(), audit_before);
+  SealedJob job = start_sealed_job(ctx, id, pod, "job-after");
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  EXPECT_TRUE(trains(job, 1));
+}
+
 // A coordinator may evaluate parameters it chose on the pod's validation and test
 // splits, never on the training split: accuracy × rows at crafted parameters counts
 // the training rows that meet a condition of its choosing, outside what protects the

@@ -13,6 +13,7 @@ namespace fedpod {
 std::string check_username(const std::string& s);    // [a-z][a-z0-9_-]{1,31}
 std::string check_model_ref(const std::string& s);   // [a-z0-9][a-z0-9_.-]{0,63}
 std::string check_public_key(const std::string& s);  // 40 chars of the Z85 alphabet
+std::string check_job_id(const std::string& s);      // [A-Za-z0-9._-]{1,128}
 
 // For "did you mean": the candidate nearest to `word` by edit distance when it is
 // close (at most `max_edits` edits; -1: a third of the word's length, at least one),
