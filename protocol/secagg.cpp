@@ -796,10 +796,29 @@ StatusOr<double> Server::add_average_to(float* params, size_t n) {
   auto run = [&](const auto* p) -> StatusOr<double> {
     using S = std::make_signed_t<std::remove_const_t<std::remove_pointer_t<decltype(p)>>>;
     const double total = static_cast<double>(static_cast<S>(p[n])) * q;
-    if (!(total > 0)) {
-      return Status(StatusCode::kInternal, "secure aggregation: the summed weight is not positive");
+    // What honest pods' masked updates sum to: weights min(n, W) / W, each at most 1,
+    // and values clipped to ±clip, so a weighted average within ±clip (plus the
+    // encoding's rounding). The coordinator cannot check one pod's masked vector, but
+    // it can check their sum: one that is not a sum of such updates (a pod that sent
+    // arbitrary ring values) fails the round, and nothing of it is applied.
+    const size_t pods = u3_.size();
+    const double slack = static_cast<double>(pods) * q;
+    if (!(total > slack) || total > static_cast<double>(pods) + slack) {
+      return Status(StatusCode::kBadMessage,
+                    "secure aggregation: the summed weight is " + std::to_string(total) + ", not between 0 and " +
+                        std::to_string(pods) + " (one at most per pod in the sum): a pod's masked update was "
+                        "not a weighted update; the round fails and nothing of it is applied");
     }
     const double k = q / total;
+    const double limit = settings_.clip + average_error_bound(settings_, pods, total);
+    double largest = 0;
+    for (size_t i = 0; i < n; ++i) largest = std::max(largest, std::abs(static_cast<double>(static_cast<S>(p[i])) * k));
+    if (!(largest <= limit)) {
+      return Status(StatusCode::kBadMessage,
+                    "secure aggregation: the decoded average holds " + std::to_string(largest) +
+                        ", beyond the clip " + std::to_string(settings_.clip) + " that bounds every pod's values: a "
+                        "pod's masked update was not a clipped update; the round fails and nothing of it is applied");
+    }
     for (size_t i = 0; i < n; ++i) params[i] += static_cast<float>(static_cast<double>(static_cast<S>(p[i])) * k);
     return total;
   };

@@ -9,6 +9,7 @@
 #include <sodium.h>
 
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <random>
 
@@ -39,12 +40,16 @@ struct Transcript {
   std::map<uint32_t, RingVector> masked;  // what the coordinator received in step C
   std::map<uint32_t, Reveal> reveals;     // and in step D
   std::vector<double> sum;
+  std::vector<float> average;  // with `average`: add_average_to() of zeros
   Status status;
 };
 
-// Runs one round over `pods` (ids 1..n) with the given dropouts.
+// Runs one round over `pods` (ids 1..n) with the given dropouts. `tamper` may change a
+// pod's masked vector before the coordinator gets it; with `average` the round ends
+// in add_average_to() (as the coordinator ends it) instead of finish().
 Transcript run_round(const Settings& s, std::vector<Pod>& pods, const std::map<uint32_t, Drop>& drops,
-                     uint64_t seed = 7) {
+                     uint64_t seed = 7, const std::function<void(uint32_t, RingVector&)>& tamper = nullptr,
+                     bool average = false) {
   Transcript t;
   const Context ctx{"job-1", 3};
   std::vector<uint32_t> ids;
@@ -72,6 +77,7 @@ Transcript run_round(const Settings& s, std::vector<Pod>& pods, const std::map<u
     EXPECT_TRUE(st.ok()) << st.message();
     auto v = pods[id - 1].client->mask(pods[id - 1].update.data(), pods[id - 1].update.size(), pods[id - 1].samples);
     EXPECT_TRUE(v.ok()) << v.status().message();
+    if (tamper) tamper(id, *v);
     EXPECT_TRUE(server.add_masked(id, v->bytes.data(), v->bytes.size()).ok());
     t.masked[id] = std::move(*v);
   }
@@ -82,6 +88,11 @@ Transcript run_round(const Settings& s, std::vector<Pod>& pods, const std::map<u
     EXPECT_TRUE(r.ok()) << r.status().message();
     EXPECT_TRUE(server.add_reveal(id, *r).ok());
     t.reveals[id] = *r;
+  }
+  if (average) {
+    t.average.assign(pods[0].update.size(), 0.0f);
+    t.status = server.add_average_to(t.average.data(), t.average.size()).status();
+    return t;
   }
   auto sum = server.finish();
   t.status = sum.status();
@@ -331,6 +342,42 @@ TEST(SecAgg, KeysOfSmallOrderAreRefusedSoThePodThatSentThemIsLeftOut) {
   const auto shared = c[0]->share(nb);
   ASSERT_FALSE(shared.ok());
   EXPECT_NE(shared.status().message().find("pod 3's public keys include a point of small order"), std::string::npos);
+}
+
+// The coordinator cannot see one pod's masked vector, but honest ones sum to weights of
+// at most one each and values within ±clip. A pod that adds arbitrary ring values (to
+// a coordinate, or to its weight) makes a sum that is not such a sum: the round fails
+// with the reason and nothing is added to the parameters. Without the check a
+// coordinate moved by 2^20 ring units shifted the average by ~0.1 (clip 1), and a
+// weight of zero or less ended the job as an internal error.
+TEST(SecAgg, ASumThatNoClippedWeightedUpdatesMakeFailsTheRoundAndIsNotApplied) {
+  const Settings s = settings_for(5, 3, 4);
+  auto pods = make_pods(5, 64);
+  const auto honest = run_round(s, pods, {}, 7, nullptr, true);
+  ASSERT_TRUE(honest.status.ok()) << honest.status.message();
+  auto add = [](RingVector& v, size_t element, int64_t units) {
+    auto* e = reinterpret_cast<uint32_t*>(v.bytes.data()) + element;
+    *e = static_cast<uint32_t>(static_cast<int64_t>(*e) + units);
+  };
+  struct Case {
+    const char* name;
+    size_t element;  // 64: the weight
+    int64_t units;
+    const char* says;
+  };
+  const int64_t one = int64_t{1} << s.fraction_bits;
+  for (const Case& c : {Case{"a coordinate beyond the clip", 3, 3 * one, "the decoded average holds"},
+                        Case{"a negative weight", 64, -6 * one, "the summed weight is"},
+                        Case{"a weight of many pods", 64, 40 * one, "the summed weight is"}}) {
+    SCOPED_TRACE(c.name);
+    const auto t = run_round(s, pods, {}, 7, [&](uint32_t id, RingVector& v) { if (id == 2) add(v, c.element, c.units); },
+                             true);
+    ASSERT_FALSE(t.status.ok());
+    EXPECT_EQ(t.status.code(), StatusCode::kBadMessage);
+    EXPECT_NE(t.status.message().find(c.says), std::string::npos) << t.status.message();
+    EXPECT_NE(t.status.message().find("nothing of it is applied"), std::string::npos);
+    for (float x : t.average) EXPECT_EQ(x, 0.0f);
+  }
 }
 
 TEST(SecAgg, AWrongRevealedShareIsCaughtByTheCommitment) {
