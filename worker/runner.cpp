@@ -267,6 +267,17 @@ Status load_seccomp(bool allow_inet) {
   rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
                          SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, 0));
   rc |= deny(SCMP_SYS(clone3), ENOSYS);
+  // Signals to itself only. Where the runner has no pid namespace of its own (sandbox
+  // level seccomp+rlimits), kill(-1, SIGKILL) reached every process of the pod's user,
+  // the worker among them, and kill(0) the worker's process group. raise() and
+  // abort() use tgkill on the runner's own pid; nothing in it signals others.
+  const auto self = static_cast<scmp_datum_t>(::getpid());
+  for (int nr : {SCMP_SYS(kill), SCMP_SYS(tgkill), SCMP_SYS(rt_sigqueueinfo), SCMP_SYS(rt_tgsigqueueinfo)}) {
+    rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1, SCMP_A0_32(SCMP_CMP_NE, self));
+  }
+  for (int nr : {SCMP_SYS(tkill), SCMP_SYS(pidfd_open), SCMP_SYS(pidfd_send_signal), SCMP_SYS(pidfd_getfd)}) {
+    rc |= deny(nr);
+  }
   if (!allow_inet) {
     rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_NE, AF_UNIX));
   }

@@ -216,6 +216,7 @@ TEST_F(SandboxTest, TrainingStepAttacksFailAndThePodServesTheNextJob) {
        "No such file or directory"},
       {"write outside", {{"attack", "write"}, {"path", outside}}, "", "open(" + outside + ", O_CREAT)"},
       {"fork", {{"attack", "fork"}}, "", "fork: Operation not permitted"},
+      {"signal every process, its group, its parent", {{"attack", "signal"}}, "", "hostile model: kill: Operation not permitted"},
       {"memory", {{"attack", "memory"}, {"gib", 4}}, "", "memory 2 GiB"},
       {"spin", {{"attack", "spin"}}, "", "time limit (sandbox.step_timeout 8 s)"},
       {"segfault", {{"attack", "segfault"}}, "", "killed by signal 11 (SIGSEGV): the model crashed"},

@@ -12,6 +12,8 @@
 //   read      read the file `path` (load: "read:PATH")
 //   write     create the file `path` (load: "write:PATH")
 //   fork      fork 64 times (each child sleeps)
+//   signal    kill(-1), kill(0) and kill(parent) with signal 0 (a permission check;
+//             nothing is delivered)
 //   memory    allocate and touch `gib` GiB (load: 64 GiB)
 //   spin      loop forever
 //   segfault  write through a null pointer
@@ -19,6 +21,7 @@
 // with that reason; the test also checks that nothing got through.
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -85,6 +88,17 @@ void attack_fork() {
   }
 }
 
+// Signal 0 only checks permission: nothing is delivered, whatever the filter does.
+// kill(-1) reaches every process of the user (the worker among them, where the
+// runner has no pid namespace of its own), kill(0) its process group.
+void attack_signal() {
+  for (pid_t target : {pid_t{-1}, pid_t{0}, ::getppid()}) {
+    if (::kill(target, 0) == 0) throw std::runtime_error("hostile model: may signal pid " + std::to_string(target));
+    if (errno != EPERM) failed("kill(" + std::to_string(target) + ")");
+  }
+  failed("kill");  // every one refused
+}
+
 void attack_memory(int64_t gib) {
   std::vector<std::vector<char>> hog;
   for (int64_t i = 0; i < gib * 4; ++i) {
@@ -112,6 +126,8 @@ void attack(const std::string& name, const fedpod::Hyperparameters* hp, const st
     attack_write(hp ? hp->string("path", "") : arg);
   } else if (name == "fork") {
     attack_fork();
+  } else if (name == "signal") {
+    attack_signal();
   } else if (name == "memory") {
     attack_memory(hp ? hp->integer("gib", 64) : 64);
   } else if (name == "spin") {
