@@ -389,6 +389,28 @@ class ExactlyOnceTest : public ::testing::Test {
     return result;
   }
 
+  // A two-round job of an honest pod and "liar" (set up by `set_up` before it starts),
+  // evaluated every round; the job's three evaluations from history.json (rounds 1
+  // and 2, then the test split), or none when the job failed.
+  std::vector<nlohmann::json> run_evaluated_job(const std::function<void(ScriptedPod&)>& set_up) {
+    start_honest_pod("honest");
+    start_scripted_pod("liar", [](W, uint64_t, uint32_t, const ScriptedPod::Actions&) { return true; });
+    set_up(*scripted_);
+    spec_.rounds = 2;
+    spec_.eval_every = 1;
+    spec_.round_timeout = 60s;
+    auto result = run_job();
+    if (!result.ok()) {
+      ADD_FAILURE() << result.status().to_string() << "\n" << logs_.str();
+      return {};
+    }
+    auto h = history();
+    std::vector<nlohmann::json> evals;
+    for (const auto& rec : h["rounds"]) evals.push_back(rec["eval"]);
+    evals.push_back(h["test"]);
+    return evals;
+  }
+
   nlohmann::json history() {
     return nlohmann::json::parse(testing::read_file(spec_.output_dir + "/history.json"));
   }
@@ -670,20 +692,8 @@ TEST_F(ExactlyOnceTest, MetricsThatWouldCorruptTheHistoryAreRefusedOrLeftOut) {
 // 40 test rows) at accuracy 0.5: its evaluation counts for the rows it has, so the
 // global accuracy stays the honest pod's own weighted with 20 or 40, not ~0.5.
 TEST_F(ExactlyOnceTest, ALyingPodsEvaluationWeightIsCappedAtItsSplit) {
-  start_honest_pod("honest");
-  start_scripted_pod("liar", [](W, uint64_t, uint32_t, const ScriptedPod::Actions&) { return true; });
-  scripted_->claimed_eval_samples = 1'000'000;
-  spec_.rounds = 2;
-  spec_.eval_every = 1;
-  spec_.round_timeout = 60s;
-  auto result = run_job();
-  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs_.str();
-
-  auto h = history();
-  std::vector<nlohmann::json> evals;
-  for (const auto& rec : h["rounds"]) evals.push_back(rec["eval"]);
-  evals.push_back(h["test"]);
-  ASSERT_EQ(evals.size(), 3u) << h;
+  const auto evals = run_evaluated_job([](ScriptedPod& liar) { liar.claimed_eval_samples = 1'000'000; });
+  ASSERT_EQ(evals.size(), 3u);
   for (const auto& e : evals) {
     SCOPED_TRACE(e.dump());
     ASSERT_TRUE(e.is_object());
@@ -708,20 +718,9 @@ TEST_F(ExactlyOnceTest, ALyingPodsEvaluationWeightIsCappedAtItsSplit) {
 // through, and the job's weighted accuracy becomes NaN (null in history.json). Its
 // evaluation is refused with the reason; the others' make the job's accuracy.
 TEST_F(ExactlyOnceTest, AnEvaluationWithANaNAccuracyIsRefusedAndTheOthersCount) {
-  start_honest_pod("honest");
-  start_scripted_pod("liar", [](W, uint64_t, uint32_t, const ScriptedPod::Actions&) { return true; });
-  scripted_->eval_accuracy = std::numeric_limits<double>::quiet_NaN();
-  spec_.rounds = 2;
-  spec_.eval_every = 1;
-  spec_.round_timeout = 60s;
-  auto result = run_job();
-  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs_.str();
-
-  auto h = history();
-  std::vector<nlohmann::json> evals;
-  for (const auto& rec : h["rounds"]) evals.push_back(rec["eval"]);
-  evals.push_back(h["test"]);
-  ASSERT_EQ(evals.size(), 3u) << h;
+  const auto evals =
+      run_evaluated_job([](ScriptedPod& liar) { liar.eval_accuracy = std::numeric_limits<double>::quiet_NaN(); });
+  ASSERT_EQ(evals.size(), 3u);
   for (const auto& e : evals) {
     SCOPED_TRACE(e.dump());
     ASSERT_TRUE(e.is_object());
