@@ -1,6 +1,6 @@
 // A coordinator job (job.yaml): which model to train, on which pods, for how long.
 //
-//   job_id: digits-demo              # default: generated (job-YYYYmmdd-HHMMSS-xxxx)
+//   job_id: digits-demo              # letters, digits, - _ . (at most 128); default: generated (job-YYYYmmdd-HHMMSS-xxxx)
 //   model:
 //     ref: mlp                       # built-in: logreg | mlp | cnn | 2nn | mnist_cnn (alias: model_ref)
 //     hyperparameters: {hidden: [64], optimizer: sgd, lr: 0.05, momentum: 0.9}
