@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "fedpod/common/peer_text.h"
 #include "hub_access.h"
 #include "fedpod/common/config_util.h"
 #include "fedpod/common/log.h"
@@ -162,7 +163,7 @@ void stop_job(const StopArgs& args) {
   if (!h.is_discarded() && h.value("job_id", "") == spec.job_id && h.value("status", "") == "running") {
     h["status"] = "stopped";
     h["stopped"] = {{"signal", "fedpod job stop"}, {"at", now_utc()}};
-    coordinator::write_file_atomic(history.string(), h.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    coordinator::write_file_atomic(history.string(), json_text(h, 2) + "\n");
     std::cout << history.string() << ": status stopped\n";
   }
   if (failed > 0) {

@@ -1,6 +1,7 @@
 #include "fedpod/common/config_util.h"
 
 #include "fedpod/common/names.h"
+#include "fedpod/common/peer_text.h"
 
 #include <cerrno>
 #include <cmath>
@@ -221,7 +222,7 @@ Hyperparameters::Hyperparameters(nlohmann::json json) : json_(std::move(json)) {
     (void)json_.dump();
   } catch (const nlohmann::json::type_error&) {
     throw ConfigError("hyperparameters must be UTF-8 text, got " +
-                      json_.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+                      json_text(json_));
   }
   if (!json_.is_object()) throw ConfigError("hyperparameters must be a mapping, got " + json_.dump());
 }

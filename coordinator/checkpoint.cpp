@@ -7,6 +7,7 @@
 #include <iterator>
 #include <sys/stat.h>
 
+#include "fedpod/common/peer_text.h"
 #include "fedpod/common/sha256.h"
 #include "fedpod/coordinator/history.h"
 
@@ -63,7 +64,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
                            {"payload_bytes", payload_bytes},
                            {"payload_sha256", payload_sha.hex()},
                            {"history", c.history}};
-  const std::string h = header.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  const std::string h = json_text(header);
   std::string head;
   head.reserve(kMagicBytes + 8 + h.size());
   head.append(kMagic, kMagicBytes);

@@ -803,7 +803,7 @@ void Coordinator::Impl::emit(nlohmann::json e) {
   if (!events) return;
   e["time"] = now_utc();
   e["job_id"] = spec.job_id;
-  (*events) << e.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n' << std::flush;
+  (*events) << json_text(e) << '\n' << std::flush;
 }
 
 // "1m05s", "42s": a duration for the console.

@@ -6,7 +6,7 @@ namespace fedpod::coordinator {
 
 void Coordinator::Impl::write_history() {
   (void)finish_round_files();
-  write_file_atomic(history_path, history.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  write_file_atomic(history_path, json_text(history, 2) + "\n");
   write_file_atomic(report_path, render_report(history));
 }
 
@@ -104,7 +104,7 @@ Status Coordinator::Impl::write_files(RoundFiles& f) {
     return Status::internal("round " + std::to_string(f.round) + ": cannot write the checkpoint: " + e.what());
   }
   try {
-    write_file_atomic(history_path, doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    write_file_atomic(history_path, json_text(doc, 2) + "\n");
     write_file_atomic(report_path, render_report(doc));
   } catch (const std::exception& e) {
     return Status::internal("round " + std::to_string(f.round) + ": cannot write " + history_path + ": " + e.what());

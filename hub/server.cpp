@@ -17,6 +17,7 @@
 #include <regex>
 #include <set>
 
+#include "fedpod/common/peer_text.h"
 #include "fedpod/common/sha256.h"
 #include "fedpod/metrics/metrics.h"
 #include "store.h"
@@ -46,11 +47,9 @@ struct ApiError {
   throw ApiError{status, std::move(code), std::move(message)};
 }
 
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
 void reply(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(dump(body), "application/json");
+  res.set_content(json_text(body), "application/json");
 }
 
 void reply_error(httplib::Response& res, int status, const std::string& code,
@@ -822,7 +821,7 @@ void Server::routes() {
        if (schema == body.end()) fail(400, "missing_field", "pod: missing field 'schema'");
        if (!schema->is_object())
          fail(400, "invalid_field", "pod: field 'schema' must be a JSON object");
-       pod.schema_json = dump(*schema);
+       pod.schema_json = json_text(*schema);
        pod.owner = me.username;
        pod.created_at = detail::now_utc();
        Status s = store.create_pod(me, pod);
@@ -904,7 +903,7 @@ void Server::routes() {
          if (!version->is_number_integer() || version->get<int64_t>() < 0)
            fail(400, "invalid_field",
                 what + ": field 'version' must be a non-negative integer (0 = latest), got " +
-                    dump(*version));
+                    json_text(*version));
          number = version->get<int64_t>();
        }
        check_text(purpose, what + ": purpose", /*required=*/true);
