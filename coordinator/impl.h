@@ -139,6 +139,13 @@ constexpr std::chrono::milliseconds kSealedStall{500};
 // (a signal interrupts the poll only when it lands on this thread).
 constexpr std::chrono::milliseconds kStopPoll{100};
 
+// A pod that answers `busy` to a request of the job it holds is still finishing
+// earlier work (a round it was late for, an evaluation no one waits for any more):
+// exchange() asks it again after a pause that starts at kBusyRetryFirst and doubles
+// up to kBusyRetryMost, until the deadline, instead of leaving it out for the round.
+constexpr std::chrono::milliseconds kBusyRetryFirst{25};
+constexpr std::chrono::milliseconds kBusyRetryMost{2000};
+
 // The job's metrics (listed in coordinator.h), defined on `registry`.
 struct JobMetrics {
   explicit JobMetrics(prometheus::Registry& r)

@@ -339,6 +339,37 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
       std::max<size_t>(size_t{64} << 20, targets.empty() ? 0 : 4 * message_for(targets.front()).payload_bytes());
   auto last_send = Clock::now();
   size_t sent_ok = 0;
+  // Pods that answered `busy` (kBusyRetryFirst): when each is asked again, its next
+  // pause, and the refusal that stands if the deadline comes first. A pod not yet in
+  // a job (hello, startJob) that is busy runs another job: that answer is final.
+  const auto kind = targets.empty() ? wire::Envelope::Body::HELLO : message_for(targets.front()).envelope().getBody().which();
+  const bool retry_busy = kind != wire::Envelope::Body::HELLO && kind != wire::Envelope::Body::START_JOB;
+  std::map<size_t, Clock::time_point> retry_at;
+  std::map<size_t, std::chrono::milliseconds> retry_pause;
+  std::map<size_t, PodRound> busy_answer;
+  auto ask_again_later = [&](size_t i, PodRound& r) {
+    if (!retry_busy || r.code != to_string(StatusCode::kBusy)) return false;
+    auto& pause = retry_pause.try_emplace(i, kBusyRetryFirst).first->second;
+    const auto at = Clock::now() + pause;
+    if (at >= deadline) return false;
+    log->info("event=pod_busy_retry job={} round={} pod={} kind={} request={} in_ms={}", spec.job_id, current_round,
+              pods[i].addr.name, protocol::body_name(kind), request_id, pause.count());
+    retry_at[i] = at;
+    pause = std::min(pause * 2, kBusyRetryMost);
+    busy_answer[i] = std::move(r);
+    return true;
+  };
+  auto due_again = [&] {
+    const auto now = Clock::now();
+    for (auto it = retry_at.begin(); it != retry_at.end();) {
+      if (it->second <= now) {
+        unsent.push_back(it->first);
+        it = retry_at.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  };
   auto pump = [&] {
     while (!unsent.empty()) {
       const size_t i = unsent.front();
@@ -365,9 +396,10 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
         }
         continue;
       }
-      sent_at[i] = Clock::now();
-      last_heard[i] = sent_at[i];
-      last_send = sent_at[i];
+      const auto now = Clock::now();
+      sent_at.emplace(i, now);  // a pod asked again keeps its first send's time
+      last_heard[i] = now;
+      last_send = now;
       ++sent_ok;
       waiting.push_back(i);
     }
@@ -375,18 +407,20 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
   pump();
   std::vector<zmq::message_t> frames;
   bool stopped_here = false;
-  while (!waiting.empty() || !unsent.empty()) {
+  while (!waiting.empty() || !unsent.empty() || !retry_at.empty()) {
     if (stopping()) {
       stopped_here = true;
       break;
     }
+    due_again();
     pump();
     if (on_tick) {
-      // Every pod still owed an answer, those whose copy waits to be sent included:
-      // a hook that keeps per-pod state (the upload window) must not take a pod not
-      // yet sent to for one that has finished.
+      // Every pod still owed an answer, those whose copy waits to be sent (or to be
+      // sent again) included: a hook that keeps per-pod state (the upload window) must
+      // not take a pod not yet sent to for one that has finished.
       std::vector<size_t> pending = waiting;
       pending.insert(pending.end(), unsent.begin(), unsent.end());
+      for (const auto& [i, at] : retry_at) pending.push_back(i);
       on_tick(pending);
     }
     auto now = Clock::now();
@@ -412,6 +446,10 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
     auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(std::min(deadline, next_beat) - now) +
                 std::chrono::milliseconds(1);
     if (!unsent.empty()) wait = std::min(wait, std::chrono::milliseconds(2));  // copies still to send
+    for (const auto& [i, at] : retry_at) {
+      wait = std::min(wait, std::chrono::duration_cast<std::chrono::milliseconds>(at - now) +
+                                std::chrono::milliseconds(1));
+    }
     if (stop_flag && !ignore_stop) wait = std::min(wait, kStopPoll);
     protocol::poll(items.data(), items.size(), wait);
     std::vector<size_t> still;
@@ -419,6 +457,7 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
       size_t i = waiting[k];
       Pod& pod = pods[i];
       bool done = false;
+      bool retrying = false;  // it answered busy: asked again at retry_at[i]
       if (pod.tensor && (items[base[k] + 2].revents & ZMQ_POLLIN)) {
         bool too_many = false;
         while (!done && protocol::recv_frames(pod.tensor, frames, protocol::Limits().max_frames + 2, too_many)) {
@@ -438,12 +477,16 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
           auto r = receive(pod, frames, false, request_id, want, on_reply);
           if (r) {
             r->seconds = std::chrono::duration<double>(Clock::now() - sent_at[i]).count();
+            if (ask_again_later(i, *r)) {
+              retrying = true;
+              break;
+            }
             result[i] = std::move(*r);
             done = true;
           }
         }
       }
-      if (!done && (items[base[k]].revents & ZMQ_POLLIN)) {
+      if (!done && !retrying && (items[base[k]].revents & ZMQ_POLLIN)) {
         bool too_many = false;
         while (!done && protocol::recv_frames(pod.socket, frames, protocol::Limits().max_frames + 1, too_many)) {
           job_metrics.all_received.Increment(frame_bytes(frames));
@@ -452,11 +495,16 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
           auto r = receive(pod, frames, too_many, request_id, want, on_reply);
           if (r) {
             r->seconds = std::chrono::duration<double>(Clock::now() - sent_at[i]).count();
+            if (ask_again_later(i, *r)) {
+              retrying = true;
+              break;
+            }
             result[i] = std::move(*r);
             done = true;
           }
         }
       }
+      if (retrying) continue;
       if (!done && (items[base[k] + 1].revents & ZMQ_POLLIN) && drain_monitor(pod)) {
         if (!pod.handshake_error.empty() && !pod.secured) {
           result[i] = {"refused", pod.handshake_error, 0, 0, {}};
@@ -497,6 +545,16 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
     if (waiting_hook) waiting_hook(waiting);
   }
   if (sent_count) *sent_count = sent_ok;
+  // A pod that was busy and not asked again in time: its refusal stands.
+  for (const auto& [i, at] : retry_at) result[i] = std::move(busy_answer[i]);
+  for (auto it = unsent.begin(); it != unsent.end();) {
+    if (busy_answer.count(*it)) {
+      result[*it] = std::move(busy_answer[*it]);
+      it = unsent.erase(it);
+    } else {
+      ++it;
+    }
+  }
   if (stopped_here) {
     const std::string why = "the job was stopped (signal " + std::to_string(stop_flag->load()) + ") before it answered";
     for (size_t i : unsent) result[i] = {"stopped", why, 0, 0, {}};

@@ -15,6 +15,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -66,6 +67,8 @@ class ScriptedPod {
     std::function<void(const std::string& job, uint64_t request, uint32_t round, float delta)> train_result_delta;
     // An error reply carrying `message`, as a pod's own words.
     std::function<void(const std::string& job, uint64_t request, const std::string& message)> error;
+    // The refusal of a pod still working on something else.
+    std::function<void(const std::string& job, uint64_t request)> busy;
   };
   // Called for train, fetchResult and evaluate, with the request's id and round;
   // returns false to withhold the correct reply (it may send others through `act`).
@@ -164,6 +167,13 @@ class ScriptedPod {
         auto err = e.getBody().initError();
         err.setCode(wire::ErrorCode::INTERNAL);
         err.setMessage(capnp::Text::Reader(message.data(), message.size()));
+      });
+    };
+    act.busy = [&](const std::string& j, uint64_t r) {
+      reply(j, r, [&](wire::Envelope::Builder e) {
+        auto err = e.getBody().initError();
+        err.setCode(wire::ErrorCode::BUSY);
+        err.setMessage("pod liar is still working on round 1");
       });
     };
     switch (body.which()) {
@@ -625,6 +635,65 @@ TEST_F(ExactlyOnceTest, ALyingPodsWeightIsCappedAndItsUnaskedUpdatesAreDiscarded
   EXPECT_CONTAINS(logs.str(),
                   "event=update_weight_capped job=exactly-once round=1 pod=liar claimed_samples=100000 "
                   "train_samples=160");
+}
+
+// A pod that answers `busy` is finishing earlier work (a round it was late for, an
+// evaluation no one waits for any more): it is asked again, after a pause that
+// doubles, until the deadline. "liar" refuses round 2's first two trains and round
+// 1's first evaluation as busy, then answers: both count, and round 2 folds its
+// update. In round 3 it stays busy: asked again and again, it is left out as
+// "refused" (busy) once its next ask would come after the round's deadline, and the
+// job goes on without it.
+TEST_F(ExactlyOnceTest, APodBusyWithEarlierWorkIsAskedAgainUntilTheDeadline) {
+  std::map<std::pair<W, uint32_t>, int> asked;  // (kind, round) -> requests (liar's thread)
+  std::map<std::pair<W, uint32_t>, std::set<uint64_t>> request_ids;
+  start_honest_pod("honest");
+  start_scripted_pod("liar", [&](W kind, uint64_t rid, uint32_t round, const ScriptedPod::Actions& act) {
+    const int n = ++asked[{kind, round}];
+    request_ids[{kind, round}].insert(rid);
+    const bool busy = (kind == W::TRAIN && round == 2 && n <= 2) || (kind == W::EVALUATE && round == 1 && n == 1) ||
+                      (kind == W::TRAIN && round == 3);
+    if (busy) act.busy(spec_.job_id, rid);
+    return !busy;
+  });
+  spec_.rounds = 3;
+  spec_.eval_every = 1;
+  spec_.round_timeout = 3s;
+  auto result = run_job();
+  ASSERT_TRUE(result.ok()) << result.status().to_string() << "\n" << logs_.str();
+  EXPECT_EQ(result->rounds_completed, 3);
+
+  auto h = history();
+  const auto& r1 = h["rounds"][0];
+  const auto& r2 = h["rounds"][1];
+  const auto& r3 = h["rounds"][2];
+  EXPECT_EQ(r1["eval"]["pods"]["liar"]["outcome"], "ok") << r1.dump(2);
+  EXPECT_EQ(r2["pods"]["liar"]["outcome"], "ok") << r2.dump(2);
+  EXPECT_EQ(r2["pods_answered"], 2);
+  EXPECT_EQ(r3["pods"]["liar"]["outcome"], "refused") << r3.dump(2);
+  EXPECT_CONTAINS(r3["pods"]["liar"].value("error", ""), "busy: pod liar is still working on round 1");
+  EXPECT_EQ(r3["pods_answered"], 1);
+  // Asked again with the same request: 3 trains in round 2; in round 3 at 0, 25, 75,
+  // 175, 375, 775 and 1575 ms (7), the next would be at 3575 ms, past the round's 3 s.
+  EXPECT_EQ((asked[{W::TRAIN, 2}]), 3);
+  EXPECT_EQ((asked[{W::EVALUATE, 1}]), 2);
+  EXPECT_GE((asked[{W::TRAIN, 3}]), 5);
+  EXPECT_LE((asked[{W::TRAIN, 3}]), 9);
+  for (const auto& [key, ids] : request_ids) {
+    if (key == std::make_pair(W::EVALUATE, uint32_t{3})) continue;  // the last round's validation, then the test split
+    EXPECT_EQ(ids.size(), 1u) << protocol::body_name(key.first) << " of round " << key.second;
+  }
+  std::cout << "[ result   ] round 3: liar asked " << asked[{W::TRAIN, 3}] << " times; " << r3.dump() << std::endl;
+  // Round 2 folded both pods (global + 2.75); round 3 the honest pod alone (+ 1).
+  const auto& got = scripted_->received;
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_LT(max_diff(got.at(3), got.at(2) + 2.75), 1e-5) << "round 2 left the busy pod out";
+  EXPECT_LT(max_diff(saved_model(result->model_path), got.at(3) + 1.0f), 1e-5) << "round 3";
+  EXPECT_CONTAINS(logs_.str(), "event=pod_busy_retry job=exactly-once round=2 pod=liar kind=train");
+  testing::record_fault("pods", "pod answers busy (still finishing earlier work) to a train or evaluate", 3,
+                        "asked again after 25 ms, doubling up to 2 s, while the deadline allows: its update and "
+                        "evaluation counted; one busy the whole round left out as refused (busy), the job went on",
+                        "only a pod busy past the round's deadline: that round's update");
 }
 
 // Metrics travel from a pod's trainDone into history.json and report.html beside the

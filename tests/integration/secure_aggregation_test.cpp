@@ -167,7 +167,9 @@ TEST_F(SecureAggregationTest, OneDropBeforeMaskingAndOneAfterStillAggregate) {
 // it (share, mask, unmask) each have their own round_timeout: the round aggregates the
 // other four, as a plain round would. With one deadline for all four steps the
 // straggler left the others no time after training: the round failed and the job
-// with it. pod-c is woken during round 2 and trains again in round 3.
+// with it. pod-c is woken during round 2 and trains again in round 3 (woken, it first
+// answers the round-1 requests that waited for it; a round-3 train that comes while it
+// still evaluates is refused as busy and asked again).
 TEST_F(SecureAggregationTest, AStragglerPastTheDeadlineLeavesTheOthersTimeToAggregate) {
   ASSERT_NO_FATAL_FAILURE(start_pods());
   secure();
