@@ -120,9 +120,8 @@ Status Coordinator::Impl::resolve_custom() {
             what + ": sandbox: required, but the job runner cannot get namespaces here: " + ro.confinement.why_not +
             " (install bubblewrap and allow unprivileged user namespaces, or set sandbox: auto)");
       }
-      log->warn("event=sandbox level={} why=\"{}\" consequence=\"the model's code can read what this user can "
-                "read while it is built\"",
-                ro.confinement.level, ro.confinement.why_not);
+      log->warn("event=sandbox level={} why=\"{}\" consequence=\"while the model is built, {}\"", ro.confinement.level,
+                ro.confinement.why_not, ro.confinement.gap);
       progress << "warning: the custom model is built with confinement " << ro.confinement.level
                << " only: " << ro.confinement.why_not << "\n";
     }

@@ -7,8 +7,10 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -47,6 +49,8 @@ constexpr const char* kSanitizerVars[] = {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN
 constexpr size_t kMaxMessageBytes = size_t{4} << 20;
 constexpr int kMaxFds = 4;
 constexpr int kRunnerFd = 3;
+// What a probe with --landlock prints (stderr) when the layer holds, then the ABI.
+constexpr const char* kLandlockProbeLine = "fedpod runner: landlock abi ";
 
 // ---- messages: one JSON text per SOCK_SEQPACKET datagram, file descriptors beside it ----
 
@@ -296,6 +300,124 @@ Status load_seccomp(bool allow_inet) {
   seccomp_release(ctx);
   if (rc != 0) return Status::internal(std::string("seccomp_load: ") + std::strerror(-rc));
   return Status();
+}
+
+// ---- Landlock: the runner's files, where it has no mount namespace ----
+//
+// Without bubblewrap the runner sees the pod's whole file system; Landlock (Linux
+// 5.13+, unprivileged) confines what it may open to: the system's libraries and
+// programs read-only, a few /proc and /sys files that libtorch reads, /dev/null and
+// the random devices, and its scratch directory (its working directory), where it may
+// create, write and remove. Everything else (the pod's keys, policy, audit log,
+// privacy ledger, data, other processes' /proc) answers EACCES. The layer is added
+// once, before any model code runs, and cannot be lifted. Declared here rather than
+// taken from <linux/landlock.h>, whose Debian 12 copy predates the later ABIs.
+namespace landlock {
+constexpr uint64_t kExecute = 1ULL << 0, kWriteFile = 1ULL << 1, kReadFile = 1ULL << 2, kReadDir = 1ULL << 3;
+constexpr uint64_t kAbi1 = (1ULL << 13) - 1;                 // execute .. make_sym
+constexpr uint64_t kRefer = 1ULL << 13, kTruncate = 1ULL << 14, kIoctlDev = 1ULL << 15;
+constexpr uint64_t kFileRights = kExecute | kWriteFile | kReadFile | kTruncate | kIoctlDev;
+constexpr uint64_t kScopeAbstractUnixSocket = 1ULL << 0, kScopeSignal = 1ULL << 1;
+constexpr int kRulePathBeneath = 1;
+struct RulesetAttr {
+  uint64_t handled_access_fs = 0;
+  uint64_t handled_access_net = 0;
+  uint64_t scoped = 0;
+};
+struct __attribute__((packed)) PathBeneathAttr {
+  uint64_t allowed_access = 0;
+  int32_t parent_fd = -1;
+};
+int abi() {
+  const long v = ::syscall(__NR_landlock_create_ruleset, nullptr, 0, 1U /* LANDLOCK_CREATE_RULESET_VERSION */);
+  return v < 0 ? -errno : static_cast<int>(v);
+}
+}  // namespace landlock
+
+// Applies the layer; `abi` out: the kernel's Landlock ABI. Fails when the kernel has
+// no Landlock or a rule cannot be added: the runner then refuses to run (the worker
+// asked for it because its probe found it working).
+Status apply_landlock(bool gpus, int& abi) {
+  using namespace landlock;
+  abi = landlock::abi();
+  if (abi < 0) {
+    return Status::failed_precondition(std::string("Landlock is not available: ") +
+                                       (abi == -ENOSYS ? "the kernel has no Landlock"
+                                        : abi == -EOPNOTSUPP ? "Landlock is disabled at boot (lsm=)"
+                                                             : std::strerror(-abi)));
+  }
+  uint64_t handled = kAbi1;
+  if (abi >= 2) handled |= kRefer;
+  if (abi >= 3) handled |= kTruncate;
+  if (abi >= 5) handled |= kIoctlDev;
+  RulesetAttr attr;
+  attr.handled_access_fs = handled;
+  size_t attr_size = sizeof(uint64_t);  // ABI 1-3 know only the first field
+  if (abi >= 6) {
+    // No connecting to abstract unix sockets outside the layer (other processes'
+    // services), no signals to processes outside it.
+    attr.scoped = kScopeAbstractUnixSocket | kScopeSignal;
+    attr_size = sizeof attr;
+  }
+  const int ruleset = static_cast<int>(::syscall(__NR_landlock_create_ruleset, &attr, attr_size, 0U));
+  if (ruleset < 0) return Status::internal(std::string("landlock_create_ruleset: ") + std::strerror(errno));
+  Status failed;
+  auto allow = [&](const std::string& path, uint64_t access) {
+    if (!failed.ok()) return;
+    const int fd = ::open(path.c_str(), O_PATH | O_CLOEXEC);
+    if (fd < 0) return;  // not on this machine: nothing to allow
+    struct stat st {};
+    if (::fstat(fd, &st) == 0 && !S_ISDIR(st.st_mode)) access &= kFileRights;
+    PathBeneathAttr rule;
+    rule.allowed_access = access & handled;
+    rule.parent_fd = fd;
+    if (::syscall(__NR_landlock_add_rule, ruleset, kRulePathBeneath, &rule, 0U) != 0) {
+      failed = Status::internal("landlock_add_rule(" + path + "): " + std::strerror(errno));
+    }
+    ::close(fd);
+  };
+  const uint64_t read = kExecute | kReadFile | kReadDir;
+  const uint64_t read_write_file = kReadFile | kWriteFile;
+  for (const char* d : {"/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin", "/etc/ld.so.cache",
+                        "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime",
+                        "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/sys/devices/system/cpu", "/sys/fs/cgroup"}) {
+    allow(d, read);
+  }
+  // Its own /proc/PID (maps, status, fd/N: the model it is sent comes as a memfd), and
+  // its own binary; no other process's.
+  allow("/proc/self", read);
+  allow("/proc/self/exe", read);
+  for (const char* f : {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}) allow(f, read_write_file);
+  allow(".", handled);  // the scratch directory
+  if (gpus) {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/dev", ec)) {
+      const std::string p = e.path().string();
+      if (p.rfind("/dev/nvidia", 0) == 0) allow(p, read_write_file | kIoctlDev);
+    }
+    allow("/sys", read);
+    allow("/proc/driver/nvidia", read);
+  }
+  if (kSanitized) {
+    // A sanitizer's report files (log_path=PREFIX: PREFIX.PID) next to PREFIX.
+    for (const char* v : kSanitizerVars) {
+      const char* options = std::getenv(v);
+      if (!options) continue;
+      const std::string o = options;
+      const auto at = o.find("log_path=");
+      if (at == std::string::npos) continue;
+      const std::string prefix = o.substr(at + 9, o.find(':', at) - (at + 9));
+      allow(std::filesystem::path(prefix).parent_path().string(), handled);
+    }
+  }
+  if (failed.ok() && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+    failed = Status::internal(std::string("prctl(PR_SET_NO_NEW_PRIVS): ") + std::strerror(errno));
+  }
+  if (failed.ok() && ::syscall(__NR_landlock_restrict_self, ruleset, 0U) != 0) {
+    failed = Status::internal(std::string("landlock_restrict_self: ") + std::strerror(errno));
+  }
+  ::close(ruleset);
+  return failed;
 }
 
 std::string find_on_path(const std::string& name) {
@@ -574,6 +696,10 @@ class RunnerProcess {
     std::vector<std::string> inner = o.command;
     inner.insert(inner.end(), {"--fd", std::to_string(kRunnerFd)});
     if (allow_inet) inner.push_back("--allow-inet");
+    if (!o.confinement.namespaces && o.confinement.landlock) {
+      inner.push_back("--landlock");
+      if (gpus) inner.push_back("--gpus");
+    }
     std::vector<std::string> argv = inner;
     if (o.confinement.namespaces) {
       argv = bwrap_argv(find_on_path("bwrap"), inner, gpus);
@@ -1055,13 +1181,14 @@ class RunnerServer {
 
 Confinement probe_confinement(const std::vector<std::string>& command) {
   if (command.empty()) throw ConfigError("no runner command");
-  auto run_probe = [&](const std::vector<std::string>& argv, std::string& err) -> bool {
+  // Runs a probe; true when it exits 0. `out`: what it wrote to stderr.
+  auto run_probe = [&](const std::vector<std::string>& argv, std::string& out, std::string& err) -> bool {
+    out.clear();
     auto child = spawn(argv, -1, RunnerLimits(), "", true);
     if (!child.ok()) {
       err = child.status().message();
       return false;
     }
-    std::string out;
     char buf[512];
     ssize_t n;
     while ((n = ::read(child->stderr_pipe, buf, sizeof buf)) > 0 && out.size() < 4096) out.append(buf, n);
@@ -1070,26 +1197,41 @@ Confinement probe_confinement(const std::vector<std::string>& command) {
     while (::waitpid(child->pid, &status, 0) < 0 && errno == EINTR) {
     }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return true;
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-    err = out.empty() ? "exit status " + std::to_string(status) : out.substr(0, out.find('\n'));
+    std::string text = out;
+    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+    err = text.empty() ? "exit status " + std::to_string(status) : text.substr(0, text.find('\n'));
     return false;
   };
   std::vector<std::string> inner = command;
   inner.push_back("--probe");
   Confinement c;
   const std::string bwrap = find_on_path("bwrap");
-  std::string err;
+  std::string out, err;
   if (bwrap.empty()) {
     c.why_not = "bubblewrap (bwrap) is not installed";
-  } else if (run_probe(bwrap_argv(bwrap, inner, false), err)) {
+  } else if (run_probe(bwrap_argv(bwrap, inner, false), out, err)) {
     c.namespaces = true;
     c.level = "namespaces+seccomp+rlimits";
     return c;
   } else {
     c.why_not = "bubblewrap failed: " + err;
   }
-  if (!run_probe(inner, err)) throw ConfigError("the job runner (" + command.front() + ") cannot start: " + err);
+  // No mount namespace: Landlock, where the kernel has it, confines the files.
+  std::vector<std::string> landlocked = inner;
+  landlocked.push_back("--landlock");
+  if (run_probe(landlocked, out, err) && out.find(kLandlockProbeLine) != std::string::npos) {
+    c.landlock = true;
+    c.level = "landlock+seccomp+rlimits";
+    c.gap = "model code opens only the system's libraries and its scratch directory (Landlock), but shares this "
+            "machine's process and IPC namespaces; it still has no network, no new processes and the runner's limits";
+    return c;
+  }
+  const std::string no_landlock = err;
+  if (!run_probe(inner, out, err)) throw ConfigError("the job runner (" + command.front() + ") cannot start: " + err);
+  c.why_not += "; " + no_landlock;
   c.level = "seccomp+rlimits";
+  c.gap = "model code can read what this pod's user can read; it still has no network, no new processes and the "
+          "runner's limits";
   return c;
 }
 
@@ -1113,11 +1255,13 @@ StatusOr<std::unique_ptr<ModelRunner>> load_in_runner(const std::string& name, c
 
 int runner_main(int argc, char** argv, const Runtime& runtime) {
   int fd = kRunnerFd;
-  bool probe = false, allow_inet = false;
+  bool probe = false, allow_inet = false, use_landlock = false, gpus = false;
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--probe") probe = true;
     if (a == "--allow-inet") allow_inet = true;
+    if (a == "--landlock") use_landlock = true;
+    if (a == "--gpus") gpus = true;
     if (a == "--fd" && i + 1 < argc) fd = std::atoi(argv[++i]);
   }
   ::signal(SIGPIPE, SIG_IGN);
@@ -1127,6 +1271,15 @@ int runner_main(int argc, char** argv, const Runtime& runtime) {
     std::fflush(nullptr);
     ::_exit(code);
   };
+  if (use_landlock) {
+    int abi = 0;
+    Status landlocked = apply_landlock(gpus, abi);
+    if (!landlocked.ok()) {
+      std::fprintf(stderr, "fedpod runner: cannot confine its files: %s\n", landlocked.message().c_str());
+      finish(4);
+    }
+    if (probe) std::fprintf(stderr, "%s%d\n", kLandlockProbeLine, abi);
+  }
   Status st = load_seccomp(allow_inet);
   if (!st.ok()) {
     std::fprintf(stderr, "fedpod runner: cannot load its syscall filter: %s\n", st.message().c_str());

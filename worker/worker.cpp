@@ -2095,9 +2095,8 @@ Worker::Worker(zmq::context_t& ctx, PodConfig config, Logger log, Runtime runtim
                           m.confinement.why_not +
                           " (install bubblewrap and allow unprivileged user namespaces, or set sandbox: auto)");
       }
-      m.log->warn("event=sandbox pod={} level={} why=\"{}\" consequence=\"model code can read what this pod's user "
-                  "can read; it still has no network, no new processes and the runner's limits\"",
-                  config_.name, m.confinement.level, m.confinement.why_not);
+      m.log->warn("event=sandbox pod={} level={} why=\"{}\" consequence=\"{}\"", config_.name, m.confinement.level,
+                  m.confinement.why_not, m.confinement.gap);
     } else {
       m.log->info("event=sandbox pod={} level={}", config_.name, m.confinement.level);
     }

@@ -8,8 +8,11 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
@@ -69,6 +72,10 @@ class CustomModelTest : public ::testing::Test {
     // As `fedpod coordinator run`: the custom model is built in a runner, not here.
     spec_.runner_command = {testing::fedpod_bin(), "runner"};
   }
+
+  // Loads the TorchScript archive `pt` and the example plugin in a runner confined as
+  // `ro` says, and checks each builds what the coordinator would build in-process.
+  void expect_runner_builds_the_same_model(const std::string& pt, const worker::RunnerOptions& ro);
 
   // Scripts examples/torchscript_model/digits_net.py; returns the archive's path.
   std::string script_digits_net() {
@@ -154,6 +161,25 @@ TEST_F(CustomModelTest, TheCoordinatorsRunnerBuildsTheSameModelAsInProcess) {
   worker::RunnerOptions ro;
   ro.command = {testing::fedpod_bin(), "runner"};
   ro.confinement = worker::probe_confinement(ro.command);
+  expect_runner_builds_the_same_model(pt, ro);
+}
+
+// The same under the confinement of a machine without bubblewrap: no namespaces, the
+// runner's files confined by Landlock. Both formats load from their in-memory file
+// under the layer and build the same model.
+TEST_F(CustomModelTest, TheRunnerBuildsTheSameModelUnderLandlock) {
+  if (::syscall(__NR_landlock_create_ruleset, nullptr, 0, 1U) < 0) {
+    GTEST_SKIP() << "this kernel has no Landlock (" << std::strerror(errno) << ")";
+  }
+  const std::string pt = script_digits_net();
+  worker::RunnerOptions ro;
+  ro.command = {testing::fedpod_bin(), "runner"};
+  ro.confinement.landlock = true;
+  ro.confinement.level = "landlock+seccomp+rlimits";
+  expect_runner_builds_the_same_model(pt, ro);
+}
+
+void CustomModelTest::expect_runner_builds_the_same_model(const std::string& pt, const worker::RunnerOptions& ro) {
   struct Case {
     std::string format, path;
     std::vector<int64_t> shape;

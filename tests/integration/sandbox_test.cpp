@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -119,8 +120,20 @@ class SandboxTest : public ::testing::Test {
     spec_.rounds = 1;
     spec_.eval_every = 0;
     spec_.min_pods = 1;
+    testing::PodHost host;
+    std::string level = "required";
+    if (hide_bubblewrap_) {
+      // The pod's own user and mount namespace, where /usr/bin/bwrap is /dev/null (not
+      // executable): the worker finds no bubblewrap, as on a machine without it.
+      host.exec_prefix = {"/usr/bin/unshare", "--user", "--map-current-user", "--mount", "--", "/bin/sh", "-c",
+                          "if [ -e /usr/bin/bwrap ]; then mount --bind /dev/null /usr/bin/bwrap || exit 97; fi; "
+                          "exec \"$@\"",
+                          "sh"};
+      level = "auto";
+    }
     pod_ = testing::start_digits_pod(dir_, id_, "pod-a", "super-modeller",
-                                     "sandbox: {level: required, memory: 2GiB, step_timeout: 8s, load_timeout: 5s}\n");
+                                     "sandbox: {level: " + level + ", memory: 2GiB, step_timeout: 8s, load_timeout: 5s}\n",
+                                     "", host);
     ASSERT_FALSE(pod_.endpoint.empty()) << testing::read_file(pod_.log);
     testing::add_pod(spec_, pod_);
   }
@@ -182,6 +195,7 @@ class SandboxTest : public ::testing::Test {
     EXPECT_TRUE(r.ok()) << "a normal job after " << after << ": " << r.status().to_string() << "\n" << last_progress_;
   }
 
+  bool hide_bubblewrap_ = false;  // set by SandboxWithoutNamespacesTest
   testing::TempDir dir_;
   testing::TestIdentity id_{dir_.path(), "alice"};
   std::unique_ptr<testing::RunningHub> hub_;
@@ -234,6 +248,80 @@ TEST_F(SandboxTest, TrainingStepAttacksFailAndThePodServesTheNextJob) {
   // Counted by reason on the pod.
   const std::string log = testing::read_file(pod_.log);
   EXPECT_CONTAINS(log, "event=sandbox pod=pod-a level=namespaces+seccomp+rlimits");
+}
+
+// A pod on a machine without bubblewrap (or without unprivileged user namespaces):
+// the runner has no mount namespace, and Landlock confines its files instead. The
+// same training-step attacks fail; those on files now with "Permission denied" (the
+// files exist in its view, it may not open them), and the pod's own data file is out
+// of reach as well.
+class SandboxWithoutNamespacesTest : public SandboxTest {
+ protected:
+  SandboxWithoutNamespacesTest() { hide_bubblewrap_ = true; }
+};
+
+// The kernel's Landlock ABI, or -errno.
+int landlock_abi() {
+  const long v = ::syscall(__NR_landlock_create_ruleset, nullptr, 0, 1U);
+  return v < 0 ? -errno : static_cast<int>(v);
+}
+
+TEST_F(SandboxWithoutNamespacesTest, LandlockConfinesTheRunnersFilesAndTheAttacksFail) {
+  const std::string log_at_start = testing::read_file(pod_.log);
+  if (landlock_abi() < 0) {
+    // Not a missing feature of fedpod: this kernel has no Landlock. The pod must say
+    // so, and that model code can read what its user can read.
+    EXPECT_CONTAINS(log_at_start, "level=seccomp+rlimits");
+    EXPECT_CONTAINS(log_at_start, "model code can read what this pod's user can read");
+    GTEST_SKIP() << "this kernel has no Landlock (" << std::strerror(-landlock_abi()) << ")";
+  }
+  EXPECT_CONTAINS(log_at_start, "event=sandbox pod=pod-a level=landlock+seccomp+rlimits "
+                                "why=\"bubblewrap (bwrap) is not installed\"");
+  ASSERT_NO_FATAL_FAILURE(push("hostile", testing::read_file(FEDPOD_HOSTILE_PLUGIN)));
+  Listener listener;
+  ASSERT_TRUE(listener.ok());
+  const std::string key_file = id_.pod_key_file("pod-a");
+  const std::string policy_file = (dir_.path() / "pod-a.policy.yaml").string();
+  const std::string data_file = testing::source_dir() + "/examples/digits/pod-a.csv";
+  const std::string outside = (dir_.path() / "written-by-the-model").string();
+  const std::string environ = "/proc/" + std::to_string(pod_.process->pid()) + "/environ";
+  ASSERT_TRUE(std::filesystem::exists(key_file));
+  ASSERT_TRUE(std::filesystem::exists(policy_file));
+  ASSERT_TRUE(std::filesystem::exists(environ));
+  const std::vector<Attack> attacks = {
+      {"connect", {{"attack", "connect"}, {"port", listener.port()}}, "", "socket(AF_INET): Permission denied"},
+      {"read key file", {{"attack", "read"}, {"path", key_file}}, "", "open(" + key_file + "): Permission denied"},
+      {"read policy", {{"attack", "read"}, {"path", policy_file}}, "", "open(" + policy_file + "): Permission denied"},
+      {"read the pod's data", {{"attack", "read"}, {"path", data_file}}, "", "open(" + data_file + "): Permission denied"},
+      {"read /etc/passwd", {{"attack", "read"}, {"path", "/etc/passwd"}}, "", "open(/etc/passwd): Permission denied"},
+      {"read the worker's environ", {{"attack", "read"}, {"path", environ}}, "", "open(" + environ + "): Permission denied"},
+      {"read through /proc/self/root",
+       {{"attack", "read"}, {"path", "/proc/self/root" + key_file}},
+       "",
+       "open(/proc/self/root" + key_file + "): Permission denied"},
+      {"write outside", {{"attack", "write"}, {"path", outside}}, "", "open(" + outside + ", O_CREAT): Permission denied"},
+      {"write into /tmp", {{"attack", "write"}, {"path", "/tmp/fedpod-written-by-the-model"}}, "",
+       "open(/tmp/fedpod-written-by-the-model, O_CREAT): Permission denied"},
+      {"fork", {{"attack", "fork"}}, "", "fork: Operation not permitted"},
+      {"signal every process, its group, its parent", {{"attack", "signal"}}, "", "hostile model: kill: Operation not permitted"},
+  };
+  for (const auto& a : attacks) {
+    SCOPED_TRACE(a.name);
+    auto r = run("hostile", a.hp);
+    ASSERT_FALSE(r.ok()) << last_progress_;
+    EXPECT_CONTAINS(r.status().message(), a.reason);
+    EXPECT_CONTAINS(r.status().message(), "confinement landlock+seccomp+rlimits");
+  }
+  EXPECT_EQ(listener.connections(), 0);
+  EXPECT_FALSE(std::filesystem::exists(outside));
+  EXPECT_FALSE(std::filesystem::exists("/tmp/fedpod-written-by-the-model"));
+  // The model itself, sent as a memfd and loaded under the layer, trains; its
+  // scratch directory is its own to write.
+  expect_pod_serves("hostile", "the attacks");
+  auto scratch = run("hostile", {{"attack", "write"}, {"path", "scratch-file"}});
+  EXPECT_TRUE(scratch.ok()) << "writing in its scratch directory: " << scratch.status().to_string() << "\n"
+                            << last_progress_;
+  EXPECT_CONTAINS(testing::read_file(pod_.log), "confinement=\"landlock+seccomp+rlimits\"");
 }
 
 TEST_F(SandboxTest, LoadTimeAttacksFailAndThePodServesTheNextJob) {

@@ -28,10 +28,17 @@
 //   rlimits      address space (sandbox.memory), open files, file size, no core dumps
 //   wall clock   loading must answer within sandbox.load_timeout, each train or
 //                evaluate within sandbox.step_timeout, or the runner is killed
+//   landlock     only without namespaces (Linux 5.13+): a Landlock layer the runner
+//                adds before any model code, under which it opens only the system's
+//                libraries and programs (read-only), its own /proc/PID, a few /proc
+//                and /sys files, /dev/null and the random devices, and its scratch
+//                directory; with Landlock ABI 6 it also cannot reach abstract unix
+//                sockets or signal processes outside the layer
 // Levels: "namespaces+seccomp+rlimits" when bubblewrap works, else
-// "seccomp+rlimits" (the model can then read what the pod's user can read), stated
-// at start-up, in /metrics (fedpod_worker_sandbox_info) and in hello. pod.yaml
-// `sandbox: required` refuses to start without namespaces.
+// "landlock+seccomp+rlimits" where the kernel has Landlock, else "seccomp+rlimits"
+// (the model can then read what the pod's user can read), stated at start-up, in
+// /metrics (fedpod_worker_sandbox_info) and in hello. pod.yaml `sandbox: required`
+// refuses to start without namespaces.
 //
 // Failures are the job's: a runner that crashes, exceeds a limit, hangs or exits
 // fails that job with the reason named; the pod serves the next job with a new
@@ -56,8 +63,10 @@ namespace fedpod::worker {
 // How a runner is confined on this machine.
 struct Confinement {
   bool namespaces = false;  // bubblewrap works
-  std::string level;        // "namespaces+seccomp+rlimits" or "seccomp+rlimits"
-  std::string why_not;      // when !namespaces: what failed
+  bool landlock = false;    // without namespaces: Landlock confines the runner's files
+  std::string level;        // "namespaces+seccomp+rlimits", "landlock+seccomp+rlimits" or "seccomp+rlimits"
+  std::string why_not;      // when !namespaces: what failed (and, without Landlock, why not)
+  std::string gap;          // when !namespaces: what model code can still do, in words
 };
 
 // Tries the sandbox once: starts `command` + {"--probe"} under bubblewrap (and, if
