@@ -108,6 +108,7 @@ Status Coordinator::Impl::resolve_custom() {
     worker::RunnerOptions ro;
     ro.command = spec.runner_command;
     ro.limits = spec.sandbox.limits;
+    ro.log = log;
     try {
       ro.confinement = worker::probe_confinement(spec.runner_command);
     } catch (const ConfigError& e) {

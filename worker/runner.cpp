@@ -27,7 +27,9 @@
 #include <optional>
 #include <thread>
 
+#include "fedpod/common/peer_text.h"
 #include "fedpod/common/sanitized.h"
+#include <spdlog/spdlog.h>
 
 #define FEDPOD_RETURN_IF_ERROR_JSON(expr) \
   do {                                    \
@@ -515,7 +517,10 @@ StatusOr<Child> spawn(const std::vector<std::string>& argv, int pass, const Runn
   if (pid == 0) {
     // The child: async-signal-safe calls only, until exec.
     if (devnull >= 0) ::dup2(devnull, 0);
-    if (capture_stderr) ::dup2(err_pipe[1], 2);
+    if (capture_stderr) {
+      ::dup2(err_pipe[1], 1);
+      ::dup2(err_pipe[1], 2);
+    }
     if (pass >= 0) {
       if (pass == kRunnerFd) {
         ::fcntl(kRunnerFd, F_SETFD, 0);
@@ -711,11 +716,75 @@ class RunnerProcess {
       }
       scratch_ = tmpl;
     }
-    auto child = spawn(argv, pair[1], o.limits, scratch_, false, gpus);
+    auto child = spawn(argv, pair[1], o.limits, scratch_, true, gpus);
     ::close(pair[1]);
     if (!child.ok()) return child.status();
     pid_ = child->pid;
+    output_stop_ = std::make_shared<std::atomic<bool>>(false);
+    output_ = std::thread(forward_output, child->stderr_pipe, o.log, who, output_stop_);
     return Status();
+  }
+
+  // The runner's stdout and stderr (one pipe) into `log`, line by line, until the
+  // runner and every copy of the pipe are gone, or `stop` (then for at most 1 s).
+  static void forward_output(int fd, std::shared_ptr<spdlog::logger> log, std::string who,
+                             std::shared_ptr<std::atomic<bool>> stop) {
+    size_t forwarded = 0, suppressed = 0;
+    auto emit = [&](std::string_view line) {
+      if (forwarded + line.size() + 1 > kMaxRunnerOutputBytes) {
+        suppressed += line.size() + 1;
+        return;
+      }
+      forwarded += line.size() + 1;
+      // Quotes escaped too: the text cannot end its value and add fields of its own.
+      std::string text;
+      for (char c : peer_text(line, 1024)) {
+        if (c == '"' || c == '\\') text += '\\';
+        text += c;
+      }
+      if (log) {
+        log->info("event=runner_output who=\"{}\" line=\"{}\"", who, text);
+      } else {
+        const std::string l = "fedpod runner (" + who + "): " + text + "\n";
+        (void)!::write(2, l.data(), l.size());
+      }
+    };
+    std::string pending;
+    char buf[8192];
+    std::optional<Clock::time_point> until;
+    for (;;) {
+      if (!until && stop->load()) until = Clock::now() + std::chrono::seconds(1);
+      if (until && Clock::now() >= *until) break;
+      pollfd p{fd, POLLIN, 0};
+      const int r = ::poll(&p, 1, 100);
+      if (r < 0 && errno != EINTR) break;
+      if (r <= 0) continue;
+      const ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // end of output
+      pending.append(buf, static_cast<size_t>(n));
+      size_t start = 0;
+      for (size_t at; (at = pending.find('\n', start)) != std::string::npos; start = at + 1) {
+        emit(std::string_view(pending).substr(start, at - start));
+      }
+      pending.erase(0, start);
+      if (pending.size() > 4096) {  // a line without an end
+        emit(pending);
+        pending.clear();
+      }
+    }
+    if (!pending.empty()) emit(pending);
+    if (suppressed > 0) {
+      const std::string what = "event=runner_output_suppressed who=\"" + who + "\" bytes=" + std::to_string(suppressed) +
+                               " limit=" + std::to_string(kMaxRunnerOutputBytes);
+      if (log) {
+        log->warn("{}", what);
+      } else {
+        const std::string l = what + "\n";
+        (void)!::write(2, l.data(), l.size());
+      }
+    }
+    ::close(fd);
   }
 
   // Waits for the answer to a request just sent (`sent`); a runner that fails, dies
@@ -786,6 +855,10 @@ class RunnerProcess {
       ::close(sock_);
       sock_ = -1;
     }
+    if (output_.joinable()) {
+      output_stop_->store(true);
+      output_.join();
+    }
     if (!scratch_.empty()) {
       std::error_code ec;
       std::filesystem::remove_all(scratch_, ec);
@@ -798,6 +871,8 @@ class RunnerProcess {
   int sock_ = -1;
   pid_t pid_ = -1;
   std::string scratch_;
+  std::thread output_;  // forward_output
+  std::shared_ptr<std::atomic<bool>> output_stop_;
 };
 
 class RunnerEngine : public JobEngine, private RunnerProcess {

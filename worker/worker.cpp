@@ -1350,6 +1350,7 @@ struct Worker::Impl {
       ro.command = runtime.runner_command;
       ro.confinement = confinement;
       ro.limits = config().sandbox.limits;
+      ro.log = log;
       engine = start_runner(spec, table, artifact, ro, &cancel);
     } else {
       if (req.custom) {

@@ -29,6 +29,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/hub/client.h"
@@ -248,6 +249,34 @@ TEST_F(SandboxTest, TrainingStepAttacksFailAndThePodServesTheNextJob) {
   // Counted by reason on the pod.
   const std::string log = testing::read_file(pod_.log);
   EXPECT_CONTAINS(log, "event=sandbox pod=pod-a level=namespaces+seccomp+rlimits");
+}
+
+// What model code prints is its author's text: it reaches the pod's log only line by
+// line, quoted in event=runner_output (its quotes escaped), made printable, and at
+// most 256 KiB of it a job. The hostile model prints a forged log line and 2 MB more on stdout and stderr,
+// then trains: the job succeeds, no log line starts with the forgery, and the pod's
+// log grows by the limit, not by 2 MB.
+TEST_F(SandboxTest, WhatModelCodePrintsIsQuotedAndBoundedInThePodsLog) {
+  ASSERT_NO_FATAL_FAILURE(push("hostile", testing::read_file(FEDPOD_HOSTILE_PLUGIN)));
+  const size_t before = testing::read_file(pod_.log).size();
+  auto r = run("hostile", {{"attack", "print"}});
+  ASSERT_TRUE(r.ok()) << r.status().to_string() << "\n" << last_progress_;
+  std::string log;
+  for (int i = 0; i < 100 && log.find("event=runner_output_suppressed") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(50ms);  // the runner's last lines are logged as it ends
+    log = testing::read_file(pod_.log);
+  }
+  const std::string added = log.substr(before);
+  EXPECT_CONTAINS(added, "event=runner_output who=\"pod pod-a\" line=\"2026-01-01T00:00:00.000 info worker FORGED "
+                         "event=job_ended job=x reason=\\\"forged\\\"\"");
+  std::istringstream lines(added);
+  for (std::string line; std::getline(lines, line);) {
+    ASSERT_EQ(line.rfind("2026-01-01", 0), std::string::npos) << "a forged line: " << line;
+    ASSERT_EQ(line.rfind("xxxx", 0), std::string::npos) << "the model's raw output: " << line.substr(0, 80);
+  }
+  EXPECT_CONTAINS(added, "event=runner_output_suppressed who=\"pod pod-a\"");
+  EXPECT_LT(added.size(), 600u << 10) << "the model's 2 MB reached the log";
+  EXPECT_GT(added.size(), 256u << 10);
 }
 
 // A pod on a machine without bubblewrap (or without unprivileged user namespaces):

@@ -17,6 +17,8 @@
 //   memory    allocate and touch `gib` GiB (load: 64 GiB)
 //   spin      loop forever
 //   segfault  write through a null pointer
+//   print     write a forged log line (a newline, then "FORGED event=job_ended ...")
+//             and 2 MB more to stdout and stderr, then train as usual
 // When an attack fails, the model throws, naming the call and errno, so the job ends
 // with that reason; the test also checks that nothing got through.
 #include <fcntl.h>
@@ -116,6 +118,15 @@ void attack_segfault() {
   *p = 1;
 }
 
+void attack_print() {
+  const std::string forged = "\n2026-01-01T00:00:00.000 info worker FORGED event=job_ended job=x reason=\"forged\"\n";
+  for (int fd : {1, 2}) {
+    (void)!::write(fd, forged.data(), forged.size());
+    const std::string line = std::string(1000, 'x') + "\n";
+    for (int i = 0; i < 1000; ++i) (void)!::write(fd, line.data(), line.size());
+  }
+}
+
 // `arg`: at load time, what followed "name:" in kLoadAttack.
 void attack(const std::string& name, const fedpod::Hyperparameters* hp, const std::string& arg = "") {
   if (name == "connect") {
@@ -134,6 +145,8 @@ void attack(const std::string& name, const fedpod::Hyperparameters* hp, const st
     attack_spin();
   } else if (name == "segfault") {
     attack_segfault();
+  } else if (name == "print") {
+    attack_print();
   }
 }
 

@@ -58,6 +58,10 @@
 #include "fedpod/model/hyperparameters.h"
 #include "fedpod/worker/engine.h"
 
+namespace spdlog {
+class logger;
+}
+
 namespace fedpod::worker {
 
 // How a runner is confined on this machine.
@@ -78,7 +82,15 @@ struct RunnerOptions {
   std::vector<std::string> command;  // e.g. {"/usr/bin/fedpod", "runner"}
   Confinement confinement;           // from probe_confinement
   RunnerLimits limits;
+  // Where the runner's stdout and stderr go (what model code prints is its author's
+  // text): line by line, made printable and cut at 1 KB, as event=runner_output, at
+  // most kMaxRunnerOutputBytes a runner, the rest counted. Null: the same lines to
+  // this process's stderr.
+  std::shared_ptr<spdlog::logger> log;
 };
+
+// What one runner's output may add to its host's log.
+constexpr size_t kMaxRunnerOutputBytes = size_t{256} << 10;
 
 // Starts a runner for one job and builds its engine there (see above). `artifact`:
 // a custom model's bytes (empty for a built-in). Errors: the runner's own (model,
