@@ -91,6 +91,7 @@ struct Job {
   std::string id;
   std::string user;      // the authenticated modeller who started it; only they may drive it
   std::string decision;  // why it was admitted
+  AccessRequest access;  // what was admitted: decided again at each request (still_allowed)
   std::string started_at;  // UTC, when it was admitted (a busy pod says since when)
   std::string model_ref;
   Hyperparameters hp;
@@ -428,7 +429,8 @@ struct Worker::Impl {
   prometheus::Family<prometheus::Counter>& jobs_family =
       metrics::counter(*registry, "fedpod_worker_jobs_total",
                        "Jobs by outcome: accepted (startJob admitted), refused (permission or busy), ended (endJob "
-                       "or worker stop), expired (idle past job_idle_timeout)");
+                       "or worker stop), expired (idle past job_idle_timeout), revoked (its role or grant taken away while it "
+                       "ran)");
   prometheus::Histogram& train_seconds =
       metrics::histogram(*registry, "fedpod_worker_train_seconds", "Local training time of one round")
           .Add({}, metrics::seconds_buckets());
@@ -1326,6 +1328,7 @@ struct Worker::Impl {
     new_job->user = req.user;
     new_job->started_at = now_utc();
     new_job->decision = d.basis;
+    new_job->access = req;
     new_job->model_ref = ref;
     new_job->hp = Hyperparameters(hp_json);
     new_job->seed = sj.getSeed();
@@ -1468,8 +1471,42 @@ struct Worker::Impl {
     if (job->id != job_id) {
       return Status::failed_precondition("message for job '" + job_id + "', pod " + config().name + " runs '" + job->id + "'");
     }
+    FEDPOD_RETURN_IF_ERROR(still_allowed());
     if (busy) return Status::busy("pod " + config().name + " is still working on round " + std::to_string(job->round));
     return Status();
+  }
+
+  // A running job is held to the policy as the pod holds it now, not as it was at
+  // startJob: a role taken away, a grant revoked or expired since then ends the job
+  // at its next request (the work in flight is cancelled), logged, counted and
+  // audited as job_revoked. Decided on the last policy this pod holds: a hub out of
+  // reach past max_staleness refuses new jobs, but ends none that its last policy allows.
+  Status still_allowed() {
+    if (!policy) return Status();
+    auto current = policy->current();
+    std::shared_ptr<const Policy> p = current.ok() ? *current : policy->snapshot();
+    if (!p) return Status();
+    Decision d = decide(*p, config().name, job->access, std::chrono::system_clock::now());
+    if (d.allowed) return Status();
+    const std::string id = job->id, user = job->user, model = job->access.model;
+    counters().access_denied++;
+    on_access_denied(d.reason);
+    log->warn("event=job_revoked pod={} job={} user={} model={} reason={} message=\"{}\"", config().name, id, user, model,
+              d.reason, d.message);
+    nlohmann::json e = {{"event", "job_revoked"}, {"pod", config().name}, {"job", id},      {"user", user},
+                        {"model", model},         {"reason", d.reason},   {"message", d.message}};
+    if (job->access.custom) {
+      e["version"] = job->access.version;
+      e["sha256"] = job->access.sha256;
+    }
+    if (Status a = audit->append(std::move(e)); !a.ok()) {
+      log->error("event=audit_write_failed pod={} error=\"{}\"", config().name, a.message());
+    }
+    on_job("revoked");
+    end_job("access revoked: " + d.reason);
+    return Status(StatusCode::kPermissionDenied,
+                  "pod " + config().name + " ended job '" + id + "': the permission it ran under is gone (" + d.reason +
+                      "): " + d.message);
   }
 
   // Rows of the pod's training split for a job's datastructure (data/dataset.h splits

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <sstream>
 #include <thread>
@@ -189,6 +190,13 @@ class AccessTest : public ::testing::Test {
     std::string progress;
   };
   Outcome run_job(const std::string& who, bool custom, const std::string& job_id) {
+    std::ostringstream progress;
+    Outcome o = run_job(who, custom, job_id, 1, progress);
+    o.progress = progress.str();
+    return o;
+  }
+  // The same with `rounds` rounds, its progress written to `progress`.
+  Outcome run_job(const std::string& who, bool custom, const std::string& job_id, int rounds, std::ostream& progress) {
     coordinator::JobSpec spec;
     spec.job_id = job_id;
     if (custom) {
@@ -210,7 +218,7 @@ class AccessTest : public ::testing::Test {
     spec.datastructure.num_classes = 10;
     spec.datastructure.scale = 1.0 / 16;
     spec.pods.push_back({"pod-a", worker_->endpoint(), pod_keys_.public_key});
-    spec.rounds = 1;
+    spec.rounds = rounds;
     spec.local_epochs = 0;
     spec.local_steps = 3;
     spec.eval_every = 0;
@@ -218,11 +226,10 @@ class AccessTest : public ::testing::Test {
     spec.round_timeout = 60s;
     spec.output_dir = (work_.path() / "out" / job_id).string();
     coordinator::validate(spec, "access test");
-    std::ostringstream progress;
     zmq::context_t ctx(1);
     coordinator::Coordinator c(ctx, spec, null_logger(), progress);
     auto r = c.run();
-    return {r.ok(), r.ok() ? "" : r.status().to_string(), progress.str()};
+    return {r.ok(), r.ok() ? "" : r.status().to_string(), ""};
   }
 
   // fedpod_access_denied_total{reason="..."} from the pod's /metrics.
@@ -459,6 +466,51 @@ TEST_F(AccessTest, RevocationsAreHonouredForTheNextJob) {
   EXPECT_CONTAINS(s.message, "refused our CURVE key");
   // The revoked general modeller still runs built-in models.
   EXPECT_TRUE(run_job("granted", false, "granted-builtin").ok);
+}
+
+// A job is admitted under a role and, for a general modeller's custom model, a grant;
+// taking either away while it runs ends it at its next request, not at its end. The
+// revocation happens after round 2 (the coordinator waits 2 s there, twenty of the
+// pod's policy refreshes); round 3's train is refused with the reason, the pod ends
+// the job and audits it as job_revoked, and serves the next job.
+TEST_F(AccessTest, ARevokedGrantOrRoleEndsTheRunningJobAtItsNextRequest) {
+  struct Case {
+    std::string who;
+    bool custom;
+    std::function<void()> revoke;
+    std::string reason;
+  };
+  const std::vector<Case> cases = {
+      {"granted", true,
+       [&] { ASSERT_TRUE(client("bob").revoke_access_request(granted_request_, "study over").ok()); }, "no_grant"},
+      {"super", false, [&] { ASSERT_TRUE(client("bob").revoke_role("pod-a", "super").ok()); }, "unknown_user"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.who);
+    std::vector<std::string> lines;
+    testing::LineHook hook([&](const std::string& line) {
+      lines.push_back(line);
+      if (line.rfind("round 2/", 0) == 0) {
+        c.revoke();
+        std::this_thread::sleep_for(2s);
+      }
+    });
+    std::ostream progress(&hook);
+    Outcome o = run_job(c.who, c.custom, "revoked-" + c.who, 10, progress);
+    std::string all;
+    for (const auto& l : lines) all += l + "\n";
+    ASSERT_FALSE(o.ok) << all;
+    EXPECT_CONTAINS(o.message, "pod pod-a ended job 'revoked-" + c.who + "': the permission it ran under is gone (" +
+                                   c.reason + ")");
+    EXPECT_CONTAINS(all, "round 2/10");
+    EXPECT_EQ(all.find("round 3/10"), std::string::npos) << all;
+    const std::string audit = testing::read_file(audit_path());
+    EXPECT_CONTAINS(audit, "\"event\":\"job_revoked\"");
+    EXPECT_CONTAINS(audit, "\"job\":\"revoked-" + c.who + "\"");
+  }
+  EXPECT_EQ(denied("no_grant") >= 1 && denied("unknown_user") >= 1, true);
+  // The pod serves on: a built-in job of a user who kept a role.
+  EXPECT_TRUE(run_job("general", false, "after-revocations").ok);
 }
 
 TEST_F(AccessTest, PolicyCacheKeepsThePodRunningWhenTheHubIsDown) {

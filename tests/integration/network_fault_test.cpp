@@ -48,28 +48,7 @@ bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
 
-// A streambuf that hands each complete line to `on_line`, on the writing thread.
-class LineHook : public std::streambuf {
- public:
-  explicit LineHook(std::function<void(const std::string&)> on_line)
-      : on_line_(std::move(on_line)) {}
-
- protected:
-  int overflow(int c) override {
-    if (c == traits_type::eof()) return 0;
-    if (c == '\n') {
-      on_line_(line_);
-      line_.clear();
-    } else {
-      line_ += static_cast<char>(c);
-    }
-    return c;
-  }
-
- private:
-  std::function<void(const std::string&)> on_line_;
-  std::string line_;
-};
+using testing::LineHook;
 
 // Runs `action` once, on its own thread, as soon as `ready()` holds (polled every
 // millisecond) after arm(), or when `fallback` has passed since arm(). finish()

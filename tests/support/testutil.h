@@ -33,12 +33,37 @@ std::string source_dir();
 
 #include <chrono>
 #include <functional>
+#include <streambuf>
+#include <string>
 #include <vector>
 
 namespace fedpod::testing {
 
 // The fedpod binary under test (FEDPOD_BIN, set by ctest).
 std::string fedpod_bin();
+
+// A streambuf that hands each complete line to `on_line`, on the writing thread:
+//   LineHook hook([&](const std::string& line) { ... });  std::ostream progress(&hook);
+class LineHook : public std::streambuf {
+ public:
+  explicit LineHook(std::function<void(const std::string&)> on_line) : on_line_(std::move(on_line)) {}
+
+ protected:
+  int overflow(int c) override {
+    if (c == traits_type::eof()) return 0;
+    if (c == '\n') {
+      on_line_(line_);
+      line_.clear();
+    } else {
+      line_ += static_cast<char>(c);
+    }
+    return c;
+  }
+
+ private:
+  std::function<void(const std::string&)> on_line_;
+  std::string line_;
+};
 
 // `fedpod tls dev-ca --out DIR` for localhost, 127.0.0.1 and ::1: DIR/ca.crt (what
 // clients verify with), DIR/hub.crt and DIR/hub.key (what `hub serve` presents).
