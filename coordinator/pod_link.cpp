@@ -347,15 +347,24 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
   std::map<size_t, Clock::time_point> retry_at;
   std::map<size_t, std::chrono::milliseconds> retry_pause;
   std::map<size_t, PodRound> busy_answer;
+  std::map<size_t, int> retries;
   auto ask_again_later = [&](size_t i, PodRound& r) {
     if (!retry_busy || r.code != to_string(StatusCode::kBusy)) return false;
+    // A pod past the request's first answer (trainDone: uploading) is asked nothing
+    // again: the resend would be the train, not what it refused.
+    if (exempt && exempt(i)) return false;
+    // Each retry sends the whole request again (a train carries the model): a few
+    // of them cover a pod finishing earlier work, and cap what a pod that answers
+    // busy on purpose can make the coordinator send.
+    if (retries[i] >= kBusyRetries) return false;
     auto& pause = retry_pause.try_emplace(i, kBusyRetryFirst).first->second;
     const auto at = Clock::now() + pause;
     if (at >= deadline) return false;
+    ++retries[i];
     log->info("event=pod_busy_retry job={} round={} pod={} kind={} request={} in_ms={}", spec.job_id, current_round,
               pods[i].addr.name, protocol::body_name(kind), request_id, pause.count());
     retry_at[i] = at;
-    pause = std::min(pause * 2, kBusyRetryMost);
+    pause *= 2;
     busy_answer[i] = std::move(r);
     return true;
   };
@@ -447,9 +456,12 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
                 std::chrono::milliseconds(1);
     if (!unsent.empty()) wait = std::min(wait, std::chrono::milliseconds(2));  // copies still to send
     for (const auto& [i, at] : retry_at) {
-      wait = std::min(wait, std::chrono::duration_cast<std::chrono::milliseconds>(at - now) +
+      // Never negative: a retry due while this pass sent copies is due now (a
+      // negative timeout would make the poll wait forever).
+      wait = std::min(wait, std::chrono::duration_cast<std::chrono::milliseconds>(std::max(at, now) - now) +
                                 std::chrono::milliseconds(1));
     }
+    wait = std::max(wait, std::chrono::milliseconds(0));
     if (stop_flag && !ignore_stop) wait = std::min(wait, kStopPoll);
     protocol::poll(items.data(), items.size(), wait);
     std::vector<size_t> still;
