@@ -398,6 +398,7 @@ struct Worker::Impl {
   protocol::Limits limits;
   std::unique_ptr<Job> job;
   bool busy = false;  // a task of `job` is queued or running (socket thread only)
+  std::optional<std::string> end_after_reply;  // still_allowed(): end `job` with this reason after replying
   std::atomic<bool> cancel{false};
   std::unique_ptr<Executor> executor;
   // Private directory (0700) for received custom-model artifacts, made on first use.
@@ -1021,6 +1022,13 @@ struct Worker::Impl {
     } catch (const std::exception& e) {
       send_error(routing, job_id, request_id, Status::internal(e.what()));
     }
+    // A job whose permission is gone ends after its refusal is sent: a reply on the
+    // tensor channel is sealed with the job's keys, which end with it.
+    if (end_after_reply) {
+      const std::string why = std::move(*end_after_reply);
+      end_after_reply.reset();
+      if (job) end_job(why);
+    }
   }
 
   // The authenticated sender of a message.
@@ -1503,7 +1511,7 @@ struct Worker::Impl {
       log->error("event=audit_write_failed pod={} error=\"{}\"", config().name, a.message());
     }
     on_job("revoked");
-    end_job("access revoked: " + d.reason);
+    end_after_reply = "access revoked: " + d.reason;  // handle_message ends it once this refusal is sent
     return Status(StatusCode::kPermissionDenied,
                   "pod " + config().name + " ended job '" + id + "': the permission it ran under is gone (" + d.reason +
                       "): " + d.message);

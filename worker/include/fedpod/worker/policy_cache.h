@@ -10,8 +10,9 @@
 //
 // Freshness guarantees (what a pod owner can rely on):
 //   - A revocation (role or grant removed on the hub) reaches the pod within
-//     `refresh` plus one fetch timeout, and applies to the next job the pod starts.
-//     A job already running is not stopped by it.
+//     `refresh` plus one fetch timeout, and applies to the next job the pod starts
+//     and to the next request of a job already running, which it ends (the worker
+//     decides each train, fetch and evaluate again).
 //   - A hub outage keeps the last good policy for up to `max_staleness` after the
 //     last successful fetch (counted across restarts through the persisted copy);
 //     after that current() refuses with kUnavailable, so new jobs are refused until
