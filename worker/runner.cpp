@@ -253,7 +253,7 @@ Status status_from(const json& reply) {
 // ---- the sandbox ----
 
 // The syscall filter of a runner: default allow, these refused.
-Status load_seccomp(bool allow_inet) {
+Status load_seccomp(bool allow_inet, bool no_sockets) {
   scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
   if (!ctx) return Status::internal("seccomp_init failed");
   auto deny = [&](int nr, int err = EPERM) { return seccomp_rule_add(ctx, SCMP_ACT_ERRNO(err), nr, 0); };
@@ -284,7 +284,12 @@ Status load_seccomp(bool allow_inet) {
   for (int nr : {SCMP_SYS(tkill), SCMP_SYS(pidfd_open), SCMP_SYS(pidfd_send_signal), SCMP_SYS(pidfd_getfd)}) {
     rc |= deny(nr);
   }
-  if (!allow_inet) {
+  if (no_sockets) {
+    // Without a network namespace of its own a unix socket reaches the machine's
+    // services (the pod's own receiving process, a container runtime's socket): no
+    // socket at all. The runner talks to its worker on the socket it inherits.
+    rc |= deny(SCMP_SYS(socket), EACCES);
+  } else if (!allow_inet) {
     rc |= seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_NE, AF_UNIX));
   }
   if (rc != 0) {
@@ -364,7 +369,10 @@ Status apply_landlock(bool gpus, int& abi) {
   const int ruleset = static_cast<int>(::syscall(__NR_landlock_create_ruleset, &attr, attr_size, 0U));
   if (ruleset < 0) return Status::internal(std::string("landlock_create_ruleset: ") + std::strerror(errno));
   Status failed;
-  auto allow = [&](const std::string& path, uint64_t access) {
+  // `keep`: the path stays open (its dentry pinned): procfs makes a new inode for
+  // /proc/PID when its dentry is looked up again after being evicted, and the rule
+  // would no longer match it.
+  auto allow = [&](const std::string& path, uint64_t access, bool keep = false) {
     if (!failed.ok()) return;
     const int fd = ::open(path.c_str(), O_PATH | O_CLOEXEC);
     if (fd < 0) return;  // not on this machine: nothing to allow
@@ -376,7 +384,7 @@ Status apply_landlock(bool gpus, int& abi) {
     if (::syscall(__NR_landlock_add_rule, ruleset, kRulePathBeneath, &rule, 0U) != 0) {
       failed = Status::internal("landlock_add_rule(" + path + "): " + std::strerror(errno));
     }
-    ::close(fd);
+    if (!keep) ::close(fd);
   };
   const uint64_t read = kExecute | kReadFile | kReadDir;
   const uint64_t read_write_file = kReadFile | kWriteFile;
@@ -387,7 +395,7 @@ Status apply_landlock(bool gpus, int& abi) {
   }
   // Its own /proc/PID (maps, status, fd/N: the model it is sent comes as a memfd), and
   // its own binary; no other process's.
-  allow("/proc/self", read);
+  allow("/proc/self", read, /*keep=*/true);
   allow("/proc/self/exe", read);
   for (const char* f : {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}) allow(f, read_write_file);
   allow(".", handled);  // the scratch directory
@@ -511,8 +519,13 @@ StatusOr<Child> spawn(const std::vector<std::string>& argv, int pass, const Runn
   const rlimit core{0, 0};
   pid_t pid = ::fork();
   if (pid < 0) {
+    const int e = errno;
     if (devnull >= 0) ::close(devnull);
-    return Status::internal(std::string("fork: ") + std::strerror(errno));
+    if (capture_stderr) {
+      ::close(err_pipe[0]);
+      ::close(err_pipe[1]);
+    }
+    return Status::internal(std::string("fork: ") + std::strerror(e));
   }
   if (pid == 0) {
     // The child: async-signal-safe calls only, until exec.
@@ -701,9 +714,12 @@ class RunnerProcess {
     std::vector<std::string> inner = o.command;
     inner.insert(inner.end(), {"--fd", std::to_string(kRunnerFd)});
     if (allow_inet) inner.push_back("--allow-inet");
-    if (!o.confinement.namespaces && o.confinement.landlock) {
-      inner.push_back("--landlock");
-      if (gpus) inner.push_back("--gpus");
+    if (!o.confinement.namespaces) {
+      if (!allow_inet) inner.push_back("--no-sockets");
+      if (o.confinement.landlock) {
+        inner.push_back("--landlock");
+        if (gpus) inner.push_back("--gpus");
+      }
     }
     std::vector<std::string> argv = inner;
     if (o.confinement.namespaces) {
@@ -1294,14 +1310,15 @@ Confinement probe_confinement(const std::vector<std::string>& command) {
   // No mount namespace: Landlock, where the kernel has it, confines the files.
   std::vector<std::string> landlocked = inner;
   landlocked.push_back("--landlock");
-  if (run_probe(landlocked, out, err) && out.find(kLandlockProbeLine) != std::string::npos) {
+  const bool landlock_ran = run_probe(landlocked, out, err);
+  if (landlock_ran && out.find(kLandlockProbeLine) != std::string::npos) {
     c.landlock = true;
     c.level = "landlock+seccomp+rlimits";
     c.gap = "model code opens only the system's libraries and its scratch directory (Landlock), but shares this "
             "machine's process and IPC namespaces; it still has no network, no new processes and the runner's limits";
     return c;
   }
-  const std::string no_landlock = err;
+  const std::string no_landlock = landlock_ran ? "Landlock: the runner did not confirm its layer" : err;
   if (!run_probe(inner, out, err)) throw ConfigError("the job runner (" + command.front() + ") cannot start: " + err);
   c.why_not += "; " + no_landlock;
   c.level = "seccomp+rlimits";
@@ -1330,13 +1347,14 @@ StatusOr<std::unique_ptr<ModelRunner>> load_in_runner(const std::string& name, c
 
 int runner_main(int argc, char** argv, const Runtime& runtime) {
   int fd = kRunnerFd;
-  bool probe = false, allow_inet = false, use_landlock = false, gpus = false;
+  bool probe = false, allow_inet = false, use_landlock = false, gpus = false, no_sockets = false;
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--probe") probe = true;
     if (a == "--allow-inet") allow_inet = true;
     if (a == "--landlock") use_landlock = true;
     if (a == "--gpus") gpus = true;
+    if (a == "--no-sockets") no_sockets = true;
     if (a == "--fd" && i + 1 < argc) fd = std::atoi(argv[++i]);
   }
   ::signal(SIGPIPE, SIG_IGN);
@@ -1355,7 +1373,7 @@ int runner_main(int argc, char** argv, const Runtime& runtime) {
     }
     if (probe) std::fprintf(stderr, "%s%d\n", kLandlockProbeLine, abi);
   }
-  Status st = load_seccomp(allow_inet);
+  Status st = load_seccomp(allow_inet, no_sockets && !allow_inet);
   if (!st.ok()) {
     std::fprintf(stderr, "fedpod runner: cannot load its syscall filter: %s\n", st.message().c_str());
     finish(3);

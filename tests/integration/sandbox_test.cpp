@@ -22,6 +22,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -317,6 +318,16 @@ TEST_F(SandboxWithoutNamespacesTest, LandlockConfinesTheRunnersFilesAndTheAttack
   ASSERT_TRUE(std::filesystem::exists(key_file));
   ASSERT_TRUE(std::filesystem::exists(policy_file));
   ASSERT_TRUE(std::filesystem::exists(environ));
+  // A service of the machine's on a unix socket (as a container runtime's or the pod's
+  // own receiving process's would be): it must hear from nobody.
+  const std::string service = (dir_.path() / "service.sock").string();
+  const int service_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  ASSERT_GE(service_fd, 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::strncpy(sa.sun_path, service.c_str(), sizeof sa.sun_path - 1);
+  ASSERT_EQ(::bind(service_fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0) << std::strerror(errno);
+  ASSERT_EQ(::listen(service_fd, 4), 0);
   const std::vector<Attack> attacks = {
       {"connect", {{"attack", "connect"}, {"port", listener.port()}}, "", "socket(AF_INET): Permission denied"},
       {"read key file", {{"attack", "read"}, {"path", key_file}}, "", "open(" + key_file + "): Permission denied"},
@@ -333,6 +344,7 @@ TEST_F(SandboxWithoutNamespacesTest, LandlockConfinesTheRunnersFilesAndTheAttack
        "open(/tmp/fedpod-written-by-the-model, O_CREAT): Permission denied"},
       {"fork", {{"attack", "fork"}}, "", "fork: Operation not permitted"},
       {"signal every process, its group, its parent", {{"attack", "signal"}}, "", "hostile model: kill: Operation not permitted"},
+      {"connect to a unix socket", {{"attack", "unix"}, {"path", service}}, "", "socket(AF_UNIX): Permission denied"},
   };
   for (const auto& a : attacks) {
     SCOPED_TRACE(a.name);
@@ -342,6 +354,8 @@ TEST_F(SandboxWithoutNamespacesTest, LandlockConfinesTheRunnersFilesAndTheAttack
     EXPECT_CONTAINS(r.status().message(), "confinement landlock+seccomp+rlimits");
   }
   EXPECT_EQ(listener.connections(), 0);
+  EXPECT_LT(::accept(service_fd, nullptr, nullptr), 0) << "the model connected to " << service;
+  ::close(service_fd);
   EXPECT_FALSE(std::filesystem::exists(outside));
   EXPECT_FALSE(std::filesystem::exists("/tmp/fedpod-written-by-the-model"));
   // The model itself, sent as a memfd and loaded under the layer, trains; its

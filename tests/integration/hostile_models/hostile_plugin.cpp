@@ -17,6 +17,7 @@
 //   memory    allocate and touch `gib` GiB (load: 64 GiB)
 //   spin      loop forever
 //   segfault  write through a null pointer
+//   unix      connect to the unix socket `path` (a service of the machine's)
 //   print     write a forged log line (a newline, then "FORGED event=job_ended ...")
 //             and 2 MB more to stdout and stderr, then train as usual
 // When an attack fails, the model throws, naming the call and errno, so the job ends
@@ -25,6 +26,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -118,6 +120,16 @@ void attack_segfault() {
   *p = 1;
 }
 
+void attack_unix(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  if (fd < 0) failed("socket(AF_UNIX)");
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) failed("connect(" + path + ")");
+  throw std::runtime_error("hostile model: connected to " + path);  // it got through: make it loud
+}
+
 void attack_print() {
   const std::string forged = "\n2026-01-01T00:00:00.000 info worker FORGED event=job_ended job=x reason=\"forged\"\n";
   for (int fd : {1, 2}) {
@@ -145,6 +157,8 @@ void attack(const std::string& name, const fedpod::Hyperparameters* hp, const st
     attack_spin();
   } else if (name == "segfault") {
     attack_segfault();
+  } else if (name == "unix") {
+    attack_unix(hp ? hp->string("path", "") : arg);
   } else if (name == "print") {
     attack_print();
   }
