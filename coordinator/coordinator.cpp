@@ -1327,7 +1327,7 @@ Status Coordinator::Impl::run_job() {
       if (r.outcome == "ok") ++rec.pods_answered;
       else log->warn("event=pod_failed round={} pod={} outcome={} reason=\"{}\"", round, pods[i].addr.name, r.outcome, r.error);
     }
-    rec.train_loss = loss_weight ? static_cast<double>(loss_sum / loss_weight) : 0;
+    if (loss_weight > 0) rec.train_loss = static_cast<double>(loss_sum / loss_weight);
     if (rec.pods_answered < spec.min_pods) {
       rec.seconds = std::chrono::duration<double>(Clock::now() - start).count();
       history["rounds"].push_back(to_json(rec));
@@ -1396,8 +1396,8 @@ Status Coordinator::Impl::run_job() {
     if (spec.checkpoint) history["checkpoint"] = {{"path", checkpoint_path}, {"round", round}};
     Status files = write_round_files(round, global, *strategy);
     if (!files.ok()) return files;
-    progress << "round " << round << "/" << spec.rounds << "  pods " << rec.pods_answered << "/" << rec.pods_asked
-             << "  train_loss " << fmt(rec.train_loss);
+    progress << "round " << round << "/" << spec.rounds << "  pods " << rec.pods_answered << "/" << rec.pods_asked;
+    if (rec.train_loss) progress << "  train_loss " << fmt(*rec.train_loss);
     if (rec.eval) progress << "  val_loss " << fmt(rec.eval->loss) << "  val_acc " << fmt(rec.eval->accuracy);
     progress << "  " << fmt(rec.seconds, 2) << "s";
     // The time left, from this run's rounds so far (a resumed run counts its own).
@@ -1409,8 +1409,9 @@ Status Coordinator::Impl::run_job() {
     {
       nlohmann::json e = {{"event", "round_end"},       {"round", round},
                           {"rounds", spec.rounds},      {"pods_answered", rec.pods_answered},
-                          {"pods_asked", rec.pods_asked}, {"train_loss", rec.train_loss},
-                          {"seconds", rec.seconds},     {"eta_seconds", eta}};
+                          {"pods_asked", rec.pods_asked}, {"seconds", rec.seconds},
+                          {"eta_seconds", eta}};
+      if (rec.train_loss) e["train_loss"] = *rec.train_loss;
       if (rec.eval) {
         e["val_loss"] = rec.eval->loss;
         e["val_accuracy"] = rec.eval->accuracy;

@@ -33,7 +33,8 @@ nlohmann::json to_json(const EvalSummary& e) {
 nlohmann::json to_json(const RoundRecord& r) {
   nlohmann::json j = {{"round", r.round},           {"seconds", r.seconds}, {"train_seconds", r.train_seconds},
                       {"pods_answered", r.pods_answered}, {"pods_asked", r.pods_asked},
-                      {"train_loss", r.train_loss}, {"pods", pods_json(r.pods)}};
+                      {"pods", pods_json(r.pods)}};
+  if (r.train_loss) j["train_loss"] = *r.train_loss;
   j["eval"] = r.eval ? to_json(*r.eval) : nlohmann::json(nullptr);
   return j;
 }

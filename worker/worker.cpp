@@ -1653,11 +1653,16 @@ struct Worker::Impl {
                 job_id, round, stats->steps, stats->samples_seen, stats->loss, stats->accuracy, seconds);
       // The parameters stay in the model until the coordinator fetches them.
       j->result = TrainedResult{round, j->engine->train_size, seconds,
-                                {{"train_loss", stats->loss},
-                                 {"train_accuracy", stats->accuracy},
-                                 {"steps", static_cast<double>(stats->steps)},
+                                {{"steps", static_cast<double>(stats->steps)},
                                  {"samples_seen", static_cast<double>(stats->samples_seen)}},
                                 std::move(base)};
+      // The training rows' loss and accuracy are exact aggregates over the rows
+      // DP-SGD protects, outside its noise and ε: a differentially private job's
+      // pod keeps them to its own log.
+      if (!j->dp.enabled()) {
+        j->result->metrics.insert(j->result->metrics.begin(),
+                                  {{"train_loss", stats->loss}, {"train_accuracy", stats->accuracy}});
+      }
       if (j->dp.enabled()) {
         // The ε this job has spent on this pod so far, for the coordinator's history.
         const double delta = ledger ? ledger->delta() : config().privacy.delta;

@@ -122,12 +122,19 @@ TEST_F(DifferentialPrivacyTest, TheSecondJobIsRefusedOnceTheBudgetIsSpent) {
   auto first = run("dp-first", progress);
   ASSERT_TRUE(first.ok()) << first.status().to_string() << progress.str();
   EXPECT_NE(progress.str().find("privacy  pod-a ε"), std::string::npos) << progress.str();
+  EXPECT_EQ(progress.str().find("train_loss"), std::string::npos) << progress.str();
   auto h = nlohmann::json::parse(testing::read_file(first->history_path));
   ASSERT_TRUE(h.contains("differential_privacy")) << h.dump(2);
   EXPECT_EQ(h["differential_privacy"]["noise_multiplier"], 1.0);
   for (const auto& [name, eps] : one) {
     EXPECT_NEAR(h["differential_privacy"]["epsilon"][name]["epsilon"].get<double>(), eps, 1e-9) << name;
     EXPECT_NEAR(h["rounds"][0]["pods"][name]["epsilon"].get<double>(), job_epsilon(name, 1), 1e-9) << name;
+    // The training rows' exact loss and accuracy stay on the pod: outside DP-SGD's noise.
+    for (const auto& rec : h["rounds"]) {
+      EXPECT_FALSE(rec["pods"][name].contains("train_loss")) << rec.dump();
+      EXPECT_FALSE(rec["pods"][name].contains("train_accuracy")) << rec.dump();
+      EXPECT_FALSE(rec.contains("train_loss")) << rec.dump();
+    }
     // The owner's view: one settled job, charged for what it trained.
     auto s = privacy_status(name);
     ASSERT_EQ(s["jobs"].size(), 1u) << s.dump(2);

@@ -46,7 +46,9 @@ struct RoundRecord {
   double train_seconds = 0;  // broadcast, local training, uploads and aggregation
   int pods_answered = 0;
   int pods_asked = 0;
-  double train_loss = 0;  // sample-weighted mean of the pods' train_loss
+  // Sample-weighted mean of the pods' train_loss; none when no pod reported one (a
+  // differentially private job's pods report none).
+  std::optional<double> train_loss;
   std::map<std::string, PodRound> pods;
   std::optional<EvalSummary> eval;
 };
