@@ -21,7 +21,8 @@
 //                /tmp (the scratch directory); a cleared environment; it dies with
 //                its parent
 //   seccomp      a libseccomp filter the runner loads before any model code: no
-//                socket but AF_UNIX (no network even outside a network namespace), no
+//                socket but AF_UNIX (no network even outside a network namespace;
+//                without namespaces no socket at all, unless NCCL needs inet), no
 //                new processes (fork, vfork, clone without CLONE_THREAD), no exec, no
 //                ptrace or process_vm_*, no mount, namespaces, keyrings, bpf,
 //                perf_event_open, module or reboot calls
