@@ -644,7 +644,7 @@ TEST_F(ExactlyOnceTest, ALyingPodsWeightIsCappedAndItsUnaskedUpdatesAreDiscarded
 // update. In round 3 it stays busy: asked again five times (the whole model each
 // time, so no more), it is left out as "refused" (busy), and the job goes on without
 // it.
-TEST_F(ExactlyOnceTest, APodBusyWithEarlierWorkIsAskedAgainUntilTheDeadline) {
+TEST_F(ExactlyOnceTest, APodBusyWithEarlierWorkIsAskedAgainBeforeItIsLeftOut) {
   std::map<std::pair<W, uint32_t>, int> asked;  // (kind, round) -> requests (liar's thread)
   std::map<std::pair<W, uint32_t>, std::set<uint64_t>> request_ids;
   start_honest_pod("honest");
@@ -692,7 +692,7 @@ TEST_F(ExactlyOnceTest, APodBusyWithEarlierWorkIsAskedAgainUntilTheDeadline) {
   testing::record_fault("pods", "pod answers busy (still finishing earlier work) to a train or evaluate", 3,
                         "asked again after 25 ms, doubling, 5 times at most: its update and evaluation counted; one "
                         "busy the whole round left out as refused (busy) after 775 ms, the job went on",
-                        "only a pod busy past the round's deadline: that round's update");
+                        "only a pod still busy after 775 ms: that round's update");
 }
 
 // Metrics travel from a pod's trainDone into history.json and report.html beside the
