@@ -339,13 +339,12 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
       std::max<size_t>(size_t{64} << 20, targets.empty() ? 0 : 4 * message_for(targets.front()).payload_bytes());
   auto last_send = Clock::now();
   size_t sent_ok = 0;
-  // Pods that answered `busy` (kBusyRetryFirst): when each is asked again, its next
-  // pause, and the refusal that stands if the deadline comes first. A pod not yet in
+  // Pods that answered `busy` (kBusyRetryFirst): when each is asked again, how often
+  // it was, and the refusal that stands if the deadline comes first. A pod not yet in
   // a job (hello, startJob) that is busy runs another job: that answer is final.
   const auto kind = targets.empty() ? wire::Envelope::Body::HELLO : message_for(targets.front()).envelope().getBody().which();
   const bool retry_busy = kind != wire::Envelope::Body::HELLO && kind != wire::Envelope::Body::START_JOB;
   std::map<size_t, Clock::time_point> retry_at;
-  std::map<size_t, std::chrono::milliseconds> retry_pause;
   std::map<size_t, PodRound> busy_answer;
   std::map<size_t, int> retries;
   auto ask_again_later = [&](size_t i, PodRound& r) {
@@ -356,15 +355,15 @@ std::map<size_t, PodRound> Coordinator::Impl::exchange_each(const MessageFor& me
     // Each retry sends the whole request again (a train carries the model): a few
     // of them cover a pod finishing earlier work, and cap what a pod that answers
     // busy on purpose can make the coordinator send.
-    if (retries[i] >= kBusyRetries) return false;
-    auto& pause = retry_pause.try_emplace(i, kBusyRetryFirst).first->second;
+    int& n = retries[i];
+    if (n >= kBusyRetries) return false;
+    const auto pause = kBusyRetryFirst * (1 << n);
     const auto at = Clock::now() + pause;
     if (at >= deadline) return false;
-    ++retries[i];
+    ++n;
     log->info("event=pod_busy_retry job={} round={} pod={} kind={} request={} in_ms={}", spec.job_id, current_round,
               pods[i].addr.name, protocol::body_name(kind), request_id, pause.count());
     retry_at[i] = at;
-    pause *= 2;
     busy_answer[i] = std::move(r);
     return true;
   };
