@@ -335,10 +335,6 @@ struct __attribute__((packed)) PathBeneathAttr {
   uint64_t allowed_access = 0;
   int32_t parent_fd = -1;
 };
-int abi() {
-  const long v = ::syscall(__NR_landlock_create_ruleset, nullptr, 0, 1U /* LANDLOCK_CREATE_RULESET_VERSION */);
-  return v < 0 ? -errno : static_cast<int>(v);
-}
 }  // namespace landlock
 
 // Applies the layer; `abi` out: the kernel's Landlock ABI. Fails when the kernel has
@@ -346,7 +342,7 @@ int abi() {
 // asked for it because its probe found it working).
 Status apply_landlock(bool gpus, int& abi) {
   using namespace landlock;
-  abi = landlock::abi();
+  abi = landlock_abi();
   if (abi < 0) {
     return Status::failed_precondition(std::string("Landlock is not available: ") +
                                        (abi == -ENOSYS ? "the kernel has no Landlock"
@@ -1269,6 +1265,11 @@ class RunnerServer {
 };
 
 }  // namespace
+
+int landlock_abi() {
+  const long v = ::syscall(__NR_landlock_create_ruleset, nullptr, 0, 1U /* LANDLOCK_CREATE_RULESET_VERSION */);
+  return v < 0 ? -errno : static_cast<int>(v);
+}
 
 Confinement probe_confinement(const std::vector<std::string>& command) {
   if (command.empty()) throw ConfigError("no runner command");

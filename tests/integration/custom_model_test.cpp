@@ -8,8 +8,6 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -168,8 +166,8 @@ TEST_F(CustomModelTest, TheCoordinatorsRunnerBuildsTheSameModelAsInProcess) {
 // runner's files confined by Landlock. Both formats load from their in-memory file
 // under the layer and build the same model.
 TEST_F(CustomModelTest, TheRunnerBuildsTheSameModelUnderLandlock) {
-  if (::syscall(__NR_landlock_create_ruleset, nullptr, 0, 1U) < 0) {
-    GTEST_SKIP() << "this kernel has no Landlock (" << std::strerror(errno) << ")";
+  if (const int abi = worker::landlock_abi(); abi < 0) {
+    GTEST_SKIP() << "this kernel has no Landlock (" << std::strerror(-abi) << ")";
   }
   const std::string pt = script_digits_net();
   worker::RunnerOptions ro;

@@ -21,7 +21,6 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -35,6 +34,7 @@
 #include "fedpod/coordinator/coordinator.h"
 #include "fedpod/hub/client.h"
 #include "fedpod/model/zoo.h"
+#include "fedpod/worker/runner.h"
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>
 #include "digits_job.h"
@@ -102,6 +102,13 @@ class Listener {
   int fd_ = -1;
   int port_ = 0;
   bool ok_ = false;
+};
+
+struct Attack {
+  std::string name;
+  nlohmann::json hp;   // training-step attack
+  std::string load;    // load-time attack (patched in)
+  std::string reason;  // in the job's error
 };
 
 class SandboxTest : public ::testing::Test {
@@ -191,6 +198,20 @@ class SandboxTest : public ::testing::Test {
     return r;
   }
 
+  // Each attack, made from the training step, fails the job naming its reason and
+  // the confinement `level`; with `then_serves`, a normal job succeeds after each.
+  void expect_training_step_attacks_fail(const std::vector<Attack>& attacks, const std::string& level,
+                                         bool then_serves) {
+    for (const auto& a : attacks) {
+      SCOPED_TRACE(a.name);
+      auto r = run("hostile", a.hp);
+      ASSERT_FALSE(r.ok()) << last_progress_;
+      EXPECT_CONTAINS(r.status().message(), a.reason);
+      EXPECT_CONTAINS(r.status().message(), "confinement " + level);
+      if (then_serves) expect_pod_serves("hostile", a.name);
+    }
+  }
+
   // The pod still serves: a normal job of `ref` succeeds.
   void expect_pod_serves(const std::string& ref, const std::string& after) {
     auto r = run(ref, nlohmann::json::object());
@@ -206,13 +227,6 @@ class SandboxTest : public ::testing::Test {
   testing::PodProcess pod_;
   int jobs_ = 0;
   std::string last_progress_;
-};
-
-struct Attack {
-  std::string name;
-  nlohmann::json hp;   // training-step attack
-  std::string load;    // load-time attack (patched in)
-  std::string reason;  // in the job's error
 };
 
 TEST_F(SandboxTest, TrainingStepAttacksFailAndThePodServesTheNextJob) {
@@ -237,14 +251,8 @@ TEST_F(SandboxTest, TrainingStepAttacksFailAndThePodServesTheNextJob) {
       {"spin", {{"attack", "spin"}}, "", "time limit (sandbox.step_timeout 8 s)"},
       {"segfault", {{"attack", "segfault"}}, "", "killed by signal 11 (SIGSEGV): the model crashed"},
   };
-  for (const auto& a : attacks) {
-    SCOPED_TRACE(a.name);
-    auto r = run("hostile", a.hp);
-    ASSERT_FALSE(r.ok()) << last_progress_;
-    EXPECT_CONTAINS(r.status().message(), a.reason);
-    EXPECT_CONTAINS(r.status().message(), "confinement namespaces+seccomp+rlimits");
-    expect_pod_serves("hostile", a.name);
-  }
+  ASSERT_NO_FATAL_FAILURE(
+      expect_training_step_attacks_fail(attacks, "namespaces+seccomp+rlimits", /*then_serves=*/true));
   EXPECT_EQ(listener.connections(), 0);
   EXPECT_FALSE(std::filesystem::exists(outside));
   // Counted by reason on the pod.
@@ -290,20 +298,14 @@ class SandboxWithoutNamespacesTest : public SandboxTest {
   SandboxWithoutNamespacesTest() { hide_bubblewrap_ = true; }
 };
 
-// The kernel's Landlock ABI, or -errno.
-int landlock_abi() {
-  const long v = ::syscall(__NR_landlock_create_ruleset, nullptr, 0, 1U);
-  return v < 0 ? -errno : static_cast<int>(v);
-}
-
 TEST_F(SandboxWithoutNamespacesTest, LandlockConfinesTheRunnersFilesAndTheAttacksFail) {
   const std::string log_at_start = testing::read_file(pod_.log);
-  if (landlock_abi() < 0) {
+  if (worker::landlock_abi() < 0) {
     // Not a missing feature of fedpod: this kernel has no Landlock. The pod must say
     // so, and that model code can read what its user can read.
     EXPECT_CONTAINS(log_at_start, "level=seccomp+rlimits");
     EXPECT_CONTAINS(log_at_start, "model code can read what this pod's user can read");
-    GTEST_SKIP() << "this kernel has no Landlock (" << std::strerror(-landlock_abi()) << ")";
+    GTEST_SKIP() << "this kernel has no Landlock (" << std::strerror(-worker::landlock_abi()) << ")";
   }
   EXPECT_CONTAINS(log_at_start, "event=sandbox pod=pod-a level=landlock+seccomp+rlimits "
                                 "why=\"bubblewrap (bwrap) is not installed\"");
@@ -346,13 +348,8 @@ TEST_F(SandboxWithoutNamespacesTest, LandlockConfinesTheRunnersFilesAndTheAttack
       {"signal every process, its group, its parent", {{"attack", "signal"}}, "", "hostile model: kill: Operation not permitted"},
       {"connect to a unix socket", {{"attack", "unix"}, {"path", service}}, "", "socket(AF_UNIX): Permission denied"},
   };
-  for (const auto& a : attacks) {
-    SCOPED_TRACE(a.name);
-    auto r = run("hostile", a.hp);
-    ASSERT_FALSE(r.ok()) << last_progress_;
-    EXPECT_CONTAINS(r.status().message(), a.reason);
-    EXPECT_CONTAINS(r.status().message(), "confinement landlock+seccomp+rlimits");
-  }
+  ASSERT_NO_FATAL_FAILURE(
+      expect_training_step_attacks_fail(attacks, "landlock+seccomp+rlimits", /*then_serves=*/false));
   EXPECT_EQ(listener.connections(), 0);
   EXPECT_LT(::accept(service_fd, nullptr, nullptr), 0) << "the model connected to " << service;
   ::close(service_fd);

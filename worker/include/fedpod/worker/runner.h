@@ -74,6 +74,10 @@ struct Confinement {
   std::string gap;          // when !namespaces: what model code can still do, in words
 };
 
+// The kernel's Landlock ABI version (1, 2, ...), or -errno when it has none (ENOSYS:
+// not built in; EOPNOTSUPP: disabled at boot).
+int landlock_abi();
+
 // Tries the sandbox once: starts `command` + {"--probe"} under bubblewrap (and, if
 // that fails, without it) and checks that it loads its seccomp filter. Throws
 // ConfigError when the runner cannot start at all.
